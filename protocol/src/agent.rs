@@ -1,0 +1,402 @@
+//! The agent side of the link: applies entries exactly once and in order, acknowledges only
+//! what the driver reports durable, tracks how fresh its view of the log is.
+//!
+//! One [`AgentSession`] lives as long as the agent process and spans many connections:
+//! [`AgentSession::connect`] starts a link (queues the `Hello`), [`AgentSession::disconnected`]
+//! ends it. The driver applies [`AgentEvent`]s to its revocation set, persists them, and then
+//! calls [`AgentSession::mark_durable`]; only then is an ack sent (SPEC §3.3).
+
+use crate::frame::{
+    Ack, Batch, ErrorCode, ErrorFrame, Frame, Heartbeat, Hello, Resume, SnapshotChunk, Welcome,
+    PROTOCOL_VERSION,
+};
+use crate::model::{Entry, LogId};
+use crate::time::Now;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Tunables of the agent side.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// How long to wait for more entries before acknowledging, so acks are cumulative.
+    pub ack_delay: Duration,
+    /// A link on which nothing arrives for this long is considered dead.
+    pub idle_timeout: Duration,
+    /// Most entries accepted in one snapshot transfer.
+    pub max_snapshot_entries: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            ack_delay: Duration::ZERO,
+            idle_timeout: Duration::from_secs(20),
+            max_snapshot_entries: 50_000_000,
+        }
+    }
+}
+
+/// What the driver must do with its revocation set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// Apply these entries in order; afterwards the agent is at `to_seq` of `log_id`.
+    Apply {
+        /// The log.
+        log_id: LogId,
+        /// Entries with seqs in `(previous applied, to_seq]`, ascending.
+        entries: Vec<Entry>,
+        /// The new applied seq.
+        to_seq: u64,
+    },
+    /// Replace the whole set by these entries; afterwards the agent is at `snapshot_seq` of `log_id`.
+    Replace {
+        /// The log (may differ from the previous one: a resync).
+        log_id: LogId,
+        /// The seq the snapshot represents.
+        snapshot_seq: u64,
+        /// Every live entry.
+        entries: Vec<Entry>,
+    },
+    /// The link should be closed; reconnect after `retry_after` when given.
+    Disconnect {
+        /// Hint from a go-away.
+        retry_after: Option<Duration>,
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// Rejection of a frame by the agent: send the error frame and close the link.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("protocol violation by authority: {}", .0.message)]
+pub struct AgentViolation(pub ErrorFrame);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Disconnected,
+    AwaitWelcome,
+    AwaitSnapshot(LogId),
+    Ready(LogId),
+}
+
+#[derive(Debug)]
+struct Staging {
+    snapshot_id: u64,
+    next_index: u32,
+    entries: Vec<Entry>,
+}
+
+/// Per-agent delivery state machine, agent side.
+#[derive(Debug)]
+pub struct AgentSession {
+    cfg: AgentConfig,
+    agent_id: String,
+    agent_version: String,
+    phase: Phase,
+    /// The log `received` and `durable` refer to.
+    log_id: Option<LogId>,
+    /// Highest seq handed to the driver for application.
+    received: u64,
+    /// Highest seq the driver reported applied and persisted.
+    durable: u64,
+    ack_due: Option<Instant>,
+    staging: Option<Staging>,
+    last_heard: Option<Instant>,
+    last_frame: Option<Instant>,
+    head_seq: u64,
+    out: VecDeque<Frame>,
+    events: VecDeque<AgentEvent>,
+}
+
+impl AgentSession {
+    /// A session resuming from persisted state `(log_id, applied_seq)`.
+    pub fn new(
+        agent_id: String,
+        agent_version: String,
+        log_id: Option<LogId>,
+        applied_seq: u64,
+        cfg: AgentConfig,
+    ) -> Self {
+        Self {
+            cfg,
+            agent_id,
+            agent_version,
+            phase: Phase::Disconnected,
+            log_id,
+            received: applied_seq,
+            durable: applied_seq,
+            ack_due: None,
+            staging: None,
+            last_heard: None,
+            last_frame: None,
+            head_seq: 0,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The log the agent's state belongs to.
+    pub fn log_id(&self) -> Option<LogId> {
+        self.log_id
+    }
+
+    /// Highest seq applied (handed to the driver).
+    pub fn applied_seq(&self) -> u64 {
+        self.received
+    }
+
+    /// Highest seq the driver confirmed durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable
+    }
+
+    /// The log head from the latest heartbeat or welcome.
+    pub fn head_seq(&self) -> u64 {
+        self.head_seq
+    }
+
+    /// True once a `Welcome` was accepted on the current link.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.phase, Phase::AwaitSnapshot(_) | Phase::Ready(_))
+    }
+
+    /// When an authority was last heard from (any frame after the welcome), on any link.
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_heard
+    }
+
+    /// Time since an authority was last heard from; `None` if never in this process.
+    pub fn staleness(&self, now: Now) -> Option<Duration> {
+        self.last_heard.map(|t| now.mono.saturating_duration_since(t))
+    }
+
+    /// A new link is up: queue the `Hello`.
+    pub fn connect(&mut self, now: Now) {
+        self.phase = Phase::AwaitWelcome;
+        self.staging = None;
+        self.out.clear();
+        self.ack_due = None;
+        self.last_frame = Some(now.mono);
+        // Entries handed out but not yet durable are still applied in memory, so the cursor
+        // presented is `received`; after a crash the driver recreates the session from disk.
+        self.out.push_back(Frame::Hello(Hello {
+            max_version: PROTOCOL_VERSION,
+            agent_id: self.agent_id.clone(),
+            agent_version: self.agent_version.clone(),
+            log_id: self.log_id,
+            applied_seq: self.received,
+        }));
+    }
+
+    /// The link is gone.
+    pub fn disconnected(&mut self) {
+        self.phase = Phase::Disconnected;
+        self.staging = None;
+        self.out.clear();
+        self.ack_due = None;
+    }
+
+    fn violation(&mut self, message: String) -> Result<(), AgentViolation> {
+        self.disconnected();
+        Err(AgentViolation(ErrorFrame::new(ErrorCode::Violation, message)))
+    }
+
+    /// Processes one frame from the authority.
+    pub fn handle_frame(&mut self, frame: Frame, now: Now) -> Result<(), AgentViolation> {
+        if self.phase == Phase::Disconnected {
+            return Ok(());
+        }
+        self.last_frame = Some(now.mono);
+        match (frame, self.phase.clone()) {
+            (Frame::Welcome(w), Phase::AwaitWelcome) => self.on_welcome(w, now),
+            (Frame::Welcome(_), _) => self.violation("second welcome".into()),
+            (Frame::GoAway(g), _) => {
+                self.events.push_back(AgentEvent::Disconnect {
+                    retry_after: Some(Duration::from_millis(g.retry_after_ms)),
+                    reason: format!("go-away: {}", g.reason),
+                });
+                self.disconnected();
+                Ok(())
+            }
+            (Frame::Error(e), _) => {
+                self.events.push_back(AgentEvent::Disconnect {
+                    retry_after: None,
+                    reason: format!("authority error {:?}: {}", e.code, e.message),
+                });
+                self.disconnected();
+                Ok(())
+            }
+            (_, Phase::AwaitWelcome) => self.violation("frame before welcome".into()),
+            (Frame::Heartbeat(h), _) => {
+                self.last_heard = Some(now.mono);
+                self.head_seq = self.head_seq.max(h.head_seq);
+                // Answer with our own heartbeat so the authority knows the link is alive even
+                // while nothing is acknowledged (a long snapshot transfer).
+                self.out
+                    .push_back(Frame::Heartbeat(Heartbeat { head_seq: self.received, unix_ms: h.unix_ms }));
+                Ok(())
+            }
+            (Frame::Batch(b), Phase::Ready(log_id)) => {
+                self.last_heard = Some(now.mono);
+                self.on_batch(b, log_id, now)
+            }
+            // A batch sent before the snapshot that replaces our state: useless now.
+            (Frame::Batch(_), _) => Ok(()),
+            (Frame::SnapshotChunk(c), _) => {
+                self.last_heard = Some(now.mono);
+                self.on_chunk(c, now)
+            }
+            (f @ (Frame::Hello(_) | Frame::Ack(_)), _) => {
+                self.violation(format!("unexpected {} frame from authority", f.name()))
+            }
+        }
+    }
+
+    fn on_welcome(&mut self, w: Welcome, now: Now) -> Result<(), AgentViolation> {
+        if w.version != PROTOCOL_VERSION {
+            return self.violation(format!("welcome with version {}", w.version));
+        }
+        self.last_heard = Some(now.mono);
+        self.head_seq = w.head_seq;
+        match w.resume {
+            Resume::Incremental => {
+                let ours = self.log_id.map_or(self.received == 0, |id| id == w.log_id);
+                if !ours || self.received > w.head_seq {
+                    return self.violation("incremental resume offered for a state not in this log".into());
+                }
+                self.log_id = Some(w.log_id);
+                self.phase = Phase::Ready(w.log_id);
+            }
+            Resume::Snapshot => self.phase = Phase::AwaitSnapshot(w.log_id),
+        }
+        Ok(())
+    }
+
+    fn on_batch(&mut self, b: Batch, log_id: LogId, now: Now) -> Result<(), AgentViolation> {
+        if b.log_id != log_id {
+            return self.violation("batch for another log".into());
+        }
+        if b.to_seq <= self.received {
+            // Duplicate: our ack may have been lost, so acknowledge again.
+            self.schedule_ack(now);
+            return Ok(());
+        }
+        if b.from_seq > self.received + 1 {
+            // Gap (a lost or reordered frame): drop it; the authority resends from our cursor.
+            self.schedule_ack(now);
+            return Ok(());
+        }
+        let entries: Vec<Entry> = b.entries.into_iter().filter(|e| e.seq > self.received).collect();
+        self.received = b.to_seq;
+        self.head_seq = self.head_seq.max(b.to_seq);
+        self.events.push_back(AgentEvent::Apply { log_id, entries, to_seq: b.to_seq });
+        Ok(())
+    }
+
+    fn on_chunk(&mut self, c: SnapshotChunk, now: Now) -> Result<(), AgentViolation> {
+        let current = self.log_id == Some(c.log_id);
+        let expected = match &self.phase {
+            Phase::AwaitSnapshot(id) => *id == c.log_id,
+            Phase::Ready(id) => *id == c.log_id,
+            _ => false,
+        };
+        if !expected {
+            return self.violation("snapshot for another log".into());
+        }
+        if matches!(self.phase, Phase::Ready(_)) && current && c.snapshot_seq <= self.received {
+            // A retransmitted snapshot we already applied: re-acknowledge.
+            self.schedule_ack(now);
+            return Ok(());
+        }
+        let staging = match self.staging.take() {
+            Some(s) if s.snapshot_id == c.snapshot_id && s.next_index == c.index => s,
+            _ if c.index == 0 => Staging { snapshot_id: c.snapshot_id, next_index: 0, entries: Vec::new() },
+            // A chunk of a transfer we did not see start (lost frame): wait for the resend.
+            _ => return Ok(()),
+        };
+        let mut staging = staging;
+        if staging.entries.len() + c.entries.len() > self.cfg.max_snapshot_entries {
+            return self.violation("snapshot larger than max_snapshot_entries".into());
+        }
+        staging.entries.extend(c.entries);
+        staging.next_index += 1;
+        if !c.last {
+            self.staging = Some(staging);
+            return Ok(());
+        }
+        self.log_id = Some(c.log_id);
+        self.received = c.snapshot_seq;
+        // A resync may move the cursor backwards (another log); `durable` follows the driver.
+        self.durable = self.durable.min(c.snapshot_seq);
+        if !current {
+            self.durable = 0;
+        }
+        self.head_seq = self.head_seq.max(c.snapshot_seq);
+        self.phase = Phase::Ready(c.log_id);
+        self.events.push_back(AgentEvent::Replace {
+            log_id: c.log_id,
+            snapshot_seq: c.snapshot_seq,
+            entries: staging.entries,
+        });
+        Ok(())
+    }
+
+    fn schedule_ack(&mut self, now: Now) {
+        if self.ack_due.is_none() {
+            self.ack_due = Some(now.mono + self.cfg.ack_delay);
+        }
+    }
+
+    /// The driver applied and persisted everything up to `seq` (of the current log).
+    pub fn mark_durable(&mut self, seq: u64, now: Now) {
+        self.durable = seq.min(self.received);
+        self.schedule_ack(now);
+    }
+
+    /// Acts on expired timers: a silent link is reported for reconnection.
+    pub fn handle_timeout(&mut self, now: Now) {
+        if self.phase == Phase::Disconnected {
+            return;
+        }
+        if let Some(t) = self.last_frame {
+            if now.mono.saturating_duration_since(t) >= self.cfg.idle_timeout {
+                self.events.push_back(AgentEvent::Disconnect {
+                    retry_after: None,
+                    reason: "authority silent past the idle timeout".into(),
+                });
+                self.disconnected();
+            }
+        }
+    }
+
+    /// The next frame to send, if any.
+    pub fn poll_transmit(&mut self, now: Now) -> Option<Frame> {
+        if let Some(f) = self.out.pop_front() {
+            return Some(f);
+        }
+        if let (Phase::Ready(log_id), Some(due)) = (&self.phase, self.ack_due) {
+            if now.mono >= due {
+                self.ack_due = None;
+                return Some(Frame::Ack(Ack { log_id: *log_id, applied_seq: self.durable }));
+            }
+        }
+        None
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<AgentEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] or [`Self::poll_transmit`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Disconnected {
+            return None;
+        }
+        let idle = self.last_frame.map(|t| t + self.cfg.idle_timeout);
+        match (idle, self.ack_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

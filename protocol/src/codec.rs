@@ -1,0 +1,305 @@
+//! The one place that knows the byte layout of a frame (PROTOCOL.md §2).
+//!
+//! A frame on the wire is `[version: u8] ++ bincode-2.0.1(Frame)` using bincode's standard
+//! configuration (little-endian, variable-length integers) with a hard size limit. All use of
+//! bincode in the workspace stays inside this module, so that another bincode-compatible
+//! codec can replace it without touching any caller.
+//!
+//! Decoding is strict: a frame must be exactly one canonical encoding. Trailing bytes,
+//! non-minimal integers or anything else that would re-encode differently are rejected, so
+//! two different byte strings never mean the same frame.
+
+use crate::frame::{Frame, PROTOCOL_VERSION};
+use crate::model::ValidationError;
+
+/// Largest encoded frame accepted or produced, in bytes (version byte included).
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_FRAME_BYTES>,
+>;
+
+fn config() -> Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
+}
+
+/// Why bytes could not be turned into a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// No bytes at all.
+    #[error("empty frame")]
+    Empty,
+    /// The first byte names a link version this build does not speak.
+    #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u8),
+    /// The frame is larger than [`MAX_FRAME_BYTES`].
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Size received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is not a valid encoding of a frame (unknown tag, truncated, bad UTF-8…).
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A valid frame was followed by extra bytes.
+    #[error("{0} trailing bytes after the frame")]
+    TrailingBytes(usize),
+    /// The bytes decode, but are not the canonical encoding of what they decode to.
+    #[error("non-canonical encoding")]
+    NonCanonical,
+    /// The frame decoded but its contents break a rule of PROTOCOL.md §3.
+    #[error("invalid frame contents: {0}")]
+    Invalid(#[from] FrameRuleError),
+}
+
+impl DecodeError {
+    /// Stable short label for `frames_rejected_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty | DecodeError::Malformed(_) => "malformed",
+            DecodeError::UnsupportedVersion(_) => "version",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TrailingBytes(_) | DecodeError::NonCanonical => "non_canonical",
+            DecodeError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// A rule of PROTOCOL.md §3 that a decoded frame breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameRuleError {
+    /// An entry is not well-formed.
+    #[error("entry: {0}")]
+    Entry(#[from] ValidationError),
+    /// More entries than [`crate::frame::MAX_ENTRIES_PER_FRAME`].
+    #[error("too many entries in one frame")]
+    TooManyEntries,
+    /// Batch range is empty, or its entries are not ascending within it.
+    #[error("batch range is empty or its entries are out of order or out of range")]
+    BadRange,
+    /// A snapshot entry is newer than the snapshot.
+    #[error("snapshot entry beyond snapshot_seq")]
+    SnapshotEntryBeyondSeq,
+    /// A text field (agent id, version, message) is too long or empty where required.
+    #[error("field `{0}` is empty or too long")]
+    BadText(&'static str),
+}
+
+/// Why a frame could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoding would exceed [`MAX_FRAME_BYTES`].
+    #[error("frame would exceed {MAX_FRAME_BYTES} bytes")]
+    TooLarge,
+    /// bincode refused the value (it should not for any `Frame`).
+    #[error("encoding failed: {0}")]
+    Other(String),
+}
+
+/// Encodes a frame: version byte followed by its bincode body.
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(PROTOCOL_VERSION);
+    bincode::serde::encode_into_std_write(frame, &mut out, config())
+        .map_err(|e| EncodeError::Other(e.to_string()))?;
+    if out.len() > MAX_FRAME_BYTES {
+        return Err(EncodeError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// Decodes exactly one frame from `bytes` and checks the rules of PROTOCOL.md §3.
+pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != PROTOCOL_VERSION {
+        // Checked before anything else: a frame of another version is never misread.
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_FRAME_BYTES });
+    }
+    let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - used));
+    }
+    // Canonical form: re-encoding must give back the same bytes. This rejects non-minimal
+    // varints and any other alternative spelling of the same frame.
+    let again = encode(&frame).map_err(|_| DecodeError::NonCanonical)?;
+    if again != bytes {
+        return Err(DecodeError::NonCanonical);
+    }
+    validate(&frame)?;
+    Ok(frame)
+}
+
+fn check_text(field: &'static str, s: &str, max: usize, allow_empty: bool) -> Result<(), FrameRuleError> {
+    if s.len() > max || (!allow_empty && s.is_empty()) {
+        return Err(FrameRuleError::BadText(field));
+    }
+    Ok(())
+}
+
+/// The content rules of PROTOCOL.md §3, applied to every decoded frame.
+pub fn validate(frame: &Frame) -> Result<(), FrameRuleError> {
+    use crate::frame::{MAX_AGENT_ID_BYTES, MAX_ENTRIES_PER_FRAME, MAX_TEXT_BYTES};
+    match frame {
+        Frame::Hello(h) => {
+            check_text("agent_id", &h.agent_id, MAX_AGENT_ID_BYTES, false)?;
+            if h.agent_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(FrameRuleError::BadText("agent_id"));
+            }
+            check_text("agent_version", &h.agent_version, MAX_TEXT_BYTES, true)
+        }
+        Frame::Batch(b) => {
+            if b.entries.len() > MAX_ENTRIES_PER_FRAME {
+                return Err(FrameRuleError::TooManyEntries);
+            }
+            if b.from_seq == 0 || b.from_seq > b.to_seq {
+                return Err(FrameRuleError::BadRange);
+            }
+            let mut prev = b.from_seq - 1;
+            for e in &b.entries {
+                e.validate()?;
+                if e.seq <= prev || e.seq > b.to_seq {
+                    return Err(FrameRuleError::BadRange);
+                }
+                prev = e.seq;
+            }
+            Ok(())
+        }
+        Frame::SnapshotChunk(c) => {
+            if c.entries.len() > MAX_ENTRIES_PER_FRAME {
+                return Err(FrameRuleError::TooManyEntries);
+            }
+            for e in &c.entries {
+                e.validate()?;
+                if e.seq > c.snapshot_seq {
+                    return Err(FrameRuleError::SnapshotEntryBeyondSeq);
+                }
+            }
+            Ok(())
+        }
+        Frame::Welcome(w) => {
+            if w.heartbeat_ms == 0 {
+                return Err(FrameRuleError::BadText("heartbeat_ms"));
+            }
+            Ok(())
+        }
+        Frame::GoAway(g) => check_text("reason", &g.reason, MAX_TEXT_BYTES, true),
+        Frame::Error(e) => check_text("message", &e.message, MAX_TEXT_BYTES, true),
+        Frame::Ack(_) | Frame::Heartbeat(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::*;
+    use crate::model::*;
+
+    fn batch(n: u64) -> Frame {
+        Frame::Batch(Batch {
+            log_id: LogId([7; 16]),
+            from_seq: 1,
+            to_seq: n,
+            entries: (1..=n)
+                .map(|seq| Entry {
+                    seq,
+                    created_at_ms: 1_700_000_000_000,
+                    expires_at: 1_800_000_000,
+                    reason: None,
+                    revocation: Revocation::Jti { jti: format!("j{seq}"), iss: None },
+                })
+                .collect(),
+        })
+    }
+
+    fn ack_bytes() -> Vec<u8> {
+        encode(&Frame::Ack(Ack { log_id: LogId([1; 16]), applied_seq: 5 })).unwrap_or_default()
+    }
+
+    /// Table of hostile inputs: each must give the named error, quickly, without a large allocation.
+    #[test]
+    fn malformed_inputs_give_typed_errors() {
+        let ack = ack_bytes();
+        let mut trailing = ack.clone();
+        trailing.push(0);
+        // Variant index 3 (Ack), log id, then seq 5 spelled as a 3-byte varint (251 = u16 follows).
+        let mut non_canonical = vec![PROTOCOL_VERSION, 3];
+        non_canonical.extend_from_slice(&[1; 16]);
+        non_canonical.extend_from_slice(&[251, 5, 0]);
+        // Hello whose agent_id claims a length of u64::MAX.
+        let mut huge_len = vec![PROTOCOL_VERSION, 0, 1, 253];
+        huge_len.extend_from_slice(&u64::MAX.to_le_bytes());
+        // Batch whose entries vector claims 2^60 elements.
+        let mut huge_vec = vec![PROTOCOL_VERSION, 2];
+        huge_vec.extend_from_slice(&[7; 16]);
+        huge_vec.extend_from_slice(&[1, 2]);
+        huge_vec.push(253);
+        huge_vec.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        // Hello with an agent id that is not UTF-8.
+        let bad_utf8 = vec![PROTOCOL_VERSION, 0, 1, 2, 0xff, 0xfe];
+        // An oversized frame.
+        let oversized = {
+            let mut v = vec![PROTOCOL_VERSION];
+            v.resize(MAX_FRAME_BYTES + 1, 0);
+            v
+        };
+        // Batch with an entry outside its range.
+        let gap = {
+            let mut f = batch(2);
+            if let Frame::Batch(b) = &mut f {
+                b.entries[1].seq = 9;
+            }
+            encode(&f).unwrap_or_default()
+        };
+
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("empty", vec![], "malformed"),
+            ("unknown version", vec![2, 0, 0], "version"),
+            ("version zero", vec![0], "version"),
+            ("unknown tag", vec![PROTOCOL_VERSION, 200], "malformed"),
+            ("truncated", ack[..ack.len() - 1].to_vec(), "malformed"),
+            ("only version", vec![PROTOCOL_VERSION], "malformed"),
+            ("trailing bytes", trailing, "non_canonical"),
+            ("non-canonical varint", non_canonical, "non_canonical"),
+            ("huge string length", huge_len, "malformed"),
+            ("huge vec length", huge_vec, "malformed"),
+            ("bad utf-8", bad_utf8, "malformed"),
+            ("oversized", oversized, "too_large"),
+            ("gap in batch", gap, "invalid"),
+        ];
+        for (name, input, reason) in cases {
+            match decode(&input) {
+                Ok(f) => panic!("{name}: decoded to {f:?}"),
+                Err(e) => assert_eq!(e.reason(), reason, "{name}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_version_is_reported_as_such() {
+        assert_eq!(decode(&[9, 1, 2, 3]), Err(DecodeError::UnsupportedVersion(9)));
+    }
+
+    #[test]
+    fn encode_refuses_oversized_frames() {
+        let mut f = batch(1);
+        if let Frame::Batch(b) = &mut f {
+            b.entries[0].reason = Some("x".repeat(MAX_FRAME_BYTES));
+        }
+        assert_eq!(encode(&f), Err(EncodeError::TooLarge));
+    }
+
+    #[test]
+    fn batch_round_trips() {
+        let f = batch(100);
+        let bytes = encode(&f).unwrap_or_default();
+        assert_eq!(decode(&bytes), Ok(f));
+    }
+}

@@ -1,0 +1,206 @@
+//! Frames of the authority–agent link (PROTOCOL.md §3).
+//!
+//! Frames are flat: no frame type contains itself, so decoding depth is bounded by the type
+//! definitions rather than by the input.
+
+use crate::model::{Entry, LogId};
+use serde::{Deserialize, Serialize};
+
+/// The link protocol version this crate speaks. Carried in the first byte of every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Most entries the authority puts in one `Batch` or `SnapshotChunk`.
+pub const MAX_ENTRIES_PER_FRAME: usize = 256;
+
+/// Longest agent id accepted in a `Hello`.
+pub const MAX_AGENT_ID_BYTES: usize = 128;
+
+/// Longest free text (versions, reasons, error messages) carried by control frames.
+pub const MAX_TEXT_BYTES: usize = 256;
+
+/// One message on the link, either direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Agent → authority, first frame on a link.
+    Hello(Hello),
+    /// Authority → agent, answer to `Hello`.
+    Welcome(Welcome),
+    /// Authority → agent: consecutive entries.
+    Batch(Batch),
+    /// Agent → authority: cumulative acknowledgement.
+    Ack(Ack),
+    /// Authority → agent: liveness and the log head. The agent answers each one with its own
+    /// `Heartbeat` (its applied seq in `head_seq`), so both sides see the link alive.
+    Heartbeat(Heartbeat),
+    /// Authority → agent: one part of a full-state snapshot.
+    SnapshotChunk(SnapshotChunk),
+    /// Authority → agent: please disconnect and come back later.
+    GoAway(GoAway),
+    /// Either direction: the sender is closing the link because of this error.
+    Error(ErrorFrame),
+}
+
+impl Frame {
+    /// Short stable name of the frame type, for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Batch(_) => "batch",
+            Frame::Ack(_) => "ack",
+            Frame::Heartbeat(_) => "heartbeat",
+            Frame::SnapshotChunk(_) => "snapshot_chunk",
+            Frame::GoAway(_) => "go_away",
+            Frame::Error(_) => "error",
+        }
+    }
+}
+
+/// Agent → authority: who I am and where I am in which log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Highest link protocol version the agent speaks.
+    pub max_version: u8,
+    /// Agent id (unique per agent; shown in receipts).
+    pub agent_id: String,
+    /// Software version, for `GET /v1/agents`.
+    pub agent_version: String,
+    /// The log the agent's state comes from, `None` for an empty agent.
+    pub log_id: Option<LogId>,
+    /// Highest seq the agent has applied from that log (0 for none).
+    pub applied_seq: u64,
+}
+
+/// How the authority will bring the agent up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resume {
+    /// Batches follow from `applied_seq + 1`.
+    Incremental,
+    /// A snapshot follows and replaces the agent's whole set (cursor behind the compacted log,
+    /// another `log_id`, or an agent ahead of the log).
+    Snapshot,
+}
+
+/// Authority → agent: accepted; this is the log and how catch-up will happen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Version the link will speak.
+    pub version: u8,
+    /// The authority's log.
+    pub log_id: LogId,
+    /// Head of the log when the link was accepted.
+    pub head_seq: u64,
+    /// Interval at which heartbeats will arrive, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Catch-up mode.
+    pub resume: Resume,
+}
+
+/// Authority → agent: every live entry with a seq in `from_seq..=to_seq`.
+///
+/// Seqs in the range without an entry were expired and compacted away (SPEC §3.2 allows
+/// skipping them); after applying the batch the agent is at `to_seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The log these entries belong to.
+    pub log_id: LogId,
+    /// First seq covered.
+    pub from_seq: u64,
+    /// Last seq covered.
+    pub to_seq: u64,
+    /// Entries in strictly ascending seq order, each within `from_seq..=to_seq`.
+    pub entries: Vec<Entry>,
+}
+
+/// Agent → authority: every entry up to `applied_seq` is applied (and persisted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The log acknowledged.
+    pub log_id: LogId,
+    /// Cumulative: everything `<=` this is applied.
+    pub applied_seq: u64,
+}
+
+/// Authority → agent: I am alive; the log head is here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Current head of the log.
+    pub head_seq: u64,
+    /// Authority wall clock, unix milliseconds (diagnostics only; agents never trust it for expiry).
+    pub unix_ms: u64,
+}
+
+/// Authority → agent: a part of a snapshot. Chunks of one snapshot share `snapshot_id`
+/// and arrive with `index` 0, 1, 2, …; the one with `last` set completes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The log the snapshot is of.
+    pub log_id: LogId,
+    /// Distinguishes one snapshot transfer from a retried one.
+    pub snapshot_id: u64,
+    /// The seq the snapshot represents: after applying it the agent is at this seq.
+    pub snapshot_seq: u64,
+    /// Position of this chunk in the transfer.
+    pub index: u32,
+    /// True on the final chunk.
+    pub last: bool,
+    /// Live entries (any seq order is allowed, every seq `<= snapshot_seq`).
+    pub entries: Vec<Entry>,
+}
+
+/// Authority → agent: disconnect and reconnect after `retry_after_ms` (to this or another authority).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoAway {
+    /// Suggested wait before reconnecting, milliseconds (already jittered by the authority).
+    pub retry_after_ms: u64,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// Machine-readable error codes carried by `Error` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peer speaks a link version this side does not.
+    UnsupportedVersion,
+    /// A frame arrived that is not allowed in the current state.
+    UnexpectedFrame,
+    /// A frame could not be decoded.
+    Malformed,
+    /// A frame decoded but broke a rule (non-consecutive batch, ack beyond what was sent…).
+    Violation,
+    /// Credentials were missing or wrong.
+    Unauthorized,
+    /// Anything else.
+    Internal,
+}
+
+/// Either direction: why the sender closes the link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// Lowest and highest version the sender speaks (useful after `UnsupportedVersion`).
+    pub supported: (u8, u8),
+    /// Human-readable details.
+    pub message: String,
+}
+
+impl ErrorFrame {
+    /// An error frame carrying this crate's supported version range.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        truncate_utf8(&mut message, MAX_TEXT_BYTES);
+        Self { code, supported: (PROTOCOL_VERSION, PROTOCOL_VERSION), message }
+    }
+}
+
+/// Shortens `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}

@@ -1,0 +1,295 @@
+//! The revocation model of SPEC section 2: what a log entry says and which tokens it matches.
+//!
+//! Everything here is plain data plus validation, so that the authority, the agent and the
+//! codec all agree on one definition of "a well-formed entry".
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest accepted identifier (`jti`, `iss`, `sub`, `kid`, `sid`), in bytes.
+///
+/// Bounding every string keeps a single entry, and therefore a batch frame, small and
+/// predictable (PROTOCOL.md §4).
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest accepted free-text `reason`, in bytes.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// Identity of one revocation log: random 128 bits fixed when the log is created.
+///
+/// Sequence numbers only mean something together with the log they belong to; an agent
+/// that presents another `log_id` is resynchronised from a snapshot (SPEC §3.5).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogId(pub [u8; 16]);
+
+impl LogId {
+    /// Builds a log id from 16 random bytes supplied by the caller (this crate reads no RNG).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses the 32-hex-digit form produced by `Display`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.as_bytes();
+        if text.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in text.chunks_exact(2).enumerate() {
+            let hi = hex_val(pair[0])?;
+            let lo = hex_val(pair[1])?;
+            out[i] = (hi << 4) | lo;
+        }
+        Some(Self(out))
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LogId({self})")
+    }
+}
+
+/// What one entry revokes (SPEC §2 table).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Revocation {
+    /// One token, by `jti` and, when given, `iss`.
+    Jti {
+        /// The token's `jti` claim.
+        jti: String,
+        /// The token's `iss` claim; `None` matches any issuer.
+        iss: Option<String>,
+    },
+    /// Every token of a subject issued before a moment.
+    Subject {
+        /// The `sub` claim.
+        sub: String,
+        /// Unix seconds; tokens with `iat` strictly before it (or without `iat`) are revoked.
+        issued_before: u64,
+    },
+    /// Every token signed with a key, by header `kid`.
+    Key {
+        /// The header `kid`.
+        kid: String,
+    },
+    /// Every token of a session, by `sid` claim.
+    Session {
+        /// The `sid` claim.
+        sid: String,
+    },
+}
+
+/// The four kinds, as named on the wire words and in metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `jti`
+    Jti,
+    /// `subject`
+    Subject,
+    /// `key`
+    Key,
+    /// `session`
+    Session,
+}
+
+impl Kind {
+    /// All kinds, in a stable order (for metric label initialisation).
+    pub const ALL: [Kind; 4] = [Kind::Jti, Kind::Subject, Kind::Key, Kind::Session];
+
+    /// The stable lower-case name used in the line protocol, the admin API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Jti => "jti",
+            Kind::Subject => "subject",
+            Kind::Key => "key",
+            Kind::Session => "session",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Revocation {
+    /// The kind of this revocation.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Revocation::Jti { .. } => Kind::Jti,
+            Revocation::Subject { .. } => Kind::Subject,
+            Revocation::Key { .. } => Kind::Key,
+            Revocation::Session { .. } => Kind::Session,
+        }
+    }
+}
+
+/// One sequenced entry of the revocation log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Global sequence number in its log: starts at 1, no gaps.
+    pub seq: u64,
+    /// When the authority accepted it, unix milliseconds.
+    pub created_at_ms: u64,
+    /// Unix seconds after which no token this entry matches can still be unexpired.
+    pub expires_at: u64,
+    /// Free text for humans.
+    pub reason: Option<String>,
+    /// What it revokes.
+    pub revocation: Revocation,
+}
+
+/// Why an entry (or a request to create one) is not well-formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// A required identifier is empty.
+    #[error("field `{0}` must not be empty")]
+    Empty(&'static str),
+    /// An identifier or the reason is longer than allowed.
+    #[error("field `{field}` is longer than {max} bytes")]
+    TooLong {
+        /// The offending field.
+        field: &'static str,
+        /// Its limit.
+        max: usize,
+    },
+    /// An identifier contains a character the line protocol cannot carry (whitespace or control).
+    #[error("field `{0}` contains whitespace or control characters")]
+    BadChars(&'static str),
+    /// `seq` 0 is reserved for "nothing applied".
+    #[error("field `seq` must be at least 1")]
+    ZeroSeq,
+}
+
+impl ValidationError {
+    /// The name of the field at fault, for `{"error","field"}` answers.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ValidationError::Empty(f) | ValidationError::BadChars(f) => f,
+            ValidationError::TooLong { field, .. } => field,
+            ValidationError::ZeroSeq => "seq",
+        }
+    }
+}
+
+/// Checks one identifier: non-empty, bounded, and free of whitespace/control characters,
+/// because identifiers travel as `key=value` words in the line protocol (SPEC §5).
+pub fn validate_id(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::Empty(field));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(ValidationError::TooLong { field, max: MAX_ID_BYTES });
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ValidationError::BadChars(field));
+    }
+    Ok(())
+}
+
+impl Revocation {
+    /// Validates every identifier of this revocation.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Revocation::Jti { jti, iss } => {
+                validate_id("jti", jti)?;
+                if let Some(iss) = iss {
+                    validate_id("iss", iss)?;
+                }
+                Ok(())
+            }
+            Revocation::Subject { sub, .. } => validate_id("sub", sub),
+            Revocation::Key { kid } => validate_id("kid", kid),
+            Revocation::Session { sid } => validate_id("sid", sid),
+        }
+    }
+}
+
+impl Entry {
+    /// Validates an entry received from the wire or read from disk.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.seq == 0 {
+            return Err(ValidationError::ZeroSeq);
+        }
+        if let Some(reason) = &self.reason {
+            if reason.len() > MAX_REASON_BYTES {
+                return Err(ValidationError::TooLong { field: "reason", max: MAX_REASON_BYTES });
+            }
+        }
+        self.revocation.validate()
+    }
+
+    /// True once no token this entry can match is still unexpired.
+    pub fn is_expired(&self, now_unix_secs: u64) -> bool {
+        self.expires_at <= now_unix_secs
+    }
+}
+
+/// The claims of a token that revocation looks at (already verified, or asserted by a
+/// service that verified the token itself, as in the `STATUS` request).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenRef<'a> {
+    /// `jti` claim.
+    pub jti: Option<&'a str>,
+    /// `iss` claim.
+    pub iss: Option<&'a str>,
+    /// `sub` claim.
+    pub sub: Option<&'a str>,
+    /// `iat` claim, unix seconds.
+    pub iat: Option<u64>,
+    /// Header `kid`.
+    pub kid: Option<&'a str>,
+    /// `sid` claim.
+    pub sid: Option<&'a str>,
+}
+
+/// Why a token is revoked: the matching entry's kind and seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Kind of the matching revocation.
+    pub kind: Kind,
+    /// Seq of the matching entry.
+    pub seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_id_round_trips_through_hex() {
+        let id = LogId([0xab; 16]);
+        assert_eq!(LogId::parse(&id.to_string()), Some(id));
+        assert_eq!(LogId::parse("zz"), None);
+        assert_eq!(LogId::parse(&"g".repeat(32)), None);
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        let check = |v: &str, ok: bool| assert_eq!(validate_id("jti", v).is_ok(), ok, "{v:?}");
+        check("abc-123", true);
+        check("", false);
+        check("a b", false);
+        check("a\nb", false);
+        check(&"x".repeat(MAX_ID_BYTES), true);
+        check(&"x".repeat(MAX_ID_BYTES + 1), false);
+    }
+}

@@ -1,0 +1,520 @@
+//! The in-memory revocation set: O(1) answers to "does any entry revoke this token?".
+//!
+//! `jti` revocations dominate in number, so they live in [`JtiTable`], an open-addressing
+//! Robin Hood table of fixed 24-byte slots holding a 96-bit digest of `iss`+`jti` instead of
+//! the strings. The other kinds are few (one per user, key or session) and keep their strings
+//! in ordinary hash maps.
+//!
+//! The digest is xxh3-128, not a cryptographic hash. That is deliberate: the inputs are
+//! identifiers minted by the token issuer, and a collision could only make the set report a
+//! token as revoked that is not (it fails closed, never open).
+
+use crate::model::{Entry, Kind, Revocation, TokenRef, Verdict};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Fixed-size digest of a `jti` revocation key (`iss` + `jti`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JtiDigest {
+    /// First 64 bits; also picks the home slot.
+    pub hi: u64,
+    /// Next 32 bits.
+    pub lo: u32,
+}
+
+impl JtiDigest {
+    /// Digest of a `jti` with an optional `iss`. The issuer selects the hash seed, so `None`
+    /// (seed 0) never collides with any issuer by construction (issuer seeds are odd).
+    pub fn new(iss: Option<&str>, jti: &str) -> Self {
+        let seed = iss.map_or(0, |iss| xxhash_rust::xxh3::xxh3_64(iss.as_bytes()) | 1);
+        let d = xxhash_rust::xxh3::xxh3_128_with_seed(jti.as_bytes(), seed);
+        Self { hi: d as u64, lo: (d >> 64) as u32 }
+    }
+}
+
+/// One slot: 24 bytes. `seq == 0` marks an empty slot (seqs start at 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JtiSlot {
+    /// Digest, high part.
+    pub hi: u64,
+    /// Seq of the revoking entry.
+    pub seq: u64,
+    /// Digest, low part.
+    pub lo: u32,
+    /// Expiry, unix seconds (saturated at `u32::MAX`, the year 2106).
+    pub expires_at: u32,
+}
+
+/// Robin Hood hash table of [`JtiSlot`]s with linear probing and backward-shift deletion.
+///
+/// The capacity need not be a power of two (slots are picked by multiply-shift), so the
+/// table grows by 1.5× and stays between ~57% and 85% full: 28–42 bytes per entry.
+#[derive(Clone, Debug, Default)]
+pub struct JtiTable {
+    slots: Vec<JtiSlot>,
+    len: usize,
+}
+
+const MIN_CAPACITY: usize = 16;
+
+impl JtiTable {
+    /// Number of digests stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held by the table's slot array.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<JtiSlot>()
+    }
+
+    fn home(&self, hi: u64) -> usize {
+        ((u128::from(hi) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    fn distance(&self, index: usize) -> usize {
+        let home = self.home(self.slots[index].hi);
+        (index + self.slots.len() - home) % self.slots.len()
+    }
+
+    fn find(&self, d: JtiDigest) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let cap = self.slots.len();
+        let mut i = self.home(d.hi);
+        let mut dist = 0;
+        loop {
+            let s = &self.slots[i];
+            if s.seq == 0 || self.distance(i) < dist {
+                return None;
+            }
+            if s.hi == d.hi && s.lo == d.lo {
+                return Some(i);
+            }
+            i = (i + 1) % cap;
+            dist += 1;
+            if dist > cap {
+                return None;
+            }
+        }
+    }
+
+    /// Looks a digest up: `(seq, expires_at)` of the revoking entry.
+    pub fn get(&self, d: JtiDigest) -> Option<(u64, u32)> {
+        self.find(d).map(|i| (self.slots[i].seq, self.slots[i].expires_at))
+    }
+
+    /// Inserts or extends a digest. An existing digest keeps its first seq and the later expiry.
+    pub fn insert(&mut self, d: JtiDigest, seq: u64, expires_at: u64) {
+        debug_assert!(seq != 0);
+        let expires_at = u32::try_from(expires_at).unwrap_or(u32::MAX);
+        if let Some(i) = self.find(d) {
+            let s = &mut self.slots[i];
+            s.expires_at = s.expires_at.max(expires_at);
+            return;
+        }
+        if (self.len + 1) * 20 > self.slots.len() * 17 {
+            let grown = (self.slots.len() * 3 / 2).max(MIN_CAPACITY);
+            self.rehash(grown);
+        }
+        self.insert_new(JtiSlot { hi: d.hi, seq, lo: d.lo, expires_at });
+        self.len += 1;
+    }
+
+    fn insert_new(&mut self, mut slot: JtiSlot) {
+        let cap = self.slots.len();
+        let mut i = self.home(slot.hi);
+        let mut dist = 0;
+        loop {
+            if self.slots[i].seq == 0 {
+                self.slots[i] = slot;
+                return;
+            }
+            let existing = self.distance(i);
+            if existing < dist {
+                // Robin Hood: the richer resident moves on, the poorer newcomer takes its place.
+                std::mem::swap(&mut self.slots[i], &mut slot);
+                dist = existing;
+            }
+            i = (i + 1) % cap;
+            dist += 1;
+        }
+    }
+
+    fn rehash(&mut self, capacity: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![JtiSlot::default(); capacity]);
+        for s in old.into_iter().filter(|s| s.seq != 0) {
+            self.insert_new(s);
+        }
+    }
+
+    /// Removes the slot at `index` by shifting the following cluster back one place.
+    fn remove_at(&mut self, mut index: usize) {
+        let cap = self.slots.len();
+        loop {
+            let next = (index + 1) % cap;
+            if self.slots[next].seq == 0 || self.distance(next) == 0 {
+                self.slots[index] = JtiSlot::default();
+                break;
+            }
+            self.slots[index] = self.slots[next];
+            index = next;
+        }
+        self.len -= 1;
+    }
+
+    /// Removes a digest; true if it was there.
+    pub fn remove(&mut self, d: JtiDigest) -> bool {
+        match self.find(d) {
+            Some(i) => {
+                self.remove_at(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every slot whose expiry is `<= now`; returns how many. Shrinks a mostly empty table.
+    pub fn remove_expired(&mut self, now_unix_secs: u64) -> usize {
+        let before = self.len;
+        let mut i = 0;
+        // Backward shifts only move slots into the position being examined or to positions
+        // not yet examined (or, at the wrap, from the front to the back), so one pass sees
+        // every slot at least once.
+        while i < self.slots.len() {
+            let s = self.slots[i];
+            if s.seq != 0 && u64::from(s.expires_at) <= now_unix_secs {
+                self.remove_at(i);
+                continue;
+            }
+            i += 1;
+        }
+        if self.slots.len() > MIN_CAPACITY && self.len * 4 < self.slots.len() {
+            self.rehash((self.len * 10 / 6).max(MIN_CAPACITY));
+        }
+        before - self.len
+    }
+
+    /// Every occupied slot (for snapshots).
+    pub fn iter(&self) -> impl Iterator<Item = &JtiSlot> {
+        self.slots.iter().filter(|s| s.seq != 0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Rec {
+    seq: u64,
+    expires_at: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SubjectRec {
+    issued_before: u64,
+    seq: u64,
+    expires_at: u64,
+}
+
+/// Everything currently revoked, answering checks in O(1).
+#[derive(Clone, Debug, Default)]
+pub struct RevocationSet {
+    jti: JtiTable,
+    subjects: HashMap<Box<str>, SubjectRec>,
+    keys: HashMap<Box<str>, Rec>,
+    sessions: HashMap<Box<str>, Rec>,
+}
+
+/// The serialisable form of a [`RevocationSet`] (digests, not `jti` strings).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSnapshot {
+    jti: Vec<JtiSlot>,
+    subjects: Vec<(String, SubjectRec)>,
+    keys: Vec<(String, Rec)>,
+    sessions: Vec<(String, Rec)>,
+}
+
+fn merge_rec(map: &mut HashMap<Box<str>, Rec>, key: &str, seq: u64, expires_at: u64) {
+    match map.get_mut(key) {
+        Some(r) => r.expires_at = r.expires_at.max(expires_at),
+        None => {
+            map.insert(key.into(), Rec { seq, expires_at });
+        }
+    }
+}
+
+impl RevocationSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an entry's revocation. Entries already expired at `now_unix_secs` are skipped
+    /// (SPEC §3.2); returns whether it was added.
+    pub fn insert(&mut self, entry: &Entry, now_unix_secs: u64) -> bool {
+        if entry.is_expired(now_unix_secs) {
+            return false;
+        }
+        let (seq, exp) = (entry.seq, entry.expires_at);
+        match &entry.revocation {
+            Revocation::Jti { jti, iss } => self.jti.insert(JtiDigest::new(iss.as_deref(), jti), seq, exp),
+            Revocation::Key { kid } => merge_rec(&mut self.keys, kid, seq, exp),
+            Revocation::Session { sid } => merge_rec(&mut self.sessions, sid, seq, exp),
+            Revocation::Subject { sub, issued_before } => match self.subjects.get_mut(sub.as_str()) {
+                // Several revocations of one subject collapse to the widest: the latest
+                // `issued_before` (with its seq) and the latest expiry.
+                Some(r) => {
+                    if *issued_before > r.issued_before {
+                        r.issued_before = *issued_before;
+                        r.seq = seq;
+                    }
+                    r.expires_at = r.expires_at.max(exp);
+                }
+                None => {
+                    self.subjects.insert(
+                        sub.as_str().into(),
+                        SubjectRec { issued_before: *issued_before, seq, expires_at: exp },
+                    );
+                }
+            },
+        }
+        true
+    }
+
+    /// The entry that revokes this token, if any.
+    pub fn check(&self, t: &TokenRef<'_>) -> Option<Verdict> {
+        if let Some(jti) = t.jti {
+            if !self.jti.is_empty() {
+                let hit = t
+                    .iss
+                    .and_then(|iss| self.jti.get(JtiDigest::new(Some(iss), jti)))
+                    .or_else(|| self.jti.get(JtiDigest::new(None, jti)));
+                if let Some((seq, _)) = hit {
+                    return Some(Verdict { kind: Kind::Jti, seq });
+                }
+            }
+        }
+        if let Some(r) = t.kid.and_then(|k| self.keys.get(k)) {
+            return Some(Verdict { kind: Kind::Key, seq: r.seq });
+        }
+        if let Some(r) = t.sid.and_then(|s| self.sessions.get(s)) {
+            return Some(Verdict { kind: Kind::Session, seq: r.seq });
+        }
+        if let Some(r) = t.sub.and_then(|s| self.subjects.get(s)) {
+            // A token without `iat` counts as issued before (SPEC §2).
+            if t.iat.is_none_or(|iat| iat < r.issued_before) {
+                return Some(Verdict { kind: Kind::Subject, seq: r.seq });
+            }
+        }
+        None
+    }
+
+    /// Forgets everything whose `expires_at <= now_unix_secs`; returns how many were removed.
+    pub fn remove_expired(&mut self, now_unix_secs: u64) -> usize {
+        let mut removed = self.jti.remove_expired(now_unix_secs);
+        let sweep = |map: &mut HashMap<Box<str>, Rec>| {
+            let before = map.len();
+            map.retain(|_, r| r.expires_at > now_unix_secs);
+            before - map.len()
+        };
+        removed += sweep(&mut self.keys);
+        removed += sweep(&mut self.sessions);
+        let before = self.subjects.len();
+        self.subjects.retain(|_, r| r.expires_at > now_unix_secs);
+        removed + before - self.subjects.len()
+    }
+
+    /// Number of live revocations of a kind.
+    pub fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Jti => self.jti.len(),
+            Kind::Subject => self.subjects.len(),
+            Kind::Key => self.keys.len(),
+            Kind::Session => self.sessions.len(),
+        }
+    }
+
+    /// Total live revocations.
+    pub fn len(&self) -> usize {
+        Kind::ALL.iter().map(|k| self.count(*k)).sum()
+    }
+
+    /// True when nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes used by the `jti` table (the part that scales with token revocations).
+    pub fn jti_memory_bytes(&self) -> usize {
+        self.jti.memory_bytes()
+    }
+
+    /// A serialisable copy of the set.
+    pub fn snapshot(&self) -> SetSnapshot {
+        fn strings<R: Copy>(m: &HashMap<Box<str>, R>) -> Vec<(String, R)> {
+            m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        }
+        SetSnapshot {
+            jti: self.jti.iter().copied().collect(),
+            subjects: strings(&self.subjects),
+            keys: strings(&self.keys),
+            sessions: strings(&self.sessions),
+        }
+    }
+
+    /// Rebuilds a set from a snapshot. Slots with seq 0 are ignored.
+    pub fn restore(snapshot: SetSnapshot) -> Self {
+        let mut set = Self::new();
+        for s in snapshot.jti.into_iter().filter(|s| s.seq != 0) {
+            set.jti.insert(JtiDigest { hi: s.hi, lo: s.lo }, s.seq, u64::from(s.expires_at));
+        }
+        set.subjects = snapshot.subjects.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        set.keys = snapshot.keys.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        set.sessions = snapshot.sessions.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn entry(seq: u64, expires_at: u64, revocation: Revocation) -> Entry {
+        Entry { seq, created_at_ms: 0, expires_at, reason: None, revocation }
+    }
+
+    fn jti(j: &str, iss: Option<&str>) -> Revocation {
+        Revocation::Jti { jti: j.into(), iss: iss.map(Into::into) }
+    }
+
+    type Case = (Vec<Revocation>, TokenRef<'static>, Option<(Kind, u64)>);
+
+    /// Table-driven: (entries, token, expected verdict).
+    #[test]
+    fn checks_follow_the_model() {
+        let tok = |f: fn(&mut TokenRef<'static>)| {
+            let mut t = TokenRef::default();
+            f(&mut t);
+            t
+        };
+        let cases: Vec<Case> = vec![
+            (vec![jti("a", None)], tok(|t| t.jti = Some("a")), Some((Kind::Jti, 1))),
+            (vec![jti("a", None)], tok(|t| (t.jti, t.iss) = (Some("a"), Some("x"))), Some((Kind::Jti, 1))),
+            (
+                vec![jti("a", Some("x"))],
+                tok(|t| (t.jti, t.iss) = (Some("a"), Some("x"))),
+                Some((Kind::Jti, 1)),
+            ),
+            (vec![jti("a", Some("x"))], tok(|t| (t.jti, t.iss) = (Some("a"), Some("y"))), None),
+            (vec![jti("a", Some("x"))], tok(|t| t.jti = Some("a")), None),
+            (vec![jti("a", None)], tok(|t| t.jti = Some("b")), None),
+            (
+                vec![Revocation::Subject { sub: "u".into(), issued_before: 100 }],
+                tok(|t| (t.sub, t.iat) = (Some("u"), Some(99))),
+                Some((Kind::Subject, 1)),
+            ),
+            (
+                vec![Revocation::Subject { sub: "u".into(), issued_before: 100 }],
+                tok(|t| (t.sub, t.iat) = (Some("u"), Some(100))),
+                None,
+            ),
+            (
+                vec![Revocation::Subject { sub: "u".into(), issued_before: 100 }],
+                tok(|t| t.sub = Some("u")),
+                Some((Kind::Subject, 1)),
+            ),
+            (
+                vec![
+                    Revocation::Subject { sub: "u".into(), issued_before: 100 },
+                    Revocation::Subject { sub: "u".into(), issued_before: 200 },
+                ],
+                tok(|t| (t.sub, t.iat) = (Some("u"), Some(150))),
+                Some((Kind::Subject, 2)),
+            ),
+            (vec![Revocation::Key { kid: "k1".into() }], tok(|t| t.kid = Some("k1")), Some((Kind::Key, 1))),
+            (vec![Revocation::Key { kid: "k1".into() }], tok(|t| t.kid = Some("k2")), None),
+            (
+                vec![Revocation::Session { sid: "s".into() }],
+                tok(|t| t.sid = Some("s")),
+                Some((Kind::Session, 1)),
+            ),
+            (vec![Revocation::Session { sid: "s".into() }], tok(|t| t.sub = Some("s")), None),
+        ];
+        for (i, (revs, token, want)) in cases.into_iter().enumerate() {
+            let mut set = RevocationSet::new();
+            for (n, r) in revs.into_iter().enumerate() {
+                assert!(set.insert(&entry(n as u64 + 1, 1000, r), 10));
+            }
+            let got = set.check(&token).map(|v| (v.kind, v.seq));
+            assert_eq!(got, want, "case {i}: {token:?}");
+        }
+    }
+
+    #[test]
+    fn expired_entries_are_skipped_and_collected() {
+        let mut set = RevocationSet::new();
+        assert!(!set.insert(&entry(1, 10, jti("old", None)), 10));
+        assert!(set.insert(&entry(2, 20, jti("a", None)), 10));
+        assert!(set.insert(&entry(3, 30, Revocation::Key { kid: "k".into() }), 10));
+        assert_eq!(set.remove_expired(20), 1);
+        assert_eq!(set.count(Kind::Jti), 0);
+        assert_eq!(set.count(Kind::Key), 1);
+        assert_eq!(set.remove_expired(30), 1);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_answers() {
+        let mut set = RevocationSet::new();
+        for i in 1..=1000u64 {
+            set.insert(&entry(i, 100 + i, jti(&format!("j{i}"), (i % 2 == 0).then_some("iss"))), 0);
+        }
+        set.insert(&entry(1001, 500, Revocation::Subject { sub: "u".into(), issued_before: 50 }), 0);
+        let restored = RevocationSet::restore(set.snapshot());
+        assert_eq!(restored.len(), set.len());
+        for i in 1..=1000u64 {
+            let j = format!("j{i}");
+            let t = TokenRef { jti: Some(&j), iss: Some("iss"), ..Default::default() };
+            assert_eq!(restored.check(&t), set.check(&t));
+            assert!(restored.check(&t).is_some());
+        }
+    }
+
+    proptest! {
+        /// The table behaves like a `HashSet` model under random inserts, removals and expiry sweeps.
+        #[test]
+        fn jti_table_matches_a_model(ops in prop::collection::vec((0u8..4, 0u16..300, 1u32..50), 1..600)) {
+            let mut table = JtiTable::default();
+            let mut model: HashMap<u16, u32> = HashMap::new();
+            let d = |k: u16| JtiDigest::new(None, &k.to_string());
+            for (op, key, exp) in ops {
+                match op {
+                    0 | 1 => {
+                        table.insert(d(key), u64::from(key) + 1, u64::from(exp));
+                        let e = model.entry(key).or_insert(exp);
+                        *e = (*e).max(exp);
+                    }
+                    2 => { prop_assert_eq!(table.remove(d(key)), model.remove(&key).is_some()); }
+                    _ => {
+                        let now = u64::from(exp);
+                        let removed = table.remove_expired(now);
+                        let before = model.len();
+                        model.retain(|_, e| u64::from(*e) > now);
+                        prop_assert_eq!(removed, before - model.len());
+                    }
+                }
+                prop_assert_eq!(table.len(), model.len());
+            }
+            let present: HashSet<u16> = model.keys().copied().collect();
+            for k in 0u16..300 {
+                prop_assert_eq!(table.get(d(k)).is_some(), present.contains(&k));
+            }
+        }
+    }
+}
