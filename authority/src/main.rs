@@ -1,1 +1,95 @@
-fn main() {}
+//! `revmesh-authority`: command-line entry point. Exit codes: 0 success, 1 runtime failure,
+//! 64 bad configuration or usage (as linkerd and sysexits do).
+
+use clap::Parser;
+use revmesh_authority::config::{Cli, Command, Config};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = match args.with_file().and_then(|raw| Config::build(&raw)) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("revmesh-authority: invalid configuration:");
+                    for e in errors {
+                        eprintln!("  --{e}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_tracing(&cfg.log);
+            run_serve(cfg)
+        }
+        Command::Revoke(a) => revmesh_authority::client::revoke(&a),
+        Command::Agents(a) => revmesh_authority::client::agents(&a),
+        Command::Status(a) => revmesh_authority::client::status(&a),
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run_serve(cfg: Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("revmesh-authority: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signals.cancel();
+        });
+        revmesh_authority::serve(cfg, shutdown, |bound, log_id| {
+            // One machine-readable line on stdout, for scripts and tests that bind port 0.
+            println!("revmesh-authority ready agent={} admin={} log_id={log_id}", bound.agent, bound.admin);
+        })
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("revmesh-authority: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! two different byte strings never mean the same frame.
 
 use crate::frame::{Frame, PROTOCOL_VERSION};
-use crate::model::ValidationError;
+use crate::model::{Entry, ValidationError};
 
 /// Largest encoded frame accepted or produced, in bytes (version byte included).
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -135,6 +135,61 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
     }
     validate(&frame)?;
     Ok(frame)
+}
+
+/// Encodes one log entry for storage (the authority's store, the agent's journal).
+pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, EncodeError> {
+    bincode::serde::encode_to_vec(entry, config()).map_err(|e| EncodeError::Other(e.to_string()))
+}
+
+/// Decodes one stored entry, with the same strictness as frames.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, DecodeError> {
+    let (entry, used): (Entry, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes(bytes.len() - used));
+    }
+    entry.validate().map_err(|e| DecodeError::Invalid(FrameRuleError::Entry(e)))?;
+    Ok(entry)
+}
+
+/// Largest encoded revocation-set snapshot accepted from disk.
+pub const MAX_SNAPSHOT_BYTES: usize = 1 << 32;
+
+type SnapshotConfig = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_SNAPSHOT_BYTES>,
+>;
+
+fn snapshot_config() -> SnapshotConfig {
+    bincode::config::standard().with_limit::<MAX_SNAPSHOT_BYTES>()
+}
+
+/// Encodes an agent's persisted state: log id, applied seq and set.
+pub fn encode_state(state: &PersistedState) -> Result<Vec<u8>, EncodeError> {
+    bincode::serde::encode_to_vec(state, snapshot_config()).map_err(|e| EncodeError::Other(e.to_string()))
+}
+
+/// Decodes an agent's persisted state.
+pub fn decode_state(bytes: &[u8]) -> Result<PersistedState, DecodeError> {
+    let (state, used): (PersistedState, usize) = bincode::serde::decode_from_slice(bytes, snapshot_config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(state)
+}
+
+/// What an agent keeps on disk between runs (PROTOCOL.md §6).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PersistedState {
+    /// The log the state belongs to.
+    pub log_id: Option<crate::model::LogId>,
+    /// Highest applied seq.
+    pub applied_seq: u64,
+    /// The revocation set.
+    pub set: crate::set::SetSnapshot,
 }
 
 fn check_text(field: &'static str, s: &str, max: usize, allow_empty: bool) -> Result<(), FrameRuleError> {

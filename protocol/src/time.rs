@@ -54,3 +54,52 @@ impl Jitter {
 pub fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
     base.checked_mul(1u32 << attempt.min(20)).unwrap_or(max).min(max)
 }
+
+/// Parses a human duration such as `250ms`, `30s`, `5m`, `24h` or `7d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a duration (try 30s, 5m, 24h)"))?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    let d = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => return Err(format!("`{text}` has an unknown unit `{unit}` (use ms, s, m, h or d)")),
+    };
+    d.ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        let ok = |s: &str, d: Duration| assert_eq!(parse_duration(s), Ok(d), "{s}");
+        ok("250ms", Duration::from_millis(250));
+        ok("30", Duration::from_secs(30));
+        ok("30s", Duration::from_secs(30));
+        ok("5m", Duration::from_secs(300));
+        ok("24h", Duration::from_secs(86_400));
+        ok("2d", Duration::from_secs(172_800));
+        for bad in ["", "s", "-1s", "1.5s", "3w", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jitter_bounded() {
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(Duration::from_secs(1), 3, max), Duration::from_secs(8));
+        assert_eq!(backoff(Duration::from_secs(1), 40, max), max);
+        let mut j = Jitter::new(7);
+        for _ in 0..1000 {
+            let d = j.jitter(Duration::from_secs(2));
+            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The admin HTTP API (SPEC §4): revocations with receipts, agents, metrics and health.
+//!
+//! Handlers parse request bodies themselves so that every bad input becomes a 400 with the
+//! offending field; internals (store errors) are logged, never shown to clients.
+
+use crate::hub::Hub;
+use crate::log::{AppendError, Log};
+use crate::metrics::Metrics;
+use crate::store::NewEntry;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use revmesh_protocol::model::{validate_id, MAX_REASON_BYTES};
+use revmesh_protocol::{Entry, Revocation};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 << 10;
+/// Longest `?wait=all` wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Shared state of the admin API.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The live log.
+    pub log: Arc<Log>,
+    /// Agent registry.
+    pub hub: Arc<Hub>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Bearer token for /v1/*.
+    pub token: Arc<String>,
+    /// Default horizon for non-jti expiry.
+    pub max_token_ttl: Duration,
+    /// False once shutdown began.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// An API error: status, message and the field at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn bad(field: &'static str, error: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, error: error.into(), field: Some(field) }
+    }
+    fn status(status: StatusCode, error: impl Into<String>) -> Self {
+        Self { status, error: error.into(), field: None }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.field {
+            Some(f) => json!({"error": self.error, "field": f}),
+            None => json!({"error": self.error}),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The router; testable without a socket.
+pub fn app(state: AdminState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/revocations", post(create).get(list))
+        .route("/v1/revocations/{seq}", get(one))
+        .route("/v1/agents", get(agents))
+        .route("/v1/status", get(status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if crate::ct_eq(p.as_bytes(), s.token.as_bytes()) => next.run(req).await,
+        _ => ApiError::status(StatusCode::UNAUTHORIZED, "missing or invalid admin token").into_response(),
+    }
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    s.hub.refresh_metrics(&s.log);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn str_field<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<&'a str>, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad(field, format!("`{field}` must be a string"))),
+    }
+}
+
+fn required_id(obj: &serde_json::Map<String, Value>, field: &'static str) -> Result<String, ApiError> {
+    let v = str_field(obj, field)?.ok_or_else(|| ApiError::bad(field, format!("`{field}` is required")))?;
+    validate_id(field, v).map_err(|e| ApiError::bad(field, e.to_string()))?;
+    Ok(v.to_owned())
+}
+
+fn time_field(obj: &serde_json::Map<String, Value>, field: &'static str) -> Result<Option<u64>, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().filter(|n| *n < 1 << 40).map(Some).ok_or_else(|| {
+            ApiError::bad(field, format!("`{field}` must be unix seconds (a non-negative integer)"))
+        }),
+    }
+}
+
+const KNOWN: &[&str] = &["kind", "jti", "iss", "sub", "kid", "sid", "issued_before", "expires_at", "reason"];
+
+/// Turns a request body into an entry to append (SPEC §4 body forms).
+pub fn parse_revocation(body: &[u8], max_token_ttl: Duration, now: u64) -> Result<NewEntry, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("body", format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::bad("body", "body must be a JSON object"));
+    };
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        let field: &'static str = "body";
+        return Err(ApiError::bad(field, format!("unknown field `{k}`")));
+    }
+    let kind = str_field(&obj, "kind")?.ok_or_else(|| ApiError::bad("kind", "`kind` is required"))?;
+    let ttl = max_token_ttl.as_secs();
+    let expires_at = time_field(&obj, "expires_at")?;
+    let (revocation, default_expiry) = match kind {
+        "jti" => {
+            let jti = required_id(&obj, "jti")?;
+            let iss = match str_field(&obj, "iss")? {
+                Some(i) => {
+                    validate_id("iss", i).map_err(|e| ApiError::bad("iss", e.to_string()))?;
+                    Some(i.to_owned())
+                }
+                None => None,
+            };
+            (Revocation::Jti { jti, iss }, None)
+        }
+        "subject" => {
+            let sub = required_id(&obj, "sub")?;
+            let issued_before = time_field(&obj, "issued_before")?.unwrap_or(now);
+            (Revocation::Subject { sub, issued_before }, Some(issued_before.max(now) + ttl))
+        }
+        "key" => (Revocation::Key { kid: required_id(&obj, "kid")? }, Some(now + ttl)),
+        "session" => (Revocation::Session { sid: required_id(&obj, "sid")? }, Some(now + ttl)),
+        other => {
+            return Err(ApiError::bad(
+                "kind",
+                format!("unknown kind `{other}` (jti, subject, key or session)"),
+            ));
+        }
+    };
+    let expires_at = expires_at.or(default_expiry).ok_or_else(|| {
+        ApiError::bad("expires_at", "`expires_at` (the token's exp) is required for kind jti")
+    })?;
+    if expires_at <= now {
+        return Err(ApiError::bad(
+            "expires_at",
+            "`expires_at` is in the past: such tokens are already expired",
+        ));
+    }
+    let reason = str_field(&obj, "reason")?.map(str::to_owned);
+    if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_BYTES) {
+        return Err(ApiError::bad("reason", format!("`reason` is longer than {MAX_REASON_BYTES} bytes")));
+    }
+    Ok(NewEntry { revocation, expires_at, reason, created_at_ms: 0 })
+}
+
+/// JSON form of an entry.
+pub fn entry_json(e: &Entry, log_id: &str) -> Value {
+    let mut v = json!({
+        "seq": e.seq,
+        "log_id": log_id,
+        "kind": e.revocation.kind().as_str(),
+        "created_at_ms": e.created_at_ms,
+        "expires_at": e.expires_at,
+        "reason": e.reason,
+    });
+    if let Value::Object(m) = &mut v {
+        match &e.revocation {
+            Revocation::Jti { jti, iss } => {
+                m.insert("jti".into(), json!(jti));
+                m.insert("iss".into(), json!(iss));
+            }
+            Revocation::Subject { sub, issued_before } => {
+                m.insert("sub".into(), json!(sub));
+                m.insert("issued_before".into(), json!(issued_before));
+            }
+            Revocation::Key { kid } => {
+                m.insert("kid".into(), json!(kid));
+            }
+            Revocation::Session { sid } => {
+                m.insert("sid".into(), json!(sid));
+            }
+        }
+    }
+    v
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateQuery {
+    wait: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+async fn create(
+    State(s): State<AdminState>,
+    query: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            error: format!("body larger than {MAX_BODY} bytes"),
+            field: Some("body"),
+        },
+        status => ApiError { status, error: e.body_text(), field: Some("body") },
+    })?;
+    let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let wait = match q.wait.as_deref() {
+        None => false,
+        Some("all") => true,
+        Some(_) => return Err(ApiError::bad("wait", "`wait` must be `all`")),
+    };
+    let now = now_secs();
+    let mut entry = parse_revocation(&body, s.max_token_ttl, now)?;
+    entry.created_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let entry = s.log.append(entry).await.map_err(|e| match &*e {
+        AppendError::Closed => {
+            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "authority is shutting down")
+        }
+        AppendError::Store(err) => {
+            tracing::error!(error = %err, "revocation not stored");
+            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "revocation could not be stored durably; retry")
+        }
+    })?;
+    let receipt = if wait {
+        let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
+        s.hub.wait_all(entry.seq, timeout).await
+    } else {
+        s.hub.receipt(entry.seq)
+    };
+    let body = json!({
+        "seq": entry.seq,
+        "log_id": s.log.log_id().to_string(),
+        "acked": receipt.acked,
+        "pending": receipt.pending,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(s): State<AdminState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let log_id = s.log.log_id().to_string();
+    let entries: Vec<Value> =
+        s.log.list(q.after.unwrap_or(0), limit).iter().map(|e| entry_json(e, &log_id)).collect();
+    Ok(Json(json!({"log_id": log_id, "head": s.log.view().head, "entries": entries})))
+}
+
+async fn one(State(s): State<AdminState>, Path(seq): Path<String>) -> Result<Json<Value>, ApiError> {
+    let seq: u64 = seq.parse().map_err(|_| ApiError::bad("seq", "`seq` must be a number"))?;
+    let log_id = s.log.log_id().to_string();
+    let e = s.log.get(seq).ok_or_else(|| {
+        ApiError::status(StatusCode::NOT_FOUND, "no such entry (never written, or expired and compacted)")
+    })?;
+    let mut v = entry_json(&e, &log_id);
+    let agents: Vec<Value> =
+        s.hub.ack_states(seq).into_iter().map(|(id, state)| json!({"id": id, "state": state})).collect();
+    if let Value::Object(m) = &mut v {
+        m.insert("agents".into(), Value::Array(agents));
+    }
+    Ok(Json(v))
+}
+
+async fn agents(State(s): State<AdminState>) -> Json<Value> {
+    Json(json!(s.hub.agents(s.log.view().head)))
+}
+
+async fn status(State(s): State<AdminState>) -> Json<Value> {
+    let view = s.log.view();
+    let agents = s.hub.agents(view.head);
+    let connected = agents.iter().filter(|a| a.connected).count();
+    let max_lag = agents.iter().filter(|a| a.connected).map(|a| a.lag).max().unwrap_or(0);
+    Json(json!({
+        "log_id": view.log_id.to_string(),
+        "head": view.head,
+        "floor": view.floor,
+        "agents_known": agents.len(),
+        "agents_connected": connected,
+        "max_lag": max_lag,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<NewEntry, (&'static str, String)> {
+        parse_revocation(body.as_bytes(), Duration::from_secs(86_400), 1_000)
+            .map_err(|e| (e.field.unwrap_or("-"), e.error))
+    }
+
+    /// Table of bodies and the field a 400 names.
+    #[test]
+    fn bad_bodies_name_the_field() {
+        let cases = [
+            ("not json", "body"),
+            ("[1]", "body"),
+            (r#"{"jti":"a","expires_at":5000}"#, "kind"),
+            (r#"{"kind":"nope"}"#, "kind"),
+            (r#"{"kind":"jti","jti":"a"}"#, "expires_at"),
+            (r#"{"kind":"jti","jti":"a","expires_at":10}"#, "expires_at"),
+            (r#"{"kind":"jti","jti":"a","expires_at":"soon"}"#, "expires_at"),
+            (r#"{"kind":"jti","jti":"","expires_at":5000}"#, "jti"),
+            (r#"{"kind":"jti","jti":"a b","expires_at":5000}"#, "jti"),
+            (r#"{"kind":"jti","jti":7,"expires_at":5000}"#, "jti"),
+            (r#"{"kind":"jti","jti":"a","iss":"","expires_at":5000}"#, "iss"),
+            (r#"{"kind":"subject"}"#, "sub"),
+            (r#"{"kind":"subject","sub":"u","issued_before":-1}"#, "issued_before"),
+            (r#"{"kind":"key"}"#, "kid"),
+            (r#"{"kind":"session","sid":"s","extra":1}"#, "body"),
+        ];
+        for (body, field) in cases {
+            match parse(body) {
+                Ok(e) => panic!("{body}: accepted as {e:?}"),
+                Err((f, msg)) => assert_eq!(f, field, "{body}: {msg}"),
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let e = parse(r#"{"kind":"subject","sub":"u"}"#).unwrap();
+        assert_eq!(e.revocation, Revocation::Subject { sub: "u".into(), issued_before: 1_000 });
+        assert_eq!(e.expires_at, 1_000 + 86_400);
+        let e = parse(r#"{"kind":"jti","jti":"a","iss":"i","expires_at":5000,"reason":"leak"}"#).unwrap();
+        assert_eq!(e.expires_at, 5000);
+        assert_eq!(e.reason.as_deref(), Some("leak"));
+    }
+}

@@ -1,0 +1,257 @@
+//! Operator subcommands (`revoke`, `agents`, `status`): small HTTP/1.1 calls to the admin API
+//! with human-readable output, or the raw JSON with `--json`.
+
+use crate::config::{ClientArgs, RevokeArgs, RevokeWhat};
+use revmesh_protocol::time::parse_duration;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Largest admin API answer read.
+const MAX_RESPONSE: u64 = 16 << 20;
+
+/// Parses unix seconds or an RFC 3339 time (`2026-11-29T12:00:00Z`, offsets allowed).
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(n);
+    }
+    let bad = || format!("`{text}` is neither unix seconds nor an RFC 3339 time like 2026-11-29T12:00:00Z");
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
+    let (y, mo, d, h, mi, s) =
+        (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return Err(bad());
+    }
+    let mut rest = &text[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) && &r[3..4] == ":" => {
+            let oh: i64 = r[1..3].parse().map_err(|_| bad())?;
+            let om: i64 = r[4..6].parse().map_err(|_| bad())?;
+            let sign = if r.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return Err(bad()),
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + s - offset;
+    u64::try_from(secs).map_err(|_| bad())
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+fn token(args: &ClientArgs) -> Result<String, String> {
+    let path =
+        args.token_file.clone().unwrap_or_else(|| PathBuf::from("./revmesh-data/authority/admin.token"));
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| format!("cannot read the admin token from {}: {e} (use --token-file)", path.display()))
+}
+
+fn call(
+    args: &ClientArgs,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    let base = args.admin.trim_end_matches('/');
+    let hostport = base
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--admin `{}` must start with http://", args.admin))?;
+    let (hostport, prefix) = match hostport.find('/') {
+        Some(i) => (&hostport[..i], &hostport[i..]),
+        None => (hostport, ""),
+    };
+    let token = token(args)?;
+    let mut stream = TcpStream::connect(hostport).map_err(|e| format!("cannot reach {hostport}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {prefix}{path} HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+    stream.write_all(req.as_bytes()).map_err(|e| format!("sending to {hostport}: {e}"))?;
+    let mut raw = Vec::new();
+    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(|e| format!("reading from {hostport}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
+    let status =
+        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("malformed HTTP status line")?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    Ok(Answer { status, body })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn finish(args: &ClientArgs, answer: Result<Answer, String>, human: impl FnOnce(&Value)) -> ExitCode {
+    let a = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let v: Value = serde_json::from_str(&a.body).unwrap_or(Value::String(a.body.clone()));
+    if !(200..300).contains(&a.status) {
+        let msg = v.get("error").and_then(Value::as_str).unwrap_or(&a.body);
+        match v.get("field").and_then(Value::as_str) {
+            Some(f) => eprintln!("error ({}): {msg} [field: {f}]", a.status),
+            None => eprintln!("error ({}): {msg}", a.status),
+        }
+        return ExitCode::FAILURE;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        human(&v);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `revmesh-authority revoke …`
+pub fn revoke(a: &RevokeArgs) -> ExitCode {
+    let body = match revoke_body(a) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let wait = match parse_duration(&a.timeout) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --timeout: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let path = if a.wait {
+        format!("/v1/revocations?wait=all&timeout_ms={}", wait.as_millis())
+    } else {
+        "/v1/revocations".into()
+    };
+    let answer = call(&a.client, "POST", &path, Some(&body), wait + Duration::from_secs(10));
+    finish(&a.client, answer, |v| {
+        let list = |k: &str| -> String {
+            let items: Vec<&str> = v
+                .get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if items.is_empty() {
+                "-".into()
+            } else {
+                items.join(", ")
+            }
+        };
+        println!("revoked: seq {} in log {}", v["seq"], v["log_id"].as_str().unwrap_or("?"));
+        println!("applied by: {}", list("acked"));
+        println!("pending:    {}", list("pending"));
+    })
+}
+
+fn revoke_body(a: &RevokeArgs) -> Result<Value, String> {
+    let mut body = match &a.what {
+        RevokeWhat::Jti { jti, expires_at, iss } => {
+            json!({"kind": "jti", "jti": jti, "iss": iss, "expires_at": parse_time(expires_at)?})
+        }
+        RevokeWhat::Subject { sub, issued_before } => {
+            let ib = issued_before.as_deref().map(parse_time).transpose()?;
+            json!({"kind": "subject", "sub": sub, "issued_before": ib})
+        }
+        RevokeWhat::Key { kid } => json!({"kind": "key", "kid": kid}),
+        RevokeWhat::Session { sid } => json!({"kind": "session", "sid": sid}),
+    };
+    if let (Some(r), Value::Object(m)) = (&a.reason, &mut body) {
+        m.insert("reason".into(), json!(r));
+    }
+    Ok(body)
+}
+
+/// `revmesh-authority agents`
+pub fn agents(a: &ClientArgs) -> ExitCode {
+    let answer = call(a, "GET", "/v1/agents", None, Duration::from_secs(10));
+    finish(a, answer, |v| {
+        println!("{:<24} {:<9} {:>10} {:>8}  {:<21} VERSION", "AGENT", "STATE", "APPLIED", "LAG", "REMOTE");
+        for ag in v.as_array().into_iter().flatten() {
+            println!(
+                "{:<24} {:<9} {:>10} {:>8}  {:<21} {}",
+                ag["id"].as_str().unwrap_or("?"),
+                if ag["connected"].as_bool().unwrap_or(false) { "connected" } else { "gone" },
+                ag["applied_seq"],
+                ag["lag"],
+                ag["remote"].as_str().unwrap_or(""),
+                ag["version"].as_str().unwrap_or("")
+            );
+        }
+    })
+}
+
+/// `revmesh-authority status`
+pub fn status(a: &ClientArgs) -> ExitCode {
+    let answer = call(a, "GET", "/v1/status", None, Duration::from_secs(10));
+    finish(a, answer, |v| {
+        println!("log {}  head {}  floor {}", v["log_id"].as_str().unwrap_or("?"), v["head"], v["floor"]);
+        println!(
+            "agents: {} connected of {} known, max lag {}",
+            v["agents_connected"], v["agents_known"], v["max_lag"]
+        );
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time("1700000000"), Ok(1_700_000_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time("2026-11-29T12:00:00Z"), Ok(1_795_953_600));
+        assert_eq!(parse_time("2026-11-29T13:00:00+01:00"), Ok(1_795_953_600));
+        assert_eq!(parse_time("2026-11-29T12:00:00.250Z"), Ok(1_795_953_600));
+        for bad in ["", "soon", "2026-13-01T00:00:00Z", "2026-11-29T12:00:00", "1969-12-31T23:59:59Z"] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+}

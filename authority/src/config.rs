@@ -1,0 +1,372 @@
+//! Configuration in two phases: raw values from flags, `REVMESH_*` env and a TOML file, then a
+//! validated [`Config`] built before anything is bound, with every bad field reported at once.
+
+use clap::{Args, Parser, Subcommand};
+use revmesh_protocol::time::parse_duration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `revmesh-authority`: the durable revocation log and its agent links.
+#[derive(Debug, Parser)]
+#[command(name = "revmesh-authority", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the authority.
+    Serve(Box<ServeArgs>),
+    /// Revoke a token, a subject's tokens, a signing key or a session.
+    Revoke(RevokeArgs),
+    /// List agents and how far each has applied the log.
+    Agents(ClientArgs),
+    /// Show the log head and agent summary.
+    Status(ClientArgs),
+}
+
+/// Raw `serve` settings. Every field is optional here; defaults and validation come in [`Config::build`].
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings as keys (flags and env win over it).
+    #[arg(long, env = "REVMESH_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded store [default: ./revmesh-data/authority].
+    #[arg(long, env = "REVMESH_DATA_DIR")]
+    pub data_dir: Option<String>,
+    /// `embedded` or `postgres://…` [default: embedded].
+    #[arg(long, env = "REVMESH_STORE")]
+    pub store: Option<String>,
+    /// WebSocket endpoint for agents, path /v1/agents [default: 127.0.0.1:7400].
+    #[arg(long, env = "REVMESH_AGENT_LISTEN")]
+    pub agent_listen: Option<String>,
+    /// Admin HTTP API, /metrics, /healthz, /readyz [default: 127.0.0.1:7401].
+    #[arg(long, env = "REVMESH_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// File holding the admin bearer token [default: generated in the data dir].
+    #[arg(long, env = "REVMESH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<String>,
+    /// File with agent bearer tokens, one per line [default: no agent auth].
+    #[arg(long, env = "REVMESH_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<String>,
+    /// Longest token lifetime issued; default expiry of non-jti revocations [default: 24h].
+    #[arg(long, env = "REVMESH_MAX_TOKEN_TTL")]
+    pub max_token_ttl: Option<String>,
+    /// First resend timeout for unacknowledged entries [default: 2s].
+    #[arg(long, env = "REVMESH_ACK_TIMEOUT")]
+    pub ack_timeout: Option<String>,
+    /// Heartbeat interval on agent links [default: 5s].
+    #[arg(long, env = "REVMESH_HEARTBEAT")]
+    pub heartbeat: Option<String>,
+    /// Most agent connections at once [default: 20000].
+    #[arg(long, env = "REVMESH_MAX_AGENTS")]
+    pub max_agents: Option<String>,
+    /// Most agents catching up at once; others get a go-away [default: 256].
+    #[arg(long, env = "REVMESH_MAX_CATCHUPS")]
+    pub max_catchups: Option<String>,
+    /// Entries kept uncompacted behind the head so reconnecting agents resume without a snapshot [default: 100000].
+    #[arg(long, env = "REVMESH_RETAIN_ENTRIES")]
+    pub retain_entries: Option<String>,
+    /// How often expired entries are compacted away [default: 60s].
+    #[arg(long, env = "REVMESH_COMPACT_INTERVAL")]
+    pub compact_interval: Option<String>,
+    /// TLS certificate (PEM).
+    #[arg(long, env = "REVMESH_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "REVMESH_TLS_KEY")]
+    pub tls_key: Option<String>,
+    /// CA bundle for client certificates (mutual TLS).
+    #[arg(long, env = "REVMESH_CLIENT_CA")]
+    pub client_ca: Option<String>,
+    /// Log filter, e.g. `info` or `revmesh_authority=debug` [default: info].
+    #[arg(long, env = "REVMESH_LOG")]
+    pub log: Option<String>,
+}
+
+/// Arguments of the operator subcommands that talk to the admin API.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "REVMESH_ADMIN", default_value = "http://127.0.0.1:7401")]
+    pub admin: String,
+    /// File holding the admin token [default: ./revmesh-data/authority/admin.token].
+    #[arg(long, env = "REVMESH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `revoke` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct RevokeArgs {
+    /// What to revoke.
+    #[command(subcommand)]
+    pub what: RevokeWhat,
+    /// Admin API connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Free-text reason stored with the entry.
+    #[arg(long, global = true)]
+    pub reason: Option<String>,
+    /// Wait until every connected agent has applied it and print the receipt.
+    #[arg(long, global = true)]
+    pub wait: bool,
+    /// How long `--wait` waits [default: 10s].
+    #[arg(long, global = true, default_value = "10s")]
+    pub timeout: String,
+}
+
+/// The four revocation kinds.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RevokeWhat {
+    /// One token by its `jti`.
+    Jti {
+        /// The `jti` claim.
+        jti: String,
+        /// The token's `exp` (unix seconds or RFC 3339).
+        #[arg(long)]
+        expires_at: String,
+        /// Only tokens of this issuer.
+        #[arg(long)]
+        iss: Option<String>,
+    },
+    /// Every token of a subject issued before a moment.
+    Subject {
+        /// The `sub` claim.
+        sub: String,
+        /// Unix seconds or RFC 3339 [default: now].
+        #[arg(long)]
+        issued_before: Option<String>,
+    },
+    /// Every token signed by a key.
+    Key {
+        /// The header `kid`.
+        kid: String,
+    },
+    /// Every token of a session.
+    Session {
+        /// The `sid` claim.
+        sid: String,
+    },
+}
+
+/// The validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Embedded store directory.
+    pub data_dir: PathBuf,
+    /// Agent WebSocket listen address.
+    pub agent_listen: SocketAddr,
+    /// Admin HTTP listen address.
+    pub admin_listen: SocketAddr,
+    /// Admin token file (created when absent and not configured).
+    pub admin_token_file: Option<PathBuf>,
+    /// Agent tokens file.
+    pub agent_token_file: Option<PathBuf>,
+    /// Default expiry horizon for non-jti revocations.
+    pub max_token_ttl: Duration,
+    /// Ack timeout.
+    pub ack_timeout: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Connection cap on the agent listener.
+    pub max_agents: usize,
+    /// Concurrent catch-ups.
+    pub max_catchups: usize,
+    /// Uncompacted tail length.
+    pub retain_entries: u64,
+    /// Compaction period.
+    pub compact_interval: Duration,
+    /// Log filter.
+    pub log: String,
+}
+
+/// One bad setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Flag name.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+macro_rules! merge_fields {
+    ($cli:expr, $file:expr, $($f:ident),*) => {
+        ServeArgs { config: $cli.config.clone(), $($f: $cli.$f.clone().or($file.$f.clone())),* }
+    };
+}
+
+impl ServeArgs {
+    /// Flags and env (already merged by clap) over the TOML file, if any.
+    pub fn with_file(self) -> Result<ServeArgs, Vec<ConfigError>> {
+        let Some(path) = &self.config else { return Ok(self) };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError { field: "config", message: format!("{}: {e}", path.display()) }]
+        })?;
+        let file: ServeArgs = toml::from_str(&text).map_err(|e| {
+            vec![ConfigError { field: "config", message: format!("{}: {e}", path.display()) }]
+        })?;
+        Ok(merge_fields!(
+            self,
+            file,
+            data_dir,
+            store,
+            agent_listen,
+            admin_listen,
+            admin_token_file,
+            agent_token_file,
+            max_token_ttl,
+            ack_timeout,
+            heartbeat,
+            max_agents,
+            max_catchups,
+            retain_entries,
+            compact_interval,
+            tls_cert,
+            tls_key,
+            client_ca,
+            log
+        ))
+    }
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, field: &'static str, message: impl Into<String>) {
+        self.0.push(ConfigError { field, message: message.into() });
+    }
+
+    fn duration(&mut self, field: &'static str, v: &Option<String>, default: Duration) -> Duration {
+        match v.as_deref().map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(_)) => {
+                self.push(field, "must be greater than zero");
+                default
+            }
+            Some(Err(e)) => {
+                self.push(field, e);
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, field: &'static str, v: &Option<String>, default: &str) -> SocketAddr {
+        let text = v.as_deref().unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.push(field, format!("`{text}` is not an address like 127.0.0.1:7400"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn number(&mut self, field: &'static str, v: &Option<String>, default: u64, min: u64) -> u64 {
+        match v.as_deref().map(str::parse::<u64>) {
+            None => default,
+            Some(Ok(n)) if n >= min => n,
+            _ => {
+                self.push(field, format!("must be a whole number of at least {min}"));
+                default
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Validates raw settings; every problem is reported, not just the first.
+    pub fn build(raw: &ServeArgs) -> Result<Config, Vec<ConfigError>> {
+        let mut e = Errors(Vec::new());
+        match raw.store.as_deref() {
+            None | Some("embedded") => {}
+            Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                e.push("store", "the PostgreSQL store is not available in this build yet; use `embedded`")
+            }
+            Some(s) => e.push("store", format!("`{s}` is neither `embedded` nor a postgres:// URL")),
+        }
+        for (field, v) in
+            [("tls-cert", &raw.tls_cert), ("tls-key", &raw.tls_key), ("client-ca", &raw.client_ca)]
+        {
+            if v.is_some() {
+                e.push(
+                    field,
+                    "TLS is not available in this build yet; terminate TLS in front of the authority",
+                );
+            }
+        }
+        let file = |field: &'static str, v: &Option<String>, e: &mut Errors| {
+            v.as_ref().map(PathBuf::from).inspect(|p| {
+                if !p.is_file() {
+                    e.push(field, format!("{} is not a readable file", p.display()));
+                }
+            })
+        };
+        let cfg = Config {
+            data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/authority")),
+            agent_listen: e.addr("agent-listen", &raw.agent_listen, "127.0.0.1:7400"),
+            admin_listen: e.addr("admin-listen", &raw.admin_listen, "127.0.0.1:7401"),
+            admin_token_file: raw.admin_token_file.as_ref().map(PathBuf::from),
+            agent_token_file: file("agent-token-file", &raw.agent_token_file, &mut e),
+            max_token_ttl: e.duration("max-token-ttl", &raw.max_token_ttl, Duration::from_secs(86_400)),
+            ack_timeout: e.duration("ack-timeout", &raw.ack_timeout, Duration::from_secs(2)),
+            heartbeat: e.duration("heartbeat", &raw.heartbeat, Duration::from_secs(5)),
+            max_agents: e.number("max-agents", &raw.max_agents, 20_000, 1) as usize,
+            max_catchups: e.number("max-catchups", &raw.max_catchups, 256, 1) as usize,
+            retain_entries: e.number("retain-entries", &raw.retain_entries, 100_000, 0),
+            compact_interval: e.duration("compact-interval", &raw.compact_interval, Duration::from_secs(60)),
+            log: raw.log.clone().unwrap_or_else(|| "info".into()),
+        };
+        if e.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(e.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let raw = ServeArgs {
+            agent_listen: Some("nope".into()),
+            heartbeat: Some("5 parsecs".into()),
+            max_agents: Some("0".into()),
+            store: Some("mysql://x".into()),
+            ..Default::default()
+        };
+        let errs = Config::build(&raw).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["store", "agent-listen", "heartbeat", "max-agents"]);
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::build(&ServeArgs::default()).unwrap();
+        assert_eq!(c.agent_listen.to_string(), "127.0.0.1:7400");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7401");
+        assert_eq!(c.max_token_ttl, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn toml_keys_fill_what_flags_leave_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "heartbeat = \"1s\"\nadmin-listen = \"127.0.0.1:9\"\n").unwrap();
+        let raw = ServeArgs { config: Some(path), heartbeat: Some("2s".into()), ..Default::default() };
+        let c = Config::build(&raw.with_file().unwrap()).unwrap();
+        assert_eq!(c.heartbeat, Duration::from_secs(2));
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9");
+    }
+}

@@ -1,0 +1,288 @@
+//! Which agents exist, which are connected, and how far each has applied the log: the data
+//! behind receipts (`?wait=all`), `GET /v1/agents` and the lag metrics.
+
+use crate::log::Log;
+use crate::metrics::Metrics;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Disconnected agents remembered at most (oldest forgotten first).
+const MAX_REMEMBERED: usize = 100_000;
+
+/// One agent as shown by `GET /v1/agents`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentInfo {
+    /// Agent id.
+    pub id: String,
+    /// Link up.
+    pub connected: bool,
+    /// Peer address of the last link.
+    pub remote: String,
+    /// Highest seq of this log the agent acknowledged.
+    pub applied_seq: u64,
+    /// Entries behind the head.
+    pub lag: u64,
+    /// Last ack, unix milliseconds.
+    pub last_ack_at: Option<u64>,
+    /// Agent software version.
+    pub version: String,
+    #[serde(skip)]
+    link: u64,
+    #[serde(skip)]
+    cancel: CancellationToken,
+    #[serde(skip)]
+    disconnected_at: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    agents: HashMap<String, AgentInfo>,
+    /// Multiset of connected agents' cursors, for O(log n) minimum.
+    cursors: BTreeMap<u64, usize>,
+    /// Highest seq acked by every connected agent that the latency histogram has seen.
+    all_acked: u64,
+    next_link: u64,
+}
+
+impl State {
+    fn cursor_remove(&mut self, seq: u64) {
+        if let Some(n) = self.cursors.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                self.cursors.remove(&seq);
+            }
+        }
+    }
+    fn cursor_add(&mut self, seq: u64) {
+        *self.cursors.entry(seq).or_default() += 1;
+    }
+}
+
+/// Registry of agents and their acknowledgements.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+    metrics: Metrics,
+}
+
+/// Receipt for one seq: which connected agents have applied it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Receipt {
+    /// Connected agents at or past the seq.
+    pub acked: Vec<String>,
+    /// Connected agents not there yet.
+    pub pending: Vec<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    /// An empty registry.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { state: Mutex::new(State::default()), changed: watch::channel(0).0, metrics }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A link for `id` is up at cursor `applied_seq`. An older link of the same id is told to go.
+    pub fn connect(
+        &self,
+        id: &str,
+        remote: String,
+        version: String,
+        applied_seq: u64,
+    ) -> (u64, CancellationToken) {
+        let mut s = self.lock();
+        s.next_link += 1;
+        let link = s.next_link;
+        let cancel = CancellationToken::new();
+        let previous = s.agents.get(id).map(|a| (a.connected, a.applied_seq, a.cancel.clone()));
+        if let Some((connected, seq, old_cancel)) = previous {
+            if connected {
+                old_cancel.cancel();
+                s.cursor_remove(seq);
+            }
+        }
+        s.cursor_add(applied_seq);
+        let info = AgentInfo {
+            id: id.to_owned(),
+            connected: true,
+            remote,
+            applied_seq,
+            lag: 0,
+            last_ack_at: None,
+            version,
+            link,
+            cancel: cancel.clone(),
+            disconnected_at: 0,
+        };
+        s.agents.insert(id.to_owned(), info);
+        if s.agents.len() > MAX_REMEMBERED {
+            let oldest = s
+                .agents
+                .values()
+                .filter(|a| !a.connected)
+                .min_by_key(|a| a.disconnected_at)
+                .map(|a| a.id.clone());
+            if let Some(o) = oldest {
+                s.agents.remove(&o);
+            }
+        }
+        self.metrics.agents_connected.set(s.agents.values().filter(|a| a.connected).count() as i64);
+        drop(s);
+        self.changed.send_modify(|v| *v += 1);
+        (link, cancel)
+    }
+
+    /// The agent's cursor moved (ack, or a resync reset to 0).
+    pub fn ack(&self, id: &str, link: u64, applied_seq: u64, log: &Log) {
+        let mut s = self.lock();
+        let Some(a) = s.agents.get_mut(id) else { return };
+        if a.link != link || !a.connected {
+            return;
+        }
+        let old = a.applied_seq;
+        a.applied_seq = applied_seq;
+        a.last_ack_at = Some(now_ms());
+        s.cursor_remove(old);
+        s.cursor_add(applied_seq);
+        self.observe_all_acked(&mut s, log);
+        drop(s);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn observe_all_acked(&self, s: &mut State, log: &Log) {
+        let Some((&min, _)) = s.cursors.first_key_value() else { return };
+        if min <= s.all_acked {
+            if min < s.all_acked && s.cursors.len() == 1 {
+                // A resynced agent restarts from zero; measure again from where it is.
+                s.all_acked = min;
+            }
+            return;
+        }
+        let now = now_ms();
+        // Bounded work: at most a few thousand observations per call; the rest is skipped.
+        let from = s.all_acked + 1;
+        let start = from.max(min.saturating_sub(4_096) + 1);
+        for seq in start..=min {
+            if let Some(created) = log.created_at_ms(seq) {
+                self.metrics.revoke_to_all_acked.observe(now.saturating_sub(created) as f64 / 1000.0);
+            }
+        }
+        s.all_acked = min;
+    }
+
+    /// The link ended.
+    pub fn disconnect(&self, id: &str, link: u64) {
+        let mut s = self.lock();
+        let seq = match s.agents.get_mut(id) {
+            Some(a) if a.link == link && a.connected => {
+                a.connected = false;
+                a.disconnected_at = now_ms();
+                a.applied_seq
+            }
+            _ => return,
+        };
+        s.cursor_remove(seq);
+        self.metrics.agents_connected.set(s.agents.values().filter(|a| a.connected).count() as i64);
+        drop(s);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Every agent known, with lag against `head`.
+    pub fn agents(&self, head: u64) -> Vec<AgentInfo> {
+        let s = self.lock();
+        let mut v: Vec<AgentInfo> = s
+            .agents
+            .values()
+            .map(|a| AgentInfo { lag: head.saturating_sub(a.applied_seq), ..a.clone() })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Who among the connected agents has applied `seq`.
+    pub fn receipt(&self, seq: u64) -> Receipt {
+        let s = self.lock();
+        let mut r = Receipt { acked: Vec::new(), pending: Vec::new() };
+        for a in s.agents.values().filter(|a| a.connected) {
+            if a.applied_seq >= seq {
+                r.acked.push(a.id.clone());
+            } else {
+                r.pending.push(a.id.clone());
+            }
+        }
+        r.acked.sort();
+        r.pending.sort();
+        r
+    }
+
+    /// Per-agent state for one seq: `acked`, `pending` (connected) or `disconnected`.
+    pub fn ack_states(&self, seq: u64) -> Vec<(String, &'static str)> {
+        let s = self.lock();
+        let mut v: Vec<(String, &'static str)> = s
+            .agents
+            .values()
+            .map(|a| {
+                let state = if a.applied_seq >= seq {
+                    "acked"
+                } else if a.connected {
+                    "pending"
+                } else {
+                    "disconnected"
+                };
+                (a.id.clone(), state)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn min_connected_cursor(&self) -> Option<u64> {
+        self.lock().cursors.first_key_value().map(|(k, _)| *k)
+    }
+
+    /// Waits until every connected agent has applied `seq`, or the timeout.
+    pub async fn wait_all(&self, seq: u64, timeout: Duration) -> Receipt {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.min_connected_cursor().is_none_or(|m| m >= seq) {
+                break;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        self.receipt(seq)
+    }
+
+    /// Refreshes the lag gauges (called before each scrape).
+    pub fn refresh_metrics(&self, log: &Log) {
+        let head = log.view().head;
+        let min = self.min_connected_cursor();
+        let lag = min.map_or(0, |m| head.saturating_sub(m));
+        self.metrics.agent_lag_max.set(lag as i64);
+        let age = match min {
+            Some(m) if m < head => {
+                let oldest = log.list(m, 1).first().map(|e| e.created_at_ms);
+                oldest.map_or(0.0, |c| now_ms().saturating_sub(c) as f64 / 1000.0)
+            }
+            _ => 0.0,
+        };
+        self.metrics.unacked_oldest_age.set(age);
+    }
+}

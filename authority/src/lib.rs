@@ -1,0 +1,180 @@
+//! revmesh-authority: the durable revocation log, the agent links that push it, and the
+//! admin API that feeds it. `main.rs` parses the command line; everything else lives here
+//! so that tests can run an authority in-process on port 0.
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod hub;
+pub mod links;
+pub mod log;
+pub mod metrics;
+pub mod store;
+
+use anyhow::Context;
+use config::Config;
+use revmesh_protocol::authority::AuthorityConfig;
+use revmesh_protocol::LogId;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for links and requests before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Compares secrets in time independent of where they differ.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the admin token, or creates a random one (mode 0600) in the data dir.
+pub fn admin_token(configured: Option<&Path>, data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+    if let Some(path) = configured {
+        let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let t = t.trim().to_owned();
+        anyhow::ensure!(t.len() >= 16, "admin token in {} is shorter than 16 characters", path.display());
+        return Ok((t, path.to_owned()));
+    }
+    let path = data_dir.join("admin.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok((t.trim().to_owned(), path));
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, token.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated admin token");
+    Ok((token, path))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Addresses an authority actually bound (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// Agent WebSocket endpoint.
+    pub agent: SocketAddr,
+    /// Admin API.
+    pub admin: SocketAddr,
+}
+
+/// Runs an authority until `shutdown` is cancelled; `on_ready` is told the bound addresses.
+pub async fn serve(
+    cfg: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Bound, LogId),
+) -> anyhow::Result<()> {
+    let metrics = metrics::Metrics::new().context("registering metrics")?;
+    let store = store::RedbStore::open(&cfg.data_dir, LogId(rand::random()))
+        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let (log, writer) = log::Log::open(Arc::new(store), metrics.clone()).context("loading the log")?;
+    let (token, token_path) = admin_token(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
+    let tokens = match &cfg.agent_token_file {
+        Some(p) => links::AgentTokens::load(p).with_context(|| format!("reading {}", p.display()))?,
+        None => links::AgentTokens::default(),
+    };
+    let agent_listener =
+        TcpListener::bind(cfg.agent_listen).await.with_context(|| format!("binding {}", cfg.agent_listen))?;
+    let admin_listener =
+        TcpListener::bind(cfg.admin_listen).await.with_context(|| format!("binding {}", cfg.admin_listen))?;
+    let bound = Bound { agent: agent_listener.local_addr()?, admin: admin_listener.local_addr()? };
+
+    let hub = Arc::new(hub::Hub::new(metrics.clone()));
+    let link_cfg = links::LinkConfig {
+        session: AuthorityConfig {
+            heartbeat: cfg.heartbeat,
+            ack_timeout: cfg.ack_timeout,
+            max_ack_timeout: cfg.ack_timeout * 16,
+            idle_timeout: cfg.heartbeat * 4,
+            ..AuthorityConfig::default()
+        },
+        max_agents: cfg.max_agents,
+        max_catchups: cfg.max_catchups,
+        handshake_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(10),
+    };
+    let links = Arc::new(links::Links::new(
+        log.clone(),
+        hub.clone(),
+        metrics.clone(),
+        link_cfg,
+        Arc::new(tokens),
+        shutdown.clone(),
+    ));
+    let ready = Arc::new(AtomicBool::new(true));
+    let state = admin::AdminState {
+        log: log.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        token: Arc::new(token),
+        max_token_ttl: cfg.max_token_ttl,
+        ready: ready.clone(),
+    };
+    let view = log.view();
+    tracing::info!(
+        agent = %bound.agent, admin = %bound.admin, log_id = %view.log_id, head = view.head,
+        admin_token = %token_path.display(), "authority ready"
+    );
+    on_ready(bound, view.log_id);
+
+    let tracker = tokio_util::task::TaskTracker::new();
+    tracker.spawn(links.clone().serve(agent_listener));
+    let admin_shutdown = shutdown.clone();
+    let admin_server = tracker.spawn(async move {
+        axum::serve(admin_listener, admin::app(state))
+            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+            .await
+    });
+    let compactor_log = log.clone();
+    let compact_shutdown = shutdown.clone();
+    let (interval, retain) = (cfg.compact_interval, cfg.retain_entries);
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = compact_shutdown.cancelled() => return,
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            match compactor_log.compact(retain, now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "compacted expired entries"),
+                Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
+            }
+        }
+    });
+    tracker.close();
+
+    shutdown.cancelled().await;
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!("shutting down: go-away to agents, finishing in-flight requests");
+    links.tracker.close();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        links.tracker.wait().await;
+        tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; exiting with work in flight");
+    }
+    if let Ok(Err(e)) = admin_server.await {
+        tracing::warn!(error = %e, "admin server error");
+    }
+    drop(links);
+    drop(log);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    Ok(())
+}

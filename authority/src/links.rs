@@ -1,0 +1,463 @@
+//! The agent endpoint: WebSocket accept with bearer auth, then one task per agent driving the
+//! protocol crate's [`AuthoritySession`].
+//!
+//! Architecture invariant: a link task only ever blocks on its own socket. Log growth reaches
+//! it through a `watch` channel and batches come from the shared encoded-frame cache, so a
+//! slow or dead agent delays nobody else.
+
+use crate::hub::Hub;
+use crate::log::Log;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use revmesh_protocol::authority::{AuthorityConfig, AuthorityEvent, AuthoritySession, Close, Transmit};
+use revmesh_protocol::codec::{decode, encode};
+use revmesh_protocol::frame::{ErrorCode, ErrorFrame, Frame, MAX_ENTRIES_PER_FRAME};
+use revmesh_protocol::Now;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Path of the agent endpoint.
+pub const AGENT_PATH: &str = "/v1/agents";
+
+/// Settings of the agent endpoint.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Delivery tunables.
+    pub session: AuthorityConfig,
+    /// Most connections at once.
+    pub max_agents: usize,
+    /// Most agents catching up at once.
+    pub max_catchups: usize,
+    /// Limit on the WebSocket upgrade and the `Hello`.
+    pub handshake_timeout: Duration,
+    /// Limit on one write to an agent.
+    pub write_timeout: Duration,
+}
+
+/// Accepted agent tokens (several at once, for rotation).
+#[derive(Debug, Default)]
+pub struct AgentTokens(pub RwLock<Option<Vec<String>>>);
+
+impl AgentTokens {
+    /// Reads one token per line; blank lines and `#` comments are skipped.
+    pub fn load(path: &std::path::Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        let tokens: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        Ok(Self(RwLock::new(Some(tokens))))
+    }
+
+    fn allows(&self, presented: Option<&str>) -> bool {
+        let guard = self.0.read().unwrap_or_else(|p| p.into_inner());
+        match (&*guard, presented) {
+            (None, _) => true,
+            (Some(tokens), Some(p)) => {
+                // Compare against every token without stopping early.
+                tokens.iter().fold(false, |ok, t| ok | crate::ct_eq(t.as_bytes(), p.as_bytes()))
+            }
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Everything a link task needs.
+#[derive(Debug)]
+pub struct Links {
+    /// The live log.
+    pub log: Arc<Log>,
+    /// Agent registry.
+    pub hub: Arc<Hub>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Settings.
+    pub cfg: LinkConfig,
+    /// Agent tokens.
+    pub tokens: Arc<AgentTokens>,
+    /// Set on shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks link tasks, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    catchups: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+}
+
+fn now() -> Now {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Now { mono: std::time::Instant::now(), unix_ms }
+}
+
+fn ws_config() -> WebSocketConfig {
+    let mut c = WebSocketConfig::default();
+    // Agents only send small frames (hello, acks, heartbeats).
+    c.max_message_size = Some(64 << 10);
+    c.max_frame_size = Some(64 << 10);
+    // Room for a few batch frames; beyond this a write waits (and times out for a dead agent).
+    c.max_write_buffer_size = 8 << 20;
+    c.write_buffer_size = 128 << 10;
+    c
+}
+
+impl Links {
+    /// Builds the endpoint state.
+    pub fn new(
+        log: Arc<Log>,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        cfg: LinkConfig,
+        tokens: Arc<AgentTokens>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            catchups: Arc::new(Semaphore::new(cfg.max_catchups)),
+            connections: Arc::new(Semaphore::new(cfg.max_agents)),
+            log,
+            hub,
+            metrics,
+            cfg,
+            tokens,
+            shutdown,
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Accepts agents until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = self.shutdown.cancelled() => break,
+            };
+            let (stream, remote) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                self.metrics.agents_rejected_total.with_label_values(&["too_many_connections"]).inc();
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            self.tracker.spawn(async move {
+                me.handle(stream, remote).await;
+                drop(permit);
+            });
+        }
+    }
+
+    fn reject(&self, reason: &'static str) {
+        self.metrics.frames_rejected_total.with_label_values(&[reason]).inc();
+    }
+
+    // The callback's error type is fixed by tungstenite.
+    #[allow(clippy::result_large_err)]
+    async fn handle(&self, stream: TcpStream, remote: SocketAddr) {
+        let tokens = self.tokens.clone();
+        let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            let deny = |status: u16, msg: &str| {
+                let mut r = ErrorResponse::new(Some(msg.to_owned()));
+                *r.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::from_u16(status)
+                    .unwrap_or(tokio_tungstenite::tungstenite::http::StatusCode::BAD_REQUEST);
+                Err(r)
+            };
+            if req.uri().path() != AGENT_PATH {
+                return deny(404, "no such endpoint; agents connect to /v1/agents");
+            }
+            let presented = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !tokens.allows(presented) {
+                return deny(401, "missing or invalid agent token");
+            }
+            Ok(resp)
+        };
+        let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()));
+        let mut ws = match tokio::time::timeout(self.cfg.handshake_timeout, upgrade).await {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                let reason = if e.to_string().contains("401") { "unauthorized" } else { "handshake" };
+                self.metrics.agents_rejected_total.with_label_values(&[reason]).inc();
+                tracing::debug!(%remote, error = %e, "agent handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.metrics.agents_rejected_total.with_label_values(&["handshake_timeout"]).inc();
+                return;
+            }
+        };
+        let hello = match tokio::time::timeout(self.cfg.handshake_timeout, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => match decode(&b) {
+                Ok(Frame::Hello(h)) => h,
+                Ok(other) => {
+                    self.reject("unexpected_frame");
+                    let ef = ErrorFrame::new(
+                        ErrorCode::UnexpectedFrame,
+                        format!("expected hello, got {}", other.name()),
+                    );
+                    close_with(&mut ws, ef).await;
+                    return;
+                }
+                Err(e) => {
+                    self.reject(e.reason());
+                    let code = if e.reason() == "version" {
+                        ErrorCode::UnsupportedVersion
+                    } else {
+                        ErrorCode::Malformed
+                    };
+                    close_with(&mut ws, ErrorFrame::new(code, e.to_string())).await;
+                    return;
+                }
+            },
+            Ok(Some(Ok(_))) => {
+                self.reject("not_binary");
+                close_with(&mut ws, ErrorFrame::new(ErrorCode::Malformed, "expected a binary hello frame"))
+                    .await;
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                self.reject(ws_error_reason(&e));
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                self.reject("hello_timeout");
+                close_with(&mut ws, ErrorFrame::new(ErrorCode::Violation, "no hello in time")).await;
+                return;
+            }
+        };
+        let t = now();
+        let seed = rand::random::<u64>();
+        let mut session =
+            match AuthoritySession::accept(&hello, self.log.view(), self.cfg.session.clone(), t, seed) {
+                Ok(s) => s,
+                Err(rejected) => {
+                    self.reject("version");
+                    close_with(&mut ws, rejected.0).await;
+                    return;
+                }
+            };
+        // Admission: a link that must catch up takes a catch-up slot, or is asked to come back later.
+        let mut catchup: Option<OwnedSemaphorePermit> = None;
+        if session.lag() > 4 * MAX_ENTRIES_PER_FRAME as u64
+            || session.acked() == 0 && self.log.view().head > 0
+        {
+            match self.catchups.clone().try_acquire_owned() {
+                Ok(p) => catchup = Some(p),
+                Err(_) => {
+                    self.metrics.agents_rejected_total.with_label_values(&["busy"]).inc();
+                    let retry = Duration::from_millis(500 + rand::random::<u64>() % 4_500);
+                    let frame = session.go_away(retry, "authority busy with other catch-ups");
+                    send_frame(&mut ws, &frame).await;
+                    let _ = ws.close(None).await;
+                    return;
+                }
+            }
+        }
+        let id = hello.agent_id.clone();
+        let (link, cancel) =
+            self.hub.connect(&id, remote.to_string(), hello.agent_version.clone(), session.acked());
+        tracing::info!(agent = %id, %remote, applied = hello.applied_seq, "agent connected");
+        let reason = self.drive(&mut ws, &mut session, &id, link, &cancel, &mut catchup).await;
+        self.hub.disconnect(&id, link);
+        tracing::info!(agent = %id, reason = %reason, "agent disconnected");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn drive(
+        &self,
+        ws: &mut WebSocketStream<TcpStream>,
+        session: &mut AuthoritySession,
+        id: &str,
+        link: u64,
+        cancel: &CancellationToken,
+        catchup: &mut Option<OwnedSemaphorePermit>,
+    ) -> String {
+        let mut view_rx = self.log.subscribe();
+        session.update_log(*view_rx.borrow_and_update());
+        loop {
+            // Send whatever the session wants sent.
+            let t = now();
+            let mut wrote = false;
+            while let Some(tx) = session.poll_transmit(t) {
+                let frames = match self.materialise(tx, t) {
+                    Ok(f) => f,
+                    Err(e) => return format!("encode failed: {e}"),
+                };
+                for f in frames {
+                    if ws.feed(Message::Binary(f)).await.is_err() {
+                        return "write failed".into();
+                    }
+                }
+                wrote = true;
+            }
+            if wrote {
+                match tokio::time::timeout(self.cfg.write_timeout, ws.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "write failed".into(),
+                    Err(_) => return "write timed out".into(),
+                }
+            }
+            if catchup.is_some() && session.lag() == 0 {
+                *catchup = None;
+            }
+            let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                msg = ws.next() => {
+                    let t = now();
+                    let frame = match msg {
+                        Some(Ok(Message::Binary(b))) => match decode(&b) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                self.reject(e.reason());
+                                let code = if e.reason() == "version" { ErrorCode::UnsupportedVersion } else { ErrorCode::Malformed };
+                                close_with(ws, ErrorFrame::new(code, e.to_string())).await;
+                                return format!("bad frame: {e}");
+                            }
+                        },
+                        Some(Ok(Message::Close(_))) | None => return "closed by agent".into(),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(_)) => {
+                            self.reject("not_binary");
+                            close_with(ws, ErrorFrame::new(ErrorCode::Malformed, "only binary frames are accepted")).await;
+                            return "text frame".into();
+                        }
+                        Some(Err(e)) => {
+                            self.reject(ws_error_reason(&e));
+                            return format!("link error: {e}");
+                        }
+                    };
+                    if let Err(close) = session.handle_frame(frame, t) {
+                        return self.closed(ws, close).await;
+                    }
+                    self.events(session, id, link);
+                }
+                r = view_rx.changed() => {
+                    if r.is_err() {
+                        return "log closed".into();
+                    }
+                    session.update_log(*view_rx.borrow_and_update());
+                }
+                _ = sleep_until_opt(deadline) => {
+                    session.handle_timeout(now());
+                    self.events(session, id, link);
+                    if let Some(close) = session.closed().cloned() {
+                        return self.closed(ws, close).await;
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    let f = session.go_away(Duration::ZERO, "replaced by a newer link with the same agent id");
+                    send_frame(ws, &f).await;
+                    let _ = ws.close(None).await;
+                    return "replaced".into();
+                }
+                _ = self.shutdown.cancelled() => {
+                    let retry = Duration::from_millis(rand::random::<u64>() % 2_000);
+                    let f = session.go_away(retry, "authority shutting down");
+                    send_frame(ws, &f).await;
+                    let _ = ws.close(None).await;
+                    return "shutdown".into();
+                }
+            }
+        }
+    }
+
+    async fn closed(&self, ws: &mut WebSocketStream<TcpStream>, close: Close) -> String {
+        match close {
+            Close::Violation(ef) => {
+                self.reject("violation");
+                let msg = ef.message.clone();
+                close_with(ws, ef).await;
+                format!("protocol violation: {msg}")
+            }
+            Close::PeerError(ef) => format!("agent error: {}", ef.message),
+            Close::Idle => {
+                let _ = ws.close(None).await;
+                "idle".into()
+            }
+        }
+    }
+
+    fn events(&self, session: &mut AuthoritySession, id: &str, link: u64) {
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                AuthorityEvent::Acked { applied_seq, latency } => {
+                    if let Some(l) = latency {
+                        self.metrics.ack_latency.observe(l.as_secs_f64());
+                    }
+                    self.hub.ack(id, link, applied_seq, &self.log);
+                }
+                AuthorityEvent::Resend { .. } => self.metrics.resends_total.inc(),
+            }
+        }
+    }
+
+    fn materialise(&self, tx: Transmit, t: Now) -> Result<Vec<Bytes>, revmesh_protocol::codec::EncodeError> {
+        match tx {
+            Transmit::Frame(f) => Ok(vec![Bytes::from(encode(&f)?)]),
+            Transmit::Entries { from, to } => Ok(vec![self.log.batch_frame(from, to)?]),
+            Transmit::Snapshot { snapshot_id, upto } => {
+                self.metrics.snapshots_sent_total.inc();
+                self.log.snapshot_frames(snapshot_id, upto, t.unix_secs())
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn ws_error_reason(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Capacity(_) => "too_large",
+        Error::Protocol(_) => "websocket_protocol",
+        Error::Utf8 => "malformed",
+        _ => "io",
+    }
+}
+
+async fn send_frame(ws: &mut WebSocketStream<TcpStream>, f: &Frame) {
+    if let Ok(bytes) = encode(f) {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Binary(Bytes::from(bytes)))).await;
+    }
+}
+
+/// Sends an error frame, then a WebSocket close carrying the reason, with a time limit.
+async fn close_with(ws: &mut WebSocketStream<TcpStream>, ef: ErrorFrame) {
+    let mut reason = ef.message.clone();
+    // A close reason must fit a control frame (125 bytes with the code).
+    revmesh_protocol::frame::truncate_utf8(&mut reason, 120);
+    send_frame(ws, &Frame::Error(ef)).await;
+    let close = CloseFrame { code: CloseCode::Policy, reason: reason.into() };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(close))).await;
+}

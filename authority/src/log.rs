@@ -1,0 +1,271 @@
+//! The live log: an in-memory index of the durable store, the group-commit appender, the
+//! compactor, and the shared cache of encoded batch frames.
+//!
+//! Architecture invariant: an entry enters the in-memory index (and so reaches agents) only
+//! after the store committed it, and a revocation request is answered only after that.
+
+use crate::metrics::Metrics;
+use crate::store::{NewEntry, Store, StoreError};
+use bytes::Bytes;
+use revmesh_protocol::authority::LogView;
+use revmesh_protocol::codec::encode;
+use revmesh_protocol::frame::{Batch, Frame, SnapshotChunk, MAX_ENTRIES_PER_FRAME};
+use revmesh_protocol::{Entry, LogId};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Most appends waiting for the writer; requests beyond wait for room (backpressure).
+const APPEND_QUEUE: usize = 16_384;
+/// Most entries committed in one transaction.
+const MAX_GROUP: usize = 4_096;
+/// Encoded batch frames kept for sharing among agents.
+const BATCH_CACHE: usize = 4_096;
+
+/// Why an append failed. Nothing was acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The store failed; the entry may not be durable.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The authority is shutting down.
+    #[error("shutting down")]
+    Closed,
+}
+
+struct Inner {
+    view: LogView,
+    entries: BTreeMap<u64, Arc<Entry>>,
+}
+
+/// Encoded batch frames by range, with insertion order for eviction.
+type BatchCache = (HashMap<(u64, u64), Bytes>, VecDeque<(u64, u64)>);
+
+struct AppendReq {
+    entry: NewEntry,
+    reply: oneshot::Sender<Result<Entry, Arc<AppendError>>>,
+}
+
+/// The live log shared by the admin API and every agent link.
+pub struct Log {
+    inner: RwLock<Inner>,
+    view_tx: watch::Sender<LogView>,
+    append_tx: mpsc::Sender<AppendReq>,
+    cache: Mutex<BatchCache>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("view", &self.view()).finish()
+    }
+}
+
+impl Log {
+    /// Loads the store and starts the appender on the current runtime.
+    /// The returned join handle ends when every `Log` handle is dropped.
+    pub fn open(
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+    ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>), StoreError> {
+        let loaded = store.load()?;
+        let view = LogView { log_id: loaded.log_id, floor: loaded.floor, head: loaded.head };
+        let entries = loaded.entries.into_iter().map(|e| (e.seq, Arc::new(e))).collect();
+        let (view_tx, _) = watch::channel(view);
+        let (append_tx, append_rx) = mpsc::channel(APPEND_QUEUE);
+        metrics.log_head_seq.set(view.head as i64);
+        let log = Arc::new(Self {
+            inner: RwLock::new(Inner { view, entries }),
+            view_tx,
+            append_tx,
+            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            store,
+            metrics,
+        });
+        let writer = tokio::spawn(Self::writer(Arc::downgrade(&log), append_rx));
+        Ok((log, writer))
+    }
+
+    /// Current id, floor and head.
+    pub fn view(&self) -> LogView {
+        self.inner.read().map(|i| i.view).unwrap_or_else(|p| p.into_inner().view)
+    }
+
+    /// The log id.
+    pub fn log_id(&self) -> LogId {
+        self.view().log_id
+    }
+
+    /// A receiver that changes whenever the head or floor moves.
+    pub fn subscribe(&self) -> watch::Receiver<LogView> {
+        self.view_tx.subscribe()
+    }
+
+    /// Durably appends one entry; resolves once it is fsynced and sequenced.
+    pub async fn append(&self, entry: NewEntry) -> Result<Entry, Arc<AppendError>> {
+        let (reply, rx) = oneshot::channel();
+        self.append_tx.send(AppendReq { entry, reply }).await.map_err(|_| Arc::new(AppendError::Closed))?;
+        rx.await.map_err(|_| Arc::new(AppendError::Closed))?
+    }
+
+    async fn writer(log: std::sync::Weak<Self>, mut rx: mpsc::Receiver<AppendReq>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        // Requests that arrive while a commit runs wait in the channel and form the next group:
+        // that is the group commit, with no timer.
+        while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+            let Some(log) = log.upgrade() else { return };
+            let batch: Vec<NewEntry> = group.iter().map(|r| r.entry.clone()).collect();
+            let head = log.view().head;
+            let store = log.store.clone();
+            let result = tokio::task::spawn_blocking(move || store.append(head, &batch))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Io(format!("append task failed: {e}"))));
+            match result {
+                Ok(entries) => {
+                    log.metrics.store_commits_total.inc();
+                    log.publish(&entries);
+                    for (req, e) in group.drain(..).zip(entries) {
+                        let _ = req.reply.send(Ok(e));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "append failed; {} revocations refused", group.len());
+                    let e = Arc::new(AppendError::Store(e));
+                    for req in group.drain(..) {
+                        let _ = req.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self, entries: &[Entry]) {
+        let view = {
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            for e in entries {
+                inner.view.head = inner.view.head.max(e.seq);
+                inner.entries.insert(e.seq, Arc::new(e.clone()));
+                self.metrics.revocations_total.with_label_values(&[e.revocation.kind().as_str()]).inc();
+            }
+            inner.view
+        };
+        self.metrics.log_head_seq.set(view.head as i64);
+        self.view_tx.send_replace(view);
+    }
+
+    /// One entry, if still stored.
+    pub fn get(&self, seq: u64) -> Option<Arc<Entry>> {
+        self.inner.read().ok()?.entries.get(&seq).cloned()
+    }
+
+    /// Up to `limit` stored entries with seq greater than `after`.
+    pub fn list(&self, after: u64, limit: usize) -> Vec<Arc<Entry>> {
+        match self.inner.read() {
+            Ok(i) => i.entries.range(after.saturating_add(1)..).take(limit).map(|(_, e)| e.clone()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The encoded `Batch` frame for `from..=to`, shared by every agent that needs it.
+    pub fn batch_frame(&self, from: u64, to: u64) -> Result<Bytes, revmesh_protocol::codec::EncodeError> {
+        if let Ok(c) = self.cache.lock() {
+            if let Some(b) = c.0.get(&(from, to)) {
+                return Ok(b.clone());
+            }
+        }
+        let (log_id, entries) = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            let entries: Vec<Entry> = inner.entries.range(from..=to).map(|(_, e)| (**e).clone()).collect();
+            (inner.view.log_id, entries)
+        };
+        let bytes =
+            Bytes::from(encode(&Frame::Batch(Batch { log_id, from_seq: from, to_seq: to, entries }))?);
+        if let Ok(mut c) = self.cache.lock() {
+            if c.0.insert((from, to), bytes.clone()).is_none() {
+                c.1.push_back((from, to));
+            }
+            while c.1.len() > BATCH_CACHE {
+                if let Some(old) = c.1.pop_front() {
+                    c.0.remove(&old);
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Encoded `SnapshotChunk` frames of every unexpired entry up to `upto`.
+    pub fn snapshot_frames(
+        &self,
+        snapshot_id: u64,
+        upto: u64,
+        now_secs: u64,
+    ) -> Result<Vec<Bytes>, revmesh_protocol::codec::EncodeError> {
+        let (log_id, live) = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            let live: Vec<Entry> = inner
+                .entries
+                .range(..=upto)
+                .filter(|(_, e)| !e.is_expired(now_secs))
+                .map(|(_, e)| (**e).clone())
+                .collect();
+            (inner.view.log_id, live)
+        };
+        let chunks: Vec<&[Entry]> =
+            if live.is_empty() { vec![&[]] } else { live.chunks(MAX_ENTRIES_PER_FRAME).collect() };
+        let n = chunks.len();
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                encode(&Frame::SnapshotChunk(SnapshotChunk {
+                    log_id,
+                    snapshot_id,
+                    snapshot_seq: upto,
+                    index: i as u32,
+                    last: i + 1 == n,
+                    entries: c.to_vec(),
+                }))
+                .map(Bytes::from)
+            })
+            .collect()
+    }
+
+    /// Removes expired entries more than `retain` behind the head and raises the floor.
+    pub async fn compact(&self, retain: u64, now_secs: u64) -> Result<usize, StoreError> {
+        let (floor, seqs) = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            let floor = inner.view.head.saturating_sub(retain).max(inner.view.floor);
+            let seqs: Vec<u64> = inner
+                .entries
+                .range(..=floor)
+                .filter(|(_, e)| e.is_expired(now_secs))
+                .map(|(s, _)| *s)
+                .collect();
+            (floor, seqs)
+        };
+        if floor == self.view().floor && seqs.is_empty() {
+            return Ok(0);
+        }
+        let store = self.store.clone();
+        let removed = seqs.clone();
+        tokio::task::spawn_blocking(move || store.compact(floor, &removed))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("compaction task failed: {e}"))))?;
+        let view = {
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            for s in &seqs {
+                inner.entries.remove(s);
+            }
+            inner.view.floor = inner.view.floor.max(floor);
+            inner.view
+        };
+        self.view_tx.send_replace(view);
+        Ok(seqs.len())
+    }
+
+    /// `created_at_ms` of an entry (for latency metrics), if still stored.
+    pub fn created_at_ms(&self, seq: u64) -> Option<u64> {
+        self.get(seq).map(|e| e.created_at_ms)
+    }
+}

@@ -1,0 +1,116 @@
+//! The authority's Prometheus metrics (SPEC §6). Names are contract; labels stay low-cardinality.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use revmesh_protocol::Kind;
+
+/// Every authority metric, registered in one registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `revmesh_authority_agents_connected`
+    pub agents_connected: IntGauge,
+    /// `revmesh_authority_log_head_seq`
+    pub log_head_seq: IntGauge,
+    /// `revmesh_authority_revocations_total{kind}`
+    pub revocations_total: IntCounterVec,
+    /// `revmesh_authority_revoke_to_all_acked_seconds`
+    pub revoke_to_all_acked: Histogram,
+    /// `revmesh_authority_ack_latency_seconds`
+    pub ack_latency: Histogram,
+    /// `revmesh_authority_resends_total`
+    pub resends_total: IntCounter,
+    /// `revmesh_authority_snapshots_sent_total`
+    pub snapshots_sent_total: IntCounter,
+    /// `revmesh_authority_frames_rejected_total{reason}`
+    pub frames_rejected_total: IntCounterVec,
+    /// `revmesh_authority_agent_lag_max`
+    pub agent_lag_max: IntGauge,
+    /// `revmesh_authority_unacked_oldest_age_seconds`
+    pub unacked_oldest_age: Gauge,
+    /// `revmesh_authority_store_commits_total`: fsyncing commits, to compare with revocations.
+    pub store_commits_total: IntCounter,
+    /// `revmesh_authority_agents_rejected_total{reason}`: links refused before a session started.
+    pub agents_rejected_total: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+        };
+        let m = Self {
+            agents_connected: IntGauge::new("revmesh_authority_agents_connected", "Agents with a live link")?,
+            log_head_seq: IntGauge::new("revmesh_authority_log_head_seq", "Highest seq in the log")?,
+            revocations_total: IntCounterVec::new(
+                Opts::new("revmesh_authority_revocations_total", "Revocations accepted durably"),
+                &["kind"],
+            )?,
+            revoke_to_all_acked: hist(
+                "revmesh_authority_revoke_to_all_acked_seconds",
+                "From acceptance of an entry to its ack by every connected agent",
+            )?,
+            ack_latency: hist("revmesh_authority_ack_latency_seconds", "From push to ack, per agent")?,
+            resends_total: IntCounter::new(
+                "revmesh_authority_resends_total",
+                "Ack timeouts that caused a resend",
+            )?,
+            snapshots_sent_total: IntCounter::new(
+                "revmesh_authority_snapshots_sent_total",
+                "Snapshots sent",
+            )?,
+            frames_rejected_total: IntCounterVec::new(
+                Opts::new("revmesh_authority_frames_rejected_total", "Frames from agents rejected"),
+                &["reason"],
+            )?,
+            agent_lag_max: IntGauge::new(
+                "revmesh_authority_agent_lag_max",
+                "Largest lag of a connected agent, in entries",
+            )?,
+            unacked_oldest_age: Gauge::new(
+                "revmesh_authority_unacked_oldest_age_seconds",
+                "Age of the oldest entry not yet acked by every connected agent",
+            )?,
+            store_commits_total: IntCounter::new(
+                "revmesh_authority_store_commits_total",
+                "Durable (fsynced) commits of appended entries",
+            )?,
+            agents_rejected_total: IntCounterVec::new(
+                Opts::new("revmesh_authority_agents_rejected_total", "Agent connections refused"),
+                &["reason"],
+            )?,
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.agents_connected.clone()))?;
+        r.register(Box::new(m.log_head_seq.clone()))?;
+        r.register(Box::new(m.revocations_total.clone()))?;
+        r.register(Box::new(m.revoke_to_all_acked.clone()))?;
+        r.register(Box::new(m.ack_latency.clone()))?;
+        r.register(Box::new(m.resends_total.clone()))?;
+        r.register(Box::new(m.snapshots_sent_total.clone()))?;
+        r.register(Box::new(m.frames_rejected_total.clone()))?;
+        r.register(Box::new(m.agent_lag_max.clone()))?;
+        r.register(Box::new(m.unacked_oldest_age.clone()))?;
+        r.register(Box::new(m.store_commits_total.clone()))?;
+        r.register(Box::new(m.agents_rejected_total.clone()))?;
+        for k in Kind::ALL {
+            m.revocations_total.with_label_values(&[k.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,256 @@
+//! Durable storage of the revocation log behind a [`Store`] trait, with the embedded
+//! [redb](https://docs.rs/redb) implementation.
+//!
+//! A store is synchronous (callers use `spawn_blocking`): appending is one write transaction
+//! whose commit is the fsync, so a group of concurrent requests shares it. Every record
+//! carries a checksum that is verified when the log is loaded; a store that fails it refuses
+//! to start rather than serve a different history under the same seqs.
+
+use redb::{Database, ReadableTable, TableDefinition};
+use revmesh_protocol::codec::{decode_entry, encode_entry};
+use revmesh_protocol::{Entry, LogId, Revocation};
+use std::path::Path;
+
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// An entry to append; the store assigns its seq.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// What it revokes.
+    pub revocation: Revocation,
+    /// Unix seconds after which it can be forgotten.
+    pub expires_at: u64,
+    /// Free text.
+    pub reason: Option<String>,
+    /// Acceptance time, unix milliseconds.
+    pub created_at_ms: u64,
+}
+
+/// The log as found at start.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The log's id.
+    pub log_id: LogId,
+    /// Highest seq ever assigned.
+    pub head: u64,
+    /// Compaction floor.
+    pub floor: u64,
+    /// Every stored entry, ascending.
+    pub entries: Vec<Entry>,
+}
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("store i/o: {0}")]
+    Io(String),
+    /// A record failed its checksum or did not decode: the store is damaged.
+    #[error("store corrupt at seq {seq}: {why}")]
+    Corrupt {
+        /// The damaged record.
+        seq: u64,
+        /// What was wrong.
+        why: String,
+    },
+    /// Metadata is missing or inconsistent.
+    #[error("store metadata: {0}")]
+    Meta(String),
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// A durable, sequenced revocation log.
+pub trait Store: Send + Sync + 'static {
+    /// Reads the whole log (creating an empty one with a fresh id if there is none).
+    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Durably appends `batch` after `head` in one commit; returns the sequenced entries.
+    fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError>;
+    /// Removes `seqs` (expired entries at or below `floor`) and records the new floor.
+    fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError>;
+}
+
+/// The embedded store: one redb file under the data directory.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+    new_log_id: LogId,
+}
+
+fn record(entry: &Entry) -> Result<Vec<u8>, StoreError> {
+    let body = encode_entry(entry).map_err(io)?;
+    let mut out = xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes().to_vec();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn unrecord(seq: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt { seq, why };
+    if bytes.len() < 8 {
+        return Err(corrupt("record shorter than its checksum".into()));
+    }
+    let (sum, body) = bytes.split_at(8);
+    if sum != xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let entry = decode_entry(body).map_err(|e| corrupt(e.to_string()))?;
+    if entry.seq != seq {
+        return Err(corrupt(format!("record holds seq {}", entry.seq)));
+    }
+    Ok(entry)
+}
+
+fn u64_meta(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+    bytes.try_into().map(u64::from_le_bytes).map_err(|_| StoreError::Meta(format!("`{what}` is not 8 bytes")))
+}
+
+impl RedbStore {
+    /// Opens (or creates) `dir/log.redb`. `new_log_id` is used only when the log is new.
+    pub fn open(dir: &Path, new_log_id: LogId) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("log.redb")).map_err(io)?;
+        Ok(Self { db, new_log_id })
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_write().map_err(io)?;
+        let (log_id, head, floor, entries) = {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            let stored: Option<Vec<u8>> = meta.get("log_id").map_err(io)?.map(|v| v.value().to_vec());
+            let log_id = match stored {
+                Some(v) => {
+                    LogId(v.try_into().map_err(|_| StoreError::Meta("`log_id` is not 16 bytes".into()))?)
+                }
+                None => {
+                    meta.insert("log_id", &self.new_log_id.0[..]).map_err(io)?;
+                    self.new_log_id
+                }
+            };
+            let head = match meta.get("head").map_err(io)? {
+                Some(v) => u64_meta(v.value(), "head")?,
+                None => 0,
+            };
+            let floor = match meta.get("floor").map_err(io)? {
+                Some(v) => u64_meta(v.value(), "floor")?,
+                None => 0,
+            };
+            let table = txn.open_table(ENTRIES).map_err(io)?;
+            let mut entries = Vec::new();
+            for item in table.iter().map_err(io)? {
+                let (k, v) = item.map_err(io)?;
+                entries.push(unrecord(k.value(), v.value())?);
+            }
+            if let Some(last) = entries.last() {
+                if last.seq > head {
+                    return Err(StoreError::Meta(format!("entry {} beyond recorded head {head}", last.seq)));
+                }
+            }
+            (log_id, head, floor, entries)
+        };
+        txn.commit().map_err(io)?;
+        Ok(Loaded { log_id, head, floor, entries })
+    }
+
+    fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_write().map_err(io)?;
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            let stored_head = match meta.get("head").map_err(io)? {
+                Some(v) => u64_meta(v.value(), "head")?,
+                None => 0,
+            };
+            if stored_head != head {
+                return Err(StoreError::Meta(format!(
+                    "head moved: expected {head}, store has {stored_head}"
+                )));
+            }
+            let mut table = txn.open_table(ENTRIES).map_err(io)?;
+            for (i, n) in batch.iter().enumerate() {
+                let entry = Entry {
+                    seq: head + 1 + i as u64,
+                    created_at_ms: n.created_at_ms,
+                    expires_at: n.expires_at,
+                    reason: n.reason.clone(),
+                    revocation: n.revocation.clone(),
+                };
+                table.insert(entry.seq, record(&entry)?.as_slice()).map_err(io)?;
+                out.push(entry);
+            }
+            let new_head = head + batch.len() as u64;
+            meta.insert("head", &new_head.to_le_bytes()[..]).map_err(io)?;
+        }
+        // redb's default durability is `Immediate`: commit returns after fsync.
+        txn.commit().map_err(io)?;
+        Ok(out)
+    }
+
+    fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(io)?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(io)?;
+            for seq in seqs {
+                table.remove(*seq).map_err(io)?;
+            }
+            let mut meta = txn.open_table(META).map_err(io)?;
+            meta.insert("floor", &floor.to_le_bytes()[..]).map_err(io)?;
+        }
+        txn.commit().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(jti: &str) -> NewEntry {
+        NewEntry {
+            revocation: Revocation::Jti { jti: jti.into(), iss: None },
+            expires_at: 100,
+            reason: None,
+            created_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn log_id_head_and_entries_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RedbStore::open(dir.path(), LogId([1; 16])).unwrap();
+            let l = s.load().unwrap();
+            assert_eq!((l.log_id, l.head), (LogId([1; 16]), 0));
+            let e = s.append(0, &[new("a"), new("b")]).unwrap();
+            assert_eq!(e.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+            s.compact(1, &[1]).unwrap();
+        }
+        let s = RedbStore::open(dir.path(), LogId([2; 16])).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!((l.log_id, l.head, l.floor), (LogId([1; 16]), 2, 1));
+        assert_eq!(l.entries.len(), 1);
+        assert_eq!(l.entries[0].seq, 2);
+        assert!(s.append(0, &[new("c")]).is_err(), "a stale head must not overwrite seqs");
+    }
+
+    #[test]
+    fn a_damaged_record_is_refused() {
+        let entry = Entry {
+            seq: 3,
+            created_at_ms: 1,
+            expires_at: 2,
+            reason: None,
+            revocation: Revocation::Key { kid: "k".into() },
+        };
+        let mut r = record(&entry).unwrap();
+        assert_eq!(unrecord(3, &r).unwrap(), entry);
+        assert!(matches!(unrecord(4, &r), Err(StoreError::Corrupt { .. })));
+        let last = r.len() - 1;
+        r[last] ^= 1;
+        assert!(matches!(unrecord(3, &r), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(unrecord(3, &r[..4]), Err(StoreError::Corrupt { .. })));
+    }
+}
