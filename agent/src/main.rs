@@ -1,1 +1,101 @@
-fn main() {}
+//! `revmesh-agent`: command-line entry point. Exit codes: 0 success (and OK for `check`),
+//! 1 runtime failure or a non-OK verdict, 64 bad configuration or usage.
+
+use clap::Parser;
+use revmesh_agent::config::{Cli, Command, Config};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("revmesh-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Check(a) => rt.block_on(async {
+            match revmesh_agent::server::check_once(&a.socket, &a.jwt).await {
+                Ok(line) => {
+                    println!("{line}");
+                    if line.starts_with("OK ") {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("revmesh-agent check: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }),
+        Command::Run(args) => {
+            let cfg = match args.with_file().and_then(|raw| Config::build(&raw)) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("revmesh-agent: invalid configuration:");
+                    for e in errors {
+                        eprintln!("  --{e}");
+                    }
+                    return ExitCode::from(64);
+                }
+            };
+            init_tracing(&cfg.log);
+            let result = rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let s = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    s.cancel();
+                });
+                revmesh_agent::run(cfg, shutdown, |b| {
+                    println!("revmesh-agent ready metrics={}", b.metrics);
+                })
+                .await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("revmesh-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

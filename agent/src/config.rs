@@ -1,0 +1,315 @@
+//! Agent configuration: raw flags / `REVMESH_*` env / TOML, then a validated [`Config`] built
+//! before any socket is bound, with every bad field reported at once.
+
+use clap::{Args, Parser, Subcommand};
+use revmesh_protocol::time::parse_duration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `revmesh-agent`: answers "is this token still good?" from local memory.
+#[derive(Debug, Parser)]
+#[command(name = "revmesh-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Run(Box<RunArgs>),
+    /// Ask a running agent about one token; exit 0 only for OK.
+    Check(CheckArgs),
+}
+
+/// `check` arguments.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The agent's socket.
+    #[arg(long, env = "REVMESH_SOCKET", default_value = "./revmesh-data/agent.sock")]
+    pub socket: PathBuf,
+    /// The JWT.
+    pub jwt: String,
+}
+
+/// Raw `run` settings; all optional until [`Config::build`].
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RunArgs {
+    /// TOML file with any of these settings as keys (flags and env win).
+    #[arg(long, env = "REVMESH_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Authority WebSocket URL, e.g. ws://127.0.0.1:7400 (repeatable: failover list).
+    #[arg(long, env = "REVMESH_AUTHORITY", value_delimiter = ',')]
+    #[serde(default)]
+    pub authority: Vec<String>,
+    /// Agent id [default: hostname].
+    #[arg(long, env = "REVMESH_ID")]
+    pub id: Option<String>,
+    /// File with the bearer token presented to the authority.
+    #[arg(long, env = "REVMESH_TOKEN_FILE")]
+    pub token_file: Option<String>,
+    /// Persistent state directory [default: ./revmesh-data/agent].
+    #[arg(long, env = "REVMESH_DATA_DIR")]
+    pub data_dir: Option<String>,
+    /// Line-protocol Unix socket [default: ./revmesh-data/agent.sock].
+    #[arg(long, env = "REVMESH_SOCKET")]
+    pub socket: Option<String>,
+    /// HTTP/1.1 Unix socket for `GET /v1/check` (nginx auth_request).
+    #[arg(long, env = "REVMESH_HTTP_SOCKET")]
+    pub http_socket: Option<String>,
+    /// Prometheus endpoint [default: 127.0.0.1:7402].
+    #[arg(long, env = "REVMESH_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// HMAC secret file (HS256/384/512; at least 32 bytes).
+    #[arg(long, env = "REVMESH_HS256_SECRET_FILE")]
+    pub hs256_secret_file: Option<String>,
+    /// Public key PEM (RSA, EC P-256/P-384 or Ed25519; repeatable).
+    #[arg(long, env = "REVMESH_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    #[serde(default)]
+    pub public_key_file: Vec<String>,
+    /// JWKS file (keys selected by `kid`).
+    #[arg(long, env = "REVMESH_JWKS_FILE")]
+    pub jwks_file: Option<String>,
+    /// Required `iss`.
+    #[arg(long, env = "REVMESH_ISSUER")]
+    pub issuer: Option<String>,
+    /// Required audience.
+    #[arg(long, env = "REVMESH_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Clock skew allowed on exp/nbf/iat [default: 30s].
+    #[arg(long, env = "REVMESH_LEEWAY")]
+    pub leeway: Option<String>,
+    /// Longest token accepted [default: 8192].
+    #[arg(long, env = "REVMESH_MAX_TOKEN_BYTES")]
+    pub max_token_bytes: Option<String>,
+    /// Time without hearing from an authority before answers become stale [default: 30s].
+    #[arg(long, env = "REVMESH_MAX_STALENESS")]
+    pub max_staleness: Option<String>,
+    /// `closed` (answer STALE) or `open` (answer from the last set, marked stale=1) [default: closed].
+    #[arg(long, env = "REVMESH_ON_STALE")]
+    pub on_stale: Option<String>,
+    /// Peer uids allowed on the sockets (repeatable) [default: any].
+    #[arg(long, env = "REVMESH_ALLOW_UID", value_delimiter = ',')]
+    #[serde(default)]
+    pub allow_uid: Vec<String>,
+    /// Most socket clients at once [default: 4096].
+    #[arg(long, env = "REVMESH_MAX_CLIENTS")]
+    pub max_clients: Option<String>,
+    /// Socket clients idle this long are closed [default: 5m].
+    #[arg(long, env = "REVMESH_CLIENT_IDLE_TIMEOUT")]
+    pub client_idle_timeout: Option<String>,
+    /// Log filter [default: info].
+    #[arg(long, env = "REVMESH_LOG")]
+    pub log: Option<String>,
+}
+
+/// What to do past the staleness bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Deny: answer STALE.
+    Closed,
+    /// Decide from the last set and say `stale=1`.
+    Open,
+}
+
+/// Validated agent settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Authority URLs, in failover order.
+    pub authorities: Vec<String>,
+    /// Agent id.
+    pub id: String,
+    /// Bearer token for the authority.
+    pub token: Option<String>,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Line socket.
+    pub socket: PathBuf,
+    /// HTTP socket.
+    pub http_socket: Option<PathBuf>,
+    /// Metrics address.
+    pub metrics_listen: SocketAddr,
+    /// Verification keys, as files.
+    pub keys: crate::jwt::KeyFiles,
+    /// Verification rules.
+    pub rules: crate::jwt::Rules,
+    /// Staleness bound.
+    pub max_staleness: Duration,
+    /// Stale policy.
+    pub on_stale: OnStale,
+    /// Peer uid allow list (empty: any).
+    pub allow_uid: Vec<u32>,
+    /// Client cap.
+    pub max_clients: usize,
+    /// Client idle timeout.
+    pub client_idle_timeout: Duration,
+    /// Log filter.
+    pub log: String,
+}
+
+/// One bad setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Flag name.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+macro_rules! merge {
+    ($cli:expr, $file:expr; opt: $($o:ident),*; vec: $($v:ident),*) => {
+        RunArgs {
+            config: $cli.config.clone(),
+            $($o: $cli.$o.clone().or($file.$o.clone()),)*
+            $($v: if $cli.$v.is_empty() { $file.$v.clone() } else { $cli.$v.clone() },)*
+        }
+    };
+}
+
+impl RunArgs {
+    /// Flags and env over the TOML file.
+    pub fn with_file(self) -> Result<RunArgs, Vec<ConfigError>> {
+        let Some(path) = &self.config else { return Ok(self) };
+        let err =
+            |e: String| vec![ConfigError { field: "config", message: format!("{}: {e}", path.display()) }];
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let file: RunArgs = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        Ok(merge!(self, file;
+            opt: id, token_file, data_dir, socket, http_socket, metrics_listen, hs256_secret_file, jwks_file,
+                 issuer, audience, leeway, max_token_bytes, max_staleness, on_stale, max_clients,
+                 client_idle_timeout, log;
+            vec: authority, public_key_file, allow_uid))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "agent".into())
+}
+
+impl Config {
+    /// Validates raw settings, reporting every problem.
+    pub fn build(raw: &RunArgs) -> Result<Config, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut push = |field: &'static str, message: String| errs.push(ConfigError { field, message });
+        let dur = |field: &'static str,
+                   v: &Option<String>,
+                   d: Duration,
+                   push: &mut dyn FnMut(&'static str, String)| {
+            match v.as_deref().map(parse_duration) {
+                None => d,
+                Some(Ok(x)) => x,
+                Some(Err(e)) => {
+                    push(field, e);
+                    d
+                }
+            }
+        };
+        for a in &raw.authority {
+            if !(a.starts_with("ws://") || a.starts_with("wss://")) {
+                push("authority", format!("`{a}` must be a ws:// URL"));
+            } else if a.starts_with("wss://") {
+                push("authority", "TLS (wss://) is not available in this build yet".into());
+            }
+        }
+        let id = raw.id.clone().unwrap_or_else(hostname);
+        if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            push("id", "must be 1-128 characters without spaces".into());
+        }
+        let token = match &raw.token_file {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => Some(t.trim().to_owned()),
+                Err(e) => {
+                    push("token-file", format!("{p}: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let metrics_text = raw.metrics_listen.as_deref().unwrap_or("127.0.0.1:7402");
+        let metrics_listen = metrics_text.parse().unwrap_or_else(|_| {
+            push("metrics-listen", format!("`{metrics_text}` is not an address"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        let max_token_bytes = match raw.max_token_bytes.as_deref().map(str::parse::<usize>) {
+            None => 8192,
+            Some(Ok(n)) if (64..=1 << 20).contains(&n) => n,
+            _ => {
+                push("max-token-bytes", "must be a number between 64 and 1048576".into());
+                8192
+            }
+        };
+        let on_stale = match raw.on_stale.as_deref() {
+            None | Some("closed") => OnStale::Closed,
+            Some("open") => OnStale::Open,
+            Some(o) => {
+                push("on-stale", format!("`{o}` is neither `closed` nor `open`"));
+                OnStale::Closed
+            }
+        };
+        let mut allow_uid = Vec::new();
+        for u in &raw.allow_uid {
+            match u.parse() {
+                Ok(n) => allow_uid.push(n),
+                Err(_) => push("allow-uid", format!("`{u}` is not a uid")),
+            }
+        }
+        let max_clients = match raw.max_clients.as_deref().map(str::parse::<usize>) {
+            None => 4096,
+            Some(Ok(n)) if n > 0 => n,
+            _ => {
+                push("max-clients", "must be a positive number".into());
+                4096
+            }
+        };
+        let leeway = dur("leeway", &raw.leeway, Duration::from_secs(30), &mut push);
+        let max_staleness = dur("max-staleness", &raw.max_staleness, Duration::from_secs(30), &mut push);
+        let client_idle_timeout =
+            dur("client-idle-timeout", &raw.client_idle_timeout, Duration::from_secs(300), &mut push);
+        let keys = crate::jwt::KeyFiles {
+            hmac_secret: raw.hs256_secret_file.as_ref().map(PathBuf::from),
+            public_keys: raw.public_key_file.iter().map(PathBuf::from).collect(),
+            jwks: raw.jwks_file.as_ref().map(PathBuf::from),
+        };
+        if let Err(e) = keys.load() {
+            push(e.field, e.message);
+        }
+        let cfg = Config {
+            authorities: raw.authority.clone(),
+            id,
+            token,
+            data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/agent")),
+            socket: PathBuf::from(raw.socket.as_deref().unwrap_or("./revmesh-data/agent.sock")),
+            http_socket: raw.http_socket.as_ref().map(PathBuf::from),
+            metrics_listen,
+            keys,
+            rules: crate::jwt::Rules {
+                issuer: raw.issuer.clone(),
+                audience: raw.audience.clone(),
+                leeway_secs: leeway.as_secs(),
+                max_token_bytes,
+            },
+            max_staleness,
+            on_stale,
+            allow_uid,
+            max_clients,
+            client_idle_timeout,
+            log: raw.log.clone().unwrap_or_else(|| "info".into()),
+        };
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errs)
+        }
+    }
+}

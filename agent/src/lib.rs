@@ -1,0 +1,104 @@
+//! revmesh-agent: the sidecar that answers "is this token still good?" over a Unix socket from
+//! local memory, kept current by a link to the authorities and persisted for warm restarts.
+
+pub mod config;
+pub mod jwt;
+pub mod lines;
+pub mod link;
+pub mod metrics;
+pub mod persist;
+pub mod server;
+pub mod state;
+
+use anyhow::Context;
+use config::{Config, OnStale};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Addresses bound by a running agent.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// Metrics endpoint.
+    pub metrics: std::net::SocketAddr,
+}
+
+/// Runs an agent until `shutdown`.
+pub async fn run(
+    cfg: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    let keys = cfg.keys.load().map_err(|e| anyhow::anyhow!("--{}: {}", e.field, e.message))?;
+    let (persist, recovered) = persist::Persist::open(&cfg.data_dir)
+        .with_context(|| format!("opening the data dir {}", cfg.data_dir.display()))?;
+    for w in &recovered.warnings {
+        tracing::warn!("{w}");
+    }
+    let metrics = metrics::Metrics::new().context("registering metrics")?;
+    let st = recovered.state;
+    let state = Arc::new(state::AgentState::new(
+        revmesh_protocol::RevocationSet::restore(st.set),
+        st.log_id,
+        st.applied_seq,
+        recovered.heard_ms,
+        cfg.max_staleness,
+        cfg.on_stale == OnStale::Open,
+        metrics,
+    ));
+    tracing::info!(applied = st.applied_seq, log_id = ?st.log_id, "state loaded");
+    let line_listener = server::bind_socket(&cfg.socket).map_err(anyhow::Error::msg)?;
+    let http_listener = match &cfg.http_socket {
+        Some(p) => Some(server::bind_socket(p).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.metrics_listen))?;
+    let bound = Bound { metrics: metrics_listener.local_addr()? };
+
+    let tracker = tokio_util::task::TaskTracker::new();
+    let server = Arc::new(server::Server {
+        state: state.clone(),
+        keys,
+        rules: cfg.rules.clone(),
+        allow_uid: cfg.allow_uid.clone(),
+        clients: Arc::new(tokio::sync::Semaphore::new(cfg.max_clients)),
+        idle: cfg.client_idle_timeout,
+        shutdown: shutdown.clone(),
+        tracker: tokio_util::task::TaskTracker::new(),
+    });
+    tracker.spawn(server.clone().serve_unix(line_listener, false));
+    if let Some(l) = http_listener {
+        tracker.spawn(server.clone().serve_unix(l, true));
+    }
+    tracker.spawn(server::serve_metrics(metrics_listener, state.clone(), shutdown.clone()));
+    let mut settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
+    settings.token = cfg.token.clone();
+    tracker.spawn(link::run(settings, state.clone(), Some(Arc::new(Mutex::new(persist))), shutdown.clone()));
+    let gc_state = state.clone();
+    let gc_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(30)) => { gc_state.gc(); }
+                _ = gc_shutdown.cancelled() => return,
+            }
+        }
+    });
+    tracker.close();
+    tracing::info!(socket = %cfg.socket.display(), metrics = %bound.metrics, id = %cfg.id, "agent ready");
+    on_ready(bound);
+    shutdown.cancelled().await;
+    server.tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tracker.wait().await;
+        server.tracker.wait().await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&cfg.socket);
+    if let Some(p) = &cfg.http_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}

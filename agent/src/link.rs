@@ -1,0 +1,314 @@
+//! The link to the authorities: connect (with failover and jittered backoff), drive the
+//! protocol crate's [`AgentSession`], apply what it hands over, persist, then let it ack.
+//!
+//! The same code runs inside the `revmesh-agent` process and inside `revmesh-loadtest`'s
+//! in-process agents (without a data dir).
+
+use crate::persist::Persist;
+use crate::state::AgentState;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession};
+use revmesh_protocol::codec::{decode, encode};
+use revmesh_protocol::frame::Frame;
+use revmesh_protocol::time::{backoff, Jitter};
+use revmesh_protocol::Now;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Link settings.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// Authority URLs (`ws://host:port`, path `/v1/agents` added when missing), in failover order.
+    pub authorities: Vec<String>,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Agent id.
+    pub id: String,
+    /// Software version sent in the hello.
+    pub version: String,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+    /// A link silent this long is dropped.
+    pub idle_timeout: Duration,
+}
+
+impl LinkSettings {
+    /// Defaults for an agent with these authorities and id.
+    pub fn new(authorities: Vec<String>, id: String) -> Self {
+        Self {
+            authorities,
+            token: None,
+            id,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+fn now() -> Now {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Now { mono: Instant::now(), unix_ms }
+}
+
+fn endpoint(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, r)| r);
+    if after_scheme.contains('/') {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/v1/agents")
+    }
+}
+
+enum Ended {
+    /// Reconnect after this long (go-away hint).
+    RetryAfter(Duration),
+    /// Link failed or closed; back off.
+    Failed(String),
+    /// Shutdown requested.
+    Shutdown,
+}
+
+/// Runs the link until `shutdown`; never returns early.
+pub async fn run(
+    settings: LinkSettings,
+    state: Arc<AgentState>,
+    persist: Option<Arc<Mutex<Persist>>>,
+    shutdown: CancellationToken,
+) {
+    let mut session = AgentSession::new(
+        settings.id.clone(),
+        settings.version.clone(),
+        state.log_id(),
+        state.applied(),
+        AgentConfig { idle_timeout: settings.idle_timeout, ..AgentConfig::default() },
+    );
+    let mut jitter = Jitter::new(rand::random());
+    let mut attempt: u32 = 0;
+    let mut index = 0usize;
+    let mut links = 0u64;
+    while !shutdown.is_cancelled() && !settings.authorities.is_empty() {
+        let url = endpoint(&settings.authorities[index % settings.authorities.len()]);
+        let started = Instant::now();
+        let ended = match connect(&url, &settings).await {
+            Ok(ws) => {
+                links += 1;
+                if links > 1 {
+                    state.metrics.reconnects_total.inc();
+                }
+                state.set_connected(true);
+                tracing::info!(%url, "connected to authority");
+                let e = drive(ws, &mut session, &state, persist.as_ref(), &shutdown).await;
+                state.set_connected(false);
+                session.disconnected();
+                e
+            }
+            Err(e) => Ended::Failed(e),
+        };
+        let delay = match ended {
+            Ended::Shutdown => break,
+            Ended::RetryAfter(d) => {
+                tracing::info!(%url, retry_ms = d.as_millis() as u64, "authority asked us to come back later");
+                index += 1;
+                d
+            }
+            Ended::Failed(why) => {
+                // A link that lived a while was healthy: start the backoff over.
+                if started.elapsed() > Duration::from_secs(10) {
+                    attempt = 0;
+                }
+                tracing::warn!(%url, reason = %why, "link to authority lost");
+                attempt = attempt.saturating_add(1);
+                index += 1;
+                jitter.jitter(backoff(
+                    settings.reconnect_min,
+                    attempt.saturating_sub(1),
+                    settings.reconnect_max,
+                ))
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, settings: &LinkSettings) -> Result<Ws, String> {
+    let mut req = url.into_client_request().map_err(|e| format!("bad authority URL {url}: {e}"))?;
+    if let Some(t) = &settings.token {
+        let value = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| "agent token is not a valid header value".to_owned())?;
+        req.headers_mut().insert("authorization", value);
+    }
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
+    cfg.max_frame_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
+    cfg.max_write_buffer_size = 1 << 20;
+    let fut = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+    match tokio::time::timeout(Duration::from_secs(10), fut).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err("connect timed out".into()),
+    }
+}
+
+async fn drive(
+    mut ws: Ws,
+    session: &mut AgentSession,
+    state: &AgentState,
+    persist: Option<&Arc<Mutex<Persist>>>,
+    shutdown: &CancellationToken,
+) -> Ended {
+    session.connect(now());
+    let mut last_heard_write = Instant::now() - Duration::from_secs(60);
+    loop {
+        let t = now();
+        let mut wrote = false;
+        while let Some(f) = session.poll_transmit(t) {
+            let Ok(bytes) = encode(&f) else { return Ended::Failed("encode failed".into()) };
+            if ws.feed(Message::Binary(Bytes::from(bytes))).await.is_err() {
+                return Ended::Failed("write failed".into());
+            }
+            wrote = true;
+        }
+        if wrote && ws.flush().await.is_err() {
+            return Ended::Failed("write failed".into());
+        }
+        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            msg = ws.next() => {
+                let t = now();
+                let frame = match msg {
+                    Some(Ok(Message::Binary(b))) => match decode(&b) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            state.metrics.frames_rejected_total.with_label_values(&[e.reason()]).inc();
+                            let _ = ws.close(None).await;
+                            return Ended::Failed(format!("bad frame from authority: {e}"));
+                        }
+                    },
+                    Some(Ok(Message::Close(c))) => return Ended::Failed(format!("closed by authority: {c:?}")),
+                    None => return Ended::Failed("connection closed".into()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(_)) => {
+                        state.metrics.frames_rejected_total.with_label_values(&["not_binary"]).inc();
+                        return Ended::Failed("non-binary frame from authority".into());
+                    }
+                    Some(Err(e)) => return Ended::Failed(format!("link error: {e}")),
+                };
+                if let Err(v) = session.handle_frame(frame, t) {
+                    state.metrics.frames_rejected_total.with_label_values(&["violation"]).inc();
+                    if let Ok(b) = encode(&Frame::Error(v.0.clone())) {
+                        let _ = ws.send(Message::Binary(Bytes::from(b))).await;
+                    }
+                    let _ = ws.close(None).await;
+                    return Ended::Failed(v.to_string());
+                }
+                if let Some(h) = session.last_heard() {
+                    state.heard(h);
+                    if let (Some(p), true) = (persist, last_heard_write.elapsed() > Duration::from_secs(1)) {
+                        last_heard_write = Instant::now();
+                        if let Ok(p) = p.lock() {
+                            p.heard(t.unix_ms);
+                        }
+                    }
+                }
+            }
+            _ = sleep_until_opt(deadline) => session.handle_timeout(now()),
+            _ = shutdown.cancelled() => {
+                let _ = ws.close(None).await;
+                return Ended::Shutdown;
+            }
+        }
+        if let Some(end) = apply_events(session, state, persist).await {
+            let _ = ws.close(None).await;
+            return end;
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies what the session handed over, persists it, and only then marks it durable (SPEC §3.3).
+async fn apply_events(
+    session: &mut AgentSession,
+    state: &AgentState,
+    persist: Option<&Arc<Mutex<Persist>>>,
+) -> Option<Ended> {
+    while let Some(ev) = session.poll_event() {
+        match ev {
+            AgentEvent::Apply { log_id, entries, to_seq } => {
+                let from_seq = state.applied() + 1;
+                state.apply(log_id, &entries, to_seq);
+                if let Some(p) = persist {
+                    let p = p.clone();
+                    let result = tokio::task::spawn_blocking(move || {
+                        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                        p.append(log_id, from_seq.min(to_seq), to_seq, &entries)
+                    })
+                    .await;
+                    match result {
+                        Ok(Ok(compact)) => {
+                            if compact {
+                                if let Err(e) = write_snapshot(state, persist).await {
+                                    tracing::warn!(error = %e, "snapshot failed; journal keeps growing");
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => return Some(Ended::Failed(format!("cannot persist: {e}"))),
+                        Err(e) => return Some(Ended::Failed(format!("persist task failed: {e}"))),
+                    }
+                }
+                session.mark_durable(to_seq, now());
+            }
+            AgentEvent::Replace { log_id, snapshot_seq, entries } => {
+                state.replace(log_id, &entries, snapshot_seq);
+                if persist.is_some() {
+                    if let Err(e) = write_snapshot(state, persist).await {
+                        return Some(Ended::Failed(format!("cannot persist snapshot: {e}")));
+                    }
+                }
+                tracing::info!(seq = snapshot_seq, entries = entries.len(), "applied snapshot");
+                session.mark_durable(snapshot_seq, now());
+            }
+            AgentEvent::Disconnect { retry_after, reason } => {
+                return Some(match retry_after {
+                    Some(d) => Ended::RetryAfter(d),
+                    None => Ended::Failed(reason),
+                });
+            }
+        }
+    }
+    None
+}
+
+async fn write_snapshot(state: &AgentState, persist: Option<&Arc<Mutex<Persist>>>) -> Result<(), String> {
+    let Some(p) = persist else { return Ok(()) };
+    let snap = state.persisted();
+    let p = p.clone();
+    tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).snapshot(&snap))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}

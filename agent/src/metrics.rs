@@ -1,0 +1,104 @@
+//! The agent's Prometheus metrics (SPEC §6).
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use revmesh_protocol::Kind;
+
+/// Every agent metric.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `revmesh_agent_checks_total{verdict}`
+    pub checks_total: IntCounterVec,
+    /// `revmesh_agent_check_duration_seconds`
+    pub check_duration: Histogram,
+    /// `revmesh_agent_applied_seq`
+    pub applied_seq: IntGauge,
+    /// `revmesh_agent_revocations{kind}`
+    pub revocations: IntGaugeVec,
+    /// `revmesh_agent_staleness_seconds`
+    pub staleness: Gauge,
+    /// `revmesh_agent_connected`
+    pub connected: IntGauge,
+    /// `revmesh_agent_reconnects_total`
+    pub reconnects_total: IntCounter,
+    /// `revmesh_agent_apply_lag_seconds`
+    pub apply_lag: Histogram,
+    /// `revmesh_agent_frames_rejected_total{reason}`
+    pub frames_rejected_total: IntCounterVec,
+}
+
+/// Verdict labels, pre-created so dashboards see zeros.
+pub const VERDICTS: [&str; 6] = ["ok", "revoked", "invalid", "stale", "err", "pong"];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Self {
+            checks_total: IntCounterVec::new(
+                Opts::new("revmesh_agent_checks_total", "Socket requests answered, by verdict"),
+                &["verdict"],
+            )?,
+            check_duration: Histogram::with_opts(
+                HistogramOpts::new("revmesh_agent_check_duration_seconds", "Time to answer one request")
+                    .buckets(vec![
+                        0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005,
+                        0.025,
+                    ]),
+            )?,
+            applied_seq: IntGauge::new("revmesh_agent_applied_seq", "Highest seq applied")?,
+            revocations: IntGaugeVec::new(
+                Opts::new("revmesh_agent_revocations", "Live revocations held, by kind"),
+                &["kind"],
+            )?,
+            staleness: Gauge::new(
+                "revmesh_agent_staleness_seconds",
+                "Time since an authority was last heard",
+            )?,
+            connected: IntGauge::new("revmesh_agent_connected", "1 while a link to an authority is up")?,
+            reconnects_total: IntCounter::new(
+                "revmesh_agent_reconnects_total",
+                "Links established after the first",
+            )?,
+            apply_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "revmesh_agent_apply_lag_seconds",
+                    "From an entry's creation to its application",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0]),
+            )?,
+            frames_rejected_total: IntCounterVec::new(
+                Opts::new("revmesh_agent_frames_rejected_total", "Frames from the authority rejected"),
+                &["reason"],
+            )?,
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.checks_total.clone()))?;
+        r.register(Box::new(m.check_duration.clone()))?;
+        r.register(Box::new(m.applied_seq.clone()))?;
+        r.register(Box::new(m.revocations.clone()))?;
+        r.register(Box::new(m.staleness.clone()))?;
+        r.register(Box::new(m.connected.clone()))?;
+        r.register(Box::new(m.reconnects_total.clone()))?;
+        r.register(Box::new(m.apply_lag.clone()))?;
+        r.register(Box::new(m.frames_rejected_total.clone()))?;
+        for v in VERDICTS {
+            m.checks_total.with_label_values(&[v]);
+        }
+        for k in Kind::ALL {
+            m.revocations.with_label_values(&[k.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// Text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,229 @@
+//! The agent's in-memory state: the revocation set, where it stands in which log, and how
+//! fresh that is. Checks read it; only the link task writes it.
+//!
+//! Architecture invariant: an answer comes from this state alone — no request ever waits on
+//! the network.
+
+use crate::metrics::Metrics;
+use revmesh_protocol::{Entry, Kind, LogId, RevocationSet, TokenRef};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Revocation verdict plus freshness, before it is rendered as a line or an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Not revoked.
+    Ok {
+        /// Applied seq.
+        seq: u64,
+        /// Milliseconds since an authority was heard.
+        lag_ms: u64,
+        /// Past the staleness bound under `--on-stale open`.
+        stale: bool,
+    },
+    /// Revoked by the entry `seq` of `kind`.
+    Revoked {
+        /// Kind of the entry.
+        kind: Kind,
+        /// Its seq.
+        seq: u64,
+    },
+    /// Past the staleness bound under `--on-stale closed`.
+    Stale {
+        /// Milliseconds since an authority was heard.
+        lag_ms: u64,
+    },
+}
+
+/// Shared agent state.
+#[derive(Debug)]
+pub struct AgentState {
+    set: RwLock<RevocationSet>,
+    log_id: RwLock<Option<LogId>>,
+    applied: AtomicU64,
+    connected: AtomicBool,
+    heard: Mutex<Option<Instant>>,
+    /// Last contact before this process started (wall clock ms), from the data dir.
+    heard_before_start: Option<u64>,
+    started: Instant,
+    max_staleness: Duration,
+    fail_open: bool,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Current wall clock, unix seconds.
+pub fn now_secs() -> u64 {
+    wall_ms() / 1000
+}
+
+impl AgentState {
+    /// State from what was persisted (or empty).
+    pub fn new(
+        set: RevocationSet,
+        log_id: Option<LogId>,
+        applied: u64,
+        heard_before_start: Option<u64>,
+        max_staleness: Duration,
+        fail_open: bool,
+        metrics: Metrics,
+    ) -> Self {
+        let s = Self {
+            set: RwLock::new(set),
+            log_id: RwLock::new(log_id),
+            applied: AtomicU64::new(applied),
+            connected: AtomicBool::new(false),
+            heard: Mutex::new(None),
+            heard_before_start,
+            started: Instant::now(),
+            max_staleness,
+            fail_open,
+            metrics,
+        };
+        s.refresh_gauges();
+        s
+    }
+
+    /// Applied seq.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// The log the state belongs to.
+    pub fn log_id(&self) -> Option<LogId> {
+        *self.log_id.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Link up or down.
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+        self.metrics.connected.set(i64::from(up));
+    }
+
+    /// True while a link is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// An authority was heard at `at`.
+    pub fn heard(&self, at: Instant) {
+        let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_none_or(|old| at > old) {
+            *h = Some(at);
+        }
+    }
+
+    /// Time since an authority was last heard; `None` when this agent has never been in sync.
+    pub fn staleness(&self) -> Option<Duration> {
+        if let Some(t) = *self.heard.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(t.elapsed());
+        }
+        // Never in sync with any log: no freshness to speak of.
+        self.log_id()?;
+        match self.heard_before_start {
+            Some(ms) => Some(Duration::from_millis(wall_ms().saturating_sub(ms))),
+            None => Some(self.started.elapsed()),
+        }
+    }
+
+    fn lag_ms(&self) -> (u64, bool) {
+        match self.staleness() {
+            Some(d) => (d.as_millis() as u64, d > self.max_staleness),
+            None => (self.started.elapsed().as_millis() as u64, true),
+        }
+    }
+
+    /// The revocation verdict for a token's claims. Revocation wins over staleness: a revoked
+    /// token is refused even when the set may be old.
+    pub fn decide(&self, token: &TokenRef<'_>) -> Decision {
+        let hit = self.set.read().unwrap_or_else(|p| p.into_inner()).check(token);
+        if let Some(v) = hit {
+            return Decision::Revoked { kind: v.kind, seq: v.seq };
+        }
+        let (lag_ms, stale) = self.lag_ms();
+        if stale && !self.fail_open {
+            return Decision::Stale { lag_ms };
+        }
+        Decision::Ok { seq: self.applied(), lag_ms, stale }
+    }
+
+    /// Freshness for `PING`: `(applied, lag_ms, log_id)`.
+    pub fn ping(&self) -> (u64, u64, Option<LogId>) {
+        (self.applied(), self.lag_ms().0, self.log_id())
+    }
+
+    /// Applies entries and moves to `to_seq`.
+    pub fn apply(&self, log_id: LogId, entries: &[Entry], to_seq: u64) {
+        let now = now_secs();
+        let now_ms = wall_ms();
+        {
+            let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+            for e in entries {
+                set.insert(e, now);
+            }
+            *self.log_id.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
+            self.applied.store(to_seq, Ordering::Release);
+        }
+        for e in entries {
+            self.metrics.apply_lag.observe(now_ms.saturating_sub(e.created_at_ms) as f64 / 1000.0);
+        }
+        self.refresh_gauges();
+    }
+
+    /// Replaces the whole set (snapshot or resync).
+    pub fn replace(&self, log_id: LogId, entries: &[Entry], snapshot_seq: u64) {
+        let now = now_secs();
+        let mut fresh = RevocationSet::new();
+        for e in entries {
+            fresh.insert(e, now);
+        }
+        {
+            let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+            *set = fresh;
+            *self.log_id.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
+            self.applied.store(snapshot_seq, Ordering::Release);
+        }
+        self.refresh_gauges();
+    }
+
+    /// Drops expired revocations.
+    pub fn gc(&self) -> usize {
+        let n = self.set.write().unwrap_or_else(|p| p.into_inner()).remove_expired(now_secs());
+        self.refresh_gauges();
+        n
+    }
+
+    /// The persisted form of the current state.
+    pub fn persisted(&self) -> revmesh_protocol::codec::PersistedState {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+        revmesh_protocol::codec::PersistedState {
+            log_id: self.log_id(),
+            applied_seq: self.applied(),
+            set: set.snapshot(),
+        }
+    }
+
+    /// Number of live revocations of a kind.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).count(kind)
+    }
+
+    /// Updates gauges that mirror the state.
+    pub fn refresh_gauges(&self) {
+        self.metrics.applied_seq.set(self.applied() as i64);
+        for k in Kind::ALL {
+            self.metrics.revocations.with_label_values(&[k.as_str()]).set(self.count(k) as i64);
+        }
+        if let Some(s) = self.staleness() {
+            self.metrics.staleness.set(s.as_secs_f64());
+        }
+    }
+}
