@@ -95,13 +95,13 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Admin API base URL.
-    #[arg(long, env = "REVMESH_ADMIN", default_value = "http://127.0.0.1:7401")]
+    #[arg(long, env = "REVMESH_ADMIN", default_value = "http://127.0.0.1:7401", global = true)]
     pub admin: String,
     /// File holding the admin token [default: ./revmesh-data/authority/admin.token].
-    #[arg(long, env = "REVMESH_TOKEN_FILE")]
+    #[arg(long, env = "REVMESH_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// Print the raw JSON answer.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

@@ -1,0 +1,126 @@
+//! The admin API: durability across kill -9, receipts, and the documented 4xx answers.
+
+use crate::util::{http, Agent, Authority};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_revocation_survives_kill_9_with_its_seq_and_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Authority::start(dir.path(), &[]);
+    let seq = a.revoke_jti("survivor");
+    let (_, before) = a.get(&format!("/v1/revocations/{seq}"));
+    a.kill9();
+    let b = Authority::start(dir.path(), &[]);
+    let (status, after) = b.get(&format!("/v1/revocations/{seq}"));
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["jti"], "survivor");
+    assert_eq!(after["seq"], before["seq"]);
+    assert_eq!(after["log_id"], before["log_id"]);
+    // The next revocation continues the sequence: no seq is reused.
+    assert_eq!(b.revoke_jti("next"), seq + 1);
+    let agent = Agent::start(vec![b.ws_url()], "after-restart");
+    agent.wait_applied(seq + 1).await;
+    assert!(agent.revoked("survivor") && agent.revoked("next"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_all_answers_with_a_receipt_naming_every_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let agents: Vec<Agent> = (0..3).map(|i| Agent::start(vec![a.ws_url()], &format!("r{i}"))).collect();
+    // Wait until all three links are registered.
+    crate::util::wait_for(|| a.metric("revmesh_authority_agents_connected") == 3.0, "3 agents").await;
+    let (status, v) = a.post(
+        "/v1/revocations?wait=all&timeout_ms=10000",
+        r#"{"kind":"session","sid":"s-1","reason":"laptop stolen"}"#,
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["acked"], serde_json::json!(["r0", "r1", "r2"]));
+    assert_eq!(v["pending"], serde_json::json!([]));
+    // The receipt means applied: every agent refuses the session right now.
+    let seq = v["seq"].as_u64().unwrap();
+    for ag in &agents {
+        assert!(ag.state.applied() >= seq);
+    }
+    let (_, one) = a.get(&format!("/v1/revocations/{seq}"));
+    let states: Vec<&str> = one["agents"].as_array().unwrap().iter().map(|x| x["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["acked", "acked", "acked"]);
+    let (_, list) = a.get("/v1/agents");
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list[0]["applied_seq"], seq);
+    for ag in agents {
+        ag.stop().await;
+    }
+}
+
+#[test]
+fn bad_requests_get_the_documented_4xx_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let good = r#"{"kind":"jti","jti":"x","expires_at":4000000000}"#;
+    let big = format!(r#"{{"kind":"jti","jti":"x","expires_at":4000000000,"reason":"{}"}}"#, "a".repeat(70_000));
+    let cases: Vec<(&str, Option<&str>, String, u16, Option<&str>)> = vec![
+        ("no token", None, good.into(), 401, None),
+        ("wrong token", Some("wrong-token-wrong-token"), good.into(), 401, None),
+        ("malformed json", Some(&a.token), "{\"kind\":".into(), 400, Some("body")),
+        ("unknown kind", Some(&a.token), r#"{"kind":"user","sub":"u"}"#.into(), 400, Some("kind")),
+        ("jti without expires_at", Some(&a.token), r#"{"kind":"jti","jti":"x"}"#.into(), 400, Some("expires_at")),
+        ("body over 64 KiB", Some(&a.token), big, 413, None),
+    ];
+    for (name, token, body, status, field) in cases {
+        let (got, v) = http(&a.admin, "POST", "/v1/revocations", token, body.as_bytes());
+        assert_eq!(got, status, "{name}: {v}");
+        if let Some(f) = field {
+            assert_eq!(v["field"], f, "{name}: {v}");
+        }
+    }
+    let (_, status) = a.get("/v1/status");
+    assert_eq!(status["head"], 0, "nothing may be stored");
+    // /metrics and health need no token; /v1 does.
+    assert_eq!(http(&a.admin, "GET", "/healthz", None, b"").0, 200);
+    assert_eq!(http(&a.admin, "GET", "/readyz", None, b"").0, 200);
+    assert_eq!(http(&a.admin, "GET", "/v1/agents", None, b"").0, 401);
+    assert!(a.metrics().contains("revmesh_authority_log_head_seq 0"));
+}
+
+#[test]
+fn bad_configuration_exits_64_and_names_every_field() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args(["serve", "--agent-listen", "nowhere", "--heartbeat", "soon", "--max-agents", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in ["agent-listen", "heartbeat", "max-agents"] {
+        assert!(err.contains(field), "{field} missing in: {err}");
+    }
+}
+
+#[test]
+fn operator_commands_revoke_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let bin = env!("CARGO_BIN_EXE_revmesh-authority");
+    let token_file = dir.path().join("admin.token");
+    let admin = format!("http://{}", a.admin);
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(args)
+            .args(["--admin", &admin, "--token-file"])
+            .arg(&token_file)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["revoke", "jti", "tok-1", "--expires-at", "2100-01-01T00:00:00Z", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["seq"], 1);
+    let out = run(&["revoke", "subject", "alice", "--wait", "--timeout", "1s"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked: seq 2"));
+    let out = run(&["revoke", "jti", "tok-2", "--expires-at", "yesterday"]);
+    assert_eq!(out.status.code(), Some(64));
+    let out = run(&["status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("head 2"));
+    let (_, e) = a.get("/v1/revocations/1");
+    assert_eq!(e["expires_at"], 4_102_444_800u64);
+}

@@ -1,0 +1,160 @@
+//! Agent links: catch-up from a cursor, snapshots past compaction, resync on another log,
+//! and hostile frames that must only hurt the link that sent them.
+
+use crate::util::{wait_for, Agent, Authority};
+use futures::{SinkExt, StreamExt};
+use revmesh_protocol::codec::encode;
+use revmesh_protocol::frame::{Frame, Hello};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_agent_catches_up_from_its_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let first = a.revoke_jti("before");
+    let agent = Agent::start(vec![a.ws_url()], "catcher");
+    agent.wait_applied(first).await;
+    let state = agent.stop().await;
+    let (set, log_id, applied) = {
+        let p = state.persisted();
+        (revmesh_protocol::RevocationSet::restore(p.set), p.log_id, p.applied_seq)
+    };
+    let mut last = 0;
+    for i in 0..1000 {
+        last = a.revoke_jti(&format!("while-away-{i}"));
+    }
+    let snapshots_before = a.metric("revmesh_authority_snapshots_sent_total");
+    let agent = Agent::start_from(vec![a.ws_url()], "catcher", set, log_id, applied);
+    agent.wait_applied(last).await;
+    for i in (0..1000).step_by(97) {
+        assert!(agent.revoked(&format!("while-away-{i}")), "entry {i} missing");
+    }
+    assert!(agent.revoked("before"));
+    assert_eq!(a.metric("revmesh_authority_snapshots_sent_total"), snapshots_before, "resume must be incremental");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_behind_the_compacted_log_gets_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &["--retain-entries", "0", "--compact-interval", "100ms"]);
+    let s1 = a.revoke_jti("old");
+    let agent = Agent::start(vec![a.ws_url()], "behind");
+    agent.wait_applied(s1).await;
+    let state = agent.stop().await;
+    let p = state.persisted();
+    let mut last = 0;
+    for i in 0..50 {
+        last = a.revoke_jti(&format!("new-{i}"));
+    }
+    // Compaction raises the floor to the head (retain 0).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while a.get("/v1/status").1["floor"].as_u64().unwrap() < last {
+        assert!(std::time::Instant::now() < deadline, "compaction never ran");
+        tokio::task::yield_now().await;
+    }
+    let agent =
+        Agent::start_from(vec![a.ws_url()], "behind", revmesh_protocol::RevocationSet::restore(p.set), p.log_id, p.applied_seq);
+    agent.wait_applied(last).await;
+    assert!(agent.revoked("old") && agent.revoked("new-49"));
+    assert!(a.metric("revmesh_authority_snapshots_sent_total") >= 1.0);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_from_another_log_is_fully_resynced() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let a1 = Authority::start(d1.path(), &[]);
+    let a2 = Authority::start(d2.path(), &[]);
+    let s = a1.revoke_jti("only-in-log-1");
+    let agent = Agent::start(vec![a1.ws_url()], "mover");
+    agent.wait_applied(s).await;
+    let p = agent.stop().await.persisted();
+    let s2 = a2.revoke_jti("only-in-log-2");
+    let agent = Agent::start_from(
+        vec![a2.ws_url()],
+        "mover",
+        revmesh_protocol::RevocationSet::restore(p.set),
+        p.log_id,
+        p.applied_seq,
+    );
+    let log2 = a2.get("/v1/status").1["log_id"].as_str().unwrap().to_owned();
+    wait_for(|| agent.state.log_id().map(|l| l.to_string()) == Some(log2.clone()), "resync to log 2").await;
+    agent.wait_applied(s2).await;
+    assert!(agent.revoked("only-in-log-2"));
+    assert!(!agent.revoked("only-in-log-1"), "entries of the old log must be gone after a resync");
+    agent.stop().await;
+}
+
+async fn raw_link(url: &str) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    tokio_tungstenite::connect_async(format!("{url}/v1/agents")).await.unwrap().0
+}
+
+fn hello(id: &str) -> Vec<u8> {
+    encode(&Frame::Hello(Hello {
+        max_version: 1,
+        agent_id: id.into(),
+        agent_version: "test".into(),
+        log_id: None,
+        applied_seq: 0,
+    }))
+    .unwrap()
+}
+
+/// Reads until the authority closes; returns the close reason text.
+async fn close_reason(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> String {
+    let mut reason = String::new();
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Close(Some(c)) = m {
+            reason = c.reason.to_string();
+        }
+    }
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_close_only_their_own_link_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let good = Agent::start(vec![a.ws_url()], "good");
+    let s = a.revoke_jti("first");
+    good.wait_applied(s).await;
+
+    let mut valid_hello = hello("x");
+    valid_hello[0] = 9; // another protocol version
+    let mut truncated = hello("y");
+    truncated.truncate(truncated.len() - 3);
+    let cases: Vec<(&str, Message, &str)> = vec![
+        ("garbage", Message::Binary(vec![1, 200, 3, 4].into()), "malformed"),
+        ("wrong version", Message::Binary(valid_hello.into()), "version"),
+        ("truncated", Message::Binary(truncated.into()), "malformed"),
+        ("text", Message::Text("hello".into()), "binary"),
+        ("oversized", Message::Binary(vec![1u8; 200 << 10].into()), ""),
+    ];
+    for (name, msg, reason) in cases {
+        let mut ws = raw_link(&a.ws_url()).await;
+        let _ = ws.send(msg).await;
+        let got = close_reason(&mut ws).await;
+        assert!(got.to_lowercase().contains(reason), "{name}: close reason {got:?}");
+    }
+    // A hostile frame after a valid hello: the session closes with a reason too.
+    let mut ws = raw_link(&a.ws_url()).await;
+    ws.send(Message::Binary(hello("evil").into())).await.unwrap();
+    ws.send(Message::Binary(hello("evil").into())).await.unwrap();
+    let got = close_reason(&mut ws).await;
+    assert!(got.contains("unexpected hello"), "{got:?}");
+
+    assert!(a.metric("revmesh_authority_frames_rejected_total") >= 1.0);
+    let metrics = a.metrics();
+    for reason in ["malformed", "version", "not_binary", "too_large", "violation"] {
+        assert!(metrics.contains(&format!("reason=\"{reason}\"")), "no {reason} count in\n{metrics}");
+    }
+    // The well-behaved agent carried on.
+    let s = a.revoke_jti("after-the-attack");
+    good.wait_applied(s).await;
+    assert!(good.revoked("after-the-attack"));
+    good.stop().await;
+}

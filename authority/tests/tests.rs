@@ -1,0 +1,6 @@
+//! Integration tests of revmesh-authority against the real binary, real sockets and real agents.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod links;
+mod util;

@@ -1,0 +1,173 @@
+//! Test helpers: a real `revmesh-authority` process, a tiny HTTP client, in-process agents.
+
+use revmesh_agent::link::{self, LinkSettings};
+use revmesh_agent::metrics::Metrics;
+use revmesh_agent::state::AgentState;
+use revmesh_protocol::{RevocationSet, TokenRef};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A running authority process; killed on drop.
+pub struct Authority {
+    pub child: Child,
+    pub agent: String,
+    pub admin: String,
+    pub token: String,
+}
+
+impl Authority {
+    pub fn start(dir: &Path, extra: &[&str]) -> Authority {
+        Self::start_on(dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    pub fn start_on(dir: &Path, agent: &str, admin: &str, extra: &[&str]) -> Authority {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--agent-listen", agent, "--admin-listen", admin, "--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn authority");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("revmesh-authority ready"), "unexpected first line: {line:?}");
+        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_owned();
+        let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+        Authority { child, agent: field("agent="), admin: field("admin="), token }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.agent)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        http(&self.admin, "POST", path, Some(&self.token), body.as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        http(&self.admin, "GET", path, Some(&self.token), b"")
+    }
+
+    pub fn metrics(&self) -> String {
+        let (_, v) = http(&self.admin, "GET", "/metrics", None, b"");
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn revoke_jti(&self, jti: &str) -> u64 {
+        let (status, v) = self.post("/v1/revocations", &format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#));
+        assert_eq!(status, 201, "{v}");
+        v["seq"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One HTTP/1.1 request; the body is parsed as JSON when it is JSON, else returned as a string.
+pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (h, b) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = h.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let v = serde_json::from_str(b).unwrap_or(Value::String(b.to_owned()));
+    (status, v)
+}
+
+/// An in-process agent using the real agent library (link, session, set), no persistence.
+pub struct Agent {
+    pub state: Arc<AgentState>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    pub fn start(urls: Vec<String>, id: &str) -> Agent {
+        Self::start_from(urls, id, RevocationSet::new(), None, 0)
+    }
+
+    pub fn start_from(
+        urls: Vec<String>,
+        id: &str,
+        set: RevocationSet,
+        log_id: Option<revmesh_protocol::LogId>,
+        applied: u64,
+    ) -> Agent {
+        let state = Arc::new(AgentState::new(
+            set,
+            log_id,
+            applied,
+            None,
+            Duration::from_secs(30),
+            false,
+            Metrics::new().unwrap(),
+        ));
+        let stop = CancellationToken::new();
+        let mut settings = LinkSettings::new(urls, id.to_owned());
+        settings.reconnect_min = Duration::from_millis(50);
+        settings.reconnect_max = Duration::from_millis(500);
+        let task = tokio::spawn(link::run(settings, state.clone(), None, stop.clone()));
+        Agent { state, stop, task }
+    }
+
+    pub async fn stop(self) -> Arc<AgentState> {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.state
+    }
+
+    pub fn revoked(&self, jti: &str) -> bool {
+        matches!(
+            self.state.decide(&TokenRef { jti: Some(jti), ..Default::default() }),
+            revmesh_agent::state::Decision::Revoked { .. }
+        )
+    }
+
+    /// Waits (bounded) until the agent has applied `seq`.
+    pub async fn wait_applied(&self, seq: u64) {
+        wait_for(|| self.state.applied() >= seq, &format!("agent to apply {seq}")).await;
+    }
+}
+
+/// Polls a condition until it holds, failing after 30 s.
+pub async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
