@@ -323,15 +323,16 @@ impl Keys {
             return Err(Invalid::Malformed);
         };
         let header = object(&segment(h64)?)?;
-        let payload = segment(p64)?;
-        segment(s64)?;
         let alg = match header.get("alg") {
             Some(Value::String(a)) => a.as_str(),
             _ => return Err(Invalid::Malformed),
         };
+        // Checked before the signature segment, which an unsigned token leaves empty.
         if alg.eq_ignore_ascii_case("none") {
             return Err(Invalid::Algorithm);
         }
+        let payload = segment(p64)?;
+        segment(s64)?;
         let alg = Algorithm::from_str(alg).map_err(|_| Invalid::Algorithm)?;
         if header.contains_key("crit") {
             // We implement no JWS extensions, so any critical one must be refused (RFC 7515 §4.1.11).

@@ -220,6 +220,13 @@ async fn drive(
                     let _ = ws.close(None).await;
                     return Ended::Failed(v.to_string());
                 }
+                // An incremental welcome from a fresh agent ties it to the authority's log
+                // before any entry arrives (an empty log is still a log to be in sync with).
+                if let Some(l) = session.log_id() {
+                    if state.log_id().is_none() && session.applied_seq() == state.applied() {
+                        state.adopt_log(l);
+                    }
+                }
                 if let Some(h) = session.last_heard() {
                     state.heard(h);
                     if let (Some(p), true) = (persist, last_heard_write.elapsed() > Duration::from_secs(1)) {

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(&cfg.log);
+            raise_fd_limit();
             let result = rt.block_on(async {
                 let shutdown = CancellationToken::new();
                 let s = shutdown.clone();
@@ -71,6 +72,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Raises the open-file limit to the hard limit: every agent link or socket client is a descriptor.
+fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
     }
 }
 

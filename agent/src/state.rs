@@ -102,6 +102,14 @@ impl AgentState {
         *self.log_id.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ties a fresh (empty) agent to a log.
+    pub fn adopt_log(&self, log_id: LogId) {
+        let mut l = self.log_id.write().unwrap_or_else(|p| p.into_inner());
+        if l.is_none() {
+            *l = Some(log_id);
+        }
+    }
+
     /// Link up or down.
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);

@@ -90,25 +90,48 @@ fn call(
         None => (hostport, ""),
     };
     let token = token(args)?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, body) = http_request(
+        hostport,
+        method,
+        &format!("{prefix}{path}"),
+        Some(&token),
+        payload.as_bytes(),
+        timeout,
+    )?;
+    Ok(Answer { status, body })
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
+/// Used by the operator commands and by tests (bounded to 16 MiB of answer).
+pub fn http_request(
+    hostport: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(hostport).map_err(|e| format!("cannot reach {hostport}: {e}"))?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {prefix}{path} HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        payload.len()
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     );
-    stream.write_all(req.as_bytes()).map_err(|e| format!("sending to {hostport}: {e}"))?;
+    stream.write_all(head.as_bytes()).map_err(|e| format!("sending to {hostport}: {e}"))?;
+    // The server may answer (413) before reading a large body; a failed body write is not fatal.
+    let _ = stream.write_all(body);
     let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(|e| format!("reading from {hostport}: {e}"))?;
+    let _ = stream.take(MAX_RESPONSE).read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
     let status =
         head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("malformed HTTP status line")?;
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
-    Ok(Answer { status, body })
+    Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -30,11 +30,19 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(&cfg.log);
+            raise_fd_limit();
             run_serve(cfg)
         }
         Command::Revoke(a) => revmesh_authority::client::revoke(&a),
         Command::Agents(a) => revmesh_authority::client::agents(&a),
         Command::Status(a) => revmesh_authority::client::status(&a),
+    }
+}
+
+/// Raises the open-file limit to the hard limit: every agent link or socket client is a descriptor.
+fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
     }
 }
 

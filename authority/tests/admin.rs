@@ -43,7 +43,8 @@ async fn wait_all_answers_with_a_receipt_naming_every_agent() {
         assert!(ag.state.applied() >= seq);
     }
     let (_, one) = a.get(&format!("/v1/revocations/{seq}"));
-    let states: Vec<&str> = one["agents"].as_array().unwrap().iter().map(|x| x["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> =
+        one["agents"].as_array().unwrap().iter().map(|x| x["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["acked", "acked", "acked"]);
     let (_, list) = a.get("/v1/agents");
     assert_eq!(list.as_array().unwrap().len(), 3);
@@ -53,18 +54,28 @@ async fn wait_all_answers_with_a_receipt_naming_every_agent() {
     }
 }
 
+/// (name, token, body, expected status, expected `field`)
+type BadRequest<'a> = (&'a str, Option<&'a str>, String, u16, Option<&'a str>);
+
 #[test]
 fn bad_requests_get_the_documented_4xx_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let a = Authority::start(dir.path(), &[]);
     let good = r#"{"kind":"jti","jti":"x","expires_at":4000000000}"#;
-    let big = format!(r#"{{"kind":"jti","jti":"x","expires_at":4000000000,"reason":"{}"}}"#, "a".repeat(70_000));
-    let cases: Vec<(&str, Option<&str>, String, u16, Option<&str>)> = vec![
+    let big =
+        format!(r#"{{"kind":"jti","jti":"x","expires_at":4000000000,"reason":"{}"}}"#, "a".repeat(70_000));
+    let cases: Vec<BadRequest> = vec![
         ("no token", None, good.into(), 401, None),
         ("wrong token", Some("wrong-token-wrong-token"), good.into(), 401, None),
         ("malformed json", Some(&a.token), "{\"kind\":".into(), 400, Some("body")),
         ("unknown kind", Some(&a.token), r#"{"kind":"user","sub":"u"}"#.into(), 400, Some("kind")),
-        ("jti without expires_at", Some(&a.token), r#"{"kind":"jti","jti":"x"}"#.into(), 400, Some("expires_at")),
+        (
+            "jti without expires_at",
+            Some(&a.token),
+            r#"{"kind":"jti","jti":"x"}"#.into(),
+            400,
+            Some("expires_at"),
+        ),
         ("body over 64 KiB", Some(&a.token), big, 413, None),
     ];
     for (name, token, body, status, field) in cases {

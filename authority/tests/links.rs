@@ -30,7 +30,11 @@ async fn a_disconnected_agent_catches_up_from_its_cursor() {
         assert!(agent.revoked(&format!("while-away-{i}")), "entry {i} missing");
     }
     assert!(agent.revoked("before"));
-    assert_eq!(a.metric("revmesh_authority_snapshots_sent_total"), snapshots_before, "resume must be incremental");
+    assert_eq!(
+        a.metric("revmesh_authority_snapshots_sent_total"),
+        snapshots_before,
+        "resume must be incremental"
+    );
     agent.stop().await;
 }
 
@@ -53,8 +57,13 @@ async fn a_cursor_behind_the_compacted_log_gets_a_snapshot() {
         assert!(std::time::Instant::now() < deadline, "compaction never ran");
         tokio::task::yield_now().await;
     }
-    let agent =
-        Agent::start_from(vec![a.ws_url()], "behind", revmesh_protocol::RevocationSet::restore(p.set), p.log_id, p.applied_seq);
+    let agent = Agent::start_from(
+        vec![a.ws_url()],
+        "behind",
+        revmesh_protocol::RevocationSet::restore(p.set),
+        p.log_id,
+        p.applied_seq,
+    );
     agent.wait_applied(last).await;
     assert!(agent.revoked("old") && agent.revoked("new-49"));
     assert!(a.metric("revmesh_authority_snapshots_sent_total") >= 1.0);
@@ -87,7 +96,9 @@ async fn an_agent_from_another_log_is_fully_resynced() {
     agent.stop().await;
 }
 
-async fn raw_link(url: &str) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+async fn raw_link(
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     tokio_tungstenite::connect_async(format!("{url}/v1/agents")).await.unwrap().0
 }
 

@@ -5,8 +5,7 @@ use revmesh_agent::metrics::Metrics;
 use revmesh_agent::state::AgentState;
 use revmesh_protocol::{RevocationSet, TokenRef};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -76,7 +75,8 @@ impl Authority {
     }
 
     pub fn revoke_jti(&self, jti: &str) -> u64 {
-        let (status, v) = self.post("/v1/revocations", &format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#));
+        let (status, v) = self
+            .post("/v1/revocations", &format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#));
         assert_eq!(status, 201, "{v}");
         v["seq"].as_u64().unwrap()
     }
@@ -90,22 +90,10 @@ impl Drop for Authority {
 
 /// One HTTP/1.1 request; the body is parsed as JSON when it is JSON, else returned as a string.
 pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (h, b) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = h.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let v = serde_json::from_str(b).unwrap_or(Value::String(b.to_owned()));
-    (status, v)
+    let (status, b) =
+        revmesh_authority::client::http_request(addr, method, path, token, body, Duration::from_secs(30))
+            .unwrap();
+    (status, serde_json::from_str(&b).unwrap_or(Value::String(b)))
 }
 
 /// An in-process agent using the real agent library (link, session, set), no persistence.

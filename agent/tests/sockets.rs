@@ -1,0 +1,139 @@
+//! The socket front ends under good and hostile clients.
+
+use crate::util::{ask, http_get, token, AgentProc};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+fn agent(dir: &std::path::Path, extra: &[&str]) -> AgentProc {
+    // No authority is reachable here: the agent serves from its (empty) state, under --on-stale open.
+    let mut args = vec!["--on-stale", "open"];
+    args.extend_from_slice(extra);
+    AgentProc::start(dir, "ws://127.0.0.1:9", &args)
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_errors_keep_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path(), &[]);
+    let t = token("j1", "alice", serde_json::json!({}));
+    let check = format!("CHECK {t}");
+    let answers = ask(
+        &a.socket,
+        &["PING", "NOPE", "STATUS jti=x", "STATUS", &check, "CHECK not-a-jwt", "STATUS jti=x iat=zz", "PING"],
+    );
+    assert!(answers[0].starts_with("PONG seq=0 lag_ms="), "{answers:?}");
+    assert!(answers[0].ends_with("log_id=none"), "{answers:?}");
+    assert_eq!(answers[1], "ERR reason=unknown_command");
+    assert!(answers[2].starts_with("OK seq=0 lag_ms=") && answers[2].ends_with("stale=1"), "{answers:?}");
+    assert_eq!(answers[3], "ERR reason=bad_field");
+    assert!(answers[4].starts_with("OK ") && answers[4].contains(" sub=alice exp="), "{answers:?}");
+    assert_eq!(answers[5], "INVALID reason=malformed");
+    assert_eq!(answers[6], "ERR reason=bad_field");
+    assert!(answers[7].starts_with("PONG "));
+    let mode = std::fs::metadata(&a.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+}
+
+#[test]
+fn overlong_lines_garbage_half_lines_and_idle_crowds_do_not_starve_a_good_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path(), &["--max-token-bytes", "1024"]);
+    // 1,000 idle connections (this test process needs more than the usual 1,024 descriptors too).
+    rlimit::increase_nofile_limit(4096).unwrap();
+    let idle: Vec<UnixStream> = (0..1000).map(|_| UnixStream::connect(&a.socket).unwrap()).collect();
+    // Half a line, never finished.
+    let mut half = UnixStream::connect(&a.socket).unwrap();
+    half.write_all(b"STATUS jti=half").unwrap();
+    // Binary garbage with newlines: each line gets an ERR, the connection stays.
+    let mut garbage = UnixStream::connect(&a.socket).unwrap();
+    garbage.write_all(b"\x00\xff\xfe\n\x01\x02\n").unwrap();
+    garbage.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 256];
+    let n = garbage.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("ERR reason="), "{text}");
+    // An overlong line: ERR line_too_long, then the agent closes that connection.
+    let mut long = UnixStream::connect(&a.socket).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = long.write_all(&vec![b'A'; 64 * 1024]);
+    let mut out = String::new();
+    let _ = long.read_to_string(&mut out);
+    assert_eq!(out, "ERR reason=line_too_long\n");
+    // The well-behaved client is still served.
+    for _ in 0..100 {
+        assert!(ask(&a.socket, &["PING"])[0].starts_with("PONG "));
+    }
+    drop(idle);
+}
+
+#[test]
+fn the_socket_path_is_handled_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    // A symlink at the socket path: refuse.
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, "x").unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("agent.sock")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-agent"))
+        .args(["run", "--authority", "ws://127.0.0.1:9", "--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symlink"));
+    std::fs::remove_file(dir.path().join("agent.sock")).unwrap();
+    // A stale socket file (nobody listening) is replaced; a live one is refused.
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("agent.sock")).unwrap());
+    let live = agent(dir.path(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-agent"))
+        .args(["run", "--authority", "ws://127.0.0.1:9", "--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .arg("--socket")
+        .arg(&live.socket)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("live"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ask(&live.socket, &["PING"])[0].starts_with("PONG "), "the live agent must keep its socket");
+}
+
+#[test]
+fn http_check_answers_like_nginx_auth_request_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path(), &[]);
+    let ok = http_get(&a.http_socket, "/v1/check", Some(&token("j1", "bob", serde_json::json!({}))));
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("X-Revmesh-Sub: bob") && ok.contains("X-Revmesh-Seq: 0"), "{ok}");
+    assert!(http_get(&a.http_socket, "/v1/check", None).starts_with("HTTP/1.1 401"));
+    assert!(http_get(&a.http_socket, "/v1/check", Some("x.y.z")).starts_with("HTTP/1.1 401"));
+    assert!(http_get(&a.http_socket, "/other", None).starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn bad_configuration_exits_64_and_names_every_field() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-agent"))
+        .args([
+            "run",
+            "--authority",
+            "http://x",
+            "--on-stale",
+            "maybe",
+            "--leeway",
+            "forever",
+            "--allow-uid",
+            "root",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for f in ["authority", "on-stale", "leeway", "allow-uid"] {
+        assert!(err.contains(f), "{f} missing in {err}");
+    }
+}

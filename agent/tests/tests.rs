@@ -1,0 +1,8 @@
+//! Integration tests of revmesh-agent: token verification against an independent JWT
+//! implementation, the socket front ends, and end to end with a real authority.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e;
+mod sockets;
+mod tokens;
+mod util;

@@ -1,0 +1,196 @@
+//! Test helpers: real agent processes, an in-process real authority, socket clients, tokens.
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-secret";
+
+/// A running `revmesh-agent` process; killed on drop.
+pub struct AgentProc {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub http_socket: PathBuf,
+    pub metrics: String,
+}
+
+impl AgentProc {
+    pub fn start(dir: &Path, authority: &str, extra: &[&str]) -> AgentProc {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let socket = dir.join("agent.sock");
+        let http_socket = dir.join("http.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_revmesh-agent"))
+            .args(["run", "--authority", authority, "--id"])
+            .arg(dir.file_name().unwrap())
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--http-socket")
+            .arg(&http_socket)
+            .arg("--hs256-secret-file")
+            .arg(&secret)
+            .args(["--metrics-listen", "127.0.0.1:0", "--log", "error"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("revmesh-agent ready"), "agent did not start: {line:?}");
+        let metrics = line.trim().rsplit('=').next().unwrap().to_owned();
+        AgentProc { child, socket, http_socket, metrics }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn ask(&self, line: &str) -> String {
+        ask(&self.socket, &[line]).remove(0)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends lines (pipelined) and reads one answer per line.
+pub fn ask(socket: &Path, lines: &[&str]) -> Vec<String> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = String::new();
+    for l in lines {
+        req.push_str(l);
+        req.push('\n');
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    (0..lines.len())
+        .map(|_| {
+            let mut a = String::new();
+            r.read_line(&mut a).unwrap();
+            a.trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// A raw GET over a Unix socket; returns the whole answer text.
+pub fn http_get(socket: &Path, path: &str, bearer: Option<&str>) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n{auth}\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+pub fn now() -> u64 {
+    revmesh_agent::state::now_secs()
+}
+
+/// An HS256 token for the test secret.
+pub fn token(jti: &str, sub: &str, extra: serde_json::Value) -> String {
+    let mut claims = serde_json::json!({"jti": jti, "sub": sub, "iat": now() - 10, "exp": now() + 3600});
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = extra.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
+    encode(&header, &claims, &EncodingKey::from_secret(SECRET).unwrap()).unwrap()
+}
+
+/// A real authority (the library's `serve`, real sockets and store) in this process.
+pub struct Authority {
+    pub agent: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub token: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Authority {
+    pub async fn start(dir: &Path, agent_port: u16, extra: &[&str]) -> Authority {
+        let mut args = vec![
+            "revmesh-authority".to_owned(),
+            "serve".to_owned(),
+            "--data-dir".to_owned(),
+            dir.display().to_string(),
+            "--agent-listen".to_owned(),
+            format!("127.0.0.1:{agent_port}"),
+            "--admin-listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--heartbeat".to_owned(),
+            "200ms".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        use clap::Parser;
+        let cli = revmesh_authority::config::Cli::parse_from(args);
+        let revmesh_authority::config::Command::Serve(raw) = cli.command else { unreachable!() };
+        let cfg = revmesh_authority::config::Config::build(&raw).unwrap();
+        let stop = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            revmesh_authority::serve(cfg, s, move |b, _| {
+                let _ = tx.send(b);
+            })
+            .await
+            .unwrap();
+        });
+        let bound = rx.await.unwrap();
+        let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+        Authority { agent: bound.agent, admin: bound.admin, token, stop, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.agent)
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// POSTs a revocation with `?wait=all` and returns the receipt.
+    pub async fn revoke(&self, body: serde_json::Value) -> serde_json::Value {
+        let admin = self.admin.to_string();
+        let token = self.token.clone();
+        let (status, text) = tokio::task::spawn_blocking(move || {
+            revmesh_authority::client::http_request(
+                &admin,
+                "POST",
+                "/v1/revocations?wait=all&timeout_ms=20000",
+                Some(&token),
+                body.to_string().as_bytes(),
+                Duration::from_secs(30),
+            )
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Polls a condition until it holds, failing after 30 s.
+pub async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
