@@ -42,6 +42,8 @@ pub struct AgentState {
     set: RwLock<RevocationSet>,
     log_id: RwLock<Option<LogId>>,
     applied: AtomicU64,
+    /// Entries handed to `apply` at or below the applied seq: must stay 0 (exactly once).
+    duplicates: AtomicU64,
     connected: AtomicBool,
     heard: Mutex<Option<Instant>>,
     /// Last contact before this process started (wall clock ms), from the data dir.
@@ -80,6 +82,7 @@ impl AgentState {
             set: RwLock::new(set),
             log_id: RwLock::new(log_id),
             applied: AtomicU64::new(applied),
+            duplicates: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             heard: Mutex::new(None),
             heard_before_start,
@@ -108,6 +111,11 @@ impl AgentState {
         if l.is_none() {
             *l = Some(log_id);
         }
+    }
+
+    /// Entries that were offered for application twice (an exactly-once violation; always 0).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
     }
 
     /// Link up or down.
@@ -174,6 +182,9 @@ impl AgentState {
         let now_ms = wall_ms();
         {
             let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+            let before = self.applied();
+            let dups = entries.iter().filter(|e| e.seq <= before).count() as u64;
+            self.duplicates.fetch_add(dups, Ordering::Relaxed);
             for e in entries {
                 set.insert(e, now);
             }

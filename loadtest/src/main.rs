@@ -1,1 +1,226 @@
-fn main() {}
+//! `revmesh-loadtest`: the demo mesh, and the scenarios that judge revmesh with real
+//! processes and sockets, printed as a table and optionally written as JSON.
+
+mod chaos;
+mod demo;
+mod procs;
+mod scenarios;
+mod util;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "revmesh-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// A local mesh (authority + 3 agents) with a token accepted, revoked and refused; runs until Ctrl-C.
+    Demo,
+    /// Run scenarios and print the report.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Comma-separated: propagation, checks, compare, memory, chaos (default: all).
+    #[arg(long, value_delimiter = ',', default_value = "propagation,checks,compare,memory,chaos")]
+    scenario: Vec<String>,
+    /// Fleet sizes for propagation.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    agents: Vec<usize>,
+    /// Revocations measured per fleet size.
+    #[arg(long, default_value_t = 200)]
+    revocations: usize,
+    /// Revocations per second during propagation.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Requests per sequential latency run.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 3)]
+    throughput_secs: u64,
+    /// Seconds of chaos.
+    #[arg(long, default_value_t = 30)]
+    chaos_secs: u64,
+    /// Agents in the chaos run.
+    #[arg(long, default_value_t = 20)]
+    chaos_agents: usize,
+    /// Seed of the chaos run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the report here as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("revmesh-loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Cmd::Demo => demo::run().await.map(|()| true),
+            Cmd::Run(a) => run(a).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("revmesh-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else {
+        format!("{v:.1} µs")
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<bool> {
+    let tmp = std::env::temp_dir().join(format!("revmesh-loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let result = scenarios(&a, &tmp).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
+    let want = |s: &str| a.scenario.iter().any(|x| x == s);
+    let mut report = serde_json::Map::new();
+    let mut ok = true;
+    println!("revmesh-loadtest on {} cores\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let mut redis = None;
+    if want("compare") {
+        let fanouts: Vec<usize> = a.agents.iter().copied().filter(|n| *n <= 1000).collect();
+        redis = scenarios::redis(tmp, &fanouts, a.requests, Duration::from_secs(a.throughput_secs)).await?;
+        if redis.is_none() {
+            println!("compare: redis-server not on PATH; skipped\n");
+        }
+    }
+    if want("propagation") {
+        println!(
+            "propagation: admin call → every agent acked ({} revocations at {}/s)",
+            a.revocations, a.rate
+        );
+        println!(
+            "{:>8} {:>12} {:>12} {:>12} {:>11} {:>16} {:>16}",
+            "agents", "p50", "p99", "max", "incomplete", "authority/agent", "redis pub p99"
+        );
+        let mut rows = Vec::new();
+        for &n in &a.agents {
+            let p = scenarios::propagation(tmp, n, a.revocations, a.rate).await?;
+            let redis_p99 = redis
+                .as_ref()
+                .and_then(|r| r.pubsub_fanout.iter().find(|(s, _)| *s == n))
+                .map_or("-".to_owned(), |(_, s)| us(s.p99_us));
+            println!(
+                "{:>8} {:>12} {:>12} {:>12} {:>11} {:>13} KiB {:>16}",
+                n,
+                us(p.revoke_to_all_acked.p50_us),
+                us(p.revoke_to_all_acked.p99_us),
+                us(p.revoke_to_all_acked.max_us),
+                p.incomplete,
+                p.authority_rss_per_agent_bytes / 1024,
+                redis_p99
+            );
+            rows.push(p);
+        }
+        println!();
+        report.insert("propagation".into(), json!(rows));
+    }
+    if want("checks") {
+        let rows = scenarios::checks(tmp, a.requests, Duration::from_secs(a.throughput_secs)).await?;
+        println!("checks: one connection sequential, and 32 connections");
+        println!("{:<16} {:>10} {:>10} {:>14} {:>10}", "request", "p50", "p99", "32-conn req/s", "vs floor");
+        let floor = rows.first().map_or(1.0, |r| r.throughput_32);
+        let mut all: Vec<&scenarios::Checks> = rows.iter().collect();
+        if let Some(r) = &redis {
+            all.push(&r.get);
+        }
+        for r in &all {
+            println!(
+                "{:<16} {:>10} {:>10} {:>14.0} {:>9.2}x",
+                r.request,
+                us(r.sequential.p50_us),
+                us(r.sequential.p99_us),
+                r.throughput_32,
+                r.throughput_32 / floor
+            );
+        }
+        if let (Some(r), Some(status)) = (&redis, rows.iter().find(|r| r.request == "STATUS")) {
+            println!(
+                "STATUS vs redis GET: p50 {:.2}x of redis, throughput {:.2}x of redis",
+                status.sequential.p50_us / r.get.sequential.p50_us.max(0.001),
+                status.throughput_32 / r.get.throughput_32.max(0.001)
+            );
+        }
+        println!();
+        report.insert("checks".into(), json!(rows));
+    }
+    if let Some(r) = &redis {
+        report.insert("redis".into(), json!(r));
+    }
+    if want("memory") {
+        println!("agent memory per revoked jti (RevocationSet)");
+        let mut rows = Vec::new();
+        for (n, rss, table) in scenarios::set_memory(&[100_000, 1_000_000]) {
+            println!(
+                "{:>9} jtis: RSS growth {:>6.1} MiB ({:.1} B/jti), table {:.1} B/jti",
+                n,
+                rss as f64 / 1048576.0,
+                rss as f64 / n as f64,
+                table as f64 / n as f64
+            );
+            rows.push(json!({"jtis": n, "rss_growth_bytes": rss, "table_bytes": table}));
+        }
+        println!();
+        report.insert("memory".into(), json!(rows));
+    }
+    if want("chaos") {
+        let c = chaos::run(tmp, a.chaos_agents, a.chaos_secs, a.seed).await?;
+        println!(
+            "chaos ({}s, {} agents, seed {}): accepted {} refused {} authority restarts {} link cuts {} probes {}",
+            c.seconds, c.agents, a.seed, c.accepted, c.refused, c.authority_restarts, c.link_cuts, c.probes
+        );
+        println!(
+            "  lost {}  duplicates {}  false OK {}  converged in {:.1}s  => {}",
+            c.lost,
+            c.duplicates,
+            c.false_ok,
+            c.converge_secs,
+            if c.passed() { "PASS" } else { "FAIL" }
+        );
+        ok &= c.passed();
+        report.insert("chaos".into(), json!(c));
+    }
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&serde_json::Value::Object(report))?)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(ok)
+}

@@ -1,0 +1,169 @@
+//! Real processes: the workspace's `revmesh-authority` and `revmesh-agent` binaries, found next to
+//! this binary (build the workspace first), each killed when its handle drops.
+
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Path of a sibling binary.
+pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dir = exe.parent().context("executable has no directory")?;
+    for candidate in [dir.join(name), dir.join("..").join(name)] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "{name} not found next to {}; build the workspace first: cargo build --release --locked",
+        exe.display()
+    )
+}
+
+/// A child process killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// The first stdout line (the `ready` line).
+    pub ready: String,
+}
+
+impl Proc {
+    /// Spawns and waits for the first stdout line.
+    pub fn spawn(bin: &Path, args: &[String], quiet: bool) -> anyhow::Result<Proc> {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut ready = String::new();
+        let stdout = child.stdout.take().context("no stdout")?;
+        BufReader::new(stdout).read_line(&mut ready).context("reading the ready line")?;
+        if ready.is_empty() {
+            let status = child.wait()?;
+            bail!("{} exited before it was ready ({status})", bin.display());
+        }
+        Ok(Proc { child, ready: ready.trim().to_owned() })
+    }
+
+    /// A `key=value` word of the ready line.
+    pub fn field(&self, key: &str) -> Option<String> {
+        self.ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).map(str::to_owned)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory in bytes (Linux `/proc`).
+    pub fn rss(&self) -> Option<u64> {
+        rss_of(self.child.id())
+    }
+}
+
+/// Resident memory of a process in bytes.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 =
+        status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running authority process.
+#[derive(Debug)]
+pub struct AuthorityProc {
+    /// The process.
+    pub proc: Proc,
+    /// Agent endpoint, `ws://…`.
+    pub ws: String,
+    /// Admin address `host:port`.
+    pub admin: String,
+    /// Admin token.
+    pub token: String,
+    /// Admin token file.
+    pub token_file: PathBuf,
+}
+
+impl AuthorityProc {
+    /// Starts `revmesh-authority serve` on a data dir with ports from 0 (or the given agent address).
+    pub fn start(data: &Path, agent_listen: &str, extra: &[&str]) -> anyhow::Result<AuthorityProc> {
+        let mut args: Vec<String> = ["serve", "--data-dir"].iter().map(|s| s.to_string()).collect();
+        args.push(data.display().to_string());
+        for a in ["--agent-listen", agent_listen, "--admin-listen", "127.0.0.1:0", "--log", "error"] {
+            args.push(a.to_owned());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(&sibling("revmesh-authority")?, &args, false)?;
+        let ws = format!("ws://{}", proc.field("agent").context("no agent address")?);
+        let admin = proc.field("admin").context("no admin address")?;
+        let token_file = data.join("admin.token");
+        let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+        Ok(AuthorityProc { proc, ws, admin, token, token_file })
+    }
+
+    /// One admin call; `(status, json)`.
+    pub fn call(&self, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (status, text) = revmesh_authority::client::http_request(
+            &self.admin,
+            method,
+            path,
+            Some(&self.token),
+            body.as_bytes(),
+            std::time::Duration::from_secs(60),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
+    }
+}
+
+/// A running agent process.
+#[derive(Debug)]
+pub struct AgentProc {
+    /// The process, held so that it is killed when the handle drops.
+    #[allow(dead_code)]
+    pub proc: Proc,
+    /// Line socket.
+    pub socket: PathBuf,
+    /// Metrics address.
+    pub metrics: String,
+}
+
+impl AgentProc {
+    /// Starts `revmesh-agent run` in `dir`.
+    pub fn start(
+        dir: &Path,
+        id: &str,
+        authority: &str,
+        secret: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<AgentProc> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("agent.sock");
+        let mut args: Vec<String> =
+            vec!["run".into(), "--authority".into(), authority.into(), "--id".into(), id.into()];
+        args.push("--data-dir".into());
+        args.push(dir.join("data").display().to_string());
+        args.push("--socket".into());
+        args.push(socket.display().to_string());
+        args.push("--hs256-secret-file".into());
+        args.push(secret.display().to_string());
+        for a in ["--metrics-listen", "127.0.0.1:0", "--log", "error"] {
+            args.push(a.into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(&sibling("revmesh-agent")?, &args, false)?;
+        let metrics = proc.field("metrics").context("no metrics address")?;
+        Ok(AgentProc { proc, socket, metrics })
+    }
+}

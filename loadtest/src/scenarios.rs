@@ -1,0 +1,556 @@
+//! The measured scenarios. Every figure comes with a baseline measured in the same run.
+
+use crate::procs::{AgentProc, AuthorityProc};
+use crate::util::{mint, summarize, wait_until, Summary};
+use anyhow::Context;
+use revmesh_agent::link::{self, LinkSettings};
+use revmesh_agent::state::AgentState;
+use revmesh_protocol::{RevocationSet, TokenRef};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+/// A throwaway P-256 key pair for ES256 measurements (test material, not a secret).
+const ES256_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgwK8lIZnXkMEXzuON
+noaHHKDxtB2u8YHHgf8a9Nt6TqehRANCAARkRPXlQMoYoeNtZPN2HVjrdIqLzPy0
+4Tr1BkIFxPpsz7N1S+XC1WkljXIqMPNvL89kQG/32O6jexo4yTpvz3w3
+-----END PRIVATE KEY-----
+";
+const ES256_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZET15UDKGKHjbWTzdh1Y63SKi8z8
+tOE69QZCBcT6bM+zdUvlwtVpJY1yKjDzby/PZEBv99juo3saOMk6b898Nw==
+-----END PUBLIC KEY-----
+";
+
+/// In-process agents on the real agent library.
+pub struct Fleet {
+    /// Their states.
+    pub agents: Vec<(Arc<AgentState>, CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl Fleet {
+    /// Starts `n` agents against `url`.
+    pub fn start(n: usize, url: &str, prefix: &str) -> anyhow::Result<Fleet> {
+        let mut agents = Vec::with_capacity(n);
+        for i in 0..n {
+            agents.push(Self::one(url, &format!("{prefix}-{i}"), RevocationSet::new(), None, 0)?);
+        }
+        Ok(Fleet { agents })
+    }
+
+    fn one(
+        url: &str,
+        id: &str,
+        set: RevocationSet,
+        log_id: Option<revmesh_protocol::LogId>,
+        applied: u64,
+    ) -> anyhow::Result<(Arc<AgentState>, CancellationToken, tokio::task::JoinHandle<()>)> {
+        let metrics = revmesh_agent::metrics::Metrics::new()?;
+        let state =
+            Arc::new(AgentState::new(set, log_id, applied, None, Duration::from_secs(3600), false, metrics));
+        let stop = CancellationToken::new();
+        let mut s = LinkSettings::new(vec![url.to_owned()], id.to_owned());
+        s.reconnect_min = Duration::from_millis(100);
+        s.reconnect_max = Duration::from_secs(2);
+        let task = tokio::spawn(link::run(s, state.clone(), None, stop.clone()));
+        Ok((state, stop, task))
+    }
+
+    /// Restarts agent `i` from its current in-memory state (a link cut followed by reconnect).
+    pub async fn bounce(&mut self, i: usize, url: &str, id: &str) -> anyhow::Result<()> {
+        let (state, stop, task) = &mut self.agents[i];
+        stop.cancel();
+        let _ = task.await;
+        let p = state.persisted();
+        self.agents[i] = Self::one(url, id, RevocationSet::restore(p.set), p.log_id, p.applied_seq)?;
+        Ok(())
+    }
+
+    /// Stops every agent.
+    pub async fn stop(self) {
+        for (_, s, _) in &self.agents {
+            s.cancel();
+        }
+        for (_, _, t) in self.agents {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn call(
+    auth: &AuthorityProc,
+    method: &'static str,
+    path: String,
+    body: String,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (admin, token) = (auth.admin.clone(), auth.token.clone());
+    tokio::task::spawn_blocking(move || {
+        let (s, t) = revmesh_authority::client::http_request(
+            &admin,
+            method,
+            &path,
+            Some(&token),
+            body.as_bytes(),
+            Duration::from_secs(60),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok((s, serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))))
+    })
+    .await?
+}
+
+async fn connected(auth: &AuthorityProc) -> u64 {
+    call(auth, "GET", "/v1/status".into(), String::new())
+        .await
+        .ok()
+        .and_then(|(_, v)| v["agents_connected"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Propagation result at one fleet size.
+#[derive(Debug, Serialize)]
+pub struct Propagation {
+    /// Agents.
+    pub agents: usize,
+    /// Revocations measured.
+    pub revocations: usize,
+    /// Admin call → receipt with every agent acked.
+    pub revoke_to_all_acked: Summary,
+    /// Receipts that timed out with agents pending.
+    pub incomplete: usize,
+    /// Authority RSS divided by agents.
+    pub authority_rss_per_agent_bytes: u64,
+}
+
+/// Revocations at a steady rate; each one's time from the admin call to the last agent's ack.
+pub async fn propagation(dir: &Path, agents: usize, count: usize, rate: f64) -> anyhow::Result<Propagation> {
+    let max = (agents + 64).to_string();
+    let auth = AuthorityProc::start(
+        &dir.join(format!("prop-{agents}")),
+        "127.0.0.1:0",
+        &["--max-agents", &max, "--max-catchups", &max],
+    )?;
+    let fleet = Fleet::start(agents, &auth.ws, "p")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while connected(&auth).await < agents as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {agents} agents connected",
+            connected(&auth).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_idle = auth.proc.rss().unwrap_or(0);
+    let mut lat = Vec::with_capacity(count);
+    let mut incomplete = 0;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let exp = revmesh_agent::state::now_secs() + 3600;
+    for i in 0..count {
+        let next = Instant::now() + gap;
+        let body = format!(r#"{{"kind":"jti","jti":"prop-{i}","expires_at":{exp}}}"#);
+        let t0 = Instant::now();
+        let (status, v) =
+            call(&auth, "POST", "/v1/revocations?wait=all&timeout_ms=30000".into(), body).await?;
+        let dt = t0.elapsed();
+        anyhow::ensure!(status == 201, "revocation failed: {v}");
+        if v["pending"].as_array().is_some_and(|p| !p.is_empty()) {
+            incomplete += 1;
+        }
+        lat.push(dt);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    fleet.stop().await;
+    Ok(Propagation {
+        agents,
+        revocations: count,
+        revoke_to_all_acked: summarize(lat),
+        incomplete,
+        authority_rss_per_agent_bytes: rss_idle / agents.max(1) as u64,
+    })
+}
+
+/// Latency and throughput of one kind of request.
+#[derive(Debug, Serialize)]
+pub struct Checks {
+    /// What was asked.
+    pub request: String,
+    /// One connection, sequential.
+    pub sequential: Summary,
+    /// Requests per second over 32 connections.
+    pub throughput_32: f64,
+}
+
+async fn sequential(socket: &Path, line: &str, n: usize, expect: &str) -> anyhow::Result<Summary> {
+    let s = UnixStream::connect(socket).await?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut answer = String::new();
+    let req = format!("{line}\n");
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t0 = Instant::now();
+        w.write_all(req.as_bytes()).await?;
+        answer.clear();
+        r.read_line(&mut answer).await?;
+        if i >= n / 10 {
+            lat.push(t0.elapsed());
+        }
+        anyhow::ensure!(answer.starts_with(expect), "unexpected answer {answer:?} to {line:.40}");
+    }
+    Ok(summarize(lat))
+}
+
+async fn throughput(socket: &Path, line: &str, conns: usize, dur: Duration) -> anyhow::Result<f64> {
+    let stop = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let socket = socket.to_owned();
+        let req = format!("{line}\n");
+        tasks.push(tokio::spawn(async move {
+            let s = UnixStream::connect(&socket).await?;
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut answer = String::new();
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                w.write_all(req.as_bytes()).await?;
+                answer.clear();
+                r.read_line(&mut answer).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / dur.as_secs_f64())
+}
+
+/// A bare Unix-socket line echo server: the floor any socket protocol pays.
+async fn echo_server(path: PathBuf, stop: CancellationToken) -> anyhow::Result<()> {
+    let l = UnixListener::bind(&path)?;
+    loop {
+        let (s, _) = tokio::select! {
+            a = l.accept() => a?,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        tokio::spawn(async move {
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut line = String::new();
+            while r.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                if w.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+                line.clear();
+            }
+        });
+    }
+}
+
+/// Measures STATUS and CHECK (HS256, ES256) against a real agent process, next to an echo floor.
+pub async fn checks(dir: &Path, n: usize, dur: Duration) -> anyhow::Result<Vec<Checks>> {
+    let auth = AuthorityProc::start(&dir.join("checks-authority"), "127.0.0.1:0", &[])?;
+    let secret = dir.join("hs.secret");
+    let secret_text = "loadtest-secret-0123456789abcdef0123456789";
+    std::fs::write(&secret, secret_text)?;
+    let pubkey = dir.join("es256.pem");
+    std::fs::write(&pubkey, ES256_PUBLIC)?;
+    let agent = AgentProc::start(
+        &dir.join("checks-agent"),
+        "bench",
+        &auth.ws,
+        &secret,
+        &["--public-key-file", &pubkey.display().to_string()],
+    )?;
+    // A set with content: 10,000 revoked jtis.
+    let exp = revmesh_agent::state::now_secs() + 3600;
+    for i in 0..10_000 {
+        let body = format!(r#"{{"kind":"jti","jti":"bulk-{i}","expires_at":{exp}}}"#);
+        let (s, v) = call(&auth, "POST", "/v1/revocations".into(), body).await?;
+        anyhow::ensure!(s == 201, "{v}");
+    }
+    let sock = agent.socket.clone();
+    wait_until(Duration::from_secs(60), || {
+        crate::util::ask_line(&sock, "PING").is_ok_and(|l| l.starts_with("PONG seq=10000 "))
+    })
+    .await
+    .context("agent did not catch up")?;
+    let hs = mint(secret_text, "fresh-1", "alice", exp)?;
+    let es = {
+        let claims = serde_json::json!({"jti": "fresh-2", "sub": "alice", "exp": exp});
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(ES256_PRIVATE.as_bytes())?;
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), &claims, &key)?
+    };
+    let echo_path = dir.join("echo.sock");
+    let stop = CancellationToken::new();
+    let echo = tokio::spawn(echo_server(echo_path.clone(), stop.clone()));
+    wait_until(Duration::from_secs(5), || echo_path.exists()).await?;
+    let cases = [
+        ("echo (floor)", echo_path.as_path(), "STATUS jti=echo".to_owned(), "STATUS"),
+        ("STATUS", agent.socket.as_path(), "STATUS jti=not-revoked iss=x".to_owned(), "OK"),
+        ("CHECK HS256", agent.socket.as_path(), format!("CHECK {hs}"), "OK"),
+        ("CHECK ES256", agent.socket.as_path(), format!("CHECK {es}"), "OK"),
+    ];
+    let mut out = Vec::new();
+    for (name, sock, line, expect) in cases {
+        let seq = sequential(sock, &line, n, expect).await?;
+        let tp = throughput(sock, &line, 32, dur).await?;
+        out.push(Checks { request: name.into(), sequential: seq, throughput_32: tp });
+    }
+    stop.cancel();
+    let _ = echo.await;
+    Ok(out)
+}
+
+/// Redis as a yardstick, when `redis-server` is installed.
+#[derive(Debug, Serialize)]
+pub struct RedisCompare {
+    /// `GET` over a Unix socket.
+    pub get: Checks,
+    /// `PUBLISH` → last of N subscribers received it.
+    pub pubsub_fanout: Vec<(usize, Summary)>,
+}
+
+fn resp(args: &[&str]) -> String {
+    let mut s = format!("*{}\r\n", args.len());
+    for a in args {
+        s.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s
+}
+
+/// Starts a private redis-server on a Unix socket and a TCP port; `None` if not installed.
+pub async fn redis(
+    dir: &Path,
+    fanouts: &[usize],
+    n: usize,
+    dur: Duration,
+) -> anyhow::Result<Option<RedisCompare>> {
+    let Ok(bin) = which("redis-server") else { return Ok(None) };
+    let sock = dir.join("redis.sock");
+    let port = free_port()?;
+    let args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--unixsocket",
+        &sock.display().to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxclients",
+        "20000",
+        "--daemonize",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = std::process::Command::new(bin)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let guard = ChildGuard(&mut child);
+    wait_until(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&sock).is_ok()).await?;
+    // GET over the Unix socket, same client loop shape as the agent's.
+    let get_req = resp(&["GET", "revoked:not-revoked"]);
+    let seq = redis_sequential(&sock, &get_req, n).await?;
+    let tp = redis_throughput(&sock, &get_req, 32, dur).await?;
+    let mut fan = Vec::new();
+    for &subs in fanouts {
+        fan.push((subs, pubsub(port, subs, 100).await?));
+    }
+    drop(guard);
+    Ok(Some(RedisCompare {
+        get: Checks { request: "redis GET".into(), sequential: seq, throughput_32: tp },
+        pubsub_fanout: fan,
+    }))
+}
+
+struct ChildGuard<'a>(&'a mut std::process::Child);
+impl Drop for ChildGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn which(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+        .context("not on PATH")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn redis_line(
+    r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    buf: &mut String,
+) -> anyhow::Result<()> {
+    buf.clear();
+    r.read_line(buf).await?;
+    if let Some(len) = buf.strip_prefix('$').and_then(|l| l.trim().parse::<i64>().ok()).filter(|l| *l >= 0) {
+        let mut body = vec![0u8; len as usize + 2];
+        r.read_exact(&mut body).await?;
+    }
+    Ok(())
+}
+
+async fn redis_sequential(sock: &Path, req: &str, n: usize) -> anyhow::Result<Summary> {
+    let s = UnixStream::connect(sock).await?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut buf = String::new();
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t0 = Instant::now();
+        w.write_all(req.as_bytes()).await?;
+        redis_line(&mut r, &mut buf).await?;
+        if i >= n / 10 {
+            lat.push(t0.elapsed());
+        }
+    }
+    Ok(summarize(lat))
+}
+
+async fn redis_throughput(sock: &Path, req: &str, conns: usize, dur: Duration) -> anyhow::Result<f64> {
+    let stop = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (sock, req) = (sock.to_owned(), req.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let s = UnixStream::connect(&sock).await?;
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut buf = String::new();
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                w.write_all(req.as_bytes()).await?;
+                redis_line(&mut r, &mut buf).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / dur.as_secs_f64())
+}
+
+/// PUBLISH to `subs` TCP subscribers; per message, time until the last subscriber has it.
+async fn pubsub(port: u16, subs: usize, messages: usize) -> anyhow::Result<Summary> {
+    use tokio::net::TcpStream;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut tasks = Vec::new();
+    for _ in 0..subs {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(resp(&["SUBSCRIBE", "rev"]).as_bytes()).await?;
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                // Payloads are "m<index>"; every message line is `$n` then the payload.
+                if let Some(idx) = line.trim().strip_prefix('m').and_then(|x| x.parse::<usize>().ok()) {
+                    let _ = tx.send((idx, Instant::now()));
+                }
+            }
+        }));
+    }
+    drop(tx);
+    // One control connection: wait until every subscription is active, then publish.
+    let mut ctl = BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        ctl.get_mut().write_all(resp(&["PUBSUB", "NUMSUB", "rev"]).as_bytes()).await?;
+        let n = read_int_reply(&mut ctl).await?;
+        if n >= subs as i64 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {n} of {subs} subscribers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut lat = Vec::with_capacity(messages);
+    for m in 0..messages {
+        let t0 = Instant::now();
+        ctl.get_mut().write_all(resp(&["PUBLISH", "rev", &format!("m{m}")]).as_bytes()).await?;
+        let mut got = 0;
+        let mut last = t0;
+        while got < subs {
+            let (idx, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await?
+                .context("subscribers gone")?;
+            if idx == m {
+                got += 1;
+                last = last.max(at);
+            }
+        }
+        read_int_reply(&mut ctl).await?;
+        lat.push(last - t0);
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(summarize(lat))
+}
+
+/// Reads RESP lines until an integer reply (`:n`), returning it.
+async fn read_int_reply(r: &mut BufReader<tokio::net::TcpStream>) -> anyhow::Result<i64> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        anyhow::ensure!(r.read_line(&mut line).await? > 0, "redis closed the connection");
+        if let Some(v) = line.trim().strip_prefix(':') {
+            return Ok(v.parse().unwrap_or(0));
+        }
+    }
+}
+
+/// Agent memory per 10^5 and 10^6 revoked jtis: RSS of an in-process set, measured as growth of this process.
+pub fn set_memory(counts: &[u64]) -> Vec<(u64, u64, u64)> {
+    let me = std::process::id();
+    counts
+        .iter()
+        .map(|&n| {
+            let before = crate::procs::rss_of(me).unwrap_or(0);
+            let mut set = RevocationSet::new();
+            for seq in 1..=n {
+                let e = revmesh_protocol::Entry {
+                    seq,
+                    created_at_ms: 0,
+                    expires_at: u64::from(u32::MAX),
+                    reason: None,
+                    revocation: revmesh_protocol::Revocation::Jti {
+                        jti: format!("3f9a1c2e-7d4b-4e8a-{seq:016}"),
+                        iss: None,
+                    },
+                };
+                set.insert(&e, 0);
+            }
+            let after = crate::procs::rss_of(me).unwrap_or(0);
+            let hit = set
+                .check(&TokenRef { jti: Some("3f9a1c2e-7d4b-4e8a-0000000000000001"), ..Default::default() });
+            assert!(hit.is_some());
+            (n, after.saturating_sub(before), set.jti_memory_bytes() as u64)
+        })
+        .collect()
+}

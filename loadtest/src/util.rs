@@ -1,0 +1,60 @@
+//! Small shared pieces: socket clients, token minting, percentiles, waiting.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One request on an agent's line socket.
+pub fn ask_line(socket: &Path, line: &str) -> anyhow::Result<String> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    Ok(answer.trim_end().to_owned())
+}
+
+/// An HS256 token.
+pub fn mint(secret: &str, jti: &str, sub: &str, exp: u64) -> anyhow::Result<String> {
+    let claims =
+        serde_json::json!({"jti": jti, "sub": sub, "exp": exp, "iat": revmesh_agent::state::now_secs() - 5});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?;
+    Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)?)
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        anyhow::ensure!(Instant::now() < deadline, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    /// Samples.
+    pub n: usize,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Maximum, µs.
+    pub max_us: f64,
+}
+
+/// Summarises durations.
+pub fn summarize(mut v: Vec<Duration>) -> Summary {
+    v.sort();
+    let pick = |q: f64| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6
+        }
+    };
+    Summary { n: v.len(), p50_us: pick(0.5), p99_us: pick(0.99), max_us: pick(1.0) }
+}
