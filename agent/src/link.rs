@@ -157,6 +157,9 @@ async fn connect(url: &str, settings: &LinkSettings) -> Result<Ws, String> {
         req.headers_mut().insert("authorization", value);
     }
     let mut cfg = WebSocketConfig::default();
+    // tungstenite zero-fills the free read buffer on every read; most frames are small, and
+    // the buffer still grows for a large batch or snapshot chunk.
+    cfg.read_buffer_size = 16 << 10;
     cfg.max_message_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
     cfg.max_frame_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
     cfg.max_write_buffer_size = 1 << 20;

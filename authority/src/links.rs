@@ -106,7 +106,10 @@ fn now() -> Now {
 
 fn ws_config() -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
-    // Agents only send small frames (hello, acks, heartbeats).
+    // tungstenite zero-fills the free capacity of its read buffer on every read: with the
+    // 128 KiB default that memset dominated CPU with thousands of agents. Agents only send
+    // small frames (hello, acks, heartbeats), so a small buffer costs nothing.
+    c.read_buffer_size = 4 << 10;
     c.max_message_size = Some(64 << 10);
     c.max_frame_size = Some(64 << 10);
     // Room for a few batch frames; beyond this a write waits (and times out for a dead agent).
