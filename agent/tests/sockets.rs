@@ -137,3 +137,41 @@ fn bad_configuration_exits_64_and_names_every_field() {
         assert!(err.contains(f), "{f} missing in {err}");
     }
 }
+
+#[test]
+fn peers_outside_the_uid_allow_list_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // This test runs as some uid; allow only another one.
+    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let other = (me + 1).to_string();
+    let a = agent(dir.path(), &["--allow-uid", &other]);
+    let mut s = UnixStream::connect(&a.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(b"PING\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert_eq!(out, "", "a refused peer gets no answer");
+    let dir2 = tempfile::tempdir().unwrap();
+    let allowed = agent(dir2.path(), &["--allow-uid", &me.to_string()]);
+    assert!(ask(&allowed.socket, &["PING"])[0].starts_with("PONG "));
+}
+
+#[test]
+fn the_check_command_prints_the_verdict_and_exits_0_only_for_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path(), &[]);
+    let run = |jwt: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-agent"))
+            .args(["check", "--socket"])
+            .arg(&a.socket)
+            .arg(jwt)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&token("j", "carol", serde_json::json!({})));
+    assert_eq!(ok.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("OK seq=0"));
+    let bad = run("a.b.c");
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&bad.stdout).trim(), "INVALID reason=malformed");
+}

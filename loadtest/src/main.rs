@@ -29,8 +29,12 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Comma-separated: propagation, checks, compare, memory, chaos (default: all).
-    #[arg(long, value_delimiter = ',', default_value = "propagation,checks,compare,memory,chaos")]
+    /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos (default: all).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "propagation,ingest,checks,compare,reconnect-storm,memory,chaos"
+    )]
     scenario: Vec<String>,
     /// Fleet sizes for propagation.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
@@ -153,6 +157,31 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         println!();
         report.insert("propagation".into(), json!(rows));
     }
+    if want("ingest") {
+        println!("ingest: durable revocations/s (HTTP clients, 100 agents acking everything)");
+        println!(
+            "{:>8} {:>8} {:>10} {:>10} {:>10} {:>14} {:>10}",
+            "clients", "agents", "rev/s", "p50", "p99", "fsyncs/rev", "lag end"
+        );
+        let mut rows = Vec::new();
+        for clients in [1, 64] {
+            let r =
+                scenarios::ingest(tmp, clients, 100, Duration::from_secs(a.throughput_secs.max(3))).await?;
+            println!(
+                "{:>8} {:>8} {:>10.0} {:>10} {:>10} {:>14.3} {:>10}",
+                r.clients,
+                r.agents,
+                r.per_sec,
+                us(r.latency.p50_us),
+                us(r.latency.p99_us),
+                r.fsyncs_per_revocation,
+                r.lag_at_end
+            );
+            rows.push(r);
+        }
+        println!();
+        report.insert("ingest".into(), json!(rows));
+    }
     if want("checks") {
         let rows = scenarios::checks(tmp, a.requests, Duration::from_secs(a.throughput_secs)).await?;
         println!("checks: one connection sequential, and 32 connections");
@@ -184,6 +213,24 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
     }
     if let Some(r) = &redis {
         report.insert("redis".into(), json!(r));
+    }
+    if want("reconnect-storm") {
+        println!("reconnect-storm: authority kill -9 and restart under N agents, each 5,000 entries behind");
+        println!("{:>8} {:>14} {:>16} {:>14}", "agents", "all caught up", "peak auth RSS", "busy go-aways");
+        let mut rows = Vec::new();
+        for &n in &a.agents {
+            let r = scenarios::reconnect_storm(tmp, n, 5_000).await?;
+            println!(
+                "{:>8} {:>12.2} s {:>12.1} MiB {:>14}",
+                r.agents,
+                r.caught_up_secs,
+                r.peak_rss_bytes as f64 / 1048576.0,
+                r.busy_rejections
+            );
+            rows.push(r);
+        }
+        println!();
+        report.insert("reconnect_storm".into(), json!(rows));
     }
     if want("memory") {
         println!("agent memory per revoked jti (RevocationSet)");

@@ -554,3 +554,158 @@ pub fn set_memory(counts: &[u64]) -> Vec<(u64, u64, u64)> {
         })
         .collect()
 }
+
+/// Durable ingest at a given client concurrency.
+#[derive(Debug, Serialize)]
+pub struct Ingest {
+    /// Concurrent HTTP clients.
+    pub clients: usize,
+    /// Connected agents acking everything.
+    pub agents: usize,
+    /// Revocations answered 201 per second.
+    pub per_sec: f64,
+    /// Latency of one revocation call.
+    pub latency: Summary,
+    /// Store commits (fsyncs) per revocation.
+    pub fsyncs_per_revocation: f64,
+    /// Largest agent lag (entries) seen at the end.
+    pub lag_at_end: u64,
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b)
+}
+
+/// Maximum durable revocations/s with `clients` concurrent callers while `agents` agents ack.
+pub async fn ingest(dir: &Path, clients: usize, agents: usize, dur: Duration) -> anyhow::Result<Ingest> {
+    let auth = AuthorityProc::start(&dir.join(format!("ingest-{clients}-{agents}")), "127.0.0.1:0", &[])?;
+    let fleet = Fleet::start(agents, &auth.ws, "i")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connected(&auth).await < agents as u64 {
+        anyhow::ensure!(Instant::now() < deadline, "agents did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before =
+        call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
+    let stop = Instant::now() + dur;
+    let exp = revmesh_agent::state::now_secs() + 3600;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (admin, token) = (auth.admin.clone(), auth.token.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < stop {
+                i += 1;
+                let body = format!(r#"{{"kind":"jti","jti":"in-{c}-{i}","expires_at":{exp}}}"#);
+                let t0 = Instant::now();
+                let (status, _) = revmesh_authority::client::http_request(
+                    &admin,
+                    "POST",
+                    "/v1/revocations",
+                    Some(&token),
+                    body.as_bytes(),
+                    Duration::from_secs(30),
+                )
+                .map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(status == 201, "status {status}");
+                lat.push(t0.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let elapsed = dur.as_secs_f64();
+    let after =
+        call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
+    let revs = metric(&after, "revmesh_authority_revocations_total")
+        - metric(&before, "revmesh_authority_revocations_total");
+    let commits = metric(&after, "revmesh_authority_store_commits_total")
+        - metric(&before, "revmesh_authority_store_commits_total");
+    let (_, status) = call(&auth, "GET", "/v1/status".into(), String::new()).await?;
+    let lag = status["max_lag"].as_u64().unwrap_or(0);
+    fleet.stop().await;
+    Ok(Ingest {
+        clients,
+        agents,
+        per_sec: lat.len() as f64 / elapsed,
+        latency: summarize(lat),
+        fsyncs_per_revocation: commits / revs.max(1.0),
+        lag_at_end: lag,
+    })
+}
+
+/// Reconnect storm after an authority restart.
+#[derive(Debug, Serialize)]
+pub struct Storm {
+    /// Agents.
+    pub agents: usize,
+    /// Entries revoked while the authority was down for them (they restart behind by this many).
+    pub behind: u64,
+    /// Seconds from the restarted authority being ready to every agent at the head.
+    pub caught_up_secs: f64,
+    /// Highest authority RSS sampled during the storm.
+    pub peak_rss_bytes: u64,
+    /// Go-aways sent to agents that had to wait for a catch-up slot.
+    pub busy_rejections: u64,
+}
+
+/// kill -9 the authority under `n` agents, revoke more, restart it: time until all caught up.
+pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Result<Storm> {
+    let data = dir.join(format!("storm-{n}"));
+    let max = (n + 64).to_string();
+    let args = ["--max-agents", max.as_str(), "--max-catchups", "64"];
+    let auth = AuthorityProc::start(&data, "127.0.0.1:0", &args)?;
+    let addr = auth.ws.trim_start_matches("ws://").to_owned();
+    let fleet = Fleet::start(n, &auth.ws, "s")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while connected(&auth).await < n as u64 {
+        anyhow::ensure!(Instant::now() < deadline, "agents did not connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(auth); // kill -9
+                // Entries the agents miss: written by a second authority instance on the same store while
+                // the agents' link address is down.
+    let offline = AuthorityProc::start(&data, "127.0.0.1:0", &args)?;
+    let exp = revmesh_agent::state::now_secs() + 3600;
+    let mut head = 0;
+    for i in 0..behind {
+        let (st, v) = call(
+            &offline,
+            "POST",
+            "/v1/revocations".into(),
+            format!(r#"{{"kind":"jti","jti":"storm-{i}","expires_at":{exp}}}"#),
+        )
+        .await?;
+        anyhow::ensure!(st == 201, "{v}");
+        head = v["seq"].as_u64().unwrap_or(0);
+    }
+    drop(offline);
+    let auth = AuthorityProc::start(&data, &addr, &args)?;
+    let pid = auth.proc.child.id();
+    let t0 = Instant::now();
+    let mut peak = 0;
+    let deadline = t0 + Duration::from_secs(300);
+    while fleet.agents.iter().any(|(s, _, _)| s.applied() < head) {
+        anyhow::ensure!(Instant::now() < deadline, "storm did not settle in 300 s");
+        peak = peak.max(crate::procs::rss_of(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up_secs = t0.elapsed().as_secs_f64();
+    let m = call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
+    fleet.stop().await;
+    Ok(Storm {
+        agents: n,
+        behind,
+        caught_up_secs,
+        peak_rss_bytes: peak,
+        busy_rejections: metric(&m, "revmesh_authority_agents_rejected_total{reason=\"busy\"}").max(0.0)
+            as u64,
+    })
+}
