@@ -180,6 +180,12 @@ async fn drive(
 ) -> Ended {
     session.connect(now());
     let mut last_heard_write = Instant::now() - Duration::from_secs(60);
+    // One timer and one cancellation future for the link's life, reset rather than re-created.
+    let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let timer = tokio::time::sleep_until(never);
+    tokio::pin!(timer);
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
     loop {
         let t = now();
         let mut wrote = false;
@@ -193,7 +199,10 @@ async fn drive(
         if wrote && ws.flush().await.is_err() {
             return Ended::Failed("write failed".into());
         }
-        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadline = session.poll_timeout().map_or(never, tokio::time::Instant::from_std);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             msg = ws.next() => {
                 let t = now();
@@ -240,8 +249,8 @@ async fn drive(
                     }
                 }
             }
-            _ = sleep_until_opt(deadline) => session.handle_timeout(now()),
-            _ = shutdown.cancelled() => {
+            _ = &mut timer => session.handle_timeout(now()),
+            _ = &mut stopping => {
                 let _ = ws.close(None).await;
                 return Ended::Shutdown;
             }
@@ -250,13 +259,6 @@ async fn drive(
             let _ = ws.close(None).await;
             return end;
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -194,7 +194,9 @@ impl AgentState {
         for e in entries {
             self.metrics.apply_lag.observe(now_ms.saturating_sub(e.created_at_ms) as f64 / 1000.0);
         }
-        self.refresh_gauges();
+        // Cheap gauge here; the per-kind counts (which take the set's lock) are refreshed when
+        // metrics are scraped.
+        self.metrics.applied_seq.set(to_seq as i64);
     }
 
     /// Replaces the whole set (snapshot or resync).

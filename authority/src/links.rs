@@ -112,9 +112,11 @@ fn ws_config() -> WebSocketConfig {
     c.read_buffer_size = 4 << 10;
     c.max_message_size = Some(64 << 10);
     c.max_frame_size = Some(64 << 10);
-    // Room for a few batch frames; beyond this a write waits (and times out for a dead agent).
+    // Frames go to the socket as they are fed (no 128 KiB staging): the write buffer's capacity
+    // is kept for the link's life, and after a catch-up 10,000 idle links each held on to
+    // ~130 KiB of it. Beyond `max_write_buffer_size` a write waits (and times out for a dead agent).
+    c.write_buffer_size = 0;
     c.max_write_buffer_size = 8 << 20;
-    c.write_buffer_size = 128 << 10;
     c
 }
 
@@ -302,6 +304,15 @@ impl Links {
     ) -> String {
         let mut view_rx = self.log.subscribe();
         session.update_log(*view_rx.borrow_and_update());
+        // Long-lived futures, polled by reference: re-creating a timer and two cancellation
+        // futures on every loop turn cost more than the frame handling itself at 1,000+ links.
+        let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(never);
+        tokio::pin!(timer);
+        let replaced = cancel.cancelled();
+        tokio::pin!(replaced);
+        let shutdown = self.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             // Send whatever the session wants sent.
             let t = now();
@@ -328,7 +339,10 @@ impl Links {
             if catchup.is_some() && session.lag() == 0 {
                 *catchup = None;
             }
-            let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = session.poll_timeout().map_or(never, tokio::time::Instant::from_std);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 msg = ws.next() => {
                     let t = now();
@@ -365,20 +379,20 @@ impl Links {
                     }
                     session.update_log(*view_rx.borrow_and_update());
                 }
-                _ = sleep_until_opt(deadline) => {
+                _ = &mut timer => {
                     session.handle_timeout(now());
                     self.events(session, id, link);
                     if let Some(close) = session.closed().cloned() {
                         return self.closed(ws, close).await;
                     }
                 }
-                _ = cancel.cancelled() => {
+                _ = &mut replaced => {
                     let f = session.go_away(Duration::ZERO, "replaced by a newer link with the same agent id");
                     send_frame(ws, &f).await;
                     let _ = ws.close(None).await;
                     return "replaced".into();
                 }
-                _ = self.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     let retry = Duration::from_millis(rand::random::<u64>() % 2_000);
                     let f = session.go_away(retry, "authority shutting down");
                     send_frame(ws, &f).await;
@@ -428,13 +442,6 @@ impl Links {
                 self.log.snapshot_frames(snapshot_id, upto, t.unix_secs())
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

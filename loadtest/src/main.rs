@@ -25,6 +25,12 @@ enum Cmd {
     Demo,
     /// Run scenarios and print the report.
     Run(RunArgs),
+    /// Internal: build a set of N jtis in a fresh process and print its RSS growth.
+    #[command(hide = true)]
+    MemoryProbe {
+        /// Number of jtis.
+        n: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +91,10 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Demo => demo::run().await.map(|()| true),
             Cmd::Run(a) => run(a).await,
+            Cmd::MemoryProbe { n } => {
+                scenarios::memory_probe(n);
+                Ok(true)
+            }
         }
     });
     match result {
@@ -235,7 +245,7 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
     if want("memory") {
         println!("agent memory per revoked jti (RevocationSet)");
         let mut rows = Vec::new();
-        for (n, rss, table) in scenarios::set_memory(&[100_000, 1_000_000]) {
+        for (n, rss, table) in scenarios::set_memory(&[100_000, 1_000_000])? {
             println!(
                 "{:>9} jtis: RSS growth {:>6.1} MiB ({:.1} B/jti), table {:.1} B/jti",
                 n,
