@@ -220,6 +220,8 @@ impl Config {
                 push("authority", format!("`{a}` must be a ws:// URL"));
             } else if a.starts_with("wss://") {
                 push("authority", "TLS (wss://) is not available in this build yet".into());
+            } else if a.trim_start_matches("ws://").split(['/', ':']).next().is_none_or(str::is_empty) {
+                push("authority", format!("`{a}` has no host"));
             }
         }
         let id = raw.id.clone().unwrap_or_else(hostname);

@@ -273,11 +273,11 @@ async fn create(
             ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "revocation could not be stored durably; retry")
         }
     })?;
-    let receipt = if wait {
-        let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
-        s.hub.wait_all(entry.seq, timeout).await
-    } else {
-        s.hub.receipt(entry.seq)
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
+    let receipt = match (wait, s.log.store().is_shared()) {
+        (true, false) => s.hub.wait_all(entry.seq, timeout).await,
+        (false, false) => s.hub.receipt(entry.seq),
+        (wait, true) => shared_receipt(&s, entry.seq, if wait { timeout } else { Duration::ZERO }).await?,
     };
     let body = json!({
         "seq": entry.seq,
@@ -286,6 +286,42 @@ async fn create(
         "pending": receipt.pending,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Every replica's agents, from the shared store.
+async fn shared_agents(s: &AdminState) -> Result<Vec<crate::store::AgentRow>, ApiError> {
+    let store = s.log.store().clone();
+    tokio::task::spawn_blocking(move || store.agents())
+        .await
+        .map_err(|_| ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable"))?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "reading shared agent cursors failed");
+            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable; retry")
+        })
+}
+
+/// A receipt across replicas: polls the shared cursors until every connected agent is at `seq`.
+async fn shared_receipt(
+    s: &AdminState,
+    seq: u64,
+    timeout: Duration,
+) -> Result<crate::hub::Receipt, ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let rows = shared_agents(s).await?;
+        let mut r = crate::hub::Receipt { acked: Vec::new(), pending: Vec::new() };
+        for row in rows.into_iter().filter(|r| r.connected) {
+            if row.applied_seq >= seq {
+                r.acked.push(row.id);
+            } else {
+                r.pending.push(row.id);
+            }
+        }
+        if r.pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -313,16 +349,39 @@ async fn one(State(s): State<AdminState>, Path(seq): Path<String>) -> Result<Jso
         ApiError::status(StatusCode::NOT_FOUND, "no such entry (never written, or expired and compacted)")
     })?;
     let mut v = entry_json(&e, &log_id);
+    let states = if s.log.store().is_shared() {
+        let state = |r: &crate::store::AgentRow| match (r.applied_seq >= seq, r.connected) {
+            (true, _) => "acked",
+            (false, true) => "pending",
+            (false, false) => "disconnected",
+        };
+        shared_agents(&s).await?.iter().map(|r| (r.id.clone(), state(r))).collect()
+    } else {
+        s.hub.ack_states(seq)
+    };
     let agents: Vec<Value> =
-        s.hub.ack_states(seq).into_iter().map(|(id, state)| json!({"id": id, "state": state})).collect();
+        states.into_iter().map(|(id, state)| json!({"id": id, "state": state})).collect();
     if let Value::Object(m) = &mut v {
         m.insert("agents".into(), Value::Array(agents));
     }
     Ok(Json(v))
 }
 
-async fn agents(State(s): State<AdminState>) -> Json<Value> {
-    Json(json!(s.hub.agents(s.log.view().head)))
+async fn agents(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let head = s.log.view().head;
+    if !s.log.store().is_shared() {
+        return Ok(Json(json!(s.hub.agents(head))));
+    }
+    let rows: Vec<Value> = shared_agents(&s)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({"id": r.id, "connected": r.connected, "remote": r.remote, "applied_seq": r.applied_seq,
+                   "lag": head.saturating_sub(r.applied_seq), "last_ack_at": r.last_ack_at,
+                   "version": r.version, "replica": r.replica})
+        })
+        .collect();
+    Ok(Json(Value::Array(rows)))
 }
 
 async fn status(State(s): State<AdminState>) -> Json<Value> {

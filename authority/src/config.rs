@@ -41,7 +41,7 @@ pub struct ServeArgs {
     /// Directory of the embedded store [default: ./revmesh-data/authority].
     #[arg(long, env = "REVMESH_DATA_DIR")]
     pub data_dir: Option<String>,
-    /// `embedded` or `postgres://…` [default: embedded].
+    /// `embedded` or `postgres://…` (a log shared by several replicas) [default: embedded].
     #[arg(long, env = "REVMESH_STORE")]
     pub store: Option<String>,
     /// WebSocket endpoint for agents, path /v1/agents [default: 127.0.0.1:7400].
@@ -159,9 +159,20 @@ pub enum RevokeWhat {
     },
 }
 
+/// Where the log lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// redb under `--data-dir`.
+    Embedded,
+    /// A PostgreSQL database shared by several replicas.
+    Postgres(String),
+}
+
 /// The validated configuration of `serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The log store.
+    pub store: StoreKind,
     /// Embedded store directory.
     pub data_dir: PathBuf,
     /// Agent WebSocket listen address.
@@ -286,13 +297,19 @@ impl Config {
     /// Validates raw settings; every problem is reported, not just the first.
     pub fn build(raw: &ServeArgs) -> Result<Config, Vec<ConfigError>> {
         let mut e = Errors(Vec::new());
-        match raw.store.as_deref() {
-            None | Some("embedded") => {}
+        let store = match raw.store.as_deref() {
+            None | Some("embedded") => StoreKind::Embedded,
             Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
-                e.push("store", "the PostgreSQL store is not available in this build yet; use `embedded`")
+                if s.parse::<postgres::Config>().is_err() {
+                    e.push("store", "not a valid PostgreSQL connection URL");
+                }
+                StoreKind::Postgres(s.to_owned())
             }
-            Some(s) => e.push("store", format!("`{s}` is neither `embedded` nor a postgres:// URL")),
-        }
+            Some(s) => {
+                e.push("store", format!("`{s}` is neither `embedded` nor a postgres:// URL"));
+                StoreKind::Embedded
+            }
+        };
         for (field, v) in
             [("tls-cert", &raw.tls_cert), ("tls-key", &raw.tls_key), ("client-ca", &raw.client_ca)]
         {
@@ -311,6 +328,7 @@ impl Config {
             })
         };
         let cfg = Config {
+            store,
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/authority")),
             agent_listen: e.addr("agent-listen", &raw.agent_listen, "127.0.0.1:7400"),
             admin_listen: e.addr("admin-listen", &raw.admin_listen, "127.0.0.1:7401"),

@@ -46,6 +46,8 @@ struct State {
     /// Highest seq acked by every connected agent that the latency histogram has seen.
     all_acked: u64,
     next_link: u64,
+    /// Agents whose row changed since the last publication to a shared store.
+    dirty: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -129,6 +131,7 @@ impl Hub {
             disconnected_at: 0,
         };
         s.agents.insert(id.to_owned(), info);
+        s.dirty.insert(id.to_owned());
         if s.agents.len() > MAX_REMEMBERED {
             let oldest = s
                 .agents
@@ -156,6 +159,7 @@ impl Hub {
         let old = a.applied_seq;
         a.applied_seq = applied_seq;
         a.last_ack_at = Some(now_ms());
+        s.dirty.insert(id.to_owned());
         let min_before = s.cursors.first_key_value().map(|(k, _)| *k);
         s.cursor_remove(old);
         s.cursor_add(applied_seq);
@@ -201,6 +205,7 @@ impl Hub {
             }
             _ => return,
         };
+        s.dirty.insert(id.to_owned());
         s.cursor_remove(seq);
         self.metrics.agents_connected.set(s.agents.values().filter(|a| a.connected).count() as i64);
         drop(s);
@@ -274,6 +279,26 @@ impl Hub {
             }
         }
         self.receipt(seq)
+    }
+
+    /// Rows to publish to a shared store: changed agents, plus every connected one when
+    /// `refresh` (so their rows stay fresh for other replicas).
+    pub fn take_rows(&self, refresh: bool) -> Vec<crate::store::AgentRow> {
+        let mut s = self.lock();
+        let dirty = std::mem::take(&mut s.dirty);
+        s.agents
+            .values()
+            .filter(|a| dirty.contains(&a.id) || (refresh && a.connected))
+            .map(|a| crate::store::AgentRow {
+                id: a.id.clone(),
+                replica: String::new(),
+                applied_seq: a.applied_seq,
+                connected: a.connected,
+                remote: a.remote.clone(),
+                version: a.version.clone(),
+                last_ack_at: a.last_ack_at,
+            })
+            .collect()
     }
 
     /// Refreshes the lag gauges (called before each scrape).

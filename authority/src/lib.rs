@@ -9,6 +9,7 @@ pub mod hub;
 pub mod links;
 pub mod log;
 pub mod metrics;
+pub mod pg;
 pub mod store;
 
 use anyhow::Context;
@@ -60,6 +61,35 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "authority".into())
+}
+
+/// Publishes this replica's agent cursors to the shared store: changes every 50 ms, every
+/// connected agent every 3 s (rows older than 10 s count as disconnected).
+async fn share_cursors(hub: Arc<hub::Hub>, log: Arc<log::Log>, shutdown: CancellationToken) {
+    let mut tick = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        tick += 1;
+        let rows = hub.take_rows(tick.is_multiple_of(60));
+        if rows.is_empty() {
+            continue;
+        }
+        let store = log.store().clone();
+        match tokio::task::spawn_blocking(move || store.publish_agents(&rows)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "publishing agent cursors failed"),
+            Err(e) => tracing::warn!(error = %e, "publishing agent cursors failed"),
+        }
+    }
+}
+
 /// Addresses an authority actually bound (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -76,9 +106,28 @@ pub async fn serve(
     on_ready: impl FnOnce(Bound, LogId),
 ) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new().context("registering metrics")?;
-    let store = store::RedbStore::open(&cfg.data_dir, LogId(rand::random()))
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
-    let (log, writer) = log::Log::open(Arc::new(store), metrics.clone()).context("loading the log")?;
+    let store: Arc<dyn store::Store> = match &cfg.store {
+        config::StoreKind::Embedded => Arc::new(
+            store::RedbStore::open(&cfg.data_dir, LogId(rand::random()))
+                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+        ),
+        config::StoreKind::Postgres(url) => {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+            let replica = format!("{}-{}", hostname(), std::process::id());
+            Arc::new(pg::PgStore::new(url, replica, LogId(rand::random())))
+        }
+    };
+    let (log, writer) = {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        // Loading may talk to PostgreSQL synchronously: keep it off the async workers.
+        tokio::task::spawn_blocking(move || log::Log::open_loaded(store, metrics))
+            .await
+            .context("loading the log")?
+            .context("loading the log")?
+    };
+    let writer = log::Log::start(&log, writer);
     let (token, token_path) = admin_token(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
     let tokens = match &cfg.agent_token_file {
         Some(p) => links::AgentTokens::load(p).with_context(|| format!("reading {}", p.display()))?,
@@ -156,6 +205,10 @@ pub async fn serve(
             }
         }
     });
+    if log.store().is_shared() {
+        tracker.spawn(log.clone().tail(shutdown.clone()));
+        tracker.spawn(share_cursors(hub.clone(), log.clone(), shutdown.clone()));
+    }
     tracker.close();
 
     shutdown.cancelled().await;

@@ -5,7 +5,7 @@
 //! after the store committed it, and a revocation request is answered only after that.
 
 use crate::metrics::Metrics;
-use crate::store::{NewEntry, Store, StoreError};
+use crate::store::{NewEntry, Store, StoreError, Tail};
 use bytes::Bytes;
 use revmesh_protocol::authority::LogView;
 use revmesh_protocol::codec::encode;
@@ -13,6 +13,7 @@ use revmesh_protocol::frame::{Batch, Frame, SnapshotChunk, MAX_ENTRIES_PER_FRAME
 use revmesh_protocol::{Entry, LogId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most appends waiting for the writer; requests beyond wait for room (backpressure).
@@ -41,7 +42,9 @@ struct Inner {
 /// Encoded batch frames by range, with insertion order for eviction.
 type BatchCache = (HashMap<(u64, u64), Bytes>, VecDeque<(u64, u64)>);
 
-struct AppendReq {
+/// A queued append (opaque outside this module).
+#[derive(Debug)]
+pub struct AppendReq {
     entry: NewEntry,
     reply: oneshot::Sender<Result<Entry, Arc<AppendError>>>,
 }
@@ -63,12 +66,11 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    /// Loads the store and starts the appender on the current runtime.
-    /// The returned join handle ends when every `Log` handle is dropped.
-    pub fn open(
+    /// Loads the store (blocking) and returns the log with the receiver its writer will serve.
+    pub fn open_loaded(
         store: Arc<dyn Store>,
         metrics: Metrics,
-    ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>), StoreError> {
+    ) -> Result<(Arc<Self>, mpsc::Receiver<AppendReq>), StoreError> {
         let loaded = store.load()?;
         let view = LogView { log_id: loaded.log_id, floor: loaded.floor, head: loaded.head };
         let entries = loaded.entries.into_iter().map(|e| (e.seq, Arc::new(e))).collect();
@@ -83,8 +85,12 @@ impl Log {
             store,
             metrics,
         });
-        let writer = tokio::spawn(Self::writer(Arc::downgrade(&log), append_rx));
-        Ok((log, writer))
+        Ok((log, append_rx))
+    }
+
+    /// Starts the group-commit writer on the current runtime; it ends when every `Log` handle is dropped.
+    pub fn start(log: &Arc<Self>, rx: mpsc::Receiver<AppendReq>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(Self::writer(Arc::downgrade(log), rx))
     }
 
     /// Current id, floor and head.
@@ -124,7 +130,13 @@ impl Log {
             match result {
                 Ok(entries) => {
                     log.metrics.store_commits_total.inc();
-                    log.publish(&entries);
+                    // On a shared store other replicas may have appended before us: then our
+                    // entries are published by tailing the store, in seq order, never with a gap.
+                    if !log.publish(&Tail { entries: entries.clone(), head: 0, floor: 0 }) {
+                        if let Err(e) = log.catch_up().await {
+                            tracing::warn!(error = %e, "could not read the log after an append; the tailer retries");
+                        }
+                    }
                     for (req, e) in group.drain(..).zip(entries) {
                         let _ = req.reply.send(Ok(e));
                     }
@@ -140,18 +152,81 @@ impl Log {
         }
     }
 
-    fn publish(&self, entries: &[Entry]) {
+    /// Adds entries that continue the head (seqs missing at or below `tail.floor` were
+    /// compacted and may be skipped). Stops at a real gap and returns false: the caller must
+    /// read the store from the head. Entries at or below the head are ignored.
+    fn publish(&self, tail: &Tail) -> bool {
+        let mut complete = true;
         let view = {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-            for e in entries {
-                inner.view.head = inner.view.head.max(e.seq);
+            for e in &tail.entries {
+                if e.seq <= inner.view.head {
+                    continue;
+                }
+                if e.seq != inner.view.head + 1 && e.seq - 1 > tail.floor {
+                    complete = false;
+                    break;
+                }
+                inner.view.head = e.seq;
                 inner.entries.insert(e.seq, Arc::new(e.clone()));
                 self.metrics.revocations_total.with_label_values(&[e.revocation.kind().as_str()]).inc();
             }
+            if complete && tail.head > inner.view.head && tail.head <= tail.floor {
+                // Everything up to the head was compacted away.
+                inner.view.head = tail.head;
+            }
+            inner.view.floor = inner.view.floor.max(tail.floor.min(inner.view.head));
             inner.view
         };
         self.metrics.log_head_seq.set(view.head as i64);
         self.view_tx.send_replace(view);
+        complete
+    }
+
+    /// Reads what the store holds beyond the in-memory head and publishes it.
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
+        loop {
+            let head = self.view().head;
+            let store = self.store.clone();
+            let tail = tokio::task::spawn_blocking(move || store.read_after(head))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Io(format!("read task failed: {e}"))))?;
+            let more = tail.entries.len() >= 100_000;
+            if !self.publish(&tail) {
+                return Err(StoreError::Meta(format!(
+                    "gap after seq {} in the shared log",
+                    self.view().head
+                )));
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// For a shared store: follows other replicas' appends until `shutdown`.
+    pub async fn tail(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let store = self.store.clone();
+            let woke = tokio::task::spawn_blocking(move || store.wait_for_change(Duration::from_millis(500)));
+            tokio::select! {
+                r = woke => {
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!(error = %e, "waiting for log changes failed; polling");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "tailing the shared log failed; retrying");
+            }
+        }
+    }
+
+    /// The store (for shared agent cursors).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// One entry, if still stored.

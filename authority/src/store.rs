@@ -63,14 +63,71 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// What a shared log holds after a seq, read in one consistent snapshot.
+#[derive(Debug, Default)]
+pub struct Tail {
+    /// Entries with a greater seq, ascending. Seqs missing at or below `floor` were compacted.
+    pub entries: Vec<Entry>,
+    /// The log's head.
+    pub head: u64,
+    /// The log's compaction floor.
+    pub floor: u64,
+}
+
+/// One agent's cursor as shared between authority replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    /// Agent id.
+    pub id: String,
+    /// The replica holding (or last holding) its link.
+    pub replica: String,
+    /// Highest acknowledged seq.
+    pub applied_seq: u64,
+    /// Link up, as last reported by a live replica.
+    pub connected: bool,
+    /// Peer address.
+    pub remote: String,
+    /// Agent version.
+    pub version: String,
+    /// Last ack, unix ms.
+    pub last_ack_at: Option<u64>,
+}
+
 /// A durable, sequenced revocation log.
 pub trait Store: Send + Sync + 'static {
     /// Reads the whole log (creating an empty one with a fresh id if there is none).
     fn load(&self) -> Result<Loaded, StoreError>;
-    /// Durably appends `batch` after `head` in one commit; returns the sequenced entries.
+    /// Durably appends `batch` in one commit; returns the sequenced entries. A single-writer
+    /// store checks that its head is still `head`; a shared store appends after its own head.
     fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError>;
     /// Removes `seqs` (expired entries at or below `floor`) and records the new floor.
     fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError>;
+    /// True when other processes append to the same log (the caller must tail it).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Entries after `after`, with head and floor (for tailing a shared log).
+    fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
+        let l = self.load()?;
+        Ok(Tail {
+            entries: l.entries.into_iter().filter(|e| e.seq > after).collect(),
+            head: l.head,
+            floor: l.floor,
+        })
+    }
+    /// Blocks until another writer may have appended, or `timeout` passes.
+    fn wait_for_change(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        std::thread::sleep(timeout);
+        Ok(())
+    }
+    /// Publishes agent cursors of this replica (shared stores only).
+    fn publish_agents(&self, _rows: &[AgentRow]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Every agent of every replica, with `connected` meaning "reported by a live replica".
+    fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The embedded store: one redb file under the data directory.
@@ -80,14 +137,14 @@ pub struct RedbStore {
     new_log_id: LogId,
 }
 
-fn record(entry: &Entry) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn record(entry: &Entry) -> Result<Vec<u8>, StoreError> {
     let body = encode_entry(entry).map_err(io)?;
     let mut out = xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes().to_vec();
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-fn unrecord(seq: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+pub(crate) fn unrecord(seq: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt { seq, why };
     if bytes.len() < 8 {
         return Err(corrupt("record shorter than its checksum".into()));

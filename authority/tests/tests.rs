@@ -3,4 +3,5 @@
 
 mod admin;
 mod links;
+mod postgres;
 mod util;

@@ -39,7 +39,11 @@ impl Authority {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.starts_with("revmesh-authority ready"), "unexpected first line: {line:?}");
         let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_owned();
-        let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+        let token_file = extra
+            .iter()
+            .position(|a| *a == "--admin-token-file")
+            .map_or_else(|| dir.join("admin.token"), |i| std::path::PathBuf::from(extra[i + 1]));
+        let token = std::fs::read_to_string(token_file).unwrap().trim().to_owned();
         Authority { child, agent: field("agent="), admin: field("admin="), token }
     }
 

@@ -1,0 +1,218 @@
+//! Several authority replicas on one PostgreSQL log (issue: high availability). These tests need
+//! a PostgreSQL server: `REVMESH_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`,
+//! trust auth as on the CI machines; `.ci/run` starts one). Each test uses a fresh database.
+
+use crate::util::{wait_for, Agent, Authority};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Tests that restart PostgreSQL must not overlap the others.
+static PG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs a synchronous PostgreSQL admin statement off the async runtime.
+fn admin_sql(sql: String) -> Result<(), String> {
+    std::thread::spawn(move || {
+        let mut c =
+            postgres::Client::connect(&format!("{}/postgres", server()), postgres::NoTls).map_err(|e| {
+                format!("PostgreSQL must be reachable for these tests (REVMESH_TEST_POSTGRES): {e}")
+            })?;
+        c.batch_execute(&sql).map_err(|e| e.to_string())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("admin thread panicked".into()))
+}
+
+fn server() -> String {
+    std::env::var("REVMESH_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh database, dropped on drop.
+struct Db {
+    name: String,
+}
+
+impl Db {
+    fn new() -> Db {
+        let name = format!("revmesh_t_{:016x}", rand_u64());
+        admin_sql(format!("CREATE DATABASE {name}")).unwrap();
+        Db { name }
+    }
+    fn url(&self) -> String {
+        format!("{}/{}", server(), self.name)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = admin_sql(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn rand_u64() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+fn replicas(dir: &std::path::Path, db: &Db, n: usize) -> Vec<Authority> {
+    let token = dir.join("admin.token.shared");
+    std::fs::write(&token, "shared-admin-token-for-all-replicas").unwrap();
+    let url = db.url();
+    (0..n)
+        .map(|i| {
+            let d = dir.join(format!("replica-{i}"));
+            Authority::start(&d, &["--store", &url, "--admin-token-file", token.to_str().unwrap()])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_log_and_agents_fail_over_without_resync() {
+    let _guard = PG.lock().await;
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut reps = replicas(dir.path(), &db, 3);
+    let urls: Vec<String> = reps.iter().map(|r| r.ws_url()).collect();
+    // Six agents, two homed on each replica, each with the others as failover.
+    let agents: Vec<Agent> = (0..6)
+        .map(|i| {
+            let mut list = urls.clone();
+            list.rotate_left(i % 3);
+            Agent::start(list, &format!("ha-{i}"))
+        })
+        .collect();
+    wait_for(
+        || {
+            let (_, v) = reps[0].get("/v1/agents");
+            v.as_array().is_some_and(|a| a.iter().filter(|x| x["connected"] == true).count() == 6)
+        },
+        "six agents visible from replica 0",
+    )
+    .await;
+    let log_ids: HashSet<String> =
+        reps.iter().map(|r| r.get("/v1/status").1["log_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(log_ids.len(), 1, "replicas must share one log id");
+
+    // Concurrent revocations on all three replicas; replica 2 is killed midway.
+    let mut accepted: Vec<(u64, String)> = Vec::new();
+    for round in 0..60 {
+        for (r, rep) in reps.iter().enumerate() {
+            if r == 2 && round >= 30 {
+                continue;
+            }
+            let jti = format!("ha-{r}-{round}");
+            let (status, v) = rep.post(
+                "/v1/revocations",
+                &format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#),
+            );
+            assert_eq!(status, 201, "{v}");
+            accepted.push((v["seq"].as_u64().unwrap(), jti));
+        }
+        if round == 30 {
+            reps[2].kill9();
+        }
+    }
+    let seqs: HashSet<u64> = accepted.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs.len(), accepted.len(), "a seq was handed out twice");
+    let head = accepted.len() as u64;
+    assert_eq!(seqs, (1..=head).collect::<HashSet<u64>>(), "seqs must be gap-free");
+    for a in &agents {
+        a.wait_applied(head).await;
+    }
+    let log_id = log_ids.into_iter().next().unwrap();
+    for (i, a) in agents.iter().enumerate() {
+        assert_eq!(
+            a.state.log_id().map(|l| l.to_string()).as_deref(),
+            Some(log_id.as_str()),
+            "agent {i} resynced"
+        );
+        for (seq, jti) in &accepted {
+            assert!(
+                matches!(
+                    a.state.decide(&revmesh_protocol::TokenRef { jti: Some(jti), ..Default::default() }),
+                    revmesh_agent::state::Decision::Revoked { seq: s, .. } if s == *seq
+                ),
+                "agent {i} lacks {jti} (seq {seq})"
+            );
+        }
+        assert_eq!(a.state.duplicates(), 0);
+    }
+    // A receipt from one replica covers the agents of the others.
+    let (status, receipt) = reps[1]
+        .post("/v1/revocations?wait=all&timeout_ms=15000", r#"{"kind":"session","sid":"after-failover"}"#);
+    assert_eq!(status, 201);
+    assert_eq!(receipt["acked"].as_array().unwrap().len(), 6, "{receipt}");
+    for a in agents {
+        a.stop().await;
+    }
+}
+
+fn pg_cluster(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .expect("this test restarts the local PostgreSQL cluster with pg_ctlcluster");
+    let mut cmd = std::process::Command::new("pg_ctlcluster");
+    cmd.args(["--skip-systemctl-redirect", &version, "main", action]);
+    if action == "stop" {
+        cmd.args(["-m", "fast"]);
+    }
+    let out = cmd.output().expect("pg_ctlcluster");
+    assert!(out.status.success(), "pg_ctlcluster {action}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_refuses_revocations_and_loses_none() {
+    let _guard = PG.lock().await;
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let reps = replicas(dir.path(), &db, 2);
+    let agent = Agent::start(vec![reps[0].ws_url(), reps[1].ws_url()], "outage");
+    let first = reps[0].revoke_jti("before-outage");
+    agent.wait_applied(first).await;
+
+    pg_cluster("stop");
+    // Whatever happens below, PostgreSQL is started again for the other tests.
+    struct StartAgain;
+    impl Drop for StartAgain {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                pg_cluster("start");
+            }
+        }
+    }
+    let _restart = StartAgain;
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        let (status, v) = reps[i % 2].post(
+            "/v1/revocations",
+            &format!(r#"{{"kind":"jti","jti":"during-{i}","expires_at":4000000000}}"#),
+        );
+        match status {
+            201 => accepted.push(v["seq"].as_u64().unwrap()),
+            503 => {}
+            other => panic!("unexpected status {other} during the outage: {v}"),
+        }
+    }
+    assert!(accepted.is_empty(), "nothing can be durable while PostgreSQL is down: {accepted:?}");
+    // The agent keeps answering from its set meanwhile.
+    assert!(agent.revoked("before-outage"));
+    pg_cluster("start");
+
+    // Everything resumes: revocations are accepted again and reach the agent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let seq = loop {
+        let (status, v) =
+            reps[1].post("/v1/revocations", r#"{"kind":"jti","jti":"after-outage","expires_at":4000000000}"#);
+        if status == 201 {
+            break v["seq"].as_u64().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery after the outage: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(seq, first + 1, "refused revocations must not have taken seqs");
+    agent.wait_applied(seq).await;
+    assert!(agent.revoked("after-outage"));
+    agent.stop().await;
+}
