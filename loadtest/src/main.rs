@@ -35,7 +35,8 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos (default: all).
+    /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos, ha
+    /// (default: all but ha, which needs PostgreSQL).
     #[arg(
         long,
         value_delimiter = ',',
@@ -66,6 +67,9 @@ struct RunArgs {
     /// Seed of the chaos run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// PostgreSQL server for the `ha` scenario (a fresh database is created and dropped).
+    #[arg(long, env = "REVMESH_TEST_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
     /// Also write the report here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -241,6 +245,17 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         }
         println!();
         report.insert("reconnect_storm".into(), json!(rows));
+    }
+    if want("ha") {
+        let (rows, failover) =
+            scenarios::ha(tmp, &a.postgres, Duration::from_secs(a.throughput_secs.max(3))).await?;
+        println!("ha: replicas on one PostgreSQL log, 64 HTTP clients spread over them");
+        println!("{:>9} {:>10} {:>12}", "replicas", "rev/s", "fsyncs/rev");
+        for r in &rows {
+            println!("{:>9} {:>10.0} {:>12.3}", r.replicas, r.per_sec, r.fsyncs_per_revocation);
+        }
+        println!("failover: replica killed -> its 30 agents applied a new revocation via another replica in {failover:.2} s\n");
+        report.insert("ha".into(), json!({"throughput": rows, "failover_secs": failover}));
     }
     if want("memory") {
         println!("agent memory per revoked jti (RevocationSet)");

@@ -107,7 +107,11 @@ impl AuthorityProc {
         let proc = Proc::spawn(&sibling("revmesh-authority")?, &args, false)?;
         let ws = format!("ws://{}", proc.field("agent").context("no agent address")?);
         let admin = proc.field("admin").context("no admin address")?;
-        let token_file = data.join("admin.token");
+        let token_file = extra
+            .iter()
+            .position(|a| *a == "--admin-token-file")
+            .and_then(|i| extra.get(i + 1))
+            .map_or_else(|| data.join("admin.token"), PathBuf::from);
         let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
         Ok(AuthorityProc { proc, ws, admin, token, token_file })
     }
