@@ -137,8 +137,7 @@ impl Store for PgStore {
         self.with(|c| {
             let mut tx = c.transaction()?;
             // The row lock serialises appenders across replicas: seqs commit in order.
-            let head: i64 =
-                tx.query_one("SELECT head FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[])?.get(0);
+            let head: i64 = tx.query_one("SELECT head FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[])?.get(0);
             let head = head as u64;
             let mut out = Vec::with_capacity(batch.len());
             let mut seqs = Vec::with_capacity(batch.len());
@@ -151,8 +150,12 @@ impl Store for PgStore {
                     reason: n.reason.clone(),
                     revocation: n.revocation.clone(),
                 };
+                match record(&entry) {
+                    Ok(r) => records.push(r),
+                    // Dropping the transaction rolls it back: nothing is stored.
+                    Err(e) => return Ok(Err(e)),
+                }
                 seqs.push(entry.seq as i64);
-                records.push(record(&entry).unwrap_or_default());
                 out.push(entry);
             }
             tx.execute(
@@ -163,8 +166,8 @@ impl Store for PgStore {
             tx.execute("UPDATE revmesh_meta SET head = $1 WHERE id = 1", &[&new_head])?;
             tx.execute("SELECT pg_notify('revmesh_log', $1)", &[&new_head.to_string()])?;
             tx.commit()?;
-            Ok(out)
-        })
+            Ok(Ok(out))
+        })?
     }
 
     fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
