@@ -9,7 +9,7 @@ use crate::store::{NewEntry, Store, StoreError, Tail};
 use bytes::Bytes;
 use revmesh_protocol::authority::LogView;
 use revmesh_protocol::codec::encode;
-use revmesh_protocol::frame::{Batch, Frame, SnapshotChunk, MAX_ENTRIES_PER_FRAME};
+use revmesh_protocol::frame::{snapshot_chunks, Batch, Frame};
 use revmesh_protocol::{Entry, LogId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -286,24 +286,7 @@ impl Log {
                 .collect();
             (inner.view.log_id, live)
         };
-        let chunks: Vec<&[Entry]> =
-            if live.is_empty() { vec![&[]] } else { live.chunks(MAX_ENTRIES_PER_FRAME).collect() };
-        let n = chunks.len();
-        chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                encode(&Frame::SnapshotChunk(SnapshotChunk {
-                    log_id,
-                    snapshot_id,
-                    snapshot_seq: upto,
-                    index: i as u32,
-                    last: i + 1 == n,
-                    entries: c.to_vec(),
-                }))
-                .map(Bytes::from)
-            })
-            .collect()
+        snapshot_chunks(log_id, snapshot_id, upto, &live).iter().map(|f| encode(f).map(Bytes::from)).collect()
     }
 
     /// Removes expired entries more than `retain` behind the head and raises the floor.

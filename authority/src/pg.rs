@@ -137,19 +137,14 @@ impl Store for PgStore {
         self.with(|c| {
             let mut tx = c.transaction()?;
             // The row lock serialises appenders across replicas: seqs commit in order.
-            let head: i64 = tx.query_one("SELECT head FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[])?.get(0);
+            let head: i64 =
+                tx.query_one("SELECT head FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[])?.get(0);
             let head = head as u64;
             let mut out = Vec::with_capacity(batch.len());
             let mut seqs = Vec::with_capacity(batch.len());
             let mut records = Vec::with_capacity(batch.len());
             for (i, n) in batch.iter().enumerate() {
-                let entry = Entry {
-                    seq: head + 1 + i as u64,
-                    created_at_ms: n.created_at_ms,
-                    expires_at: n.expires_at,
-                    reason: n.reason.clone(),
-                    revocation: n.revocation.clone(),
-                };
+                let entry = n.sequenced(head + 1 + i as u64);
                 match record(&entry) {
                     Ok(r) => records.push(r),
                     // Dropping the transaction rolls it back: nothing is stored.

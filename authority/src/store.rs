@@ -27,6 +27,19 @@ pub struct NewEntry {
     pub created_at_ms: u64,
 }
 
+impl NewEntry {
+    /// The entry this becomes at `seq`.
+    pub fn sequenced(&self, seq: u64) -> Entry {
+        Entry {
+            seq,
+            created_at_ms: self.created_at_ms,
+            expires_at: self.expires_at,
+            reason: self.reason.clone(),
+            revocation: self.revocation.clone(),
+        }
+    }
+}
+
 /// The log as found at start.
 #[derive(Debug)]
 pub struct Loaded {
@@ -229,13 +242,7 @@ impl Store for RedbStore {
             }
             let mut table = txn.open_table(ENTRIES).map_err(io)?;
             for (i, n) in batch.iter().enumerate() {
-                let entry = Entry {
-                    seq: head + 1 + i as u64,
-                    created_at_ms: n.created_at_ms,
-                    expires_at: n.expires_at,
-                    reason: n.reason.clone(),
-                    revocation: n.revocation.clone(),
-                };
+                let entry = n.sequenced(head + 1 + i as u64);
                 table.insert(entry.seq, record(&entry)?.as_slice()).map_err(io)?;
                 out.push(entry);
             }

@@ -627,37 +627,7 @@ pub async fn ingest(dir: &Path, clients: usize, agents: usize, dur: Duration) ->
     }
     let before =
         call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
-    let stop = Instant::now() + dur;
-    let exp = revmesh_agent::state::now_secs() + 3600;
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (admin, token) = (auth.admin.clone(), auth.token.clone());
-        tasks.push(tokio::task::spawn_blocking(move || {
-            let mut lat = Vec::new();
-            let mut i = 0u64;
-            while Instant::now() < stop {
-                i += 1;
-                let body = format!(r#"{{"kind":"jti","jti":"in-{c}-{i}","expires_at":{exp}}}"#);
-                let t0 = Instant::now();
-                let (status, _) = revmesh_authority::client::http_request(
-                    &admin,
-                    "POST",
-                    "/v1/revocations",
-                    Some(&token),
-                    body.as_bytes(),
-                    Duration::from_secs(30),
-                )
-                .map_err(anyhow::Error::msg)?;
-                anyhow::ensure!(status == 201, "status {status}");
-                lat.push(t0.elapsed());
-            }
-            anyhow::Ok(lat)
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
+    let lat = post_load(std::slice::from_ref(&auth), clients, dur).await?;
     let elapsed = dur.as_secs_f64();
     let after =
         call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
@@ -786,11 +756,8 @@ fn drop_db(server: &str, name: &str) {
     .join();
 }
 
-async fn spread_ingest(
-    reps: &[AuthorityProc],
-    clients: usize,
-    dur: Duration,
-) -> anyhow::Result<(usize, f64)> {
+/// `clients` blocking HTTP clients spread over `reps`, revoking for `dur`; every call's latency.
+async fn post_load(reps: &[AuthorityProc], clients: usize, dur: Duration) -> anyhow::Result<Vec<Duration>> {
     let stop = Instant::now() + dur;
     let exp = revmesh_agent::state::now_secs() + 3600;
     let mut tasks = Vec::new();
@@ -798,9 +765,10 @@ async fn spread_ingest(
         let r = &reps[c % reps.len()];
         let (admin, token) = (r.admin.clone(), r.token.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
-            let mut n = 0usize;
+            let mut lat = Vec::new();
             while Instant::now() < stop {
-                let body = format!(r#"{{"kind":"jti","jti":"ha-{c}-{n}","expires_at":{exp}}}"#);
+                let body = format!(r#"{{"kind":"jti","jti":"load-{c}-{}","expires_at":{exp}}}"#, lat.len());
+                let t0 = Instant::now();
                 let (status, _) = revmesh_authority::client::http_request(
                     &admin,
                     "POST",
@@ -811,16 +779,16 @@ async fn spread_ingest(
                 )
                 .map_err(anyhow::Error::msg)?;
                 anyhow::ensure!(status == 201, "status {status}");
-                n += 1;
+                lat.push(t0.elapsed());
             }
-            anyhow::Ok(n)
+            anyhow::Ok(lat)
         }));
     }
-    let mut total = 0;
+    let mut lat = Vec::new();
     for t in tasks {
-        total += t.await??;
+        lat.extend(t.await??);
     }
-    Ok((total, total as f64 / dur.as_secs_f64()))
+    Ok(lat)
 }
 
 /// Revocations/s through one and three replicas, then failover of 30 agents off a killed replica.
@@ -837,7 +805,8 @@ pub async fn ha(dir: &Path, server: &str, dur: Duration) -> anyhow::Result<(Vec<
         let mut rows = Vec::new();
         for n in [1, 3] {
             let before = total_commits(&reps).await;
-            let (count, per_sec) = spread_ingest(&reps[..n], 64, dur).await?;
+            let count = post_load(&reps[..n], 64, dur).await?.len();
+            let per_sec = count as f64 / dur.as_secs_f64();
             let commits = total_commits(&reps).await - before;
             rows.push(Ha { replicas: n, per_sec, fsyncs_per_revocation: commits / count.max(1) as f64 });
         }

@@ -204,3 +204,25 @@ pub fn truncate_utf8(s: &mut String, max: usize) {
         s.truncate(cut);
     }
 }
+
+/// Splits a snapshot of `entries` (every live entry up to `snapshot_seq`) into `SnapshotChunk`
+/// frames of at most [`MAX_ENTRIES_PER_FRAME`] entries; an empty snapshot is one empty last chunk.
+pub fn snapshot_chunks(log_id: LogId, snapshot_id: u64, snapshot_seq: u64, entries: &[Entry]) -> Vec<Frame> {
+    let chunks: Vec<&[Entry]> =
+        if entries.is_empty() { vec![&[]] } else { entries.chunks(MAX_ENTRIES_PER_FRAME).collect() };
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Frame::SnapshotChunk(SnapshotChunk {
+                log_id,
+                snapshot_id,
+                snapshot_seq,
+                index: i as u32,
+                last: i + 1 == n,
+                entries: c.to_vec(),
+            })
+        })
+        .collect()
+}

@@ -14,7 +14,7 @@
 
 use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession};
 use revmesh_protocol::authority::{AuthorityConfig, AuthorityEvent, AuthoritySession, LogView, Transmit};
-use revmesh_protocol::frame::{Batch, Frame, SnapshotChunk, MAX_ENTRIES_PER_FRAME};
+use revmesh_protocol::frame::{snapshot_chunks, Batch, Frame, MAX_ENTRIES_PER_FRAME};
 use revmesh_protocol::time::{Jitter, Now};
 use revmesh_protocol::{Entry, LogId, Revocation, RevocationSet, TokenRef};
 use std::collections::{BTreeMap, HashMap};
@@ -403,23 +403,7 @@ impl Sim {
             Transmit::Snapshot { snapshot_id, upto } => {
                 self.snapshots += 1;
                 let live: Vec<Entry> = self.log.entries.range(..=upto).map(|(_, e)| e.clone()).collect();
-                let chunks: Vec<&[Entry]> =
-                    if live.is_empty() { vec![&[]] } else { live.chunks(MAX_ENTRIES_PER_FRAME).collect() };
-                let n = chunks.len();
-                chunks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, c)| {
-                        Frame::SnapshotChunk(SnapshotChunk {
-                            log_id,
-                            snapshot_id,
-                            snapshot_seq: upto,
-                            index: index as u32,
-                            last: index + 1 == n,
-                            entries: c.to_vec(),
-                        })
-                    })
-                    .collect()
+                snapshot_chunks(log_id, snapshot_id, upto, &live)
             }
         }
     }
