@@ -176,10 +176,8 @@ impl Hub {
     fn observe_all_acked(&self, s: &mut State, log: &Log) {
         let Some((&min, _)) = s.cursors.first_key_value() else { return };
         if min <= s.all_acked {
-            if min < s.all_acked && s.cursors.len() == 1 {
-                // A resynced agent restarts from zero; measure again from where it is.
-                s.all_acked = min;
-            }
+            // A newly connected agent behind the others: entries are observed once, when the
+            // slowest connected agent passes them for the first time.
             return;
         }
         let now = now_ms();
