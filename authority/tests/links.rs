@@ -169,3 +169,47 @@ async fn hostile_frames_close_only_their_own_link_and_are_counted() {
     assert!(good.revoked("after-the-attack"));
     good.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_need_one_of_the_configured_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("agent.tokens");
+    // Two tokens at once: the old one and the new one during a rotation.
+    std::fs::write(&tokens, "# rotation in progress\ntoken-old-0123456789\ntoken-new-0123456789\n").unwrap();
+    let a = Authority::start(dir.path(), &["--agent-token-file", tokens.to_str().unwrap()]);
+    let s = a.revoke_jti("needs-auth");
+
+    let mut settings = revmesh_agent::link::LinkSettings::new(vec![a.ws_url()], "with-token".into());
+    settings.token = Some("token-new-0123456789".into());
+    let state = std::sync::Arc::new(revmesh_agent::state::AgentState::new(
+        revmesh_protocol::RevocationSet::new(),
+        None,
+        0,
+        None,
+        std::time::Duration::from_secs(30),
+        false,
+        revmesh_agent::metrics::Metrics::new().unwrap(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(revmesh_agent::link::run(settings, state.clone(), None, stop.clone()));
+    wait_for(|| state.applied() >= s, "the agent with a valid token to catch up").await;
+
+    for bad in [None, Some("token-wrong-0123456789")] {
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            format!("{}/v1/agents", a.ws_url()),
+        )
+        .unwrap();
+        if let Some(t) = bad {
+            req.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let err = tokio_tungstenite::connect_async(req).await.expect_err("must be refused");
+        assert!(err.to_string().contains("401"), "{err}");
+    }
+    assert!(
+        a.metrics().contains("revmesh_authority_agents_rejected_total{reason=\"unauthorized\"} 2"),
+        "{}",
+        a.metrics()
+    );
+    stop.cancel();
+    let _ = task.await;
+}
