@@ -51,6 +51,15 @@ pub struct RunArgs {
     /// Agent id [default: hostname].
     #[arg(long, env = "REVMESH_ID")]
     pub id: Option<String>,
+    /// CA bundle (PEM) the authority's certificate must chain to; needed for wss:// URLs.
+    #[arg(long, env = "REVMESH_CA_FILE")]
+    pub ca_file: Option<String>,
+    /// Client certificate (PEM) for authorities that require mutual TLS; must name --id.
+    #[arg(long, env = "REVMESH_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, env = "REVMESH_TLS_KEY")]
+    pub tls_key: Option<String>,
     /// File with the bearer token presented to the authority.
     #[arg(long, env = "REVMESH_TOKEN_FILE")]
     pub token_file: Option<String>,
@@ -121,6 +130,8 @@ pub enum OnStale {
 /// Validated agent settings.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// TLS for wss:// authorities.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Authority URLs, in failover order.
     pub authorities: Vec<String>,
     /// Agent id.
@@ -182,7 +193,7 @@ impl RunArgs {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let file: RunArgs = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         Ok(merge!(self, file;
-            opt: id, token_file, data_dir, socket, http_socket, metrics_listen, hs256_secret_file, jwks_file,
+            opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, metrics_listen, hs256_secret_file, jwks_file,
                  issuer, audience, leeway, max_token_bytes, max_staleness, on_stale, max_clients,
                  client_idle_timeout, log;
             vec: authority, public_key_file, allow_uid))
@@ -218,9 +229,15 @@ impl Config {
         for a in &raw.authority {
             if !(a.starts_with("ws://") || a.starts_with("wss://")) {
                 push("authority", format!("`{a}` must be a ws:// URL"));
-            } else if a.starts_with("wss://") {
-                push("authority", "TLS (wss://) is not available in this build yet".into());
-            } else if a.trim_start_matches("ws://").split(['/', ':']).next().is_none_or(str::is_empty) {
+            } else if a.starts_with("wss://") && raw.ca_file.is_none() {
+                push("authority", format!("`{a}` is a wss:// URL: give --ca-file to verify the authority"));
+            } else if a
+                .trim_start_matches("ws://")
+                .trim_start_matches("wss://")
+                .split(['/', ':'])
+                .next()
+                .is_none_or(str::is_empty)
+            {
                 push("authority", format!("`{a}` has no host"));
             }
         }
@@ -237,6 +254,17 @@ impl Config {
                 }
             },
             None => None,
+        };
+        let tls = match crate::link::client_tls(
+            raw.ca_file.as_deref().map(std::path::Path::new),
+            raw.tls_cert.as_deref().map(std::path::Path::new),
+            raw.tls_key.as_deref().map(std::path::Path::new),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                push("ca-file", e);
+                None
+            }
         };
         let metrics_text = raw.metrics_listen.as_deref().unwrap_or("127.0.0.1:7402");
         let metrics_listen = metrics_text.parse().unwrap_or_else(|_| {
@@ -287,6 +315,7 @@ impl Config {
             push(e.field, e.message);
         }
         let cfg = Config {
+            tls,
             authorities: raw.authority.clone(),
             id,
             token,

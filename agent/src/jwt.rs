@@ -306,6 +306,16 @@ fn opt_time(m: &BTreeMap<String, Value>, k: &str) -> Result<Option<u64>, Invalid
 }
 
 impl Keys {
+    /// Keys holding just one HMAC secret (for tests and fuzzing; the binary loads files).
+    pub fn hmac(secret: &[u8]) -> Result<Keys, KeyError> {
+        if secret.len() < MIN_HMAC_SECRET {
+            return Err(KeyError { field: "hs256-secret-file", message: "secret too short".into() });
+        }
+        let key = DecodingKey::from_secret(secret)
+            .map_err(|e| KeyError { field: "hs256-secret-file", message: e.to_string() })?;
+        Ok(Keys { keys: vec![Key { kid: None, algs: HMAC, key }] })
+    }
+
     /// True when no key is configured (then `CHECK` cannot verify anything).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

@@ -75,6 +75,7 @@ pub async fn run(
     tracker.spawn(server::serve_metrics(metrics_listener, state.clone(), shutdown.clone()));
     let mut settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
     settings.token = cfg.token.clone();
+    settings.tls = cfg.tls.clone();
     tracker.spawn(link::run(settings, state.clone(), Some(Arc::new(Mutex::new(persist))), shutdown.clone()));
     let gc_state = state.clone();
     let gc_shutdown = shutdown.clone();

@@ -37,6 +37,8 @@ pub struct LinkSettings {
     pub reconnect_max: Duration,
     /// A link silent this long is dropped.
     pub idle_timeout: Duration,
+    /// TLS for wss:// URLs.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl LinkSettings {
@@ -50,8 +52,49 @@ impl LinkSettings {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(20),
+            tls: None,
         }
     }
+}
+
+/// Builds the TLS client configuration: trust `ca_file`, present `cert`+`key` when given.
+pub fn client_tls(
+    ca_file: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(ca) = ca_file else {
+        return if cert.is_some() || key.is_some() {
+            Err("--tls-cert/--tls-key need --ca-file".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let read_certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        CertificateDer::pem_file_iter(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no CA certificate found", ca.display()));
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let cfg = match (cert, key) {
+        (Some(c), Some(k)) => {
+            let key = PrivateKeyDer::from_pem_file(k).map_err(|e| format!("{}: {e}", k.display()))?;
+            builder.with_client_auth_cert(read_certs(c)?, key).map_err(|e| format!("{}: {e}", c.display()))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    Ok(Some(Arc::new(cfg)))
 }
 
 fn now() -> Now {
@@ -146,7 +189,19 @@ pub async fn run(
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// One connection attempt to `url` (WebSocket upgrade, TLS for wss://), closed at once: lets
+/// operators and tests check reachability, certificates and tokens.
+pub async fn probe(url: &str, settings: &LinkSettings) -> Result<(), String> {
+    let mut ws = connect(&endpoint(url), settings).await?;
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
+/// A plain or TLS stream to the authority.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 async fn connect(url: &str, settings: &LinkSettings) -> Result<Ws, String> {
     let mut req = url.into_client_request().map_err(|e| format!("bad authority URL {url}: {e}"))?;
@@ -163,10 +218,33 @@ async fn connect(url: &str, settings: &LinkSettings) -> Result<Ws, String> {
     cfg.max_message_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
     cfg.max_frame_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
     cfg.max_write_buffer_size = 1 << 20;
-    let fut = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+    let host = req.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+    let tls = req.uri().scheme_str() == Some("wss");
+    let port = req.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = if tls {
+            let tls_cfg = settings.tls.clone().ok_or("wss:// needs --ca-file")?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
+            let stream = tokio_rustls::TlsConnector::from(tls_cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake with {host}: {e}"))?;
+            Box::new(stream)
+        } else {
+            Box::new(tcp)
+        };
+        tokio_tungstenite::client_async_with_config(req, io, Some(cfg))
+            .await
+            .map_err(|e| format!("connect: {e}"))
+    };
     match tokio::time::timeout(Duration::from_secs(10), fut).await {
         Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err("connect timed out".into()),
     }
 }

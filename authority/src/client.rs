@@ -82,24 +82,42 @@ fn call(
     timeout: Duration,
 ) -> Result<Answer, String> {
     let base = args.admin.trim_end_matches('/');
-    let hostport = base
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("--admin `{}` must start with http://", args.admin))?;
-    let (hostport, prefix) = match hostport.find('/') {
-        Some(i) => (&hostport[..i], &hostport[i..]),
-        None => (hostport, ""),
+    let (tls, rest) = match (base.strip_prefix("https://"), base.strip_prefix("http://")) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        _ => return Err(format!("--admin `{}` must start with http:// or https://", args.admin)),
+    };
+    let (hostport, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
     };
     let token = token(args)?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let (status, body) = http_request(
-        hostport,
-        method,
-        &format!("{prefix}{path}"),
-        Some(&token),
-        payload.as_bytes(),
-        timeout,
-    )?;
+    let path = format!("{prefix}{path}");
+    let (status, body) = if tls {
+        let ca = args.ca_file.as_deref().ok_or("an https:// admin URL needs --ca-file")?;
+        let cfg = client_config(ca)?;
+        https_request(hostport, cfg, method, &path, Some(&token), payload.as_bytes(), timeout)?
+    } else {
+        http_request(hostport, method, &path, Some(&token), payload.as_bytes(), timeout)?
+    };
     Ok(Answer { status, body })
+}
+
+/// A TLS client trusting the CA certificates in `ca` (PEM).
+pub fn client_config(ca: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+    {
+        roots
+            .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    Ok(std::sync::Arc::new(
+        rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
+    ))
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
@@ -112,9 +130,42 @@ pub fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(hostport).map_err(|e| format!("cannot reach {hostport}: {e}"))?;
+    let stream = connect(hostport, timeout)?;
+    exchange(stream, hostport, method, path, token, body)
+}
+
+/// The same over TLS, verifying the server against `tls`'s roots.
+pub fn https_request(
+    hostport: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h).trim_matches(['[', ']']).to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| format!("{hostport}: {e}"))?;
+    let conn = rustls::ClientConnection::new(tls, name).map_err(|e| format!("{hostport}: {e}"))?;
+    let stream = rustls::StreamOwned::new(conn, connect(hostport, timeout)?);
+    exchange(stream, hostport, method, path, token, body)
+}
+
+fn connect(hostport: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(hostport).map_err(|e| format!("cannot reach {hostport}: {e}"))?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
+    Ok(stream)
+}
+
+fn exchange<S: Read + Write>(
+    mut stream: S,
+    hostport: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, String), String> {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Type: application/json\r\n\
@@ -124,6 +175,7 @@ pub fn http_request(
     stream.write_all(head.as_bytes()).map_err(|e| format!("sending to {hostport}: {e}"))?;
     // The server may answer (413) before reading a large body; a failed body write is not fatal.
     let _ = stream.write_all(body);
+    let _ = stream.flush();
     let mut raw = Vec::new();
     let _ = stream.take(MAX_RESPONSE).read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);

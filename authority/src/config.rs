@@ -100,6 +100,9 @@ pub struct ClientArgs {
     /// File holding the admin token [default: ./revmesh-data/authority/admin.token].
     #[arg(long, env = "REVMESH_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// CA bundle (PEM) to verify an https:// admin URL.
+    #[arg(long, env = "REVMESH_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     pub json: bool,
@@ -171,6 +174,8 @@ pub enum StoreKind {
 /// The validated configuration of `serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// TLS for both listeners (client certificates on the agent endpoint when `client_ca`).
+    pub tls: Option<crate::tls::TlsFiles>,
     /// The log store.
     pub store: StoreKind,
     /// Embedded store directory.
@@ -310,14 +315,30 @@ impl Config {
                 StoreKind::Embedded
             }
         };
-        for (field, v) in
-            [("tls-cert", &raw.tls_cert), ("tls-key", &raw.tls_key), ("client-ca", &raw.client_ca)]
-        {
-            if v.is_some() {
-                e.push(
-                    field,
-                    "TLS is not available in this build yet; terminate TLS in front of the authority",
-                );
+        let tls = match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+                client_ca: raw.client_ca.as_ref().map(PathBuf::from),
+            }),
+            (None, None) => {
+                if raw.client_ca.is_some() {
+                    e.push("client-ca", "needs --tls-cert and --tls-key");
+                }
+                None
+            }
+            (Some(_), None) => {
+                e.push("tls-key", "--tls-cert needs --tls-key");
+                None
+            }
+            (None, Some(_)) => {
+                e.push("tls-cert", "--tls-key needs --tls-cert");
+                None
+            }
+        };
+        if let Some(t) = &tls {
+            if let Err(err) = crate::tls::ServerTls::load(t.clone()) {
+                e.push("tls-cert", err);
             }
         }
         let file = |field: &'static str, v: &Option<String>, e: &mut Errors| {
@@ -328,6 +349,7 @@ impl Config {
             })
         };
         let cfg = Config {
+            tls,
             store,
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/authority")),
             agent_listen: e.addr("agent-listen", &raw.agent_listen, "127.0.0.1:7400"),

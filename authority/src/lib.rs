@@ -11,6 +11,7 @@ pub mod log;
 pub mod metrics;
 pub mod pg;
 pub mod store;
+pub mod tls;
 
 use anyhow::Context;
 use config::Config;
@@ -90,6 +91,77 @@ async fn share_cursors(hub: Arc<hub::Hub>, log: Arc<log::Log>, shutdown: Cancell
     }
 }
 
+/// Serves the admin router over TLS (axum's `serve` speaks plain TCP only).
+async fn serve_admin_tls(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: tls::ServerTls,
+    shutdown: CancellationToken,
+) {
+    let conns = tokio_util::task::TaskTracker::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(1024));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+        let (acceptor, app, stop) = (tls.acceptor(), app.clone(), shutdown.clone());
+        conns.spawn(async move {
+            let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(s), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    conns.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conns.wait()).await;
+}
+
+/// SIGHUP re-reads certificates and agent tokens; established links are not touched.
+async fn reload_on_sighup(
+    agent_tls: Option<tls::ServerTls>,
+    admin_tls: Option<tls::ServerTls>,
+    tokens: Arc<links::AgentTokens>,
+    token_file: Option<PathBuf>,
+    shutdown: CancellationToken,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for t in agent_tls.iter().chain(admin_tls.iter()) {
+            match t.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates"),
+            }
+        }
+        if let Some(p) = &token_file {
+            match tokens.reload(p) {
+                Ok(()) => tracing::info!("agent tokens reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "agent token reload failed; keeping the previous tokens")
+                }
+            }
+        }
+    }
+}
+
 /// Addresses an authority actually bound (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -129,10 +201,19 @@ pub async fn serve(
     };
     let writer = log::Log::start(&log, writer);
     let (token, token_path) = admin_token(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
-    let tokens = match &cfg.agent_token_file {
+    let tokens = Arc::new(match &cfg.agent_token_file {
         Some(p) => links::AgentTokens::load(p).with_context(|| format!("reading {}", p.display()))?,
         None => links::AgentTokens::default(),
-    };
+    });
+    // The agent endpoint may require client certificates; the admin API never does (operators
+    // authenticate with the admin token).
+    let agent_tls = cfg.tls.clone().map(tls::ServerTls::load).transpose().map_err(anyhow::Error::msg)?;
+    let admin_tls = cfg
+        .tls
+        .clone()
+        .map(|f| tls::ServerTls::load(tls::TlsFiles { client_ca: None, ..f }))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let agent_listener =
         TcpListener::bind(cfg.agent_listen).await.with_context(|| format!("binding {}", cfg.agent_listen))?;
     let admin_listener =
@@ -158,8 +239,9 @@ pub async fn serve(
         hub.clone(),
         metrics.clone(),
         link_cfg,
-        Arc::new(tokens),
+        tokens.clone(),
         shutdown.clone(),
+        agent_tls.clone(),
     ));
     let ready = Arc::new(AtomicBool::new(true));
     let state = admin::AdminState {
@@ -180,11 +262,24 @@ pub async fn serve(
     let tracker = tokio_util::task::TaskTracker::new();
     tracker.spawn(links.clone().serve(agent_listener));
     let admin_shutdown = shutdown.clone();
-    let admin_server = tracker.spawn(async move {
-        axum::serve(admin_listener, admin::app(state))
-            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
-            .await
-    });
+    let admin_server = match admin_tls.clone() {
+        None => tracker.spawn(async move {
+            axum::serve(admin_listener, admin::app(state))
+                .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+                .await
+        }),
+        Some(t) => tracker.spawn(async move {
+            serve_admin_tls(admin_listener, admin::app(state), t, admin_shutdown).await;
+            Ok(())
+        }),
+    };
+    tracker.spawn(reload_on_sighup(
+        agent_tls,
+        admin_tls,
+        tokens,
+        cfg.agent_token_file.clone(),
+        shutdown.clone(),
+    ));
     let compactor_log = log.clone();
     let compact_shutdown = shutdown.clone();
     let (interval, retain) = (cfg.compact_interval, cfg.retain_entries);

@@ -17,6 +17,7 @@ use revmesh_protocol::Now;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -62,6 +63,14 @@ impl AgentTokens {
         Ok(Self(RwLock::new(Some(tokens))))
     }
 
+    /// Replaces the accepted tokens with the file's current content.
+    pub fn reload(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let fresh = Self::load(path)?;
+        let tokens = fresh.0.into_inner().unwrap_or_else(|p| p.into_inner());
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        Ok(())
+    }
+
     fn allows(&self, presented: Option<&str>) -> bool {
         let guard = self.0.read().unwrap_or_else(|p| p.into_inner());
         match (&*guard, presented) {
@@ -92,6 +101,8 @@ pub struct Links {
     pub shutdown: CancellationToken,
     /// Tracks link tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// TLS for the endpoint, when configured.
+    pub tls: Option<crate::tls::ServerTls>,
     catchups: Arc<Semaphore>,
     connections: Arc<Semaphore>,
 }
@@ -129,8 +140,10 @@ impl Links {
         cfg: LinkConfig,
         tokens: Arc<AgentTokens>,
         shutdown: CancellationToken,
+        tls: Option<crate::tls::ServerTls>,
     ) -> Self {
         Self {
+            tls,
             catchups: Arc::new(Semaphore::new(cfg.max_catchups)),
             connections: Arc::new(Semaphore::new(cfg.max_agents)),
             log,
@@ -177,9 +190,34 @@ impl Links {
         self.metrics.frames_rejected_total.with_label_values(&[reason]).inc();
     }
 
+    async fn handle(&self, stream: TcpStream, remote: SocketAddr) {
+        let Some(tls) = &self.tls else {
+            return self.handle_ws(stream, remote, None).await;
+        };
+        match tokio::time::timeout(self.cfg.handshake_timeout, tls.acceptor().accept(stream)).await {
+            Ok(Ok(s)) => {
+                let cert =
+                    s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                self.handle_ws(s, remote, cert).await
+            }
+            Ok(Err(e)) => {
+                self.metrics.agents_rejected_total.with_label_values(&["tls"]).inc();
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.metrics.agents_rejected_total.with_label_values(&["handshake_timeout"]).inc();
+            }
+        }
+    }
+
     // The callback's error type is fixed by tungstenite.
     #[allow(clippy::result_large_err)]
-    async fn handle(&self, stream: TcpStream, remote: SocketAddr) {
+    async fn handle_ws<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        remote: SocketAddr,
+        client_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    ) {
         let tokens = self.tokens.clone();
         let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
             let deny = |status: u16, msg: &str| {
@@ -255,6 +293,15 @@ impl Links {
                 return;
             }
         };
+        if self.tls.as_ref().is_some_and(|t| t.mutual())
+            && !client_cert.as_ref().is_some_and(|c| crate::tls::names_agent(c, &hello.agent_id))
+        {
+            // Under mutual TLS an agent is who its certificate says: no claiming another id.
+            self.metrics.agents_rejected_total.with_label_values(&["identity"]).inc();
+            let msg = format!("client certificate is not for agent id {}", hello.agent_id);
+            close_with(&mut ws, ErrorFrame::new(ErrorCode::Unauthorized, msg)).await;
+            return;
+        }
         let t = now();
         let seed = rand::random::<u64>();
         let mut session =
@@ -293,9 +340,9 @@ impl Links {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn drive(
+    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        ws: &mut WebSocketStream<TcpStream>,
+        ws: &mut WebSocketStream<S>,
         session: &mut AuthoritySession,
         id: &str,
         link: u64,
@@ -403,7 +450,11 @@ impl Links {
         }
     }
 
-    async fn closed(&self, ws: &mut WebSocketStream<TcpStream>, close: Close) -> String {
+    async fn closed<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        close: Close,
+    ) -> String {
         match close {
             Close::Violation(ef) => {
                 self.reject("violation");
@@ -455,7 +506,7 @@ fn ws_error_reason(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
     }
 }
 
-async fn send_frame(ws: &mut WebSocketStream<TcpStream>, f: &Frame) {
+async fn send_frame<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, f: &Frame) {
     if let Ok(bytes) = encode(f) {
         let _ =
             tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Binary(Bytes::from(bytes)))).await;
@@ -463,7 +514,7 @@ async fn send_frame(ws: &mut WebSocketStream<TcpStream>, f: &Frame) {
 }
 
 /// Sends an error frame, then a WebSocket close carrying the reason, with a time limit.
-async fn close_with(ws: &mut WebSocketStream<TcpStream>, ef: ErrorFrame) {
+async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, ef: ErrorFrame) {
     let mut reason = ef.message.clone();
     // A close reason must fit a control frame (125 bytes with the code).
     revmesh_protocol::frame::truncate_utf8(&mut reason, 120);

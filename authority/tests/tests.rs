@@ -4,4 +4,5 @@
 mod admin;
 mod links;
 mod postgres;
+mod tls;
 mod util;

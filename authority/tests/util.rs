@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A running authority process; killed on drop.
 pub struct Authority {
+    /// TLS client for an https admin API.
+    pub admin_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub child: Child,
     pub agent: String,
     pub admin: String,
@@ -44,7 +46,13 @@ impl Authority {
             .position(|a| *a == "--admin-token-file")
             .map_or_else(|| dir.join("admin.token"), |i| std::path::PathBuf::from(extra[i + 1]));
         let token = std::fs::read_to_string(token_file).unwrap().trim().to_owned();
-        Authority { child, agent: field("agent="), admin: field("admin="), token }
+        Authority { admin_tls: None, child, agent: field("agent="), admin: field("admin="), token }
+    }
+
+    /// Talk to the admin API over TLS, trusting `ca`.
+    pub fn with_ca(mut self, ca: &Path) -> Self {
+        self.admin_tls = Some(revmesh_authority::client::client_config(ca).unwrap());
+        self
     }
 
     pub fn ws_url(&self) -> String {
@@ -56,16 +64,35 @@ impl Authority {
         let _ = self.child.wait();
     }
 
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+        match &self.admin_tls {
+            None => http(&self.admin, method, path, token, body),
+            Some(tls) => {
+                let (status, b) = revmesh_authority::client::https_request(
+                    &self.admin,
+                    tls.clone(),
+                    method,
+                    path,
+                    token,
+                    body,
+                    Duration::from_secs(30),
+                )
+                .unwrap();
+                (status, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+            }
+        }
+    }
+
     pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        http(&self.admin, "POST", path, Some(&self.token), body.as_bytes())
+        self.call("POST", path, Some(&self.token), body.as_bytes())
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        http(&self.admin, "GET", path, Some(&self.token), b"")
+        self.call("GET", path, Some(&self.token), b"")
     }
 
     pub fn metrics(&self) -> String {
-        let (_, v) = http(&self.admin, "GET", "/metrics", None, b"");
+        let (_, v) = self.call("GET", "/metrics", None, b"");
         v.as_str().unwrap_or_default().to_owned()
     }
 

@@ -1,0 +1,180 @@
+//! TLS on the agent endpoint and mutual TLS with agent identities (certificates made by rcgen).
+
+use crate::util::{wait_for, Authority};
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    SanType,
+};
+use revmesh_agent::link::{client_tls, probe, LinkSettings};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    Ca { cert: p.self_signed(&key).unwrap(), key }
+}
+
+/// Writes `name.pem` and `name.key` signed by `ca`; returns their paths.
+fn leaf(dir: &Path, ca: &Ca, name: &str, dns: &str, client: bool, expired: bool) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec![dns.to_owned()]).unwrap();
+    p.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    p.extended_key_usages =
+        vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
+    if expired {
+        p.not_before = date_time_ymd(2020, 1, 1);
+        p.not_after = date_time_ymd(2021, 1, 1);
+    }
+    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_file: PathBuf,
+    server: (PathBuf, PathBuf),
+    agent_a: (PathBuf, PathBuf),
+    other_ca_client: (PathBuf, PathBuf),
+    expired_client: (PathBuf, PathBuf),
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let main = ca("revmesh test CA");
+    let other = ca("some other CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, main.cert.pem()).unwrap();
+    Pki {
+        server: leaf(dir.path(), &main, "server", "localhost", false, false),
+        agent_a: leaf(dir.path(), &main, "agent-a", "agent-a", true, false),
+        other_ca_client: leaf(dir.path(), &other, "other", "agent-a", true, false),
+        expired_client: leaf(dir.path(), &main, "expired", "agent-a", true, true),
+        ca_file,
+        dir,
+    }
+}
+
+fn settings(url: &str, id: &str, tls: Option<Arc<rustls::ClientConfig>>) -> LinkSettings {
+    let mut s = LinkSettings::new(vec![url.to_owned()], id.to_owned());
+    s.tls = tls;
+    s.reconnect_min = Duration::from_millis(50);
+    s.reconnect_max = Duration::from_millis(300);
+    s
+}
+
+fn tls_url(a: &Authority) -> String {
+    a.ws_url().replacen("ws://", "wss://", 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_and_tls_do_not_mix_and_a_tls_agent_receives_revocations() {
+    let p = pki();
+    let data = p.dir.path().join("tls-authority");
+    let a = Authority::start(
+        &data,
+        &["--tls-cert", p.server.0.to_str().unwrap(), "--tls-key", p.server.1.to_str().unwrap()],
+    )
+    .with_ca(&p.ca_file);
+    let plain = Authority::start(&p.dir.path().join("plain-authority"), &[]);
+    let tls = client_tls(Some(&p.ca_file), None, None).unwrap();
+    // A plaintext agent against the TLS endpoint, and a TLS agent against a plaintext one: refused.
+    assert!(probe(&a.ws_url(), &settings(&a.ws_url(), "x", None)).await.is_err());
+    assert!(probe(&tls_url(&plain), &settings(&tls_url(&plain), "x", tls.clone())).await.is_err());
+    wait_for(
+        || a.metric("revmesh_authority_agents_rejected_total") >= 1.0,
+        "the plaintext attempt to be counted",
+    )
+    .await;
+    // A TLS agent verifying the authority against the CA works end to end.
+    let state = Arc::new(revmesh_agent::state::AgentState::new(
+        revmesh_protocol::RevocationSet::new(),
+        None,
+        0,
+        None,
+        Duration::from_secs(30),
+        false,
+        revmesh_agent::metrics::Metrics::new().unwrap(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(revmesh_agent::link::run(
+        settings(&tls_url(&a), "tls-agent", tls),
+        state.clone(),
+        None,
+        stop.clone(),
+    ));
+    let seq = a.revoke_jti("over-tls");
+    wait_for(|| state.applied() >= seq, "the TLS agent to apply the revocation").await;
+    stop.cancel();
+    let _ = task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_checks_the_ca_the_validity_and_the_agent_id() {
+    let p = pki();
+    let a = Authority::start(
+        &p.dir.path().join("mtls-authority"),
+        &[
+            "--tls-cert",
+            p.server.0.to_str().unwrap(),
+            "--tls-key",
+            p.server.1.to_str().unwrap(),
+            "--client-ca",
+            p.ca_file.to_str().unwrap(),
+        ],
+    )
+    .with_ca(&p.ca_file);
+    let url = tls_url(&a);
+    let with =
+        |cert: &(PathBuf, PathBuf)| client_tls(Some(&p.ca_file), Some(&cert.0), Some(&cert.1)).unwrap();
+    // No client certificate, one from another CA, an expired one: the TLS handshake fails.
+    for (name, tls) in [
+        ("no client certificate", client_tls(Some(&p.ca_file), None, None).unwrap()),
+        ("another CA", with(&p.other_ca_client)),
+        ("expired", with(&p.expired_client)),
+    ] {
+        let r = probe(&url, &settings(&url, "agent-a", tls)).await;
+        assert!(r.is_err(), "{name}: connected");
+    }
+    // The right certificate under its own id works; under another agent's id it is refused.
+    let good = settings(&url, "agent-a", with(&p.agent_a));
+    assert!(probe(&url, &good).await.is_ok());
+    let state = Arc::new(revmesh_agent::state::AgentState::new(
+        revmesh_protocol::RevocationSet::new(),
+        None,
+        0,
+        None,
+        Duration::from_secs(30),
+        false,
+        revmesh_agent::metrics::Metrics::new().unwrap(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let impostor = tokio::spawn(revmesh_agent::link::run(
+        settings(&url, "agent-b", with(&p.agent_a)),
+        state.clone(),
+        None,
+        stop.clone(),
+    ));
+    wait_for(
+        || a.metrics().contains("revmesh_authority_agents_rejected_total{reason=\"identity\"}"),
+        "the impostor to be refused",
+    )
+    .await;
+    let (_, agents) = a.get("/v1/agents");
+    assert!(agents.as_array().unwrap().iter().all(|x| x["id"] != "agent-b"), "{agents}");
+    assert_eq!(state.applied(), 0);
+    stop.cancel();
+    let _ = impostor.await;
+}
