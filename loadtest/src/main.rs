@@ -3,6 +3,7 @@
 
 mod chaos;
 mod demo;
+mod hostile;
 mod procs;
 mod scenarios;
 mod util;
@@ -35,7 +36,7 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos, ha
+    /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos, flood, tls, ha
     /// (default: all but ha, which needs PostgreSQL).
     #[arg(
         long,
@@ -256,6 +257,39 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         }
         println!("failover: replica killed -> its 30 agents applied a new revocation via another replica in {failover:.2} s\n");
         report.insert("ha".into(), json!({"throughput": rows, "failover_secs": failover}));
+    }
+    if want("flood") {
+        let f = hostile::flood(tmp, 100, a.revocations.min(100)).await?;
+        println!(
+            "flood: {} connection attempts and {:.0} MB of garbage while {} agents receive",
+            f.connections,
+            f.garbage_bytes as f64 / 1e6,
+            f.agents
+        );
+        println!(
+            "  propagation p50/p99 quiet {} / {}, flooded {} / {} ({:.2}x p99); authority RSS {:.1} -> peak {:.1} MiB\n",
+            us(f.quiet.p50_us),
+            us(f.quiet.p99_us),
+            us(f.flooded.p50_us),
+            us(f.flooded.p99_us),
+            f.flooded.p99_us / f.quiet.p99_us.max(1.0),
+            f.rss_before as f64 / 1048576.0,
+            f.rss_peak as f64 / 1048576.0
+        );
+        report.insert("flood".into(), json!(f));
+    }
+    if want("tls") {
+        let t = hostile::tls(tmp, 100, a.revocations.min(100)).await?;
+        println!(
+            "tls: propagation to {} agents p50/p99 plaintext {} / {}, TLS {} / {} ({:.2}x p99)\n",
+            t.agents,
+            us(t.plaintext.p50_us),
+            us(t.plaintext.p99_us),
+            us(t.tls.p50_us),
+            us(t.tls.p99_us),
+            t.tls.p99_us / t.plaintext.p99_us.max(1.0)
+        );
+        report.insert("tls".into(), json!(t));
     }
     if want("memory") {
         println!("agent memory per revoked jti (RevocationSet)");

@@ -43,6 +43,29 @@ impl Fleet {
         Ok(Fleet { agents })
     }
 
+    /// One agent connecting over TLS.
+    pub fn one_tls(
+        urls: Vec<String>,
+        id: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<(Arc<AgentState>, CancellationToken, tokio::task::JoinHandle<()>)> {
+        let metrics = revmesh_agent::metrics::Metrics::new()?;
+        let state = Arc::new(AgentState::new(
+            RevocationSet::new(),
+            None,
+            0,
+            None,
+            Duration::from_secs(3600),
+            false,
+            metrics,
+        ));
+        let stop = CancellationToken::new();
+        let mut s = LinkSettings::new(urls, id.to_owned());
+        s.tls = tls;
+        let task = tokio::spawn(link::run(s, state.clone(), None, stop.clone()));
+        Ok((state, stop, task))
+    }
+
     /// One agent with a failover list.
     pub fn one_with(
         urls: Vec<String>,

@@ -1,0 +1,217 @@
+//! Issue-7 measurements: propagation under a connection and garbage flood, and TLS versus
+//! plaintext, each next to a quiet/plaintext baseline measured in the same run.
+
+use crate::procs::AuthorityProc;
+use crate::scenarios::Fleet;
+use crate::util::{summarize, Summary};
+use futures::SinkExt;
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// Propagation p50/p99 with the authority quiet and under attack.
+#[derive(Debug, Serialize)]
+pub struct Flood {
+    /// Well-behaved agents.
+    pub agents: usize,
+    /// Quiet run.
+    pub quiet: Summary,
+    /// During the flood.
+    pub flooded: Summary,
+    /// Connection attempts made.
+    pub connections: u64,
+    /// Garbage bytes sent.
+    pub garbage_bytes: u64,
+    /// Authority RSS before and at its peak.
+    pub rss_before: u64,
+    /// Peak RSS during the flood.
+    pub rss_peak: u64,
+}
+
+async fn revoke_all(auth: &AuthorityProc, n: usize, tag: &str) -> anyhow::Result<Vec<Duration>> {
+    let exp = revmesh_agent::state::now_secs() + 3600;
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let (admin, token) = (auth.admin.clone(), auth.token.clone());
+        let body = format!(r#"{{"kind":"jti","jti":"{tag}-{i}","expires_at":{exp}}}"#);
+        let t0 = Instant::now();
+        let (status, text) = tokio::task::spawn_blocking(move || {
+            revmesh_authority::client::http_request(
+                &admin,
+                "POST",
+                "/v1/revocations?wait=all&timeout_ms=30000",
+                Some(&token),
+                body.as_bytes(),
+                Duration::from_secs(60),
+            )
+        })
+        .await?
+        .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(status == 201 && text.contains("\"pending\":[]"), "{status} {text}");
+        lat.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(lat)
+}
+
+/// 5,000 connection attempts and 100 MB of garbage against the agent endpoint while `agents`
+/// well-behaved agents keep receiving revocations.
+pub async fn flood(dir: &Path, agents: usize, revocations: usize) -> anyhow::Result<Flood> {
+    let auth = AuthorityProc::start(&dir.join("flood"), "127.0.0.1:0", &[])?;
+    let fleet = Fleet::start(agents, &auth.ws, "good")?;
+    crate::util::wait_until(Duration::from_secs(60), || {
+        fleet.agents.iter().all(|(s, _, _)| s.is_connected() && s.log_id().is_some())
+    })
+    .await?;
+    let quiet = summarize(revoke_all(&auth, revocations, "quiet").await?);
+    let rss_before = auth.proc.rss().unwrap_or(0);
+    let addr = auth.ws.trim_start_matches("ws://").to_owned();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let counters =
+        std::sync::Arc::new((std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)));
+    let mut attackers = Vec::new();
+    for w in 0..8u64 {
+        let (addr, stop, counters) = (addr.clone(), stop.clone(), counters.clone());
+        attackers.push(tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            let garbage = vec![0xA5u8; 60 << 10];
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                i += 1;
+                counters.0.fetch_add(1, Relaxed);
+                if (i + w).is_multiple_of(2) {
+                    // Raw garbage where an HTTP upgrade is expected.
+                    if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+                        if s.write_all(&garbage).await.is_ok() {
+                            counters.1.fetch_add(garbage.len() as u64, Relaxed);
+                        }
+                    }
+                } else if let Ok((mut ws, _)) =
+                    tokio_tungstenite::connect_async(format!("ws://{addr}/v1/agents")).await
+                {
+                    // A real WebSocket sending a garbage binary frame instead of a hello.
+                    let msg = tokio_tungstenite::tungstenite::Message::Binary(garbage.clone().into());
+                    if ws.send(msg).await.is_ok() {
+                        counters.1.fetch_add(garbage.len() as u64, Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let pid = auth.proc.child.id();
+    let sampler_stop = stop.clone();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        while !sampler_stop.is_cancelled() {
+            peak = peak.max(crate::procs::rss_of(pid).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak
+    });
+    let flooded = summarize(revoke_all(&auth, revocations, "flood").await?);
+    // The attack runs for the whole measurement, and at least until it reached its volume.
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = counters.clone();
+        let _ = crate::util::wait_until(Duration::from_secs(120), move || {
+            c.0.load(Relaxed) >= 5_000 && c.1.load(Relaxed) >= 100 << 20
+        })
+        .await;
+    }
+    stop.cancel();
+    for a in attackers {
+        let _ = a.await;
+    }
+    let rss_peak = sampler.await.unwrap_or(0);
+    fleet.stop().await;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(Flood {
+        agents,
+        quiet,
+        flooded,
+        connections: counters.0.load(Relaxed),
+        garbage_bytes: counters.1.load(Relaxed),
+        rss_before,
+        rss_peak,
+    })
+}
+
+/// Propagation to `agents` agents over plaintext and over TLS, same run.
+#[derive(Debug, Serialize)]
+pub struct TlsCompare {
+    /// Agents.
+    pub agents: usize,
+    /// Plaintext links.
+    pub plaintext: Summary,
+    /// TLS links (authority certificate verified by the agents).
+    pub tls: Summary,
+}
+
+/// Measures propagation with and without TLS on the agent links.
+pub async fn tls(dir: &Path, agents: usize, revocations: usize) -> anyhow::Result<TlsCompare> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(vec!["localhost".to_owned()])?;
+    p.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+    let cert = p.signed_by(&key, &ca, &ca_key)?;
+    let (ca_file, cert_file, key_file) =
+        (dir.join("lt-ca.pem"), dir.join("lt-cert.pem"), dir.join("lt-key.pem"));
+    std::fs::write(&ca_file, ca.pem())?;
+    std::fs::write(&cert_file, cert.pem())?;
+    std::fs::write(&key_file, key.serialize_pem())?;
+
+    let plain = AuthorityProc::start(&dir.join("plain"), "127.0.0.1:0", &[])?;
+    let fleet = Fleet::start(agents, &plain.ws, "plain")?;
+    crate::util::wait_until(Duration::from_secs(60), || {
+        fleet.agents.iter().all(|(s, _, _)| s.is_connected())
+    })
+    .await?;
+    let plaintext = summarize(revoke_all(&plain, revocations, "plain").await?);
+    fleet.stop().await;
+    drop(plain);
+
+    let (c, k) = (cert_file.display().to_string(), key_file.display().to_string());
+    let secure = AuthorityProc::start(&dir.join("tls"), "127.0.0.1:0", &["--tls-cert", &c, "--tls-key", &k])?;
+    let client = revmesh_agent::link::client_tls(Some(&ca_file), None, None).map_err(anyhow::Error::msg)?;
+    let url = secure.ws.replacen("ws://", "wss://", 1);
+    let mut agents_tls = Vec::new();
+    for i in 0..agents {
+        agents_tls.push(Fleet::one_tls(vec![url.clone()], &format!("tls-{i}"), client.clone())?);
+    }
+    let fleet = Fleet { agents: agents_tls };
+    crate::util::wait_until(Duration::from_secs(60), || {
+        fleet.agents.iter().all(|(s, _, _)| s.is_connected())
+    })
+    .await?;
+    let admin_tls = revmesh_authority::client::client_config(&ca_file).map_err(anyhow::Error::msg)?;
+    let mut lat = Vec::with_capacity(revocations);
+    let exp = revmesh_agent::state::now_secs() + 3600;
+    for i in 0..revocations {
+        let (admin, token, cfg) = (secure.admin.clone(), secure.token.clone(), admin_tls.clone());
+        let body = format!(r#"{{"kind":"jti","jti":"tls-{i}","expires_at":{exp}}}"#);
+        let t0 = Instant::now();
+        let (status, text) = tokio::task::spawn_blocking(move || {
+            revmesh_authority::client::https_request(
+                &admin,
+                cfg,
+                "POST",
+                "/v1/revocations?wait=all&timeout_ms=30000",
+                Some(&token),
+                body.as_bytes(),
+                Duration::from_secs(60),
+            )
+        })
+        .await?
+        .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(status == 201 && text.contains("\"pending\":[]"), "{status} {text}");
+        lat.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fleet.stop().await;
+    Ok(TlsCompare { agents, plaintext, tls: summarize(lat) })
+}
