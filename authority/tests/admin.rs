@@ -87,6 +87,11 @@ fn bad_requests_get_the_documented_4xx_and_store_nothing() {
     }
     let (_, status) = a.get("/v1/status");
     assert_eq!(status["head"], 0, "nothing may be stored");
+    // The generated admin token is readable by its owner only.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("admin.token")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
     // /metrics and health need no token; /v1 does.
     assert_eq!(http(&a.admin, "GET", "/healthz", None, b"").0, 200);
     assert_eq!(http(&a.admin, "GET", "/readyz", None, b"").0, 200);

@@ -213,3 +213,56 @@ async fn agents_need_one_of_the_configured_tokens() {
     stop.cancel();
     let _ = task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_agent_tokens_without_dropping_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("agent.tokens");
+    std::fs::write(&tokens, "token-first-0123456789\n").unwrap();
+    let a = Authority::start(dir.path(), &["--agent-token-file", tokens.to_str().unwrap()]);
+    let url = a.ws_url();
+    let connect = |t: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("{url}/v1/agents"),
+            )
+            .unwrap();
+            req.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+        }
+    };
+    // A link established with the first token.
+    let mut settings = revmesh_agent::link::LinkSettings::new(vec![a.ws_url()], "long-lived".into());
+    settings.token = Some("token-first-0123456789".into());
+    let state = std::sync::Arc::new(revmesh_agent::state::AgentState::new(
+        revmesh_protocol::RevocationSet::new(),
+        None,
+        0,
+        None,
+        std::time::Duration::from_secs(30),
+        false,
+        revmesh_agent::metrics::Metrics::new().unwrap(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(revmesh_agent::link::run(settings, state.clone(), None, stop.clone()));
+    let s1 = a.revoke_jti("before-reload");
+    wait_for(|| state.applied() >= s1, "the first link").await;
+
+    std::fs::write(&tokens, "token-second-0123456789\n").unwrap();
+    let out = std::process::Command::new("kill").args(["-HUP", &a.child.id().to_string()]).output().unwrap();
+    assert!(out.status.success());
+    // New connections: the new token is accepted, the old one refused (once the reload ran).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while connect("token-first-0123456789").await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the old token is still accepted");
+        tokio::task::yield_now().await;
+    }
+    assert!(connect("token-second-0123456789").await.is_ok());
+    // The link that was already up keeps receiving.
+    let s2 = a.revoke_jti("after-reload");
+    wait_for(|| state.applied() >= s2, "the existing link to keep working").await;
+    assert_eq!(state.metrics.reconnects_total.get(), 0, "the existing link must not have been dropped");
+    stop.cancel();
+    let _ = task.await;
+}

@@ -178,3 +178,62 @@ async fn mutual_tls_checks_the_ca_the_validity_and_the_agent_id() {
     stop.cancel();
     let _ = impostor.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_the_certificate_for_new_connections_and_keeps_old_links() {
+    let p = pki();
+    let cert = p.dir.path().join("live.pem");
+    let key = p.dir.path().join("live.key");
+    std::fs::copy(&p.server.0, &cert).unwrap();
+    std::fs::copy(&p.server.1, &key).unwrap();
+    let a = Authority::start(
+        &p.dir.path().join("reload-authority"),
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    )
+    .with_ca(&p.ca_file);
+    let url = tls_url(&a);
+    // A link verified against the first CA.
+    let old_ca = client_tls(Some(&p.ca_file), None, None).unwrap();
+    let state = Arc::new(revmesh_agent::state::AgentState::new(
+        revmesh_protocol::RevocationSet::new(),
+        None,
+        0,
+        None,
+        Duration::from_secs(30),
+        false,
+        revmesh_agent::metrics::Metrics::new().unwrap(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(revmesh_agent::link::run(
+        settings(&url, "old-link", old_ca),
+        state.clone(),
+        None,
+        stop.clone(),
+    ));
+    let s1 = a.revoke_jti("before-rotation");
+    wait_for(|| state.applied() >= s1, "the first link").await;
+
+    // Rotate to a certificate from a new CA and signal the authority.
+    let new_ca = ca("rotated CA");
+    let new_ca_file = p.dir.path().join("new-ca.pem");
+    std::fs::write(&new_ca_file, new_ca.cert.pem()).unwrap();
+    let (c, k) = leaf(p.dir.path(), &new_ca, "rotated", "localhost", false, false);
+    std::fs::copy(&c, &cert).unwrap();
+    std::fs::copy(&k, &key).unwrap();
+    let trusting_new = settings(&url, "new-link", client_tls(Some(&new_ca_file), None, None).unwrap());
+    assert!(probe(&url, &trusting_new).await.is_err(), "the new certificate is not served before SIGHUP");
+    let out = std::process::Command::new("kill").args(["-HUP", &a.child.id().to_string()]).output().unwrap();
+    assert!(out.status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while probe(&url, &trusting_new).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the rotated certificate was never served");
+        tokio::task::yield_now().await;
+    }
+    // The admin API was rotated too. The link made before the rotation is still up and receiving.
+    let a = a.with_ca(&new_ca_file);
+    let s2 = a.revoke_jti("after-rotation");
+    wait_for(|| state.applied() >= s2, "the old link to keep receiving").await;
+    assert_eq!(state.metrics.reconnects_total.get(), 0);
+    stop.cancel();
+    let _ = task.await;
+}
