@@ -68,6 +68,15 @@ pub struct ServeArgs {
     /// Most agent connections at once [default: 20000].
     #[arg(long, env = "REVMESH_MAX_AGENTS")]
     pub max_agents: Option<String>,
+    /// Most admin API connections at once [default: 1024].
+    #[arg(long, env = "REVMESH_MAX_ADMIN_CONNECTIONS")]
+    pub max_admin_connections: Option<String>,
+    /// Time allowed for an agent's TLS + WebSocket handshake and its hello [default: 10s].
+    #[arg(long, env = "REVMESH_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<String>,
+    /// Most entries sent to one agent and not yet acknowledged [default: 4096].
+    #[arg(long, env = "REVMESH_MAX_PENDING_PER_AGENT")]
+    pub max_pending_per_agent: Option<String>,
     /// Most agents catching up at once; others get a go-away [default: 256].
     #[arg(long, env = "REVMESH_MAX_CATCHUPS")]
     pub max_catchups: Option<String>,
@@ -196,6 +205,12 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Connection cap on the agent listener.
     pub max_agents: usize,
+    /// Admin connection cap.
+    pub max_admin_connections: usize,
+    /// Agent handshake limit.
+    pub handshake_timeout: Duration,
+    /// In-flight window per agent.
+    pub max_pending_per_agent: u64,
     /// Concurrent catch-ups.
     pub max_catchups: usize,
     /// Uncompacted tail length.
@@ -245,6 +260,9 @@ impl ServeArgs {
             ack_timeout,
             heartbeat,
             max_agents,
+            max_admin_connections,
+            handshake_timeout,
+            max_pending_per_agent,
             max_catchups,
             retain_entries,
             compact_interval,
@@ -361,6 +379,14 @@ impl Config {
             heartbeat: e.duration("heartbeat", &raw.heartbeat, Duration::from_secs(5)),
             max_agents: e.number("max-agents", &raw.max_agents, 20_000, 1) as usize,
             max_catchups: e.number("max-catchups", &raw.max_catchups, 256, 1) as usize,
+            max_admin_connections: e.number("max-admin-connections", &raw.max_admin_connections, 1024, 1)
+                as usize,
+            handshake_timeout: e.duration(
+                "handshake-timeout",
+                &raw.handshake_timeout,
+                Duration::from_secs(10),
+            ),
+            max_pending_per_agent: e.number("max-pending-per-agent", &raw.max_pending_per_agent, 4096, 256),
             retain_entries: e.number("retain-entries", &raw.retain_entries, 100_000, 0),
             compact_interval: e.duration("compact-interval", &raw.compact_interval, Duration::from_secs(60)),
             log: raw.log.clone().unwrap_or_else(|| "info".into()),

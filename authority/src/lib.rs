@@ -91,37 +91,39 @@ async fn share_cursors(hub: Arc<hub::Hub>, log: Arc<log::Log>, shutdown: Cancell
     }
 }
 
-/// Serves the admin router over TLS (axum's `serve` speaks plain TCP only).
-async fn serve_admin_tls(
+/// Serves the admin router, over TLS when configured, with at most `max_conns` connections
+/// (more are closed at accept) and a 10 s limit on the TLS handshake.
+async fn serve_admin(
     listener: TcpListener,
     app: axum::Router,
-    tls: tls::ServerTls,
+    tls: Option<tls::ServerTls>,
     shutdown: CancellationToken,
+    max_conns: usize,
 ) {
     let conns = tokio_util::task::TaskTracker::new();
-    let limit = Arc::new(tokio::sync::Semaphore::new(1024));
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_conns));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.cancelled() => break,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
-        let (acceptor, app, stop) = (tls.acceptor(), app.clone(), shutdown.clone());
+        let (acceptor, app, stop) = (tls.as_ref().map(|t| t.acceptor()), app.clone(), shutdown.clone());
         conns.spawn(async move {
-            let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-            else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(s), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+            match acceptor {
+                None => serve_admin_conn(stream, app, stop).await,
+                Some(a) => {
+                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await {
+                        serve_admin_conn(s, app, stop).await;
+                    }
                 }
             }
             drop(permit);
@@ -129,6 +131,23 @@ async fn serve_admin_tls(
     }
     conns.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, conns.wait()).await;
+}
+
+async fn serve_admin_conn<S>(stream: S, app: axum::Router, stop: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
 }
 
 /// SIGHUP re-reads certificates and agent tokens; established links are not touched.
@@ -227,11 +246,11 @@ pub async fn serve(
             ack_timeout: cfg.ack_timeout,
             max_ack_timeout: cfg.ack_timeout * 16,
             idle_timeout: cfg.heartbeat * 4,
-            ..AuthorityConfig::default()
+            window: cfg.max_pending_per_agent,
         },
         max_agents: cfg.max_agents,
         max_catchups: cfg.max_catchups,
-        handshake_timeout: Duration::from_secs(10),
+        handshake_timeout: cfg.handshake_timeout,
         write_timeout: Duration::from_secs(10),
     };
     let links = Arc::new(links::Links::new(
@@ -262,16 +281,10 @@ pub async fn serve(
     let tracker = tokio_util::task::TaskTracker::new();
     tracker.spawn(links.clone().serve(agent_listener));
     let admin_shutdown = shutdown.clone();
-    let admin_server = match admin_tls.clone() {
-        None => tracker.spawn(async move {
-            axum::serve(admin_listener, admin::app(state))
-                .with_graceful_shutdown(admin_shutdown.cancelled_owned())
-                .await
-        }),
-        Some(t) => tracker.spawn(async move {
-            serve_admin_tls(admin_listener, admin::app(state), t, admin_shutdown).await;
-            Ok(())
-        }),
+    let max_admin = cfg.max_admin_connections;
+    let admin_server = {
+        let tls = admin_tls.clone();
+        tracker.spawn(serve_admin(admin_listener, admin::app(state), tls, admin_shutdown, max_admin))
     };
     tracker.spawn(reload_on_sighup(
         agent_tls,
@@ -318,9 +331,7 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("grace period over; exiting with work in flight");
     }
-    if let Ok(Err(e)) = admin_server.await {
-        tracing::warn!(error = %e, "admin server error");
-    }
+    let _ = admin_server.await;
     drop(links);
     drop(log);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
