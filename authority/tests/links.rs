@@ -181,17 +181,8 @@ async fn agents_need_one_of_the_configured_tokens() {
 
     let mut settings = revmesh_agent::link::LinkSettings::new(vec![a.ws_url()], "with-token".into());
     settings.token = Some("token-new-0123456789".into());
-    let state = std::sync::Arc::new(revmesh_agent::state::AgentState::new(
-        revmesh_protocol::RevocationSet::new(),
-        None,
-        0,
-        None,
-        std::time::Duration::from_secs(30),
-        false,
-        revmesh_agent::metrics::Metrics::new().unwrap(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(revmesh_agent::link::run(settings, state.clone(), None, stop.clone()));
+    let agent = Agent::start_with(settings);
+    let state = agent.state.clone();
     wait_for(|| state.applied() >= s, "the agent with a valid token to catch up").await;
 
     for bad in [None, Some("token-wrong-0123456789")] {
@@ -210,8 +201,7 @@ async fn agents_need_one_of_the_configured_tokens() {
         "{}",
         a.metrics()
     );
-    stop.cancel();
-    let _ = task.await;
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,17 +225,8 @@ async fn sighup_reloads_agent_tokens_without_dropping_links() {
     // A link established with the first token.
     let mut settings = revmesh_agent::link::LinkSettings::new(vec![a.ws_url()], "long-lived".into());
     settings.token = Some("token-first-0123456789".into());
-    let state = std::sync::Arc::new(revmesh_agent::state::AgentState::new(
-        revmesh_protocol::RevocationSet::new(),
-        None,
-        0,
-        None,
-        std::time::Duration::from_secs(30),
-        false,
-        revmesh_agent::metrics::Metrics::new().unwrap(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(revmesh_agent::link::run(settings, state.clone(), None, stop.clone()));
+    let agent = Agent::start_with(settings);
+    let state = agent.state.clone();
     let s1 = a.revoke_jti("before-reload");
     wait_for(|| state.applied() >= s1, "the first link").await;
 
@@ -263,6 +244,5 @@ async fn sighup_reloads_agent_tokens_without_dropping_links() {
     let s2 = a.revoke_jti("after-reload");
     wait_for(|| state.applied() >= s2, "the existing link to keep working").await;
     assert_eq!(state.metrics.reconnects_total.get(), 0, "the existing link must not have been dropped");
-    stop.cancel();
-    let _ = task.await;
+    agent.stop().await;
 }

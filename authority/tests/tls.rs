@@ -1,6 +1,6 @@
 //! TLS on the agent endpoint and mutual TLS with agent identities (certificates made by rcgen).
 
-use crate::util::{wait_for, Authority};
+use crate::util::{wait_for, Agent, Authority};
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     SanType,
@@ -99,26 +99,11 @@ async fn plaintext_and_tls_do_not_mix_and_a_tls_agent_receives_revocations() {
     )
     .await;
     // A TLS agent verifying the authority against the CA works end to end.
-    let state = Arc::new(revmesh_agent::state::AgentState::new(
-        revmesh_protocol::RevocationSet::new(),
-        None,
-        0,
-        None,
-        Duration::from_secs(30),
-        false,
-        revmesh_agent::metrics::Metrics::new().unwrap(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(revmesh_agent::link::run(
-        settings(&tls_url(&a), "tls-agent", tls),
-        state.clone(),
-        None,
-        stop.clone(),
-    ));
+    let agent = Agent::start_with(settings(&tls_url(&a), "tls-agent", tls));
+    let state = agent.state.clone();
     let seq = a.revoke_jti("over-tls");
     wait_for(|| state.applied() >= seq, "the TLS agent to apply the revocation").await;
-    stop.cancel();
-    let _ = task.await;
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,22 +136,8 @@ async fn mutual_tls_checks_the_ca_the_validity_and_the_agent_id() {
     // The right certificate under its own id works; under another agent's id it is refused.
     let good = settings(&url, "agent-a", with(&p.agent_a));
     assert!(probe(&url, &good).await.is_ok());
-    let state = Arc::new(revmesh_agent::state::AgentState::new(
-        revmesh_protocol::RevocationSet::new(),
-        None,
-        0,
-        None,
-        Duration::from_secs(30),
-        false,
-        revmesh_agent::metrics::Metrics::new().unwrap(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let impostor = tokio::spawn(revmesh_agent::link::run(
-        settings(&url, "agent-b", with(&p.agent_a)),
-        state.clone(),
-        None,
-        stop.clone(),
-    ));
+    let agent = Agent::start_with(settings(&url, "agent-b", with(&p.agent_a)));
+    let state = agent.state.clone();
     wait_for(
         || a.metrics().contains("revmesh_authority_agents_rejected_total{reason=\"identity\"}"),
         "the impostor to be refused",
@@ -175,8 +146,7 @@ async fn mutual_tls_checks_the_ca_the_validity_and_the_agent_id() {
     let (_, agents) = a.get("/v1/agents");
     assert!(agents.as_array().unwrap().iter().all(|x| x["id"] != "agent-b"), "{agents}");
     assert_eq!(state.applied(), 0);
-    stop.cancel();
-    let _ = impostor.await;
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,22 +164,8 @@ async fn sighup_swaps_the_certificate_for_new_connections_and_keeps_old_links() 
     let url = tls_url(&a);
     // A link verified against the first CA.
     let old_ca = client_tls(Some(&p.ca_file), None, None).unwrap();
-    let state = Arc::new(revmesh_agent::state::AgentState::new(
-        revmesh_protocol::RevocationSet::new(),
-        None,
-        0,
-        None,
-        Duration::from_secs(30),
-        false,
-        revmesh_agent::metrics::Metrics::new().unwrap(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(revmesh_agent::link::run(
-        settings(&url, "old-link", old_ca),
-        state.clone(),
-        None,
-        stop.clone(),
-    ));
+    let agent = Agent::start_with(settings(&url, "old-link", old_ca));
+    let state = agent.state.clone();
     let s1 = a.revoke_jti("before-rotation");
     wait_for(|| state.applied() >= s1, "the first link").await;
 
@@ -234,6 +190,5 @@ async fn sighup_swaps_the_certificate_for_new_connections_and_keeps_old_links() 
     let s2 = a.revoke_jti("after-rotation");
     wait_for(|| state.applied() >= s2, "the old link to keep receiving").await;
     assert_eq!(state.metrics.reconnects_total.get(), 0);
-    stop.cancel();
-    let _ = task.await;
+    agent.stop().await;
 }

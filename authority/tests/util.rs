@@ -146,6 +146,23 @@ impl Agent {
         log_id: Option<revmesh_protocol::LogId>,
         applied: u64,
     ) -> Agent {
+        let mut settings = LinkSettings::new(urls, id.to_owned());
+        settings.reconnect_min = Duration::from_millis(50);
+        settings.reconnect_max = Duration::from_millis(500);
+        Self::run(settings, set, log_id, applied)
+    }
+
+    /// An empty agent with these link settings (token, TLS…).
+    pub fn start_with(settings: LinkSettings) -> Agent {
+        Self::run(settings, RevocationSet::new(), None, 0)
+    }
+
+    fn run(
+        settings: LinkSettings,
+        set: RevocationSet,
+        log_id: Option<revmesh_protocol::LogId>,
+        applied: u64,
+    ) -> Agent {
         let state = Arc::new(AgentState::new(
             set,
             log_id,
@@ -156,9 +173,6 @@ impl Agent {
             Metrics::new().unwrap(),
         ));
         let stop = CancellationToken::new();
-        let mut settings = LinkSettings::new(urls, id.to_owned());
-        settings.reconnect_min = Duration::from_millis(50);
-        settings.reconnect_max = Duration::from_millis(500);
         let task = tokio::spawn(link::run(settings, state.clone(), None, stop.clone()));
         Agent { state, stop, task }
     }

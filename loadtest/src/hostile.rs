@@ -29,22 +29,41 @@ pub struct Flood {
     pub rss_peak: u64,
 }
 
-async fn revoke_all(auth: &AuthorityProc, n: usize, tag: &str) -> anyhow::Result<Vec<Duration>> {
+/// `n` revocations one after another (50 ms apart), each waiting for every agent's ack.
+async fn revoke_all(
+    auth: &AuthorityProc,
+    n: usize,
+    tag: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Vec<Duration>> {
     let exp = revmesh_agent::state::now_secs() + 3600;
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
-        let (admin, token) = (auth.admin.clone(), auth.token.clone());
+        let (admin, token, tls) = (auth.admin.clone(), auth.token.clone(), tls.clone());
         let body = format!(r#"{{"kind":"jti","jti":"{tag}-{i}","expires_at":{exp}}}"#);
         let t0 = Instant::now();
         let (status, text) = tokio::task::spawn_blocking(move || {
-            revmesh_authority::client::http_request(
-                &admin,
-                "POST",
-                "/v1/revocations?wait=all&timeout_ms=30000",
-                Some(&token),
-                body.as_bytes(),
-                Duration::from_secs(60),
-            )
+            let path = "/v1/revocations?wait=all&timeout_ms=30000";
+            let limit = Duration::from_secs(60);
+            match tls {
+                None => revmesh_authority::client::http_request(
+                    &admin,
+                    "POST",
+                    path,
+                    Some(&token),
+                    body.as_bytes(),
+                    limit,
+                ),
+                Some(cfg) => revmesh_authority::client::https_request(
+                    &admin,
+                    cfg,
+                    "POST",
+                    path,
+                    Some(&token),
+                    body.as_bytes(),
+                    limit,
+                ),
+            }
         })
         .await?
         .map_err(anyhow::Error::msg)?;
@@ -64,7 +83,7 @@ pub async fn flood(dir: &Path, agents: usize, revocations: usize) -> anyhow::Res
         fleet.agents.iter().all(|(s, _, _)| s.is_connected() && s.log_id().is_some())
     })
     .await?;
-    let quiet = summarize(revoke_all(&auth, revocations, "quiet").await?);
+    let quiet = summarize(revoke_all(&auth, revocations, "quiet", None).await?);
     let rss_before = auth.proc.rss().unwrap_or(0);
     let addr = auth.ws.trim_start_matches("ws://").to_owned();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -109,7 +128,7 @@ pub async fn flood(dir: &Path, agents: usize, revocations: usize) -> anyhow::Res
         }
         peak
     });
-    let flooded = summarize(revoke_all(&auth, revocations, "flood").await?);
+    let flooded = summarize(revoke_all(&auth, revocations, "flood", None).await?);
     // The attack runs for the whole measurement, and at least until it reached its volume.
     {
         use std::sync::atomic::Ordering::Relaxed;
@@ -171,7 +190,7 @@ pub async fn tls(dir: &Path, agents: usize, revocations: usize) -> anyhow::Resul
         fleet.agents.iter().all(|(s, _, _)| s.is_connected())
     })
     .await?;
-    let plaintext = summarize(revoke_all(&plain, revocations, "plain").await?);
+    let plaintext = summarize(revoke_all(&plain, revocations, "plain", None).await?);
     fleet.stop().await;
     drop(plain);
 
@@ -181,7 +200,8 @@ pub async fn tls(dir: &Path, agents: usize, revocations: usize) -> anyhow::Resul
     let url = secure.ws.replacen("ws://", "wss://", 1);
     let mut agents_tls = Vec::new();
     for i in 0..agents {
-        agents_tls.push(Fleet::one_tls(vec![url.clone()], &format!("tls-{i}"), client.clone())?);
+        let from = (revmesh_protocol::RevocationSet::new(), None, 0);
+        agents_tls.push(Fleet::spawn(vec![url.clone()], &format!("tls-{i}"), from, client.clone())?);
     }
     let fleet = Fleet { agents: agents_tls };
     crate::util::wait_until(Duration::from_secs(60), || {
@@ -189,29 +209,7 @@ pub async fn tls(dir: &Path, agents: usize, revocations: usize) -> anyhow::Resul
     })
     .await?;
     let admin_tls = revmesh_authority::client::client_config(&ca_file).map_err(anyhow::Error::msg)?;
-    let mut lat = Vec::with_capacity(revocations);
-    let exp = revmesh_agent::state::now_secs() + 3600;
-    for i in 0..revocations {
-        let (admin, token, cfg) = (secure.admin.clone(), secure.token.clone(), admin_tls.clone());
-        let body = format!(r#"{{"kind":"jti","jti":"tls-{i}","expires_at":{exp}}}"#);
-        let t0 = Instant::now();
-        let (status, text) = tokio::task::spawn_blocking(move || {
-            revmesh_authority::client::https_request(
-                &admin,
-                cfg,
-                "POST",
-                "/v1/revocations?wait=all&timeout_ms=30000",
-                Some(&token),
-                body.as_bytes(),
-                Duration::from_secs(60),
-            )
-        })
-        .await?
-        .map_err(anyhow::Error::msg)?;
-        anyhow::ensure!(status == 201 && text.contains("\"pending\":[]"), "{status} {text}");
-        lat.push(t0.elapsed());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let lat = revoke_all(&secure, revocations, "tls", Some(admin_tls)).await?;
     fleet.stop().await;
     Ok(TlsCompare { agents, plaintext, tls: summarize(lat) })
 }

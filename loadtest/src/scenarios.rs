@@ -27,10 +27,13 @@ tOE69QZCBcT6bM+zdUvlwtVpJY1yKjDzby/PZEBv99juo3saOMk6b898Nw==
 -----END PUBLIC KEY-----
 ";
 
+/// One in-process agent: its state, its stop switch and its link task.
+pub type Member = (Arc<AgentState>, CancellationToken, tokio::task::JoinHandle<()>);
+
 /// In-process agents on the real agent library.
 pub struct Fleet {
     /// Their states.
-    pub agents: Vec<(Arc<AgentState>, CancellationToken, tokio::task::JoinHandle<()>)>,
+    pub agents: Vec<Member>,
 }
 
 impl Fleet {
@@ -43,48 +46,23 @@ impl Fleet {
         Ok(Fleet { agents })
     }
 
-    /// One agent connecting over TLS.
-    pub fn one_tls(
+    /// One agent: `urls` in failover order, starting from `from` (set, log id, applied seq),
+    /// TLS when `tls` is given.
+    pub fn spawn(
         urls: Vec<String>,
         id: &str,
+        from: (RevocationSet, Option<revmesh_protocol::LogId>, u64),
         tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> anyhow::Result<(Arc<AgentState>, CancellationToken, tokio::task::JoinHandle<()>)> {
+    ) -> anyhow::Result<Member> {
         let metrics = revmesh_agent::metrics::Metrics::new()?;
-        let state = Arc::new(AgentState::new(
-            RevocationSet::new(),
-            None,
-            0,
-            None,
-            Duration::from_secs(3600),
-            false,
-            metrics,
-        ));
+        let (set, log_id, applied) = from;
+        let state =
+            Arc::new(AgentState::new(set, log_id, applied, None, Duration::from_secs(3600), false, metrics));
         let stop = CancellationToken::new();
         let mut s = LinkSettings::new(urls, id.to_owned());
         s.tls = tls;
-        let task = tokio::spawn(link::run(s, state.clone(), None, stop.clone()));
-        Ok((state, stop, task))
-    }
-
-    /// One agent with a failover list.
-    pub fn one_with(
-        urls: Vec<String>,
-        id: &str,
-    ) -> anyhow::Result<(Arc<AgentState>, CancellationToken, tokio::task::JoinHandle<()>)> {
-        let metrics = revmesh_agent::metrics::Metrics::new()?;
-        let state = Arc::new(AgentState::new(
-            RevocationSet::new(),
-            None,
-            0,
-            None,
-            Duration::from_secs(3600),
-            false,
-            metrics,
-        ));
-        let stop = CancellationToken::new();
-        let mut s = LinkSettings::new(urls, id.to_owned());
         s.reconnect_min = Duration::from_millis(50);
-        s.reconnect_max = Duration::from_secs(1);
+        s.reconnect_max = Duration::from_secs(2);
         let task = tokio::spawn(link::run(s, state.clone(), None, stop.clone()));
         Ok((state, stop, task))
     }
@@ -95,16 +73,8 @@ impl Fleet {
         set: RevocationSet,
         log_id: Option<revmesh_protocol::LogId>,
         applied: u64,
-    ) -> anyhow::Result<(Arc<AgentState>, CancellationToken, tokio::task::JoinHandle<()>)> {
-        let metrics = revmesh_agent::metrics::Metrics::new()?;
-        let state =
-            Arc::new(AgentState::new(set, log_id, applied, None, Duration::from_secs(3600), false, metrics));
-        let stop = CancellationToken::new();
-        let mut s = LinkSettings::new(vec![url.to_owned()], id.to_owned());
-        s.reconnect_min = Duration::from_millis(100);
-        s.reconnect_max = Duration::from_secs(2);
-        let task = tokio::spawn(link::run(s, state.clone(), None, stop.clone()));
-        Ok((state, stop, task))
+    ) -> anyhow::Result<Member> {
+        Self::spawn(vec![url.to_owned()], id, (set, log_id, applied), None)
     }
 
     /// Restarts agent `i` from its current in-memory state (a link cut followed by reconnect).
@@ -837,7 +807,12 @@ pub async fn ha(dir: &Path, server: &str, dur: Duration) -> anyhow::Result<(Vec<
         let urls = vec![reps[0].ws.clone(), reps[1].ws.clone(), reps[2].ws.clone()];
         let mut fleet = Vec::new();
         for i in 0..30 {
-            fleet.push(Fleet::one_with(urls.clone(), &format!("fo-{i}"))?);
+            fleet.push(Fleet::spawn(
+                urls.clone(),
+                &format!("fo-{i}"),
+                (RevocationSet::new(), None, 0),
+                None,
+            )?);
         }
         let (_, status) = call(&reps[0], "GET", "/v1/status".into(), String::new()).await?;
         let head = status["head"].as_u64().unwrap_or(0);
