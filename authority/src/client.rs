@@ -153,6 +153,8 @@ pub fn https_request(
 
 fn connect(hostport: &str, timeout: Duration) -> Result<TcpStream, String> {
     let stream = TcpStream::connect(hostport).map_err(|e| format!("cannot reach {hostport}: {e}"))?;
+    // A request is written as one piece; Nagle would only delay it.
+    let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     Ok(stream)
@@ -172,9 +174,10 @@ fn exchange<S: Read + Write>(
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).map_err(|e| format!("sending to {hostport}: {e}"))?;
-    // The server may answer (413) before reading a large body; a failed body write is not fatal.
-    let _ = stream.write_all(body);
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    // The server may answer (413) before reading a large body; a failed write is not fatal then.
+    let _ = stream.write_all(&request);
     let _ = stream.flush();
     let mut raw = Vec::new();
     let _ = stream.take(MAX_RESPONSE).read_to_end(&mut raw);
