@@ -208,7 +208,7 @@ pub fn answer(ctx: &Ctx<'_>, line: &[u8], out: &mut String) {
         },
     }
     let label = verdict_label(&out[start..]);
-    ctx.state.metrics.checks_total.with_label_values(&[label]).inc();
+    ctx.state.metrics.count_check(label);
     out.push('\n');
 }
 

@@ -12,6 +12,8 @@ pub struct Metrics {
     registry: Registry,
     /// `revmesh_agent_checks_total{verdict}`
     pub checks_total: IntCounterVec,
+    /// The counters of [`VERDICTS`], resolved once: a check must not hash label values.
+    verdicts: Vec<IntCounter>,
     /// `revmesh_agent_check_duration_seconds`
     pub check_duration: Histogram,
     /// `revmesh_agent_applied_seq`
@@ -37,11 +39,14 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        let checks_total = IntCounterVec::new(
+            Opts::new("revmesh_agent_checks_total", "Socket requests answered, by verdict"),
+            &["verdict"],
+        )?;
+        let verdicts = VERDICTS.iter().map(|v| checks_total.with_label_values(&[*v])).collect();
         let m = Self {
-            checks_total: IntCounterVec::new(
-                Opts::new("revmesh_agent_checks_total", "Socket requests answered, by verdict"),
-                &["verdict"],
-            )?,
+            checks_total,
+            verdicts,
             check_duration: Histogram::with_opts(
                 HistogramOpts::new("revmesh_agent_check_duration_seconds", "Time to answer one request")
                     .buckets(vec![
@@ -86,13 +91,18 @@ impl Metrics {
         r.register(Box::new(m.reconnects_total.clone()))?;
         r.register(Box::new(m.apply_lag.clone()))?;
         r.register(Box::new(m.frames_rejected_total.clone()))?;
-        for v in VERDICTS {
-            m.checks_total.with_label_values(&[v]);
-        }
         for k in Kind::ALL {
             m.revocations.with_label_values(&[k.as_str()]);
         }
         Ok(m)
+    }
+
+    /// Counts one answer with `verdict` (one of [`VERDICTS`]; anything else counts as `err`).
+    pub fn count_check(&self, verdict: &str) {
+        let i = VERDICTS.iter().position(|v| *v == verdict).unwrap_or(4);
+        if let Some(c) = self.verdicts.get(i) {
+            c.inc();
+        }
     }
 
     /// Text exposition.

@@ -185,7 +185,7 @@ impl Server {
         };
         let r = match check(&self.ctx(), jwt) {
             CheckOutcome::Invalid(e) => {
-                self.state.metrics.checks_total.with_label_values(&["invalid"]).inc();
+                self.state.metrics.count_check("invalid");
                 (
                     401,
                     vec![("X-Revmesh-Reason".into(), e.as_str().into())],
@@ -193,15 +193,15 @@ impl Server {
                 )
             }
             CheckOutcome::Decided(Decision::Revoked { kind, seq }, _, _) => {
-                self.state.metrics.checks_total.with_label_values(&["revoked"]).inc();
+                self.state.metrics.count_check("revoked");
                 (401, vec![("X-Revmesh-Seq".into(), seq.to_string())], format!("revoked: {kind}\n"))
             }
             CheckOutcome::Decided(Decision::Stale { lag_ms }, _, _) => {
-                self.state.metrics.checks_total.with_label_values(&["stale"]).inc();
+                self.state.metrics.count_check("stale");
                 (503, Vec::new(), format!("stale: {lag_ms} ms since the authority was heard\n"))
             }
             CheckOutcome::Decided(Decision::Ok { seq, stale, .. }, sub, _) => {
-                self.state.metrics.checks_total.with_label_values(&["ok"]).inc();
+                self.state.metrics.count_check("ok");
                 let mut h = vec![("X-Revmesh-Seq".into(), seq.to_string())];
                 if let Some(sub) = sub.filter(|s| s.chars().all(|c| c.is_ascii_graphic() || c == ' ')) {
                     h.push(("X-Revmesh-Sub".into(), sub));

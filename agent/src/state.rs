@@ -7,7 +7,7 @@
 use crate::metrics::Metrics;
 use revmesh_protocol::{Entry, Kind, LogId, RevocationSet, TokenRef};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 /// Revocation verdict plus freshness, before it is rendered as a line or an HTTP status.
@@ -45,7 +45,9 @@ pub struct AgentState {
     /// Entries handed to `apply` at or below the applied seq: must stay 0 (exactly once).
     duplicates: AtomicU64,
     connected: AtomicBool,
-    heard: Mutex<Option<Instant>>,
+    /// When an authority was last heard, as milliseconds since `started` plus one (0: never).
+    /// An atomic, because every check reads it.
+    heard_ms: AtomicU64,
     /// Last contact before this process started (wall clock ms), from the data dir.
     heard_before_start: Option<u64>,
     started: Instant,
@@ -84,7 +86,7 @@ impl AgentState {
             applied: AtomicU64::new(applied),
             duplicates: AtomicU64::new(0),
             connected: AtomicBool::new(false),
-            heard: Mutex::new(None),
+            heard_ms: AtomicU64::new(0),
             heard_before_start,
             started: Instant::now(),
             max_staleness,
@@ -131,16 +133,16 @@ impl AgentState {
 
     /// An authority was heard at `at`.
     pub fn heard(&self, at: Instant) {
-        let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        if h.is_none_or(|old| at > old) {
-            *h = Some(at);
-        }
+        let ms = at.saturating_duration_since(self.started).as_millis() as u64 + 1;
+        self.heard_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
     /// Time since an authority was last heard; `None` when this agent has never been in sync.
     pub fn staleness(&self) -> Option<Duration> {
-        if let Some(t) = *self.heard.lock().unwrap_or_else(|p| p.into_inner()) {
-            return Some(t.elapsed());
+        let heard = self.heard_ms.load(Ordering::Relaxed);
+        if heard > 0 {
+            let since_start = self.started.elapsed().as_millis() as u64;
+            return Some(Duration::from_millis((since_start + 1).saturating_sub(heard)));
         }
         // Never in sync with any log: no freshness to speak of.
         self.log_id()?;
