@@ -303,6 +303,11 @@ impl Config {
             }
         };
         let leeway = dur("leeway", &raw.leeway, Duration::from_secs(30), &mut push);
+        // Revocations are kept this long past their expiry; a longer leeway would accept a
+        // revoked token after its entry was forgotten.
+        if leeway.as_secs() > revmesh_protocol::model::EXPIRY_GRACE_SECS {
+            push("leeway", format!("must be at most {}s", revmesh_protocol::model::EXPIRY_GRACE_SECS));
+        }
         let max_staleness = dur("max-staleness", &raw.max_staleness, Duration::from_secs(30), &mut push);
         let client_idle_timeout =
             dur("client-idle-timeout", &raw.client_idle_timeout, Duration::from_secs(300), &mut push);

@@ -310,6 +310,9 @@ async fn drive(
                     let _ = ws.close(None).await;
                     return Ended::Failed(v.to_string());
                 }
+                // The head announced in a welcome (or far ahead in a heartbeat) must be applied
+                // before the agent answers as fresh again.
+                state.set_catch_up_to(session.catch_up_to());
                 // An incremental welcome from a fresh agent ties it to the authority's log
                 // before any entry arrives (an empty log is still a log to be in sync with).
                 if let Some(l) = session.log_id() {

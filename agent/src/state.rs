@@ -42,6 +42,10 @@ pub struct AgentState {
     set: RwLock<RevocationSet>,
     log_id: RwLock<Option<LogId>>,
     applied: AtomicU64,
+    /// A head the authority announced: until `applied` reaches it the agent knows it is behind
+    /// and answers as a stale agent does (a fresh agent catching up never answers OK for an
+    /// entry it has not applied yet).
+    catch_up_to: AtomicU64,
     /// Entries handed to `apply` at or below the applied seq: must stay 0 (exactly once).
     duplicates: AtomicU64,
     connected: AtomicBool,
@@ -84,6 +88,7 @@ impl AgentState {
             set: RwLock::new(set),
             log_id: RwLock::new(log_id),
             applied: AtomicU64::new(applied),
+            catch_up_to: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             heard_ms: AtomicU64::new(0),
@@ -113,6 +118,16 @@ impl AgentState {
         if l.is_none() {
             *l = Some(log_id);
         }
+    }
+
+    /// The head this agent must reach before it answers as fresh (from the link session).
+    pub fn set_catch_up_to(&self, seq: u64) {
+        self.catch_up_to.store(seq, Ordering::Release);
+    }
+
+    /// True while the agent knows of entries it has not applied.
+    pub fn is_behind(&self) -> bool {
+        self.applied() < self.catch_up_to.load(Ordering::Acquire)
     }
 
     /// Entries that were offered for application twice (an exactly-once violation; always 0).
@@ -152,9 +167,11 @@ impl AgentState {
         }
     }
 
+    /// Milliseconds since an authority was heard, and whether answers must be those of a stale
+    /// agent: past `--max-staleness`, never in sync, or known to be behind the log's head.
     fn lag_ms(&self) -> (u64, bool) {
         match self.staleness() {
-            Some(d) => (d.as_millis() as u64, d > self.max_staleness),
+            Some(d) => (d.as_millis() as u64, d > self.max_staleness || self.is_behind()),
             None => (self.started.elapsed().as_millis() as u64, true),
         }
     }

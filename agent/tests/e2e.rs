@@ -40,6 +40,16 @@ async fn every_kind_is_refused_by_every_agent_once_the_receipt_says_so() {
             assert_eq!(a.ask(&format!("CHECK {t}")), format!("REVOKED kind={kind} seq={seq}"));
         }
     }
+    // Same second: a token minted in the very second of the subject revocation is revoked
+    // (one-second resolution, fail closed).
+    let minted = crate::util::now();
+    let same = token("t-same", "frank", json!({"iat": minted}));
+    assert!(agents[0].ask(&format!("CHECK {same}")).starts_with("OK "));
+    let receipt = auth.revoke(json!({"kind": "subject", "sub": "frank", "issued_before": minted})).await;
+    let seq = receipt["seq"].as_u64().unwrap();
+    for a in &agents {
+        assert_eq!(a.ask(&format!("CHECK {same}")), format!("REVOKED kind=subject seq={seq}"));
+    }
     // A token of the same subject issued after the subject revocation is fine.
     let later = token("t-later", "u-sub", json!({"iat": crate::util::now() + 5}));
     assert!(agents[0].ask(&format!("CHECK {later}")).starts_with("OK "));
@@ -107,5 +117,102 @@ async fn a_killed_agent_restarted_without_authority_still_refuses_and_staleness_
     ] {
         assert!(metrics.contains(name), "{name} missing in\n{metrics}");
     }
+    auth.stop().await;
+}
+
+/// Fills an authority with `n` jti revocations quickly (16 concurrent clients share commits).
+async fn fill(auth: &Authority, prefix: &str, n: usize) {
+    let admin = auth.admin.to_string();
+    let token = auth.token.clone();
+    let prefix = prefix.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|s| {
+            for w in 0..16 {
+                let (admin, token, prefix) = (&admin, &token, &prefix);
+                s.spawn(move || {
+                    for i in (w..n).step_by(16) {
+                        let body = format!(
+                            r#"{{"kind":"jti","jti":"{prefix}-{i}","expires_at":{}}}"#,
+                            crate::util::now() + 3600
+                        );
+                        let (status, text) = revmesh_authority::client::http_request(
+                            admin,
+                            "POST",
+                            "/v1/revocations",
+                            Some(token),
+                            body.as_bytes(),
+                            std::time::Duration::from_secs(30),
+                        )
+                        .unwrap();
+                        assert_eq!(status, 201, "{text}");
+                    }
+                });
+            }
+        });
+    })
+    .await
+    .unwrap();
+}
+
+/// Regression: a fresh agent joining an authority with thousands of entries answered
+/// `OK seq=256 lag_ms=0` for a jti revoked at the head while it was still catching up. From the
+/// welcome until it has applied the announced head it must answer as a stale agent does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_agent_catching_up_never_answers_ok_for_what_it_has_not_applied() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = Authority::start(adir.path(), 0, &[]).await;
+    let n = 5_000;
+    fill(&auth, "c", n).await;
+    // The last entry (any of the 16 writers' last ones): whichever the head is, every one of
+    // these is revoked, so an OK for any of them is wrong.
+    let probes: Vec<String> = (n - 16..n).map(|i| format!("STATUS jti=c-{i}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    // The client hammers the socket from the moment it exists, before the link is up.
+    let hammer = {
+        let socket = socket.clone();
+        let probes = probes.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let (mut ok, mut answers) = (Vec::new(), 0u64);
+            loop {
+                assert!(std::time::Instant::now() < deadline, "the agent never refused all probes");
+                let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) else {
+                    std::thread::yield_now();
+                    continue;
+                };
+                use std::io::{BufRead, Write};
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let req: String = probes.iter().map(|p| format!("{p}\n")).collect();
+                while s.write_all(req.as_bytes()).is_ok() {
+                    let mut all_revoked = true;
+                    for _ in &probes {
+                        let mut a = String::new();
+                        if r.read_line(&mut a).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        answers += 1;
+                        if a.starts_with("OK") {
+                            ok.push(a.trim_end().to_owned());
+                        }
+                        all_revoked &= a.starts_with("REVOKED");
+                    }
+                    if all_revoked {
+                        return (ok, answers);
+                    }
+                }
+            }
+        })
+    };
+    let agent = AgentProc::start(dir.path(), &auth.url(), &[]);
+    let (ok, answers) = tokio::task::spawn_blocking(move || hammer.join().unwrap()).await.unwrap();
+    assert!(
+        ok.is_empty(),
+        "{} of {answers} answers were OK for revoked tokens: {:?}",
+        ok.len(),
+        &ok[..ok.len().min(5)]
+    );
+    drop(agent);
     auth.stop().await;
 }

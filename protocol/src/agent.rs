@@ -8,7 +8,7 @@
 
 use crate::frame::{
     Ack, Batch, ErrorCode, ErrorFrame, Frame, Heartbeat, Hello, Resume, SnapshotChunk, Welcome,
-    PROTOCOL_VERSION,
+    MAX_ENTRIES_PER_FRAME, PROTOCOL_VERSION,
 };
 use crate::model::{Entry, LogId};
 use crate::time::Now;
@@ -104,6 +104,11 @@ pub struct AgentSession {
     last_heard: Option<Instant>,
     last_frame: Option<Instant>,
     head_seq: u64,
+    /// The head this agent knows it must reach before it may present itself as fresh: the head
+    /// announced in the welcome, raised by heartbeats that announce more than one batch beyond
+    /// what was received. Kept across link losses: a link lost while catching up leaves the
+    /// agent behind.
+    catch_up_to: u64,
     out: VecDeque<Frame>,
     events: VecDeque<AgentEvent>,
 }
@@ -130,6 +135,7 @@ impl AgentSession {
             last_heard: None,
             last_frame: None,
             head_seq: 0,
+            catch_up_to: 0,
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -153,6 +159,17 @@ impl AgentSession {
     /// The log head from the latest heartbeat or welcome.
     pub fn head_seq(&self) -> u64 {
         self.head_seq
+    }
+
+    /// The seq the agent knows exists and must apply before it may answer as fresh.
+    pub fn catch_up_to(&self) -> u64 {
+        self.catch_up_to
+    }
+
+    /// True while the agent knows of entries it has not applied beyond the ordinary in-flight
+    /// batch (PROTOCOL.md, "Freshness"): its answers must then be those of a stale agent.
+    pub fn is_behind(&self) -> bool {
+        self.received < self.catch_up_to
     }
 
     /// True once a `Welcome` was accepted on the current link.
@@ -230,6 +247,11 @@ impl AgentSession {
             (Frame::Heartbeat(h), _) => {
                 self.last_heard = Some(now.mono);
                 self.head_seq = self.head_seq.max(h.head_seq);
+                // Entries announced beyond one batch past what arrived are not merely in
+                // flight: the agent is behind until it has them.
+                if h.head_seq > self.received + MAX_ENTRIES_PER_FRAME as u64 {
+                    self.catch_up_to = self.catch_up_to.max(h.head_seq);
+                }
                 // Answer with our own heartbeat so the authority knows the link is alive even
                 // while nothing is acknowledged (a long snapshot transfer).
                 self.out
@@ -258,6 +280,8 @@ impl AgentSession {
         }
         self.last_heard = Some(now.mono);
         self.head_seq = w.head_seq;
+        // Behind until the announced head is applied (it may be lower after a log replacement).
+        self.catch_up_to = w.head_seq;
         match w.resume {
             Resume::Incremental => {
                 let ours = self.log_id.map_or(self.received == 0, |id| id == w.log_id);
@@ -398,5 +422,50 @@ impl AgentSession {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Now {
+        Now { mono: Instant::now(), unix_ms: 0 }
+    }
+
+    fn welcome(head_seq: u64) -> Frame {
+        Frame::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            log_id: LogId([7; 16]),
+            head_seq,
+            heartbeat_ms: 1000,
+            resume: Resume::Incremental,
+        })
+    }
+
+    fn batch(from_seq: u64, to_seq: u64) -> Frame {
+        Frame::Batch(Batch { log_id: LogId([7; 16]), from_seq, to_seq, entries: Vec::new() })
+    }
+
+    /// From the welcome until the announced head is applied, the agent knows it is behind.
+    #[test]
+    fn behind_from_the_welcome_until_the_announced_head() {
+        let mut s = AgentSession::new("a".into(), "v".into(), None, 0, AgentConfig::default());
+        assert!(!s.is_behind());
+        s.connect(now());
+        s.handle_frame(welcome(3_000), now()).unwrap();
+        assert!(s.is_behind());
+        s.handle_frame(batch(1, 256), now()).unwrap();
+        assert!(s.is_behind(), "256 of 3,000 applied");
+        s.handle_frame(batch(257, 3_000), now()).unwrap();
+        assert!(!s.is_behind());
+        // A heartbeat announcing the head while its batch is in flight is ordinary...
+        s.handle_frame(Frame::Heartbeat(Heartbeat { head_seq: 3_010, unix_ms: 0 }), now()).unwrap();
+        assert!(!s.is_behind());
+        // ...one far beyond what arrived is not, and the link's loss does not end it.
+        s.handle_frame(Frame::Heartbeat(Heartbeat { head_seq: 5_000, unix_ms: 0 }), now()).unwrap();
+        assert!(s.is_behind());
+        s.disconnected();
+        assert!(s.is_behind());
     }
 }

@@ -237,10 +237,21 @@ impl Entry {
         self.revocation.validate()
     }
 
-    /// True once no token this entry can match is still unexpired.
+    /// True once no token this entry can match is still accepted anywhere: `expires_at` plus
+    /// [`EXPIRY_GRACE_SECS`] has passed.
     pub fn is_expired(&self, now_unix_secs: u64) -> bool {
-        self.expires_at <= now_unix_secs
+        self.expires_at <= expiry_horizon(now_unix_secs)
     }
+}
+
+/// How long an entry is kept past its `expires_at`. Verifiers accept a token for a clock-skew
+/// leeway after its `exp` (the agent's `--leeway`, at most this long), so forgetting the entry
+/// at `exp` would turn a revoked token back into a valid one for that leeway: fail closed.
+pub const EXPIRY_GRACE_SECS: u64 = 300;
+
+/// Entries whose `expires_at` is at or below this may be forgotten at `now_unix_secs`.
+pub fn expiry_horizon(now_unix_secs: u64) -> u64 {
+    now_unix_secs.saturating_sub(EXPIRY_GRACE_SECS)
 }
 
 /// The claims of a token that revocation looks at (already verified, or asserted by a

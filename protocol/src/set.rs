@@ -305,16 +305,19 @@ impl RevocationSet {
             return Some(Verdict { kind: Kind::Session, seq: r.seq });
         }
         if let Some(r) = t.sub.and_then(|s| self.subjects.get(s)) {
-            // A token without `iat` counts as issued before (SPEC §2).
-            if t.iat.is_none_or(|iat| iat < r.issued_before) {
+            // A token without `iat` counts as issued before. `iat` has one-second resolution,
+            // so a token minted in the revocation's second is revoked too: fail closed.
+            if t.iat.is_none_or(|iat| iat <= r.issued_before) {
                 return Some(Verdict { kind: Kind::Subject, seq: r.seq });
             }
         }
         None
     }
 
-    /// Forgets everything whose `expires_at <= now_unix_secs`; returns how many were removed.
+    /// Forgets every entry [`Entry::is_expired`] at `now_unix_secs` (its `expires_at` plus the
+    /// grace has passed); returns how many were removed.
     pub fn remove_expired(&mut self, now_unix_secs: u64) -> usize {
+        let now_unix_secs = crate::model::expiry_horizon(now_unix_secs);
         let mut removed = self.jti.remove_expired(now_unix_secs);
         let sweep = |map: &mut HashMap<Box<str>, Rec>| {
             let before = map.len();
@@ -421,7 +424,13 @@ mod tests {
             ),
             (
                 vec![Revocation::Subject { sub: "u".into(), issued_before: 100 }],
+                // Same second as the revocation: revoked (fail closed at one-second resolution).
                 tok(|t| (t.sub, t.iat) = (Some("u"), Some(100))),
+                Some((Kind::Subject, 1)),
+            ),
+            (
+                vec![Revocation::Subject { sub: "u".into(), issued_before: 100 }],
+                tok(|t| (t.sub, t.iat) = (Some("u"), Some(101))),
                 None,
             ),
             (
@@ -458,15 +467,27 @@ mod tests {
 
     #[test]
     fn expired_entries_are_skipped_and_collected() {
+        let g = crate::model::EXPIRY_GRACE_SECS;
         let mut set = RevocationSet::new();
-        assert!(!set.insert(&entry(1, 10, jti("old", None)), 10));
-        assert!(set.insert(&entry(2, 20, jti("a", None)), 10));
-        assert!(set.insert(&entry(3, 30, Revocation::Key { kid: "k".into() }), 10));
-        assert_eq!(set.remove_expired(20), 1);
+        assert!(!set.insert(&entry(1, 10, jti("old", None)), 10 + g));
+        assert!(set.insert(&entry(2, 20, jti("a", None)), 10 + g));
+        assert!(set.insert(&entry(3, 30, Revocation::Key { kid: "k".into() }), 10 + g));
+        assert_eq!(set.remove_expired(20 + g), 1);
         assert_eq!(set.count(Kind::Jti), 0);
         assert_eq!(set.count(Kind::Key), 1);
-        assert_eq!(set.remove_expired(30), 1);
+        assert_eq!(set.remove_expired(30 + g), 1);
         assert!(set.is_empty());
+    }
+
+    /// A verifier still accepts a token for its leeway after `exp`: the entry that revokes it
+    /// must outlive `exp` by at least that much.
+    #[test]
+    fn entries_outlive_their_expiry_by_the_grace() {
+        let mut set = RevocationSet::new();
+        assert!(set.insert(&entry(1, 100, jti("a", None)), 100));
+        assert_eq!(set.remove_expired(130), 0, "a token 30 s past exp is still within a leeway");
+        assert!(set.check(&TokenRef { jti: Some("a"), ..Default::default() }).is_some());
+        assert_eq!(set.remove_expired(100 + crate::model::EXPIRY_GRACE_SECS), 1);
     }
 
     #[test]
