@@ -48,7 +48,7 @@ pub struct RunArgs {
     #[arg(long, env = "REVMESH_AUTHORITY", value_delimiter = ',')]
     #[serde(default)]
     pub authority: Vec<String>,
-    /// Agent id [default: hostname].
+    /// Agent id [default: hostname plus a hash of the socket path].
     #[arg(long, env = "REVMESH_ID")]
     pub id: Option<String>,
     /// CA bundle (PEM) the authority's certificate must chain to; needed for wss:// URLs.
@@ -208,6 +208,14 @@ fn hostname() -> String {
         .unwrap_or_else(|| "agent".into())
 }
 
+/// The default agent id: the hostname plus a short hash of the socket's absolute path, so two
+/// agents on one host (two sidecars) get distinct ids and one agent keeps its id across restarts.
+pub fn default_id(socket: &std::path::Path) -> String {
+    let abs = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    let hash = xxhash_rust::xxh3::xxh3_64(abs.as_os_str().as_encoded_bytes());
+    format!("{}-{:08x}", hostname(), hash as u32)
+}
+
 impl Config {
     /// Validates raw settings, reporting every problem.
     pub fn build(raw: &RunArgs) -> Result<Config, Vec<ConfigError>> {
@@ -241,7 +249,8 @@ impl Config {
                 push("authority", format!("`{a}` has no host"));
             }
         }
-        let id = raw.id.clone().unwrap_or_else(hostname);
+        let socket = PathBuf::from(raw.socket.as_deref().unwrap_or("./revmesh-data/agent.sock"));
+        let id = raw.id.clone().unwrap_or_else(|| default_id(&socket));
         if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
             push("id", "must be 1-128 characters without spaces".into());
         }
@@ -325,7 +334,7 @@ impl Config {
             id,
             token,
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/agent")),
-            socket: PathBuf::from(raw.socket.as_deref().unwrap_or("./revmesh-data/agent.sock")),
+            socket,
             http_socket: raw.http_socket.as_ref().map(PathBuf::from),
             metrics_listen,
             keys,
@@ -347,5 +356,20 @@ impl Config {
         } else {
             Err(errs)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two sidecars on one host must not share the default id; one agent keeps its own.
+    #[test]
+    fn default_ids_differ_per_socket_and_are_stable() {
+        let a = default_id(std::path::Path::new("/run/a/agent.sock"));
+        let b = default_id(std::path::Path::new("/run/b/agent.sock"));
+        assert_ne!(a, b);
+        assert_eq!(a, default_id(std::path::Path::new("/run/a/agent.sock")));
+        assert!(a.starts_with(&hostname()));
     }
 }

@@ -385,7 +385,14 @@ async fn apply_events(
                 tracing::info!(seq = snapshot_seq, entries = entries.len(), "applied snapshot");
                 session.mark_durable(snapshot_seq, now());
             }
-            AgentEvent::Disconnect { retry_after, reason } => {
+            AgentEvent::Disconnect { retry_after, duplicate_id, reason } => {
+                if duplicate_id {
+                    tracing::error!(
+                        retry_ms = retry_after.map_or(0, |d| d.as_millis() as u64),
+                        "another live agent uses the id `{}`: a newer link replaced ours; give each agent its own --id",
+                        session.agent_id()
+                    );
+                }
                 return Some(match retry_after {
                     Some(d) => Ended::RetryAfter(d),
                     None => Ended::Failed(reason),

@@ -434,7 +434,18 @@ impl Links {
                     }
                 }
                 _ = &mut replaced => {
-                    let f = session.go_away(Duration::ZERO, "replaced by a newer link with the same agent id");
+                    // Two live agents with one id: newest wins, and the replaced one waits 5-10 s
+                    // so the pair alternates slowly instead of replacing each other in a loop.
+                    self.metrics.agents_rejected_total.with_label_values(&["duplicate_id"]).inc();
+                    tracing::error!(agent = %id, "a newer link with the same agent id replaced this one; two agents share the id");
+                    let retry = Duration::from_millis(
+                        revmesh_protocol::frame::DUPLICATE_ID_MIN_RETRY_MS + rand::random::<u64>() % 5_000,
+                    );
+                    let reason = format!(
+                        "{}: replaced by a newer link with the same agent id",
+                        revmesh_protocol::frame::GOAWAY_DUPLICATE_ID
+                    );
+                    let f = session.go_away(retry, &reason);
                     send_frame(ws, &f).await;
                     let _ = ws.close(None).await;
                     return "replaced".into();

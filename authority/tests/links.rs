@@ -246,3 +246,28 @@ async fn sighup_reloads_agent_tokens_without_dropping_links() {
     assert_eq!(state.metrics.reconnects_total.get(), 0, "the existing link must not have been dropped");
     agent.stop().await;
 }
+
+/// Two live agents with one id (two sidecars on a host sharing a hostname-derived id) used to
+/// replace each other thousands of times a second. Newest wins; the replaced one waits at least
+/// 5 s before it comes back, and each replacement is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_with_one_id_alternate_slowly_instead_of_storming() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let dup = || a.metric("revmesh_authority_agents_rejected_total{reason=\"duplicate_id\"}");
+    let first = Agent::start(vec![a.ws_url()], "twin");
+    wait_for(|| a.metric("revmesh_authority_agents_connected") == 1.0, "first twin connected").await;
+    let second = Agent::start(vec![a.ws_url()], "twin");
+    wait_for(|| dup() >= 1.0, "the second twin replaced the first").await;
+    let replaced_at = std::time::Instant::now();
+    let deadline = replaced_at + std::time::Duration::from_secs(30);
+    while dup() < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "the replaced twin never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let gap = replaced_at.elapsed();
+    assert!(gap >= std::time::Duration::from_millis(4_500), "replaced twin came back after {gap:?}");
+    assert_eq!(dup(), 2.0, "one replacement per return: {}", dup());
+    first.stop().await;
+    second.stop().await;
+}

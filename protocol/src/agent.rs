@@ -61,6 +61,9 @@ pub enum AgentEvent {
     Disconnect {
         /// Hint from a go-away.
         retry_after: Option<Duration>,
+        /// A newer link with this agent's id replaced this one: another live agent uses the
+        /// same id (an operator error to report loudly).
+        duplicate_id: bool,
         /// Why, for logs.
         reason: String,
     },
@@ -139,6 +142,11 @@ impl AgentSession {
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// The id this agent presents.
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
     }
 
     /// The log the agent's state belongs to.
@@ -228,8 +236,13 @@ impl AgentSession {
             (Frame::Welcome(w), Phase::AwaitWelcome) => self.on_welcome(w, now),
             (Frame::Welcome(_), _) => self.violation("second welcome".into()),
             (Frame::GoAway(g), _) => {
+                let mut retry_ms = g.retry_after_ms;
+                if g.is_duplicate_id() {
+                    retry_ms = retry_ms.max(crate::frame::DUPLICATE_ID_MIN_RETRY_MS);
+                }
                 self.events.push_back(AgentEvent::Disconnect {
-                    retry_after: Some(Duration::from_millis(g.retry_after_ms)),
+                    retry_after: Some(Duration::from_millis(retry_ms)),
+                    duplicate_id: g.is_duplicate_id(),
                     reason: format!("go-away: {}", g.reason),
                 });
                 self.disconnected();
@@ -238,6 +251,7 @@ impl AgentSession {
             (Frame::Error(e), _) => {
                 self.events.push_back(AgentEvent::Disconnect {
                     retry_after: None,
+                    duplicate_id: false,
                     reason: format!("authority error {:?}: {}", e.code, e.message),
                 });
                 self.disconnected();
@@ -386,6 +400,7 @@ impl AgentSession {
             if now.mono.saturating_duration_since(t) >= self.cfg.idle_timeout {
                 self.events.push_back(AgentEvent::Disconnect {
                     retry_after: None,
+                    duplicate_id: false,
                     reason: "authority silent past the idle timeout".into(),
                 });
                 self.disconnected();

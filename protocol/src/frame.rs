@@ -148,13 +148,27 @@ pub struct SnapshotChunk {
     pub entries: Vec<Entry>,
 }
 
+/// First word of a go-away's reason when a newer link with the same agent id replaced this one.
+/// The agent logs an error naming its id and waits at least [`DUPLICATE_ID_MIN_RETRY_MS`]:
+/// two live agents with one id then alternate every few seconds instead of in a tight loop.
+pub const GOAWAY_DUPLICATE_ID: &str = "duplicate_id";
+/// Least wait after a `duplicate_id` go-away, whatever the authority suggested.
+pub const DUPLICATE_ID_MIN_RETRY_MS: u64 = 5_000;
+
 /// Authority → agent: disconnect and reconnect after `retry_after_ms` (to this or another authority).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GoAway {
     /// Suggested wait before reconnecting, milliseconds (already jittered by the authority).
     pub retry_after_ms: u64,
-    /// Human-readable reason.
+    /// Human-readable reason; its first word is machine-readable (e.g. [`GOAWAY_DUPLICATE_ID`]).
     pub reason: String,
+}
+
+impl GoAway {
+    /// True when a newer link with the same agent id replaced this one.
+    pub fn is_duplicate_id(&self) -> bool {
+        self.reason.split([' ', ':']).next() == Some(GOAWAY_DUPLICATE_ID)
+    }
 }
 
 /// Machine-readable error codes carried by `Error` frames.
