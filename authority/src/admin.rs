@@ -102,10 +102,12 @@ async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if !s.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if !s.log.store_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable: revocations cannot be stored\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 
@@ -267,6 +269,10 @@ async fn create(
     let entry = s.log.append(entry).await.map_err(|e| match &*e {
         AppendError::Closed => {
             ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "authority is shutting down")
+        }
+        AppendError::Timeout(t) => {
+            tracing::error!(timeout = ?t, "revocation not stored in time");
+            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "the store did not answer in time; retry")
         }
         AppendError::Store(err) => {
             tracing::error!(error = %err, "revocation not stored");

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// `embedded` or `postgres://…` (a log shared by several replicas) [default: embedded].
     #[arg(long, env = "REVMESH_STORE")]
     pub store: Option<String>,
+    /// A store operation not finished in this time fails: the revocation gets 503, never 201,
+    /// and /readyz answers 503 while the store stays unreachable [default: 5s].
+    #[arg(long, env = "REVMESH_STORE_TIMEOUT")]
+    pub store_timeout: Option<String>,
     /// WebSocket endpoint for agents, path /v1/agents [default: 127.0.0.1:7400].
     #[arg(long, env = "REVMESH_AGENT_LISTEN")]
     pub agent_listen: Option<String>,
@@ -187,6 +191,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// The log store.
     pub store: StoreKind,
+    /// Limit on one store operation.
+    pub store_timeout: Duration,
     /// Embedded store directory.
     pub data_dir: PathBuf,
     /// Agent WebSocket listen address.
@@ -252,6 +258,7 @@ impl ServeArgs {
             file,
             data_dir,
             store,
+            store_timeout,
             agent_listen,
             admin_listen,
             admin_token_file,
@@ -369,6 +376,7 @@ impl Config {
         let cfg = Config {
             tls,
             store,
+            store_timeout: e.duration("store-timeout", &raw.store_timeout, Duration::from_secs(5)),
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/authority")),
             agent_listen: e.addr("agent-listen", &raw.agent_listen, "127.0.0.1:7400"),
             admin_listen: e.addr("admin-listen", &raw.admin_listen, "127.0.0.1:7401"),

@@ -206,14 +206,18 @@ pub async fn serve(
             std::fs::create_dir_all(&cfg.data_dir)
                 .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
             let replica = format!("{}-{}", hostname(), std::process::id());
-            Arc::new(pg::PgStore::new(url, replica, LogId(rand::random())))
+            Arc::new(
+                pg::PgStore::new(url, replica, LogId(rand::random()), cfg.store_timeout)
+                    .context("configuring the PostgreSQL store")?,
+            )
         }
     };
     let (log, writer) = {
         let store = store.clone();
         let metrics = metrics.clone();
+        let timeout = cfg.store_timeout;
         // Loading may talk to PostgreSQL synchronously: keep it off the async workers.
-        tokio::task::spawn_blocking(move || log::Log::open_loaded(store, metrics))
+        tokio::task::spawn_blocking(move || log::Log::open_loaded(store, timeout, metrics))
             .await
             .context("loading the log")?
             .context("loading the log")?
@@ -313,6 +317,7 @@ pub async fn serve(
             }
         }
     });
+    tracker.spawn(log.clone().watch_store(shutdown.clone()));
     if log.store().is_shared() {
         tracker.spawn(log.clone().tail(shutdown.clone()));
         tracker.spawn(share_cursors(hub.clone(), log.clone(), shutdown.clone()));

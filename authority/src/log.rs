@@ -12,6 +12,7 @@ use revmesh_protocol::codec::encode;
 use revmesh_protocol::frame::{snapshot_chunks, Batch, Frame};
 use revmesh_protocol::{Entry, LogId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,6 +30,10 @@ pub enum AppendError {
     /// The store failed; the entry may not be durable.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The store did not commit within the store timeout; the entry may still become durable
+    /// later (and is then delivered), but it was not acknowledged.
+    #[error("store did not answer within {0:?}")]
+    Timeout(Duration),
     /// The authority is shutting down.
     #[error("shutting down")]
     Closed,
@@ -56,7 +61,19 @@ pub struct Log {
     append_tx: mpsc::Sender<AppendReq>,
     cache: Mutex<BatchCache>,
     store: Arc<dyn Store>,
+    store_timeout: Duration,
+    /// False after a store operation failed, until one succeeds (a probe, or an append).
+    store_ok: AtomicBool,
+    /// When the running append started, unix ms (0: no append running).
+    append_started_ms: AtomicU64,
     metrics: Metrics,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl std::fmt::Debug for Log {
@@ -69,6 +86,7 @@ impl Log {
     /// Loads the store (blocking) and returns the log with the receiver its writer will serve.
     pub fn open_loaded(
         store: Arc<dyn Store>,
+        store_timeout: Duration,
         metrics: Metrics,
     ) -> Result<(Arc<Self>, mpsc::Receiver<AppendReq>), StoreError> {
         let loaded = store.load()?;
@@ -83,6 +101,9 @@ impl Log {
             append_tx,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             store,
+            store_timeout,
+            store_ok: AtomicBool::new(true),
+            append_started_ms: AtomicU64::new(0),
             metrics,
         });
         Ok((log, append_rx))
@@ -108,11 +129,63 @@ impl Log {
         self.view_tx.subscribe()
     }
 
-    /// Durably appends one entry; resolves once it is fsynced and sequenced.
+    /// Durably appends one entry; resolves once it is fsynced and sequenced, or fails when that
+    /// has not happened within the store timeout (queueing included).
     pub async fn append(&self, entry: NewEntry) -> Result<Entry, Arc<AppendError>> {
         let (reply, rx) = oneshot::channel();
-        self.append_tx.send(AppendReq { entry, reply }).await.map_err(|_| Arc::new(AppendError::Closed))?;
-        rx.await.map_err(|_| Arc::new(AppendError::Closed))?
+        let queued_and_committed = async {
+            self.append_tx
+                .send(AppendReq { entry, reply })
+                .await
+                .map_err(|_| Arc::new(AppendError::Closed))?;
+            rx.await.map_err(|_| Arc::new(AppendError::Closed))?
+        };
+        match tokio::time::timeout(self.store_timeout, queued_and_committed).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.store_ok.store(false, Ordering::Release);
+                Err(Arc::new(AppendError::Timeout(self.store_timeout)))
+            }
+        }
+    }
+
+    /// True while the store can commit: the last operation on it succeeded and no append has
+    /// been running for longer than the store timeout. `/readyz` answers from this.
+    pub fn store_ready(&self) -> bool {
+        let started = self.append_started_ms.load(Ordering::Acquire);
+        let stuck = started != 0 && now_ms().saturating_sub(started) > self.store_timeout.as_millis() as u64;
+        self.store_ok.load(Ordering::Acquire) && !stuck
+    }
+
+    /// Probes the store every second until `shutdown`, so readiness follows an outage and its
+    /// end even while no revocation arrives.
+    pub async fn watch_store(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let store = self.store.clone();
+            let probe = tokio::task::spawn_blocking(move || store.probe());
+            let ok = match tokio::time::timeout(self.store_timeout, probe).await {
+                Ok(Ok(Ok(()))) => true,
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "store probe failed");
+                    false
+                }
+                Ok(Err(_)) | Err(_) => {
+                    tracing::warn!("store probe did not finish in time");
+                    false
+                }
+            };
+            if ok != self.store_ok.swap(ok, Ordering::AcqRel) {
+                if ok {
+                    tracing::info!("store reachable again");
+                } else {
+                    tracing::error!("store unreachable: revocations get 503 and /readyz is 503");
+                }
+            }
+        }
     }
 
     async fn writer(log: std::sync::Weak<Self>, mut rx: mpsc::Receiver<AppendReq>) {
@@ -121,12 +194,20 @@ impl Log {
         // that is the group commit, with no timer.
         while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
             let Some(log) = log.upgrade() else { return };
-            let batch: Vec<NewEntry> = group.iter().map(|r| r.entry.clone()).collect();
             let head = log.view().head;
             let store = log.store.clone();
+            // Requests whose waiter gave up (store timeout) are not committed at all.
+            group.retain(|r| !r.reply.is_closed());
+            if group.is_empty() {
+                continue;
+            }
+            let batch: Vec<NewEntry> = group.iter().map(|r| r.entry.clone()).collect();
+            log.append_started_ms.store(now_ms().max(1), Ordering::Release);
             let result = tokio::task::spawn_blocking(move || store.append(head, &batch))
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Io(format!("append task failed: {e}"))));
+            log.append_started_ms.store(0, Ordering::Release);
+            log.store_ok.store(result.is_ok(), Ordering::Release);
             match result {
                 Ok(entries) => {
                     log.metrics.store_commits_total.inc();

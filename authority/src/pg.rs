@@ -9,13 +9,17 @@
 use crate::store::{record, unrecord, AgentRow, Loaded, NewEntry, Store, StoreError, Tail};
 use postgres::{Client, NoTls};
 use revmesh_protocol::{Entry, LogId};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Rows newer than this count as reported by a live replica.
 pub const AGENT_ROW_TTL_SECS: u64 = 10;
 /// Idle connections kept.
 const POOL: usize = 8;
+/// Operations still waiting on an unresponsive server at most; beyond, new ones fail at once
+/// instead of adding threads stuck on a partition.
+const MAX_HANGING: usize = 16;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revmesh_meta (
@@ -48,11 +52,19 @@ fn db(e: postgres::Error) -> StoreError {
 }
 
 /// A small pool of synchronous connections to one database.
+///
+/// Every operation is bounded by the store timeout: it runs on a thread of its own while the
+/// caller waits at most that long. A server that stops answering (a partition: the connection
+/// stays open, nothing comes back) fails the operation in time instead of hanging it; the
+/// abandoned thread ends when the connection does (TCP user timeout, keepalives, or the server
+/// ending the idle transaction), and its connection is never reused.
 pub struct PgStore {
-    url: String,
+    config: postgres::Config,
+    timeout: Duration,
     replica: String,
     new_log_id: LogId,
-    pool: Mutex<Vec<Client>>,
+    pool: Arc<Mutex<Vec<Client>>>,
+    hanging: Arc<AtomicUsize>,
     listener: Mutex<Option<Client>>,
 }
 
@@ -63,39 +75,78 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// A store for `url`; `replica` names this authority in `revmesh_agents`.
-    pub fn new(url: &str, replica: String, new_log_id: LogId) -> Self {
-        Self {
-            url: url.to_owned(),
+    /// A store for `url`; `replica` names this authority in `revmesh_agents`; every operation
+    /// (connect, statement, network round trip) is bounded by `timeout`.
+    pub fn new(url: &str, replica: String, new_log_id: LogId, timeout: Duration) -> Result<Self, StoreError> {
+        let mut config: postgres::Config = url.parse().map_err(db)?;
+        let ms = timeout.as_millis().max(1);
+        config
+            .connect_timeout(timeout)
+            .application_name("revmesh-authority")
+            // The server cancels a statement stalled on a lock held by a partitioned replica,
+            // and ends a transaction whose client went silent, releasing its locks.
+            .options(&format!("-c statement_timeout={ms} -c idle_in_transaction_session_timeout={}", ms * 2))
+            // The kernel ends connections whose peer vanished.
+            .tcp_user_timeout(timeout * 2)
+            .keepalives(true)
+            .keepalives_idle(timeout)
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3);
+        Ok(Self {
+            config,
+            timeout,
             replica,
             new_log_id,
-            pool: Mutex::new(Vec::new()),
+            pool: Arc::new(Mutex::new(Vec::new())),
+            hanging: Arc::new(AtomicUsize::new(0)),
             listener: Mutex::new(None),
-        }
+        })
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        let mut cfg: postgres::Config = self.url.parse().map_err(db)?;
-        cfg.connect_timeout(Duration::from_secs(5));
-        cfg.application_name("revmesh-authority");
-        cfg.connect(NoTls).map_err(db)
+        self.config.connect(NoTls).map_err(db)
     }
 
-    /// Runs `f` on a pooled connection; a connection that failed is dropped, not returned.
-    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
-        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut client = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect()?,
-        };
-        let r = f(&mut client);
-        if r.is_ok() {
-            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < POOL {
-                pool.push(client);
-            }
+    /// Runs `f` on a pooled connection within the store timeout; a connection that failed is
+    /// dropped, not returned.
+    fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+    {
+        if self.hanging.load(Ordering::Acquire) >= MAX_HANGING {
+            return Err(StoreError::Io("postgres: unreachable (earlier operations still hang)".into()));
         }
-        r.map_err(db)
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (pool, hanging, config) = (self.pool.clone(), self.hanging.clone(), self.config.clone());
+        hanging.fetch_add(1, Ordering::AcqRel);
+        let spawned = std::thread::Builder::new().name("revmesh-pg".into()).spawn(move || {
+            let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let result = match pooled {
+                Some(c) if !c.is_closed() => Ok(c),
+                _ => config.connect(NoTls).map_err(db),
+            }
+            .and_then(|mut client| {
+                let r = f(&mut client);
+                if r.is_ok() {
+                    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                    if pool.len() < POOL {
+                        pool.push(client);
+                    }
+                }
+                r.map_err(db)
+            });
+            hanging.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(result);
+        });
+        if let Err(e) = spawned {
+            self.hanging.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::Io(format!("postgres: cannot start a worker thread: {e}")));
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Io(format!("postgres: no answer within {:?}", self.timeout))),
+        }
     }
 }
 
@@ -112,7 +163,7 @@ fn rows_to_entries(rows: &[postgres::Row]) -> Result<Vec<Entry>, StoreError> {
 impl Store for PgStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let new_id = self.new_log_id.0.to_vec();
-        let (log_id, head, floor, rows) = self.with(|c| {
+        let (log_id, head, floor, rows) = self.with(move |c| {
             // Replicas starting together must not race on CREATE TABLE: one at a time.
             let mut tx = c.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock(7415000001)", &[])?;
@@ -133,8 +184,13 @@ impl Store for PgStore {
         Ok(Loaded { log_id, head: head as u64, floor: floor as u64, entries: rows_to_entries(&rows)? })
     }
 
+    fn probe(&self) -> Result<(), StoreError> {
+        self.with(|c| c.simple_query("SELECT 1").map(|_| ()))
+    }
+
     fn append(&self, _head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
-        self.with(|c| {
+        let batch = batch.to_vec();
+        self.with(move |c| {
             let mut tx = c.transaction()?;
             // The row lock serialises appenders across replicas: seqs commit in order.
             let head: i64 =
@@ -167,7 +223,7 @@ impl Store for PgStore {
 
     fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
         let seqs: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();
-        self.with(|c| {
+        self.with(move |c| {
             let mut tx = c.transaction()?;
             tx.execute("DELETE FROM revmesh_entries WHERE seq = ANY($1)", &[&seqs])?;
             tx.execute(
@@ -183,7 +239,7 @@ impl Store for PgStore {
     }
 
     fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
-        let (head, floor, rows) = self.with(|c| {
+        let (head, floor, rows) = self.with(move |c| {
             let mut tx =
                 c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
             let m = tx.query_one("SELECT head, floor FROM revmesh_meta WHERE id = 1", &[])?;
@@ -228,7 +284,9 @@ impl Store for PgStore {
         if rows.is_empty() {
             return Ok(());
         }
-        self.with(|c| {
+        let rows = rows.to_vec();
+        let replica = self.replica.clone();
+        self.with(move |c| {
             let mut tx = c.transaction()?;
             let stmt = tx.prepare(
                 "INSERT INTO revmesh_agents (id, replica, applied_seq, connected, remote, version, last_ack_at, seen_at)
@@ -240,11 +298,11 @@ impl Store for PgStore {
                  -- failed over to another replica stays connected there.
                  WHERE EXCLUDED.connected OR revmesh_agents.replica = EXCLUDED.replica",
             )?;
-            for r in rows {
+            for r in &rows {
                 let last = r.last_ack_at.map(|v| v as i64);
                 tx.execute(
                     &stmt,
-                    &[&r.id, &self.replica, &(r.applied_seq as i64), &r.connected, &r.remote, &r.version, &last],
+                    &[&r.id, &replica, &(r.applied_seq as i64), &r.connected, &r.remote, &r.version, &last],
                 )?;
             }
             tx.commit()
@@ -252,7 +310,7 @@ impl Store for PgStore {
     }
 
     fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        let rows = self.with(|c| {
+        let rows = self.with(move |c| {
             c.query(
                 "SELECT id, replica, applied_seq, connected AND seen_at > now() - make_interval(secs => $1),
                         remote, version, last_ack_at FROM revmesh_agents ORDER BY id",

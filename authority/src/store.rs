@@ -119,6 +119,8 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+    /// Checks that the store can currently be reached (cheap; called every second).
+    fn probe(&self) -> Result<(), StoreError>;
     /// Entries after `after`, with head and floor (for tailing a shared log).
     fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
         let l = self.load()?;
@@ -187,6 +189,12 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    fn probe(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        tx.open_table(META).map_err(io)?;
+        Ok(())
+    }
+
     fn load(&self) -> Result<Loaded, StoreError> {
         let txn = self.db.begin_write().map_err(io)?;
         let (log_id, head, floor, entries) = {

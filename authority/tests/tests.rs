@@ -4,5 +4,6 @@
 mod admin;
 mod links;
 mod postgres;
+mod relay;
 mod tls;
 mod util;
