@@ -72,6 +72,13 @@ pub struct RunArgs {
     /// HTTP/1.1 Unix socket for `GET /v1/check` (nginx auth_request).
     #[arg(long, env = "REVMESH_HTTP_SOCKET")]
     pub http_socket: Option<String>,
+    /// Group (name or gid) given to every Unix socket the agent creates, so a proxy running as
+    /// another user (nginx's www-data, Envoy's uid) can connect [default: the agent's group].
+    #[arg(long, env = "REVMESH_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+    /// Mode (octal) of every Unix socket the agent creates [default: 0660].
+    #[arg(long, env = "REVMESH_SOCKET_MODE")]
+    pub socket_mode: Option<String>,
     /// Prometheus endpoint [default: 127.0.0.1:7402].
     #[arg(long, env = "REVMESH_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -144,6 +151,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// HTTP socket.
     pub http_socket: Option<PathBuf>,
+    /// Ownership and mode of the sockets.
+    pub socket_access: crate::server::SocketAccess,
     /// Metrics address.
     pub metrics_listen: SocketAddr,
     /// Verification keys, as files.
@@ -193,7 +202,7 @@ impl RunArgs {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let file: RunArgs = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         Ok(merge!(self, file;
-            opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, metrics_listen, hs256_secret_file, jwks_file,
+            opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, socket_group, socket_mode, metrics_listen, hs256_secret_file, jwks_file,
                  issuer, audience, leeway, max_token_bytes, max_staleness, on_stale, max_clients,
                  client_idle_timeout, log;
             vec: authority, public_key_file, allow_uid))
@@ -206,6 +215,23 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "agent".into())
+}
+
+/// A group name or number as a gid, from `/etc/group` for names.
+fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let (name, _, gid) = (f.next()?, f.next()?, f.next()?);
+            (name == group).then(|| gid.parse().ok()).flatten()
+        })
+        .next()
+        .ok_or_else(|| format!("no group named `{group}`"))
 }
 
 /// The default agent id: the hostname plus a short hash of the socket's absolute path, so two
@@ -275,6 +301,23 @@ impl Config {
                 None
             }
         };
+        let mode =
+            match raw.socket_mode.as_deref().map(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8)) {
+                None => 0o660,
+                Some(Ok(m)) if m <= 0o777 => m,
+                _ => {
+                    push("socket-mode", "must be an octal mode such as 0660".into());
+                    0o660
+                }
+            };
+        let gid = match raw.socket_group.as_deref().map(group_id) {
+            None => None,
+            Some(Ok(g)) => Some(g),
+            Some(Err(e)) => {
+                push("socket-group", e);
+                None
+            }
+        };
         let metrics_text = raw.metrics_listen.as_deref().unwrap_or("127.0.0.1:7402");
         let metrics_listen = metrics_text.parse().unwrap_or_else(|_| {
             push("metrics-listen", format!("`{metrics_text}` is not an address"));
@@ -336,6 +379,7 @@ impl Config {
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/agent")),
             socket,
             http_socket: raw.http_socket.as_ref().map(PathBuf::from),
+            socket_access: crate::server::SocketAccess { mode, gid },
             metrics_listen,
             keys,
             rules: crate::jwt::Rules {
@@ -371,5 +415,12 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, default_id(std::path::Path::new("/run/a/agent.sock")));
         assert!(a.starts_with(&hostname()));
+    }
+
+    #[test]
+    fn socket_groups_resolve_by_name_or_number() {
+        assert_eq!(group_id("root"), Ok(0));
+        assert_eq!(group_id("4242"), Ok(4242));
+        assert!(group_id("no-such-group-here").is_err());
     }
 }

@@ -47,9 +47,9 @@ pub async fn run(
         metrics,
     ));
     tracing::info!(applied = st.applied_seq, log_id = ?st.log_id, "state loaded");
-    let line_listener = server::bind_socket(&cfg.socket).map_err(anyhow::Error::msg)?;
+    let line_listener = server::bind_socket(&cfg.socket, cfg.socket_access).map_err(anyhow::Error::msg)?;
     let http_listener = match &cfg.http_socket {
-        Some(p) => Some(server::bind_socket(p).map_err(anyhow::Error::msg)?),
+        Some(p) => Some(server::bind_socket(p, cfg.socket_access).map_err(anyhow::Error::msg)?),
         None => None,
     };
     let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)

@@ -42,6 +42,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
 #[derive(Debug)]
 pub struct Persist {
     dir: PathBuf,
+    /// `<data-dir>/lock`, held exclusively for the life of the process: two agents on one
+    /// data dir would interleave their journals.
+    _lock: File,
     journal: File,
     journal_len: u64,
 }
@@ -65,6 +68,23 @@ impl Persist {
     /// Opens the directory, recovering the state it holds.
     pub fn open(dir: &Path) -> Result<(Self, Recovered), PersistError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        if let Err(e) = lock.try_lock() {
+            let source = match e {
+                std::fs::TryLockError::WouldBlock => std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "locked by another running agent: each agent needs its own --data-dir",
+                ),
+                std::fs::TryLockError::Error(e) => e,
+            };
+            return Err(PersistError::Io { path: lock_path, source });
+        }
         let mut rec = Recovered::default();
         let state_path = dir.join("state.bin");
         match std::fs::read(&state_path) {
@@ -121,7 +141,7 @@ impl Persist {
         }
         rec.state.set = set.snapshot();
         rec.heard_ms = std::fs::read_to_string(dir.join("heard")).ok().and_then(|s| s.trim().parse().ok());
-        Ok((Self { dir: dir.to_owned(), journal, journal_len: good as u64 }, rec))
+        Ok((Self { dir: dir.to_owned(), _lock: lock, journal, journal_len: good as u64 }, rec))
     }
 
     /// Appends one applied batch and fsyncs it. Returns true when the journal should be compacted.
@@ -220,6 +240,18 @@ mod tests {
         let set = RevocationSet::restore(state.set.clone());
         let j = format!("j{seq}");
         set.check(&TokenRef { jti: Some(&j), ..Default::default() }).is_some()
+    }
+
+    /// Two agents on one data dir would interleave their journals: the second is refused
+    /// while the first runs, and the dir is free again once it has stopped.
+    #[test]
+    fn a_data_dir_serves_one_agent_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Persist::open(dir.path()).unwrap();
+        let err = Persist::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another running agent"), "{err}");
+        drop(first);
+        Persist::open(dir.path()).unwrap();
     }
 
     #[test]

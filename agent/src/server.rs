@@ -40,9 +40,24 @@ pub struct Server {
     pub tracker: TaskTracker,
 }
 
+/// Who may connect to the agent's Unix sockets, beside `--allow-uid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// File mode (default 0660).
+    pub mode: u32,
+    /// Group to give the socket (default: the agent's own).
+    pub gid: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        Self { mode: 0o660, gid: None }
+    }
+}
+
 /// Binds a Unix socket safely: refuses symlinks and non-sockets, refuses a live socket, removes a
-/// stale one, and sets mode 0660.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, String> {
+/// stale one, then sets its group and mode.
+pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<UnixListener, String> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             let ft = meta.file_type();
@@ -64,8 +79,12 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, String> {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
     let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    if let Some(gid) = access.gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| format!("chgrp {gid} {}: {e}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
+        .map_err(|e| format!("chmod {:o} {}: {e}", access.mode, path.display()))?;
     Ok(l)
 }
 
@@ -163,12 +182,14 @@ impl Server {
         let mut buf = BytesMut::with_capacity(1024);
         loop {
             let Some(req) = read_http(&mut s, &mut buf, self.idle, &self.shutdown).await else { return };
-            let (status, headers, body) = if req.method != "GET" {
-                (405, Vec::new(), "only GET\n".to_owned())
-            } else if req.path == "/v1/check" {
+            // Any method on /v1/check and below it: proxies forward the original method and
+            // path (Envoy's `path_prefix`), nginx `auth_request` sends the client's method.
+            let (status, headers, body) = if req.path == "/v1/check" || req.path.starts_with("/v1/check/") {
                 self.http_check(req.bearer.as_deref())
-            } else if req.path == "/healthz" {
+            } else if req.path == "/healthz" && req.method == "GET" {
                 (200, Vec::new(), "ok\n".to_owned())
+            } else if req.path == "/healthz" {
+                (405, vec![("Allow".into(), "GET".into())], "method not allowed: use GET\n".to_owned())
             } else {
                 (404, Vec::new(), "not found\n".to_owned())
             };
@@ -178,31 +199,43 @@ impl Server {
         }
     }
 
+    /// The check verdict as HTTP, in codes every auth proxy passes through: 200 allow, 401
+    /// invalid or revoked (with `WWW-Authenticate`), 403 stale under `--on-stale closed` (nginx
+    /// `auth_request` turns any other code into 500). Every answer names its verdict in
+    /// `X-Revmesh-Verdict`.
     fn http_check(&self, bearer: Option<&str>) -> (u16, Vec<(String, String)>, String) {
+        type H = Vec<(String, String)>;
+        let verdict = |v: &str| ("X-Revmesh-Verdict".to_owned(), v.to_owned());
+        let challenge = |error: bool| {
+            let v = if error { "Bearer error=\"invalid_token\"" } else { "Bearer" };
+            ("WWW-Authenticate".to_owned(), v.to_owned())
+        };
         let started = Instant::now();
         let Some(jwt) = bearer else {
-            return (401, Vec::new(), "missing bearer token\n".into());
+            self.state.metrics.count_check("invalid");
+            let h: H = vec![verdict("invalid"), challenge(false)];
+            return (401, h, "missing bearer token\n".into());
         };
         let r = match check(&self.ctx(), jwt) {
             CheckOutcome::Invalid(e) => {
                 self.state.metrics.count_check("invalid");
-                (
-                    401,
-                    vec![("X-Revmesh-Reason".into(), e.as_str().into())],
-                    format!("invalid: {}\n", e.as_str()),
-                )
+                let h: H =
+                    vec![verdict("invalid"), challenge(true), ("X-Revmesh-Reason".into(), e.as_str().into())];
+                (401, h, format!("invalid: {}\n", e.as_str()))
             }
             CheckOutcome::Decided(Decision::Revoked { kind, seq }, _, _) => {
                 self.state.metrics.count_check("revoked");
-                (401, vec![("X-Revmesh-Seq".into(), seq.to_string())], format!("revoked: {kind}\n"))
+                let h: H =
+                    vec![verdict("revoked"), challenge(true), ("X-Revmesh-Seq".into(), seq.to_string())];
+                (401, h, format!("revoked: {kind}\n"))
             }
             CheckOutcome::Decided(Decision::Stale { lag_ms }, _, _) => {
                 self.state.metrics.count_check("stale");
-                (503, Vec::new(), format!("stale: {lag_ms} ms since the authority was heard\n"))
+                (403, vec![verdict("stale")], format!("stale: {lag_ms} ms since the authority was heard\n"))
             }
             CheckOutcome::Decided(Decision::Ok { seq, stale, .. }, sub, _) => {
                 self.state.metrics.count_check("ok");
-                let mut h = vec![("X-Revmesh-Seq".into(), seq.to_string())];
+                let mut h: H = vec![verdict("ok"), ("X-Revmesh-Seq".into(), seq.to_string())];
                 if let Some(sub) = sub.filter(|s| s.chars().all(|c| c.is_ascii_graphic() || c == ' ')) {
                     h.push(("X-Revmesh-Sub".into(), sub));
                 }
@@ -290,6 +323,7 @@ pub async fn write_http<S: AsyncWrite + Unpin>(
     let reason = match status {
         200 => "OK",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         503 => "Service Unavailable",
