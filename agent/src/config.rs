@@ -46,82 +46,104 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     /// Authority WebSocket URL, e.g. ws://127.0.0.1:7400 (repeatable: failover list).
     #[arg(long, env = "REVMESH_AUTHORITY", value_delimiter = ',')]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
     pub authority: Vec<String>,
     /// Agent id [default: hostname plus a hash of the socket path].
     #[arg(long, env = "REVMESH_ID")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub id: Option<String>,
     /// CA bundle (PEM) the authority's certificate must chain to; needed for wss:// URLs.
     #[arg(long, env = "REVMESH_CA_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub ca_file: Option<String>,
     /// Client certificate (PEM) for authorities that require mutual TLS; must name --id.
     #[arg(long, env = "REVMESH_TLS_CERT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub tls_cert: Option<String>,
     /// Client private key (PEM) for mutual TLS.
     #[arg(long, env = "REVMESH_TLS_KEY")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub tls_key: Option<String>,
     /// File with the bearer token presented to the authority.
     #[arg(long, env = "REVMESH_TOKEN_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub token_file: Option<String>,
     /// Persistent state directory [default: ./revmesh-data/agent].
     #[arg(long, env = "REVMESH_DATA_DIR")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub data_dir: Option<String>,
     /// Line-protocol Unix socket [default: ./revmesh-data/agent.sock].
     #[arg(long, env = "REVMESH_SOCKET")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub socket: Option<String>,
     /// HTTP/1.1 Unix socket for `GET /v1/check` (nginx auth_request).
     #[arg(long, env = "REVMESH_HTTP_SOCKET")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub http_socket: Option<String>,
     /// Group (name or gid) given to every Unix socket the agent creates, so a proxy running as
     /// another user (nginx's www-data, Envoy's uid) can connect [default: the agent's group].
     #[arg(long, env = "REVMESH_SOCKET_GROUP")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub socket_group: Option<String>,
     /// Mode (octal) of every Unix socket the agent creates [default: 0660].
     #[arg(long, env = "REVMESH_SOCKET_MODE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub socket_mode: Option<String>,
     /// Prometheus endpoint [default: 127.0.0.1:7402].
     #[arg(long, env = "REVMESH_METRICS_LISTEN")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub metrics_listen: Option<String>,
     /// HMAC secret file (HS256/384/512; at least 32 bytes).
     #[arg(long, env = "REVMESH_HS256_SECRET_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub hs256_secret_file: Option<String>,
     /// Public key PEM (RSA, EC P-256/P-384 or Ed25519; repeatable).
     #[arg(long, env = "REVMESH_PUBLIC_KEY_FILE", value_delimiter = ',')]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
     pub public_key_file: Vec<String>,
     /// JWKS file (keys selected by `kid`).
     #[arg(long, env = "REVMESH_JWKS_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub jwks_file: Option<String>,
     /// Required `iss`.
     #[arg(long, env = "REVMESH_ISSUER")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub issuer: Option<String>,
     /// Required audience.
     #[arg(long, env = "REVMESH_AUDIENCE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub audience: Option<String>,
     /// Clock skew allowed on exp/nbf/iat [default: 30s].
     #[arg(long, env = "REVMESH_LEEWAY")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub leeway: Option<String>,
     /// Longest token accepted [default: 8192].
     #[arg(long, env = "REVMESH_MAX_TOKEN_BYTES")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_token_bytes: Option<String>,
     /// Time without hearing from an authority before answers become stale [default: 30s].
     #[arg(long, env = "REVMESH_MAX_STALENESS")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_staleness: Option<String>,
     /// `closed` (answer STALE) or `open` (answer from the last set, marked stale=1) [default: closed].
     #[arg(long, env = "REVMESH_ON_STALE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub on_stale: Option<String>,
     /// Peer uids allowed on the sockets (repeatable) [default: any].
     #[arg(long, env = "REVMESH_ALLOW_UID", value_delimiter = ',')]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
     pub allow_uid: Vec<String>,
     /// Most socket clients at once [default: 4096].
     #[arg(long, env = "REVMESH_MAX_CLIENTS")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_clients: Option<String>,
     /// Socket clients idle this long are closed [default: 5m].
     #[arg(long, env = "REVMESH_CLIENT_IDLE_TIMEOUT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub client_idle_timeout: Option<String>,
     /// Log filter [default: info].
     #[arg(long, env = "REVMESH_LOG")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub log: Option<String>,
 }
 
@@ -182,6 +204,12 @@ pub struct ConfigError {
     /// What is wrong.
     pub message: String,
 }
+
+/// Settings found bad only when used (an address already in use), reported like the others
+/// and before anything is created: the process exits with code 64.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {}", .0.iter().map(|e| format!("--{e}")).collect::<Vec<_>>().join("; "))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
 
 macro_rules! merge {
     ($cli:expr, $file:expr; opt: $($o:ident),*; vec: $($v:ident),*) => {
@@ -415,6 +443,22 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, default_id(std::path::Path::new("/run/a/agent.sock")));
         assert!(a.starts_with(&hostname()));
+    }
+
+    /// What operators naturally write: one authority as a string, numbers as numbers.
+    #[test]
+    fn toml_takes_natural_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(
+            &path,
+            "authority = \"ws://127.0.0.1:7400\"\nmax-clients = 5\nallow-uid = 1000\npublic-key-file = []\n",
+        )
+        .unwrap();
+        let raw = RunArgs { config: Some(path), ..Default::default() };
+        let c = Config::build(&raw.with_file().unwrap()).unwrap();
+        assert_eq!(c.authorities, ["ws://127.0.0.1:7400"]);
+        assert_eq!((c.max_clients, c.allow_uid.as_slice()), (5, &[1000][..]));
     }
 
     #[test]

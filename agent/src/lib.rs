@@ -29,7 +29,21 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
+    // Bind the TCP listener first: a port that is taken is a configuration error, reported
+    // before the data dir is touched.
+    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen).await.map_err(|e| {
+        config::ConfigErrors(vec![config::ConfigError {
+            field: "metrics-listen",
+            message: format!("cannot bind {}: {e}", cfg.metrics_listen),
+        }])
+    })?;
     let keys = cfg.keys.load().map_err(|e| anyhow::anyhow!("--{}: {}", e.field, e.message))?;
+    if cfg.authorities.is_empty() {
+        tracing::warn!("no --authority: this agent will never learn of a revocation and answers as stale");
+    }
+    if keys.is_empty() {
+        tracing::warn!("no verification keys (--hs256-secret-file, --public-key-file, --jwks-file): every CHECK answers INVALID reason=unknown_key; only STATUS works");
+    }
     let (persist, recovered) = persist::Persist::open(&cfg.data_dir)
         .with_context(|| format!("opening the data dir {}", cfg.data_dir.display()))?;
     for w in &recovered.warnings {
@@ -52,9 +66,6 @@ pub async fn run(
         Some(p) => Some(server::bind_socket(p, cfg.socket_access).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.metrics_listen))?;
     let bound = Bound { metrics: metrics_listener.local_addr()? };
 
     let tracker = tokio_util::task::TaskTracker::new();

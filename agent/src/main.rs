@@ -66,10 +66,19 @@ fn main() -> ExitCode {
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("revmesh-agent: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => match e.downcast_ref::<revmesh_agent::config::ConfigErrors>() {
+                    Some(c) => {
+                        eprintln!("revmesh-agent: invalid configuration:");
+                        for e in &c.0 {
+                            eprintln!("  --{e}");
+                        }
+                        ExitCode::from(64)
+                    }
+                    None => {
+                        eprintln!("revmesh-agent: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
             }
         }
     }

@@ -40,67 +40,88 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Directory of the embedded store [default: ./revmesh-data/authority].
     #[arg(long, env = "REVMESH_DATA_DIR")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub data_dir: Option<String>,
     /// `embedded` or `postgres://…` (a log shared by several replicas) [default: embedded].
     #[arg(long, env = "REVMESH_STORE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub store: Option<String>,
     /// A store operation not finished in this time fails: the revocation gets 503, never 201,
     /// and /readyz answers 503 while the store stays unreachable [default: 5s].
     #[arg(long, env = "REVMESH_STORE_TIMEOUT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub store_timeout: Option<String>,
     /// WebSocket endpoint for agents, path /v1/agents [default: 127.0.0.1:7400].
     #[arg(long, env = "REVMESH_AGENT_LISTEN")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub agent_listen: Option<String>,
     /// Admin HTTP API, /metrics, /healthz, /readyz [default: 127.0.0.1:7401].
     #[arg(long, env = "REVMESH_ADMIN_LISTEN")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub admin_listen: Option<String>,
     /// File holding the admin bearer token [default: generated in the data dir].
     #[arg(long, env = "REVMESH_ADMIN_TOKEN_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub admin_token_file: Option<String>,
     /// File with agent bearer tokens, one per line [default: no agent auth].
     #[arg(long, env = "REVMESH_AGENT_TOKEN_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub agent_token_file: Option<String>,
     /// Longest token lifetime issued; default expiry of non-jti revocations [default: 24h].
     #[arg(long, env = "REVMESH_MAX_TOKEN_TTL")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_token_ttl: Option<String>,
     /// First resend timeout for unacknowledged entries [default: 2s].
     #[arg(long, env = "REVMESH_ACK_TIMEOUT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub ack_timeout: Option<String>,
     /// Heartbeat interval on agent links [default: 5s].
     #[arg(long, env = "REVMESH_HEARTBEAT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub heartbeat: Option<String>,
     /// Most agent connections at once [default: 20000].
     #[arg(long, env = "REVMESH_MAX_AGENTS")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_agents: Option<String>,
     /// Most admin API connections at once [default: 1024].
     #[arg(long, env = "REVMESH_MAX_ADMIN_CONNECTIONS")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_admin_connections: Option<String>,
     /// Time allowed for an agent's TLS + WebSocket handshake and its hello [default: 10s].
     #[arg(long, env = "REVMESH_HANDSHAKE_TIMEOUT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub handshake_timeout: Option<String>,
     /// Most entries sent to one agent and not yet acknowledged [default: 4096].
     #[arg(long, env = "REVMESH_MAX_PENDING_PER_AGENT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_pending_per_agent: Option<String>,
     /// Most agents catching up at once; others get a go-away [default: 256].
     #[arg(long, env = "REVMESH_MAX_CATCHUPS")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_catchups: Option<String>,
     /// Entries kept uncompacted behind the head so reconnecting agents resume without a snapshot [default: 100000].
     #[arg(long, env = "REVMESH_RETAIN_ENTRIES")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub retain_entries: Option<String>,
     /// How often expired entries are compacted away [default: 60s].
     #[arg(long, env = "REVMESH_COMPACT_INTERVAL")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub compact_interval: Option<String>,
     /// TLS certificate (PEM).
     #[arg(long, env = "REVMESH_TLS_CERT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub tls_cert: Option<String>,
     /// TLS private key (PEM).
     #[arg(long, env = "REVMESH_TLS_KEY")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub tls_key: Option<String>,
     /// CA bundle for client certificates (mutual TLS).
     #[arg(long, env = "REVMESH_CLIENT_CA")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub client_ca: Option<String>,
     /// Log filter, e.g. `info` or `revmesh_authority=debug` [default: info].
     #[arg(long, env = "REVMESH_LOG")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub log: Option<String>,
 }
 
@@ -236,6 +257,12 @@ pub struct ConfigError {
     /// What is wrong.
     pub message: String,
 }
+
+/// Settings found bad only when used (an address already in use), reported like the others
+/// and before anything is created: the process exits with code 64.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {}", .0.iter().map(|e| format!("--{e}")).collect::<Vec<_>>().join("; "))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
 
 macro_rules! merge_fields {
     ($cli:expr, $file:expr, $($f:ident),*) => {
@@ -380,7 +407,15 @@ impl Config {
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/authority")),
             agent_listen: e.addr("agent-listen", &raw.agent_listen, "127.0.0.1:7400"),
             admin_listen: e.addr("admin-listen", &raw.admin_listen, "127.0.0.1:7401"),
-            admin_token_file: raw.admin_token_file.as_ref().map(PathBuf::from),
+            admin_token_file: file("admin-token-file", &raw.admin_token_file, &mut e).inspect(|p| {
+                let len = std::fs::read_to_string(p).map(|t| t.trim().len()).unwrap_or(0);
+                if p.is_file() && len < 16 {
+                    e.push(
+                        "admin-token-file",
+                        format!("{}: the token must be at least 16 characters", p.display()),
+                    );
+                }
+            }),
             agent_token_file: file("agent-token-file", &raw.agent_token_file, &mut e),
             max_token_ttl: e.duration("max-token-ttl", &raw.max_token_ttl, Duration::from_secs(86_400)),
             ack_timeout: e.duration("ack-timeout", &raw.ack_timeout, Duration::from_secs(2)),
@@ -431,6 +466,30 @@ mod tests {
         assert_eq!(c.agent_listen.to_string(), "127.0.0.1:7400");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7401");
         assert_eq!(c.max_token_ttl, Duration::from_secs(86_400));
+    }
+
+    /// What operators naturally write: numbers as numbers.
+    #[test]
+    fn toml_takes_numbers_as_numbers_and_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "max-agents = 100\nmax-catchups = \"7\"\nretain-entries = 0\n").unwrap();
+        let raw = ServeArgs { config: Some(path), ..Default::default() };
+        let c = Config::build(&raw.with_file().unwrap()).unwrap();
+        assert_eq!((c.max_agents, c.max_catchups, c.retain_entries), (100, 7, 0));
+    }
+
+    #[test]
+    fn a_missing_or_short_admin_token_file_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc").unwrap();
+        for (file, want) in [(dir.path().join("absent"), "not a readable file"), (short, "at least 16")] {
+            let raw = ServeArgs { admin_token_file: Some(file.display().to_string()), ..Default::default() };
+            let errs = Config::build(&raw).unwrap_err();
+            assert_eq!(errs[0].field, "admin-token-file");
+            assert!(errs[0].message.contains(want), "{}", errs[0].message);
+        }
     }
 
     #[test]

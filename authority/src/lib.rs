@@ -190,12 +190,42 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
+/// Binds both listeners, reporting every address that cannot be bound as a configuration error.
+async fn bind_listeners(cfg: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let (agent, admin) =
+        (TcpListener::bind(cfg.agent_listen).await, TcpListener::bind(cfg.admin_listen).await);
+    match (agent, admin) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => {
+            let mut errs = Vec::new();
+            for (field, addr, r) in
+                [("agent-listen", cfg.agent_listen, a.err()), ("admin-listen", cfg.admin_listen, b.err())]
+            {
+                if let Some(e) = r {
+                    errs.push(config::ConfigError { field, message: format!("cannot bind {addr}: {e}") });
+                }
+            }
+            Err(config::ConfigErrors(errs).into())
+        }
+    }
+}
+
 /// Runs an authority until `shutdown` is cancelled; `on_ready` is told the bound addresses.
 pub async fn serve(
     cfg: Config,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Bound, LogId),
 ) -> anyhow::Result<()> {
+    // Bind first: a port that is taken is a configuration error, reported before anything
+    // (store, admin token) is created.
+    let (agent_listener, admin_listener) = bind_listeners(&cfg).await?;
+    let bound = Bound { agent: agent_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    if cfg.agent_token_file.is_none() {
+        tracing::warn!(
+            agent_listen = %bound.agent,
+            "agent authentication is OFF: anything that reaches the agent port can join as any agent id and read every revocation; set --agent-token-file"
+        );
+    }
     let metrics = metrics::Metrics::new().context("registering metrics")?;
     let store: Arc<dyn store::Store> = match &cfg.store {
         config::StoreKind::Embedded => Arc::new(
@@ -237,11 +267,6 @@ pub async fn serve(
         .map(|f| tls::ServerTls::load(tls::TlsFiles { client_ca: None, ..f }))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let agent_listener =
-        TcpListener::bind(cfg.agent_listen).await.with_context(|| format!("binding {}", cfg.agent_listen))?;
-    let admin_listener =
-        TcpListener::bind(cfg.admin_listen).await.with_context(|| format!("binding {}", cfg.admin_listen))?;
-    let bound = Bound { agent: agent_listener.local_addr()?, admin: admin_listener.local_addr()? };
 
     let hub = Arc::new(hub::Hub::new(metrics.clone()));
     let link_cfg = links::LinkConfig {

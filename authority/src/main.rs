@@ -80,10 +80,19 @@ fn run_serve(cfg: Config) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("revmesh-authority: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<revmesh_authority::config::ConfigErrors>() {
+            Some(c) => {
+                eprintln!("revmesh-authority: invalid configuration:");
+                for e in &c.0 {
+                    eprintln!("  --{e}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
+            None => {
+                eprintln!("revmesh-authority: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

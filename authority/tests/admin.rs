@@ -140,3 +140,44 @@ fn operator_commands_revoke_and_report() {
     let (_, e) = a.get("/v1/revocations/1");
     assert_eq!(e["expires_at"], 4_102_444_800u64);
 }
+
+/// A port that is taken is a configuration error (exit 64) found before anything is created:
+/// no store, no generated admin token is left behind.
+#[test]
+fn a_taken_port_is_reported_before_anything_is_created() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args(["serve", "--agent-listen", "127.0.0.1:0", "--admin-listen", &addr, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--admin-listen"), "{stderr}");
+    assert!(!data.join("admin.token").exists(), "an admin token was written before the bind failed");
+    assert!(!data.exists() || std::fs::read_dir(&data).unwrap().next().is_none(), "the data dir was filled");
+}
+
+/// Starting with agent authentication off is allowed (the quick start does) but never silent.
+#[test]
+fn open_agent_authentication_is_warned_about() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args(["serve", "--agent-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("revmesh-authority ready"), "{ready}");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WARN") && stderr.contains("agent authentication is OFF"), "{stderr}");
+}

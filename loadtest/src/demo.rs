@@ -1,6 +1,8 @@
 //! `revmesh-loadtest demo`: the first thing a new user runs. A local mesh with embedded
 //! defaults (an authority and three agents in a temp dir), one token accepted everywhere,
-//! revoked with a receipt, refused everywhere; then it stays up until Ctrl-C.
+//! revoked with a receipt, refused everywhere; then it stays up until Ctrl-C (or SIGTERM, or
+//! SIGHUP when its terminal closes). On every way out it stops the processes it started and
+//! removes its temp dir, which holds the HS256 secret and the admin token.
 
 use crate::procs::{sibling, AgentProc, AuthorityProc};
 use crate::util::{ask_line, mint, wait_until};
@@ -9,9 +11,18 @@ use std::time::Duration;
 
 /// Runs the demo.
 pub async fn run() -> anyhow::Result<()> {
+    // Signals are caught before anything starts, so no signal can leave processes behind.
+    let stop = until_signal()?;
     let dir = std::env::temp_dir().join(format!("revmesh-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = demo(&dir).await;
+    let result = tokio::select! {
+        r = demo(&dir) => r,
+        signal = stop => {
+            println!("\n{signal}: stopping; removing {}", dir.display());
+            Ok(())
+        }
+    };
+    // The demo future is gone by now, and with it every process handle (killed on drop).
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -62,7 +73,7 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
          {} check --socket {} '{token}'\n  \
          {} revoke subject alice --admin http://{} --token-file {} --wait\n  \
          {} agents --admin http://{} --token-file {}\n  \
-         printf 'PING\\nSTATUS jti={jti}\\n' | nc -U {}\n  \
+         printf 'PING\\nSTATUS jti={jti}\\n' | socat -t1 - UNIX-CONNECT:{}\n  \
          curl -s http://{}/metrics | grep revmesh_\n\n\
          HS256 secret: {}   admin token: {}\n\nThe mesh runs until Ctrl-C.",
         bin.display(),
@@ -78,11 +89,25 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         secret.display(),
         auth.token_file.display(),
     );
-    tokio::signal::ctrl_c().await?;
-    println!("\nstopping; removing {}", dir.display());
-    drop(agents);
-    drop(auth);
+    // Runs until `run` sees a signal and drops this future (and the processes with it).
+    std::future::pending::<()>().await;
+    drop((agents, auth));
     Ok(())
+}
+
+/// Catches SIGINT, SIGTERM and SIGHUP from now on; the future resolves to the first one's name.
+fn until_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        }
+    })
 }
 
 fn hex(b: &[u8]) -> String {

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod authority;
 pub mod codec;
+pub mod conf;
 pub mod frame;
 pub mod model;
 pub mod set;
