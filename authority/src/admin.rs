@@ -77,6 +77,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/v1/revocations", post(create).get(list))
         .route("/v1/revocations/{seq}", get(one))
         .route("/v1/agents", get(agents))
+        .route("/v1/agents/{id}", axum::routing::delete(forget))
         .route("/v1/status", get(status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -85,6 +86,9 @@ pub fn app(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -341,7 +345,7 @@ async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit.unwrap_or(100).min(1000);
     let log_id = s.log.log_id().to_string();
     let entries: Vec<Value> =
         s.log.list(q.after.unwrap_or(0), limit).iter().map(|e| entry_json(e, &log_id)).collect();
@@ -390,12 +394,52 @@ async fn agents(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(Value::Array(rows)))
 }
 
-async fn status(State(s): State<AdminState>) -> Json<Value> {
+/// `DELETE /v1/agents/{id}`: forgets a departed agent (409 while it is connected).
+async fn forget(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    use crate::store::Forgotten;
+    let mut outcome = s.hub.forget(&id);
+    if outcome != Forgotten::Connected && s.log.store().is_shared() {
+        let store = s.log.store().clone();
+        let shared_id = id.clone();
+        let shared = tokio::task::spawn_blocking(move || store.forget_agent(&shared_id))
+            .await
+            .map_err(|_| ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable"))?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "forgetting a shared agent cursor failed");
+                ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable; retry")
+            })?;
+        if shared != Forgotten::Unknown || outcome == Forgotten::Unknown {
+            outcome = shared;
+        }
+    }
+    match outcome {
+        Forgotten::Removed => {
+            tracing::info!(agent = %id, "agent forgotten");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Forgotten::Connected => Err(ApiError::status(
+            StatusCode::CONFLICT,
+            format!("agent `{id}` is connected; only a departed agent can be forgotten"),
+        )),
+        Forgotten::Unknown => Err(ApiError::status(StatusCode::NOT_FOUND, format!("no agent `{id}`"))),
+    }
+}
+
+async fn status(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let view = s.log.view();
-    let agents = s.hub.agents(view.head);
-    let connected = agents.iter().filter(|a| a.connected).count();
-    let max_lag = agents.iter().filter(|a| a.connected).map(|a| a.lag).max().unwrap_or(0);
-    Json(json!({
+    // (connected, lag) of every agent this authority knows, or every replica's on a shared store.
+    let agents: Vec<(bool, u64)> = if s.log.store().is_shared() {
+        shared_agents(&s)
+            .await?
+            .iter()
+            .map(|r| (r.connected, view.head.saturating_sub(r.applied_seq)))
+            .collect()
+    } else {
+        s.hub.agents(view.head).iter().map(|a| (a.connected, a.lag)).collect()
+    };
+    let connected = agents.iter().filter(|a| a.0).count();
+    let max_lag = agents.iter().filter(|a| a.0).map(|a| a.1).max().unwrap_or(0);
+    Ok(Json(json!({
         "log_id": view.log_id.to_string(),
         "head": view.head,
         "floor": view.floor,
@@ -403,7 +447,7 @@ async fn status(State(s): State<AdminState>) -> Json<Value> {
         "agents_connected": connected,
         "max_lag": max_lag,
         "version": env!("CARGO_PKG_VERSION"),
-    }))
+    })))
 }
 
 #[cfg(test)]

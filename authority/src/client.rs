@@ -1,7 +1,7 @@
 //! Operator subcommands (`revoke`, `agents`, `status`): small HTTP/1.1 calls to the admin API
 //! with human-readable output, or the raw JSON with `--json`.
 
-use crate::config::{ClientArgs, RevokeArgs, RevokeWhat};
+use crate::config::{AgentsAction, AgentsArgs, ClientArgs, RevokeArgs, RevokeWhat};
 use revmesh_protocol::time::parse_duration;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -35,16 +35,17 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return Err(bad());
     }
-    let mut rest = &text[19..];
+    // Slices by byte position only through `get`: the input may hold multi-byte characters.
+    let mut rest = text.get(19..).ok_or_else(bad)?;
     if let Some(frac) = rest.strip_prefix('.') {
         let digits = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
         rest = &frac[digits..];
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) && &r[3..4] == ":" => {
-            let oh: i64 = r[1..3].parse().map_err(|_| bad())?;
-            let om: i64 = r[4..6].parse().map_err(|_| bad())?;
+        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) && r.get(3..4) == Some(":") => {
+            let oh: i64 = r.get(1..3).and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+            let om: i64 = r.get(4..6).and_then(|x| x.parse().ok()).ok_or_else(bad)?;
             let sign = if r.starts_with('-') { -1 } else { 1 };
             sign * (oh * 3600 + om * 60)
         }
@@ -286,23 +287,72 @@ fn revoke_body(a: &RevokeArgs) -> Result<Value, String> {
     Ok(body)
 }
 
-/// `revmesh-authority agents`
-pub fn agents(a: &ClientArgs) -> ExitCode {
-    let answer = call(a, "GET", "/v1/agents", None, Duration::from_secs(10));
-    finish(a, answer, |v| {
-        println!("{:<24} {:<9} {:>10} {:>8}  {:<21} VERSION", "AGENT", "STATE", "APPLIED", "LAG", "REMOTE");
-        for ag in v.as_array().into_iter().flatten() {
-            println!(
-                "{:<24} {:<9} {:>10} {:>8}  {:<21} {}",
-                ag["id"].as_str().unwrap_or("?"),
-                if ag["connected"].as_bool().unwrap_or(false) { "connected" } else { "gone" },
-                ag["applied_seq"],
-                ag["lag"],
-                ag["remote"].as_str().unwrap_or(""),
-                ag["version"].as_str().unwrap_or("")
-            );
+/// `revmesh-authority agents [forget ID]`
+pub fn agents(a: &AgentsArgs) -> ExitCode {
+    if let Some(AgentsAction::Forget { id }) = &a.action {
+        let path = format!("/v1/agents/{}", percent_encode(id));
+        let answer = call(&a.client, "DELETE", &path, None, Duration::from_secs(10));
+        return finish(&a.client, answer, |_| println!("forgot agent {id}"));
+    }
+    let answer = call(&a.client, "GET", "/v1/agents", None, Duration::from_secs(10));
+    finish(&a.client, answer, |v| print!("{}", agents_table(v)))
+}
+
+/// The `agents` table: columns as wide as their widest cell.
+fn agents_table(v: &Value) -> String {
+    let text = |x: &Value| match x {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![["AGENT", "STATE", "APPLIED", "LAG", "REMOTE", "VERSION"].map(String::from)];
+    for ag in v.as_array().into_iter().flatten() {
+        let state = if ag["connected"].as_bool().unwrap_or(false) { "connected" } else { "gone" };
+        rows.push([
+            text(&ag["id"]),
+            state.into(),
+            text(&ag["applied_seq"]),
+            text(&ag["lag"]),
+            text(&ag["remote"]),
+            text(&ag["version"]),
+        ]);
+    }
+    let mut width = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
         }
-    })
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line = format!(
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {:<w4$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3],
+            w4 = width[4]
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Percent-encodes a path segment (agent ids may hold any non-space character).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `revmesh-authority status`
@@ -322,13 +372,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_agents_table_is_aligned() {
+        let v = json!([
+            {"id": "web-1", "connected": true, "applied_seq": 42, "lag": 0, "remote": "127.0.0.1:5000", "version": "0.1.0"},
+            {"id": "a-much-longer-agent-id", "connected": false, "applied_seq": 7, "lag": 35, "remote": "[::1]:61000", "version": "0.1.0"},
+        ]);
+        let table = agents_table(&v);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        let col = |l: &str, w: &str| l.find(w).unwrap();
+        // Every column starts where its header does (numbers end where theirs do).
+        assert_eq!(col(lines[1], "connected"), col(lines[0], "STATE"));
+        assert_eq!(col(lines[2], "gone"), col(lines[0], "STATE"));
+        assert_eq!(col(lines[1], "127.0.0.1"), col(lines[0], "REMOTE"));
+        assert_eq!(col(lines[2], "[::1]"), col(lines[0], "REMOTE"));
+        assert_eq!(col(lines[1], "42") + 2, col(lines[0], "APPLIED") + "APPLIED".len());
+        assert!(!table.contains('"'), "raw JSON values in the table: {table}");
+    }
+
+    #[test]
     fn times_parse() {
         assert_eq!(parse_time("1700000000"), Ok(1_700_000_000));
         assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
         assert_eq!(parse_time("2026-11-29T12:00:00Z"), Ok(1_795_953_600));
         assert_eq!(parse_time("2026-11-29T13:00:00+01:00"), Ok(1_795_953_600));
         assert_eq!(parse_time("2026-11-29T12:00:00.250Z"), Ok(1_795_953_600));
-        for bad in ["", "soon", "2026-13-01T00:00:00Z", "2026-11-29T12:00:00", "1969-12-31T23:59:59Z"] {
+        for bad in [
+            "",
+            "soon",
+            "2026-13-01T00:00:00Z",
+            "2026-11-29T12:00:00",
+            "1969-12-31T23:59:59Z",
+            // Multi-byte characters where offsets are sliced: an error, never a panic.
+            "2026-11-29T12:00:00+0é00",
+            "2026-11-29T12:00:00+01é0",
+            "2026-11-29T12:00:00é",
+            "2026-11-29T12:00:0éZ",
+        ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
     }

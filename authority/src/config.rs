@@ -24,8 +24,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Revoke a token, a subject's tokens, a signing key or a session.
     Revoke(RevokeArgs),
-    /// List agents and how far each has applied the log.
-    Agents(ClientArgs),
+    /// List agents and how far each has applied the log; `agents forget ID` removes a departed one.
+    Agents(AgentsArgs),
     /// Show the log head and agent summary.
     Status(ClientArgs),
 }
@@ -142,6 +142,28 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// `agents` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct AgentsArgs {
+    /// What to do (default: list).
+    #[command(subcommand)]
+    pub action: Option<AgentsAction>,
+    /// Admin API connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `agents` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AgentsAction {
+    /// Forget a departed (disconnected) agent: it leaves `agents`, `status` and receipts. A
+    /// connected agent cannot be forgotten.
+    Forget {
+        /// The agent id.
+        id: String,
+    },
+}
+
 /// `revoke` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct RevokeArgs {
@@ -157,7 +179,7 @@ pub struct RevokeArgs {
     /// Wait until every connected agent has applied it and print the receipt.
     #[arg(long, global = true)]
     pub wait: bool,
-    /// How long `--wait` waits [default: 10s].
+    /// How long `--wait` waits.
     #[arg(long, global = true, default_value = "10s")]
     pub timeout: String,
 }

@@ -46,8 +46,10 @@ struct State {
     /// Highest seq acked by every connected agent that the latency histogram has seen.
     all_acked: u64,
     next_link: u64,
-    /// Agents whose row changed since the last publication to a shared store.
+    /// Agents whose row changed since the last publication to a shared store (tracked only
+    /// when the store is shared: nothing else drains it).
     dirty: std::collections::HashSet<String>,
+    shared: bool,
 }
 
 impl State {
@@ -55,6 +57,12 @@ impl State {
     /// few distinct values (agents sit at the head), so this is cheap even with 10,000 agents.
     fn connected(&self) -> usize {
         self.cursors.values().sum()
+    }
+
+    fn mark_dirty(&mut self, id: &str) {
+        if self.shared {
+            self.dirty.insert(id.to_owned());
+        }
     }
 
     fn cursor_remove(&mut self, seq: u64) {
@@ -95,9 +103,10 @@ fn now_ms() -> u64 {
 }
 
 impl Hub {
-    /// An empty registry.
-    pub fn new(metrics: Metrics) -> Self {
-        Self { state: Mutex::new(State::default()), changed: watch::channel(0).0, metrics }
+    /// An empty registry; `shared` when agent rows are published to a shared store.
+    pub fn new(metrics: Metrics, shared: bool) -> Self {
+        let state = State { shared, ..State::default() };
+        Self { state: Mutex::new(state), changed: watch::channel(0).0, metrics }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -137,7 +146,7 @@ impl Hub {
             disconnected_at: 0,
         };
         s.agents.insert(id.to_owned(), info);
-        s.dirty.insert(id.to_owned());
+        s.mark_dirty(id);
         if s.agents.len() > MAX_REMEMBERED {
             let oldest = s
                 .agents
@@ -165,7 +174,7 @@ impl Hub {
         let old = a.applied_seq;
         a.applied_seq = applied_seq;
         a.last_ack_at = Some(now_ms());
-        s.dirty.insert(id.to_owned());
+        s.mark_dirty(id);
         let min_before = s.cursors.first_key_value().map(|(k, _)| *k);
         s.cursor_remove(old);
         s.cursor_add(applied_seq);
@@ -209,11 +218,26 @@ impl Hub {
             }
             _ => return,
         };
-        s.dirty.insert(id.to_owned());
+        s.mark_dirty(id);
         s.cursor_remove(seq);
         self.metrics.agents_connected.set(s.connected() as i64);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Forgets a disconnected agent.
+    pub fn forget(&self, id: &str) -> crate::store::Forgotten {
+        use crate::store::Forgotten;
+        let mut s = self.lock();
+        match s.agents.get(id).map(|a| a.connected) {
+            Some(true) => Forgotten::Connected,
+            Some(false) => {
+                s.agents.remove(id);
+                s.dirty.remove(id);
+                Forgotten::Removed
+            }
+            None => Forgotten::Unknown,
+        }
     }
 
     /// Every agent known, with lag against `head`.

@@ -268,7 +268,7 @@ pub async fn serve(
         .transpose()
         .map_err(anyhow::Error::msg)?;
 
-    let hub = Arc::new(hub::Hub::new(metrics.clone()));
+    let hub = Arc::new(hub::Hub::new(metrics.clone(), log.store().is_shared()));
     let link_cfg = links::LinkConfig {
         session: AuthorityConfig {
             heartbeat: cfg.heartbeat,

@@ -6,7 +6,7 @@
 //! and also poll, so a missed notification only delays, never loses. Agent cursors are shared
 //! in `revmesh_agents` so receipts and `GET /v1/agents` cover every replica.
 
-use crate::store::{record, unrecord, AgentRow, Loaded, NewEntry, Store, StoreError, Tail};
+use crate::store::{record, unrecord, AgentRow, Forgotten, Loaded, NewEntry, Store, StoreError, Tail};
 use postgres::{Client, NoTls};
 use revmesh_protocol::{Entry, LogId};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -329,5 +329,22 @@ impl Store for PgStore {
                 last_ack_at: r.get::<_, Option<i64>>(6).map(|v| v as u64),
             })
             .collect())
+    }
+
+    fn forget_agent(&self, id: &str) -> Result<Forgotten, StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let ttl = AGENT_ROW_TTL_SECS as f64;
+            let removed = c.execute(
+                "DELETE FROM revmesh_agents WHERE id = $1
+                   AND NOT (connected AND seen_at > now() - make_interval(secs => $2))",
+                &[&id, &ttl],
+            )?;
+            if removed > 0 {
+                return Ok(Forgotten::Removed);
+            }
+            let exists = c.query_opt("SELECT 1 FROM revmesh_agents WHERE id = $1", &[&id])?.is_some();
+            Ok(if exists { Forgotten::Connected } else { Forgotten::Unknown })
+        })
     }
 }

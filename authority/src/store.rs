@@ -106,6 +106,17 @@ pub struct AgentRow {
     pub last_ack_at: Option<u64>,
 }
 
+/// What forgetting an agent found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgotten {
+    /// It was known and disconnected, and is gone now.
+    Removed,
+    /// It is connected: an agent that is still there cannot be forgotten.
+    Connected,
+    /// No such agent.
+    Unknown,
+}
+
 /// A durable, sequenced revocation log.
 pub trait Store: Send + Sync + 'static {
     /// Reads the whole log (creating an empty one with a fresh id if there is none).
@@ -142,6 +153,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every agent of every replica, with `connected` meaning "reported by a live replica".
     fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         Ok(Vec::new())
+    }
+    /// Removes a disconnected agent's shared cursor (shared stores; others keep agents in
+    /// memory only and have nothing to forget).
+    fn forget_agent(&self, _id: &str) -> Result<Forgotten, StoreError> {
+        Ok(Forgotten::Unknown)
     }
 }
 

@@ -181,3 +181,37 @@ fn open_agent_authentication_is_warned_about() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("WARN") && stderr.contains("agent authentication is OFF"), "{stderr}");
 }
+
+/// Departed agents can be forgotten (API and CLI); a connected one cannot. Small API edges:
+/// `?limit=0` lists nothing, a wrong method gets a JSON error like every other error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn departed_agents_are_forgotten_and_api_edges_answer_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let agent = Agent::start(vec![a.ws_url()], "leaving");
+    let seq = a.revoke_jti("x");
+    agent.wait_applied(seq).await;
+    crate::util::wait_for(|| a.get("/v1/agents").1[0]["connected"] == true, "agent listed").await;
+    let delete = |id: &str| http(&a.admin, "DELETE", &format!("/v1/agents/{id}"), Some(&a.token), b"");
+    let (status, v) = delete("leaving");
+    assert_eq!(status, 409, "{v}");
+    agent.stop().await;
+    crate::util::wait_for(|| a.get("/v1/agents").1[0]["connected"] == false, "agent gone").await;
+    // The operator command, as a user runs it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args(["agents", "forget", "leaving", "--admin", &format!("http://{}", a.admin), "--token-file"])
+        .arg(dir.path().join("admin.token"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a.get("/v1/agents").1, serde_json::json!([]));
+    assert_eq!(a.get("/v1/status").1["agents_known"], 0);
+    assert_eq!(delete("leaving").0, 404);
+
+    let (status, v) = a.get("/v1/revocations?after=0&limit=0");
+    assert_eq!(status, 200);
+    assert_eq!(v["entries"], serde_json::json!([]), "{v}");
+    let (status, v) = http(&a.admin, "PUT", "/v1/revocations", Some(&a.token), b"{}");
+    assert_eq!(status, 405);
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "405 must carry a JSON error: {v}");
+}

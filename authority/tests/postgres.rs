@@ -145,6 +145,32 @@ async fn replicas_share_one_log_and_agents_fail_over_without_resync() {
     }
 }
 
+/// `/v1/status` and forgetting departed agents cover every replica's agents, not only the
+/// replica asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_forget_cover_every_replica() {
+    let _guard = PG.lock().await;
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let reps = replicas(dir.path(), &db, 2);
+    let agent = Agent::start(vec![reps[0].ws_url()], "homed-on-0");
+    agent.wait_applied(reps[0].revoke_jti("s")).await;
+    wait_for(|| reps[1].get("/v1/status").1["agents_connected"] == 1, "replica 1 to count the agent").await;
+    let delete =
+        |r: &Authority| crate::util::http(&r.admin, "DELETE", "/v1/agents/homed-on-0", Some(&r.token), b"");
+    assert_eq!(delete(&reps[1]).0, 409, "a connected agent cannot be forgotten");
+    agent.stop().await;
+    wait_for(
+        || reps[1].get("/v1/agents").1.as_array().is_some_and(|a| a.iter().all(|x| x["connected"] == false)),
+        "replica 1 to see the agent gone",
+    )
+    .await;
+    assert_eq!(delete(&reps[1]).0, 204);
+    assert_eq!(reps[1].get("/v1/agents").1, serde_json::json!([]));
+    assert_eq!(reps[1].get("/v1/status").1["agents_known"], 0);
+    assert_eq!(delete(&reps[1]).0, 404);
+}
+
 /// A partition between one replica and PostgreSQL (connections open, nothing answers): every
 /// revocation gets 503 within `--store-timeout` and never 201, `/readyz` turns 503, and once the
 /// partition heals the replica recovers by itself, with no seq taken by a refused revocation.
