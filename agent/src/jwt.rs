@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// Why a token is not valid; the words of `INVALID reason=…` (SPEC §5).
+/// Why a token is not valid; the words of `INVALID reason=…` (PROTOCOL.md §7, README "Asking the agent").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalid {
     /// Not three base64url segments of JSON objects, duplicate keys, unknown `crit`.

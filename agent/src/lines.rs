@@ -1,4 +1,4 @@
-//! The Unix-socket line protocol v1 (SPEC §5): parsing separated from I/O.
+//! The Unix-socket line protocol v1 (PROTOCOL.md §7): parsing separated from I/O.
 //!
 //! [`parse`] turns one complete line (without its `\n`) into a [`Request`]; [`answer`] turns a
 //! request into the answer line. The connection loop in `server.rs` only frames lines.

@@ -343,7 +343,7 @@ async fn drive(
     }
 }
 
-/// Applies what the session handed over, persists it, and only then marks it durable (SPEC §3.3).
+/// Applies what the session handed over, persists it, and only then marks it durable (PROTOCOL.md §9.3).
 async fn apply_events(
     session: &mut AgentSession,
     state: &AgentState,

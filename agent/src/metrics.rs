@@ -1,4 +1,4 @@
-//! The agent's Prometheus metrics (SPEC §6).
+//! The agent's Prometheus metrics (names in the README, "Operations").
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,

@@ -1,4 +1,4 @@
-//! The admin HTTP API (SPEC §4): revocations with receipts, agents, metrics and health.
+//! The admin HTTP API (README, "Admin API"): revocations with receipts, agents, metrics and health.
 //!
 //! Handlers parse request bodies themselves so that every bad input becomes a 400 with the
 //! offending field; internals (store errors) are logged, never shown to clients.
@@ -152,7 +152,7 @@ fn time_field(obj: &serde_json::Map<String, Value>, field: &'static str) -> Resu
 
 const KNOWN: &[&str] = &["kind", "jti", "iss", "sub", "kid", "sid", "issued_before", "expires_at", "reason"];
 
-/// Turns a request body into an entry to append (SPEC §4 body forms).
+/// Turns a request body into an entry to append (the README's body forms).
 pub fn parse_revocation(body: &[u8], max_token_ttl: Duration, now: u64) -> Result<NewEntry, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("body", format!("body is not valid JSON: {e}")))?;

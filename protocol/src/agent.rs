@@ -4,7 +4,7 @@
 //! One [`AgentSession`] lives as long as the agent process and spans many connections:
 //! [`AgentSession::connect`] starts a link (queues the `Hello`), [`AgentSession::disconnected`]
 //! ends it. The driver applies [`AgentEvent`]s to its revocation set, persists them, and then
-//! calls [`AgentSession::mark_durable`]; only then is an ack sent (SPEC §3.3).
+//! calls [`AgentSession::mark_durable`]; only then is an ack sent (PROTOCOL.md §9.3).
 
 use crate::frame::{
     Ack, Batch, ErrorCode, ErrorFrame, Frame, Heartbeat, Hello, Resume, SnapshotChunk, Welcome,

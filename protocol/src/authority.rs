@@ -143,7 +143,7 @@ pub struct AuthoritySession {
 impl AuthoritySession {
     /// Accepts an agent's `Hello` and queues the `Welcome`.
     ///
-    /// The catch-up mode follows SPEC §3.5: incremental from the agent's cursor when it comes from
+    /// The catch-up mode follows PROTOCOL.md §9.5: incremental from the agent's cursor when it comes from
     /// this log and its cursor is within `[floor, head]`, a snapshot otherwise.
     pub fn accept(
         hello: &Hello,

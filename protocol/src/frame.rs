@@ -98,7 +98,7 @@ pub struct Welcome {
 
 /// Authority → agent: every live entry with a seq in `from_seq..=to_seq`.
 ///
-/// Seqs in the range without an entry were expired and compacted away (SPEC §3.2 allows
+/// Seqs in the range without an entry were expired and compacted away (PROTOCOL.md §9.2 allows
 /// skipping them); after applying the batch the agent is at `to_seq`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {

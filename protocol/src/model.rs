@@ -1,4 +1,4 @@
-//! The revocation model of SPEC section 2: what a log entry says and which tokens it matches.
+//! The revocation model (PROTOCOL.md §8): what a log entry says and which tokens it matches.
 //!
 //! Everything here is plain data plus validation, so that the authority, the agent and the
 //! codec all agree on one definition of "a well-formed entry".
@@ -17,7 +17,7 @@ pub const MAX_REASON_BYTES: usize = 512;
 /// Identity of one revocation log: random 128 bits fixed when the log is created.
 ///
 /// Sequence numbers only mean something together with the log they belong to; an agent
-/// that presents another `log_id` is resynchronised from a snapshot (SPEC §3.5).
+/// that presents another `log_id` is resynchronised from a snapshot (PROTOCOL.md §9.5).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LogId(pub [u8; 16]);
 
@@ -67,7 +67,7 @@ impl fmt::Debug for LogId {
     }
 }
 
-/// What one entry revokes (SPEC §2 table).
+/// What one entry revokes (PROTOCOL.md §8 table).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Revocation {
     /// One token, by `jti` and, when given, `iss`.
@@ -191,7 +191,7 @@ impl ValidationError {
 }
 
 /// Checks one identifier: non-empty, bounded, and free of whitespace/control characters,
-/// because identifiers travel as `key=value` words in the line protocol (SPEC §5).
+/// because identifiers travel as `key=value` words in the line protocol (PROTOCOL.md §7).
 pub fn validate_id(field: &'static str, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
         return Err(ValidationError::Empty(field));

@@ -254,7 +254,7 @@ impl RevocationSet {
     }
 
     /// Adds an entry's revocation. Entries already expired at `now_unix_secs` are skipped
-    /// (SPEC §3.2); returns whether it was added.
+    /// (PROTOCOL.md §9.2); returns whether it was added.
     pub fn insert(&mut self, entry: &Entry, now_unix_secs: u64) -> bool {
         if entry.is_expired(now_unix_secs) {
             return false;

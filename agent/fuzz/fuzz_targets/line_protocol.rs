@@ -1,5 +1,5 @@
 //! Any bytes as one socket line: parsing and answering (including the CHECK path) must never
-//! panic, and every answer is exactly one line starting with a SPEC verdict word.
+//! panic, and every answer is exactly one line starting with a verdict word of PROTOCOL.md §7.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
