@@ -154,6 +154,42 @@ async fn fill(auth: &Authority, prefix: &str, n: usize) {
     .unwrap();
 }
 
+/// Hammers `socket` with `probes` (all of them revoked at the authority) from the moment it
+/// exists until the agent refuses every one; returns the OK answers seen and the answer count.
+fn hammer_until_revoked(socket: std::path::PathBuf, probes: Vec<String>) -> (Vec<String>, u64) {
+    use std::io::{BufRead, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut ok, mut answers) = (Vec::new(), 0u64);
+    let req: String = probes.iter().map(|p| format!("{p}\n")).collect();
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the agent never refused all probes");
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) else {
+            std::thread::yield_now();
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        while s.write_all(req.as_bytes()).is_ok() {
+            let mut all_revoked = true;
+            for _ in &probes {
+                let mut a = String::new();
+                if r.read_line(&mut a).unwrap_or(0) == 0 {
+                    all_revoked = false;
+                    break;
+                }
+                answers += 1;
+                if a.starts_with("OK") {
+                    ok.push(a.trim_end().to_owned());
+                }
+                all_revoked &= a.starts_with("REVOKED");
+            }
+            if all_revoked {
+                return (ok, answers);
+            }
+        }
+    }
+}
+
 /// Regression: a fresh agent joining an authority with thousands of entries answered
 /// `OK seq=256 lag_ms=0` for a jti revoked at the head while it was still catching up. From the
 /// welcome until it has applied the announced head it must answer as a stale agent does.
@@ -163,48 +199,12 @@ async fn a_fresh_agent_catching_up_never_answers_ok_for_what_it_has_not_applied(
     let auth = Authority::start(adir.path(), 0, &[]).await;
     let n = 5_000;
     fill(&auth, "c", n).await;
-    // The last entry (any of the 16 writers' last ones): whichever the head is, every one of
-    // these is revoked, so an OK for any of them is wrong.
+    // The 16 writers' last entries: whichever is the head, every one of them is revoked.
     let probes: Vec<String> = (n - 16..n).map(|i| format!("STATUS jti=c-{i}")).collect();
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("agent.sock");
     // The client hammers the socket from the moment it exists, before the link is up.
-    let hammer = {
-        let socket = socket.clone();
-        let probes = probes.clone();
-        std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            let (mut ok, mut answers) = (Vec::new(), 0u64);
-            loop {
-                assert!(std::time::Instant::now() < deadline, "the agent never refused all probes");
-                let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) else {
-                    std::thread::yield_now();
-                    continue;
-                };
-                use std::io::{BufRead, Write};
-                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-                let req: String = probes.iter().map(|p| format!("{p}\n")).collect();
-                while s.write_all(req.as_bytes()).is_ok() {
-                    let mut all_revoked = true;
-                    for _ in &probes {
-                        let mut a = String::new();
-                        if r.read_line(&mut a).unwrap_or(0) == 0 {
-                            break;
-                        }
-                        answers += 1;
-                        if a.starts_with("OK") {
-                            ok.push(a.trim_end().to_owned());
-                        }
-                        all_revoked &= a.starts_with("REVOKED");
-                    }
-                    if all_revoked {
-                        return (ok, answers);
-                    }
-                }
-            }
-        })
-    };
+    let socket = dir.path().join("agent.sock");
+    let hammer = std::thread::spawn(move || hammer_until_revoked(socket, probes));
     let agent = AgentProc::start(dir.path(), &auth.url(), &[]);
     let (ok, answers) = tokio::task::spawn_blocking(move || hammer.join().unwrap()).await.unwrap();
     assert!(
@@ -212,6 +212,39 @@ async fn a_fresh_agent_catching_up_never_answers_ok_for_what_it_has_not_applied(
         "{} of {answers} answers were OK for revoked tokens: {:?}",
         ok.len(),
         &ok[..ok.len().min(5)]
+    );
+    drop(agent);
+    auth.stop().await;
+}
+
+/// The same after a warm restart behind the log: the agent's persisted state is fresh enough by
+/// the clock (it was in sync a moment ago), but the authority has moved on by thousands of
+/// entries while it was down; from the welcome on it knows, and must not answer OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_behind_the_log_never_answers_ok_for_what_it_has_not_applied() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = Authority::start(adir.path(), 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(dir.path(), &auth.url(), &[]);
+    auth.revoke(json!({"kind": "jti", "jti": "w-first", "expires_at": crate::util::now() + 3600})).await;
+    assert!(agent.ask("PING").starts_with("PONG seq=1 "));
+    agent.kill9();
+    let n = 5_000;
+    fill(&auth, "w", n).await;
+    let probes: Vec<String> = (n - 16..n).map(|i| format!("STATUS jti=w-{i}")).collect();
+    let socket = dir.path().join("agent.sock");
+    let hammer = std::thread::spawn(move || hammer_until_revoked(socket, probes));
+    let agent = AgentProc::start(dir.path(), &auth.url(), &[]);
+    let (ok, answers) = tokio::task::spawn_blocking(move || hammer.join().unwrap()).await.unwrap();
+    // Before its link is up the restarted agent cannot know it is behind (its state was in sync
+    // a moment ago), so OKs at its persisted seq 1 are right then; an OK at any later seq comes
+    // from the catch-up, after the welcome announced the head, and is wrong.
+    let after_welcome: Vec<&String> = ok.iter().filter(|l| !l.starts_with("OK seq=1 ")).collect();
+    assert!(
+        after_welcome.is_empty(),
+        "{} of {answers} answers were OK during the catch-up: {:?}",
+        after_welcome.len(),
+        &after_welcome[..after_welcome.len().min(5)]
     );
     drop(agent);
     auth.stop().await;
