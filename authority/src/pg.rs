@@ -114,6 +114,15 @@ impl PgStore {
         T: Send + 'static,
         F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
     {
+        self.within(self.timeout, f)
+    }
+
+    /// As [`Self::with`], with a limit of its own (loading the whole log at start).
+    fn within<T, F>(&self, limit: Duration, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+    {
         if self.hanging.load(Ordering::Acquire) >= MAX_HANGING {
             return Err(StoreError::Io("postgres: unreachable (earlier operations still hang)".into()));
         }
@@ -143,9 +152,9 @@ impl PgStore {
             self.hanging.fetch_sub(1, Ordering::AcqRel);
             return Err(StoreError::Io(format!("postgres: cannot start a worker thread: {e}")));
         }
-        match rx.recv_timeout(self.timeout) {
+        match rx.recv_timeout(limit) {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Io(format!("postgres: no answer within {:?}", self.timeout))),
+            Err(_) => Err(StoreError::Io(format!("postgres: no answer within {limit:?}"))),
         }
     }
 }
@@ -163,7 +172,9 @@ fn rows_to_entries(rows: &[postgres::Row]) -> Result<Vec<Entry>, StoreError> {
 impl Store for PgStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let new_id = self.new_log_id.0.to_vec();
-        let (log_id, head, floor, rows) = self.with(move |c| {
+        // Reading a large log at start may take longer than one revocation's commit may.
+        let limit = (self.timeout * 12).max(Duration::from_secs(60));
+        let (log_id, head, floor, rows) = self.within(limit, move |c| {
             // Replicas starting together must not race on CREATE TABLE: one at a time.
             let mut tx = c.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock(7415000001)", &[])?;
@@ -174,6 +185,7 @@ impl Store for PgStore {
             )?;
             tx.commit()?;
             let mut tx = c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
+            tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", limit.as_millis()))?;
             let m = tx.query_one("SELECT log_id, head, floor FROM revmesh_meta WHERE id = 1", &[])?;
             let rows = tx.query("SELECT seq, record FROM revmesh_entries ORDER BY seq", &[])?;
             tx.commit()?;

@@ -321,6 +321,13 @@ impl AuthoritySession {
         if let Some(t) = self.out.pop_front() {
             return Some(t);
         }
+        // Data first: a heartbeat announcing the head goes out after the batches that reach it,
+        // so an agent never mistakes entries already on their way for entries it lacks
+        // (PROTOCOL.md §9.7). While the window is full the heartbeat still goes out, and then
+        // rightly tells the agent it is behind.
+        if let Some(t) = self.poll_data(now) {
+            return Some(t);
+        }
         if now.mono >= self.next_heartbeat {
             self.next_heartbeat = now.mono + self.cfg.heartbeat;
             return Some(Transmit::Frame(Frame::Heartbeat(Heartbeat {
@@ -328,6 +335,11 @@ impl AuthoritySession {
                 unix_ms: now.unix_ms,
             })));
         }
+        None
+    }
+
+    /// The next batch or snapshot to send, if the window allows one.
+    fn poll_data(&mut self, now: Now) -> Option<Transmit> {
         let needs_snapshot = self.resync || self.acked < self.log.floor;
         if needs_snapshot {
             if self.snapshot_in_flight || self.sent > self.acked {
@@ -460,6 +472,33 @@ mod tests {
         let _ = s.poll_transmit(later); // heartbeat may be due first
         s.handle_frame(Frame::Ack(Ack { log_id: LOG, applied_seq: 3 }), later).unwrap();
         assert!(matches!(s.poll_event(), Some(AuthorityEvent::Acked { applied_seq: 3, .. })));
+    }
+
+    /// A heartbeat announcing a head comes after the batches that reach it, so an agent never
+    /// takes entries already on their way for entries it lacks.
+    #[test]
+    fn heartbeats_follow_the_batches_they_announce() {
+        let now = now0();
+        let mut s = AuthoritySession::accept(
+            &hello(Some(LOG), 0),
+            LogView { log_id: LOG, floor: 0, head: 0 },
+            AuthorityConfig::default(),
+            now,
+            1,
+        )
+        .unwrap();
+        welcome_resume(&mut s, now);
+        let later = now.advance(Duration::from_secs(60));
+        s.update_log(LogView { log_id: LOG, floor: 0, head: 600 });
+        let mut sent = Vec::new();
+        while let Some(t) = s.poll_transmit(later) {
+            sent.push(t);
+        }
+        assert!(
+            matches!(sent.last(), Some(Transmit::Frame(Frame::Heartbeat(h))) if h.head_seq == 600),
+            "{sent:?}"
+        );
+        assert_eq!(sent[..sent.len() - 1].last(), Some(&Transmit::Entries { from: 513, to: 600 }));
     }
 
     #[test]
