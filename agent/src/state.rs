@@ -127,7 +127,11 @@ impl AgentState {
 
     /// True while the agent knows of entries it has not applied.
     pub fn is_behind(&self) -> bool {
-        self.applied() < self.catch_up_to.load(Ordering::Acquire)
+        self.behind_at(self.applied())
+    }
+
+    fn behind_at(&self, applied: u64) -> bool {
+        applied < self.catch_up_to.load(Ordering::Acquire)
     }
 
     /// Entries that were offered for application twice (an exactly-once violation; always 0).
@@ -169,9 +173,10 @@ impl AgentState {
 
     /// Milliseconds since an authority was heard, and whether answers must be those of a stale
     /// agent: past `--max-staleness`, never in sync, or known to be behind the log's head.
-    fn lag_ms(&self) -> (u64, bool) {
+    /// `applied` is where the set stood when the caller looked into it.
+    fn lag_ms(&self, applied: u64) -> (u64, bool) {
         match self.staleness() {
-            Some(d) => (d.as_millis() as u64, d > self.max_staleness || self.is_behind()),
+            Some(d) => (d.as_millis() as u64, d > self.max_staleness || self.behind_at(applied)),
             None => (self.started.elapsed().as_millis() as u64, true),
         }
     }
@@ -179,20 +184,26 @@ impl AgentState {
     /// The revocation verdict for a token's claims. Revocation wins over staleness: a revoked
     /// token is refused even when the set may be old.
     pub fn decide(&self, token: &TokenRef<'_>) -> Decision {
+        // Where the set stands is read before looking into it: every entry up to `applied` is
+        // in the set by the time `applied` says so. Read after, a batch applied in between
+        // could end the catch-up and turn this miss into an OK for an entry the lookup did not
+        // see.
+        let applied = self.applied();
         let hit = self.set.read().unwrap_or_else(|p| p.into_inner()).check(token);
         if let Some(v) = hit {
             return Decision::Revoked { kind: v.kind, seq: v.seq };
         }
-        let (lag_ms, stale) = self.lag_ms();
+        let (lag_ms, stale) = self.lag_ms(applied);
         if stale && !self.fail_open {
             return Decision::Stale { lag_ms };
         }
-        Decision::Ok { seq: self.applied(), lag_ms, stale }
+        Decision::Ok { seq: applied, lag_ms, stale }
     }
 
     /// Freshness for `PING`: `(applied, lag_ms, log_id)`.
     pub fn ping(&self) -> (u64, u64, Option<LogId>) {
-        (self.applied(), self.lag_ms().0, self.log_id())
+        let applied = self.applied();
+        (applied, self.lag_ms(applied).0, self.log_id())
     }
 
     /// Applies entries and moves to `to_seq`.
