@@ -40,6 +40,8 @@ pub struct AdminState {
     pub token: Arc<String>,
     /// Default horizon for non-jti expiry.
     pub max_token_ttl: Duration,
+    /// Limit on reading a request body.
+    pub body_timeout: Duration,
     /// False once shutdown began.
     pub ready: Arc<AtomicBool>,
 }
@@ -245,19 +247,28 @@ struct CreateQuery {
     timeout_ms: Option<u64>,
 }
 
+/// Reads a request body within the body limit and the body timeout.
+async fn body_bytes(s: &AdminState, body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    use crate::admin_server::{read_body, BodyError};
+    read_body(body, limit, s.body_timeout).await.map_err(|e| {
+        let (status, error) = match e {
+            BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes")),
+            BodyError::TimedOut => {
+                s.metrics.admin_shed_total.with_label_values(&["body_timeout"]).inc();
+                (StatusCode::REQUEST_TIMEOUT, format!("body not received within {:?}", s.body_timeout))
+            }
+            BodyError::Broken => (StatusCode::BAD_REQUEST, "body could not be read".to_owned()),
+        };
+        ApiError { status, error, field: Some("body") }
+    })
+}
+
 async fn create(
     State(s): State<AdminState>,
     query: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            error: format!("body larger than {MAX_BODY} bytes"),
-            field: Some("body"),
-        },
-        status => ApiError { status, error: e.body_text(), field: Some("body") },
-    })?;
+    let body = body_bytes(&s, body, MAX_BODY).await?;
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let wait = match q.wait.as_deref() {
         None => false,

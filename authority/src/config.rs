@@ -87,6 +87,20 @@ pub struct ServeArgs {
     #[arg(long, env = "REVMESH_MAX_ADMIN_CONNECTIONS")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_admin_connections: Option<String>,
+    /// Time allowed for an admin request head, from its first byte (and for the admin TLS
+    /// handshake) [default: 10s].
+    #[arg(long, env = "REVMESH_ADMIN_HEADER_TIMEOUT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub admin_header_timeout: Option<String>,
+    /// Time allowed for a whole admin request body; slower bodies get 408 [default: 10s].
+    #[arg(long, env = "REVMESH_ADMIN_BODY_TIMEOUT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub admin_body_timeout: Option<String>,
+    /// An admin connection with no request in progress is closed after this long (keep-alive
+    /// idle, and the time a client may take to read a response) [default: 60s].
+    #[arg(long, env = "REVMESH_ADMIN_IDLE_TIMEOUT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub admin_idle_timeout: Option<String>,
     /// Time allowed for an agent's TLS + WebSocket handshake and its hello [default: 10s].
     #[arg(long, env = "REVMESH_HANDSHAKE_TIMEOUT")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
@@ -256,6 +270,12 @@ pub struct Config {
     pub max_agents: usize,
     /// Admin connection cap.
     pub max_admin_connections: usize,
+    /// Admin request head limit.
+    pub admin_header_timeout: Duration,
+    /// Admin request body limit.
+    pub admin_body_timeout: Duration,
+    /// Admin keep-alive idle limit.
+    pub admin_idle_timeout: Duration,
     /// Agent handshake limit.
     pub handshake_timeout: Duration,
     /// In-flight window per agent.
@@ -317,6 +337,9 @@ impl ServeArgs {
             heartbeat,
             max_agents,
             max_admin_connections,
+            admin_header_timeout,
+            admin_body_timeout,
+            admin_idle_timeout,
             handshake_timeout,
             max_pending_per_agent,
             max_catchups,
@@ -446,6 +469,21 @@ impl Config {
             max_catchups: e.number("max-catchups", &raw.max_catchups, 256, 1) as usize,
             max_admin_connections: e.number("max-admin-connections", &raw.max_admin_connections, 1024, 1)
                 as usize,
+            admin_header_timeout: e.duration(
+                "admin-header-timeout",
+                &raw.admin_header_timeout,
+                Duration::from_secs(10),
+            ),
+            admin_body_timeout: e.duration(
+                "admin-body-timeout",
+                &raw.admin_body_timeout,
+                Duration::from_secs(10),
+            ),
+            admin_idle_timeout: e.duration(
+                "admin-idle-timeout",
+                &raw.admin_idle_timeout,
+                Duration::from_secs(60),
+            ),
             handshake_timeout: e.duration(
                 "handshake-timeout",
                 &raw.handshake_timeout,

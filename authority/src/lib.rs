@@ -3,6 +3,7 @@
 //! so that tests can run an authority in-process on port 0.
 
 pub mod admin;
+pub mod admin_server;
 pub mod client;
 pub mod config;
 pub mod hub;
@@ -87,65 +88,6 @@ async fn share_cursors(hub: Arc<hub::Hub>, log: Arc<log::Log>, shutdown: Cancell
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "publishing agent cursors failed"),
             Err(e) => tracing::warn!(error = %e, "publishing agent cursors failed"),
-        }
-    }
-}
-
-/// Serves the admin router, over TLS when configured, with at most `max_conns` connections
-/// (more are closed at accept) and a 10 s limit on the TLS handshake.
-async fn serve_admin(
-    listener: TcpListener,
-    app: axum::Router,
-    tls: Option<tls::ServerTls>,
-    shutdown: CancellationToken,
-    max_conns: usize,
-) {
-    let conns = tokio_util::task::TaskTracker::new();
-    let limit = Arc::new(tokio::sync::Semaphore::new(max_conns));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
-        let (acceptor, app, stop) = (tls.as_ref().map(|t| t.acceptor()), app.clone(), shutdown.clone());
-        conns.spawn(async move {
-            match acceptor {
-                None => serve_admin_conn(stream, app, stop).await,
-                Some(a) => {
-                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await {
-                        serve_admin_conn(s, app, stop).await;
-                    }
-                }
-            }
-            drop(permit);
-        });
-    }
-    conns.close();
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conns.wait()).await;
-}
-
-async fn serve_admin_conn<S>(stream: S, app: axum::Router, stop: CancellationToken)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper_util::service::TowerToHyperService::new(app);
-    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
         }
     }
 }
@@ -298,6 +240,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         token: Arc::new(token),
         max_token_ttl: cfg.max_token_ttl,
+        body_timeout: cfg.admin_body_timeout,
         ready: ready.clone(),
     };
     let view = log.view();
@@ -310,10 +253,16 @@ pub async fn serve(
     let tracker = tokio_util::task::TaskTracker::new();
     tracker.spawn(links.clone().serve(agent_listener));
     let admin_shutdown = shutdown.clone();
-    let max_admin = cfg.max_admin_connections;
+    let limits = admin_server::AdminLimits {
+        max_connections: cfg.max_admin_connections,
+        header_timeout: cfg.admin_header_timeout,
+        body_timeout: cfg.admin_body_timeout,
+        idle_timeout: cfg.admin_idle_timeout,
+    };
     let admin_server = {
         let tls = admin_tls.clone();
-        tracker.spawn(serve_admin(admin_listener, admin::app(state), tls, admin_shutdown, max_admin))
+        let app = admin::app(state);
+        tracker.spawn(admin_server::serve(admin_listener, app, tls, admin_shutdown, limits, metrics.clone()))
     };
     tracker.spawn(reload_on_sighup(
         agent_tls,

@@ -34,7 +34,25 @@ pub struct Metrics {
     pub store_commits_total: IntCounter,
     /// `revmesh_authority_agents_rejected_total{reason}`: links refused before a session started.
     pub agents_rejected_total: IntCounterVec,
+    /// `revmesh_authority_admin_connections_shed_total{reason}`: admin API connections closed
+    /// by the server (timeouts, or room made at the connection limit).
+    pub admin_shed_total: IntCounterVec,
 }
+
+/// Reasons of `agents_rejected_total`, exported at 0 from the start.
+pub const AGENT_REJECT_REASONS: &[&str] = &[
+    "too_many_connections",
+    "tls",
+    "handshake_timeout",
+    "handshake",
+    "unauthorized",
+    "identity",
+    "busy",
+    "duplicate_id",
+];
+
+/// Reasons of `admin_connections_shed_total`, exported at 0 from the start.
+pub const ADMIN_SHED_REASONS: &[&str] = &["header_timeout", "body_timeout", "idle", "limit", "refused"];
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -86,6 +104,13 @@ impl Metrics {
                 Opts::new("revmesh_authority_agents_rejected_total", "Agent connections refused"),
                 &["reason"],
             )?,
+            admin_shed_total: IntCounterVec::new(
+                Opts::new(
+                    "revmesh_authority_admin_connections_shed_total",
+                    "Admin API connections closed by the server: request head or body too slow, idle, or shed at the connection limit",
+                ),
+                &["reason"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -101,8 +126,15 @@ impl Metrics {
         r.register(Box::new(m.unacked_oldest_age.clone()))?;
         r.register(Box::new(m.store_commits_total.clone()))?;
         r.register(Box::new(m.agents_rejected_total.clone()))?;
+        r.register(Box::new(m.admin_shed_total.clone()))?;
         for k in Kind::ALL {
             m.revocations_total.with_label_values(&[k.as_str()]);
+        }
+        for reason in AGENT_REJECT_REASONS {
+            m.agents_rejected_total.with_label_values(&[reason]);
+        }
+        for reason in ADMIN_SHED_REASONS {
+            m.admin_shed_total.with_label_values(&[reason]);
         }
         Ok(m)
     }

@@ -5,5 +5,6 @@ mod admin;
 mod links;
 mod postgres;
 mod relay;
+mod slow;
 mod tls;
 mod util;

@@ -96,13 +96,14 @@ impl Authority {
         v.as_str().unwrap_or_default().to_owned()
     }
 
+    /// A metric's value; summed over its label values when `name` names none.
     pub fn metric(&self, name: &str) -> f64 {
         self.metrics()
             .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next())
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn revoke_jti(&self, jti: &str) -> u64 {

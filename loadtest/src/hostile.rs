@@ -222,3 +222,88 @@ pub async fn tls(dir: &Path, agents: usize, revocations: usize) -> anyhow::Resul
     fleet.stop().await;
     Ok(TlsCompare { agents, plaintext, tls: summarize(lat) })
 }
+
+/// Propagation with the admin API quiet and under a slow-client attack.
+#[derive(Debug, Serialize)]
+pub struct SlowClients {
+    /// Well-behaved agents.
+    pub agents: usize,
+    /// Quiet run.
+    pub quiet: Summary,
+    /// During the attack.
+    pub attacked: Summary,
+    /// Admin connections the authority shed (timeouts and room made at the limit).
+    pub shed: f64,
+    /// Authority RSS before the attack.
+    pub rss_before: u64,
+    /// Peak RSS during the attack.
+    pub rss_peak: u64,
+}
+
+/// `slowhttptest` (Debian's package) in slowloris, slow-body and slow-read modes at once, each
+/// with more connections than `--max-admin-connections` (default 1,024), against the admin API
+/// while `agents` agents receive revocations submitted through that same API.
+pub async fn slow_clients(dir: &Path, agents: usize, revocations: usize) -> anyhow::Result<SlowClients> {
+    anyhow::ensure!(
+        std::process::Command::new("slowhttptest").arg("-h").output().is_ok(),
+        "slowhttptest is not installed: apt-get install slowhttptest"
+    );
+    let auth = AuthorityProc::start(&dir.join("slow"), "127.0.0.1:0", &[])?;
+    let fleet = Fleet::start(agents, &auth.ws, "good")?;
+    crate::util::wait_until(Duration::from_secs(60), || {
+        fleet.agents.iter().all(|(s, _, _)| s.is_connected() && s.log_id().is_some())
+    })
+    .await?;
+    let quiet = summarize(revoke_all(&auth, revocations, "quiet", None).await?);
+    let rss_before = auth.proc.rss().unwrap_or(0);
+    let base = format!("http://{}", auth.admin);
+    // Long enough for the measurement; killed when it is done.
+    let secs = (revocations as u64 / 5).max(30).to_string();
+    let mut attackers = Vec::new();
+    for (mode, url, verb) in [
+        ("-H", format!("{base}/v1/revocations"), "POST"),
+        ("-B", format!("{base}/v1/revocations"), "POST"),
+        ("-X", format!("{base}/metrics"), "GET"),
+    ] {
+        let mut cmd = std::process::Command::new("slowhttptest");
+        cmd.args([mode, "-c", "1100", "-r", "400", "-i", "1", "-x", "16", "-p", "3", "-l", &secs]);
+        cmd.args(["-t", verb, "-u", &url]);
+        if mode == "-X" {
+            cmd.args(["-k", "3", "-n", "1", "-w", "1", "-y", "32", "-z", "4"]);
+        }
+        attackers.push(cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?);
+    }
+    let pid = auth.proc.child.id();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler_stop = stop.clone();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        while !sampler_stop.is_cancelled() {
+            peak = peak.max(crate::procs::rss_of(pid).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak
+    });
+    // Let the attackers fill the slots (1,100 connections each at 400/s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let attacked = revoke_all(&auth, revocations, "attacked", None).await;
+    let shed = auth
+        .call("GET", "/metrics", "")
+        .ok()
+        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+        .map(|m| {
+            m.lines()
+                .filter(|l| l.starts_with("revmesh_authority_admin_connections_shed_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0);
+    for mut a in attackers {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    stop.cancel();
+    let rss_peak = sampler.await.unwrap_or(0);
+    fleet.stop().await;
+    Ok(SlowClients { agents, quiet, attacked: summarize(attacked?), shed, rss_before, rss_peak })
+}

@@ -36,7 +36,8 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos, flood, tls, ha
+    /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos, flood,
+    /// slow-clients (needs slowhttptest), tls, ha
     /// (default: all but ha, which needs PostgreSQL).
     #[arg(
         long,
@@ -277,6 +278,25 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             f.rss_peak as f64 / 1048576.0
         );
         report.insert("flood".into(), json!(f));
+    }
+    if want("slow-clients") {
+        let f = hostile::slow_clients(tmp, 100, a.revocations.min(100)).await?;
+        println!(
+            "slow clients: slowhttptest slowloris + slow body + slow read, 1,100 connections each, on the admin API; {} connections shed",
+            f.shed
+        );
+        println!(
+            "  propagation to {} agents p50/p99 quiet {} / {}, attacked {} / {} ({:.2}x p99); authority RSS {:.1} -> peak {:.1} MiB\n",
+            f.agents,
+            us(f.quiet.p50_us),
+            us(f.quiet.p99_us),
+            us(f.attacked.p50_us),
+            us(f.attacked.p99_us),
+            f.attacked.p99_us / f.quiet.p99_us.max(1.0),
+            f.rss_before as f64 / 1048576.0,
+            f.rss_peak as f64 / 1048576.0
+        );
+        report.insert("slow-clients".into(), json!(f));
     }
     if want("tls") {
         let t = hostile::tls(tmp, 100, a.revocations.min(100)).await?;
