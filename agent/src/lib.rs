@@ -50,17 +50,17 @@ pub async fn run(
         tracing::warn!("{w}");
     }
     let metrics = metrics::Metrics::new().context("registering metrics")?;
-    let st = recovered.state;
+    let (applied, log_id) = (recovered.applied_seq, recovered.log_id);
     let state = Arc::new(state::AgentState::new(
-        revmesh_protocol::RevocationSet::restore(st.set),
-        st.log_id,
-        st.applied_seq,
+        recovered.set,
+        log_id,
+        applied,
         recovered.heard_ms,
         cfg.max_staleness,
         cfg.on_stale == OnStale::Open,
         metrics,
     ));
-    tracing::info!(applied = st.applied_seq, log_id = ?st.log_id, "state loaded");
+    tracing::info!(applied, log_id = ?log_id, "state loaded");
     let line_listener = server::bind_socket(&cfg.socket, cfg.socket_access).map_err(anyhow::Error::msg)?;
     let http_listener = match &cfg.http_socket {
         Some(p) => Some(server::bind_socket(p, cfg.socket_access).map_err(anyhow::Error::msg)?),

@@ -52,8 +52,12 @@ pub struct Persist {
 /// What was found on disk.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// State after replaying the journal.
-    pub state: PersistedState,
+    /// The revocation set after replaying the journal, built once.
+    pub set: revmesh_protocol::RevocationSet,
+    /// The log it belongs to.
+    pub log_id: Option<LogId>,
+    /// Highest seq it holds.
+    pub applied_seq: u64,
     /// Last contact with an authority, unix ms.
     pub heard_ms: Option<u64>,
     /// Problems found (and repaired) while loading, for the log.
@@ -86,10 +90,11 @@ impl Persist {
             return Err(PersistError::Io { path: lock_path, source });
         }
         let mut rec = Recovered::default();
+        let mut state = PersistedState::default();
         let state_path = dir.join("state.bin");
         match std::fs::read(&state_path) {
             Ok(bytes) => match parse_state(&bytes) {
-                Some(s) => rec.state = s,
+                Some(s) => state = s,
                 None => {
                     let aside = dir.join("state.bin.corrupt");
                     let _ = std::fs::rename(&state_path, &aside);
@@ -103,7 +108,8 @@ impl Persist {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&state_path)(e)),
         }
-        let mut set = revmesh_protocol::RevocationSet::restore(std::mem::take(&mut rec.state.set));
+        rec.set = revmesh_protocol::RevocationSet::restore(state.set);
+        (rec.log_id, rec.applied_seq) = (state.log_id, state.applied_seq);
         let journal_path = dir.join("journal.bin");
         let mut journal = OpenOptions::new()
             .read(true)
@@ -117,19 +123,19 @@ impl Persist {
         let mut good = 0usize;
         let mut pos = 0usize;
         while let Some((batch, next)) = read_record(&bytes, pos) {
-            if rec.state.log_id.is_some_and(|l| l != batch.log_id) {
+            if rec.log_id.is_some_and(|l| l != batch.log_id) {
                 // A record of another log cannot follow this snapshot: treat it as corruption.
                 break;
             }
-            if batch.to_seq > rec.state.applied_seq {
-                if batch.from_seq > rec.state.applied_seq + 1 {
+            if batch.to_seq > rec.applied_seq {
+                if batch.from_seq > rec.applied_seq + 1 {
                     break;
                 }
-                for e in batch.entries.iter().filter(|e| e.seq > rec.state.applied_seq) {
-                    set.insert(e, now);
+                for e in batch.entries.iter().filter(|e| e.seq > rec.applied_seq) {
+                    rec.set.insert(e, now);
                 }
-                rec.state.applied_seq = batch.to_seq;
-                rec.state.log_id = Some(batch.log_id);
+                rec.applied_seq = batch.to_seq;
+                rec.log_id = Some(batch.log_id);
             }
             pos = next;
             good = next;
@@ -139,7 +145,6 @@ impl Persist {
             journal.set_len(good as u64).map_err(io(&journal_path))?;
             journal.sync_all().map_err(io(&journal_path))?;
         }
-        rec.state.set = set.snapshot();
         rec.heard_ms = std::fs::read_to_string(dir.join("heard")).ok().and_then(|s| s.trim().parse().ok());
         Ok((Self { dir: dir.to_owned(), _lock: lock, journal, journal_len: good as u64 }, rec))
     }
@@ -236,10 +241,9 @@ mod tests {
         }
     }
 
-    fn has(state: &PersistedState, seq: u64) -> bool {
-        let set = RevocationSet::restore(state.set.clone());
+    fn has(rec: &Recovered, seq: u64) -> bool {
         let j = format!("j{seq}");
-        set.check(&TokenRef { jti: Some(&j), ..Default::default() }).is_some()
+        rec.set.check(&TokenRef { jti: Some(&j), ..Default::default() }).is_some()
     }
 
     /// Two agents on one data dir would interleave their journals: the second is refused
@@ -260,7 +264,7 @@ mod tests {
         let log = LogId([3; 16]);
         {
             let (mut p, rec) = Persist::open(dir.path()).unwrap();
-            assert_eq!(rec.state.applied_seq, 0);
+            assert_eq!(rec.applied_seq, 0);
             p.append(log, 1, 2, &[entry(1), entry(2)]).unwrap();
             let mut set = RevocationSet::new();
             set.insert(&entry(1), 0);
@@ -274,10 +278,10 @@ mod tests {
         let len = std::fs::metadata(&jp).unwrap().len();
         OpenOptions::new().write(true).open(&jp).unwrap().set_len(len - 5).unwrap();
         let (_, rec) = Persist::open(dir.path()).unwrap();
-        assert_eq!(rec.state.applied_seq, 3);
-        assert_eq!(rec.state.log_id, Some(log));
-        assert!(has(&rec.state, 1) && has(&rec.state, 3));
-        assert!(!has(&rec.state, 4));
+        assert_eq!(rec.applied_seq, 3);
+        assert_eq!(rec.log_id, Some(log));
+        assert!(has(&rec, 1) && has(&rec, 3));
+        assert!(!has(&rec, 4));
         assert_eq!(rec.warnings.len(), 1);
     }
 
@@ -286,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("state.bin"), b"RVMSTAT1garbagegarbage").unwrap();
         let (_, rec) = Persist::open(dir.path()).unwrap();
-        assert_eq!(rec.state.log_id, None);
+        assert_eq!(rec.log_id, None);
         assert!(dir.path().join("state.bin.corrupt").exists());
     }
 }

@@ -232,7 +232,7 @@ impl AgentState {
     /// Replaces the whole set (snapshot or resync).
     pub fn replace(&self, log_id: LogId, entries: &[Entry], snapshot_seq: u64) {
         let now = now_secs();
-        let mut fresh = RevocationSet::new();
+        let mut fresh = RevocationSet::with_jti_capacity(entries.len());
         for e in entries {
             fresh.insert(e, now);
         }

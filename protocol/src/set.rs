@@ -282,6 +282,11 @@ impl RevocationSet {
         Self::default()
     }
 
+    /// An empty set with room for `n` `jti` revocations (a snapshot about to be installed).
+    pub fn with_jti_capacity(n: usize) -> Self {
+        Self { jti: JtiTable::with_capacity(n), ..Self::default() }
+    }
+
     /// Adds an entry's revocation. Entries already expired at `now_unix_secs` are skipped
     /// (PROTOCOL.md §9.2); returns whether it was added.
     pub fn insert(&mut self, entry: &Entry, now_unix_secs: u64) -> bool {
