@@ -44,6 +44,7 @@ pub async fn run(
     if keys.is_empty() {
         tracing::warn!("no verification keys (--hs256-secret-file, --public-key-file, --jwks-file): every CHECK answers INVALID reason=unknown_key; only STATUS works");
     }
+    let loading = std::time::Instant::now();
     let (persist, recovered) = persist::Persist::open(&cfg.data_dir)
         .with_context(|| format!("opening the data dir {}", cfg.data_dir.display()))?;
     for w in &recovered.warnings {
@@ -60,7 +61,7 @@ pub async fn run(
         cfg.on_stale == OnStale::Open,
         metrics,
     ));
-    tracing::info!(applied, log_id = ?log_id, "state loaded");
+    tracing::info!(applied, log_id = ?log_id, ms = loading.elapsed().as_millis() as u64, "state loaded");
     let line_listener = server::bind_socket(&cfg.socket, cfg.socket_access).map_err(anyhow::Error::msg)?;
     let http_listener = match &cfg.http_socket {
         Some(p) => Some(server::bind_socket(p, cfg.socket_access).map_err(anyhow::Error::msg)?),

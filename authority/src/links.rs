@@ -501,7 +501,7 @@ impl Links {
             Transmit::Entries { from, to } => Ok(vec![self.log.batch_frame(from, to)?]),
             Transmit::Snapshot { snapshot_id, upto } => {
                 self.metrics.snapshots_sent_total.inc();
-                self.log.snapshot_frames(snapshot_id, upto, t.unix_secs())
+                Ok(self.log.snapshot_frames(snapshot_id, upto, t.unix_secs())?.as_ref().clone())
             }
         }
     }

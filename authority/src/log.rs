@@ -47,6 +47,9 @@ struct Inner {
 /// Encoded batch frames by range, with insertion order for eviction.
 type BatchCache = (HashMap<(u64, u64), Bytes>, VecDeque<(u64, u64)>);
 
+/// The latest encoded snapshot: `(snapshot_id, upto)` and its chunk frames.
+type SnapshotCache = Option<((u64, u64), Arc<Vec<Bytes>>)>;
+
 /// A queued append (opaque outside this module).
 #[derive(Debug)]
 pub struct AppendReq {
@@ -60,6 +63,9 @@ pub struct Log {
     view_tx: watch::Sender<LogView>,
     append_tx: mpsc::Sender<AppendReq>,
     cache: Mutex<BatchCache>,
+    /// Agents sent a snapshot at the same head (a reconnect storm after compaction or a new
+    /// log) share one encoding; sessions number their snapshots from 1, so the frames match.
+    snapshots: Mutex<SnapshotCache>,
     store: Arc<dyn Store>,
     store_timeout: Duration,
     /// False after a store operation failed, until one succeeds (a probe, or an append).
@@ -100,6 +106,7 @@ impl Log {
             view_tx,
             append_tx,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            snapshots: Mutex::new(None),
             store,
             store_timeout,
             store_ok: AtomicBool::new(true),
@@ -350,8 +357,29 @@ impl Log {
         Ok(bytes)
     }
 
-    /// Encoded `SnapshotChunk` frames of every unexpired entry up to `upto`.
+    /// Encoded `SnapshotChunk` frames of every unexpired entry up to `upto`, shared with every
+    /// other agent sent the same snapshot. (An entry that expires while the encoding is reused
+    /// is skipped by the agent, as any expired entry is.)
     pub fn snapshot_frames(
+        &self,
+        snapshot_id: u64,
+        upto: u64,
+        now_secs: u64,
+    ) -> Result<Arc<Vec<Bytes>>, revmesh_protocol::codec::EncodeError> {
+        // One encoder at a time: agents arriving together wait for the first one's frames
+        // instead of each encoding the whole log.
+        let mut cached = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, frames)) = cached.as_ref() {
+            if *key == (snapshot_id, upto) {
+                return Ok(frames.clone());
+            }
+        }
+        let frames = Arc::new(self.encode_snapshot(snapshot_id, upto, now_secs)?);
+        *cached = Some(((snapshot_id, upto), frames.clone()));
+        Ok(frames)
+    }
+
+    fn encode_snapshot(
         &self,
         snapshot_id: u64,
         upto: u64,

@@ -5,6 +5,7 @@ mod chaos;
 mod demo;
 mod hostile;
 mod procs;
+mod restart;
 mod scenarios;
 mod util;
 
@@ -37,7 +38,7 @@ enum Cmd {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos, flood,
-    /// slow-clients (needs slowhttptest), tls, ha
+    /// slow-clients (needs slowhttptest), restart, tls, ha
     /// (default: all but ha, which needs PostgreSQL).
     #[arg(
         long,
@@ -60,6 +61,12 @@ struct RunArgs {
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 3)]
     throughput_secs: u64,
+    /// Set sizes for the restart scenario.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    entries: Vec<u64>,
+    /// Fresh agents joining at once in the restart scenario's storm.
+    #[arg(long, default_value_t = 1000)]
+    storm_agents: usize,
     /// Seconds of chaos.
     #[arg(long, default_value_t = 30)]
     chaos_secs: u64,
@@ -278,6 +285,43 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             f.rss_peak as f64 / 1048576.0
         );
         report.insert("flood".into(), json!(f));
+    }
+    if want("restart") {
+        println!("restart: N jti revocations; each figure next to its floor (same run)");
+        println!(
+            "{:>9} {:>10} {:>16} {:>10} {:>16} {:>10} {:>11} {:>14} {:>18}",
+            "entries",
+            "state MB",
+            "warm restart",
+            "floor",
+            "authority ready",
+            "floor",
+            "snapshot",
+            "storm",
+            "authority RSS"
+        );
+        let mut rows = Vec::new();
+        for &n in &a.entries {
+            let r = restart::restart(tmp, n, a.storm_agents).await?;
+            println!(
+                "{:>9} {:>10.1} {:>12.1} {:>14.3} s {:>8.3} s {:>14.3} s {:>8.3} s {:>9.3} s {:>5} in {:>5.2} s {:>7.0} -> {:>5.0} MiB",
+                r.entries,
+                r.state_bytes as f64 / 1e6,
+                r.snapshot_bytes as f64 / 1e6,
+                r.warm_restart_s,
+                r.warm_floor_s,
+                r.authority_restart_s,
+                r.authority_floor_s,
+                r.snapshot_install_s,
+                r.storm_agents,
+                r.storm_s,
+                r.storm_rss_before as f64 / 1048576.0,
+                r.storm_rss_peak as f64 / 1048576.0
+            );
+            rows.push(r);
+        }
+        println!();
+        report.insert("restart".into(), json!(rows));
     }
     if want("slow-clients") {
         let f = hostile::slow_clients(tmp, 100, a.revocations.min(100)).await?;

@@ -84,11 +84,16 @@ impl JtiTable {
         self.slots.capacity() * std::mem::size_of::<JtiSlot>()
     }
 
-    /// A table with room for `n` digests without growing.
+    /// A table with room for `n` digests without growing. Its homes are the digests range-reduced
+    /// without a scramble, so digests inserted in ascending `hi` order (as a snapshot lists them)
+    /// land one after another: a sequential, cache-friendly pass. Any other order costs the same
+    /// probes (in a table that does not grow, linear probing's total displacement does not depend
+    /// on the order); the scramble returns with the first growth.
     pub fn with_capacity(n: usize) -> Self {
         let mut t = Self::default();
         if n > 0 {
             t.rehash((n * 20 / 17 + 1).max(MIN_CAPACITY));
+            t.mult = 1;
         }
         t
     }
@@ -395,8 +400,11 @@ impl RevocationSet {
         fn strings<R: Copy>(m: &HashMap<Box<str>, R>) -> Vec<(String, R)> {
             m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
         }
+        // Ascending digests: a restore into a table sized for them is one sequential pass.
+        let mut jti: Vec<JtiSlot> = self.jti.iter().copied().collect();
+        jti.sort_unstable_by_key(|s| s.hi);
         SetSnapshot {
-            jti: self.jti.iter().copied().collect(),
+            jti,
             subjects: strings(&self.subjects),
             keys: strings(&self.keys),
             sessions: strings(&self.sessions),
