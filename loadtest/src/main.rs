@@ -289,9 +289,10 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
     if want("restart") {
         println!("restart: N jti revocations; each figure next to its floor (same run)");
         println!(
-            "{:>9} {:>10} {:>16} {:>10} {:>16} {:>10} {:>11} {:>14} {:>18}",
+            "{:>9} {:>10} {:>12} {:>16} {:>10} {:>16} {:>10} {:>11} {:>14} {:>18}",
             "entries",
             "state MB",
+            "snapshot MB",
             "warm restart",
             "floor",
             "authority ready",
