@@ -305,6 +305,7 @@ async fn create(
         "log_id": s.log.log_id().to_string(),
         "acked": receipt.acked,
         "pending": receipt.pending,
+        "disconnected": receipt.disconnected,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -330,14 +331,7 @@ async fn shared_receipt(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let rows = shared_agents(s).await?;
-        let mut r = crate::hub::Receipt { acked: Vec::new(), pending: Vec::new() };
-        for row in rows.into_iter().filter(|r| r.connected) {
-            if row.applied_seq >= seq {
-                r.acked.push(row.id);
-            } else {
-                r.pending.push(row.id);
-            }
-        }
+        let r = crate::hub::Receipt::of(seq, rows.into_iter().map(|r| (r.id, r.connected, r.applied_seq)));
         if r.pending.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(r);
         }
@@ -371,11 +365,7 @@ async fn one(State(s): State<AdminState>, Path(seq): Path<String>) -> Result<Jso
     })?;
     let mut v = entry_json(&e, &log_id);
     let states = if s.log.store().is_shared() {
-        let state = |r: &crate::store::AgentRow| match (r.applied_seq >= seq, r.connected) {
-            (true, _) => "acked",
-            (false, true) => "pending",
-            (false, false) => "disconnected",
-        };
+        let state = |r: &crate::store::AgentRow| crate::hub::ack_state(seq, r.connected, r.applied_seq);
         shared_agents(&s).await?.iter().map(|r| (r.id.clone(), state(r))).collect()
     } else {
         s.hub.ack_states(seq)

@@ -266,6 +266,7 @@ pub fn revoke(a: &RevokeArgs) -> ExitCode {
         println!("revoked: seq {} in log {}", v["seq"], v["log_id"].as_str().unwrap_or("?"));
         println!("applied by: {}", list("acked"));
         println!("pending:    {}", list("pending"));
+        println!("not connected, without it: {}", list("disconnected"));
     })
 }
 

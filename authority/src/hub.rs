@@ -86,13 +86,43 @@ pub struct Hub {
     metrics: Metrics,
 }
 
-/// Receipt for one seq: which connected agents have applied it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// Receipt for one seq: every known agent, by whether it has applied the entry. A receipt never
+/// hides an agent that is still without the revocation.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Receipt {
-    /// Connected agents at or past the seq.
+    /// Agents at or past the seq.
     pub acked: Vec<String>,
     /// Connected agents not there yet.
     pub pending: Vec<String>,
+    /// Known agents (not forgotten) that are not connected and have not applied it.
+    pub disconnected: Vec<String>,
+}
+
+/// Where one agent stands for a seq: `acked`, `pending` or `disconnected`.
+pub fn ack_state(seq: u64, connected: bool, applied_seq: u64) -> &'static str {
+    match (applied_seq >= seq, connected) {
+        (true, _) => "acked",
+        (false, true) => "pending",
+        (false, false) => "disconnected",
+    }
+}
+
+impl Receipt {
+    /// The receipt for `seq` over agents given as `(id, connected, applied_seq)`.
+    pub fn of(seq: u64, agents: impl IntoIterator<Item = (String, bool, u64)>) -> Receipt {
+        let mut r = Receipt::default();
+        for (id, connected, applied) in agents {
+            match ack_state(seq, connected, applied) {
+                "acked" => r.acked.push(id),
+                "pending" => r.pending.push(id),
+                _ => r.disconnected.push(id),
+            }
+        }
+        r.acked.sort();
+        r.pending.sort();
+        r.disconnected.sort();
+        r
+    }
 }
 
 fn now_ms() -> u64 {
@@ -252,39 +282,17 @@ impl Hub {
         v
     }
 
-    /// Who among the connected agents has applied `seq`.
+    /// Which known agents have applied `seq`.
     pub fn receipt(&self, seq: u64) -> Receipt {
         let s = self.lock();
-        let mut r = Receipt { acked: Vec::new(), pending: Vec::new() };
-        for a in s.agents.values().filter(|a| a.connected) {
-            if a.applied_seq >= seq {
-                r.acked.push(a.id.clone());
-            } else {
-                r.pending.push(a.id.clone());
-            }
-        }
-        r.acked.sort();
-        r.pending.sort();
-        r
+        Receipt::of(seq, s.agents.values().map(|a| (a.id.clone(), a.connected, a.applied_seq)))
     }
 
     /// Per-agent state for one seq: `acked`, `pending` (connected) or `disconnected`.
     pub fn ack_states(&self, seq: u64) -> Vec<(String, &'static str)> {
         let s = self.lock();
-        let mut v: Vec<(String, &'static str)> = s
-            .agents
-            .values()
-            .map(|a| {
-                let state = if a.applied_seq >= seq {
-                    "acked"
-                } else if a.connected {
-                    "pending"
-                } else {
-                    "disconnected"
-                };
-                (a.id.clone(), state)
-            })
-            .collect();
+        let mut v: Vec<(String, &'static str)> =
+            s.agents.values().map(|a| (a.id.clone(), ack_state(seq, a.connected, a.applied_seq))).collect();
         v.sort();
         v
     }

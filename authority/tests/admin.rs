@@ -197,6 +197,16 @@ async fn departed_agents_are_forgotten_and_api_edges_answer_in_json() {
     assert_eq!(status, 409, "{v}");
     agent.stop().await;
     crate::util::wait_for(|| a.get("/v1/agents").1[0]["connected"] == false, "agent gone").await;
+    // A receipt names the departed agent that lacks the new revocation; it is not hidden.
+    let (status, receipt) = a.post(
+        "/v1/revocations?wait=all&timeout_ms=100",
+        r#"{"kind":"jti","jti":"while-gone","expires_at":4000000000}"#,
+    );
+    assert_eq!(status, 201);
+    assert_eq!(receipt["disconnected"], serde_json::json!(["leaving"]), "{receipt}");
+    assert_eq!(receipt["pending"], serde_json::json!([]), "{receipt}");
+    let one = a.get(&format!("/v1/revocations/{}", receipt["seq"])).1;
+    assert_eq!(one["agents"], serde_json::json!([{"id": "leaving", "state": "disconnected"}]), "{one}");
     // The operator command, as a user runs it.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
         .args(["agents", "forget", "leaving", "--admin", &format!("http://{}", a.admin), "--token-file"])
@@ -207,6 +217,12 @@ async fn departed_agents_are_forgotten_and_api_edges_answer_in_json() {
     assert_eq!(a.get("/v1/agents").1, serde_json::json!([]));
     assert_eq!(a.get("/v1/status").1["agents_known"], 0);
     assert_eq!(delete("leaving").0, 404);
+    let (_, receipt) = a.post("/v1/revocations", r#"{"kind":"session","sid":"after-forget"}"#);
+    assert_eq!(
+        receipt["disconnected"],
+        serde_json::json!([]),
+        "a forgotten agent leaves receipts: {receipt}"
+    );
 
     let (status, v) = a.get("/v1/revocations?after=0&limit=0");
     assert_eq!(status, 200);
