@@ -188,6 +188,11 @@ impl Log {
             if ok != self.store_ok.swap(ok, Ordering::AcqRel) {
                 if ok {
                     tracing::info!("store reachable again");
+                    // A commit reported as failed may still have become durable: publish
+                    // whatever the store holds beyond the in-memory head before appending again.
+                    if let Err(e) = self.catch_up().await {
+                        tracing::warn!(error = %e, "reading the log after the store recovered failed");
+                    }
                 } else {
                     tracing::error!("store unreachable: revocations get 503 and /readyz is 503");
                 }

@@ -162,9 +162,16 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The embedded store: one redb file under the data directory.
+///
+/// After an I/O error (a full disk, EIO, a read-only remount) redb refuses every later
+/// transaction until the database is closed and opened again; the store then fails fast and
+/// [`Store::probe`] reopens it, so the authority recovers once the cause is gone, without a
+/// restart.
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    path: std::path::PathBuf,
+    db: std::sync::RwLock<Option<Database>>,
+    broken: std::sync::atomic::AtomicBool,
     new_log_id: LogId,
 }
 
@@ -199,20 +206,75 @@ impl RedbStore {
     /// Opens (or creates) `dir/log.redb`. `new_log_id` is used only when the log is new.
     pub fn open(dir: &Path, new_log_id: LogId) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("log.redb")).map_err(io)?;
-        Ok(Self { db, new_log_id })
+        let path = dir.join("log.redb");
+        let db = Database::create(&path).map_err(io)?;
+        Ok(Self {
+            path,
+            db: std::sync::RwLock::new(Some(db)),
+            broken: std::sync::atomic::AtomicBool::new(false),
+            new_log_id,
+        })
+    }
+
+    /// Runs `f` on the open database; an I/O error marks the database for reopening.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("store closed after an I/O error; reopening".into()))?;
+        let r = f(db);
+        if let Err(StoreError::Io(e)) = &r {
+            if !self.broken.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                tracing::error!(error = %e, "store I/O error; it will be reopened once it works again");
+            }
+        }
+        r
+    }
+
+    /// Closes and reopens the database file (after an I/O error).
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // redb holds a lock on the file: the old handle must be gone before the new one opens.
+        drop(guard.take());
+        *guard = Some(Database::create(&self.path).map_err(io)?);
+        self.broken.store(false, std::sync::atomic::Ordering::Release);
+        tracing::info!(path = %self.path.display(), "store reopened");
+        Ok(())
     }
 }
 
 impl Store for RedbStore {
+    /// A committed write, so a disk that can be read but not written is found out too.
     fn probe(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        tx.open_table(META).map_err(io)?;
-        Ok(())
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            self.reopen()?;
+        }
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(io)?;
+            {
+                let mut meta = txn.open_table(META).map_err(io)?;
+                meta.insert("probe", &[1u8][..]).map_err(io)?;
+            }
+            txn.commit().map_err(io)
+        })
     }
 
     fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
+        self.with_db(|db| self.load_from(db))
+    }
+
+    fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
+        self.with_db(|db| Self::append_to(db, head, batch))
+    }
+
+    fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
+        self.with_db(|db| Self::compact_in(db, floor, seqs))
+    }
+}
+
+impl RedbStore {
+    fn load_from(&self, db: &Database) -> Result<Loaded, StoreError> {
+        let txn = db.begin_write().map_err(io)?;
         let (log_id, head, floor, entries) = {
             let mut meta = txn.open_table(META).map_err(io)?;
             let stored: Option<Vec<u8>> = meta.get("log_id").map_err(io)?.map(|v| v.value().to_vec());
@@ -250,8 +312,8 @@ impl Store for RedbStore {
         Ok(Loaded { log_id, head, floor, entries })
     }
 
-    fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
+    fn append_to(db: &Database, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
+        let txn = db.begin_write().map_err(io)?;
         let mut out = Vec::with_capacity(batch.len());
         {
             let mut meta = txn.open_table(META).map_err(io)?;
@@ -278,8 +340,8 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
+    fn compact_in(db: &Database, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
+        let txn = db.begin_write().map_err(io)?;
         {
             let mut table = txn.open_table(ENTRIES).map_err(io)?;
             for seq in seqs {

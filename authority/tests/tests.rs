@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod disk;
 mod links;
 mod postgres;
 mod relay;
