@@ -31,12 +31,6 @@ impl Tmpfs {
         self.dir.path()
     }
 
-    pub fn remount(&self, opts: &str) {
-        let out =
-            Command::new("mount").args(["-o", &format!("remount,{opts}")]).arg(self.path()).output().unwrap();
-        assert!(out.status.success(), "remount {opts}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
     /// Fills the file system with one file; returns its path.
     pub fn fill(&self) -> PathBuf {
         use std::io::Write;
