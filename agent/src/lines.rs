@@ -198,6 +198,10 @@ pub fn answer(ctx: &Ctx<'_>, line: &[u8], out: &mut String) {
             let (seq, lag_ms, log_id) = ctx.state.ping();
             let log_id = log_id.map_or_else(|| "none".to_owned(), |l| l.to_string());
             let _ = write!(out, "PONG seq={seq} lag_ms={lag_ms} log_id={log_id}");
+            if !ctx.state.persist_ok() {
+                // Applied but not yet persisted (a full disk): refused, not yet acknowledged.
+                out.push_str(" persist=failing");
+            }
         }
         Ok(Request::Status(t)) => decision(out, ctx.state.decide(&t), None, None),
         Ok(Request::Check(jwt)) => match check(ctx, jwt) {

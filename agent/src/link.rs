@@ -13,6 +13,8 @@ use revmesh_protocol::codec::{decode, encode};
 use revmesh_protocol::frame::Frame;
 use revmesh_protocol::time::{backoff, Jitter};
 use revmesh_protocol::Now;
+use revmesh_protocol::{Entry, LogId};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -139,6 +141,7 @@ pub async fn run(
         AgentConfig { idle_timeout: settings.idle_timeout, ..AgentConfig::default() },
     );
     let mut jitter = Jitter::new(rand::random());
+    let mut unpersisted = Unpersisted::default();
     let mut attempt: u32 = 0;
     let mut index = 0usize;
     let mut links = 0u64;
@@ -153,7 +156,7 @@ pub async fn run(
                 }
                 state.set_connected(true);
                 tracing::info!(%url, "connected to authority");
-                let e = drive(ws, &mut session, &state, persist.as_ref(), &shutdown).await;
+                let e = drive(ws, &mut session, &state, persist.as_ref(), &mut unpersisted, &shutdown).await;
                 state.set_connected(false);
                 session.disconnected();
                 e
@@ -254,6 +257,7 @@ async fn drive(
     session: &mut AgentSession,
     state: &AgentState,
     persist: Option<&Arc<Mutex<Persist>>>,
+    unpersisted: &mut Unpersisted,
     shutdown: &CancellationToken,
 ) -> Ended {
     session.connect(now());
@@ -331,59 +335,175 @@ async fn drive(
                 }
             }
             _ = &mut timer => session.handle_timeout(now()),
+            _ = sleep_until_due(unpersisted.retry_at) => {
+                retry_unpersisted(session, state, persist, unpersisted).await;
+            }
             _ = &mut stopping => {
                 let _ = ws.close(None).await;
                 return Ended::Shutdown;
             }
         }
-        if let Some(end) = apply_events(session, state, persist).await {
+        if let Some(end) = apply_events(session, state, persist, unpersisted).await {
             let _ = ws.close(None).await;
             return end;
         }
     }
 }
 
-/// Applies what the session handed over, persists it, and only then marks it durable (PROTOCOL.md §9.3).
+/// Entries applied in memory but not yet persisted (a full disk). Revocation beats durability:
+/// they are applied at once and refuse their tokens, but nothing beyond what is persisted is
+/// acknowledged (an ack promises durability). Writes are retried in order with backoff, across
+/// links; once they succeed everything is acknowledged, without a restart. The queue is bounded
+/// by the authority's window: without acks it sends nothing new.
+#[derive(Debug, Default)]
+struct Unpersisted {
+    batches: VecDeque<(LogId, u64, u64, Vec<Entry>)>,
+    /// The whole state must be written (a snapshot was installed); it covers every batch.
+    snapshot: bool,
+    attempt: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Unpersisted {
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty() && !self.snapshot
+    }
+
+    fn failed(&mut self, state: &AgentState, error: &str) {
+        state.metrics.persist_errors_total.inc();
+        if state.persist_ok() {
+            tracing::error!(%error, "cannot persist applied revocations; they stay applied, unacknowledged, and writes are retried");
+        }
+        state.set_persist_ok(false);
+        self.attempt = self.attempt.saturating_add(1);
+        let delay = backoff(Duration::from_millis(100), self.attempt - 1, Duration::from_secs(5));
+        self.retry_at = Some(Instant::now() + delay);
+    }
+
+    fn recovered(&mut self, state: &AgentState) {
+        if !state.persist_ok() {
+            tracing::info!("persisting again; everything applied is acknowledged");
+        }
+        state.set_persist_ok(true);
+        self.attempt = 0;
+        self.retry_at = None;
+    }
+}
+
+async fn sleep_until_due(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Appends one batch to the journal (off the async workers), writing a snapshot when the
+/// journal is due for compaction.
+async fn append(
+    state: &AgentState,
+    p: &Arc<Mutex<Persist>>,
+    batch: (LogId, u64, u64, Vec<Entry>),
+) -> Result<(), String> {
+    let p2 = p.clone();
+    let compact = tokio::task::spawn_blocking(move || {
+        let (log_id, from_seq, to_seq, entries) = batch;
+        p2.lock().unwrap_or_else(|e| e.into_inner()).append(log_id, from_seq, to_seq, &entries)
+    })
+    .await
+    .map_err(|e| format!("persist task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    if compact {
+        if let Err(e) = write_snapshot(state, Some(p)).await {
+            tracing::warn!(error = %e, "snapshot failed; journal keeps growing");
+        }
+    }
+    Ok(())
+}
+
+/// Tries the queued writes again, in order.
+async fn retry_unpersisted(
+    session: &mut AgentSession,
+    state: &AgentState,
+    persist: Option<&Arc<Mutex<Persist>>>,
+    pending: &mut Unpersisted,
+) {
+    let Some(p) = persist else { return };
+    if pending.snapshot {
+        match write_snapshot(state, persist).await {
+            Ok(seq) => {
+                pending.snapshot = false;
+                pending.batches.clear();
+                session.mark_durable(seq, now());
+            }
+            Err(e) => return pending.failed(state, &e),
+        }
+    }
+    while let Some(batch) = pending.batches.front().cloned() {
+        let to_seq = batch.2;
+        match append(state, p, batch).await {
+            Ok(()) => {
+                pending.batches.pop_front();
+                session.mark_durable(to_seq, now());
+            }
+            Err(e) => return pending.failed(state, &e),
+        }
+    }
+    pending.recovered(state);
+}
+
+/// Applies what the session handed over, persists it, and only then marks it durable
+/// (PROTOCOL.md §9.3). What cannot be persisted stays applied and waits in `pending`.
 async fn apply_events(
     session: &mut AgentSession,
     state: &AgentState,
     persist: Option<&Arc<Mutex<Persist>>>,
+    pending: &mut Unpersisted,
 ) -> Option<Ended> {
     while let Some(ev) = session.poll_event() {
         match ev {
             AgentEvent::Apply { log_id, entries, to_seq } => {
-                let from_seq = state.applied() + 1;
+                let from_seq = (state.applied() + 1).min(to_seq);
                 state.apply(log_id, &entries, to_seq);
-                if let Some(p) = persist {
-                    let p = p.clone();
-                    let result = tokio::task::spawn_blocking(move || {
-                        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-                        p.append(log_id, from_seq.min(to_seq), to_seq, &entries)
-                    })
-                    .await;
-                    match result {
-                        Ok(Ok(compact)) => {
-                            if compact {
-                                if let Err(e) = write_snapshot(state, persist).await {
-                                    tracing::warn!(error = %e, "snapshot failed; journal keeps growing");
-                                }
-                            }
-                        }
-                        Ok(Err(e)) => return Some(Ended::Failed(format!("cannot persist: {e}"))),
-                        Err(e) => return Some(Ended::Failed(format!("persist task failed: {e}"))),
+                let Some(p) = persist else {
+                    session.mark_durable(to_seq, now());
+                    continue;
+                };
+                let batch = (log_id, from_seq, to_seq, entries);
+                if !pending.is_empty() {
+                    // Behind earlier writes that failed: keep the journal in order.
+                    if !pending.snapshot {
+                        pending.batches.push_back(batch);
+                    }
+                    continue;
+                }
+                match append(state, p, batch.clone()).await {
+                    Ok(()) => session.mark_durable(to_seq, now()),
+                    Err(e) => {
+                        pending.batches.push_back(batch);
+                        pending.failed(state, &e);
                     }
                 }
-                session.mark_durable(to_seq, now());
             }
             AgentEvent::Replace { log_id, snapshot_seq, entries } => {
                 state.replace(log_id, &entries, snapshot_seq);
-                if persist.is_some() {
-                    if let Err(e) = write_snapshot(state, persist).await {
-                        return Some(Ended::Failed(format!("cannot persist snapshot: {e}")));
+                tracing::info!(seq = snapshot_seq, entries = entries.len(), "applied snapshot");
+                if persist.is_none() {
+                    session.mark_durable(snapshot_seq, now());
+                    continue;
+                }
+                // The new state replaces whatever was waiting to be written.
+                pending.batches.clear();
+                match write_snapshot(state, persist).await {
+                    Ok(seq) => {
+                        pending.snapshot = false;
+                        pending.recovered(state);
+                        session.mark_durable(seq, now());
+                    }
+                    Err(e) => {
+                        pending.snapshot = true;
+                        pending.failed(state, &e);
                     }
                 }
-                tracing::info!(seq = snapshot_seq, entries = entries.len(), "applied snapshot");
-                session.mark_durable(snapshot_seq, now());
             }
             AgentEvent::Disconnect { retry_after, duplicate_id, reason } => {
                 if duplicate_id {
@@ -403,12 +523,15 @@ async fn apply_events(
     None
 }
 
-async fn write_snapshot(state: &AgentState, persist: Option<&Arc<Mutex<Persist>>>) -> Result<(), String> {
-    let Some(p) = persist else { return Ok(()) };
+/// Writes the whole state; returns the seq it covers.
+async fn write_snapshot(state: &AgentState, persist: Option<&Arc<Mutex<Persist>>>) -> Result<u64, String> {
     let snap = state.persisted();
+    let seq = snap.applied_seq;
+    let Some(p) = persist else { return Ok(seq) };
     let p = p.clone();
     tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).snapshot(&snap))
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(seq)
 }

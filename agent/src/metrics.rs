@@ -30,6 +30,10 @@ pub struct Metrics {
     pub apply_lag: Histogram,
     /// `revmesh_agent_frames_rejected_total{reason}`
     pub frames_rejected_total: IntCounterVec,
+    /// `revmesh_agent_persist_errors_total`: failed journal or state writes (a full disk).
+    pub persist_errors_total: IntCounter,
+    /// `revmesh_agent_persist_ok`: 0 while applied entries wait to be persisted (not acked).
+    pub persist_ok: IntGauge,
 }
 
 /// Verdict labels, pre-created so dashboards see zeros.
@@ -79,6 +83,14 @@ impl Metrics {
                 Opts::new("revmesh_agent_frames_rejected_total", "Frames from the authority rejected"),
                 &["reason"],
             )?,
+            persist_errors_total: IntCounter::new(
+                "revmesh_agent_persist_errors_total",
+                "Failed journal or state writes; the entries stay applied in memory, unacknowledged",
+            )?,
+            persist_ok: IntGauge::new(
+                "revmesh_agent_persist_ok",
+                "1 when everything applied is persisted; 0 while writes fail (nothing beyond them is acknowledged)",
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -91,6 +103,9 @@ impl Metrics {
         r.register(Box::new(m.reconnects_total.clone()))?;
         r.register(Box::new(m.apply_lag.clone()))?;
         r.register(Box::new(m.frames_rejected_total.clone()))?;
+        r.register(Box::new(m.persist_errors_total.clone()))?;
+        r.register(Box::new(m.persist_ok.clone()))?;
+        m.persist_ok.set(1);
         for k in Kind::ALL {
             m.revocations.with_label_values(&[k.as_str()]);
         }

@@ -164,8 +164,13 @@ impl Persist {
         rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
         rec.extend_from_slice(&checksum(&body).to_le_bytes());
         rec.extend_from_slice(&body);
-        self.journal.write_all(&rec).map_err(io(&path))?;
-        self.journal.sync_data().map_err(io(&path))?;
+        let written = self.journal.write_all(&rec).and_then(|()| self.journal.sync_data());
+        if let Err(e) = written {
+            // A full disk may have taken part of the record: cut it off, so the next record
+            // does not land behind a torn one (which a restart would cut, with all after it).
+            let _ = self.journal.set_len(self.journal_len);
+            return Err(io(&path)(e));
+        }
         self.journal_len += rec.len() as u64;
         Ok(self.journal_len > JOURNAL_LIMIT)
     }
@@ -175,12 +180,16 @@ impl Persist {
         let body = encode_state(state).map_err(|e| PersistError::Encode(e.to_string()))?;
         let tmp = self.dir.join("state.bin.tmp");
         let dst = self.dir.join("state.bin");
-        {
-            let mut f = File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(MAGIC).map_err(io(&tmp))?;
-            f.write_all(&checksum(&body).to_le_bytes()).map_err(io(&tmp))?;
-            f.write_all(&body).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(MAGIC)?;
+            f.write_all(&checksum(&body).to_le_bytes())?;
+            f.write_all(&body)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // Give the space back (a full disk); the previous state.bin is untouched.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
         }
         std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;

@@ -187,7 +187,7 @@ impl Server {
             let (status, headers, body) = if req.path == "/v1/check" || req.path.starts_with("/v1/check/") {
                 self.http_check(req.bearer.as_deref())
             } else if req.path == "/healthz" && req.method == "GET" {
-                (200, Vec::new(), "ok\n".to_owned())
+                (200, Vec::new(), health(&self.state))
             } else if req.path == "/healthz" {
                 (405, vec![("Allow".into(), "GET".into())], "method not allowed: use GET\n".to_owned())
             } else {
@@ -247,6 +247,15 @@ impl Server {
         };
         self.state.metrics.check_duration.observe(started.elapsed().as_secs_f64());
         r
+    }
+}
+
+/// `/healthz`: the process answers; says so when applied entries wait to be persisted.
+fn health(state: &AgentState) -> String {
+    if state.persist_ok() {
+        "ok\n".into()
+    } else {
+        "ok\npersist: failing (applied revocations are enforced but not yet durable or acknowledged)\n".into()
     }
 }
 
@@ -364,7 +373,7 @@ pub async fn serve_metrics(
                         state.refresh_gauges();
                         (200, state.metrics.render())
                     }
-                    "/healthz" => (200, "ok\n".into()),
+                    "/healthz" => (200, health(&state)),
                     _ => (404, "not found\n".into()),
                 };
                 let _ = write_http(&mut s, status, &[], &body, false).await;

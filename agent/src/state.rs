@@ -139,6 +139,16 @@ impl AgentState {
         self.duplicates.load(Ordering::Relaxed)
     }
 
+    /// Whether everything applied is also persisted (false while writes fail).
+    pub fn set_persist_ok(&self, ok: bool) {
+        self.metrics.persist_ok.set(i64::from(ok));
+    }
+
+    /// True unless applied entries are waiting to be persisted.
+    pub fn persist_ok(&self) -> bool {
+        self.metrics.persist_ok.get() == 1
+    }
+
     /// Link up or down.
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);

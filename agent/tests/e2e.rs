@@ -68,6 +68,10 @@ async fn a_killed_agent_restarted_without_authority_still_refuses_and_staleness_
     let open = AgentProc::start(d_open.path(), &url, &[&stale_args[..], &["--on-stale", "open"]].concat());
     let bad = token("leaked", "mallory", json!({}));
     let good = token("fine", "alice", json!({}));
+    // Both linked first: a receipt waits for the agents that are connected.
+    for a in [&closed, &open] {
+        wait_for(|| !a.ask("PING").ends_with("log_id=none"), "agent in sync").await;
+    }
     let receipt =
         auth.revoke(json!({"kind": "jti", "jti": "leaked", "expires_at": crate::util::now() + 3600})).await;
     assert_eq!(receipt["acked"].as_array().unwrap().len(), 2, "{receipt}");

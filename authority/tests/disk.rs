@@ -90,3 +90,83 @@ async fn a_full_disk_refuses_first_and_recovers_without_a_restart() {
     }
     assert_eq!(b.get("/v1/status").1["head"], *accepted.last().unwrap());
 }
+
+/// An agent whose disk is full: revocation beats durability. It applies what it receives (and
+/// refuses those tokens), keeps its link, acknowledges nothing it could not persist (the receipt
+/// shows it pending), says so, and acknowledges everything once space is back, without a
+/// restart. A restart afterwards finds everything it acknowledged on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_back() {
+    use revmesh_agent::persist::Persist;
+    use std::sync::{Arc, Mutex};
+    let adir = tempfile::tempdir().unwrap();
+    let a = Authority::start(adir.path(), &["--ack-timeout", "200ms"]);
+    let fs = Tmpfs::mount("2m");
+    let data = fs.path().join("agent");
+    let (persist, recovered) = Persist::open(&data).unwrap();
+    let state = Arc::new(revmesh_agent::state::AgentState::new(
+        recovered.set,
+        recovered.log_id,
+        recovered.applied_seq,
+        recovered.heard_ms,
+        std::time::Duration::from_secs(30),
+        false,
+        revmesh_agent::metrics::Metrics::new().unwrap(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let settings = revmesh_agent::link::LinkSettings::new(vec![a.ws_url()], "full-disk".into());
+    let task = tokio::spawn(revmesh_agent::link::run(
+        settings,
+        state.clone(),
+        Some(Arc::new(Mutex::new(persist))),
+        stop.clone(),
+    ));
+    let revoked = |jti: &str| {
+        matches!(
+            state.decide(&revmesh_protocol::TokenRef { jti: Some(jti), ..Default::default() }),
+            revmesh_agent::state::Decision::Revoked { .. }
+        )
+    };
+    let first = a.revoke_jti("before-full");
+    wait_for(|| state.applied() >= first, "the agent to apply the first revocation").await;
+
+    let filler = fs.fill();
+    let resends_before = a.metric("revmesh_authority_resends_total");
+    let full_since = std::time::Instant::now();
+    // The journal's last page may still take a few records; revoke until one cannot be written.
+    let (mut seq, mut jti) = (0, String::new());
+    for i in 0..500 {
+        jti = format!("during-full-{i}");
+        let (status, receipt) = a.post(
+            "/v1/revocations?wait=all&timeout_ms=1000",
+            &format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#),
+        );
+        assert_eq!(status, 201);
+        seq = receipt["seq"].as_u64().unwrap();
+        if receipt["pending"] == serde_json::json!(["full-disk"]) {
+            break;
+        }
+        assert_eq!(receipt["acked"], serde_json::json!(["full-disk"]), "{receipt}");
+    }
+    assert!(!state.persist_ok(), "the agent never found its disk full");
+    wait_for(|| revoked(&jti), "the agent to enforce the revocation in memory").await;
+    assert!(state.metrics.persist_errors_total.get() >= 1);
+    assert!(state.is_connected(), "the link must stay up");
+    assert!(a.get("/v1/agents").1[0]["applied_seq"].as_u64() < Some(seq), "acked beyond what is durable");
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed = std::time::Instant::now();
+    wait_for(|| a.get("/v1/agents").1[0]["applied_seq"] == seq, "the ack once space is back").await;
+    let resends = a.metric("revmesh_authority_resends_total") - resends_before;
+    eprintln!(
+        "agent acked {:?} after space was freed; {resends} resends in {:?} of full disk",
+        freed.elapsed(),
+        full_since.elapsed()
+    );
+    assert!(state.persist_ok());
+    stop.cancel();
+    let _ = task.await;
+    // What was acknowledged is on disk.
+    let (_, again) = Persist::open(&data).unwrap();
+    assert!(again.applied_seq >= seq, "restart found {} < acknowledged {seq}", again.applied_seq);
+}
