@@ -196,8 +196,13 @@ impl Store for PgStore {
         Ok(Loaded { log_id, head: head as u64, floor: floor as u64, entries: rows_to_entries(&rows)? })
     }
 
+    /// A write that is rolled back: a server that can read but not write is not ready.
     fn probe(&self) -> Result<(), StoreError> {
-        self.with(|c| c.simple_query("SELECT 1").map(|_| ()))
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("UPDATE revmesh_meta SET floor = floor WHERE id = 1", &[])?;
+            tx.rollback()
+        })
     }
 
     fn append(&self, _head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
