@@ -167,6 +167,8 @@ pub struct Config {
     pub id: String,
     /// Bearer token for the authority.
     pub token: Option<String>,
+    /// Where the token and the TLS material come from (re-read on SIGHUP).
+    pub credential_files: CredentialFiles,
     /// State directory.
     pub data_dir: PathBuf,
     /// Line socket.
@@ -193,6 +195,33 @@ pub struct Config {
     pub client_idle_timeout: Duration,
     /// Log filter.
     pub log: String,
+}
+
+/// Files behind the agent's credentials, re-read on SIGHUP.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialFiles {
+    /// `--token-file`.
+    pub token: Option<PathBuf>,
+    /// `--ca-file`.
+    pub ca: Option<PathBuf>,
+    /// `--tls-cert`.
+    pub cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub key: Option<PathBuf>,
+}
+
+impl CredentialFiles {
+    /// Reads the token and builds the TLS configuration.
+    pub fn load(&self) -> Result<crate::link::Credentials, String> {
+        let token = match &self.token {
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?.trim().to_owned(),
+            ),
+            None => None,
+        };
+        let tls = crate::link::client_tls(self.ca.as_deref(), self.cert.as_deref(), self.key.as_deref())?;
+        Ok(crate::link::Credentials { token, tls })
+    }
 }
 
 /// One bad setting.
@@ -401,6 +430,12 @@ impl Config {
         }
         let cfg = Config {
             tls,
+            credential_files: CredentialFiles {
+                token: raw.token_file.as_ref().map(PathBuf::from),
+                ca: raw.ca_file.as_ref().map(PathBuf::from),
+                cert: raw.tls_cert.as_ref().map(PathBuf::from),
+                key: raw.tls_key.as_ref().map(PathBuf::from),
+            },
             authorities: raw.authority.clone(),
             id,
             token,

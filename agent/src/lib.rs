@@ -29,6 +29,10 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
+    // SIGHUP (operators, logrotate, config management) reloads; it must never terminate the
+    // agent, so it is caught before anything is served.
+    let hangups =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("catching SIGHUP")?;
     // Bind the TCP listener first: a port that is taken is a configuration error, reported
     // before the data dir is touched.
     let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen).await.map_err(|e| {
@@ -72,7 +76,7 @@ pub async fn run(
     let tracker = tokio_util::task::TaskTracker::new();
     let server = Arc::new(server::Server {
         state: state.clone(),
-        keys,
+        keys: arc_swap::ArcSwap::from_pointee(keys),
         rules: cfg.rules.clone(),
         allow_uid: cfg.allow_uid.clone(),
         clients: Arc::new(tokio::sync::Semaphore::new(cfg.max_clients)),
@@ -85,10 +89,14 @@ pub async fn run(
         tracker.spawn(server.clone().serve_unix(l, true));
     }
     tracker.spawn(server::serve_metrics(metrics_listener, state.clone(), shutdown.clone()));
-    let mut settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
-    settings.token = cfg.token.clone();
-    settings.tls = cfg.tls.clone();
-    tracker.spawn(link::run(settings, state.clone(), Some(Arc::new(Mutex::new(persist))), shutdown.clone()));
+    let settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
+    let creds = Arc::new(arc_swap::ArcSwap::from_pointee(link::Credentials {
+        token: cfg.token.clone(),
+        tls: cfg.tls.clone(),
+    }));
+    let persist = Some(Arc::new(Mutex::new(persist)));
+    tracker.spawn(link::run_with(settings, creds.clone(), state.clone(), persist, shutdown.clone()));
+    tracker.spawn(reload_on_sighup(cfg.clone(), server.clone(), creds, hangups, shutdown.clone()));
     let gc_state = state.clone();
     let gc_shutdown = shutdown.clone();
     tracker.spawn(async move {
@@ -114,4 +122,45 @@ pub async fn run(
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// On SIGHUP: re-reads the verification keys, the authority token and the TLS material. A file
+/// that fails to load leaves what is in force (logged, counted); links and sockets stay up, and
+/// the next connection to an authority uses the new credentials.
+async fn reload_on_sighup(
+    cfg: Config,
+    server: Arc<server::Server>,
+    creds: Arc<arc_swap::ArcSwap<link::Credentials>>,
+    mut hangups: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            s = hangups.recv() => if s.is_none() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        let metrics = &server.state.metrics;
+        match cfg.keys.load() {
+            Ok(keys) => {
+                server.keys.store(Arc::new(keys));
+                metrics.reloads_total.with_label_values(&["keys", "ok"]).inc();
+                tracing::info!("verification keys reloaded");
+            }
+            Err(e) => {
+                metrics.reloads_total.with_label_values(&["keys", "error"]).inc();
+                tracing::error!(field = e.field, error = %e.message, "key reload failed; the previous keys stay in force");
+            }
+        }
+        match cfg.credential_files.load() {
+            Ok(c) => {
+                creds.store(Arc::new(c));
+                metrics.reloads_total.with_label_values(&["credentials", "ok"]).inc();
+                tracing::info!("authority token and TLS material reloaded");
+            }
+            Err(e) => {
+                metrics.reloads_total.with_label_values(&["credentials", "error"]).inc();
+                tracing::error!(error = %e, "credential reload failed; the previous ones stay in force");
+            }
+        }
+    }
 }

@@ -126,9 +126,31 @@ enum Ended {
     Shutdown,
 }
 
+/// What the agent presents to authorities; replaced on SIGHUP without dropping the link
+/// (the next connection uses the new material).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Bearer token.
+    pub token: Option<String>,
+    /// TLS for wss:// URLs (CA, client certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
 /// Runs the link until `shutdown`; never returns early.
 pub async fn run(
     settings: LinkSettings,
+    state: Arc<AgentState>,
+    persist: Option<Arc<Mutex<Persist>>>,
+    shutdown: CancellationToken,
+) {
+    let creds = Credentials { token: settings.token.clone(), tls: settings.tls.clone() };
+    run_with(settings, Arc::new(arc_swap::ArcSwap::from_pointee(creds)), state, persist, shutdown).await
+}
+
+/// [`run`], with credentials that may be replaced while it runs.
+pub async fn run_with(
+    settings: LinkSettings,
+    creds: Arc<arc_swap::ArcSwap<Credentials>>,
     state: Arc<AgentState>,
     persist: Option<Arc<Mutex<Persist>>>,
     shutdown: CancellationToken,
@@ -148,7 +170,7 @@ pub async fn run(
     while !shutdown.is_cancelled() && !settings.authorities.is_empty() {
         let url = endpoint(&settings.authorities[index % settings.authorities.len()]);
         let started = Instant::now();
-        let ended = match connect(&url, &settings).await {
+        let ended = match connect(&url, &creds.load()).await {
             Ok(ws) => {
                 links += 1;
                 if links > 1 {
@@ -195,7 +217,8 @@ pub async fn run(
 /// One connection attempt to `url` (WebSocket upgrade, TLS for wss://), closed at once: lets
 /// operators and tests check reachability, certificates and tokens.
 pub async fn probe(url: &str, settings: &LinkSettings) -> Result<(), String> {
-    let mut ws = connect(&endpoint(url), settings).await?;
+    let creds = Credentials { token: settings.token.clone(), tls: settings.tls.clone() };
+    let mut ws = connect(&endpoint(url), &creds).await?;
     let _ = ws.close(None).await;
     Ok(())
 }
@@ -206,7 +229,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
-async fn connect(url: &str, settings: &LinkSettings) -> Result<Ws, String> {
+async fn connect(url: &str, settings: &Credentials) -> Result<Ws, String> {
     let mut req = url.into_client_request().map_err(|e| format!("bad authority URL {url}: {e}"))?;
     if let Some(t) = &settings.token {
         let value = format!("Bearer {t}")

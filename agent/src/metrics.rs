@@ -34,6 +34,8 @@ pub struct Metrics {
     pub persist_errors_total: IntCounter,
     /// `revmesh_agent_persist_ok`: 0 while applied entries wait to be persisted (not acked).
     pub persist_ok: IntGauge,
+    /// `revmesh_agent_reloads_total{what,result}`: SIGHUP reloads of keys and credentials.
+    pub reloads_total: IntCounterVec,
 }
 
 /// Verdict labels, pre-created so dashboards see zeros.
@@ -87,6 +89,10 @@ impl Metrics {
                 "revmesh_agent_persist_errors_total",
                 "Failed journal or state writes; the entries stay applied in memory, unacknowledged",
             )?,
+            reloads_total: IntCounterVec::new(
+                Opts::new("revmesh_agent_reloads_total", "SIGHUP reloads of keys and credentials, by outcome"),
+                &["what", "result"],
+            )?,
             persist_ok: IntGauge::new(
                 "revmesh_agent_persist_ok",
                 "1 when everything applied is persisted; 0 while writes fail (nothing beyond them is acknowledged)",
@@ -105,6 +111,12 @@ impl Metrics {
         r.register(Box::new(m.frames_rejected_total.clone()))?;
         r.register(Box::new(m.persist_errors_total.clone()))?;
         r.register(Box::new(m.persist_ok.clone()))?;
+        r.register(Box::new(m.reloads_total.clone()))?;
+        for what in ["keys", "credentials"] {
+            for result in ["ok", "error"] {
+                m.reloads_total.with_label_values(&[what, result]);
+            }
+        }
         m.persist_ok.set(1);
         for k in Kind::ALL {
             m.revocations.with_label_values(&[k.as_str()]);

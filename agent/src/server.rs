@@ -24,8 +24,8 @@ const MAX_HTTP_HEAD: usize = 16 << 10;
 pub struct Server {
     /// Agent state.
     pub state: Arc<AgentState>,
-    /// Keys.
-    pub keys: crate::jwt::Keys,
+    /// Keys (replaced whole on SIGHUP; checks load them without a lock).
+    pub keys: arc_swap::ArcSwap<crate::jwt::Keys>,
     /// Claim rules.
     pub rules: crate::jwt::Rules,
     /// Peer uid allow list (empty: anyone who can open the socket).
@@ -89,8 +89,8 @@ pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<UnixListener, St
 }
 
 impl Server {
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx { state: &self.state, keys: &self.keys, rules: &self.rules }
+    fn ctx<'a>(&'a self, keys: &'a crate::jwt::Keys) -> Ctx<'a> {
+        Ctx { state: &self.state, keys, rules: &self.rules }
     }
 
     fn peer_allowed(&self, s: &UnixStream) -> bool {
@@ -149,7 +149,8 @@ impl Server {
                     return;
                 }
                 let started = Instant::now();
-                lines::answer(&self.ctx(), &buf[..pos], &mut out);
+                let keys = self.keys.load();
+                lines::answer(&self.ctx(&keys), &buf[..pos], &mut out);
                 self.state.metrics.check_duration.observe(started.elapsed().as_secs_f64());
                 buf.advance(pos + 1);
             }
@@ -216,7 +217,8 @@ impl Server {
             let h: H = vec![verdict("invalid"), challenge(false)];
             return (401, h, "missing bearer token\n".into());
         };
-        let r = match check(&self.ctx(), jwt) {
+        let keys = self.keys.load();
+        let r = match check(&self.ctx(&keys), jwt) {
             CheckOutcome::Invalid(e) => {
                 self.state.metrics.count_check("invalid");
                 let h: H =

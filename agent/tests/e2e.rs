@@ -253,3 +253,61 @@ async fn an_agent_restarted_behind_the_log_never_answers_ok_for_what_it_has_not_
     drop(agent);
     auth.stop().await;
 }
+
+/// `kill -HUP` (what operators, logrotate and config management send) used to terminate the
+/// agent. It now reloads the key files without dropping the link or the sockets; a file that
+/// fails to load leaves the previous keys in force, and the failure is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_keys_and_never_terminates_the_agent() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = Authority::start(adir.path(), 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(dir.path(), &auth.url(), &[]);
+    wait_for(|| !agent.ask("PING").ends_with("log_id=none"), "agent in sync").await;
+    let hup = |a: &AgentProc| {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &a.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let old = token("hup-old", "alice", json!({}));
+    assert!(agent.ask(&format!("CHECK {old}")).starts_with("OK "));
+
+    // The IdP rotates its secret: the new file, then SIGHUP.
+    let new_secret = b"a-brand-new-secret-of-at-least-32-bytes!";
+    std::fs::write(dir.path().join("secret"), new_secret).unwrap();
+    hup(&agent);
+    let new = crate::util::token_with(new_secret, "hup-new", "alice", json!({}));
+    wait_for(|| agent.ask(&format!("CHECK {new}")).starts_with("OK "), "the new key in force").await;
+    assert_eq!(agent.ask(&format!("CHECK {old}")), "INVALID reason=signature");
+
+    // A broken file keeps the keys in force.
+    std::fs::write(dir.path().join("secret"), b"short").unwrap();
+    hup(&agent);
+    let metric = |name: &str| {
+        let (_, text) = revmesh_authority::client::http_request(
+            &agent.metrics,
+            "GET",
+            "/metrics",
+            None,
+            b"",
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    wait_for(
+        || metric("revmesh_agent_reloads_total{result=\"error\",what=\"keys\"}") == 1.0,
+        "the failed reload counted",
+    )
+    .await;
+    assert!(agent.ask(&format!("CHECK {new}")).starts_with("OK "));
+    assert!(agent.child.try_wait().unwrap().is_none(), "SIGHUP terminated the agent");
+    assert_eq!(metric("revmesh_agent_reconnects_total"), 0.0, "the link was dropped");
+    agent.kill9();
+    auth.stop().await;
+}

@@ -101,6 +101,11 @@ pub fn now() -> u64 {
 
 /// An HS256 token for the test secret.
 pub fn token(jti: &str, sub: &str, extra: serde_json::Value) -> String {
+    token_with(SECRET, jti, sub, extra)
+}
+
+/// An HS256 token for `secret`.
+pub fn token_with(secret: &[u8], jti: &str, sub: &str, extra: serde_json::Value) -> String {
     let mut claims = serde_json::json!({"jti": jti, "sub": sub, "iat": now() - 10, "exp": now() + 3600});
     if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
@@ -109,7 +114,7 @@ pub fn token(jti: &str, sub: &str, extra: serde_json::Value) -> String {
     }
     let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = extra.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
-    encode(&header, &claims, &EncodingKey::from_secret(SECRET).unwrap()).unwrap()
+    encode(&header, &claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
 }
 
 /// A real authority (the library's `serve`, real sockets and store) in this process.
