@@ -74,16 +74,26 @@ async fn revoke_all(
     Ok(lat)
 }
 
-/// 5,000 connection attempts and 100 MB of garbage against the agent endpoint while `agents`
-/// well-behaved agents keep receiving revocations.
-pub async fn flood(dir: &Path, agents: usize, revocations: usize) -> anyhow::Result<Flood> {
-    let auth = AuthorityProc::start(&dir.join("flood"), "127.0.0.1:0", &[])?;
+/// An authority with `agents` connected agents, and propagation measured while all is quiet.
+async fn quiet_mesh(
+    dir: &Path,
+    agents: usize,
+    revocations: usize,
+) -> anyhow::Result<(AuthorityProc, Fleet, Summary)> {
+    let auth = AuthorityProc::start(dir, "127.0.0.1:0", &[])?;
     let fleet = Fleet::start(agents, &auth.ws, "good")?;
     crate::util::wait_until(Duration::from_secs(60), || {
         fleet.agents.iter().all(|(s, _, _)| s.is_connected() && s.log_id().is_some())
     })
     .await?;
     let quiet = summarize(revoke_all(&auth, revocations, "quiet", None).await?);
+    Ok((auth, fleet, quiet))
+}
+
+/// 5,000 connection attempts and 100 MB of garbage against the agent endpoint while `agents`
+/// well-behaved agents keep receiving revocations.
+pub async fn flood(dir: &Path, agents: usize, revocations: usize) -> anyhow::Result<Flood> {
+    let (auth, fleet, quiet) = quiet_mesh(&dir.join("flood"), agents, revocations).await?;
     let rss_before = auth.proc.rss().unwrap_or(0);
     let addr = auth.ws.trim_start_matches("ws://").to_owned();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -128,15 +138,7 @@ pub async fn flood(dir: &Path, agents: usize, revocations: usize) -> anyhow::Res
         }));
     }
     let pid = auth.proc.child.id();
-    let sampler_stop = stop.clone();
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0;
-        while !sampler_stop.is_cancelled() {
-            peak = peak.max(crate::procs::rss_of(pid).unwrap_or(0));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        peak
-    });
+    let sampler = crate::procs::sample_peak_rss(pid, stop.clone());
     let flooded = summarize(revoke_all(&auth, revocations, "flood", None).await?);
     // The attack runs for the whole measurement, and at least until it reached its volume.
     {
@@ -248,13 +250,7 @@ pub async fn slow_clients(dir: &Path, agents: usize, revocations: usize) -> anyh
         std::process::Command::new("slowhttptest").arg("-h").output().is_ok(),
         "slowhttptest is not installed: apt-get install slowhttptest"
     );
-    let auth = AuthorityProc::start(&dir.join("slow"), "127.0.0.1:0", &[])?;
-    let fleet = Fleet::start(agents, &auth.ws, "good")?;
-    crate::util::wait_until(Duration::from_secs(60), || {
-        fleet.agents.iter().all(|(s, _, _)| s.is_connected() && s.log_id().is_some())
-    })
-    .await?;
-    let quiet = summarize(revoke_all(&auth, revocations, "quiet", None).await?);
+    let (auth, fleet, quiet) = quiet_mesh(&dir.join("slow"), agents, revocations).await?;
     let rss_before = auth.proc.rss().unwrap_or(0);
     let base = format!("http://{}", auth.admin);
     // Long enough for the measurement; killed when it is done.
@@ -275,15 +271,7 @@ pub async fn slow_clients(dir: &Path, agents: usize, revocations: usize) -> anyh
     }
     let pid = auth.proc.child.id();
     let stop = tokio_util::sync::CancellationToken::new();
-    let sampler_stop = stop.clone();
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0;
-        while !sampler_stop.is_cancelled() {
-            peak = peak.max(crate::procs::rss_of(pid).unwrap_or(0));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        peak
-    });
+    let sampler = crate::procs::sample_peak_rss(pid, stop.clone());
     // Let the attackers fill the slots (1,100 connections each at 400/s).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let attacked = revoke_all(&auth, revocations, "attacked", None).await;

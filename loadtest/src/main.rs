@@ -84,6 +84,26 @@ struct RunArgs {
     json: Option<std::path::PathBuf>,
 }
 
+/// One line: propagation quiet versus under an attack, and the authority's RSS.
+fn print_attacked(
+    label: &str,
+    quiet: &util::Summary,
+    attacked: &util::Summary,
+    rss_before: u64,
+    rss_peak: u64,
+) {
+    println!(
+        "  propagation p50/p99 quiet {} / {}, {label} {} / {} ({:.2}x p99); authority RSS {:.1} -> peak {:.1} MiB\n",
+        us(quiet.p50_us),
+        us(quiet.p99_us),
+        us(attacked.p50_us),
+        us(attacked.p99_us),
+        attacked.p99_us / quiet.p99_us.max(1.0),
+        rss_before as f64 / 1048576.0,
+        rss_peak as f64 / 1048576.0
+    );
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -274,16 +294,7 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             f.garbage_bytes as f64 / 1e6,
             f.agents
         );
-        println!(
-            "  propagation p50/p99 quiet {} / {}, flooded {} / {} ({:.2}x p99); authority RSS {:.1} -> peak {:.1} MiB\n",
-            us(f.quiet.p50_us),
-            us(f.quiet.p99_us),
-            us(f.flooded.p50_us),
-            us(f.flooded.p99_us),
-            f.flooded.p99_us / f.quiet.p99_us.max(1.0),
-            f.rss_before as f64 / 1048576.0,
-            f.rss_peak as f64 / 1048576.0
-        );
+        print_attacked("flooded", &f.quiet, &f.flooded, f.rss_before, f.rss_peak);
         report.insert("flood".into(), json!(f));
     }
     if want("restart") {
@@ -330,17 +341,7 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             "slow clients: slowhttptest slowloris + slow body + slow read, 1,100 connections each, on the admin API; {} connections shed",
             f.shed
         );
-        println!(
-            "  propagation to {} agents p50/p99 quiet {} / {}, attacked {} / {} ({:.2}x p99); authority RSS {:.1} -> peak {:.1} MiB\n",
-            f.agents,
-            us(f.quiet.p50_us),
-            us(f.quiet.p99_us),
-            us(f.attacked.p50_us),
-            us(f.attacked.p99_us),
-            f.attacked.p99_us / f.quiet.p99_us.max(1.0),
-            f.rss_before as f64 / 1048576.0,
-            f.rss_peak as f64 / 1048576.0
-        );
+        print_attacked("attacked", &f.quiet, &f.attacked, f.rss_before, f.rss_peak);
         report.insert("slow-clients".into(), json!(f));
     }
     if want("tls") {

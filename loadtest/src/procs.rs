@@ -66,6 +66,18 @@ impl Proc {
     }
 }
 
+/// Samples a process's resident memory every 20 ms until `stop`; resolves to the peak.
+pub fn sample_peak_rss(pid: u32, stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        while !stop.is_cancelled() {
+            peak = peak.max(rss_of(pid).unwrap_or(0));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        peak
+    })
+}
+
 /// Resident memory of a process in bytes.
 pub fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -160,17 +160,7 @@ pub async fn restart(dir: &Path, n: u64, storm: usize) -> anyhow::Result<Restart
     let storm_rss_before = auth.proc.rss().unwrap_or(0);
     let pid = auth.proc.child.id();
     let stop = tokio_util::sync::CancellationToken::new();
-    let sampler = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while !stop.is_cancelled() {
-                peak = peak.max(crate::procs::rss_of(pid).unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            peak
-        })
-    };
+    let sampler = crate::procs::sample_peak_rss(pid, stop.clone());
     let started = Instant::now();
     let fleet = Fleet::start(storm, &auth.ws, &format!("storm-{n}"))?;
     until(Duration::from_secs(1800), || fleet.agents.iter().all(|(s, _, _)| s.applied() >= head)).await?;
