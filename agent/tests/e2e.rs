@@ -230,8 +230,9 @@ async fn an_agent_restarted_behind_the_log_never_answers_ok_for_what_it_has_not_
     let auth = Authority::start(adir.path(), 0, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut agent = AgentProc::start(dir.path(), &auth.url(), &[]);
+    wait_for(|| !agent.ask("PING").ends_with("log_id=none"), "agent in sync").await;
     auth.revoke(json!({"kind": "jti", "jti": "w-first", "expires_at": crate::util::now() + 3600})).await;
-    assert!(agent.ask("PING").starts_with("PONG seq=1 "));
+    wait_for(|| agent.ask("PING").starts_with("PONG seq=1 "), "the first entry applied").await;
     agent.kill9();
     let n = 5_000;
     fill(&auth, "w", n).await;
