@@ -548,11 +548,11 @@ async fn apply_events(
 
 /// Writes the whole state; returns the seq it covers.
 async fn write_snapshot(state: &AgentState, persist: Option<&Arc<Mutex<Persist>>>) -> Result<u64, String> {
-    let snap = state.persisted();
+    let (snap, table) = state.image();
     let seq = snap.applied_seq;
     let Some(p) = persist else { return Ok(seq) };
     let p = p.clone();
-    tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).snapshot(&snap))
+    tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).snapshot(&snap, &table))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;

@@ -5,14 +5,21 @@
 //! A torn or corrupt journal tail is cut off at the last good record; a corrupt snapshot is
 //! moved aside and the agent starts empty (and so answers STALE until it has resynced).
 
-use revmesh_protocol::codec::{decode, decode_state, encode, encode_state, PersistedState};
+use revmesh_protocol::codec::{
+    decode, decode_state, encode, encode_state_image, PersistedState, StateImageDecoder,
+};
 use revmesh_protocol::frame::{Batch, Frame};
+use revmesh_protocol::set::TableImage;
+use revmesh_protocol::RevocationSet;
 use revmesh_protocol::{Entry, LogId};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"RVMSTAT1";
+/// State file with the set as a bincode snapshot (read only; written by earlier versions).
+const MAGIC_V1: &[u8; 8] = b"RVMSTAT1";
+/// State file with the `jti` table as laid out in memory (PROTOCOL.md §6).
+const MAGIC: &[u8; 8] = b"RVMSTAT2";
 /// Journal size that triggers a new snapshot.
 const JOURNAL_LIMIT: u64 = 8 << 20;
 /// Largest journal record accepted when reading.
@@ -90,12 +97,15 @@ impl Persist {
             return Err(PersistError::Io { path: lock_path, source });
         }
         let mut rec = Recovered::default();
-        let mut state = PersistedState::default();
         let state_path = dir.join("state.bin");
-        match std::fs::read(&state_path) {
-            Ok(bytes) => match parse_state(&bytes) {
-                Some(s) => state = s,
-                None => {
+        match read_state(&state_path) {
+            Ok(found) => match found {
+                Ok(Some((set, state))) => {
+                    rec.set = set;
+                    (rec.log_id, rec.applied_seq) = (state.log_id, state.applied_seq);
+                }
+                Ok(None) => {}
+                Err(Damaged) => {
                     let aside = dir.join("state.bin.corrupt");
                     let _ = std::fs::rename(&state_path, &aside);
                     rec.warnings.push(format!(
@@ -105,11 +115,8 @@ impl Persist {
                     ));
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&state_path)(e)),
         }
-        rec.set = revmesh_protocol::RevocationSet::restore(state.set);
-        (rec.log_id, rec.applied_seq) = (state.log_id, state.applied_seq);
         let journal_path = dir.join("journal.bin");
         let mut journal = OpenOptions::new()
             .read(true)
@@ -175,9 +182,10 @@ impl Persist {
         Ok(self.journal_len > JOURNAL_LIMIT)
     }
 
-    /// Writes a full snapshot atomically, then empties the journal.
-    pub fn snapshot(&mut self, state: &PersistedState) -> Result<(), PersistError> {
-        let body = encode_state(state).map_err(|e| PersistError::Encode(e.to_string()))?;
+    /// Writes a full snapshot atomically, then empties the journal. `state.set` holds what the
+    /// table image does not: the other kinds (its `jti` digests are ignored).
+    pub fn snapshot(&mut self, state: &PersistedState, table: &TableImage) -> Result<(), PersistError> {
+        let body = encode_state_image(state, table).map_err(|e| PersistError::Encode(e.to_string()))?;
         let tmp = self.dir.join("state.bin.tmp");
         let dst = self.dir.join("state.bin");
         let written = File::create(&tmp).and_then(|mut f| {
@@ -206,16 +214,58 @@ impl Persist {
     }
 }
 
-fn parse_state(bytes: &[u8]) -> Option<PersistedState> {
-    let rest = bytes.strip_prefix(MAGIC)?;
-    if rest.len() < 8 {
-        return None;
+/// A state file that fails its checksum, does not decode, or holds a table that breaks its
+/// invariant.
+struct Damaged;
+
+/// Reads a state file of either version: the set and where it stands; `Ok(None)` when there
+/// is none. A version 2 file is parsed into its table as it is read (one pass, no second copy
+/// of the file), its checksum computed on the way and checked before anything is used.
+fn read_state(path: &Path) -> std::io::Result<Result<Option<(RevocationSet, PersistedState)>, Damaged>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(None)),
+        Err(e) => return Err(e),
+    };
+    let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut head = [0u8; 16];
+    if len < 16 || f.read_exact(&mut head).is_err() {
+        return Ok(Err(Damaged));
     }
-    let (sum, body) = rest.split_at(8);
-    if sum != checksum(body).to_le_bytes() {
-        return None;
+    let (magic, sum) = head.split_at(8);
+    if magic == MAGIC_V1 {
+        let mut body = Vec::new();
+        f.read_to_end(&mut body)?;
+        if sum != checksum(&body).to_le_bytes() {
+            return Ok(Err(Damaged));
+        }
+        let Ok(mut state) = decode_state(&body) else { return Ok(Err(Damaged)) };
+        return Ok(Ok(Some((RevocationSet::restore(std::mem::take(&mut state.set)), state))));
     }
-    decode_state(body).ok()
+    if magic != MAGIC {
+        return Ok(Err(Damaged));
+    }
+    let mut decoder = StateImageDecoder::new(len - 16);
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if decoder.feed(&buf[..n]).is_err() {
+            return Ok(Err(Damaged));
+        }
+    }
+    if sum != hasher.digest().to_le_bytes() {
+        return Ok(Err(Damaged));
+    }
+    let Ok((mut state, table)) = decoder.finish() else { return Ok(Err(Damaged)) };
+    match RevocationSet::from_image(std::mem::take(&mut state.set), table) {
+        Ok(set) => Ok(Ok(Some((set, state)))),
+        Err(_) => Ok(Err(Damaged)),
+    }
 }
 
 fn read_record(bytes: &[u8], pos: usize) -> Option<(Batch, usize)> {
@@ -278,7 +328,8 @@ mod tests {
             let mut set = RevocationSet::new();
             set.insert(&entry(1), 0);
             set.insert(&entry(2), 0);
-            p.snapshot(&PersistedState { log_id: Some(log), applied_seq: 2, set: set.snapshot() }).unwrap();
+            let (rest, table) = set.image();
+            p.snapshot(&PersistedState { log_id: Some(log), applied_seq: 2, set: rest }, &table).unwrap();
             p.append(log, 3, 3, &[entry(3)]).unwrap();
             p.append(log, 4, 4, &[entry(4)]).unwrap();
         }
@@ -292,6 +343,43 @@ mod tests {
         assert!(has(&rec, 1) && has(&rec, 3));
         assert!(!has(&rec, 4));
         assert_eq!(rec.warnings.len(), 1);
+    }
+
+    /// A state file written by an earlier version (a bincode snapshot) is still read.
+    #[test]
+    fn a_version_1_state_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = RevocationSet::new();
+        set.insert(&entry(1), 0);
+        let state = PersistedState { log_id: Some(LogId([4; 16])), applied_seq: 1, set: set.snapshot() };
+        let body = revmesh_protocol::codec::encode_state(&state).unwrap();
+        let mut file = MAGIC_V1.to_vec();
+        file.extend_from_slice(&checksum(&body).to_le_bytes());
+        file.extend_from_slice(&body);
+        std::fs::write(dir.path().join("state.bin"), file).unwrap();
+        let (_, rec) = Persist::open(dir.path()).unwrap();
+        assert_eq!((rec.applied_seq, rec.log_id), (1, Some(LogId([4; 16]))));
+        assert!(has(&rec, 1));
+    }
+
+    /// A table image whose slots cannot be found from their homes is refused even when its
+    /// checksum matches (a bug, not a disk, wrote it): the agent starts empty and stale rather
+    /// than answer OK for a revoked token it cannot find.
+    #[test]
+    fn a_table_image_that_breaks_its_invariant_is_refused() {
+        let mut set = RevocationSet::new();
+        for seq in 1..=100 {
+            set.insert(&entry(seq), 0);
+        }
+        let (rest, mut table) = set.image();
+        assert!(RevocationSet::from_image(rest.clone(), table.clone()).is_ok());
+        // Move one digest far from its home, behind an empty slot.
+        let full = table.slots.iter().position(|s| s.seq != 0).unwrap();
+        let empty = (full..table.slots.len()).chain(0..full).find(|i| table.slots[*i].seq == 0).unwrap();
+        let hole = (empty + 1..table.slots.len()).find(|i| table.slots[*i].seq == 0).unwrap();
+        table.slots[hole] = table.slots[full];
+        table.slots[full] = revmesh_protocol::set::JtiSlot::default();
+        assert!(RevocationSet::from_image(rest, table).is_err());
     }
 
     #[test]

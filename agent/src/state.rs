@@ -272,6 +272,19 @@ impl AgentState {
         }
     }
 
+    /// What the state file holds: where the set stands, its other kinds, and its `jti` table as
+    /// laid out (copied under the read lock; written without it).
+    pub fn image(&self) -> (revmesh_protocol::codec::PersistedState, revmesh_protocol::set::TableImage) {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+        let (rest, table) = set.image();
+        let state = revmesh_protocol::codec::PersistedState {
+            log_id: self.log_id(),
+            applied_seq: self.applied(),
+            set: rest,
+        };
+        (state, table)
+    }
+
     /// Number of live revocations of a kind.
     pub fn count(&self, kind: Kind) -> usize {
         self.set.read().unwrap_or_else(|p| p.into_inner()).count(kind)

@@ -92,9 +92,9 @@ pub async fn restart(dir: &Path, n: u64, storm: usize) -> anyhow::Result<Restart
         for seq in 1..=n {
             set.insert(&entry(seq, exp), 0);
         }
-        let state =
-            PersistedState { log_id: Some(LogId(rand::random())), applied_seq: n, set: set.snapshot() };
-        p.snapshot(&state)?;
+        let (rest, table) = set.image();
+        let state = PersistedState { log_id: Some(LogId(rand::random())), applied_seq: n, set: rest };
+        p.snapshot(&state, &table)?;
     }
     let snapshot_bytes = {
         let entries: Vec<Entry> = (1..=n).map(|seq| entry(seq, exp)).collect();

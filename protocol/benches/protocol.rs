@@ -150,6 +150,16 @@ fn build(c: &mut Criterion) {
         b.iter(|| RevocationSet::restore(black_box(snapshot.clone())))
     });
     g.bench_function("decode_state", |b| b.iter(|| decode_state(black_box(&state_bytes)).unwrap()));
+    // The state file as the agent writes it now: the table as laid out, adopted after a check.
+    let (rest, table) = full.image();
+    let image_state = PersistedState { log_id: Some(LogId([1; 16])), applied_seq: N, set: rest };
+    let image_bytes = revmesh_protocol::codec::encode_state_image(&image_state, &table).unwrap();
+    g.bench_function("decode_and_adopt_table_image", |b| {
+        b.iter(|| {
+            let (mut st, t) = revmesh_protocol::codec::decode_state_image(black_box(&image_bytes)).unwrap();
+            RevocationSet::from_image(std::mem::take(&mut st.set), t).unwrap()
+        })
+    });
     g.bench_function("checksum_state_floor", |b| {
         b.iter(|| xxhash_rust::xxh3::xxh3_64(black_box(&state_bytes)))
     });

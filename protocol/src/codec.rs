@@ -181,6 +181,134 @@ pub fn decode_state(bytes: &[u8]) -> Result<PersistedState, DecodeError> {
     Ok(state)
 }
 
+/// Encodes an agent's state with its `jti` table as laid out (PROTOCOL.md §6, state file v2):
+/// `capacity:u64 LE ++ mult:u64 LE ++ capacity × (hi:u64 LE, seq:u64 LE, lo:u32 LE,
+/// expires_at:u32 LE) ++ bincode(PersistedState without jti digests)`.
+pub fn encode_state_image(
+    state: &PersistedState,
+    table: &crate::set::TableImage,
+) -> Result<Vec<u8>, EncodeError> {
+    let rest = encode_state(state)?;
+    let mut out = Vec::with_capacity(16 + table.slots.len() * SLOT_BYTES + rest.len());
+    out.extend_from_slice(&(table.slots.len() as u64).to_le_bytes());
+    out.extend_from_slice(&table.mult.to_le_bytes());
+    for s in &table.slots {
+        out.extend_from_slice(&s.hi.to_le_bytes());
+        out.extend_from_slice(&s.seq.to_le_bytes());
+        out.extend_from_slice(&s.lo.to_le_bytes());
+        out.extend_from_slice(&s.expires_at.to_le_bytes());
+    }
+    out.extend_from_slice(&rest);
+    Ok(out)
+}
+
+const SLOT_BYTES: usize = 24;
+
+/// Decodes [`encode_state_image`]'s layout (the table is checked when it is adopted).
+pub fn decode_state_image(bytes: &[u8]) -> Result<(PersistedState, crate::set::TableImage), DecodeError> {
+    let mut d = StateImageDecoder::new(bytes.len());
+    d.feed(bytes)?;
+    d.finish()
+}
+
+/// [`decode_state_image`] fed in pieces (sans-IO: the caller reads), so a large state file is
+/// parsed straight into its table while it is read, without a second copy of the whole file.
+#[derive(Debug)]
+pub struct StateImageDecoder {
+    body_len: usize,
+    header: Vec<u8>,
+    capacity: Option<usize>,
+    mult: u64,
+    slots: Vec<crate::set::JtiSlot>,
+    partial: Vec<u8>,
+    rest: Vec<u8>,
+}
+
+fn slot_from(c: &[u8]) -> crate::set::JtiSlot {
+    let mut b8 = [0u8; 8];
+    let mut b4 = [0u8; 4];
+    b8.copy_from_slice(&c[0..8]);
+    let hi = u64::from_le_bytes(b8);
+    b8.copy_from_slice(&c[8..16]);
+    let seq = u64::from_le_bytes(b8);
+    b4.copy_from_slice(&c[16..20]);
+    let lo = u32::from_le_bytes(b4);
+    b4.copy_from_slice(&c[20..24]);
+    crate::set::JtiSlot { hi, seq, lo, expires_at: u32::from_le_bytes(b4) }
+}
+
+impl StateImageDecoder {
+    /// A decoder for a body of `body_len` bytes (the file size bounds every allocation).
+    pub fn new(body_len: usize) -> Self {
+        Self {
+            body_len,
+            header: Vec::with_capacity(16),
+            capacity: None,
+            mult: 0,
+            slots: Vec::new(),
+            partial: Vec::with_capacity(SLOT_BYTES),
+            rest: Vec::new(),
+        }
+    }
+
+    /// The next bytes of the body.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), DecodeError> {
+        if self.capacity.is_none() {
+            let take = (16 - self.header.len()).min(data.len());
+            self.header.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.header.len() < 16 {
+                return Ok(());
+            }
+            let mut b8 = [0u8; 8];
+            b8.copy_from_slice(&self.header[0..8]);
+            let capacity = u64::from_le_bytes(b8);
+            b8.copy_from_slice(&self.header[8..16]);
+            self.mult = u64::from_le_bytes(b8);
+            let capacity = usize::try_from(capacity)
+                .ok()
+                .filter(|c| c.checked_mul(SLOT_BYTES).is_some_and(|n| n <= self.body_len.saturating_sub(16)))
+                .ok_or_else(|| DecodeError::Malformed(format!("state image: {capacity} slots do not fit")))?;
+            self.slots.reserve_exact(capacity);
+            self.capacity = Some(capacity);
+        }
+        let capacity = self.capacity.unwrap_or(0);
+        if self.slots.len() < capacity && !self.partial.is_empty() {
+            let take = (SLOT_BYTES - self.partial.len()).min(data.len());
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.partial.len() == SLOT_BYTES {
+                self.slots.push(slot_from(&self.partial));
+                self.partial.clear();
+            }
+        }
+        if self.slots.len() < capacity {
+            let whole =
+                ((capacity - self.slots.len()) * SLOT_BYTES).min(data.len() / SLOT_BYTES * SLOT_BYTES);
+            self.slots.extend(data[..whole].chunks_exact(SLOT_BYTES).map(slot_from));
+            data = &data[whole..];
+            if self.slots.len() < capacity {
+                self.partial.extend_from_slice(data);
+                return Ok(());
+            }
+        }
+        if self.rest.len() + data.len() > self.body_len {
+            return Err(DecodeError::TrailingBytes(data.len()));
+        }
+        self.rest.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The state and its table, once the whole body was fed.
+    pub fn finish(self) -> Result<(PersistedState, crate::set::TableImage), DecodeError> {
+        if self.capacity.is_none_or(|c| self.slots.len() < c) {
+            return Err(DecodeError::Malformed("state image cut short".into()));
+        }
+        let state = decode_state(&self.rest)?;
+        Ok((state, crate::set::TableImage { mult: self.mult, slots: self.slots }))
+    }
+}
+
 /// What an agent keeps on disk between runs (PROTOCOL.md §6).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PersistedState {

@@ -45,6 +45,15 @@ pub struct JtiSlot {
     pub expires_at: u32,
 }
 
+/// A [`JtiTable`] as laid out in memory, for a state file that loads without rebuilding.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableImage {
+    /// The home multiplier.
+    pub mult: u64,
+    /// Every slot, empty ones (`seq == 0`) included.
+    pub slots: Vec<JtiSlot>,
+}
+
 /// Robin Hood hash table of [`JtiSlot`]s with linear probing and backward-shift deletion.
 ///
 /// The capacity need not be a power of two (slots are picked by multiply-shift), so the
@@ -186,6 +195,48 @@ impl JtiTable {
         for s in old.into_iter().filter(|s| s.seq != 0) {
             self.insert_new(s);
         }
+    }
+
+    /// The table as it is laid out: its multiplier and every slot, empty ones included.
+    pub fn image(&self) -> TableImage {
+        TableImage { mult: self.mult, slots: self.slots.clone() }
+    }
+
+    /// Adopts a table laid out by [`Self::image`], after checking that every digest can be
+    /// found from its home (each slot's probe distance is at most one more than its
+    /// predecessor's, with no empty slot in between) and that the load is within bounds. A
+    /// damaged image is refused, never trusted: a digest that cannot be found would be a
+    /// revoked token answered OK.
+    pub fn from_image(image: TableImage) -> Result<Self, String> {
+        let TableImage { mult, slots } = image;
+        if slots.is_empty() {
+            return Ok(Self::default());
+        }
+        if slots.len() < MIN_CAPACITY || mult & 1 == 0 {
+            return Err(format!("table image: capacity {} or multiplier {mult:#x} impossible", slots.len()));
+        }
+        let mut t = Self::default();
+        (t.slots, t.mult) = (slots, mult);
+        let cap = t.slots.len();
+        let mut len = 0;
+        for i in 0..cap {
+            if t.slots[i].seq == 0 {
+                continue;
+            }
+            len += 1;
+            let d = t.distance(i);
+            if d > 0 {
+                let prev = (i + cap - 1) % cap;
+                if t.slots[prev].seq == 0 || t.distance(prev) + 1 < d {
+                    return Err(format!("table image: slot {i} cannot be reached from its home"));
+                }
+            }
+        }
+        if len * 20 > cap * 17 {
+            return Err(format!("table image: {len} digests in {cap} slots"));
+        }
+        t.len = len;
+        Ok(t)
     }
 
     /// Removes the slot at `index` by shifting the following cluster back one place.
@@ -409,6 +460,28 @@ impl RevocationSet {
             keys: strings(&self.keys),
             sessions: strings(&self.sessions),
         }
+    }
+
+    /// The set as a snapshot without its `jti` digests, plus the `jti` table as laid out: what
+    /// an agent writes to its state file, so a restart adopts the table instead of rebuilding it.
+    pub fn image(&self) -> (SetSnapshot, TableImage) {
+        fn strings<R: Copy>(m: &HashMap<Box<str>, R>) -> Vec<(String, R)> {
+            m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        }
+        let rest = SetSnapshot {
+            jti: Vec::new(),
+            subjects: strings(&self.subjects),
+            keys: strings(&self.keys),
+            sessions: strings(&self.sessions),
+        };
+        (rest, self.jti.image())
+    }
+
+    /// The inverse of [`Self::image`]; a damaged table image is refused.
+    pub fn from_image(rest: SetSnapshot, table: TableImage) -> Result<Self, String> {
+        let mut set = Self::restore(rest);
+        set.jti = JtiTable::from_image(table)?;
+        Ok(set)
     }
 
     /// Rebuilds a set from a snapshot. Slots with seq 0 are ignored. The table is sized for
