@@ -24,6 +24,34 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Ask a running agent about one token; exit 0 only for OK.
     Check(CheckArgs),
+    /// Print an HS256 token signed with a secret file, for trying things out.
+    Token(TokenArgs),
+}
+
+/// `token` arguments.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The HMAC secret (at least 32 bytes), as the agent's --hs256-secret-file.
+    #[arg(long)]
+    pub hs256_secret_file: PathBuf,
+    /// `sub` claim.
+    #[arg(long)]
+    pub sub: String,
+    /// Lifetime (`exp` = now + ttl).
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// `jti` claim [default: random].
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// `sid` claim.
+    #[arg(long)]
+    pub sid: Option<String>,
+    /// `iss` claim.
+    #[arg(long)]
+    pub iss: Option<String>,
+    /// `aud` claim.
+    #[arg(long)]
+    pub aud: Option<String>,
 }
 
 /// `check` arguments.

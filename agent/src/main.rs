@@ -39,6 +39,34 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Token(t) => {
+            let secret = match std::fs::read(&t.hs256_secret_file) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("revmesh-agent token: {}: {e}", t.hs256_secret_file.display());
+                    return ExitCode::from(64);
+                }
+            };
+            let ttl = match revmesh_protocol::time::parse_duration(&t.ttl) {
+                Ok(d) => d.as_secs(),
+                Err(e) => {
+                    eprintln!("revmesh-agent token: --ttl: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            // Read as the agent reads --hs256-secret-file: one trailing newline is not part of it.
+            let secret = secret.strip_suffix(b"\n").unwrap_or(&secret).to_vec();
+            match revmesh_agent::jwt::mint_hs256(&secret, &t, ttl, revmesh_agent::state::now_secs()) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("revmesh-agent token: {e}");
+                    ExitCode::from(64)
+                }
+            }
+        }
         Command::Run(args) => {
             let cfg = match args.with_file().and_then(|raw| Config::build(&raw)) {
                 Ok(c) => c,

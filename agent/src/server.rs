@@ -145,6 +145,7 @@ impl Server {
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 if pos > max_line {
                     out.push_str("ERR reason=line_too_long\n");
+                    self.state.metrics.count_check("err");
                     let _ = s.write_all(out.as_bytes()).await;
                     return;
                 }
@@ -156,6 +157,7 @@ impl Server {
             }
             if buf.len() > max_line {
                 out.push_str("ERR reason=line_too_long\n");
+                self.state.metrics.count_check("err");
                 let _ = s.write_all(out.as_bytes()).await;
                 return;
             }
@@ -190,8 +192,11 @@ impl Server {
             } else if req.path == "/healthz" && req.method == "GET" {
                 (200, Vec::new(), health(&self.state))
             } else if req.path == "/healthz" {
+                self.state.metrics.count_check("err");
                 (405, vec![("Allow".into(), "GET".into())], "method not allowed: use GET\n".to_owned())
             } else {
+                // Counted like a line the agent did not understand.
+                self.state.metrics.count_check("err");
                 (404, Vec::new(), "not found\n".to_owned())
             };
             if write_http(&mut s, status, &headers, &body, req.keep_alive).await.is_err() || !req.keep_alive {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod e2e;
+mod metrics;
 mod nginx;
 mod sockets;
 mod tokens;

@@ -1,0 +1,2 @@
+// The build script both binaries share.
+include!("../build-support/commit.rs");

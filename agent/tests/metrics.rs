@@ -1,0 +1,90 @@
+//! Both binaries' `/metrics` as Prometheus's own linter sees it (`promtool check metrics`, from
+//! Debian's `prometheus` package), and the operator basics every scrape must carry.
+
+use crate::util::{wait_for, AgentProc, Authority};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn scrape(addr: &str) -> String {
+    revmesh_authority::client::http_request(
+        addr,
+        "GET",
+        "/metrics",
+        None,
+        b"",
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap()
+    .1
+}
+
+fn promtool_check(text: &str) -> String {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is not installed ({e}): `apt-get install prometheus` (scripts/test installs it)")
+        });
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_binaries_metrics_pass_promtool_and_carry_build_process_and_zeroed_labels() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = Authority::start(adir.path(), 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(dir.path(), &auth.url(), &[]);
+    wait_for(|| !agent.ask("PING").ends_with("log_id=none"), "agent in sync").await;
+    // A line too long is counted as a check outcome.
+    let long = format!("STATUS jti={}", "x".repeat(9_000));
+    assert_eq!(agent.ask(&long), "ERR reason=line_too_long");
+    let agent_text = scrape(&agent.metrics);
+    let auth_text = scrape(&auth.admin.to_string());
+    for (name, text) in [("agent", &agent_text), ("authority", &auth_text)] {
+        let lint = promtool_check(text);
+        assert!(lint.trim().is_empty(), "{name}: promtool found problems:\n{lint}");
+        assert!(text.contains("revmesh_build_info{commit="), "{name}: no build info");
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{name}: no process metrics");
+    }
+    assert!(agent_text.contains("revmesh_agent_checks_total{verdict=\"err\"} 1"), "{agent_text}");
+    for reason in ["duplicate_id", "unauthorized", "identity"] {
+        let line = format!("revmesh_authority_agents_rejected_total{{reason=\"{reason}\"}} 0");
+        assert!(auth_text.contains(&line), "{line} must be exported from the start");
+    }
+    drop(agent);
+    auth.stop().await;
+}
+
+/// `revmesh-agent token` mints what the README's walkthrough needs, without Python.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_mints_tokens_the_agent_accepts_and_revokes() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = Authority::start(adir.path(), 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(dir.path(), &auth.url(), &[]);
+    wait_for(|| !agent.ask("PING").ends_with("log_id=none"), "agent in sync").await;
+    let out = Command::new(env!("CARGO_BIN_EXE_revmesh-agent"))
+        .args(["token", "--sub", "bob", "--sid", "s-42", "--ttl", "10m", "--hs256-secret-file"])
+        .arg(dir.path().join("secret"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let answer = agent.ask(&format!("CHECK {token}"));
+    assert!(answer.starts_with("OK ") && answer.contains(" sub=bob"), "{answer}");
+    auth.revoke(serde_json::json!({"kind": "session", "sid": "s-42"})).await;
+    assert!(agent.ask(&format!("CHECK {token}")).starts_with("REVOKED kind=session"));
+    drop(agent);
+    auth.stop().await;
+}
