@@ -112,6 +112,9 @@ impl Metrics {
         r.register(Box::new(m.persist_errors_total.clone()))?;
         r.register(Box::new(m.persist_ok.clone()))?;
         r.register(Box::new(m.reloads_total.clone()))?;
+        for reason in ["not_binary", "violation"].iter().chain(revmesh_protocol::codec::DECODE_REASONS) {
+            m.frames_rejected_total.with_label_values(&[reason]);
+        }
         for what in ["keys", "credentials"] {
             for result in ["ok", "error"] {
                 m.reloads_total.with_label_values(&[what, result]);

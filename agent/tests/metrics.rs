@@ -88,3 +88,41 @@ async fn the_token_command_mints_tokens_the_agent_accepts_and_revokes() {
     drop(agent);
     auth.stop().await;
 }
+
+/// The alert rules shipped in deploy/prometheus are valid and their unit tests pass
+/// (`promtool check rules`, `promtool test rules`), and every metric they use is one the
+/// binaries export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_pass_promtool_and_use_exported_metrics() {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus"));
+    for args in [["check", "rules", "revmesh-alerts.yml"], ["test", "rules", "revmesh-alerts.test.yml"]] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("promtool is not installed ({e}): `apt-get install prometheus`"));
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let adir = tempfile::tempdir().unwrap();
+    let auth = Authority::start(adir.path(), 0, &[]).await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(agent_dir.path(), &auth.url(), &[]);
+    let exported = format!("{}{}", scrape(&agent.metrics), scrape(&auth.admin.to_string()));
+    let rules = std::fs::read_to_string(dir.join("revmesh-alerts.yml")).unwrap();
+    let used: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("revmesh_"))
+        .map(|w| w.trim_end_matches("_bucket"))
+        .collect();
+    for m in used {
+        assert!(exported.contains(&format!("# TYPE {m} ")), "the rules use {m}, which no binary exports");
+    }
+    drop(agent);
+    auth.stop().await;
+}

@@ -150,10 +150,16 @@ impl Log {
         match tokio::time::timeout(self.store_timeout, queued_and_committed).await {
             Ok(r) => r,
             Err(_) => {
-                self.store_ok.store(false, Ordering::Release);
+                self.set_store_ok(false);
+                self.metrics.store_errors_total.inc();
                 Err(Arc::new(AppendError::Timeout(self.store_timeout)))
             }
         }
+    }
+
+    fn set_store_ok(&self, ok: bool) -> bool {
+        self.metrics.store_ready.set(i64::from(ok));
+        self.store_ok.swap(ok, Ordering::AcqRel)
     }
 
     /// True while the store can commit: the last operation on it succeeded and no append has
@@ -178,14 +184,16 @@ impl Log {
                 Ok(Ok(Ok(()))) => true,
                 Ok(Ok(Err(e))) => {
                     tracing::warn!(error = %e, "store probe failed");
+                    self.metrics.store_errors_total.inc();
                     false
                 }
                 Ok(Err(_)) | Err(_) => {
                     tracing::warn!("store probe did not finish in time");
+                    self.metrics.store_errors_total.inc();
                     false
                 }
             };
-            if ok != self.store_ok.swap(ok, Ordering::AcqRel) {
+            if ok != self.set_store_ok(ok) {
                 if ok {
                     tracing::info!("store reachable again");
                     // A commit reported as failed may still have become durable: publish
@@ -219,7 +227,10 @@ impl Log {
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Io(format!("append task failed: {e}"))));
             log.append_started_ms.store(0, Ordering::Release);
-            log.store_ok.store(result.is_ok(), Ordering::Release);
+            log.set_store_ok(result.is_ok());
+            if result.is_err() {
+                log.metrics.store_errors_total.inc();
+            }
             match result {
                 Ok(entries) => {
                     log.metrics.store_commits_total.inc();

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub store_commits_total: IntCounter,
     /// `revmesh_authority_agents_rejected_total{reason}`: links refused before a session started.
     pub agents_rejected_total: IntCounterVec,
+    /// `revmesh_authority_store_ready`: 1 while the store can commit (what `/readyz` says).
+    pub store_ready: IntGauge,
+    /// `revmesh_authority_store_errors_total`: failed or timed-out store operations.
+    pub store_errors_total: IntCounter,
     /// `revmesh_authority_admin_connections_shed_total{reason}`: admin API connections closed
     /// by the server (timeouts, or room made at the connection limit).
     pub admin_shed_total: IntCounterVec,
@@ -50,6 +54,10 @@ pub const AGENT_REJECT_REASONS: &[&str] = &[
     "busy",
     "duplicate_id",
 ];
+
+/// Reasons of `frames_rejected_total` besides the decoder's, exported at 0 from the start.
+pub const FRAME_REJECT_REASONS: &[&str] =
+    &["unexpected_frame", "not_binary", "hello_timeout", "violation", "websocket_protocol", "io"];
 
 /// Reasons of `admin_connections_shed_total`, exported at 0 from the start.
 pub const ADMIN_SHED_REASONS: &[&str] = &["header_timeout", "body_timeout", "idle", "limit", "refused"];
@@ -104,6 +112,14 @@ impl Metrics {
                 Opts::new("revmesh_authority_agents_rejected_total", "Agent connections refused"),
                 &["reason"],
             )?,
+            store_ready: IntGauge::new(
+                "revmesh_authority_store_ready",
+                "1 while the store can commit; 0 while revocations get 503",
+            )?,
+            store_errors_total: IntCounter::new(
+                "revmesh_authority_store_errors_total",
+                "Store operations (appends, probes) that failed or timed out",
+            )?,
             admin_shed_total: IntCounterVec::new(
                 Opts::new(
                     "revmesh_authority_admin_connections_shed_total",
@@ -127,8 +143,14 @@ impl Metrics {
         r.register(Box::new(m.store_commits_total.clone()))?;
         r.register(Box::new(m.agents_rejected_total.clone()))?;
         r.register(Box::new(m.admin_shed_total.clone()))?;
+        r.register(Box::new(m.store_ready.clone()))?;
+        r.register(Box::new(m.store_errors_total.clone()))?;
+        m.store_ready.set(1);
         for k in Kind::ALL {
             m.revocations_total.with_label_values(&[k.as_str()]);
+        }
+        for reason in FRAME_REJECT_REASONS.iter().chain(revmesh_protocol::codec::DECODE_REASONS) {
+            m.frames_rejected_total.with_label_values(&[reason]);
         }
         for reason in AGENT_REJECT_REASONS {
             m.agents_rejected_total.with_label_values(&[reason]);

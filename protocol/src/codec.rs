@@ -153,6 +153,9 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, DecodeError> {
     Ok(entry)
 }
 
+/// Every value [`DecodeError::reason`] gives, for metrics exported at 0 from the start.
+pub const DECODE_REASONS: &[&str] = &["malformed", "version", "too_large", "non_canonical", "invalid"];
+
 /// Largest encoded revocation-set snapshot accepted from disk.
 pub const MAX_SNAPSHOT_BYTES: usize = 1 << 32;
 
