@@ -173,6 +173,10 @@ pub struct RunArgs {
     #[arg(long, env = "REVMESH_LOG")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub log: Option<String>,
+    /// `text` or `json` (one JSON object per line, the ready line included) [default: text].
+    #[arg(long, env = "REVMESH_LOG_FORMAT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub log_format: Option<String>,
 }
 
 /// What to do past the staleness bound.
@@ -223,6 +227,8 @@ pub struct Config {
     pub client_idle_timeout: Duration,
     /// Log filter.
     pub log: String,
+    /// JSON log lines.
+    pub log_json: bool,
 }
 
 /// Files behind the agent's credentials, re-read on SIGHUP.
@@ -289,7 +295,7 @@ impl RunArgs {
         Ok(merge!(self, file;
             opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, socket_group, socket_mode, metrics_listen, hs256_secret_file, jwks_file,
                  issuer, audience, leeway, max_token_bytes, max_staleness, on_stale, max_clients,
-                 client_idle_timeout, log;
+                 client_idle_timeout, log, log_format;
             vec: authority, public_key_file, allow_uid))
     }
 }
@@ -485,6 +491,14 @@ impl Config {
             max_clients,
             client_idle_timeout,
             log: raw.log.clone().unwrap_or_else(|| "info".into()),
+            log_json: match raw.log_format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    push("log-format", format!("`{other}` is neither `text` nor `json`"));
+                    false
+                }
+            },
         };
         if errs.is_empty() {
             Ok(cfg)

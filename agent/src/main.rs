@@ -68,17 +68,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
+            let json = args.log_format.as_deref() == Some("json");
             let cfg = match args.with_file().and_then(|raw| Config::build(&raw)) {
                 Ok(c) => c,
                 Err(errors) => {
-                    eprintln!("revmesh-agent: invalid configuration:");
-                    for e in errors {
-                        eprintln!("  --{e}");
-                    }
+                    config_errors(json, &errors);
                     return ExitCode::from(64);
                 }
             };
-            init_tracing(&cfg.log);
+            let json = cfg.log_json;
+            init_tracing(&cfg.log, json);
             raise_fd_limit();
             let result = rt.block_on(async {
                 let shutdown = CancellationToken::new();
@@ -88,7 +87,13 @@ fn main() -> ExitCode {
                     s.cancel();
                 });
                 revmesh_agent::run(cfg, shutdown, |b| {
-                    println!("revmesh-agent ready metrics={}", b.metrics);
+                    if json {
+                        let line = serde_json::json!({"msg": "ready", "binary": "revmesh-agent",
+                            "metrics": b.metrics.to_string()});
+                        println!("{line}");
+                    } else {
+                        println!("revmesh-agent ready metrics={}", b.metrics);
+                    }
                 })
                 .await
             });
@@ -96,14 +101,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => match e.downcast_ref::<revmesh_agent::config::ConfigErrors>() {
                     Some(c) => {
-                        eprintln!("revmesh-agent: invalid configuration:");
-                        for e in &c.0 {
-                            eprintln!("  --{e}");
-                        }
+                        config_errors(json, &c.0);
                         ExitCode::from(64)
                     }
                     None => {
-                        eprintln!("revmesh-agent: {e:#}");
+                        if json {
+                            eprintln!("{}", serde_json::json!({"level": "ERROR", "msg": format!("{e:#}")}));
+                        } else {
+                            eprintln!("revmesh-agent: {e:#}");
+                        }
                         ExitCode::FAILURE
                     }
                 },
@@ -119,15 +125,31 @@ fn raise_fd_limit() {
     }
 }
 
-fn init_tracing(filter: &str) {
+fn init_tracing(filter: &str, json: bool) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Every bad setting, as text or as one JSON object per line (`--log-format json`).
+fn config_errors(json: bool, errors: &[revmesh_agent::config::ConfigError]) {
+    if !json {
+        eprintln!("revmesh-agent: invalid configuration:");
+    }
+    for e in errors {
+        if json {
+            let line = serde_json::json!({"level": "ERROR", "msg": "invalid configuration", "field": e.field, "error": e.message});
+            eprintln!("{line}");
+        } else {
+            eprintln!("  --{e}");
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -126,3 +126,34 @@ async fn the_alert_rules_pass_promtool_and_use_exported_metrics() {
     drop(agent);
     auth.stop().await;
 }
+
+/// `--log-format json` on the agent: the ready line and every log line are JSON objects.
+#[test]
+fn the_agent_logs_json_when_asked() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_revmesh-agent"))
+        .args(["run", "--authority", "ws://127.0.0.1:9", "--log-format", "json", "--log", "info"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--socket"])
+        .arg(dir.path().join("a.sock"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap_or_else(|e| panic!("{e}: {ready}"));
+    assert_eq!(v["msg"], "ready");
+    assert!(v["metrics"].is_string());
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Without keys the agent warns; that line too is JSON.
+    assert!(stderr.contains("verification keys"), "{stderr}");
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+}

@@ -137,6 +137,10 @@ pub struct ServeArgs {
     #[arg(long, env = "REVMESH_LOG")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub log: Option<String>,
+    /// `text` or `json` (one JSON object per line, the ready line included) [default: text].
+    #[arg(long, env = "REVMESH_LOG_FORMAT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub log_format: Option<String>,
 }
 
 /// Arguments of the operator subcommands that talk to the admin API.
@@ -288,6 +292,8 @@ pub struct Config {
     pub compact_interval: Duration,
     /// Log filter.
     pub log: String,
+    /// JSON log lines.
+    pub log_json: bool,
 }
 
 /// One bad setting.
@@ -348,7 +354,8 @@ impl ServeArgs {
             tls_cert,
             tls_key,
             client_ca,
-            log
+            log,
+            log_format
         ))
     }
 }
@@ -493,6 +500,14 @@ impl Config {
             retain_entries: e.number("retain-entries", &raw.retain_entries, 100_000, 0),
             compact_interval: e.duration("compact-interval", &raw.compact_interval, Duration::from_secs(60)),
             log: raw.log.clone().unwrap_or_else(|| "info".into()),
+            log_json: match raw.log_format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    e.push("log-format", format!("`{other}` is neither `text` nor `json`"));
+                    false
+                }
+            },
         };
         if e.0.is_empty() {
             Ok(cfg)

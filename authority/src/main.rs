@@ -19,17 +19,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
+            let json = args.log_format.as_deref() == Some("json");
             let cfg = match args.with_file().and_then(|raw| Config::build(&raw)) {
                 Ok(c) => c,
                 Err(errors) => {
-                    eprintln!("revmesh-authority: invalid configuration:");
-                    for e in errors {
-                        eprintln!("  --{e}");
-                    }
+                    config_errors(json, &errors);
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_tracing(&cfg.log);
+            init_tracing(&cfg.log, cfg.log_json);
             raise_fd_limit();
             run_serve(cfg)
         }
@@ -46,18 +44,35 @@ fn raise_fd_limit() {
     }
 }
 
-fn init_tracing(filter: &str) {
+fn init_tracing(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Every bad setting, as text or as one JSON object per line (`--log-format json`).
+fn config_errors(json: bool, errors: &[revmesh_authority::config::ConfigError]) {
+    if !json {
+        eprintln!("revmesh-authority: invalid configuration:");
+    }
+    for e in errors {
+        if json {
+            let line = serde_json::json!({"level": "ERROR", "msg": "invalid configuration", "field": e.field, "error": e.message});
+            eprintln!("{line}");
+        } else {
+            eprintln!("  --{e}");
+        }
+    }
 }
 
 fn run_serve(cfg: Config) -> ExitCode {
+    let json = cfg.log_json;
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,9 +87,15 @@ fn run_serve(cfg: Config) -> ExitCode {
             wait_for_signal().await;
             signals.cancel();
         });
-        revmesh_authority::serve(cfg, shutdown, |bound, log_id| {
+        revmesh_authority::serve(cfg, shutdown, move |bound, log_id| {
             // One machine-readable line on stdout, for scripts and tests that bind port 0.
-            println!("revmesh-authority ready agent={} admin={} log_id={log_id}", bound.agent, bound.admin);
+            if json {
+                let line = serde_json::json!({"msg": "ready", "binary": "revmesh-authority",
+                    "agent": bound.agent.to_string(), "admin": bound.admin.to_string(), "log_id": log_id.to_string()});
+                println!("{line}");
+            } else {
+                println!("revmesh-authority ready agent={} admin={} log_id={log_id}", bound.agent, bound.admin);
+            }
         })
         .await
     });
@@ -82,14 +103,15 @@ fn run_serve(cfg: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<revmesh_authority::config::ConfigErrors>() {
             Some(c) => {
-                eprintln!("revmesh-authority: invalid configuration:");
-                for e in &c.0 {
-                    eprintln!("  --{e}");
-                }
+                config_errors(json, &c.0);
                 ExitCode::from(EXIT_CONFIG)
             }
             None => {
-                eprintln!("revmesh-authority: {e:#}");
+                if json {
+                    eprintln!("{}", serde_json::json!({"level": "ERROR", "msg": format!("{e:#}")}));
+                } else {
+                    eprintln!("revmesh-authority: {e:#}");
+                }
                 ExitCode::FAILURE
             }
         },

@@ -231,3 +231,48 @@ async fn departed_agents_are_forgotten_and_api_edges_answer_in_json() {
     assert_eq!(status, 405);
     assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "405 must carry a JSON error: {v}");
 }
+
+/// `--log-format json`: every line the authority writes is one JSON object, the ready line
+/// included (same fields, `"msg":"ready"`), and so is a configuration error.
+#[test]
+fn json_logs_are_one_object_per_line_ready_line_included() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args([
+            "serve",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(["--log", "info", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(v["msg"], "ready", "{ready}");
+    assert!(v["admin"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{ready}");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().count() >= 2, "{stderr}");
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args(["serve", "--log-format", "json", "--heartbeat", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    let line = String::from_utf8_lossy(&bad.stderr);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["field"], "heartbeat");
+}
