@@ -287,16 +287,8 @@ async fn sighup_reloads_keys_and_never_terminates_the_agent() {
     std::fs::write(dir.path().join("secret"), b"short").unwrap();
     hup(&agent);
     let metric = |name: &str| {
-        let (_, text) = revmesh_authority::client::http_request(
-            &agent.metrics,
-            "GET",
-            "/metrics",
-            None,
-            b"",
-            std::time::Duration::from_secs(5),
-        )
-        .unwrap();
-        text.lines()
+        crate::util::scrape(&agent.metrics)
+            .lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(-1.0)

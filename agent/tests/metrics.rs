@@ -1,22 +1,9 @@
 //! Both binaries' `/metrics` as Prometheus's own linter sees it (`promtool check metrics`, from
 //! Debian's `prometheus` package), and the operator basics every scrape must carry.
 
-use crate::util::{wait_for, AgentProc, Authority};
+use crate::util::{scrape, wait_for, AgentProc, Authority};
 use std::io::Write;
 use std::process::{Command, Stdio};
-
-fn scrape(addr: &str) -> String {
-    revmesh_authority::client::http_request(
-        addr,
-        "GET",
-        "/metrics",
-        None,
-        b"",
-        std::time::Duration::from_secs(5),
-    )
-    .unwrap()
-    .1
-}
 
 fn promtool_check(text: &str) -> String {
     let mut child = Command::new("promtool")

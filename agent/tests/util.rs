@@ -95,6 +95,13 @@ pub fn http_get(socket: &Path, path: &str, bearer: Option<&str>) -> String {
     out
 }
 
+/// The text of `/metrics` at `addr`.
+pub fn scrape(addr: &str) -> String {
+    revmesh_authority::client::http_request(addr, "GET", "/metrics", None, b"", Duration::from_secs(5))
+        .unwrap()
+        .1
+}
+
 pub fn now() -> u64 {
     revmesh_agent::state::now_secs()
 }
