@@ -26,6 +26,13 @@ pub enum Command {
     Check(CheckArgs),
     /// Print an HS256 token signed with a secret file, for trying things out.
     Token(TokenArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `revmesh-agent man > revmesh-agent.1`.
+    Man,
 }
 
 /// `token` arguments.

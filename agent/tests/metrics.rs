@@ -144,3 +144,15 @@ fn the_agent_logs_json_when_asked() {
         assert!(v["level"].is_string(), "{line}");
     }
 }
+
+/// Shell completions and the man page come from the same definitions as the flags.
+#[test]
+fn agent_completions_and_man_page_are_generated_from_the_flags() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_revmesh-agent")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(run(&["completions", "bash"]).contains("--socket-group"));
+    assert!(run(&["man"]).contains(".TH revmesh-agent 1"));
+}

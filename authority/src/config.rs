@@ -28,6 +28,13 @@ pub enum Command {
     Agents(AgentsArgs),
     /// Show the log head and agent summary.
     Status(ClientArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `revmesh-authority man > revmesh-authority.1`.
+    Man,
 }
 
 /// Raw `serve` settings. Every field is optional here; defaults and validation come in [`Config::build`].

@@ -276,3 +276,19 @@ fn json_logs_are_one_object_per_line_ready_line_included() {
     let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(v["field"], "heartbeat");
 }
+
+/// Shell completions and the man page come from the same definitions as the flags.
+#[test]
+fn completions_and_man_page_are_generated_from_the_flags() {
+    let run = |args: &[&str]| {
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(run(&["completions", shell]).contains("store-timeout"), "{shell}");
+    }
+    let man = run(&["man"]);
+    assert!(man.contains(".TH revmesh-authority 1"), "{man}");
+}
