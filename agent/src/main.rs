@@ -26,17 +26,17 @@ fn main() -> ExitCode {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "revmesh-agent", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         Command::Man => {
             let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            return match man.render(&mut std::io::stdout()) {
+            match man.render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("revmesh-agent man: {e}");
                     ExitCode::FAILURE
                 }
-            };
+            }
         }
         Command::Check(a) => rt.block_on(async {
             match revmesh_agent::server::check_once(&a.socket, &a.jwt).await {

@@ -21,17 +21,17 @@ fn main() -> ExitCode {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "revmesh-authority", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         Command::Man => {
             let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            return match man.render(&mut std::io::stdout()) {
+            match man.render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("revmesh-authority man: {e}");
                     ExitCode::FAILURE
                 }
-            };
+            }
         }
         Command::Serve(args) => {
             let json = args.log_format.as_deref() == Some("json");
