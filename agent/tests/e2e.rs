@@ -194,6 +194,25 @@ fn hammer_until_revoked(socket: std::path::PathBuf, probes: Vec<String>) -> (Vec
     }
 }
 
+/// Fills the authority with `n` revocations, then starts an agent in `dir` while a client
+/// hammers its socket (from the moment it exists) with the last ones until all are refused.
+/// Returns the agent, the OK answers seen, and how many answers there were.
+async fn fill_then_start_hammered(
+    auth: &Authority,
+    dir: &std::path::Path,
+    prefix: &str,
+    n: usize,
+) -> (AgentProc, Vec<String>, u64) {
+    fill(auth, prefix, n).await;
+    // The 16 writers' last entries: whichever is the head, every one of them is revoked.
+    let probes: Vec<String> = (n - 16..n).map(|i| format!("STATUS jti={prefix}-{i}")).collect();
+    let socket = dir.join("agent.sock");
+    let hammer = std::thread::spawn(move || hammer_until_revoked(socket, probes));
+    let agent = AgentProc::start(dir, &auth.url(), &[]);
+    let (ok, answers) = tokio::task::spawn_blocking(move || hammer.join().unwrap()).await.unwrap();
+    (agent, ok, answers)
+}
+
 /// Regression: a fresh agent joining an authority with thousands of entries answered
 /// `OK seq=256 lag_ms=0` for a jti revoked at the head while it was still catching up. From the
 /// welcome until it has applied the announced head it must answer as a stale agent does.
@@ -202,15 +221,8 @@ async fn a_fresh_agent_catching_up_never_answers_ok_for_what_it_has_not_applied(
     let adir = tempfile::tempdir().unwrap();
     let auth = Authority::start(adir.path(), 0, &[]).await;
     let n = 5_000;
-    fill(&auth, "c", n).await;
-    // The 16 writers' last entries: whichever is the head, every one of them is revoked.
-    let probes: Vec<String> = (n - 16..n).map(|i| format!("STATUS jti=c-{i}")).collect();
     let dir = tempfile::tempdir().unwrap();
-    // The client hammers the socket from the moment it exists, before the link is up.
-    let socket = dir.path().join("agent.sock");
-    let hammer = std::thread::spawn(move || hammer_until_revoked(socket, probes));
-    let agent = AgentProc::start(dir.path(), &auth.url(), &[]);
-    let (ok, answers) = tokio::task::spawn_blocking(move || hammer.join().unwrap()).await.unwrap();
+    let (agent, ok, answers) = fill_then_start_hammered(&auth, dir.path(), "c", n).await;
     assert!(
         ok.is_empty(),
         "{} of {answers} answers were OK for revoked tokens: {:?}",
@@ -234,13 +246,7 @@ async fn an_agent_restarted_behind_the_log_never_answers_ok_for_what_it_has_not_
     auth.revoke(json!({"kind": "jti", "jti": "w-first", "expires_at": crate::util::now() + 3600})).await;
     wait_for(|| agent.ask("PING").starts_with("PONG seq=1 "), "the first entry applied").await;
     agent.kill9();
-    let n = 5_000;
-    fill(&auth, "w", n).await;
-    let probes: Vec<String> = (n - 16..n).map(|i| format!("STATUS jti=w-{i}")).collect();
-    let socket = dir.path().join("agent.sock");
-    let hammer = std::thread::spawn(move || hammer_until_revoked(socket, probes));
-    let agent = AgentProc::start(dir.path(), &auth.url(), &[]);
-    let (ok, answers) = tokio::task::spawn_blocking(move || hammer.join().unwrap()).await.unwrap();
+    let (agent, ok, answers) = fill_then_start_hammered(&auth, dir.path(), "w", 5_000).await;
     // Before its link is up the restarted agent cannot know it is behind (its state was in sync
     // a moment ago), so OKs at its persisted seq 1 are right then; an OK at any later seq comes
     // from the catch-up, after the welcome announced the head, and is wrong.

@@ -161,13 +161,15 @@ fn a_taken_port_is_reported_before_anything_is_created() {
     assert!(!data.exists() || std::fs::read_dir(&data).unwrap().next().is_none(), "the data dir was filled");
 }
 
-/// Starting with agent authentication off is allowed (the quick start does) but never silent.
-#[test]
-fn open_agent_authentication_is_warned_about() {
+/// Starts the authority binary on ports from 0 with `extra` flags, reads its ready line, kills it;
+/// returns the ready line and everything it wrote to stderr.
+fn serve_until_ready(extra: &[&str]) -> (String, String) {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
-        .args(["serve", "--agent-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--agent-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -175,10 +177,16 @@ fn open_agent_authentication_is_warned_about() {
         .unwrap();
     let mut ready = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    assert!(ready.starts_with("revmesh-authority ready"), "{ready}");
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    (ready, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Starting with agent authentication off is allowed (the quick start does) but never silent.
+#[test]
+fn open_agent_authentication_is_warned_about() {
+    let (ready, stderr) = serve_until_ready(&[]);
+    assert!(ready.starts_with("revmesh-authority ready"), "{ready}");
     assert!(stderr.contains("WARN") && stderr.contains("agent authentication is OFF"), "{stderr}");
 }
 
@@ -236,32 +244,10 @@ async fn departed_agents_are_forgotten_and_api_edges_answer_in_json() {
 /// included (same fields, `"msg":"ready"`), and so is a configuration error.
 #[test]
 fn json_logs_are_one_object_per_line_ready_line_included() {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
-        .args([
-            "serve",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(["--log", "info", "--data-dir"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let (ready, stderr) = serve_until_ready(&["--log-format", "json", "--log", "info"]);
     let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(v["msg"], "ready", "{ready}");
     assert!(v["admin"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{ready}");
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.lines().count() >= 2, "{stderr}");
     for line in stderr.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
