@@ -44,6 +44,11 @@ pub struct LinkSettings {
 }
 
 impl LinkSettings {
+    /// The token and TLS material these settings start with.
+    pub fn credentials(&self) -> Credentials {
+        Credentials { token: self.token.clone(), tls: self.tls.clone() }
+    }
+
     /// Defaults for an agent with these authorities and id.
     pub fn new(authorities: Vec<String>, id: String) -> Self {
         Self {
@@ -143,8 +148,8 @@ pub async fn run(
     persist: Option<Arc<Mutex<Persist>>>,
     shutdown: CancellationToken,
 ) {
-    let creds = Credentials { token: settings.token.clone(), tls: settings.tls.clone() };
-    run_with(settings, Arc::new(arc_swap::ArcSwap::from_pointee(creds)), state, persist, shutdown).await
+    let creds = Arc::new(arc_swap::ArcSwap::from_pointee(settings.credentials()));
+    run_with(settings, creds, state, persist, shutdown).await
 }
 
 /// [`run`], with credentials that may be replaced while it runs.
@@ -217,8 +222,7 @@ pub async fn run_with(
 /// One connection attempt to `url` (WebSocket upgrade, TLS for wss://), closed at once: lets
 /// operators and tests check reachability, certificates and tokens.
 pub async fn probe(url: &str, settings: &LinkSettings) -> Result<(), String> {
-    let creds = Credentials { token: settings.token.clone(), tls: settings.tls.clone() };
-    let mut ws = connect(&endpoint(url), &creds).await?;
+    let mut ws = connect(&endpoint(url), &settings.credentials()).await?;
     let _ = ws.close(None).await;
     Ok(())
 }
