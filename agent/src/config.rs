@@ -218,8 +218,10 @@ pub struct Config {
     pub socket_access: crate::server::SocketAccess,
     /// Metrics address.
     pub metrics_listen: SocketAddr,
-    /// Verification keys, as files.
+    /// Where the verification keys come from (re-read on SIGHUP).
     pub keys: crate::jwt::KeyFiles,
+    /// The keys as validation loaded them (start-up uses these; it does not read the files again).
+    pub verification: std::sync::Arc<crate::jwt::Keys>,
     /// Verification rules.
     pub rules: crate::jwt::Rules,
     /// Staleness bound.
@@ -265,21 +267,7 @@ impl CredentialFiles {
     }
 }
 
-/// One bad setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    /// Flag name.
-    pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// Settings found bad only when used (an address already in use), reported like the others
-/// and before anything is created: the process exits with code 64.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {}", .0.iter().map(|e| format!("--{e}")).collect::<Vec<_>>().join("; "))]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub use revmesh_runtime::config::{ConfigError, ConfigErrors};
 
 macro_rules! merge {
     ($cli:expr, $file:expr; opt: $($o:ident),*; vec: $($v:ident),*) => {
@@ -466,10 +454,15 @@ impl Config {
             public_keys: raw.public_key_file.iter().map(PathBuf::from).collect(),
             jwks: raw.jwks_file.as_ref().map(PathBuf::from),
         };
-        if let Err(e) = keys.load() {
-            push(e.field, e.message);
-        }
+        let verification = match keys.load() {
+            Ok(k) => std::sync::Arc::new(k),
+            Err(e) => {
+                push(e.field, e.message);
+                std::sync::Arc::default()
+            }
+        };
         let cfg = Config {
+            verification,
             tls,
             credential_files: CredentialFiles {
                 token: raw.token_file.as_ref().map(PathBuf::from),

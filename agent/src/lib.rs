@@ -41,7 +41,7 @@ pub async fn run(
             message: format!("cannot bind {}: {e}", cfg.metrics_listen),
         }])
     })?;
-    let keys = cfg.keys.load().map_err(|e| anyhow::anyhow!("--{}: {}", e.field, e.message))?;
+    let keys = cfg.verification.clone();
     if cfg.authorities.is_empty() {
         tracing::warn!("no --authority: this agent will never learn of a revocation and answers as stale");
     }
@@ -76,7 +76,7 @@ pub async fn run(
     let tracker = tokio_util::task::TaskTracker::new();
     let server = Arc::new(server::Server {
         state: state.clone(),
-        keys: arc_swap::ArcSwap::from_pointee(keys),
+        keys: arc_swap::ArcSwap::new(keys),
         rules: cfg.rules.clone(),
         allow_uid: cfg.allow_uid.clone(),
         clients: Arc::new(tokio::sync::Semaphore::new(cfg.max_clients)),

@@ -70,8 +70,7 @@ pub fn client_tls(
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use revmesh_runtime::pem;
     let Some(ca) = ca_file else {
         return if cert.is_some() || key.is_some() {
             Err("--tls-cert/--tls-key need --ca-file".into())
@@ -79,24 +78,13 @@ pub fn client_tls(
             Ok(None)
         };
     };
-    let read_certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
-        CertificateDer::pem_file_iter(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in read_certs(ca)? {
-        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{}: no CA certificate found", ca.display()));
-    }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder().with_root_certificates(pem::roots(ca).map_err(|e| e.to_string())?);
     let cfg = match (cert, key) {
         (Some(c), Some(k)) => {
-            let key = PrivateKeyDer::from_pem_file(k).map_err(|e| format!("{}: {e}", k.display()))?;
-            builder.with_client_auth_cert(read_certs(c)?, key).map_err(|e| format!("{}: {e}", c.display()))?
+            let chain = pem::certs(c).map_err(|e| e.to_string())?;
+            let key = pem::private_key(k).map_err(|e| e.to_string())?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| pem::PemError::refused(c, e).to_string())?
         }
         (None, None) => builder.with_no_client_auth(),
         _ => return Err("--tls-cert and --tls-key go together".into()),

@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use revmesh_agent::config::{Cli, Command, Config};
+use revmesh_runtime::{config, process};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -10,7 +11,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { 64 } else { 0 };
+            let code = if e.use_stderr() { config::EXIT_CONFIG } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -59,14 +60,14 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("revmesh-agent token: {}: {e}", t.hs256_secret_file.display());
-                    return ExitCode::from(64);
+                    return ExitCode::from(config::EXIT_CONFIG);
                 }
             };
             let ttl = match revmesh_protocol::time::parse_duration(&t.ttl) {
                 Ok(d) => d.as_secs(),
                 Err(e) => {
                     eprintln!("revmesh-agent token: --ttl: {e}");
-                    return ExitCode::from(64);
+                    return ExitCode::from(config::EXIT_CONFIG);
                 }
             };
             // Read as the agent reads --hs256-secret-file: one trailing newline is not part of it.
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("revmesh-agent token: {e}");
-                    ExitCode::from(64)
+                    ExitCode::from(config::EXIT_CONFIG)
                 }
             }
         }
@@ -87,18 +88,18 @@ fn main() -> ExitCode {
             let cfg = match args.with_file().and_then(|raw| Config::build(&raw)) {
                 Ok(c) => c,
                 Err(errors) => {
-                    config_errors(json, &errors);
-                    return ExitCode::from(64);
+                    config::print_errors("revmesh-agent", json, &errors);
+                    return ExitCode::from(config::EXIT_CONFIG);
                 }
             };
             let json = cfg.log_json;
-            init_tracing(&cfg.log, json);
-            raise_fd_limit();
+            process::init_tracing(&cfg.log, json);
+            process::raise_fd_limit();
             let result = rt.block_on(async {
                 let shutdown = CancellationToken::new();
                 let s = shutdown.clone();
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    process::stop_signal().await;
                     s.cancel();
                 });
                 revmesh_agent::run(cfg, shutdown, |b| {
@@ -114,70 +115,8 @@ fn main() -> ExitCode {
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => match e.downcast_ref::<revmesh_agent::config::ConfigErrors>() {
-                    Some(c) => {
-                        config_errors(json, &c.0);
-                        ExitCode::from(64)
-                    }
-                    None => {
-                        if json {
-                            eprintln!("{}", serde_json::json!({"level": "ERROR", "msg": format!("{e:#}")}));
-                        } else {
-                            eprintln!("revmesh-agent: {e:#}");
-                        }
-                        ExitCode::FAILURE
-                    }
-                },
+                Err(e) => ExitCode::from(config::report_failure("revmesh-agent", json, &e)),
             }
-        }
-    }
-}
-
-/// Raises the open-file limit to the hard limit: every agent link or socket client is a descriptor.
-fn raise_fd_limit() {
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::warn!(error = %e, "could not raise the open-file limit");
-    }
-}
-
-fn init_tracing(filter: &str, json: bool) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        fmt.json().flatten_event(true).init();
-    } else {
-        fmt.with_ansi(std::io::stderr().is_terminal()).init();
-    }
-}
-
-/// Every bad setting, as text or as one JSON object per line (`--log-format json`).
-fn config_errors(json: bool, errors: &[revmesh_agent::config::ConfigError]) {
-    if !json {
-        eprintln!("revmesh-agent: invalid configuration:");
-    }
-    for e in errors {
-        if json {
-            let line = serde_json::json!({"level": "ERROR", "msg": "invalid configuration", "field": e.field, "error": e.message});
-            eprintln!("{line}");
-        } else {
-            eprintln!("  --{e}");
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -107,15 +107,7 @@ fn call(
 
 /// A TLS client trusting the CA certificates in `ca` (PEM).
 pub fn client_config(ca: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in
-        rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
-    {
-        roots
-            .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
+    let roots = revmesh_runtime::pem::roots(ca).map_err(|e| e.to_string())?;
     Ok(std::sync::Arc::new(
         rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
     ))

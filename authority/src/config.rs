@@ -256,7 +256,7 @@ pub enum StoreKind {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// TLS for both listeners (client certificates on the agent endpoint when `client_ca`).
-    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls: Option<crate::tls::ListenerTls>,
     /// The log store.
     pub store: StoreKind,
     /// Limit on one store operation.
@@ -303,21 +303,7 @@ pub struct Config {
     pub log_json: bool,
 }
 
-/// One bad setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    /// Flag name.
-    pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// Settings found bad only when used (an address already in use), reported like the others
-/// and before anything is created: the process exits with code 64.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {}", .0.iter().map(|e| format!("--{e}")).collect::<Vec<_>>().join("; "))]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub use revmesh_runtime::config::{ConfigError, ConfigErrors};
 
 macro_rules! merge_fields {
     ($cli:expr, $file:expr, $($f:ident),*) => {
@@ -447,11 +433,9 @@ impl Config {
                 None
             }
         };
-        if let Some(t) = &tls {
-            if let Err(err) = crate::tls::ServerTls::load(t.clone()) {
-                e.push("tls-cert", err);
-            }
-        }
+        let tls = tls.and_then(|files| {
+            crate::tls::ListenerTls::load(files).map_err(|err| e.push("tls-cert", err.to_string())).ok()
+        });
         let file = |field: &'static str, v: &Option<String>, e: &mut Errors| {
             v.as_ref().map(PathBuf::from).inspect(|p| {
                 if !p.is_file() {

@@ -202,13 +202,8 @@ pub async fn serve(
     });
     // The agent endpoint may require client certificates; the admin API never does (operators
     // authenticate with the admin token).
-    let agent_tls = cfg.tls.clone().map(tls::ServerTls::load).transpose().map_err(anyhow::Error::msg)?;
-    let admin_tls = cfg
-        .tls
-        .clone()
-        .map(|f| tls::ServerTls::load(tls::TlsFiles { client_ca: None, ..f }))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let agent_tls = cfg.tls.as_ref().map(|t| t.agent.clone());
+    let admin_tls = cfg.tls.as_ref().map(|t| t.admin.clone());
 
     let hub = Arc::new(hub::Hub::new(metrics.clone(), log.store().is_shared()));
     let link_cfg = links::LinkConfig {

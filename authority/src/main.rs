@@ -6,7 +6,8 @@ use revmesh_authority::config::{Cli, Command, Config};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-const EXIT_CONFIG: u8 = 64;
+use revmesh_runtime::config::{self, EXIT_CONFIG};
+use revmesh_runtime::process;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -38,51 +39,17 @@ fn main() -> ExitCode {
             let cfg = match args.with_file().and_then(|raw| Config::build(&raw)) {
                 Ok(c) => c,
                 Err(errors) => {
-                    config_errors(json, &errors);
+                    config::print_errors("revmesh-authority", json, &errors);
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_tracing(&cfg.log, cfg.log_json);
-            raise_fd_limit();
+            process::init_tracing(&cfg.log, cfg.log_json);
+            process::raise_fd_limit();
             run_serve(cfg)
         }
         Command::Revoke(a) => revmesh_authority::client::revoke(&a),
         Command::Agents(a) => revmesh_authority::client::agents(&a),
         Command::Status(a) => revmesh_authority::client::status(&a),
-    }
-}
-
-/// Raises the open-file limit to the hard limit: every agent link or socket client is a descriptor.
-fn raise_fd_limit() {
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::warn!(error = %e, "could not raise the open-file limit");
-    }
-}
-
-fn init_tracing(filter: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        fmt.json().flatten_event(true).init();
-    } else {
-        fmt.with_ansi(std::io::stderr().is_terminal()).init();
-    }
-}
-
-/// Every bad setting, as text or as one JSON object per line (`--log-format json`).
-fn config_errors(json: bool, errors: &[revmesh_authority::config::ConfigError]) {
-    if !json {
-        eprintln!("revmesh-authority: invalid configuration:");
-    }
-    for e in errors {
-        if json {
-            let line = serde_json::json!({"level": "ERROR", "msg": "invalid configuration", "field": e.field, "error": e.message});
-            eprintln!("{line}");
-        } else {
-            eprintln!("  --{e}");
-        }
     }
 }
 
@@ -99,7 +66,7 @@ fn run_serve(cfg: Config) -> ExitCode {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            process::stop_signal().await;
             signals.cancel();
         });
         revmesh_authority::serve(cfg, shutdown, move |bound, log_id| {
@@ -116,34 +83,6 @@ fn run_serve(cfg: Config) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => match e.downcast_ref::<revmesh_authority::config::ConfigErrors>() {
-            Some(c) => {
-                config_errors(json, &c.0);
-                ExitCode::from(EXIT_CONFIG)
-            }
-            None => {
-                if json {
-                    eprintln!("{}", serde_json::json!({"level": "ERROR", "msg": format!("{e:#}")}));
-                } else {
-                    eprintln!("revmesh-authority: {e:#}");
-                }
-                ExitCode::FAILURE
-            }
-        },
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        Err(e) => ExitCode::from(config::report_failure("revmesh-authority", json, &e)),
     }
 }

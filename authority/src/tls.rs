@@ -1,10 +1,10 @@
 //! TLS for the agent endpoint and the admin API (rustls), with optional mutual TLS in which an
 //! agent's client certificate must name the agent id it claims.
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use revmesh_runtime::pem::{self, PemError};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tokio_rustls::TlsAcceptor;
 
@@ -32,48 +32,49 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", path.display()));
-    }
-    Ok(certs)
+/// TLS material that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file was unreadable, empty or refused.
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    /// The client CA cannot verify client certificates.
+    #[error("{}: {source}", path.display())]
+    ClientCa {
+        /// The CA file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
 }
 
-fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let chain = certs(&files.cert)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| format!("{}: {e}", files.key.display()))?;
+fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+    let chain = pem::certs(&files.cert)?;
+    let key = pem::private_key(&files.key)?;
     let builder = rustls::ServerConfig::builder();
     let builder = match &files.client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in certs(ca)? {
-                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            let verifier = WebPkiClientVerifier::builder(Arc::new(pem::roots(ca)?))
                 .build()
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+                .map_err(|source| TlsError::ClientCa { path: ca.clone(), source })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let cfg = builder.with_single_cert(chain, key).map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    let cfg = builder.with_single_cert(chain, key).map_err(|e| PemError::refused(&files.cert, e))?;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
 impl ServerTls {
     /// Loads the files.
-    pub fn load(files: TlsFiles) -> Result<Self, String> {
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let a = acceptor(&files)?;
         Ok(Self { files, acceptor: Arc::new(RwLock::new(a)) })
     }
 
     /// Re-reads the files; on error the previous configuration stays in force.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let a = acceptor(&self.files)?;
         *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) = a;
         Ok(())
@@ -87,6 +88,25 @@ impl ServerTls {
     /// True when client certificates are required.
     pub fn mutual(&self) -> bool {
         self.files.client_ca.is_some()
+    }
+}
+
+/// TLS for both listeners, loaded once by configuration validation: the agent endpoint
+/// (client certificates required when a client CA is set) and the admin API (operators
+/// authenticate with the admin token, never with certificates).
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// The agent endpoint.
+    pub agent: ServerTls,
+    /// The admin API.
+    pub admin: ServerTls,
+}
+
+impl ListenerTls {
+    /// Loads the files for both listeners.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let admin = ServerTls::load(TlsFiles { client_ca: None, ..files.clone() })?;
+        Ok(Self { agent: ServerTls::load(files)?, admin })
     }
 }
 
