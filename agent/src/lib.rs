@@ -2,6 +2,8 @@
 //! local memory, kept current by a link to the authorities and persisted for warm restarts.
 
 pub mod config;
+pub mod decide;
+pub mod http;
 pub mod jwt;
 pub mod lines;
 pub mod link;
@@ -48,23 +50,27 @@ pub async fn run(
     if keys.is_empty() {
         tracing::warn!("no verification keys (--hs256-secret-file, --public-key-file, --jwks-file): every CHECK answers INVALID reason=unknown_key; only STATUS works");
     }
-    let loading = std::time::Instant::now();
-    let (persist, recovered) = persist::Persist::open(&cfg.data_dir)
+    let clock = revmesh_runtime::Clock::system();
+    let loading = clock.mono();
+    let (persist, recovered) = persist::Persist::open(&cfg.data_dir, &clock)
         .with_context(|| format!("opening the data dir {}", cfg.data_dir.display()))?;
     for w in &recovered.warnings {
         tracing::warn!("{w}");
     }
     let metrics = metrics::Metrics::new().context("registering metrics")?;
     let (applied, log_id) = (recovered.applied_seq, recovered.log_id);
-    let state = Arc::new(state::AgentState::new(
-        recovered.set,
-        log_id,
-        applied,
-        recovered.heard_ms,
-        cfg.max_staleness,
-        cfg.on_stale == OnStale::Open,
-        metrics,
-    ));
+    let state = Arc::new(
+        state::AgentState::new(
+            recovered.set,
+            log_id,
+            applied,
+            recovered.heard_ms,
+            cfg.max_staleness,
+            cfg.on_stale == OnStale::Open,
+            metrics,
+        )
+        .with_clock(clock),
+    );
     tracing::info!(applied, log_id = ?log_id, ms = loading.elapsed().as_millis() as u64, "state loaded");
     let line_listener = server::bind_socket(&cfg.socket, cfg.socket_access).map_err(anyhow::Error::msg)?;
     let http_listener = match &cfg.http_socket {
@@ -75,9 +81,7 @@ pub async fn run(
 
     let tracker = tokio_util::task::TaskTracker::new();
     let server = Arc::new(server::Server {
-        state: state.clone(),
-        keys: arc_swap::ArcSwap::new(keys),
-        rules: cfg.rules.clone(),
+        checker: decide::Checker::new(state.clone(), keys, cfg.rules.clone()),
         allow_uid: cfg.allow_uid.clone(),
         clients: Arc::new(tokio::sync::Semaphore::new(cfg.max_clients)),
         idle: cfg.client_idle_timeout,
@@ -139,10 +143,10 @@ async fn reload_on_sighup(
             s = hangups.recv() => if s.is_none() { return },
             _ = shutdown.cancelled() => return,
         }
-        let metrics = &server.state.metrics;
+        let metrics = &server.checker.state.metrics;
         match cfg.keys.load() {
             Ok(keys) => {
-                server.keys.store(Arc::new(keys));
+                server.checker.keys.store(Arc::new(keys));
                 metrics.reloads_total.with_label_values(&["keys", "ok"]).inc();
                 tracing::info!("verification keys reloaded");
             }

@@ -1,23 +1,18 @@
-//! The Unix-socket line protocol v1 (PROTOCOL.md §7): parsing separated from I/O.
+//! The Unix-socket line protocol v1 (PROTOCOL.md §7): framing, parsing and rendering, with
+//! no decision of its own.
 //!
-//! [`parse`] turns one complete line (without its `\n`) into a [`Request`]; [`answer`] turns a
-//! request into the answer line. The connection loop in `server.rs` only frames lines.
+//! [`frame`] finds one complete line in a buffer, [`parse`] turns it into a [`Request`],
+//! [`render`] turns a [`Verdict`] into the answer line, and [`Connection`] (a buffer over a
+//! stream, in the mini-redis style) strings them together; the decision is
+//! [`Checker::decide`]'s.
 
-use crate::jwt::{Invalid, Keys, Rules};
-use crate::state::{now_secs, AgentState, Decision};
+use crate::decide::{Checker, Request, Verdict};
+use bytes::{Buf, BytesMut};
 use revmesh_protocol::TokenRef;
 use std::fmt::Write;
-
-/// One request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Request<'a> {
-    /// `CHECK <jwt>`
-    Check(&'a str),
-    /// `STATUS k=v …`
-    Status(TokenRef<'a>),
-    /// `PING`
-    Ping,
-}
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// Why a line is not a request: the words of `ERR reason=…`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +44,7 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, LineError> {
     match cmd {
         "PING" if rest.is_empty() => Ok(Request::Ping),
         "PING" => Err(LineError::BadField),
-        "CHECK" if !rest.is_empty() && !rest.contains(' ') => Ok(Request::Check(rest)),
+        "CHECK" if !rest.is_empty() && !rest.contains(' ') => Ok(Request::Check(Some(rest))),
         "CHECK" => Err(LineError::BadField),
         "STATUS" => parse_status(rest).map(Request::Status),
         _ => Err(LineError::UnknownCommand),
@@ -108,64 +103,10 @@ fn word(out: &mut String, v: &str) {
     }
 }
 
-/// The verdict of one request, for metrics.
-pub fn verdict_label(line: &str) -> &'static str {
-    match line.split(' ').next().unwrap_or("") {
-        "OK" => "ok",
-        "REVOKED" => "revoked",
-        "INVALID" => "invalid",
-        "STALE" => "stale",
-        "PONG" => "pong",
-        _ => "err",
-    }
-}
-
-/// Everything needed to answer.
-#[derive(Debug)]
-pub struct Ctx<'a> {
-    /// Agent state.
-    pub state: &'a AgentState,
-    /// Verification keys.
-    pub keys: &'a Keys,
-    /// Claim rules.
-    pub rules: &'a Rules,
-}
-
-/// The outcome of a `CHECK`, shared by the line and HTTP front ends.
-#[derive(Debug)]
-pub enum CheckOutcome {
-    /// Verification failed.
-    Invalid(Invalid),
-    /// Verified; the revocation decision and the claims shown in answers.
-    Decided(Decision, Option<String>, u64),
-}
-
-/// Verifies a token and decides on it.
-pub fn check(ctx: &Ctx<'_>, jwt: &str) -> CheckOutcome {
-    if ctx.keys.is_empty() {
-        // Without keys nothing can be verified; refuse rather than pretend.
-        return CheckOutcome::Invalid(Invalid::UnknownKey);
-    }
-    match ctx.keys.verify(jwt, ctx.rules, now_secs()) {
-        Err(e) => CheckOutcome::Invalid(e),
-        Ok(v) => {
-            let t = TokenRef {
-                jti: v.jti.as_deref(),
-                iss: v.iss.as_deref(),
-                sub: v.sub.as_deref(),
-                iat: v.iat,
-                kid: v.kid.as_deref(),
-                sid: v.sid.as_deref(),
-            };
-            let d = ctx.state.decide(&t);
-            CheckOutcome::Decided(d, v.sub, v.exp)
-        }
-    }
-}
-
-fn decision(out: &mut String, d: Decision, sub: Option<&str>, exp: Option<u64>) {
-    match d {
-        Decision::Ok { seq, lag_ms, stale } => {
+/// Appends the answer line (with `\n`) for `v` to `out`.
+pub fn render(v: &Verdict, out: &mut String) {
+    match v {
+        Verdict::Ok { seq, lag_ms, stale, sub, exp } => {
             let _ = write!(out, "OK seq={seq} lag_ms={lag_ms}");
             if let Some(s) = sub {
                 out.push_str(" sub=");
@@ -174,46 +115,114 @@ fn decision(out: &mut String, d: Decision, sub: Option<&str>, exp: Option<u64>) 
             if let Some(e) = exp {
                 let _ = write!(out, " exp={e}");
             }
-            if stale {
+            if *stale {
                 out.push_str(" stale=1");
             }
         }
-        Decision::Revoked { kind, seq } => {
+        Verdict::Revoked { kind, seq } => {
             let _ = write!(out, "REVOKED kind={kind} seq={seq}");
         }
-        Decision::Stale { lag_ms } => {
+        Verdict::Stale { lag_ms } => {
             let _ = write!(out, "STALE lag_ms={lag_ms}");
         }
-    }
-}
-
-/// Appends the answer line (with `\n`) for one raw line to `out`.
-pub fn answer(ctx: &Ctx<'_>, line: &[u8], out: &mut String) {
-    let start = out.len();
-    match parse(line) {
-        Err(e) => {
-            let _ = write!(out, "ERR reason={}", e.as_str());
+        Verdict::Invalid(e) => {
+            let _ = write!(out, "INVALID reason={}", e.as_str());
         }
-        Ok(Request::Ping) => {
-            let (seq, lag_ms, log_id) = ctx.state.ping();
+        // The line protocol has no token-less CHECK; kept total for completeness.
+        Verdict::NoToken => out.push_str("INVALID reason=malformed"),
+        Verdict::Pong { seq, lag_ms, log_id, persist_ok } => {
             let log_id = log_id.map_or_else(|| "none".to_owned(), |l| l.to_string());
             let _ = write!(out, "PONG seq={seq} lag_ms={lag_ms} log_id={log_id}");
-            if !ctx.state.persist_ok() {
+            if !persist_ok {
                 // Applied but not yet persisted (a full disk): refused, not yet acknowledged.
                 out.push_str(" persist=failing");
             }
         }
-        Ok(Request::Status(t)) => decision(out, ctx.state.decide(&t), None, None),
-        Ok(Request::Check(jwt)) => match check(ctx, jwt) {
-            CheckOutcome::Invalid(e) => {
-                let _ = write!(out, "INVALID reason={}", e.as_str());
-            }
-            CheckOutcome::Decided(d, sub, exp) => decision(out, d, sub.as_deref(), Some(exp)),
-        },
+        Verdict::Error(why) => {
+            let _ = write!(out, "ERR reason={why}");
+        }
     }
-    let label = verdict_label(&out[start..]);
-    ctx.state.metrics.count_check(label);
     out.push('\n');
+}
+
+/// Appends the answer line for one raw line (without its `\n`) to `out`.
+pub fn answer(checker: &Checker, line: &[u8], out: &mut String) {
+    let req = parse(line).unwrap_or_else(|e| Request::Bad(e.as_str()));
+    render(&checker.decide(req), out);
+}
+
+/// Finds the first complete line in `buf`: `Ok(Some(n))` when `buf[..n]` is a line (its `\n`
+/// at `n`), `Ok(None)` when more bytes are needed, `Err` when the line is longer than `max`.
+pub fn frame(buf: &[u8], max: usize) -> Result<Option<usize>, LineError> {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(n) if n > max => Err(LineError::LineTooLong),
+        Some(n) => Ok(Some(n)),
+        None if buf.len() > max => Err(LineError::LineTooLong),
+        None => Ok(None),
+    }
+}
+
+/// A line-protocol connection: a read buffer and the answers not yet written. Answers to
+/// pipelined requests are written together, once no complete line is left in the buffer.
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: S,
+    buf: BytesMut,
+    out: String,
+    max_line: usize,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed it, went idle, or the agent is shutting down.
+    Closed,
+    /// A line was longer than the limit (answered with `ERR reason=line_too_long`).
+    LineTooLong,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// A connection accepting lines of at most `max_line` bytes.
+    pub fn new(stream: S, max_line: usize) -> Self {
+        Self { stream, buf: BytesMut::with_capacity(1024), out: String::with_capacity(256), max_line }
+    }
+
+    /// Serves requests until the connection ends.
+    pub async fn serve(mut self, checker: &Checker, idle: Duration, shutdown: &CancellationToken) -> Ended {
+        loop {
+            match frame(&self.buf, self.max_line) {
+                Ok(Some(n)) => {
+                    answer(checker, &self.buf[..n], &mut self.out);
+                    self.buf.advance(n + 1);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    checker.refuse();
+                    render(&Verdict::Error(e.as_str()), &mut self.out);
+                    let _ = self.stream.write_all(self.out.as_bytes()).await;
+                    return Ended::LineTooLong;
+                }
+            }
+            if !self.out.is_empty() {
+                if self.stream.write_all(self.out.as_bytes()).await.is_err() {
+                    return Ended::Closed;
+                }
+                self.out.clear();
+            }
+            if self.buf.capacity() - self.buf.len() < 512 {
+                self.buf.reserve(4096.min(self.max_line + 1));
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)) => r,
+                _ = shutdown.cancelled() => return Ended::Closed,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ended::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +235,7 @@ mod tests {
         let err = |l: &str, e: LineError| assert_eq!(parse(l.as_bytes()), Err(e), "{l}");
         ok("PING", Request::Ping);
         ok("PING\r", Request::Ping);
-        ok("CHECK a.b.c", Request::Check("a.b.c"));
+        ok("CHECK a.b.c", Request::Check(Some("a.b.c")));
         ok("STATUS jti=x", Request::Status(TokenRef { jti: Some("x"), ..Default::default() }));
         ok(
             "STATUS jti=x iss=i sub=s iat=5 kid=k sid=q",
@@ -253,6 +262,31 @@ mod tests {
         err("STATUS foo=1", LineError::BadField);
         err("STATUS  jti=a", LineError::BadField);
         assert_eq!(parse(b"STATUS jti=\xff"), Err(LineError::BadField));
+    }
+
+    #[test]
+    fn framing_finds_lines_and_refuses_long_ones() {
+        assert_eq!(frame(b"PING\nPI", 10), Ok(Some(4)));
+        assert_eq!(frame(b"PIN", 10), Ok(None));
+        assert_eq!(frame(b"0123456789A", 10), Err(LineError::LineTooLong));
+        assert_eq!(frame(b"0123456789A\n", 10), Err(LineError::LineTooLong));
+        assert_eq!(frame(b"0123456789\n", 10), Ok(Some(10)));
+    }
+
+    #[test]
+    fn verdicts_render_as_one_line() {
+        let mut s = String::new();
+        render(
+            &Verdict::Ok { seq: 3, lag_ms: 4, stale: true, sub: Some("a b".into()), exp: Some(9) },
+            &mut s,
+        );
+        assert_eq!(s, "OK seq=3 lag_ms=4 sub=a%20b exp=9 stale=1\n");
+        s.clear();
+        render(&Verdict::Pong { seq: 1, lag_ms: 2, log_id: None, persist_ok: false }, &mut s);
+        assert_eq!(s, "PONG seq=1 lag_ms=2 log_id=none persist=failing\n");
+        s.clear();
+        render(&Verdict::Error("bad_field"), &mut s);
+        assert_eq!(s, "ERR reason=bad_field\n");
     }
 
     #[test]

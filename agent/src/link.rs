@@ -12,7 +12,6 @@ use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession};
 use revmesh_protocol::codec::{decode, encode};
 use revmesh_protocol::frame::Frame;
 use revmesh_protocol::time::{backoff, Jitter};
-use revmesh_protocol::Now;
 use revmesh_protocol::{Entry, LogId};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -90,14 +89,6 @@ pub fn client_tls(
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
     Ok(Some(Arc::new(cfg)))
-}
-
-fn now() -> Now {
-    let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Now { mono: Instant::now(), unix_ms }
 }
 
 fn endpoint(url: &str) -> String {
@@ -275,7 +266,8 @@ async fn drive(
     unpersisted: &mut Unpersisted,
     shutdown: &CancellationToken,
 ) -> Ended {
-    session.connect(now());
+    let clock = state.clock().clone();
+    session.connect(clock.now());
     let mut last_heard_write = Instant::now() - Duration::from_secs(60);
     // One timer and one cancellation future for the link's life, reset rather than re-created.
     let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
@@ -284,7 +276,7 @@ async fn drive(
     let stopping = shutdown.cancelled();
     tokio::pin!(stopping);
     loop {
-        let t = now();
+        let t = clock.now();
         let mut wrote = false;
         while let Some(f) = session.poll_transmit(t) {
             let Ok(bytes) = encode(&f) else { return Ended::Failed("encode failed".into()) };
@@ -302,7 +294,7 @@ async fn drive(
         }
         tokio::select! {
             msg = ws.next() => {
-                let t = now();
+                let t = clock.now();
                 let frame = match msg {
                     Some(Ok(Message::Binary(b))) => match decode(&b) {
                         Ok(f) => f,
@@ -349,7 +341,7 @@ async fn drive(
                     }
                 }
             }
-            _ = &mut timer => session.handle_timeout(now()),
+            _ = &mut timer => session.handle_timeout(clock.now()),
             _ = sleep_until_due(unpersisted.retry_at) => {
                 retry_unpersisted(session, state, persist, unpersisted).await;
             }
@@ -448,7 +440,7 @@ async fn retry_unpersisted(
             Ok(seq) => {
                 pending.snapshot = false;
                 pending.batches.clear();
-                session.mark_durable(seq, now());
+                session.mark_durable(seq, state.clock().now());
             }
             Err(e) => return pending.failed(state, &e),
         }
@@ -458,7 +450,7 @@ async fn retry_unpersisted(
         match append(state, p, batch).await {
             Ok(()) => {
                 pending.batches.pop_front();
-                session.mark_durable(to_seq, now());
+                session.mark_durable(to_seq, state.clock().now());
             }
             Err(e) => return pending.failed(state, &e),
         }
@@ -480,7 +472,7 @@ async fn apply_events(
                 let from_seq = (state.applied() + 1).min(to_seq);
                 state.apply(log_id, &entries, to_seq);
                 let Some(p) = persist else {
-                    session.mark_durable(to_seq, now());
+                    session.mark_durable(to_seq, state.clock().now());
                     continue;
                 };
                 let batch = (log_id, from_seq, to_seq, entries);
@@ -492,7 +484,7 @@ async fn apply_events(
                     continue;
                 }
                 match append(state, p, batch.clone()).await {
-                    Ok(()) => session.mark_durable(to_seq, now()),
+                    Ok(()) => session.mark_durable(to_seq, state.clock().now()),
                     Err(e) => {
                         pending.batches.push_back(batch);
                         pending.failed(state, &e);
@@ -503,7 +495,7 @@ async fn apply_events(
                 state.replace(log_id, &entries, snapshot_seq);
                 tracing::info!(seq = snapshot_seq, entries = entries.len(), "applied snapshot");
                 if persist.is_none() {
-                    session.mark_durable(snapshot_seq, now());
+                    session.mark_durable(snapshot_seq, state.clock().now());
                     continue;
                 }
                 // The new state replaces whatever was waiting to be written.
@@ -512,7 +504,7 @@ async fn apply_events(
                     Ok(seq) => {
                         pending.snapshot = false;
                         pending.recovered(state);
-                        session.mark_durable(seq, now());
+                        session.mark_durable(seq, state.clock().now());
                     }
                     Err(e) => {
                         pending.snapshot = true;

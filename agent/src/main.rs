@@ -72,7 +72,12 @@ fn main() -> ExitCode {
             };
             // Read as the agent reads --hs256-secret-file: one trailing newline is not part of it.
             let secret = secret.strip_suffix(b"\n").unwrap_or(&secret).to_vec();
-            match revmesh_agent::jwt::mint_hs256(&secret, &t, ttl, revmesh_agent::state::now_secs()) {
+            match revmesh_agent::jwt::mint_hs256(
+                &secret,
+                &t,
+                ttl,
+                revmesh_runtime::Clock::system().unix_secs(),
+            ) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS

@@ -12,6 +12,7 @@ use revmesh_protocol::frame::{Batch, Frame};
 use revmesh_protocol::set::TableImage;
 use revmesh_protocol::RevocationSet;
 use revmesh_protocol::{Entry, LogId};
+use revmesh_runtime::Clock;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -76,8 +77,9 @@ fn checksum(b: &[u8]) -> u64 {
 }
 
 impl Persist {
-    /// Opens the directory, recovering the state it holds.
-    pub fn open(dir: &Path) -> Result<(Self, Recovered), PersistError> {
+    /// Opens the directory, recovering the state it holds (entries expired by `clock` are
+    /// dropped on the way).
+    pub fn open(dir: &Path, clock: &Clock) -> Result<(Self, Recovered), PersistError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
@@ -126,7 +128,7 @@ impl Persist {
             .map_err(io(&journal_path))?;
         let mut bytes = Vec::new();
         journal.read_to_end(&mut bytes).map_err(io(&journal_path))?;
-        let now = crate::state::now_secs();
+        let now = clock.unix_secs();
         let mut good = 0usize;
         let mut pos = 0usize;
         while let Some((batch, next)) = read_record(&bytes, pos) {
@@ -310,11 +312,11 @@ mod tests {
     #[test]
     fn a_data_dir_serves_one_agent_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Persist::open(dir.path()).unwrap();
-        let err = Persist::open(dir.path()).unwrap_err().to_string();
+        let first = Persist::open(dir.path(), &Clock::system()).unwrap();
+        let err = Persist::open(dir.path(), &Clock::system()).unwrap_err().to_string();
         assert!(err.contains("another running agent"), "{err}");
         drop(first);
-        Persist::open(dir.path()).unwrap();
+        Persist::open(dir.path(), &Clock::system()).unwrap();
     }
 
     #[test]
@@ -322,7 +324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = LogId([3; 16]);
         {
-            let (mut p, rec) = Persist::open(dir.path()).unwrap();
+            let (mut p, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
             assert_eq!(rec.applied_seq, 0);
             p.append(log, 1, 2, &[entry(1), entry(2)]).unwrap();
             let mut set = RevocationSet::new();
@@ -337,7 +339,7 @@ mod tests {
         let jp = dir.path().join("journal.bin");
         let len = std::fs::metadata(&jp).unwrap().len();
         OpenOptions::new().write(true).open(&jp).unwrap().set_len(len - 5).unwrap();
-        let (_, rec) = Persist::open(dir.path()).unwrap();
+        let (_, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
         assert_eq!(rec.applied_seq, 3);
         assert_eq!(rec.log_id, Some(log));
         assert!(has(&rec, 1) && has(&rec, 3));
@@ -357,7 +359,7 @@ mod tests {
         file.extend_from_slice(&checksum(&body).to_le_bytes());
         file.extend_from_slice(&body);
         std::fs::write(dir.path().join("state.bin"), file).unwrap();
-        let (_, rec) = Persist::open(dir.path()).unwrap();
+        let (_, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
         assert_eq!((rec.applied_seq, rec.log_id), (1, Some(LogId([4; 16]))));
         assert!(has(&rec, 1));
     }
@@ -386,7 +388,7 @@ mod tests {
     fn a_corrupt_snapshot_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("state.bin"), b"RVMSTAT1garbagegarbage").unwrap();
-        let (_, rec) = Persist::open(dir.path()).unwrap();
+        let (_, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
         assert_eq!(rec.log_id, None);
         assert!(dir.path().join("state.bin.corrupt").exists());
     }

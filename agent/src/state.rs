@@ -6,6 +6,7 @@
 
 use crate::metrics::Metrics;
 use revmesh_protocol::{Entry, Kind, LogId, RevocationSet, TokenRef};
+use revmesh_runtime::Clock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -57,20 +58,9 @@ pub struct AgentState {
     started: Instant,
     max_staleness: Duration,
     fail_open: bool,
+    clock: Clock,
     /// Metrics.
     pub metrics: Metrics,
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Current wall clock, unix seconds.
-pub fn now_secs() -> u64 {
-    wall_ms() / 1000
 }
 
 impl AgentState {
@@ -96,10 +86,22 @@ impl AgentState {
             started: Instant::now(),
             max_staleness,
             fail_open,
+            clock: Clock::system(),
             metrics,
         };
         s.refresh_gauges();
         s
+    }
+
+    /// The same state reading time from `clock` (tests hold wall time still with a manual one).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The agent's one clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Applied seq.
@@ -176,7 +178,7 @@ impl AgentState {
         // Never in sync with any log: no freshness to speak of.
         self.log_id()?;
         match self.heard_before_start {
-            Some(ms) => Some(Duration::from_millis(wall_ms().saturating_sub(ms))),
+            Some(ms) => Some(Duration::from_millis(self.clock.unix_ms().saturating_sub(ms))),
             None => Some(self.started.elapsed()),
         }
     }
@@ -218,8 +220,8 @@ impl AgentState {
 
     /// Applies entries and moves to `to_seq`.
     pub fn apply(&self, log_id: LogId, entries: &[Entry], to_seq: u64) {
-        let now = now_secs();
-        let now_ms = wall_ms();
+        let now_ms = self.clock.unix_ms();
+        let now = now_ms / 1000;
         {
             let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
             let before = self.applied();
@@ -241,7 +243,7 @@ impl AgentState {
 
     /// Replaces the whole set (snapshot or resync).
     pub fn replace(&self, log_id: LogId, entries: &[Entry], snapshot_seq: u64) {
-        let now = now_secs();
+        let now = self.clock.unix_secs();
         let mut fresh = RevocationSet::with_jti_capacity(entries.len());
         for e in entries {
             fresh.insert(e, now);
@@ -257,7 +259,7 @@ impl AgentState {
 
     /// Drops expired revocations.
     pub fn gc(&self) -> usize {
-        let n = self.set.write().unwrap_or_else(|p| p.into_inner()).remove_expired(now_secs());
+        let n = self.set.write().unwrap_or_else(|p| p.into_inner()).remove_expired(self.clock.unix_secs());
         self.refresh_gauges();
         n
     }

@@ -30,7 +30,7 @@ fn tokens_from_an_independent_implementation_get_the_right_verdict() {
         leeway_secs: 30,
         max_token_bytes: 8192,
     };
-    let now = revmesh_agent::state::now_secs();
+    let now = revmesh_runtime::Clock::system().unix_secs();
     let cases: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(f("tokens.json")).unwrap()).unwrap();
     assert!(cases.len() > 30);

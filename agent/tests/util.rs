@@ -103,7 +103,7 @@ pub fn scrape(addr: &str) -> String {
 }
 
 pub fn now() -> u64 {
-    revmesh_agent::state::now_secs()
+    revmesh_runtime::Clock::system().unix_secs()
 }
 
 /// An HS256 token for the test secret.

@@ -103,7 +103,7 @@ async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_bac
     let a = Authority::start(adir.path(), &["--ack-timeout", "200ms"]);
     let fs = Tmpfs::mount("2m");
     let data = fs.path().join("agent");
-    let (persist, recovered) = Persist::open(&data).unwrap();
+    let (persist, recovered) = Persist::open(&data, &revmesh_runtime::Clock::system()).unwrap();
     let state = Arc::new(revmesh_agent::state::AgentState::new(
         recovered.set,
         recovered.log_id,
@@ -167,6 +167,6 @@ async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_bac
     stop.cancel();
     let _ = task.await;
     // What was acknowledged is on disk.
-    let (_, again) = Persist::open(&data).unwrap();
+    let (_, again) = Persist::open(&data, &revmesh_runtime::Clock::system()).unwrap();
     assert!(again.applied_seq >= seq, "restart found {} < acknowledged {seq}", again.applied_seq);
 }

@@ -68,7 +68,7 @@ pub async fn run(dir: &Path, n: usize, secs: u64, seed: u64) -> anyhow::Result<C
     let mut rng = revmesh_protocol::time::Jitter::new(seed);
     let mut report = ChaosReport { seconds: secs, agents: n, ..Default::default() };
     let mut accepted: Vec<(u64, String)> = Vec::new();
-    let exp = revmesh_agent::state::now_secs() + 3600;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let end = Instant::now() + Duration::from_secs(secs);
     let mut i = 0u64;
     while Instant::now() < end {

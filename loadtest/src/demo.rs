@@ -49,7 +49,7 @@ async fn demo(dir: &std::path::Path) -> anyhow::Result<()> {
         .context("agents did not reach the authority")?;
     }
     let jti = format!("demo-{:08x}", rand::random::<u32>());
-    let exp = revmesh_agent::state::now_secs() + 3600;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let token = mint(&hex(&secret_bytes), &jti, "alice", exp)?;
     println!("\nA token for sub=alice, jti={jti}:\n  {token}\n");
     for (i, a) in agents.iter().enumerate() {

@@ -36,7 +36,7 @@ async fn revoke_all(
     tag: &str,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Vec<Duration>> {
-    let exp = revmesh_agent::state::now_secs() + 3600;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let (admin, token, tls) = (auth.admin.clone(), auth.token.clone(), tls.clone());

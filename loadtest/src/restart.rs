@@ -78,7 +78,7 @@ async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Resul
 
 /// Runs the scenario for one set size with `storm` fresh agents.
 pub async fn restart(dir: &Path, n: u64, storm: usize) -> anyhow::Result<Restart> {
-    let exp = revmesh_agent::state::now_secs() + 86_400;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 86_400;
     let secret = dir.join("restart.secret");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef-restart")?;
     let probe = format!("STATUS jti=r-{n}");
@@ -87,7 +87,7 @@ pub async fn restart(dir: &Path, n: u64, storm: usize) -> anyhow::Result<Restart
     let agent_dir = dir.join(format!("warm-{n}"));
     let data = agent_dir.join("data");
     {
-        let (mut p, _) = revmesh_agent::persist::Persist::open(&data)?;
+        let (mut p, _) = revmesh_agent::persist::Persist::open(&data, &revmesh_runtime::Clock::system())?;
         let mut set = RevocationSet::with_jti_capacity(n as usize);
         for seq in 1..=n {
             set.insert(&entry(seq, exp), 0);

@@ -165,7 +165,7 @@ pub async fn propagation(dir: &Path, agents: usize, count: usize, rate: f64) -> 
     let mut lat = Vec::with_capacity(count);
     let mut incomplete = 0;
     let gap = Duration::from_secs_f64(1.0 / rate);
-    let exp = revmesh_agent::state::now_secs() + 3600;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     for i in 0..count {
         let next = Instant::now() + gap;
         let body = format!(r#"{{"kind":"jti","jti":"prop-{i}","expires_at":{exp}}}"#);
@@ -287,7 +287,7 @@ pub async fn checks(dir: &Path, n: usize, dur: Duration) -> anyhow::Result<Vec<C
         &["--public-key-file", &pubkey.display().to_string()],
     )?;
     // A set with content: 10,000 revoked jtis.
-    let exp = revmesh_agent::state::now_secs() + 3600;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     for i in 0..10_000 {
         let body = format!(r#"{{"kind":"jti","jti":"bulk-{i}","expires_at":{exp}}}"#);
         let (s, v) = call(&auth, "POST", "/v1/revocations".into(), body).await?;
@@ -673,7 +673,7 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
                 // Entries the agents miss: written by a second authority instance on the same store while
                 // the agents' link address is down.
     let offline = AuthorityProc::start(&data, "127.0.0.1:0", &args)?;
-    let exp = revmesh_agent::state::now_secs() + 3600;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let mut head = 0;
     for i in 0..behind {
         let (st, v) = call(
@@ -752,7 +752,7 @@ fn drop_db(server: &str, name: &str) {
 /// `clients` blocking HTTP clients spread over `reps`, revoking for `dur`; every call's latency.
 async fn post_load(reps: &[AuthorityProc], clients: usize, dur: Duration) -> anyhow::Result<Vec<Duration>> {
     let stop = Instant::now() + dur;
-    let exp = revmesh_agent::state::now_secs() + 3600;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let mut tasks = Vec::new();
     for c in 0..clients {
         let r = &reps[c % reps.len()];
@@ -823,7 +823,7 @@ pub async fn ha(dir: &Path, server: &str, dur: Duration) -> anyhow::Result<(Vec<
         let mut first = reps.remove(0);
         first.proc.kill9();
         let t0 = Instant::now();
-        let exp = revmesh_agent::state::now_secs() + 3600;
+        let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
         let (st, v) = call(
             &reps[0],
             "POST",

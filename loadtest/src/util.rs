@@ -17,8 +17,7 @@ pub fn ask_line(socket: &Path, line: &str) -> anyhow::Result<String> {
 
 /// An HS256 token.
 pub fn mint(secret: &str, jti: &str, sub: &str, exp: u64) -> anyhow::Result<String> {
-    let claims =
-        serde_json::json!({"jti": jti, "sub": sub, "exp": exp, "iat": revmesh_agent::state::now_secs() - 5});
+    let claims = serde_json::json!({"jti": jti, "sub": sub, "exp": exp, "iat": revmesh_runtime::Clock::system().unix_secs() - 5});
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?;
     Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)?)
 }

@@ -3,20 +3,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use revmesh_agent::decide::Checker;
 use revmesh_agent::jwt::{Keys, Rules};
-use revmesh_agent::lines::{answer, Ctx};
+use revmesh_agent::lines::answer;
 use revmesh_agent::state::AgentState;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-struct Fixture {
-    state: AgentState,
-    keys: Keys,
-    rules: Rules,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
+fn fixture() -> &'static Checker {
+    static F: OnceLock<Checker> = OnceLock::new();
     F.get_or_init(|| {
         let metrics = revmesh_agent::metrics::Metrics::new().unwrap_or_else(|_| std::process::abort());
         let mut set = revmesh_protocol::RevocationSet::new();
@@ -28,19 +23,17 @@ fn fixture() -> &'static Fixture {
             revocation: revmesh_protocol::Revocation::Jti { jti: "j".into(), iss: None },
         };
         set.insert(&e, 0);
-        Fixture {
-            state: AgentState::new(set, None, 1, None, Duration::from_secs(30), true, metrics),
-            keys: Keys::hmac(b"fuzzing-secret-0123456789abcdef0123").unwrap_or_else(|_| std::process::abort()),
-            rules: Rules { issuer: None, audience: None, leeway_secs: 30, max_token_bytes: 8192 },
-        }
+        Checker::new(
+            Arc::new(AgentState::new(set, None, 1, None, Duration::from_secs(30), true, metrics)),
+            Arc::new(Keys::hmac(b"fuzzing-secret-0123456789abcdef0123").unwrap_or_else(|_| std::process::abort())),
+            Rules { issuer: None, audience: None, leeway_secs: 30, max_token_bytes: 8192 },
+        )
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let f = fixture();
-    let ctx = Ctx { state: &f.state, keys: &f.keys, rules: &f.rules };
     let mut out = String::new();
-    answer(&ctx, data, &mut out);
+    answer(fixture(), data, &mut out);
     assert!(out.ends_with('\n') && out.matches('\n').count() == 1, "{out:?}");
     let word = out.split(' ').next().unwrap_or("").trim_end();
     assert!(["OK", "REVOKED", "INVALID", "STALE", "PONG", "ERR"].contains(&word), "{out:?}");

@@ -1,0 +1,162 @@
+//! The one decision every front end asks for: a [`Request`] in, a [`Verdict`] out, counted in
+//! the metrics exactly once. Front ends (the line protocol in `lines.rs`, HTTP in `http.rs`)
+//! only frame requests and render verdicts; a new front end (gRPC ext_authz, say) calls
+//! [`Checker::decide`] and renders what it gets.
+
+use crate::jwt::{Invalid, Keys, Rules};
+use crate::state::{AgentState, Decision};
+use revmesh_protocol::{Kind, LogId, TokenRef};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a client asks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Verify the token and decide on it; `None` when the client presented no token.
+    Check(Option<&'a str>),
+    /// Decide on claims given directly (no verification).
+    Status(TokenRef<'a>),
+    /// Freshness.
+    Ping,
+    /// Something the front end could not parse; the words say why.
+    Bad(&'static str),
+}
+
+/// The answer to a [`Request`], before a front end renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not revoked.
+    Ok {
+        /// Applied seq.
+        seq: u64,
+        /// Milliseconds since an authority was heard.
+        lag_ms: u64,
+        /// Past the staleness bound under `--on-stale open`.
+        stale: bool,
+        /// The token's `sub` (CHECK only).
+        sub: Option<String>,
+        /// The token's `exp` (CHECK only).
+        exp: Option<u64>,
+    },
+    /// Revoked by entry `seq` of `kind`.
+    Revoked {
+        /// Kind of the entry.
+        kind: Kind,
+        /// Its seq.
+        seq: u64,
+    },
+    /// Past the staleness bound under `--on-stale closed`.
+    Stale {
+        /// Milliseconds since an authority was heard.
+        lag_ms: u64,
+    },
+    /// The token failed verification.
+    Invalid(Invalid),
+    /// No token was presented.
+    NoToken,
+    /// Answer to `Ping`.
+    Pong {
+        /// Applied seq.
+        seq: u64,
+        /// Milliseconds since an authority was heard.
+        lag_ms: u64,
+        /// The log the state belongs to.
+        log_id: Option<LogId>,
+        /// False while applied entries wait to be persisted (refused, not yet acknowledged).
+        persist_ok: bool,
+    },
+    /// The request was not understood.
+    Error(&'static str),
+}
+
+impl Verdict {
+    /// The `verdict` label of `revmesh_agent_checks_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Ok { .. } => "ok",
+            Verdict::Revoked { .. } => "revoked",
+            Verdict::Stale { .. } => "stale",
+            Verdict::Invalid(_) | Verdict::NoToken => "invalid",
+            Verdict::Pong { .. } => "pong",
+            Verdict::Error(_) => "err",
+        }
+    }
+
+    fn from_decision(d: Decision, sub: Option<String>, exp: Option<u64>) -> Self {
+        match d {
+            Decision::Ok { seq, lag_ms, stale } => Verdict::Ok { seq, lag_ms, stale, sub, exp },
+            Decision::Revoked { kind, seq } => Verdict::Revoked { kind, seq },
+            Decision::Stale { lag_ms } => Verdict::Stale { lag_ms },
+        }
+    }
+}
+
+/// Everything a decision needs: the state, the keys (replaced whole on SIGHUP; checks load
+/// them without a lock) and the claim rules.
+#[derive(Debug)]
+pub struct Checker {
+    /// Agent state.
+    pub state: Arc<AgentState>,
+    /// Verification keys.
+    pub keys: arc_swap::ArcSwap<Keys>,
+    /// Claim rules.
+    pub rules: Rules,
+}
+
+impl Checker {
+    /// A checker over `state` with `keys` and `rules`.
+    pub fn new(state: Arc<AgentState>, keys: Arc<Keys>, rules: Rules) -> Self {
+        Self { state, keys: arc_swap::ArcSwap::new(keys), rules }
+    }
+
+    /// Decides, and counts the verdict and the time taken.
+    pub fn decide(&self, req: Request<'_>) -> Verdict {
+        let started = Instant::now();
+        let v = self.verdict(req);
+        let m = &self.state.metrics;
+        m.count_check(v.label());
+        m.check_duration.observe(started.elapsed().as_secs_f64());
+        v
+    }
+
+    /// Counts a request refused before it could be asked (too long, unknown path or method).
+    pub fn refuse(&self) {
+        self.state.metrics.count_check("err");
+    }
+
+    fn verdict(&self, req: Request<'_>) -> Verdict {
+        match req {
+            Request::Bad(why) => Verdict::Error(why),
+            Request::Ping => {
+                let (seq, lag_ms, log_id) = self.state.ping();
+                Verdict::Pong { seq, lag_ms, log_id, persist_ok: self.state.persist_ok() }
+            }
+            Request::Status(t) => Verdict::from_decision(self.state.decide(&t), None, None),
+            Request::Check(None) => Verdict::NoToken,
+            Request::Check(Some(jwt)) => self.check(jwt),
+        }
+    }
+
+    fn check(&self, jwt: &str) -> Verdict {
+        let keys = self.keys.load();
+        if keys.is_empty() {
+            // Without keys nothing can be verified; refuse rather than pretend.
+            return Verdict::Invalid(Invalid::UnknownKey);
+        }
+        match keys.verify(jwt, &self.rules, self.state.clock().unix_secs()) {
+            Err(e) => Verdict::Invalid(e),
+            Ok(v) => {
+                let t = TokenRef {
+                    jti: v.jti.as_deref(),
+                    iss: v.iss.as_deref(),
+                    sub: v.sub.as_deref(),
+                    iat: v.iat,
+                    kid: v.kid.as_deref(),
+                    sid: v.sid.as_deref(),
+                };
+                let d = self.state.decide(&t);
+                Verdict::from_decision(d, v.sub, Some(v.exp))
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! HTTP/1.1 on the agent's sockets: the check endpoint proxies call (nginx `auth_request`,
+//! Envoy and Caddy forward auth), `/healthz`, and `/metrics` on the TCP listener.
+//!
+//! [`parse_head`] is pure (bytes in, request out); [`read_request`] only feeds it; [`render`]
+//! maps a [`Verdict`] to a status, headers and body. The decision is [`Checker::decide`]'s.
+
+use crate::decide::{Checker, Request, Verdict};
+use crate::state::AgentState;
+use bytes::{Buf, BytesMut};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Largest HTTP request head accepted.
+pub const MAX_HEAD: usize = 16 << 10;
+
+/// A parsed HTTP request head.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// Method.
+    pub method: String,
+    /// Path (query stripped).
+    pub path: String,
+    /// Bearer token from `Authorization`.
+    pub bearer: Option<String>,
+    /// Keep the connection open after answering.
+    pub keep_alive: bool,
+}
+
+/// Why a request head is refused (the connection is closed without an answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Not UTF-8, no request line, or a header without a colon.
+    #[error("malformed request head")]
+    Malformed,
+    /// A body was announced; none is accepted.
+    #[error("request bodies are not accepted")]
+    Body,
+    /// Longer than [`MAX_HEAD`].
+    #[error("request head too large")]
+    TooLarge,
+}
+
+/// Parses the first request head in `buf`: `Ok(Some((request, consumed)))`, or `Ok(None)` when
+/// the head is not complete yet.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(HttpRequest, usize)>, HeadError> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD { Err(HeadError::TooLarge) } else { Ok(None) };
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| HeadError::Malformed)?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().ok_or(HeadError::Malformed)?.split(' ');
+    let (Some(method), Some(target), Some(version)) = (first.next(), first.next(), first.next()) else {
+        return Err(HeadError::Malformed);
+    };
+    let mut req = HttpRequest {
+        method: method.to_owned(),
+        path: target.split('?').next().unwrap_or("").to_owned(),
+        bearer: None,
+        keep_alive: version == "HTTP/1.1",
+    };
+    for l in lines {
+        let (k, v) = l.split_once(':').ok_or(HeadError::Malformed)?;
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "authorization" => req.bearer = v.strip_prefix("Bearer ").map(|t| t.trim().to_owned()),
+            "connection" if v.eq_ignore_ascii_case("close") => req.keep_alive = false,
+            "connection" if v.eq_ignore_ascii_case("keep-alive") => req.keep_alive = true,
+            // Bodies are never needed here; refusing them keeps framing simple and safe.
+            "content-length" if v != "0" => return Err(HeadError::Body),
+            "transfer-encoding" => return Err(HeadError::Body),
+            _ => {}
+        }
+    }
+    Ok(Some((req, end + 4)))
+}
+
+/// Reads one request head. `None` on EOF, timeout, shutdown or a refused head.
+pub async fn read_request<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> Option<HttpRequest> {
+    loop {
+        if let Some((req, used)) = parse_head(buf).ok()? {
+            buf.advance(used);
+            return Some(req);
+        }
+        buf.reserve(2048);
+        let n = tokio::select! {
+            r = tokio::time::timeout(idle, s.read_buf(buf)) => r.ok()?.ok()?,
+            _ = shutdown.cancelled() => return None,
+        };
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+/// A response: status, headers, body.
+pub type Response = (u16, Vec<(String, String)>, String);
+
+/// Writes one response.
+pub async fn write_response<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    (status, headers, body): &Response,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n", body.len());
+    out.push_str("Content-Type: text/plain\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(if keep_alive { "Connection: keep-alive\r\n\r\n" } else { "Connection: close\r\n\r\n" });
+    out.push_str(body);
+    s.write_all(out.as_bytes()).await
+}
+
+/// The check verdict as HTTP, in codes every auth proxy passes through: 200 allow, 401
+/// invalid or revoked (with `WWW-Authenticate`), 403 stale under `--on-stale closed` (nginx
+/// `auth_request` turns any other code into 500). Every answer names its verdict in
+/// `X-Revmesh-Verdict`.
+pub fn render(v: &Verdict) -> Response {
+    let verdict = |v: &str| ("X-Revmesh-Verdict".to_owned(), v.to_owned());
+    let challenge = |error: bool| {
+        let v = if error { "Bearer error=\"invalid_token\"" } else { "Bearer" };
+        ("WWW-Authenticate".to_owned(), v.to_owned())
+    };
+    match v {
+        Verdict::NoToken => {
+            (401, vec![verdict("invalid"), challenge(false)], "missing bearer token\n".into())
+        }
+        Verdict::Invalid(e) => (
+            401,
+            vec![verdict("invalid"), challenge(true), ("X-Revmesh-Reason".into(), e.as_str().into())],
+            format!("invalid: {}\n", e.as_str()),
+        ),
+        Verdict::Revoked { kind, seq } => (
+            401,
+            vec![verdict("revoked"), challenge(true), ("X-Revmesh-Seq".into(), seq.to_string())],
+            format!("revoked: {kind}\n"),
+        ),
+        Verdict::Stale { lag_ms } => {
+            (403, vec![verdict("stale")], format!("stale: {lag_ms} ms since the authority was heard\n"))
+        }
+        Verdict::Ok { seq, stale, sub, .. } => {
+            let mut h = vec![verdict("ok"), ("X-Revmesh-Seq".into(), seq.to_string())];
+            if let Some(sub) = sub.as_ref().filter(|s| s.chars().all(|c| c.is_ascii_graphic() || c == ' ')) {
+                h.push(("X-Revmesh-Sub".into(), sub.clone()));
+            }
+            if *stale {
+                h.push(("X-Revmesh-Stale".into(), "1".into()));
+            }
+            (200, h, "ok\n".into())
+        }
+        // Not produced by a check; answered as a server error should one ever reach here.
+        Verdict::Pong { .. } | Verdict::Error(_) => (500, Vec::new(), "unexpected verdict\n".into()),
+    }
+}
+
+/// `/healthz`: the process answers; says so when applied entries wait to be persisted.
+pub fn health(state: &AgentState) -> String {
+    if state.persist_ok() {
+        "ok\n".into()
+    } else {
+        "ok\npersist: failing (applied revocations are enforced but not yet durable or acknowledged)\n".into()
+    }
+}
+
+/// Serves one HTTP connection on the check socket until it closes.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    checker: &Checker,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let Some(req) = read_request(&mut s, &mut buf, idle, shutdown).await else { return };
+        // Any method on /v1/check and below it: proxies forward the original method and
+        // path (Envoy's `path_prefix`), nginx `auth_request` sends the client's method.
+        let response = if req.path == "/v1/check" || req.path.starts_with("/v1/check/") {
+            render(&checker.decide(Request::Check(req.bearer.as_deref())))
+        } else if req.path == "/healthz" && req.method == "GET" {
+            (200, Vec::new(), health(&checker.state))
+        } else if req.path == "/healthz" {
+            checker.refuse();
+            (405, vec![("Allow".into(), "GET".into())], "method not allowed: use GET\n".to_owned())
+        } else {
+            // Counted like a line the agent did not understand.
+            checker.refuse();
+            (404, Vec::new(), "not found\n".to_owned())
+        };
+        if write_response(&mut s, &response, req.keep_alive).await.is_err() || !req.keep_alive {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse_without_io() {
+        let (req, used) =
+            parse_head(b"GET /v1/check?x=1 HTTP/1.1\r\nAuthorization: Bearer a.b.c\r\n\r\nrest")
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+        assert_eq!(used, 59);
+        assert_eq!(req.path, "/v1/check");
+        assert_eq!(req.bearer.as_deref(), Some("a.b.c"));
+        assert!(req.keep_alive);
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n"), Ok(None));
+        assert_eq!(parse_head(b"GET / HTTP/1.0\r\nContent-Length: 3\r\n\r\n"), Err(HeadError::Body));
+        assert_eq!(parse_head(b"GET\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(parse_head(&vec![b'a'; MAX_HEAD + 1]), Err(HeadError::TooLarge));
+    }
+}
