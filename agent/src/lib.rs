@@ -72,9 +72,9 @@ pub async fn run(
         .with_clock(clock),
     );
     tracing::info!(applied, log_id = ?log_id, ms = loading.elapsed().as_millis() as u64, "state loaded");
-    let line_listener = server::bind_socket(&cfg.socket, cfg.socket_access).map_err(anyhow::Error::msg)?;
+    let line_listener = server::bind_socket(&cfg.socket, cfg.socket_access)?;
     let http_listener = match &cfg.http_socket {
-        Some(p) => Some(server::bind_socket(p, cfg.socket_access).map_err(anyhow::Error::msg)?),
+        Some(p) => Some(server::bind_socket(p, cfg.socket_access)?),
         None => None,
     };
     let bound = Bound { metrics: metrics_listener.local_addr()? };

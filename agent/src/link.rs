@@ -167,7 +167,7 @@ pub async fn run_with(
                 session.disconnected();
                 e
             }
-            Err(e) => Ended::Failed(e),
+            Err(e) => Ended::Failed(e.to_string()),
         };
         let delay = match ended {
             Ended::Shutdown => break,
@@ -198,9 +198,60 @@ pub async fn run_with(
     }
 }
 
+/// Why a link to an authority could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The authority URL is not a WebSocket URL.
+    #[error("bad authority URL {url}: {source}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: tokio_tungstenite::tungstenite::Error,
+    },
+    /// The token cannot be sent as an HTTP header.
+    #[error("agent token is not a valid header value")]
+    TokenHeader,
+    /// The TCP connection failed.
+    #[error("connect: {0}")]
+    Tcp(#[source] std::io::Error),
+    /// A wss:// URL without TLS settings.
+    #[error("wss:// needs --ca-file")]
+    NoTls,
+    /// The host cannot be checked against a certificate.
+    #[error("`{0}` is not a valid TLS server name")]
+    ServerName(String),
+    /// The TLS handshake failed (untrusted or expired certificate, no client certificate…).
+    #[error("TLS handshake with {host}: {source}")]
+    Tls {
+        /// The authority host.
+        host: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The WebSocket upgrade failed; an HTTP refusal (401 for a bad token) is in the source.
+    #[error("connect: {0}")]
+    Upgrade(#[source] tokio_tungstenite::tungstenite::Error),
+    /// No answer within the connect timeout.
+    #[error("connect timed out")]
+    Timeout,
+}
+
+impl LinkError {
+    /// The HTTP status the authority refused the upgrade with, if it did.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            LinkError::Upgrade(tokio_tungstenite::tungstenite::Error::Http(r)) => Some(r.status().as_u16()),
+            _ => None,
+        }
+    }
+}
+
 /// One connection attempt to `url` (WebSocket upgrade, TLS for wss://), closed at once: lets
 /// operators and tests check reachability, certificates and tokens.
-pub async fn probe(url: &str, settings: &LinkSettings) -> Result<(), String> {
+pub async fn probe(url: &str, settings: &LinkSettings) -> Result<(), LinkError> {
     let mut ws = connect(&endpoint(url), &settings.credentials()).await?;
     let _ = ws.close(None).await;
     Ok(())
@@ -212,12 +263,11 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
-async fn connect(url: &str, settings: &Credentials) -> Result<Ws, String> {
-    let mut req = url.into_client_request().map_err(|e| format!("bad authority URL {url}: {e}"))?;
+async fn connect(url: &str, settings: &Credentials) -> Result<Ws, LinkError> {
+    let mut req =
+        url.into_client_request().map_err(|source| LinkError::Url { url: url.to_owned(), source })?;
     if let Some(t) = &settings.token {
-        let value = format!("Bearer {t}")
-            .parse()
-            .map_err(|_| "agent token is not a valid header value".to_owned())?;
+        let value = format!("Bearer {t}").parse().map_err(|_| LinkError::TokenHeader)?;
         req.headers_mut().insert("authorization", value);
     }
     let mut cfg = WebSocketConfig::default();
@@ -231,30 +281,26 @@ async fn connect(url: &str, settings: &Credentials) -> Result<Ws, String> {
     let tls = req.uri().scheme_str() == Some("wss");
     let port = req.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
     let fut = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(LinkError::Tcp)?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = if tls {
-            let tls_cfg = settings.tls.clone().ok_or("wss:// needs --ca-file")?;
+            let tls_cfg = settings.tls.clone().ok_or(LinkError::NoTls)?;
             let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
+                .map_err(|_| LinkError::ServerName(host.clone()))?;
             let stream = tokio_rustls::TlsConnector::from(tls_cfg)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS handshake with {host}: {e}"))?;
+                .map_err(|source| LinkError::Tls { host: host.clone(), source })?;
             Box::new(stream)
         } else {
             Box::new(tcp)
         };
-        tokio_tungstenite::client_async_with_config(req, io, Some(cfg))
-            .await
-            .map_err(|e| format!("connect: {e}"))
+        tokio_tungstenite::client_async_with_config(req, io, Some(cfg)).await.map_err(LinkError::Upgrade)
     };
     match tokio::time::timeout(Duration::from_secs(10), fut).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err("connect timed out".into()),
+        Err(_) => Err(LinkError::Timeout),
     }
 }
 

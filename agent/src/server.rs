@@ -10,7 +10,7 @@ use crate::http;
 use crate::state::AgentState;
 use bytes::BytesMut;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,36 +51,64 @@ impl Default for SocketAccess {
     }
 }
 
+/// Why a socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The path is a symlink (it could point anywhere).
+    #[error("{} is a symlink; refusing to use it", .0.display())]
+    Symlink(PathBuf),
+    /// Something other than a socket is there.
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotSocket(PathBuf),
+    /// Another process answers on it.
+    #[error("{} is live (another agent is running?)", .0.display())]
+    Live(PathBuf),
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Binds a Unix socket safely: refuses symlinks and non-sockets, refuses a live socket, removes a
 /// stale one, then sets its group and mode.
-pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<UnixListener, String> {
+pub fn bind_socket(path: &Path, access: SocketAccess) -> Result<UnixListener, BindError> {
+    let io = |action: &'static str, p: &Path| {
+        let path = p.to_owned();
+        move |source| BindError::Io { action, path, source }
+    };
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             let ft = meta.file_type();
             if ft.is_symlink() {
-                return Err(format!("{} is a symlink; refusing to use it", path.display()));
+                return Err(BindError::Symlink(path.to_owned()));
             }
             if !ft.is_socket() {
-                return Err(format!("{} exists and is not a socket; refusing to replace it", path.display()));
+                return Err(BindError::NotSocket(path.to_owned()));
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(format!("{} is live (another agent is running?)", path.display()));
+                return Err(BindError::Live(path.to_owned()));
             }
-            std::fs::remove_file(path).map_err(|e| format!("removing stale {}: {e}", path.display()))?;
+            std::fs::remove_file(path).map_err(io("removing stale", path))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(io("inspecting", path)(e)),
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     }
-    let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let l = UnixListener::bind(path).map_err(io("binding", path))?;
     if let Some(gid) = access.gid {
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| format!("chgrp {gid} {}: {e}", path.display()))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io("chgrp", path))?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
-        .map_err(|e| format!("chmod {:o} {}: {e}", access.mode, path.display()))?;
+        .map_err(io("chmod", path))?;
     Ok(l)
 }
 

@@ -6,7 +6,9 @@
 use crate::hub::Hub;
 use crate::log::{AppendError, Log};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::store::NewEntry;
+use crate::store::StoreError;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -32,8 +34,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub struct AdminState {
     /// The live log.
     pub log: Arc<Log>,
-    /// Agent registry.
+    /// This authority's links (for its lag metrics).
     pub hub: Arc<Hub>,
+    /// Which agents exist and where their cursors are (this replica's, or every replica's).
+    pub registry: Registry,
     /// Metrics.
     pub metrics: Metrics,
     /// Bearer token for /v1/*.
@@ -102,7 +106,7 @@ async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(p) if crate::ct_eq(p.as_bytes(), s.token.as_bytes()) => next.run(req).await,
+        Some(p) if crate::auth::ct_eq(p.as_bytes(), s.token.as_bytes()) => next.run(req).await,
         _ => ApiError::status(StatusCode::UNAUTHORIZED, "missing or invalid admin token").into_response(),
     }
 }
@@ -120,10 +124,6 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 async fn metrics(State(s): State<AdminState>) -> Response {
     s.hub.refresh_metrics(&s.log);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn str_field<'a>(
@@ -275,12 +275,9 @@ async fn create(
         Some("all") => true,
         Some(_) => return Err(ApiError::bad("wait", "`wait` must be `all`")),
     };
-    let now = now_secs();
-    let mut entry = parse_revocation(&body, s.max_token_ttl, now)?;
-    entry.created_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = s.log.clock().unix_ms();
+    let mut entry = parse_revocation(&body, s.max_token_ttl, now_ms / 1000)?;
+    entry.created_at_ms = now_ms;
     let entry = s.log.append(entry).await.map_err(|e| match &*e {
         AppendError::Closed => {
             ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "authority is shutting down")
@@ -295,11 +292,8 @@ async fn create(
         }
     })?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
-    let receipt = match (wait, s.log.store().is_shared()) {
-        (true, false) => s.hub.wait_all(entry.seq, timeout).await,
-        (false, false) => s.hub.receipt(entry.seq),
-        (wait, true) => shared_receipt(&s, entry.seq, if wait { timeout } else { Duration::ZERO }).await?,
-    };
+    let receipt =
+        s.registry.receipt(entry.seq, if wait { timeout } else { Duration::ZERO }).await.map_err(cursors)?;
     let body = json!({
         "seq": entry.seq,
         "log_id": s.log.log_id().to_string(),
@@ -310,33 +304,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// Every replica's agents, from the shared store.
-async fn shared_agents(s: &AdminState) -> Result<Vec<crate::store::AgentRow>, ApiError> {
-    let store = s.log.store().clone();
-    tokio::task::spawn_blocking(move || store.agents())
-        .await
-        .map_err(|_| ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable"))?
-        .map_err(|e| {
-            tracing::warn!(error = %e, "reading shared agent cursors failed");
-            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable; retry")
-        })
-}
-
-/// A receipt across replicas: polls the shared cursors until every connected agent is at `seq`.
-async fn shared_receipt(
-    s: &AdminState,
-    seq: u64,
-    timeout: Duration,
-) -> Result<crate::hub::Receipt, ApiError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let rows = shared_agents(s).await?;
-        let r = crate::hub::Receipt::of(seq, rows.into_iter().map(|r| (r.id, r.connected, r.applied_seq)));
-        if r.pending.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(r);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The registry could not be read (a shared cursor store that is down): logged, and a 503.
+fn cursors(e: StoreError) -> ApiError {
+    tracing::warn!(error = %e, "reading agent cursors failed");
+    ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable; retry")
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,12 +335,10 @@ async fn one(State(s): State<AdminState>, Path(seq): Path<String>) -> Result<Jso
         ApiError::status(StatusCode::NOT_FOUND, "no such entry (never written, or expired and compacted)")
     })?;
     let mut v = entry_json(&e, &log_id);
-    let states = if s.log.store().is_shared() {
-        let state = |r: &crate::store::AgentRow| crate::hub::ack_state(seq, r.connected, r.applied_seq);
-        shared_agents(&s).await?.iter().map(|r| (r.id.clone(), state(r))).collect()
-    } else {
-        s.hub.ack_states(seq)
-    };
+    let states = s.registry.agents().await.map_err(cursors)?.into_iter().map(|r| {
+        let state = crate::hub::ack_state(seq, r.connected, r.applied_seq);
+        (r.id, state)
+    });
     let agents: Vec<Value> =
         states.into_iter().map(|(id, state)| json!({"id": id, "state": state})).collect();
     if let Value::Object(m) = &mut v {
@@ -380,16 +349,21 @@ async fn one(State(s): State<AdminState>, Path(seq): Path<String>) -> Result<Jso
 
 async fn agents(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let head = s.log.view().head;
-    if !s.log.store().is_shared() {
-        return Ok(Json(json!(s.hub.agents(head))));
-    }
-    let rows: Vec<Value> = shared_agents(&s)
-        .await?
+    let rows: Vec<Value> = s
+        .registry
+        .agents()
+        .await
+        .map_err(cursors)?
         .into_iter()
         .map(|r| {
-            json!({"id": r.id, "connected": r.connected, "remote": r.remote, "applied_seq": r.applied_seq,
-                   "lag": head.saturating_sub(r.applied_seq), "last_ack_at": r.last_ack_at,
-                   "version": r.version, "replica": r.replica})
+            let mut v = json!({"id": r.id, "connected": r.connected, "remote": r.remote,
+                "applied_seq": r.applied_seq, "lag": head.saturating_sub(r.applied_seq),
+                "last_ack_at": r.last_ack_at, "version": r.version});
+            // Which replica holds the link, when replicas share the cursors.
+            if let (Value::Object(m), false) = (&mut v, r.replica.is_empty()) {
+                m.insert("replica".into(), Value::String(r.replica));
+            }
+            v
         })
         .collect();
     Ok(Json(Value::Array(rows)))
@@ -398,21 +372,7 @@ async fn agents(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
 /// `DELETE /v1/agents/{id}`: forgets a departed agent (409 while it is connected).
 async fn forget(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     use crate::store::Forgotten;
-    let mut outcome = s.hub.forget(&id);
-    if outcome != Forgotten::Connected && s.log.store().is_shared() {
-        let store = s.log.store().clone();
-        let shared_id = id.clone();
-        let shared = tokio::task::spawn_blocking(move || store.forget_agent(&shared_id))
-            .await
-            .map_err(|_| ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable"))?
-            .map_err(|e| {
-                tracing::warn!(error = %e, "forgetting a shared agent cursor failed");
-                ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "agent cursors unavailable; retry")
-            })?;
-        if shared != Forgotten::Unknown || outcome == Forgotten::Unknown {
-            outcome = shared;
-        }
-    }
+    let outcome = s.registry.forget(&id).await.map_err(cursors)?;
     match outcome {
         Forgotten::Removed => {
             tracing::info!(agent = %id, "agent forgotten");
@@ -429,15 +389,14 @@ async fn forget(State(s): State<AdminState>, Path(id): Path<String>) -> Result<R
 async fn status(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let view = s.log.view();
     // (connected, lag) of every agent this authority knows, or every replica's on a shared store.
-    let agents: Vec<(bool, u64)> = if s.log.store().is_shared() {
-        shared_agents(&s)
-            .await?
-            .iter()
-            .map(|r| (r.connected, view.head.saturating_sub(r.applied_seq)))
-            .collect()
-    } else {
-        s.hub.agents(view.head).iter().map(|a| (a.connected, a.lag)).collect()
-    };
+    let agents: Vec<(bool, u64)> = s
+        .registry
+        .agents()
+        .await
+        .map_err(cursors)?
+        .iter()
+        .map(|r| (r.connected, view.head.saturating_sub(r.applied_seq)))
+        .collect();
     let connected = agents.iter().filter(|a| a.0).count();
     let max_lag = agents.iter().filter(|a| a.0).map(|a| a.1).max().unwrap_or(0);
     Ok(Json(json!({

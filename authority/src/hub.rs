@@ -3,6 +3,8 @@
 
 use crate::log::Log;
 use crate::metrics::Metrics;
+use crate::store::AgentRow;
+use revmesh_runtime::Clock;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -13,29 +15,35 @@ use tokio_util::sync::CancellationToken;
 /// Disconnected agents remembered at most (oldest forgotten first).
 const MAX_REMEMBERED: usize = 100_000;
 
-/// One agent as shown by `GET /v1/agents`.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentInfo {
-    /// Agent id.
-    pub id: String,
-    /// Link up.
-    pub connected: bool,
+/// One agent linked (or once linked) to this authority.
+#[derive(Debug, Clone)]
+struct AgentInfo {
+    id: String,
+    connected: bool,
     /// Peer address of the last link.
-    pub remote: String,
+    remote: String,
     /// Highest seq of this log the agent acknowledged.
-    pub applied_seq: u64,
-    /// Entries behind the head.
-    pub lag: u64,
+    applied_seq: u64,
     /// Last ack, unix milliseconds.
-    pub last_ack_at: Option<u64>,
-    /// Agent software version.
-    pub version: String,
-    #[serde(skip)]
+    last_ack_at: Option<u64>,
+    version: String,
     link: u64,
-    #[serde(skip)]
     cancel: CancellationToken,
-    #[serde(skip)]
     disconnected_at: u64,
+}
+
+impl AgentInfo {
+    fn row(&self) -> AgentRow {
+        AgentRow {
+            id: self.id.clone(),
+            replica: String::new(),
+            applied_seq: self.applied_seq,
+            connected: self.connected,
+            remote: self.remote.clone(),
+            version: self.version.clone(),
+            last_ack_at: self.last_ack_at,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +92,7 @@ pub struct Hub {
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     metrics: Metrics,
+    clock: Clock,
 }
 
 /// Receipt for one seq: every known agent, by whether it has applied the entry. A receipt never
@@ -125,18 +134,11 @@ impl Receipt {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Hub {
     /// An empty registry; `shared` when agent rows are published to a shared store.
-    pub fn new(metrics: Metrics, shared: bool) -> Self {
+    pub fn new(metrics: Metrics, shared: bool, clock: Clock) -> Self {
         let state = State { shared, ..State::default() };
-        Self { state: Mutex::new(state), changed: watch::channel(0).0, metrics }
+        Self { state: Mutex::new(state), changed: watch::channel(0).0, metrics, clock }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -168,7 +170,6 @@ impl Hub {
             connected: true,
             remote,
             applied_seq,
-            lag: 0,
             last_ack_at: None,
             version,
             link,
@@ -195,7 +196,11 @@ impl Hub {
     }
 
     /// The agent's cursor moved (ack, or a resync reset to 0).
+    ///
+    /// Under the hub's lock an ack touches only its own agent and the cursor multiset
+    /// (O(log n)); the receipt-latency histogram is fed after the lock is released.
     pub fn ack(&self, id: &str, link: u64, applied_seq: u64, log: &Log) {
+        let now = self.clock.unix_ms();
         let mut s = self.lock();
         let Some(a) = s.agents.get_mut(id) else { return };
         if a.link != link || !a.connected {
@@ -203,14 +208,19 @@ impl Hub {
         }
         let old = a.applied_seq;
         a.applied_seq = applied_seq;
-        a.last_ack_at = Some(now_ms());
+        a.last_ack_at = Some(now);
         s.mark_dirty(id);
         let min_before = s.cursors.first_key_value().map(|(k, _)| *k);
         s.cursor_remove(old);
         s.cursor_add(applied_seq);
         let min_after = s.cursors.first_key_value().map(|(k, _)| *k);
-        self.observe_all_acked(&mut s, log);
+        let all_acked = Self::newly_all_acked(&mut s);
         drop(s);
+        if let Some((from, to)) = all_acked {
+            for created in log.created_at_ms(from, to) {
+                self.metrics.revoke_to_all_acked.observe(now.saturating_sub(created) as f64 / 1000.0);
+            }
+        }
         // Receipt waiters only care about the slowest agent: wake them when it moves, not on
         // every one of N acks.
         if min_after != min_before {
@@ -218,23 +228,18 @@ impl Hub {
         }
     }
 
-    fn observe_all_acked(&self, s: &mut State, log: &Log) {
-        let Some((&min, _)) = s.cursors.first_key_value() else { return };
+    /// The seqs every connected agent has now applied for the first time (at most the last
+    /// 4,096 of them: the rest is skipped), and records that they were seen.
+    fn newly_all_acked(s: &mut State) -> Option<(u64, u64)> {
+        let (&min, _) = s.cursors.first_key_value()?;
         if min <= s.all_acked {
             // A newly connected agent behind the others: entries are observed once, when the
             // slowest connected agent passes them for the first time.
-            return;
+            return None;
         }
-        let now = now_ms();
-        // Bounded work: at most a few thousand observations per call; the rest is skipped.
-        let from = s.all_acked + 1;
-        let start = from.max(min.saturating_sub(4_096) + 1);
-        for seq in start..=min {
-            if let Some(created) = log.created_at_ms(seq) {
-                self.metrics.revoke_to_all_acked.observe(now.saturating_sub(created) as f64 / 1000.0);
-            }
-        }
+        let from = (s.all_acked + 1).max(min.saturating_sub(4_096) + 1);
         s.all_acked = min;
+        Some((from, min))
     }
 
     /// The link ended.
@@ -243,7 +248,7 @@ impl Hub {
         let seq = match s.agents.get_mut(id) {
             Some(a) if a.link == link && a.connected => {
                 a.connected = false;
-                a.disconnected_at = now_ms();
+                a.disconnected_at = self.clock.unix_ms();
                 a.applied_seq
             }
             _ => return,
@@ -270,14 +275,10 @@ impl Hub {
         }
     }
 
-    /// Every agent known, with lag against `head`.
-    pub fn agents(&self, head: u64) -> Vec<AgentInfo> {
+    /// Every agent known, by id.
+    pub fn rows(&self) -> Vec<AgentRow> {
         let s = self.lock();
-        let mut v: Vec<AgentInfo> = s
-            .agents
-            .values()
-            .map(|a| AgentInfo { lag: head.saturating_sub(a.applied_seq), ..a.clone() })
-            .collect();
+        let mut v: Vec<AgentRow> = s.agents.values().map(AgentInfo::row).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -286,15 +287,6 @@ impl Hub {
     pub fn receipt(&self, seq: u64) -> Receipt {
         let s = self.lock();
         Receipt::of(seq, s.agents.values().map(|a| (a.id.clone(), a.connected, a.applied_seq)))
-    }
-
-    /// Per-agent state for one seq: `acked`, `pending` (connected) or `disconnected`.
-    pub fn ack_states(&self, seq: u64) -> Vec<(String, &'static str)> {
-        let s = self.lock();
-        let mut v: Vec<(String, &'static str)> =
-            s.agents.values().map(|a| (a.id.clone(), ack_state(seq, a.connected, a.applied_seq))).collect();
-        v.sort();
-        v
     }
 
     fn min_connected_cursor(&self) -> Option<u64> {
@@ -319,21 +311,13 @@ impl Hub {
 
     /// Rows to publish to a shared store: changed agents, plus every connected one when
     /// `refresh` (so their rows stay fresh for other replicas).
-    pub fn take_rows(&self, refresh: bool) -> Vec<crate::store::AgentRow> {
+    pub fn take_rows(&self, refresh: bool) -> Vec<AgentRow> {
         let mut s = self.lock();
         let dirty = std::mem::take(&mut s.dirty);
         s.agents
             .values()
             .filter(|a| dirty.contains(&a.id) || (refresh && a.connected))
-            .map(|a| crate::store::AgentRow {
-                id: a.id.clone(),
-                replica: String::new(),
-                applied_seq: a.applied_seq,
-                connected: a.connected,
-                remote: a.remote.clone(),
-                version: a.version.clone(),
-                last_ack_at: a.last_ack_at,
-            })
+            .map(AgentInfo::row)
             .collect()
     }
 
@@ -346,7 +330,7 @@ impl Hub {
         let age = match min {
             Some(m) if m < head => {
                 let oldest = log.list(m, 1).first().map(|e| e.created_at_ms);
-                oldest.map_or(0.0, |c| now_ms().saturating_sub(c) as f64 / 1000.0)
+                oldest.map_or(0.0, |c| self.clock.unix_ms().saturating_sub(c) as f64 / 1000.0)
             }
             _ => 0.0,
         };

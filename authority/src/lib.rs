@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admin_server;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod hub;
@@ -11,6 +12,7 @@ pub mod links;
 pub mod log;
 pub mod metrics;
 pub mod pg;
+pub mod registry;
 pub mod store;
 pub mod tls;
 
@@ -19,7 +21,7 @@ use config::Config;
 use revmesh_protocol::authority::AuthorityConfig;
 use revmesh_protocol::LogId;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,40 +31,6 @@ use tokio_util::sync::CancellationToken;
 /// How long shutdown waits for links and requests before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Compares secrets in time independent of where they differ.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Reads the admin token, or creates a random one (mode 0600) in the data dir.
-pub fn admin_token(configured: Option<&Path>, data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
-    if let Some(path) = configured {
-        let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let t = t.trim().to_owned();
-        anyhow::ensure!(t.len() >= 16, "admin token in {} is shorter than 16 characters", path.display());
-        return Ok((t, path.to_owned()));
-    }
-    let path = data_dir.join("admin.token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        return Ok((t.trim().to_owned(), path));
-    }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    write_private(&path, token.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated admin token");
-    Ok((token, path))
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -71,7 +39,11 @@ fn hostname() -> String {
 
 /// Publishes this replica's agent cursors to the shared store: changes every 50 ms, every
 /// connected agent every 3 s (rows older than 10 s count as disconnected).
-async fn share_cursors(hub: Arc<hub::Hub>, log: Arc<log::Log>, shutdown: CancellationToken) {
+async fn share_cursors(
+    hub: Arc<hub::Hub>,
+    cursors: Arc<dyn store::CursorStore>,
+    shutdown: CancellationToken,
+) {
     let mut tick = 0u64;
     loop {
         tokio::select! {
@@ -83,7 +55,7 @@ async fn share_cursors(hub: Arc<hub::Hub>, log: Arc<log::Log>, shutdown: Cancell
         if rows.is_empty() {
             continue;
         }
-        let store = log.store().clone();
+        let store = cursors.clone();
         match tokio::task::spawn_blocking(move || store.publish_agents(&rows)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "publishing agent cursors failed"),
@@ -169,33 +141,33 @@ pub async fn serve(
         );
     }
     let metrics = metrics::Metrics::new().context("registering metrics")?;
-    let store: Arc<dyn store::Store> = match &cfg.store {
-        config::StoreKind::Embedded => Arc::new(
+    let clock = revmesh_runtime::Clock::system();
+    let backend = match &cfg.store {
+        config::StoreKind::Embedded => store::Backend::embedded(Arc::new(
             store::RedbStore::open(&cfg.data_dir, LogId(rand::random()))
                 .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
-        ),
+        )),
         config::StoreKind::Postgres(url) => {
             std::fs::create_dir_all(&cfg.data_dir)
                 .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
             let replica = format!("{}-{}", hostname(), std::process::id());
-            Arc::new(
+            store::Backend::shared(Arc::new(
                 pg::PgStore::new(url, replica, LogId(rand::random()), cfg.store_timeout)
                     .context("configuring the PostgreSQL store")?,
-            )
+            ))
         }
     };
     let (log, writer) = {
-        let store = store.clone();
-        let metrics = metrics.clone();
+        let (store, metrics, clock) = (backend.log.clone(), metrics.clone(), clock.clone());
         let timeout = cfg.store_timeout;
         // Loading may talk to PostgreSQL synchronously: keep it off the async workers.
-        tokio::task::spawn_blocking(move || log::Log::open_loaded(store, timeout, metrics))
+        tokio::task::spawn_blocking(move || log::Log::open_loaded(store, timeout, metrics, clock))
             .await
             .context("loading the log")?
             .context("loading the log")?
     };
     let writer = log::Log::start(&log, writer);
-    let (token, token_path) = admin_token(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
+    let (token, token_path) = auth::admin_token(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
     let tokens = Arc::new(match &cfg.agent_token_file {
         Some(p) => links::AgentTokens::load(p).with_context(|| format!("reading {}", p.display()))?,
         None => links::AgentTokens::default(),
@@ -205,7 +177,11 @@ pub async fn serve(
     let agent_tls = cfg.tls.as_ref().map(|t| t.agent.clone());
     let admin_tls = cfg.tls.as_ref().map(|t| t.admin.clone());
 
-    let hub = Arc::new(hub::Hub::new(metrics.clone(), log.store().is_shared()));
+    let hub = Arc::new(hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
+    let registry = match &backend.shared {
+        None => registry::Registry::Embedded(hub.clone()),
+        Some(shared) => registry::Registry::Shared { hub: hub.clone(), cursors: shared.cursors.clone() },
+    };
     let link_cfg = links::LinkConfig {
         session: AuthorityConfig {
             heartbeat: cfg.heartbeat,
@@ -232,6 +208,7 @@ pub async fn serve(
     let state = admin::AdminState {
         log: log.clone(),
         hub: hub.clone(),
+        registry,
         metrics: metrics.clone(),
         token: Arc::new(token),
         max_token_ttl: cfg.max_token_ttl,
@@ -275,10 +252,7 @@ pub async fn serve(
                 _ = tokio::time::sleep(interval) => {}
                 _ = compact_shutdown.cancelled() => return,
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = compactor_log.clock().unix_secs();
             match compactor_log.compact(retain, now).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "compacted expired entries"),
@@ -287,9 +261,9 @@ pub async fn serve(
         }
     });
     tracker.spawn(log.clone().watch_store(shutdown.clone()));
-    if log.store().is_shared() {
-        tracker.spawn(log.clone().tail(shutdown.clone()));
-        tracker.spawn(share_cursors(hub.clone(), log.clone(), shutdown.clone()));
+    if let Some(shared) = backend.shared {
+        tracker.spawn(log.clone().tail(shared.log, shutdown.clone()));
+        tracker.spawn(share_cursors(hub.clone(), shared.cursors, shutdown.clone()));
     }
     tracker.close();
 

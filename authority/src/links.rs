@@ -77,7 +77,7 @@ impl AgentTokens {
             (None, _) => true,
             (Some(tokens), Some(p)) => {
                 // Compare against every token without stopping early.
-                tokens.iter().fold(false, |ok, t| ok | crate::ct_eq(t.as_bytes(), p.as_bytes()))
+                tokens.iter().fold(false, |ok, t| ok | crate::auth::ct_eq(t.as_bytes(), p.as_bytes()))
             }
             (Some(_), None) => false,
         }
@@ -105,14 +105,6 @@ pub struct Links {
     pub tls: Option<crate::tls::ServerTls>,
     catchups: Arc<Semaphore>,
     connections: Arc<Semaphore>,
-}
-
-fn now() -> Now {
-    let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Now { mono: std::time::Instant::now(), unix_ms }
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -243,7 +235,11 @@ impl Links {
         let mut ws = match tokio::time::timeout(self.cfg.handshake_timeout, upgrade).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
-                let reason = if e.to_string().contains("401") { "unauthorized" } else { "handshake" };
+                use tokio_tungstenite::tungstenite::{http::StatusCode, Error as WsError};
+                let reason = match &e {
+                    WsError::Http(r) if r.status() == StatusCode::UNAUTHORIZED => "unauthorized",
+                    _ => "handshake",
+                };
                 self.metrics.agents_rejected_total.with_label_values(&[reason]).inc();
                 tracing::debug!(%remote, error = %e, "agent handshake failed");
                 return;
@@ -267,12 +263,7 @@ impl Links {
                 }
                 Err(e) => {
                     self.reject(e.reason());
-                    let code = if e.reason() == "version" {
-                        ErrorCode::UnsupportedVersion
-                    } else {
-                        ErrorCode::Malformed
-                    };
-                    close_with(&mut ws, ErrorFrame::new(code, e.to_string())).await;
+                    close_with(&mut ws, ErrorFrame::new(e.error_code(), e.to_string())).await;
                     return;
                 }
             },
@@ -302,7 +293,7 @@ impl Links {
             close_with(&mut ws, ErrorFrame::new(ErrorCode::Unauthorized, msg)).await;
             return;
         }
-        let t = now();
+        let t = self.log.clock().now();
         let seed = rand::random::<u64>();
         let mut session =
             match AuthoritySession::accept(&hello, self.log.view(), self.cfg.session.clone(), t, seed) {
@@ -362,7 +353,7 @@ impl Links {
         tokio::pin!(shutdown);
         loop {
             // Send whatever the session wants sent.
-            let t = now();
+            let t = self.log.clock().now();
             let mut wrote = false;
             while let Some(tx) = session.poll_transmit(t) {
                 let frames = match self.materialise(tx, t) {
@@ -392,14 +383,13 @@ impl Links {
             }
             tokio::select! {
                 msg = ws.next() => {
-                    let t = now();
+                    let t = self.log.clock().now();
                     let frame = match msg {
                         Some(Ok(Message::Binary(b))) => match decode(&b) {
                             Ok(f) => f,
                             Err(e) => {
                                 self.reject(e.reason());
-                                let code = if e.reason() == "version" { ErrorCode::UnsupportedVersion } else { ErrorCode::Malformed };
-                                close_with(ws, ErrorFrame::new(code, e.to_string())).await;
+                                close_with(ws, ErrorFrame::new(e.error_code(), e.to_string())).await;
                                 return format!("bad frame: {e}");
                             }
                         },
@@ -427,7 +417,7 @@ impl Links {
                     session.update_log(*view_rx.borrow_and_update());
                 }
                 _ = &mut timer => {
-                    session.handle_timeout(now());
+                    session.handle_timeout(self.log.clock().now());
                     self.events(session, id, link);
                     if let Some(close) = session.closed().cloned() {
                         return self.closed(ws, close).await;

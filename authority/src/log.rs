@@ -5,12 +5,13 @@
 //! after the store committed it, and a revocation request is answered only after that.
 
 use crate::metrics::Metrics;
-use crate::store::{NewEntry, Store, StoreError, Tail};
+use crate::store::{LogStore, NewEntry, SharedLog, StoreError, Tail};
 use bytes::Bytes;
 use revmesh_protocol::authority::LogView;
 use revmesh_protocol::codec::encode;
 use revmesh_protocol::frame::{snapshot_chunks, Batch, Frame};
 use revmesh_protocol::{Entry, LogId};
+use revmesh_runtime::Clock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -66,20 +67,14 @@ pub struct Log {
     /// Agents sent a snapshot at the same head (a reconnect storm after compaction or a new
     /// log) share one encoding; sessions number their snapshots from 1, so the frames match.
     snapshots: Mutex<SnapshotCache>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn LogStore>,
     store_timeout: Duration,
+    clock: Clock,
     /// False after a store operation failed, until one succeeds (a probe, or an append).
     store_ok: AtomicBool,
     /// When the running append started, unix ms (0: no append running).
     append_started_ms: AtomicU64,
     metrics: Metrics,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl std::fmt::Debug for Log {
@@ -91,9 +86,10 @@ impl std::fmt::Debug for Log {
 impl Log {
     /// Loads the store (blocking) and returns the log with the receiver its writer will serve.
     pub fn open_loaded(
-        store: Arc<dyn Store>,
+        store: Arc<dyn LogStore>,
         store_timeout: Duration,
         metrics: Metrics,
+        clock: Clock,
     ) -> Result<(Arc<Self>, mpsc::Receiver<AppendReq>), StoreError> {
         let loaded = store.load()?;
         let view = LogView { log_id: loaded.log_id, floor: loaded.floor, head: loaded.head };
@@ -109,6 +105,7 @@ impl Log {
             snapshots: Mutex::new(None),
             store,
             store_timeout,
+            clock,
             store_ok: AtomicBool::new(true),
             append_started_ms: AtomicU64::new(0),
             metrics,
@@ -166,7 +163,8 @@ impl Log {
     /// been running for longer than the store timeout. `/readyz` answers from this.
     pub fn store_ready(&self) -> bool {
         let started = self.append_started_ms.load(Ordering::Acquire);
-        let stuck = started != 0 && now_ms().saturating_sub(started) > self.store_timeout.as_millis() as u64;
+        let stuck = started != 0
+            && self.clock.unix_ms().saturating_sub(started) > self.store_timeout.as_millis() as u64;
         self.store_ok.load(Ordering::Acquire) && !stuck
     }
 
@@ -222,10 +220,10 @@ impl Log {
                 continue;
             }
             let batch: Vec<NewEntry> = group.iter().map(|r| r.entry.clone()).collect();
-            log.append_started_ms.store(now_ms().max(1), Ordering::Release);
+            log.append_started_ms.store(log.clock.unix_ms().max(1), Ordering::Release);
             let result = tokio::task::spawn_blocking(move || store.append(head, &batch))
                 .await
-                .unwrap_or_else(|e| Err(StoreError::Io(format!("append task failed: {e}"))));
+                .unwrap_or_else(|e| Err(StoreError::Task(e)));
             log.append_started_ms.store(0, Ordering::Release);
             log.set_store_ok(result.is_ok());
             if result.is_err() {
@@ -294,7 +292,7 @@ impl Log {
             let store = self.store.clone();
             let tail = tokio::task::spawn_blocking(move || store.read_after(head))
                 .await
-                .unwrap_or_else(|e| Err(StoreError::Io(format!("read task failed: {e}"))))?;
+                .unwrap_or_else(|e| Err(StoreError::Task(e)))?;
             let more = tail.entries.len() >= 100_000;
             if !self.publish(&tail) {
                 return Err(StoreError::Meta(format!(
@@ -308,10 +306,14 @@ impl Log {
         }
     }
 
-    /// For a shared store: follows other replicas' appends until `shutdown`.
-    pub async fn tail(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+    /// For a shared store: follows other replicas' appends to `shared` until `shutdown`.
+    pub async fn tail(
+        self: Arc<Self>,
+        shared: Arc<dyn SharedLog>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
         while !shutdown.is_cancelled() {
-            let store = self.store.clone();
+            let store = shared.clone();
             let woke = tokio::task::spawn_blocking(move || store.wait_for_change(Duration::from_millis(500)));
             tokio::select! {
                 r = woke => {
@@ -328,9 +330,9 @@ impl Log {
         }
     }
 
-    /// The store (for shared agent cursors).
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// The authority's one clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// One entry, if still stored.
@@ -434,7 +436,7 @@ impl Log {
         let removed = seqs.clone();
         tokio::task::spawn_blocking(move || store.compact(floor, &removed))
             .await
-            .unwrap_or_else(|e| Err(StoreError::Io(format!("compaction task failed: {e}"))))?;
+            .unwrap_or_else(|e| Err(StoreError::Task(e)))?;
         let view = {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
             for s in &seqs {
@@ -447,8 +449,12 @@ impl Log {
         Ok(seqs.len())
     }
 
-    /// `created_at_ms` of an entry (for latency metrics), if still stored.
-    pub fn created_at_ms(&self, seq: u64) -> Option<u64> {
-        self.get(seq).map(|e| e.created_at_ms)
+    /// `created_at_ms` of every stored entry in `from..=to` (for latency metrics), read under
+    /// one lock.
+    pub fn created_at_ms(&self, from: u64, to: u64) -> Vec<u64> {
+        match self.inner.read() {
+            Ok(i) if from <= to => i.entries.range(from..=to).map(|(_, e)| e.created_at_ms).collect(),
+            _ => Vec::new(),
+        }
     }
 }

@@ -6,7 +6,10 @@
 //! and also poll, so a missed notification only delays, never loses. Agent cursors are shared
 //! in `revmesh_agents` so receipts and `GET /v1/agents` cover every replica.
 
-use crate::store::{record, unrecord, AgentRow, Forgotten, Loaded, NewEntry, Store, StoreError, Tail};
+use crate::store::{
+    record, unrecord, AgentRow, CursorStore, Forgotten, Loaded, LogStore, NewEntry, SharedLog, StoreError,
+    Tail,
+};
 use postgres::{Client, NoTls};
 use revmesh_protocol::{Entry, LogId};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,9 +48,15 @@ CREATE TABLE IF NOT EXISTS revmesh_agents (
 ";
 
 fn db(e: postgres::Error) -> StoreError {
+    StoreError::Postgres(e)
+}
+
+/// A PostgreSQL error as operators read it: the SQLSTATE and the server's message when the
+/// server answered, the client's description otherwise.
+pub(crate) fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
-        Some(d) => StoreError::Io(format!("postgres: {}: {}", d.code().code(), d.message())),
-        None => StoreError::Io(format!("postgres: {e}")),
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
     }
 }
 
@@ -124,7 +133,7 @@ impl PgStore {
         F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
     {
         if self.hanging.load(Ordering::Acquire) >= MAX_HANGING {
-            return Err(StoreError::Io("postgres: unreachable (earlier operations still hang)".into()));
+            return Err(StoreError::Unavailable("postgres unreachable (earlier operations still hang)"));
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (pool, hanging, config) = (self.pool.clone(), self.hanging.clone(), self.config.clone());
@@ -150,11 +159,11 @@ impl PgStore {
         });
         if let Err(e) = spawned {
             self.hanging.fetch_sub(1, Ordering::AcqRel);
-            return Err(StoreError::Io(format!("postgres: cannot start a worker thread: {e}")));
+            return Err(StoreError::Worker(e));
         }
         match rx.recv_timeout(limit) {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Io(format!("postgres: no answer within {limit:?}"))),
+            Err(_) => Err(StoreError::Timeout(limit)),
         }
     }
 }
@@ -169,7 +178,7 @@ fn rows_to_entries(rows: &[postgres::Row]) -> Result<Vec<Entry>, StoreError> {
         .collect()
 }
 
-impl Store for PgStore {
+impl LogStore for PgStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let new_id = self.new_log_id.0.to_vec();
         // Reading a large log at start may take longer than one revocation's commit may.
@@ -251,10 +260,6 @@ impl Store for PgStore {
         })
     }
 
-    fn is_shared(&self) -> bool {
-        true
-    }
-
     fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
         let (head, floor, rows) = self.with(move |c| {
             let mut tx =
@@ -276,7 +281,9 @@ impl Store for PgStore {
         };
         Ok(Tail { entries, head, floor: floor as u64 })
     }
+}
 
+impl SharedLog for PgStore {
     fn wait_for_change(&self, timeout: Duration) -> Result<(), StoreError> {
         let mut guard = self.listener.lock().unwrap_or_else(|p| p.into_inner());
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
@@ -296,7 +303,9 @@ impl Store for PgStore {
         }
         result.map_err(db)
     }
+}
 
+impl CursorStore for PgStore {
     fn publish_agents(&self, rows: &[AgentRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());

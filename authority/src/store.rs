@@ -1,7 +1,10 @@
-//! Durable storage of the revocation log behind a [`Store`] trait, with the embedded
-//! [redb](https://docs.rs/redb) implementation.
+//! Durable storage behind three traits, each implemented only by the backends that have it:
+//! [`LogStore`] (the sequenced log: every backend), [`SharedLog`] (a log other replicas append
+//! to as well, which must be tailed) and [`CursorStore`] (agent cursors shared between
+//! replicas). The embedded [redb](https://docs.rs/redb) store is a `LogStore` only; the
+//! PostgreSQL store (`pg.rs`) is all three.
 //!
-//! A store is synchronous (callers use `spawn_blocking`): appending is one write transaction
+//! Stores are synchronous (callers use `spawn_blocking`): appending is one write transaction
 //! whose commit is the fsync, so a group of concurrent requests shares it. Every record
 //! carries a checksum that is verified when the log is loaded; a store that fails it refuses
 //! to start rather than serve a different history under the same seqs.
@@ -56,9 +59,37 @@ pub struct Loaded {
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be opened, read or written.
-    #[error("store i/o: {0}")]
-    Io(String),
+    /// The embedded database failed to open, read or write.
+    #[error("store: {0}")]
+    Redb(#[source] Box<redb::Error>),
+    /// The data directory could not be created.
+    #[error("{}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// PostgreSQL refused or failed an operation.
+    #[error("postgres: {}", crate::pg::describe(.0))]
+    Postgres(#[from] postgres::Error),
+    /// The store did not answer within the store timeout.
+    #[error("store did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The store refuses work until it recovers (closed after an I/O error, or earlier
+    /// operations still hang).
+    #[error("store unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The blocking task running a store operation failed.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A worker thread for a store operation could not be started.
+    #[error("cannot start a store worker: {0}")]
+    Worker(#[source] std::io::Error),
+    /// An entry could not be encoded for storage.
+    #[error("encoding an entry: {0}")]
+    Encode(#[from] revmesh_protocol::codec::EncodeError),
     /// A record failed its checksum or did not decode: the store is damaged.
     #[error("store corrupt at seq {seq}: {why}")]
     Corrupt {
@@ -72,8 +103,8 @@ pub enum StoreError {
     Meta(String),
 }
 
-fn io(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(e.to_string())
+fn io(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Redb(Box::new(e.into()))
 }
 
 /// What a shared log holds after a seq, read in one consistent snapshot.
@@ -117,8 +148,8 @@ pub enum Forgotten {
     Unknown,
 }
 
-/// A durable, sequenced revocation log.
-pub trait Store: Send + Sync + 'static {
+/// A durable, sequenced revocation log: what every backend implements.
+pub trait LogStore: Send + Sync + 'static {
     /// Reads the whole log (creating an empty one with a fresh id if there is none).
     fn load(&self) -> Result<Loaded, StoreError>;
     /// Durably appends `batch` in one commit; returns the sequenced entries. A single-writer
@@ -126,38 +157,68 @@ pub trait Store: Send + Sync + 'static {
     fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError>;
     /// Removes `seqs` (expired entries at or below `floor`) and records the new floor.
     fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError>;
-    /// True when other processes append to the same log (the caller must tail it).
-    fn is_shared(&self) -> bool {
-        false
-    }
     /// Checks that the store can currently be reached (cheap; called every second).
     fn probe(&self) -> Result<(), StoreError>;
-    /// Entries after `after`, with head and floor (for tailing a shared log).
-    fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
-        let l = self.load()?;
-        Ok(Tail {
-            entries: l.entries.into_iter().filter(|e| e.seq > after).collect(),
-            head: l.head,
-            floor: l.floor,
-        })
-    }
+    /// Entries after `after`, with head and floor, in one consistent read (after a commit
+    /// whose outcome is unknown, and for tailing a shared log).
+    fn read_after(&self, after: u64) -> Result<Tail, StoreError>;
+}
+
+/// A log that other processes append to as well: the authority must tail it.
+pub trait SharedLog: LogStore {
     /// Blocks until another writer may have appended, or `timeout` passes.
-    fn wait_for_change(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
-        std::thread::sleep(timeout);
-        Ok(())
-    }
-    /// Publishes agent cursors of this replica (shared stores only).
-    fn publish_agents(&self, _rows: &[AgentRow]) -> Result<(), StoreError> {
-        Ok(())
-    }
+    fn wait_for_change(&self, timeout: std::time::Duration) -> Result<(), StoreError>;
+}
+
+/// Agent cursors shared between replicas (each replica publishes the agents linked to it).
+pub trait CursorStore: Send + Sync + 'static {
+    /// Publishes agent cursors of this replica.
+    fn publish_agents(&self, rows: &[AgentRow]) -> Result<(), StoreError>;
     /// Every agent of every replica, with `connected` meaning "reported by a live replica".
-    fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        Ok(Vec::new())
+    fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
+    /// Removes a disconnected agent's shared cursor.
+    fn forget_agent(&self, id: &str) -> Result<Forgotten, StoreError>;
+}
+
+/// The backend a configuration chose: the log, and for a shared backend its tail and cursors.
+#[derive(Clone)]
+pub struct Backend {
+    /// The log.
+    pub log: std::sync::Arc<dyn LogStore>,
+    /// Set when other replicas share the log and the agent cursors.
+    pub shared: Option<Shared>,
+}
+
+/// The parts of a backend that only a shared store has.
+#[derive(Clone)]
+pub struct Shared {
+    /// The log, to tail.
+    pub log: std::sync::Arc<dyn SharedLog>,
+    /// Agent cursors of every replica.
+    pub cursors: std::sync::Arc<dyn CursorStore>,
+}
+
+impl Backend {
+    /// A log only this process writes (agent cursors stay in memory).
+    pub fn embedded(log: std::sync::Arc<dyn LogStore>) -> Self {
+        Self { log, shared: None }
     }
-    /// Removes a disconnected agent's shared cursor (shared stores; others keep agents in
-    /// memory only and have nothing to forget).
-    fn forget_agent(&self, _id: &str) -> Result<Forgotten, StoreError> {
-        Ok(Forgotten::Unknown)
+
+    /// A log and agent cursors shared with other replicas.
+    pub fn shared<S: SharedLog + CursorStore>(store: std::sync::Arc<S>) -> Self {
+        Self { log: store.clone(), shared: Some(Shared { log: store.clone(), cursors: store }) }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("shared", &self.shared.is_some()).finish()
     }
 }
 
@@ -176,7 +237,7 @@ pub struct RedbStore {
 }
 
 pub(crate) fn record(entry: &Entry) -> Result<Vec<u8>, StoreError> {
-    let body = encode_entry(entry).map_err(io)?;
+    let body = encode_entry(entry)?;
     let mut out = xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes().to_vec();
     out.extend_from_slice(&body);
     Ok(out)
@@ -205,7 +266,7 @@ fn u64_meta(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
 impl RedbStore {
     /// Opens (or creates) `dir/log.redb`. `new_log_id` is used only when the log is new.
     pub fn open(dir: &Path, new_log_id: LogId) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
         let path = dir.join("log.redb");
         let db = Database::create(&path).map_err(io)?;
         Ok(Self {
@@ -219,11 +280,9 @@ impl RedbStore {
     /// Runs `f` on the open database; an I/O error marks the database for reopening.
     fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
-        let db = guard
-            .as_ref()
-            .ok_or_else(|| StoreError::Io("store closed after an I/O error; reopening".into()))?;
+        let db = guard.as_ref().ok_or(StoreError::Unavailable("closed after an I/O error; reopening"))?;
         let r = f(db);
-        if let Err(StoreError::Io(e)) = &r {
+        if let Err(StoreError::Redb(e)) = &r {
             if !self.broken.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 tracing::error!(error = %e, "store I/O error; it will be reopened once it works again");
             }
@@ -243,7 +302,7 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
+impl LogStore for RedbStore {
     /// A committed write, so a disk that can be read but not written is found out too.
     fn probe(&self) -> Result<(), StoreError> {
         if self.broken.load(std::sync::atomic::Ordering::Acquire) {
@@ -269,6 +328,28 @@ impl Store for RedbStore {
 
     fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
         self.with_db(|db| Self::compact_in(db, floor, seqs))
+    }
+
+    fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(io)?;
+            let meta = txn.open_table(META).map_err(io)?;
+            let head = match meta.get("head").map_err(io)? {
+                Some(v) => u64_meta(v.value(), "head")?,
+                None => 0,
+            };
+            let floor = match meta.get("floor").map_err(io)? {
+                Some(v) => u64_meta(v.value(), "floor")?,
+                None => 0,
+            };
+            let table = txn.open_table(ENTRIES).map_err(io)?;
+            let mut entries = Vec::new();
+            for item in table.range(after.saturating_add(1)..).map_err(io)? {
+                let (k, v) = item.map_err(io)?;
+                entries.push(unrecord(k.value(), v.value())?);
+            }
+            Ok(Tail { entries, head, floor })
+        })
     }
 }
 
@@ -384,6 +465,21 @@ mod tests {
         assert_eq!(l.entries.len(), 1);
         assert_eq!(l.entries[0].seq, 2);
         assert!(s.append(0, &[new("c")]).is_err(), "a stale head must not overwrite seqs");
+    }
+
+    #[test]
+    fn read_after_reads_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path(), LogId([1; 16])).unwrap();
+        s.load().unwrap();
+        s.append(0, &[new("a"), new("b"), new("c"), new("d")]).unwrap();
+        s.compact(2, &[1]).unwrap();
+        let t = s.read_after(2).unwrap();
+        assert_eq!(t.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!((t.head, t.floor), (4, 2));
+        let t = s.read_after(0).unwrap();
+        assert_eq!(t.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4], "compacted 1 is gone");
+        assert!(s.read_after(4).unwrap().entries.is_empty());
     }
 
     #[test]

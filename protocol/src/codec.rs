@@ -67,6 +67,14 @@ impl DecodeError {
             DecodeError::Invalid(_) => "invalid",
         }
     }
+
+    /// The code of the error frame a receiver closes the link with.
+    pub fn error_code(&self) -> crate::frame::ErrorCode {
+        match self {
+            DecodeError::UnsupportedVersion(_) => crate::frame::ErrorCode::UnsupportedVersion,
+            _ => crate::frame::ErrorCode::Malformed,
+        }
+    }
 }
 
 /// A rule of PROTOCOL.md §3 that a decoded frame breaks.
