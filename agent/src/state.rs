@@ -303,3 +303,37 @@ impl AgentState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use revmesh_protocol::model::EXPIRY_GRACE_SECS;
+    use revmesh_protocol::Revocation;
+
+    #[test]
+    fn expiry_follows_the_injected_clock() {
+        let clock = Clock::manual(1_000_000);
+        let metrics = Metrics::new().unwrap();
+        let s = AgentState::new(RevocationSet::new(), None, 0, None, Duration::from_secs(30), true, metrics)
+            .with_clock(clock.clone());
+        let entry = Entry {
+            seq: 1,
+            created_at_ms: 1_000_000,
+            expires_at: 1_060,
+            reason: None,
+            revocation: Revocation::Jti { jti: "j".into(), iss: None },
+        };
+        s.apply(LogId([1; 16]), &[entry], 1);
+        let token = TokenRef { jti: Some("j"), ..Default::default() };
+        let revoked = |s: &AgentState| matches!(s.decide(&token), Decision::Revoked { seq: 1, .. });
+        assert!(revoked(&s));
+        // Still kept through the grace after its expiry (a token within leeway stays refused)...
+        clock.advance((60 + EXPIRY_GRACE_SECS - 1) * 1000);
+        assert_eq!(s.gc(), 0);
+        assert!(revoked(&s));
+        // ...and forgotten once the clock passes it, with no real time spent.
+        clock.advance(2_000);
+        assert_eq!(s.gc(), 1);
+        assert!(!revoked(&s));
+    }
+}
