@@ -24,21 +24,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "revmesh-agent", &mut std::io::stdout());
-            ExitCode::SUCCESS
-        }
-        Command::Man => {
-            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("revmesh-agent man: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Completions { shell } => process::print_completions::<Cli>(shell, "revmesh-agent"),
+        Command::Man => process::print_man::<Cli>("revmesh-agent"),
         Command::Check(a) => rt.block_on(async {
             match revmesh_agent::server::check_once(&a.socket, &a.jwt).await {
                 Ok(line) => {

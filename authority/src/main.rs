@@ -19,21 +19,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "revmesh-authority", &mut std::io::stdout());
-            ExitCode::SUCCESS
-        }
-        Command::Man => {
-            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("revmesh-authority man: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Completions { shell } => process::print_completions::<Cli>(shell, "revmesh-authority"),
+        Command::Man => process::print_man::<Cli>("revmesh-authority"),
         Command::Serve(args) => {
             let json = args.log_format.as_deref() == Some("json");
             let cfg = match args.with_file().and_then(|raw| Config::build(&raw)) {

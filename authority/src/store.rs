@@ -263,6 +263,28 @@ fn u64_meta(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
     bytes.try_into().map(u64::from_le_bytes).map_err(|_| StoreError::Meta(format!("`{what}` is not 8 bytes")))
 }
 
+/// A `u64` metadata value, 0 when absent.
+fn meta_u64(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<u64, StoreError> {
+    match meta.get(key).map_err(io)? {
+        Some(v) => u64_meta(v.value(), key),
+        None => Ok(0),
+    }
+}
+
+/// Checked entries from a range of the entries table.
+fn records<'a>(
+    range: impl Iterator<
+        Item = Result<(redb::AccessGuard<'a, u64>, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>,
+    >,
+) -> Result<Vec<Entry>, StoreError> {
+    range
+        .map(|item| {
+            let (k, v) = item.map_err(io)?;
+            unrecord(k.value(), v.value())
+        })
+        .collect()
+}
+
 impl RedbStore {
     /// Opens (or creates) `dir/log.redb`. `new_log_id` is used only when the log is new.
     pub fn open(dir: &Path, new_log_id: LogId) -> Result<Self, StoreError> {
@@ -334,20 +356,9 @@ impl LogStore for RedbStore {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(io)?;
             let meta = txn.open_table(META).map_err(io)?;
-            let head = match meta.get("head").map_err(io)? {
-                Some(v) => u64_meta(v.value(), "head")?,
-                None => 0,
-            };
-            let floor = match meta.get("floor").map_err(io)? {
-                Some(v) => u64_meta(v.value(), "floor")?,
-                None => 0,
-            };
+            let (head, floor) = (meta_u64(&meta, "head")?, meta_u64(&meta, "floor")?);
             let table = txn.open_table(ENTRIES).map_err(io)?;
-            let mut entries = Vec::new();
-            for item in table.range(after.saturating_add(1)..).map_err(io)? {
-                let (k, v) = item.map_err(io)?;
-                entries.push(unrecord(k.value(), v.value())?);
-            }
+            let entries = records(table.range(after.saturating_add(1)..).map_err(io)?)?;
             Ok(Tail { entries, head, floor })
         })
     }
@@ -368,20 +379,9 @@ impl RedbStore {
                     self.new_log_id
                 }
             };
-            let head = match meta.get("head").map_err(io)? {
-                Some(v) => u64_meta(v.value(), "head")?,
-                None => 0,
-            };
-            let floor = match meta.get("floor").map_err(io)? {
-                Some(v) => u64_meta(v.value(), "floor")?,
-                None => 0,
-            };
+            let (head, floor) = (meta_u64(&meta, "head")?, meta_u64(&meta, "floor")?);
             let table = txn.open_table(ENTRIES).map_err(io)?;
-            let mut entries = Vec::new();
-            for item in table.iter().map_err(io)? {
-                let (k, v) = item.map_err(io)?;
-                entries.push(unrecord(k.value(), v.value())?);
-            }
+            let entries = records(table.iter().map_err(io)?)?;
             if let Some(last) = entries.last() {
                 if last.seq > head {
                     return Err(StoreError::Meta(format!("entry {} beyond recorded head {head}", last.seq)));
@@ -398,10 +398,7 @@ impl RedbStore {
         let mut out = Vec::with_capacity(batch.len());
         {
             let mut meta = txn.open_table(META).map_err(io)?;
-            let stored_head = match meta.get("head").map_err(io)? {
-                Some(v) => u64_meta(v.value(), "head")?,
-                None => 0,
-            };
+            let stored_head = meta_u64(&meta, "head")?;
             if stored_head != head {
                 return Err(StoreError::Meta(format!(
                     "head moved: expected {head}, store has {stored_head}"

@@ -1,6 +1,26 @@
 //! Start-up and shutdown glue: logging, the open-file limit, and the signals that stop a
 //! process gracefully.
 
+/// `completions SHELL`: the shell completion script for `C`, on stdout.
+pub fn print_completions<C: clap::CommandFactory>(
+    shell: clap_complete::Shell,
+    binary: &str,
+) -> std::process::ExitCode {
+    clap_complete::generate(shell, &mut C::command(), binary, &mut std::io::stdout());
+    std::process::ExitCode::SUCCESS
+}
+
+/// `man`: the man page for `C` (roff), on stdout.
+pub fn print_man<C: clap::CommandFactory>(binary: &str) -> std::process::ExitCode {
+    match clap_mangen::Man::new(C::command()).render(&mut std::io::stdout()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{binary} man: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sends logs to stderr: text (coloured on a terminal) or one JSON object per line.
 pub fn init_tracing(filter: &str, json: bool) {
     use std::io::IsTerminal;
