@@ -5,6 +5,7 @@
 mod e2e;
 mod metrics;
 mod nginx;
+mod prometheus;
 mod sockets;
 mod tokens;
 mod util;

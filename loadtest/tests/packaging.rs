@@ -1,0 +1,120 @@
+//! The packaging in `deploy/`: the systemd units pass `systemd-analyze verify` with no warning
+//! and keep their sandbox, and every command line in the units and in the Kubernetes example
+//! is one the binaries accept (every flag exists).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A workspace binary, built next to this crate's.
+fn binary(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_revmesh-loadtest")).parent().unwrap().to_owned();
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} missing: build the workspace (cargo build --workspace --locked)", p.display());
+    p
+}
+
+/// Runs `name args… --help`: clap refuses an unknown flag before it prints the help, so exit 0
+/// means every flag on the command line exists.
+fn flags_exist(name: &str, args: &[String], what: &str) {
+    let out = Command::new(binary(name)).args(args).arg("--help").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: `{name} {}` is refused:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn systemd_units_verify_cleanly_keep_their_sandbox_and_use_real_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["revmesh-authority", "revmesh-agent"] {
+        let text = std::fs::read_to_string(repo().join(format!("deploy/systemd/{name}.service"))).unwrap();
+        for directive in [
+            "DynamicUser=yes",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "CapabilityBoundingSet=\n",
+            &format!("StateDirectory={name}"),
+            "RestartPreventExitStatus=64",
+        ] {
+            assert!(text.contains(directive), "{name}.service lacks `{}`", directive.trim());
+        }
+        if name == "revmesh-agent" {
+            assert!(text.contains("RuntimeDirectory=revmesh") && text.contains("--socket-group"));
+        }
+        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+        let args: Vec<String> = exec.split_whitespace().skip(1).map(str::to_owned).collect();
+        flags_exist(name, &args, &format!("{name}.service"));
+        // The unit as installed, with the binary where this build put it.
+        let unit = dir.path().join(format!("{name}.service"));
+        let installed = format!("/usr/local/bin/{name}");
+        std::fs::write(&unit, text.replace(&installed, &binary(name).display().to_string())).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&unit)
+            .output()
+            .unwrap_or_else(|e| panic!("systemd-analyze is not installed ({e}): `apt-get install systemd` (scripts/test installs it)"));
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{name}.service: systemd-analyze verify:\n{said}"
+        );
+    }
+}
+
+#[test]
+fn the_kubernetes_example_parses_and_its_containers_use_real_flags() {
+    let path = repo().join("deploy/kubernetes/revmesh.yaml");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "parsing {} failed (PyYAML missing? `pip install pyyaml`, scripts/test installs it):\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in ["StatefulSet", "Deployment", "Service", "ServiceMonitor", "PodMonitor"] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    let mut checked = 0;
+    for d in &docs {
+        let containers = d["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+        for c in containers {
+            let args: Vec<String> = c["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            let name = match (c["command"][0].as_str(), args.first().map(String::as_str)) {
+                (Some("revmesh-agent"), _) => "revmesh-agent",
+                (None, Some("serve")) => "revmesh-authority",
+                _ => continue,
+            };
+            flags_exist(name, &args, &format!("container {}", c["name"]));
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2, "the authority and the agent sidecar");
+    // The sidecar shares its sockets with the app through one emptyDir.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("--socket=/run/revmesh/agent.sock")
+            && text.matches("name: revmesh-sockets").count() >= 3
+    );
+}
