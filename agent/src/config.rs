@@ -115,6 +115,24 @@ pub struct RunArgs {
     #[arg(long, env = "REVMESH_HTTP_SOCKET")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub http_socket: Option<String>,
+    /// HTTP/1.1 check endpoint over TCP, e.g. 127.0.0.1:7403, for proxies that cannot use a
+    /// Unix socket [default: off].
+    #[arg(long, env = "REVMESH_HTTP_LISTEN")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub http_listen: Option<String>,
+    /// Cookie read for the token when a check request has no `Authorization: Bearer`
+    /// [default: none].
+    #[arg(long, env = "REVMESH_TOKEN_COOKIE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub token_cookie: Option<String>,
+    /// Envoy/Istio ext_authz gRPC (`envoy.service.auth.v3.Authorization`) on a Unix socket.
+    #[arg(long, env = "REVMESH_GRPC_SOCKET")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub grpc_socket: Option<String>,
+    /// Envoy/Istio ext_authz gRPC over TCP, e.g. 127.0.0.1:9191 [default: off].
+    #[arg(long, env = "REVMESH_GRPC_LISTEN")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub grpc_listen: Option<String>,
     /// Group (name or gid) given to every Unix socket the agent creates, so a proxy running as
     /// another user (nginx's www-data, Envoy's uid) can connect [default: the agent's group].
     #[arg(long, env = "REVMESH_SOCKET_GROUP")]
@@ -214,6 +232,14 @@ pub struct Config {
     pub socket: PathBuf,
     /// HTTP socket.
     pub http_socket: Option<PathBuf>,
+    /// HTTP over TCP.
+    pub http_listen: Option<SocketAddr>,
+    /// Cookie holding the token when there is no bearer header.
+    pub token_cookie: Option<String>,
+    /// ext_authz gRPC socket.
+    pub grpc_socket: Option<PathBuf>,
+    /// ext_authz gRPC over TCP.
+    pub grpc_listen: Option<SocketAddr>,
     /// Ownership and mode of the sockets.
     pub socket_access: crate::server::SocketAccess,
     /// Metrics address.
@@ -288,7 +314,8 @@ impl RunArgs {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let file: RunArgs = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         Ok(merge!(self, file;
-            opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, socket_group, socket_mode, metrics_listen, hs256_secret_file, jwks_file,
+            opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, http_listen, token_cookie,
+                 grpc_socket, grpc_listen, socket_group, socket_mode, metrics_listen, hs256_secret_file, jwks_file,
                  issuer, audience, leeway, max_token_bytes, max_staleness, on_stale, max_clients,
                  client_idle_timeout, log, log_format;
             vec: authority, public_key_file, allow_uid))
@@ -404,6 +431,21 @@ impl Config {
                 None
             }
         };
+        let mut addr = |field: &'static str, v: &Option<String>| -> Option<SocketAddr> {
+            let text = v.as_deref()?;
+            text.parse()
+                .map_err(|_| push(field, format!("`{text}` is not an address such as 127.0.0.1:7403")))
+                .ok()
+        };
+        let http_listen = addr("http-listen", &raw.http_listen);
+        let grpc_listen = addr("grpc-listen", &raw.grpc_listen);
+        if let Some(c) = &raw.token_cookie {
+            if c.is_empty()
+                || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                push("token-cookie", format!("`{c}` is not a cookie name"));
+            }
+        }
         let metrics_text = raw.metrics_listen.as_deref().unwrap_or("127.0.0.1:7402");
         let metrics_listen = metrics_text.parse().unwrap_or_else(|_| {
             push("metrics-listen", format!("`{metrics_text}` is not an address"));
@@ -476,6 +518,10 @@ impl Config {
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/agent")),
             socket,
             http_socket: raw.http_socket.as_ref().map(PathBuf::from),
+            http_listen,
+            token_cookie: raw.token_cookie.clone(),
+            grpc_socket: raw.grpc_socket.as_ref().map(PathBuf::from),
+            grpc_listen,
             socket_access: crate::server::SocketAccess { mode, gid },
             metrics_listen,
             keys,

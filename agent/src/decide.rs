@@ -22,6 +22,27 @@ pub enum Request<'a> {
     Bad(&'static str),
 }
 
+/// The token a proxied request presents: `Authorization: Bearer …` (scheme matched without
+/// regard to case, RFC 7235), or else the cookie `cookie_name` from the `Cookie` header.
+pub fn presented_token<'a>(
+    authorization: Option<&'a str>,
+    cookie_header: Option<&'a str>,
+    cookie_name: Option<&str>,
+) -> Option<&'a str> {
+    let bearer = authorization.and_then(|v| {
+        let v = v.trim();
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    });
+    bearer.or_else(|| {
+        let name = cookie_name?;
+        cookie_header?.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"')).filter(|v| !v.is_empty())
+        })
+    })
+}
+
 /// The answer to a [`Request`], before a front end renders it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -158,5 +179,23 @@ impl Checker {
                 Verdict::from_decision(d, v.sub, Some(v.exp))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::presented_token;
+
+    #[test]
+    fn tokens_come_from_the_bearer_header_or_else_the_named_cookie() {
+        assert_eq!(presented_token(Some("Bearer a.b.c"), None, None), Some("a.b.c"));
+        assert_eq!(presented_token(Some("bearer  a.b.c "), None, None), Some("a.b.c"));
+        assert_eq!(presented_token(Some("Basic dXNlcg=="), None, None), None);
+        let cookies = Some("theme=dark; session=x.y.z; other=1");
+        assert_eq!(presented_token(None, cookies, Some("session")), Some("x.y.z"));
+        assert_eq!(presented_token(Some("Bearer a.b.c"), cookies, Some("session")), Some("a.b.c"));
+        assert_eq!(presented_token(None, cookies, None), None, "cookies only when configured");
+        assert_eq!(presented_token(None, cookies, Some("sess")), None);
+        assert_eq!(presented_token(None, Some("session="), Some("session")), None);
     }
 }

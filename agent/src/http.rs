@@ -4,7 +4,7 @@
 //! [`parse_head`] is pure (bytes in, request out); [`read_request`] only feeds it; [`render`]
 //! maps a [`Verdict`] to a status, headers and body. The decision is [`Checker::decide`]'s.
 
-use crate::decide::{Checker, Request, Verdict};
+use crate::decide::{presented_token, Checker, Request, Verdict};
 use crate::state::AgentState;
 use bytes::{Buf, BytesMut};
 use std::time::Duration;
@@ -21,8 +21,10 @@ pub struct HttpRequest {
     pub method: String,
     /// Path (query stripped).
     pub path: String,
-    /// Bearer token from `Authorization`.
-    pub bearer: Option<String>,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+    /// The `Cookie` header.
+    pub cookie: Option<String>,
     /// Keep the connection open after answering.
     pub keep_alive: bool,
 }
@@ -56,14 +58,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(HttpRequest, usize)>, HeadError>
     let mut req = HttpRequest {
         method: method.to_owned(),
         path: target.split('?').next().unwrap_or("").to_owned(),
-        bearer: None,
+        authorization: None,
+        cookie: None,
         keep_alive: version == "HTTP/1.1",
     };
     for l in lines {
         let (k, v) = l.split_once(':').ok_or(HeadError::Malformed)?;
         let v = v.trim();
         match k.trim().to_ascii_lowercase().as_str() {
-            "authorization" => req.bearer = v.strip_prefix("Bearer ").map(|t| t.trim().to_owned()),
+            "authorization" => req.authorization = Some(v.to_owned()),
+            "cookie" => req.cookie = Some(v.to_owned()),
             "connection" if v.eq_ignore_ascii_case("close") => req.keep_alive = false,
             "connection" if v.eq_ignore_ascii_case("keep-alive") => req.keep_alive = true,
             // Bodies are never needed here; refusing them keeps framing simple and safe.
@@ -177,10 +181,12 @@ pub fn health(state: &AgentState) -> String {
     }
 }
 
-/// Serves one HTTP connection on the check socket until it closes.
+/// Serves one HTTP connection on the check socket until it closes; `token_cookie` names the
+/// cookie read when there is no bearer token.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     checker: &Checker,
+    token_cookie: Option<&str>,
     idle: Duration,
     shutdown: &CancellationToken,
 ) {
@@ -190,7 +196,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         // Any method on /v1/check and below it: proxies forward the original method and
         // path (Envoy's `path_prefix`), nginx `auth_request` sends the client's method.
         let response = if req.path == "/v1/check" || req.path.starts_with("/v1/check/") {
-            render(&checker.decide(Request::Check(req.bearer.as_deref())))
+            let token = presented_token(req.authorization.as_deref(), req.cookie.as_deref(), token_cookie);
+            render(&checker.decide(Request::Check(token)))
         } else if req.path == "/healthz" && req.method == "GET" {
             (200, Vec::new(), health(&checker.state))
         } else if req.path == "/healthz" {
@@ -220,7 +227,7 @@ mod tests {
                 .unwrap_or_default();
         assert_eq!(used, 59);
         assert_eq!(req.path, "/v1/check");
-        assert_eq!(req.bearer.as_deref(), Some("a.b.c"));
+        assert_eq!(req.authorization.as_deref(), Some("Bearer a.b.c"));
         assert!(req.keep_alive);
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\n"), Ok(None));
         assert_eq!(parse_head(b"GET / HTTP/1.0\r\nContent-Length: 3\r\n\r\n"), Err(HeadError::Body));

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod decide;
+pub mod grpc;
 pub mod http;
 pub mod jwt;
 pub mod lines;
@@ -23,6 +24,21 @@ use tokio_util::sync::CancellationToken;
 pub struct Bound {
     /// Metrics endpoint.
     pub metrics: std::net::SocketAddr,
+    /// HTTP check endpoint over TCP (`--http-listen`).
+    pub http: Option<std::net::SocketAddr>,
+    /// ext_authz gRPC over TCP (`--grpc-listen`).
+    pub grpc: Option<std::net::SocketAddr>,
+}
+
+/// Binds an optional TCP listener; a taken address is a configuration error.
+async fn bind_tcp(
+    field: &'static str,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, config::ConfigErrors> {
+    let Some(addr) = addr else { return Ok(None) };
+    tokio::net::TcpListener::bind(addr).await.map(Some).map_err(|e| {
+        config::ConfigErrors(vec![config::ConfigError { field, message: format!("cannot bind {addr}: {e}") }])
+    })
 }
 
 /// Runs an agent until `shutdown`.
@@ -43,6 +59,8 @@ pub async fn run(
             message: format!("cannot bind {}: {e}", cfg.metrics_listen),
         }])
     })?;
+    let http_tcp = bind_tcp("http-listen", cfg.http_listen).await?;
+    let grpc_tcp = bind_tcp("grpc-listen", cfg.grpc_listen).await?;
     let keys = cfg.verification.clone();
     if cfg.authorities.is_empty() {
         tracing::warn!("no --authority: this agent will never learn of a revocation and answers as stale");
@@ -77,20 +95,36 @@ pub async fn run(
         Some(p) => Some(server::bind_socket(p, cfg.socket_access)?),
         None => None,
     };
-    let bound = Bound { metrics: metrics_listener.local_addr()? };
+    let grpc_listener = match &cfg.grpc_socket {
+        Some(p) => Some(server::bind_socket(p, cfg.socket_access)?),
+        None => None,
+    };
+    let local = |l: &Option<tokio::net::TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let bound =
+        Bound { metrics: metrics_listener.local_addr()?, http: local(&http_tcp), grpc: local(&grpc_tcp) };
 
     let tracker = tokio_util::task::TaskTracker::new();
     let server = Arc::new(server::Server {
         checker: decide::Checker::new(state.clone(), keys, cfg.rules.clone()),
+        token_cookie: cfg.token_cookie.clone(),
         allow_uid: cfg.allow_uid.clone(),
         clients: Arc::new(tokio::sync::Semaphore::new(cfg.max_clients)),
         idle: cfg.client_idle_timeout,
         shutdown: shutdown.clone(),
         tracker: tokio_util::task::TaskTracker::new(),
     });
-    tracker.spawn(server.clone().serve_unix(line_listener, false));
+    tracker.spawn(server.clone().serve_unix(line_listener, server::Front::Line));
     if let Some(l) = http_listener {
-        tracker.spawn(server.clone().serve_unix(l, true));
+        tracker.spawn(server.clone().serve_unix(l, server::Front::Http));
+    }
+    if let Some(l) = http_tcp {
+        tracker.spawn(server.clone().serve_tcp(l));
+    }
+    if let Some(l) = grpc_listener {
+        tracker.spawn(grpc::serve_unix(server.clone(), l));
+    }
+    if let Some(l) = grpc_tcp {
+        tracker.spawn(grpc::serve_tcp(server.clone(), l));
     }
     tracker.spawn(server::serve_metrics(metrics_listener, state.clone(), shutdown.clone()));
     let settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
@@ -121,8 +155,7 @@ pub async fn run(
         server.tracker.wait().await;
     })
     .await;
-    let _ = std::fs::remove_file(&cfg.socket);
-    if let Some(p) = &cfg.http_socket {
+    for p in std::iter::once(&cfg.socket).chain(&cfg.http_socket).chain(&cfg.grpc_socket) {
         let _ = std::fs::remove_file(p);
     }
     Ok(())

@@ -96,11 +96,23 @@ fn main() -> ExitCode {
                 });
                 revmesh_agent::run(cfg, shutdown, |b| {
                     if json {
-                        let line = serde_json::json!({"msg": "ready", "binary": "revmesh-agent",
+                        let mut line = serde_json::json!({"msg": "ready", "binary": "revmesh-agent",
                             "metrics": b.metrics.to_string()});
+                        for (k, v) in [("http", b.http), ("grpc", b.grpc)] {
+                            if let (Some(v), Some(m)) = (v, line.as_object_mut()) {
+                                m.insert(k.into(), v.to_string().into());
+                            }
+                        }
                         println!("{line}");
                     } else {
-                        println!("revmesh-agent ready metrics={}", b.metrics);
+                        // Extra listeners first: `metrics=` stays the last field.
+                        let mut extra = String::new();
+                        for (k, v) in [("http", b.http), ("grpc", b.grpc)] {
+                            if let Some(v) = v {
+                                extra.push_str(&format!("{k}={v} "));
+                            }
+                        }
+                        println!("revmesh-agent ready {extra}metrics={}", b.metrics);
                     }
                 })
                 .await

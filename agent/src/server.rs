@@ -11,10 +11,13 @@ use crate::state::AgentState;
 use bytes::BytesMut;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +27,8 @@ use tokio_util::task::TaskTracker;
 pub struct Server {
     /// The decision every front end asks for.
     pub checker: Checker,
+    /// Cookie read for the token when a check has no bearer header.
+    pub token_cookie: Option<String>,
     /// Peer uid allow list (empty: anyone who can open the socket).
     pub allow_uid: Vec<u32>,
     /// Client cap across both sockets.
@@ -120,50 +125,135 @@ impl Server {
         s.peer_cred().map(|c| self.allow_uid.contains(&c.uid())).unwrap_or(false)
     }
 
-    /// Serves one Unix listener with `handler` until shutdown.
-    pub async fn serve_unix(self: Arc<Self>, listener: UnixListener, http: bool) {
+    /// The next connection on `listener` this server admits: one over the client cap, or
+    /// from a uid not in `--allow-uid`, is closed at once (never queued). `None` at shutdown.
+    pub async fn next_unix(&self, listener: &UnixListener) -> Option<Slot<UnixStream>> {
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = self.shutdown.cancelled() => return,
-            };
-            let stream = match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.clients.clone().try_acquire_owned() else {
-                // Over the cap: close at once rather than queue.
-                drop(stream);
-                continue;
-            };
-            if !self.peer_allowed(&stream) {
-                drop(stream);
-                continue;
+            let Some(stream) = self.accept(listener.accept()).await? else { continue };
+            if let Some(slot) = self.admit(stream, |s| self.peer_allowed(s)) {
+                return Some(slot);
             }
-            let me = self.clone();
-            self.tracker.spawn(async move {
-                if http {
-                    me.http_conn(stream).await;
-                } else {
-                    me.line_conn(stream).await;
-                }
-                drop(permit);
-            });
         }
     }
 
-    async fn line_conn(&self, s: UnixStream) {
-        let max_line = self.checker.rules.max_token_bytes + 64;
-        crate::lines::Connection::new(s, max_line).serve(&self.checker, self.idle, &self.shutdown).await;
+    /// As [`Self::next_unix`], on a TCP listener (no uid check).
+    pub async fn next_tcp(&self, listener: &TcpListener) -> Option<Slot<TcpStream>> {
+        loop {
+            let Some(stream) = self.accept(listener.accept()).await? else { continue };
+            let _ = stream.set_nodelay(true);
+            if let Some(slot) = self.admit(stream, |_| true) {
+                return Some(slot);
+            }
+        }
     }
 
-    async fn http_conn(&self, s: UnixStream) {
-        crate::http::serve(s, &self.checker, self.idle, &self.shutdown).await;
+    /// One accept: `None` at shutdown, `Some(None)` after a failed accept (out of descriptors,
+    /// say), which is retried after a short pause.
+    async fn accept<S, A>(
+        &self,
+        accept: impl std::future::Future<Output = std::io::Result<(S, A)>>,
+    ) -> Option<Option<S>> {
+        let accepted = tokio::select! {
+            a = accept => a,
+            _ = self.shutdown.cancelled() => return None,
+        };
+        match accepted {
+            Ok((s, _)) => Some(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some(None)
+            }
+        }
     }
+
+    fn admit<S>(&self, stream: S, allowed: impl Fn(&S) -> bool) -> Option<Slot<S>> {
+        let permit = self.clients.clone().try_acquire_owned().ok()?;
+        allowed(&stream).then_some(Slot { stream, _permit: permit })
+    }
+
+    /// Serves one Unix listener with the line protocol or HTTP until shutdown.
+    pub async fn serve_unix(self: Arc<Self>, listener: UnixListener, front: Front) {
+        while let Some(slot) = self.next_unix(&listener).await {
+            let me = self.clone();
+            self.tracker.spawn(async move { me.serve_conn(slot, front).await });
+        }
+    }
+
+    /// Serves HTTP on a TCP listener (`--http-listen`) until shutdown.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        while let Some(slot) = self.next_tcp(&listener).await {
+            let me = self.clone();
+            self.tracker.spawn(async move { me.serve_conn(slot, Front::Http).await });
+        }
+    }
+
+    async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(&self, slot: Slot<S>, front: Front) {
+        match front {
+            Front::Line => {
+                let max_line = self.checker.rules.max_token_bytes + 64;
+                let conn = crate::lines::Connection::new(slot, max_line);
+                conn.serve(&self.checker, self.idle, &self.shutdown).await;
+            }
+            Front::Http => {
+                let cookie = self.token_cookie.as_deref();
+                crate::http::serve(slot, &self.checker, cookie, self.idle, &self.shutdown).await;
+            }
+        }
+    }
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The line protocol (PROTOCOL.md §7).
+    Line,
+    /// HTTP/1.1 (`/v1/check`, `/healthz`).
+    Http,
+}
+
+/// An admitted connection; its client slot is released when it drops.
+#[derive(Debug)]
+pub struct Slot<S> {
+    stream: S,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Slot<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Slot<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl<S> tonic::transport::server::Connected for Slot<S> {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
 /// Serves `GET /metrics` on a TCP listener.

@@ -175,3 +175,55 @@ fn the_check_command_prints_the_verdict_and_exits_0_only_for_ok() {
     assert_eq!(bad.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&bad.stdout).trim(), "INVALID reason=malformed");
 }
+
+/// One raw HTTP/1.0 request over TCP; the whole answer.
+fn tcp_http(addr: &str, head: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "{head}\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_over_tcp_reads_the_token_cookie_when_there_is_no_bearer_header() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = crate::util::Authority::start(adir.path(), 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = crate::util::AgentProc::start(
+        dir.path(),
+        &auth.url(),
+        &["--http-listen", "127.0.0.1:0", "--token-cookie", "session"],
+    );
+    let addr = agent.ready_field("http").expect("ready line names the HTTP address");
+    crate::util::wait_for(|| !agent.ask("PING").ends_with("log_id=none"), "agent in sync").await;
+    let exp = crate::util::now() + 3600;
+    auth.revoke(serde_json::json!({"kind": "jti", "jti": "gone", "expires_at": exp})).await;
+    let good = crate::util::token("fine", "alice", serde_json::json!({}));
+    let gone = crate::util::token("gone", "bob", serde_json::json!({}));
+    let ask = |cookie: &str| {
+        tcp_http(&addr, &format!("GET /v1/check/orders/1 HTTP/1.0\r\nCookie: a=b; {cookie}\r\n"))
+    };
+    let ok = ask(&format!("session={good}"));
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.contains("X-Revmesh-Sub: alice"), "{ok}");
+    let revoked = ask(&format!("session={gone}"));
+    assert!(
+        revoked.starts_with("HTTP/1.1 401") && revoked.contains("X-Revmesh-Verdict: revoked"),
+        "{revoked}"
+    );
+    let other = ask(&format!("sess={good}"));
+    assert!(
+        other.starts_with("HTTP/1.1 401") && other.contains("missing bearer token"),
+        "only the named cookie: {other}"
+    );
+    // The bearer header wins over the cookie.
+    let both = tcp_http(
+        &addr,
+        &format!("POST /v1/check HTTP/1.0\r\nAuthorization: Bearer {gone}\r\nCookie: session={good}\r\n"),
+    );
+    assert!(both.starts_with("HTTP/1.1 401"), "{both}");
+    drop(agent);
+    auth.stop().await;
+}

@@ -16,6 +16,8 @@ pub struct AgentProc {
     pub socket: PathBuf,
     pub http_socket: PathBuf,
     pub metrics: String,
+    /// The ready line.
+    pub ready: String,
 }
 
 impl AgentProc {
@@ -45,7 +47,12 @@ impl AgentProc {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.starts_with("revmesh-agent ready"), "agent did not start: {line:?}");
         let metrics = line.trim().rsplit('=').next().unwrap().to_owned();
-        AgentProc { child, socket, http_socket, metrics }
+        AgentProc { child, socket, http_socket, metrics, ready: line.trim().to_owned() }
+    }
+
+    /// A `key=value` field of the ready line.
+    pub fn ready_field(&self, key: &str) -> Option<String> {
+        self.ready.split(' ').find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_owned))
     }
 
     pub fn kill9(&mut self) {
