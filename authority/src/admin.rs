@@ -24,8 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Largest accepted request body.
+/// Largest accepted request body holding one object.
 pub const MAX_BODY: usize = 64 << 10;
+/// Largest accepted body holding an array of revocations.
+pub const MAX_BULK_BODY: usize = 2 << 20;
+/// Most revocations in one array (one commit).
+pub const MAX_BULK: usize = 10_000;
 /// Longest `?wait=all` wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -55,12 +59,22 @@ pub struct AdminState {
 pub struct ApiError {
     status: StatusCode,
     error: String,
-    field: Option<&'static str>,
+    field: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl ApiError {
     fn bad(field: &'static str, error: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, error: error.into(), field: Some(field) }
+        Self { status: StatusCode::BAD_REQUEST, error: error.into(), field: Some(field.into()) }
+    }
+    /// The same error about element `index` of a bulk array (`[17].expires_at`).
+    fn in_element(mut self, index: usize) -> Self {
+        let inner = self.field.take().filter(|f| f != "body");
+        self.field = Some(match inner {
+            Some(f) => format!("[{index}].{f}").into(),
+            None => format!("[{index}]").into(),
+        });
+        self.error = format!("element {index}: {}", self.error);
+        self
     }
     fn status(status: StatusCode, error: impl Into<String>) -> Self {
         Self { status, error: error.into(), field: None }
@@ -95,7 +109,7 @@ pub fn app(state: AdminState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(MAX_BULK_BODY))
         .with_state(state)
 }
 
@@ -158,6 +172,44 @@ const KNOWN: &[&str] = &["kind", "jti", "iss", "sub", "kid", "sid", "issued_befo
 pub fn parse_revocation(body: &[u8], max_token_ttl: Duration, now: u64) -> Result<NewEntry, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("body", format!("body is not valid JSON: {e}")))?;
+    revocation_from(value, max_token_ttl, now)
+}
+
+/// Revocations for `POST /v1/revocations`: one object, or an array of up to
+/// [`MAX_BULK`] of them (all or nothing: the first bad element is named, `[17].expires_at`).
+pub fn parse_revocations(body: &[u8], max_token_ttl: Duration, now: u64) -> Result<Bulk, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("body", format!("body is not valid JSON: {e}")))?;
+    let Value::Array(items) = value else {
+        if body.len() > MAX_BODY {
+            return Err(ApiError::status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a single revocation is at most {MAX_BODY} bytes"),
+            ));
+        }
+        return revocation_from(value, max_token_ttl, now).map(Bulk::One);
+    };
+    if items.is_empty() || items.len() > MAX_BULK {
+        return Err(ApiError::bad("body", format!("an array holds 1 to {MAX_BULK} revocations")));
+    }
+    let entries = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| revocation_from(v, max_token_ttl, now).map_err(|e| e.in_element(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Bulk::Many(entries))
+}
+
+/// What a revocation request body holds.
+#[derive(Debug)]
+pub enum Bulk {
+    /// One object.
+    One(NewEntry),
+    /// An array (one commit).
+    Many(Vec<NewEntry>),
+}
+
+fn revocation_from(value: Value, max_token_ttl: Duration, now: u64) -> Result<NewEntry, ApiError> {
     let Value::Object(obj) = value else {
         return Err(ApiError::bad("body", "body must be a JSON object"));
     };
@@ -259,7 +311,7 @@ async fn body_bytes(s: &AdminState, body: axum::body::Body, limit: usize) -> Res
             }
             BodyError::Broken => (StatusCode::BAD_REQUEST, "body could not be read".to_owned()),
         };
-        ApiError { status, error, field: Some("body") }
+        ApiError { status, error, field: Some("body".into()) }
     })
 }
 
@@ -268,7 +320,7 @@ async fn create(
     query: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(&s, body, MAX_BODY).await?;
+    let body = body_bytes(&s, body, MAX_BULK_BODY).await?;
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let wait = match q.wait.as_deref() {
         None => false,
@@ -276,9 +328,15 @@ async fn create(
         Some(_) => return Err(ApiError::bad("wait", "`wait` must be `all`")),
     };
     let now_ms = s.log.clock().unix_ms();
-    let mut entry = parse_revocation(&body, s.max_token_ttl, now_ms / 1000)?;
-    entry.created_at_ms = now_ms;
-    let entry = s.log.append(entry).await.map_err(|e| match &*e {
+    let parsed = parse_revocations(&body, s.max_token_ttl, now_ms / 1000)?;
+    let (bulk, mut entries) = match parsed {
+        Bulk::One(e) => (false, vec![e]),
+        Bulk::Many(v) => (true, v),
+    };
+    for e in &mut entries {
+        e.created_at_ms = now_ms;
+    }
+    let stored = s.log.append_all(entries).await.map_err(|e| match &*e {
         AppendError::Closed => {
             ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "authority is shutting down")
         }
@@ -291,16 +349,26 @@ async fn create(
             ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "revocation could not be stored durably; retry")
         }
     })?;
+    let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
+        return Err(ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "nothing was stored"));
+    };
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
     let receipt =
-        s.registry.receipt(entry.seq, if wait { timeout } else { Duration::ZERO }).await.map_err(cursors)?;
-    let body = json!({
-        "seq": entry.seq,
+        s.registry.receipt(last.seq, if wait { timeout } else { Duration::ZERO }).await.map_err(cursors)?;
+    let mut body = json!({
         "log_id": s.log.log_id().to_string(),
         "acked": receipt.acked,
         "pending": receipt.pending,
         "disconnected": receipt.disconnected,
     });
+    if let Value::Object(m) = &mut body {
+        if bulk {
+            m.insert("first_seq".into(), first.seq.into());
+            m.insert("last_seq".into(), last.seq.into());
+        } else {
+            m.insert("seq".into(), first.seq.into());
+        }
+    }
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -414,9 +482,9 @@ async fn status(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
 mod tests {
     use super::*;
 
-    fn parse(body: &str) -> Result<NewEntry, (&'static str, String)> {
+    fn parse(body: &str) -> Result<NewEntry, (String, String)> {
         parse_revocation(body.as_bytes(), Duration::from_secs(86_400), 1_000)
-            .map_err(|e| (e.field.unwrap_or("-"), e.error))
+            .map_err(|e| (e.field.map_or_else(|| "-".to_owned(), |f| f.into_owned()), e.error))
     }
 
     /// Table of bodies and the field a 400 names.

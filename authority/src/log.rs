@@ -20,8 +20,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most appends waiting for the writer; requests beyond wait for room (backpressure).
 const APPEND_QUEUE: usize = 16_384;
-/// Most entries committed in one transaction.
+/// Most requests taken from the queue at once.
 const MAX_GROUP: usize = 4_096;
+/// Most entries committed in one transaction (a single larger bulk request commits alone).
+const MAX_GROUP_ENTRIES: usize = 16_384;
 /// Encoded batch frames kept for sharing among agents.
 const BATCH_CACHE: usize = 4_096;
 
@@ -54,8 +56,8 @@ type SnapshotCache = Option<((u64, u64), Arc<Vec<Bytes>>)>;
 /// A queued append (opaque outside this module).
 #[derive(Debug)]
 pub struct AppendReq {
-    entry: NewEntry,
-    reply: oneshot::Sender<Result<Entry, Arc<AppendError>>>,
+    entries: Vec<NewEntry>,
+    reply: oneshot::Sender<Result<Vec<Entry>, Arc<AppendError>>>,
 }
 
 /// The live log shared by the admin API and every agent link.
@@ -136,10 +138,17 @@ impl Log {
     /// Durably appends one entry; resolves once it is fsynced and sequenced, or fails when that
     /// has not happened within the store timeout (queueing included).
     pub async fn append(&self, entry: NewEntry) -> Result<Entry, Arc<AppendError>> {
+        let mut stored = self.append_all(vec![entry]).await?;
+        stored.pop().ok_or_else(|| Arc::new(AppendError::Closed))
+    }
+
+    /// Durably appends `entries` in one commit, all or none (a bulk request): resolves with
+    /// their consecutive seqs once fsynced, or fails as [`Self::append`] does.
+    pub async fn append_all(&self, entries: Vec<NewEntry>) -> Result<Vec<Entry>, Arc<AppendError>> {
         let (reply, rx) = oneshot::channel();
         let queued_and_committed = async {
             self.append_tx
-                .send(AppendReq { entry, reply })
+                .send(AppendReq { entries, reply })
                 .await
                 .map_err(|_| Arc::new(AppendError::Closed))?;
             rx.await.map_err(|_| Arc::new(AppendError::Closed))?
@@ -207,48 +216,64 @@ impl Log {
     }
 
     async fn writer(log: std::sync::Weak<Self>, mut rx: mpsc::Receiver<AppendReq>) {
-        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut queued = Vec::with_capacity(MAX_GROUP);
         // Requests that arrive while a commit runs wait in the channel and form the next group:
         // that is the group commit, with no timer.
-        while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        while rx.recv_many(&mut queued, MAX_GROUP).await > 0 {
             let Some(log) = log.upgrade() else { return };
-            let head = log.view().head;
-            let store = log.store.clone();
             // Requests whose waiter gave up (store timeout) are not committed at all.
-            group.retain(|r| !r.reply.is_closed());
-            if group.is_empty() {
-                continue;
+            queued.retain(|r: &AppendReq| !r.reply.is_closed());
+            // One commit holds whole requests (a bulk array is never split) and at most
+            // MAX_GROUP_ENTRIES entries, unless a single request is larger.
+            let mut rest = std::mem::take(&mut queued).into_iter().peekable();
+            while rest.peek().is_some() {
+                let mut group = Vec::new();
+                let mut n = 0;
+                while let Some(r) =
+                    rest.next_if(|r| group.is_empty() || n + r.entries.len() <= MAX_GROUP_ENTRIES)
+                {
+                    n += r.entries.len();
+                    group.push(r);
+                }
+                log.commit(group).await;
             }
-            let batch: Vec<NewEntry> = group.iter().map(|r| r.entry.clone()).collect();
-            log.append_started_ms.store(log.clock.unix_ms().max(1), Ordering::Release);
-            let result = tokio::task::spawn_blocking(move || store.append(head, &batch))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Task(e)));
-            log.append_started_ms.store(0, Ordering::Release);
-            log.set_store_ok(result.is_ok());
-            if result.is_err() {
-                log.metrics.store_errors_total.inc();
-            }
-            match result {
-                Ok(entries) => {
-                    log.metrics.store_commits_total.inc();
-                    // On a shared store other replicas may have appended before us: then our
-                    // entries are published by tailing the store, in seq order, never with a gap.
-                    if !log.publish(&Tail { entries: entries.clone(), head: 0, floor: 0 }) {
-                        if let Err(e) = log.catch_up().await {
-                            tracing::warn!(error = %e, "could not read the log after an append; the tailer retries");
-                        }
-                    }
-                    for (req, e) in group.drain(..).zip(entries) {
-                        let _ = req.reply.send(Ok(e));
+        }
+    }
+
+    /// Commits one group in one transaction and answers each of its requests.
+    async fn commit(&self, group: Vec<AppendReq>) {
+        let head = self.view().head;
+        let store = self.store.clone();
+        let batch: Vec<NewEntry> = group.iter().flat_map(|r| r.entries.iter().cloned()).collect();
+        self.append_started_ms.store(self.clock.unix_ms().max(1), Ordering::Release);
+        let result = tokio::task::spawn_blocking(move || store.append(head, &batch))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Task(e)));
+        self.append_started_ms.store(0, Ordering::Release);
+        self.set_store_ok(result.is_ok());
+        match result {
+            Ok(entries) => {
+                self.metrics.store_commits_total.inc();
+                // On a shared store other replicas may have appended before us: then our
+                // entries are published by tailing the store, in seq order, never with a gap.
+                if !self.publish(&Tail { entries: entries.clone(), head: 0, floor: 0 }) {
+                    if let Err(e) = self.catch_up().await {
+                        tracing::warn!(error = %e, "could not read the log after an append; the tailer retries");
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "append failed; {} revocations refused", group.len());
-                    let e = Arc::new(AppendError::Store(e));
-                    for req in group.drain(..) {
-                        let _ = req.reply.send(Err(e.clone()));
-                    }
+                let mut stored = entries.into_iter();
+                for req in group {
+                    let mine: Vec<Entry> = stored.by_ref().take(req.entries.len()).collect();
+                    let _ = req.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                self.metrics.store_errors_total.inc();
+                let n: usize = group.iter().map(|r| r.entries.len()).sum();
+                tracing::error!(error = %e, "append failed; {n} revocations refused");
+                let e = Arc::new(AppendError::Store(e));
+                for req in group {
+                    let _ = req.reply.send(Err(e.clone()));
                 }
             }
         }

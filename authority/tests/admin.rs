@@ -278,3 +278,53 @@ fn completions_and_man_page_are_generated_from_the_flags() {
     let man = run(&["man"]);
     assert!(man.contains(".TH revmesh-authority 1"), "{man}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_array_is_one_all_or_nothing_commit_with_one_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let agent = Agent::start(vec![a.ws_url()], "bulk-agent");
+    crate::util::wait_for(|| a.metric("revmesh_authority_agents_connected") == 1.0, "agent").await;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let body: Vec<serde_json::Value> = (0..500)
+        .map(|i| serde_json::json!({"kind": "jti", "jti": format!("bulk-{i}"), "expires_at": exp}))
+        .chain([serde_json::json!({"kind": "session", "sid": "s-bulk"})])
+        .collect();
+    let commits = a.metric("revmesh_authority_store_commits_total");
+    let (status, v) =
+        a.post("/v1/revocations?wait=all&timeout_ms=10000", &serde_json::Value::from(body).to_string());
+    assert_eq!(status, 201, "{v}");
+    assert_eq!((v["first_seq"].as_u64(), v["last_seq"].as_u64()), (Some(1), Some(501)), "{v}");
+    assert_eq!(v["acked"], serde_json::json!(["bulk-agent"]), "one receipt for the whole array: {v}");
+    assert_eq!(a.metric("revmesh_authority_store_commits_total") - commits, 1.0, "one commit (one fsync)");
+    assert!(agent.revoked("bulk-0") && agent.revoked("bulk-499"));
+
+    // One bad element: 400 naming it, and nothing of the array is stored.
+    let bad = serde_json::json!([
+        {"kind": "jti", "jti": "fine", "expires_at": exp},
+        {"kind": "jti", "jti": "no-expiry"},
+    ]);
+    let (status, v) = a.post("/v1/revocations", &bad.to_string());
+    assert_eq!((status, v["field"].as_str()), (400, Some("[1].expires_at")), "{v}");
+    let (_, list) = a.get("/v1/revocations?after=501");
+    assert_eq!(list["head"], 501, "nothing stored: {list}");
+    for (body, why) in [
+        ("[]".to_owned(), "empty array"),
+        (
+            serde_json::Value::from(vec![serde_json::json!({"kind": "key", "kid": "k"}); 10_001]).to_string(),
+            "over 10,000",
+        ),
+        ("[1]".to_owned(), "not an object"),
+    ] {
+        let (status, v) = a.post("/v1/revocations", &body);
+        assert_eq!(status, 400, "{why}: {v}");
+    }
+    // One object stays limited to 64 KiB; an array to 2 MiB.
+    let big_reason = serde_json::json!({"kind": "key", "kid": "k", "pad": "x".repeat(70_000)}).to_string();
+    assert_eq!(a.post("/v1/revocations", &big_reason).0, 413);
+    let huge = format!("[{}]", vec![r#"{"kind":"key","kid":"k"}"#; 100_000].join(","));
+    assert_eq!(a.post("/v1/revocations", &huge).0, 413);
+    let (_, list) = a.get("/v1/revocations?after=501");
+    assert_eq!(list["head"], 501);
+    agent.stop().await;
+}

@@ -201,24 +201,26 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         report.insert("propagation".into(), json!(rows));
     }
     if want("ingest") {
-        println!("ingest: durable revocations/s (HTTP clients, 100 agents acking everything)");
+        println!("ingest: durable revocations/s (HTTP clients, 100 agents acking everything; batch > 1: JSON arrays)");
         println!(
-            "{:>8} {:>8} {:>10} {:>10} {:>10} {:>14} {:>10}",
-            "clients", "agents", "rev/s", "p50", "p99", "fsyncs/rev", "lag end"
+            "{:>8} {:>6} {:>8} {:>10} {:>10} {:>10} {:>14} {:>10} {:>12}",
+            "clients", "batch", "agents", "rev/s", "p50", "p99", "fsyncs/rev", "lag end", "caught up"
         );
         let mut rows = Vec::new();
-        for clients in [1, 64] {
-            let r =
-                scenarios::ingest(tmp, clients, 100, Duration::from_secs(a.throughput_secs.max(3))).await?;
+        for (clients, batch) in [(1, 1), (64, 1), (4, 1000)] {
+            let dur = Duration::from_secs(a.throughput_secs.max(3));
+            let r = scenarios::ingest(tmp, clients, batch, 100, dur).await?;
             println!(
-                "{:>8} {:>8} {:>10.0} {:>10} {:>10} {:>14.3} {:>10}",
+                "{:>8} {:>6} {:>8} {:>10.0} {:>10} {:>10} {:>14.3} {:>10} {:>11.1}s",
                 r.clients,
+                r.batch,
                 r.agents,
                 r.per_sec,
                 us(r.latency.p50_us),
                 us(r.latency.p99_us),
                 r.fsyncs_per_revocation,
-                r.lag_at_end
+                r.lag_at_end,
+                r.caught_up_secs
             );
             rows.push(r);
         }

@@ -590,6 +590,8 @@ pub fn memory_probe(n: u64) {
 pub struct Ingest {
     /// Concurrent HTTP clients.
     pub clients: usize,
+    /// Revocations per request (an array when more than 1).
+    pub batch: usize,
     /// Connected agents acking everything.
     pub agents: usize,
     /// Revocations answered 201 per second.
@@ -600,6 +602,8 @@ pub struct Ingest {
     pub fsyncs_per_revocation: f64,
     /// Largest agent lag (entries) seen at the end.
     pub lag_at_end: u64,
+    /// Seconds from the end of the load until every agent was at the head (capped at 120).
+    pub caught_up_secs: f64,
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -610,8 +614,15 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// Maximum durable revocations/s with `clients` concurrent callers while `agents` agents ack.
-pub async fn ingest(dir: &Path, clients: usize, agents: usize, dur: Duration) -> anyhow::Result<Ingest> {
-    let auth = AuthorityProc::start(&dir.join(format!("ingest-{clients}-{agents}")), "127.0.0.1:0", &[])?;
+pub async fn ingest(
+    dir: &Path,
+    clients: usize,
+    batch: usize,
+    agents: usize,
+    dur: Duration,
+) -> anyhow::Result<Ingest> {
+    let auth =
+        AuthorityProc::start(&dir.join(format!("ingest-{clients}-{batch}-{agents}")), "127.0.0.1:0", &[])?;
     let fleet = Fleet::start(agents, &auth.ws, "i")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while connected(&auth).await < agents as u64 {
@@ -620,7 +631,7 @@ pub async fn ingest(dir: &Path, clients: usize, agents: usize, dur: Duration) ->
     }
     let before =
         call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
-    let lat = post_load(std::slice::from_ref(&auth), clients, dur).await?;
+    let lat = post_load_batched(std::slice::from_ref(&auth), clients, batch, dur).await?;
     let elapsed = dur.as_secs_f64();
     let after =
         call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
@@ -630,11 +641,22 @@ pub async fn ingest(dir: &Path, clients: usize, agents: usize, dur: Duration) ->
         - metric(&before, "revmesh_authority_store_commits_total");
     let (_, status) = call(&auth, "GET", "/v1/status".into(), String::new()).await?;
     let lag = status["max_lag"].as_u64().unwrap_or(0);
+    let ended = Instant::now();
+    loop {
+        let (_, status) = call(&auth, "GET", "/v1/status".into(), String::new()).await?;
+        if status["max_lag"].as_u64() == Some(0) || ended.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let caught_up_secs = ended.elapsed().as_secs_f64();
     fleet.stop().await;
     Ok(Ingest {
+        caught_up_secs,
         clients,
+        batch,
         agents,
-        per_sec: lat.len() as f64 / elapsed,
+        per_sec: (lat.len() * batch) as f64 / elapsed,
         latency: summarize(lat),
         fsyncs_per_revocation: commits / revs.max(1.0),
         lag_at_end: lag,
@@ -751,6 +773,17 @@ fn drop_db(server: &str, name: &str) {
 
 /// `clients` blocking HTTP clients spread over `reps`, revoking for `dur`; every call's latency.
 async fn post_load(reps: &[AuthorityProc], clients: usize, dur: Duration) -> anyhow::Result<Vec<Duration>> {
+    post_load_batched(reps, clients, 1, dur).await
+}
+
+/// As [`post_load`], each request carrying `batch` revocations (an array when `batch > 1`);
+/// one latency per request.
+async fn post_load_batched(
+    reps: &[AuthorityProc],
+    clients: usize,
+    batch: usize,
+    dur: Duration,
+) -> anyhow::Result<Vec<Duration>> {
     let stop = Instant::now() + dur;
     let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let mut tasks = Vec::new();
@@ -760,7 +793,14 @@ async fn post_load(reps: &[AuthorityProc], clients: usize, dur: Duration) -> any
         tasks.push(tokio::task::spawn_blocking(move || {
             let mut lat = Vec::new();
             while Instant::now() < stop {
-                let body = format!(r#"{{"kind":"jti","jti":"load-{c}-{}","expires_at":{exp}}}"#, lat.len());
+                let one = |i: usize| {
+                    format!(r#"{{"kind":"jti","jti":"load-{c}-{}-{i}","expires_at":{exp}}}"#, lat.len())
+                };
+                let body = if batch == 1 {
+                    one(0)
+                } else {
+                    format!("[{}]", (0..batch).map(one).collect::<Vec<_>>().join(","))
+                };
                 let t0 = Instant::now();
                 let (status, _) = revmesh_authority::client::http_request(
                     &admin,
