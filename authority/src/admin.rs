@@ -52,6 +52,10 @@ pub struct AdminState {
     pub body_timeout: Duration,
     /// False once shutdown began.
     pub ready: Arc<AtomicBool>,
+    /// Ends long-lived responses (the change feed) at shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Interval of the change feed's heartbeat comments.
+    pub heartbeat: Duration,
 }
 
 /// An API error: status, message and the field at fault.
@@ -63,7 +67,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad(field: &'static str, error: impl Into<String>) -> Self {
+    /// A 400 naming `field`.
+    pub fn bad(field: &'static str, error: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, error: error.into(), field: Some(field.into()) }
     }
     /// The same error about element `index` of a bulk array (`[17].expires_at`).
@@ -95,6 +100,7 @@ impl IntoResponse for ApiError {
 pub fn app(state: AdminState) -> Router {
     let v1 = Router::new()
         .route("/v1/revocations", post(create).get(list))
+        .route("/v1/revocations/stream", get(crate::feed::stream))
         .route("/v1/revocations/{seq}", get(one))
         .route("/v1/agents", get(agents))
         .route("/v1/agents/{id}", axum::routing::delete(forget))

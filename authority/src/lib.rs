@@ -7,6 +7,7 @@ pub mod admin_server;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod feed;
 pub mod hub;
 pub mod links;
 pub mod log;
@@ -214,6 +215,8 @@ pub async fn serve(
         max_token_ttl: cfg.max_token_ttl,
         body_timeout: cfg.admin_body_timeout,
         ready: ready.clone(),
+        shutdown: shutdown.clone(),
+        heartbeat: cfg.heartbeat,
     };
     let view = log.view();
     tracing::info!(

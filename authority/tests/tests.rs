@@ -3,6 +3,7 @@
 
 mod admin;
 mod disk;
+mod feed;
 mod links;
 mod postgres;
 mod relay;
