@@ -3,7 +3,7 @@
 //! only frame requests and render verdicts; a new front end (gRPC ext_authz, say) calls
 //! [`Checker::decide`] and renders what it gets.
 
-use crate::jwt::{Invalid, Keys, Rules};
+use crate::jwt::{Invalid, Keys, Rules, Verified};
 use crate::state::{AgentState, Decision};
 use revmesh_protocol::{Kind, LogId, TokenRef};
 use std::sync::Arc;
@@ -54,10 +54,8 @@ pub enum Verdict {
         lag_ms: u64,
         /// Past the staleness bound under `--on-stale open`.
         stale: bool,
-        /// The token's `sub` (CHECK only).
-        sub: Option<String>,
-        /// The token's `exp` (CHECK only).
-        exp: Option<u64>,
+        /// The verified token's claims (CHECK only; STATUS has no token).
+        token: Option<Box<Verified>>,
     },
     /// Revoked by entry `seq` of `kind`.
     Revoked {
@@ -103,9 +101,9 @@ impl Verdict {
         }
     }
 
-    fn from_decision(d: Decision, sub: Option<String>, exp: Option<u64>) -> Self {
+    fn from_decision(d: Decision, token: Option<Box<Verified>>) -> Self {
         match d {
-            Decision::Ok { seq, lag_ms, stale } => Verdict::Ok { seq, lag_ms, stale, sub, exp },
+            Decision::Ok { seq, lag_ms, stale } => Verdict::Ok { seq, lag_ms, stale, token },
             Decision::Revoked { kind, seq } => Verdict::Revoked { kind, seq },
             Decision::Stale { lag_ms } => Verdict::Stale { lag_ms },
         }
@@ -152,7 +150,7 @@ impl Checker {
                 let (seq, lag_ms, log_id) = self.state.ping();
                 Verdict::Pong { seq, lag_ms, log_id, persist_ok: self.state.persist_ok() }
             }
-            Request::Status(t) => Verdict::from_decision(self.state.decide(&t), None, None),
+            Request::Status(t) => Verdict::from_decision(self.state.decide(&t), None),
             Request::Check(None) => Verdict::NoToken,
             Request::Check(Some(jwt)) => self.check(jwt),
         }
@@ -176,7 +174,7 @@ impl Checker {
                     sid: v.sid.as_deref(),
                 };
                 let d = self.state.decide(&t);
-                Verdict::from_decision(d, v.sub, Some(v.exp))
+                Verdict::from_decision(d, Some(Box::new(v)))
             }
         }
     }

@@ -44,11 +44,12 @@ pub fn response(v: &Verdict) -> CheckResponse {
     };
     let invalid_token = Some("Bearer error=\"invalid_token\"");
     match v {
-        Verdict::Ok { seq, sub, .. } => {
+        Verdict::Ok { seq, token, .. } => {
+            let sub = token.as_ref().and_then(|t| t.sub.as_deref());
             let mut ok = OkHttpResponseBuilder::new();
             // Set by the agent or not at all: a client's own x-revmesh-sub never reaches upstream.
             let printable = |s: &&str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() || c == ' ');
-            match sub.as_deref().filter(printable) {
+            match sub.filter(printable) {
                 Some(sub) => ok.add_header("x-revmesh-sub", sub, overwrite, false),
                 None => ok.remove_header("x-revmesh-sub"),
             };

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Largest HTTP request head accepted.
 pub const MAX_HEAD: usize = 16 << 10;
+/// Largest HTTP request body accepted (an introspection form; checks need none).
+pub const MAX_BODY: usize = 16 << 10;
 
 /// A parsed HTTP request head.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,6 +29,10 @@ pub struct HttpRequest {
     pub cookie: Option<String>,
     /// Keep the connection open after answering.
     pub keep_alive: bool,
+    /// `Content-Length` (at most [`MAX_BODY`]).
+    pub content_length: usize,
+    /// The body, once read.
+    pub body: Vec<u8>,
 }
 
 /// Why a request head is refused (the connection is closed without an answer).
@@ -35,8 +41,8 @@ pub enum HeadError {
     /// Not UTF-8, no request line, or a header without a colon.
     #[error("malformed request head")]
     Malformed,
-    /// A body was announced; none is accepted.
-    #[error("request bodies are not accepted")]
+    /// A body over [`MAX_BODY`], or one framed other than by `Content-Length`.
+    #[error("request body too large or not framed by Content-Length")]
     Body,
     /// Longer than [`MAX_HEAD`].
     #[error("request head too large")]
@@ -61,6 +67,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(HttpRequest, usize)>, HeadError>
         authorization: None,
         cookie: None,
         keep_alive: version == "HTTP/1.1",
+        content_length: 0,
+        body: Vec::new(),
     };
     for l in lines {
         let (k, v) = l.split_once(':').ok_or(HeadError::Malformed)?;
@@ -70,8 +78,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(HttpRequest, usize)>, HeadError>
             "cookie" => req.cookie = Some(v.to_owned()),
             "connection" if v.eq_ignore_ascii_case("close") => req.keep_alive = false,
             "connection" if v.eq_ignore_ascii_case("keep-alive") => req.keep_alive = true,
-            // Bodies are never needed here; refusing them keeps framing simple and safe.
-            "content-length" if v != "0" => return Err(HeadError::Body),
+            // Small bodies framed by Content-Length only: chunked framing is refused.
+            "content-length" => {
+                req.content_length = v.parse().ok().filter(|n| *n <= MAX_BODY).ok_or(HeadError::Body)?;
+            }
             "transfer-encoding" => return Err(HeadError::Body),
             _ => {}
         }
@@ -87,8 +97,19 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     shutdown: &CancellationToken,
 ) -> Option<HttpRequest> {
     loop {
-        if let Some((req, used)) = parse_head(buf).ok()? {
+        if let Some((mut req, used)) = parse_head(buf).ok()? {
             buf.advance(used);
+            while buf.len() < req.content_length {
+                buf.reserve(req.content_length - buf.len());
+                let n = tokio::select! {
+                    r = tokio::time::timeout(idle, s.read_buf(buf)) => r.ok()?.ok()?,
+                    _ = shutdown.cancelled() => return None,
+                };
+                if n == 0 {
+                    return None;
+                }
+            }
+            req.body = buf.split_to(req.content_length).to_vec();
             return Some(req);
         }
         buf.reserve(2048);
@@ -113,6 +134,7 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
@@ -121,7 +143,9 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         _ => "Error",
     };
     let mut out = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n", body.len());
-    out.push_str("Content-Type: text/plain\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        out.push_str("Content-Type: text/plain\r\n");
+    }
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -157,10 +181,11 @@ pub fn render(v: &Verdict) -> Response {
         Verdict::Stale { lag_ms } => {
             (403, vec![verdict("stale")], format!("stale: {lag_ms} ms since the authority was heard\n"))
         }
-        Verdict::Ok { seq, stale, sub, .. } => {
+        Verdict::Ok { seq, stale, token, .. } => {
+            let sub = token.as_ref().and_then(|t| t.sub.as_deref());
             let mut h = vec![verdict("ok"), ("X-Revmesh-Seq".into(), seq.to_string())];
-            if let Some(sub) = sub.as_ref().filter(|s| s.chars().all(|c| c.is_ascii_graphic() || c == ' ')) {
-                h.push(("X-Revmesh-Sub".into(), sub.clone()));
+            if let Some(sub) = sub.filter(|s| s.chars().all(|c| c.is_ascii_graphic() || c == ' ')) {
+                h.push(("X-Revmesh-Sub".into(), sub.to_owned()));
             }
             if *stale {
                 h.push(("X-Revmesh-Stale".into(), "1".into()));
@@ -170,6 +195,85 @@ pub fn render(v: &Verdict) -> Response {
         // Not produced by a check; answered as a server error should one ever reach here.
         Verdict::Pong { .. } | Verdict::Error(_) => (500, Vec::new(), "unexpected verdict\n".into()),
     }
+}
+
+/// `POST /v1/introspect` (RFC 7662): form `token=<JWT>`; `{"active":true,…claims}` only for a
+/// token the agent would answer OK for, `{"active":false}` otherwise (revoked, invalid, expired,
+/// or stale under `--on-stale closed`).
+pub fn introspect(checker: &Checker, body: &[u8]) -> Response {
+    let json = |status: u16, v: serde_json::Value| {
+        let headers = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("Cache-Control".to_owned(), "no-store".to_owned()),
+        ];
+        (status, headers, v.to_string())
+    };
+    let Some(token) = form_value(body, "token") else {
+        checker.refuse();
+        return json(
+            400,
+            serde_json::json!({"error": "invalid_request", "error_description": "form parameter `token` is required"}),
+        );
+    };
+    match checker.decide(Request::Check(Some(&token))) {
+        Verdict::Ok { token: Some(t), .. } => {
+            let mut v = serde_json::json!({"active": true, "exp": t.exp, "token_type": "Bearer"});
+            if let Some(m) = v.as_object_mut() {
+                let strings = [
+                    ("sub", &t.sub),
+                    ("iss", &t.iss),
+                    ("jti", &t.jti),
+                    ("scope", &t.scope),
+                    ("client_id", &t.client_id),
+                ];
+                for (k, val) in strings {
+                    if let Some(val) = val {
+                        m.insert(k.into(), val.clone().into());
+                    }
+                }
+                if let Some(iat) = t.iat {
+                    m.insert("iat".into(), iat.into());
+                }
+                match t.aud.as_slice() {
+                    [] => {}
+                    [one] => {
+                        m.insert("aud".into(), one.clone().into());
+                    }
+                    many => {
+                        m.insert("aud".into(), many.to_vec().into());
+                    }
+                }
+            }
+            json(200, v)
+        }
+        _ => json(200, serde_json::json!({"active": false})),
+    }
+}
+
+/// The first value of `key` in an `application/x-www-form-urlencoded` body.
+pub fn form_value(body: &[u8], key: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k)? == key).then(|| percent_decode(v)).flatten().filter(|v| !v.is_empty())
+    })
+}
+
+/// Decodes `+` and `%XX` (form encoding); `None` for a broken escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `/healthz`: the process answers; says so when applied entries wait to be persisted.
@@ -195,7 +299,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let Some(req) = read_request(&mut s, &mut buf, idle, shutdown).await else { return };
         // Any method on /v1/check and below it: proxies forward the original method and
         // path (Envoy's `path_prefix`), nginx `auth_request` sends the client's method.
-        let response = if req.path == "/v1/check" || req.path.starts_with("/v1/check/") {
+        let response = if req.path == "/v1/introspect" && req.method == "POST" {
+            introspect(checker, &req.body)
+        } else if req.path == "/v1/introspect" {
+            checker.refuse();
+            (405, vec![("Allow".into(), "POST".into())], "method not allowed: use POST\n".to_owned())
+        } else if req.path == "/v1/check" || req.path.starts_with("/v1/check/") {
             let token = presented_token(req.authorization.as_deref(), req.cookie.as_deref(), token_cookie);
             render(&checker.decide(Request::Check(token)))
         } else if req.path == "/healthz" && req.method == "GET" {
@@ -219,6 +328,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn form_values_decode() {
+        assert_eq!(
+            form_value(b"token=a.b.c&token_type_hint=access_token", "token").as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(form_value(b"x=1&token=a%2Eb+c", "token").as_deref(), Some("a.b c"));
+        assert_eq!(form_value(b"token=", "token"), None);
+        assert_eq!(form_value(b"token=%zz", "token"), None);
+        assert_eq!(form_value(b"tok=1", "token"), None);
+        assert_eq!(form_value(b"\xff", "token"), None);
+    }
+
+    #[test]
     fn heads_parse_without_io() {
         let (req, used) =
             parse_head(b"GET /v1/check?x=1 HTTP/1.1\r\nAuthorization: Bearer a.b.c\r\n\r\nrest")
@@ -230,7 +352,14 @@ mod tests {
         assert_eq!(req.authorization.as_deref(), Some("Bearer a.b.c"));
         assert!(req.keep_alive);
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\n"), Ok(None));
-        assert_eq!(parse_head(b"GET / HTTP/1.0\r\nContent-Length: 3\r\n\r\n"), Err(HeadError::Body));
+        assert_eq!(parse_head(b"GET / HTTP/1.0\r\nContent-Length: 99999\r\n\r\n"), Err(HeadError::Body));
+        assert_eq!(
+            parse_head(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(HeadError::Body)
+        );
+        let (req, _) =
+            parse_head(b"POST / HTTP/1.0\r\nContent-Length: 12\r\n\r\n").ok().flatten().unwrap_or_default();
+        assert_eq!(req.content_length, 12);
         assert_eq!(parse_head(b"GET\r\n\r\n"), Err(HeadError::Malformed));
         assert_eq!(parse_head(&vec![b'a'; MAX_HEAD + 1]), Err(HeadError::TooLarge));
     }

@@ -245,6 +245,12 @@ pub struct Verified {
     pub sid: Option<String>,
     /// `exp`
     pub exp: u64,
+    /// `aud` (one string or several).
+    pub aud: Vec<String>,
+    /// `scope`, when a string (RFC 8693 §4.2); shown by introspection only.
+    pub scope: Option<String>,
+    /// `client_id`, when a string; shown by introspection only.
+    pub client_id: Option<String>,
 }
 
 /// A JSON object that refuses duplicate keys (RFC 7515 §5.2 allows refusing them; we must, or two
@@ -388,7 +394,12 @@ impl Keys {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(Invalid::Claims),
         };
+        // Shown by introspection only: a value of another type is left out, never fatal.
+        let lenient = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        let (scope, client_id) = (lenient("scope"), lenient("client_id"));
         let verified = Verified {
+            scope,
+            client_id,
             jti: opt_str(&claims, "jti")?,
             sub: opt_str(&claims, "sub")?,
             sid: opt_str(&claims, "sid")?,
@@ -396,6 +407,7 @@ impl Keys {
             iat,
             kid,
             exp,
+            aud,
         };
         let leeway = rules.leeway_secs;
         if exp.saturating_add(leeway) <= now {
@@ -412,7 +424,7 @@ impl Keys {
             }
         }
         if let Some(want) = &rules.audience {
-            if !aud.iter().any(|a| a == want) {
+            if !verified.aud.iter().any(|a| a == want) {
                 return Err(Invalid::Audience);
             }
         }

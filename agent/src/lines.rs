@@ -106,14 +106,14 @@ fn word(out: &mut String, v: &str) {
 /// Appends the answer line (with `\n`) for `v` to `out`.
 pub fn render(v: &Verdict, out: &mut String) {
     match v {
-        Verdict::Ok { seq, lag_ms, stale, sub, exp } => {
+        Verdict::Ok { seq, lag_ms, stale, token } => {
             let _ = write!(out, "OK seq={seq} lag_ms={lag_ms}");
-            if let Some(s) = sub {
-                out.push_str(" sub=");
-                word(out, s);
-            }
-            if let Some(e) = exp {
-                let _ = write!(out, " exp={e}");
+            if let Some(t) = token {
+                if let Some(s) = &t.sub {
+                    out.push_str(" sub=");
+                    word(out, s);
+                }
+                let _ = write!(out, " exp={}", t.exp);
             }
             if *stale {
                 out.push_str(" stale=1");
@@ -276,10 +276,8 @@ mod tests {
     #[test]
     fn verdicts_render_as_one_line() {
         let mut s = String::new();
-        render(
-            &Verdict::Ok { seq: 3, lag_ms: 4, stale: true, sub: Some("a b".into()), exp: Some(9) },
-            &mut s,
-        );
+        let token = crate::jwt::Verified { sub: Some("a b".into()), exp: 9, ..Default::default() };
+        render(&Verdict::Ok { seq: 3, lag_ms: 4, stale: true, token: Some(Box::new(token)) }, &mut s);
         assert_eq!(s, "OK seq=3 lag_ms=4 sub=a%20b exp=9 stale=1\n");
         s.clear();
         render(&Verdict::Pong { seq: 1, lag_ms: 2, log_id: None, persist_ok: false }, &mut s);

@@ -227,3 +227,54 @@ async fn http_over_tcp_reads_the_token_cookie_when_there_is_no_bearer_header() {
     drop(agent);
     auth.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_is_active_only_for_a_token_the_agent_would_accept() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = crate::util::Authority::start(adir.path(), 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = crate::util::AgentProc::start(dir.path(), &auth.url(), &["--http-listen", "127.0.0.1:0"]);
+    let addr = agent.ready_field("http").unwrap();
+    crate::util::wait_for(|| !agent.ask("PING").ends_with("log_id=none"), "agent in sync").await;
+    let exp = crate::util::now() + 3600;
+    auth.revoke(serde_json::json!({"kind": "jti", "jti": "gone", "expires_at": exp})).await;
+    let post = |body: &str| {
+        let ans = tcp_http(
+            &addr,
+            &format!(
+                "POST /v1/introspect HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .trim_end_matches("\r\n"),
+        );
+        let (head, json) = ans.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), serde_json::from_str::<serde_json::Value>(json).unwrap())
+    };
+    let good = crate::util::token(
+        "fine",
+        "alice",
+        serde_json::json!({"iss": "https://idp", "aud": ["api", "web"], "scope": "read write", "client_id": "shop"}),
+    );
+    let (head, v) = post(&format!("token={good}&token_type_hint=access_token"));
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("Cache-Control: no-store"), "{head}");
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(
+        (v["sub"].as_str(), v["jti"].as_str(), v["iss"].as_str()),
+        (Some("alice"), Some("fine"), Some("https://idp"))
+    );
+    assert_eq!(v["aud"], serde_json::json!(["api", "web"]));
+    assert_eq!((v["scope"].as_str(), v["client_id"].as_str()), (Some("read write"), Some("shop")));
+    assert!(v["exp"].as_u64().is_some() && v["iat"].as_u64().is_some(), "{v}");
+    let gone = crate::util::token("gone", "bob", serde_json::json!({}));
+    for (body, why) in [(format!("token={gone}"), "revoked"), ("token=not.a.jwt".to_owned(), "invalid")] {
+        let (_, v) = post(&body);
+        assert_eq!(v, serde_json::json!({"active": false}), "{why}");
+    }
+    let (head, v) = post("token_type_hint=access_token");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(v["error"], "invalid_request");
+    let too_big = tcp_http(&addr, "POST /v1/introspect HTTP/1.0\r\nContent-Length: 999999\r\n");
+    assert!(too_big.is_empty(), "an oversized body is refused by closing: {too_big}");
+    drop(agent);
+    auth.stop().await;
+}
