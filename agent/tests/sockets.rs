@@ -241,7 +241,7 @@ async fn introspection_is_active_only_for_a_token_the_agent_would_accept() {
     let post = |body: &str| {
         let ans = tcp_http(
             &addr,
-            &format!(
+            format!(
                 "POST /v1/introspect HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
