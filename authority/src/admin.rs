@@ -56,6 +56,8 @@ pub struct AdminState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Interval of the change feed's heartbeat comments.
     pub heartbeat: Duration,
+    /// The OIDC back-channel logout receiver, when providers are configured.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 /// An API error: status, message and the field at fault.
@@ -81,7 +83,8 @@ impl ApiError {
         self.error = format!("element {index}: {}", self.error);
         self
     }
-    fn status(status: StatusCode, error: impl Into<String>) -> Self {
+    /// An error with a status and no field.
+    pub fn status(status: StatusCode, error: impl Into<String>) -> Self {
         Self { status, error: error.into(), field: None }
     }
 }
@@ -108,6 +111,8 @@ pub fn app(state: AdminState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
+        // Authenticated by the logout token's signature, not by the admin token.
+        .route("/v1/oidc/backchannel-logout", post(crate::oidc::backchannel_logout))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -306,7 +311,11 @@ struct CreateQuery {
 }
 
 /// Reads a request body within the body limit and the body timeout.
-async fn body_bytes(s: &AdminState, body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn body_bytes(
+    s: &AdminState,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     use crate::admin_server::{read_body, BodyError};
     read_body(body, limit, s.body_timeout).await.map_err(|e| {
         let (status, error) = match e {

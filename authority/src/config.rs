@@ -128,6 +128,35 @@ pub struct ServeArgs {
     #[arg(long, env = "REVMESH_COMPACT_INTERVAL")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub compact_interval: Option<String>,
+    /// A trusted OIDC provider for back-channel logout, `ISSUER=JWKS` where JWKS is a file or
+    /// an https:// URL (repeatable).
+    #[arg(long, env = "REVMESH_OIDC_PROVIDER")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub oidc_provider: Vec<String>,
+    /// Client id a logout token's `aud` must contain one of (repeatable).
+    #[arg(long, env = "REVMESH_OIDC_AUDIENCE", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub oidc_audience: Vec<String>,
+    /// How often provider JWKS are refreshed [default: 1h].
+    #[arg(long, env = "REVMESH_OIDC_JWKS_REFRESH")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub oidc_jwks_refresh: Option<String>,
+    /// Oldest logout token `iat` accepted, and how long a logout `jti` is remembered [default: 5m].
+    #[arg(long, env = "REVMESH_OIDC_MAX_AGE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub oidc_max_age: Option<String>,
+    /// Clock skew allowed on logout tokens' `iat` and `exp` [default: 30s].
+    #[arg(long, env = "REVMESH_LEEWAY")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub leeway: Option<String>,
+    /// Least time between two fetches of one JWKS URL [default: 10s].
+    #[arg(long, env = "REVMESH_JWKS_MIN_REFRESH")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub jwks_min_refresh: Option<String>,
+    /// CA bundle for https JWKS URLs [default: the system's].
+    #[arg(long, env = "REVMESH_JWKS_CA_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub jwks_ca_file: Option<String>,
     /// TLS certificate (PEM).
     #[arg(long, env = "REVMESH_TLS_CERT")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
@@ -301,13 +330,20 @@ pub struct Config {
     pub log: String,
     /// JSON log lines.
     pub log_json: bool,
+    /// The OIDC back-channel logout receiver (none without `--oidc-provider`).
+    pub oidc: Option<crate::oidc::OidcSettings>,
 }
 
 pub use revmesh_runtime::config::{ConfigError, ConfigErrors};
 
 macro_rules! merge_fields {
     ($cli:expr, $file:expr, $($f:ident),*) => {
-        ServeArgs { config: $cli.config.clone(), $($f: $cli.$f.clone().or($file.$f.clone())),* }
+        ServeArgs {
+            config: $cli.config.clone(),
+            oidc_provider: Vec::new(),
+            oidc_audience: Vec::new(),
+            $($f: $cli.$f.clone().or($file.$f.clone())),*
+        }
     };
 }
 
@@ -321,6 +357,7 @@ impl ServeArgs {
         let file: ServeArgs = toml::from_str(&text).map_err(|e| {
             vec![ConfigError { field: "config", message: format!("{}: {e}", path.display()) }]
         })?;
+        let file_lists = (file.oidc_provider.clone(), file.oidc_audience.clone());
         Ok(merge_fields!(
             self,
             file,
@@ -348,9 +385,72 @@ impl ServeArgs {
             tls_key,
             client_ca,
             log,
-            log_format
+            log_format,
+            oidc_jwks_refresh,
+            oidc_max_age,
+            leeway,
+            jwks_min_refresh,
+            jwks_ca_file
         ))
+        .map(|mut merged| {
+            for (cli, file) in [
+                (&mut merged.oidc_provider, &self.oidc_provider),
+                (&mut merged.oidc_audience, &self.oidc_audience),
+            ] {
+                *cli = file.clone();
+            }
+            if merged.oidc_provider.is_empty() {
+                merged.oidc_provider = file_lists.0;
+            }
+            if merged.oidc_audience.is_empty() {
+                merged.oidc_audience = file_lists.1;
+            }
+            merged
+        })
     }
+}
+
+/// `--oidc-provider ISSUER=JWKS …` and the flags that go with it.
+fn oidc_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::oidc::OidcSettings> {
+    let refresh = e.duration("oidc-jwks-refresh", &raw.oidc_jwks_refresh, Duration::from_secs(3600));
+    let max_age = e.duration("oidc-max-age", &raw.oidc_max_age, Duration::from_secs(300));
+    let leeway = e.duration("leeway", &raw.leeway, Duration::from_secs(30));
+    let min_refresh = e.duration("jwks-min-refresh", &raw.jwks_min_refresh, Duration::from_secs(10));
+    if raw.oidc_provider.is_empty() {
+        if !raw.oidc_audience.is_empty() {
+            e.push("oidc-audience", "needs --oidc-provider");
+        }
+        return None;
+    }
+    let mut providers = Vec::new();
+    for p in &raw.oidc_provider {
+        let Some((issuer, jwks)) = p.split_once('=').filter(|(i, j)| !i.is_empty() && !j.is_empty()) else {
+            e.push("oidc-provider", format!("`{p}` is not ISSUER=JWKS"));
+            continue;
+        };
+        match revmesh_jwt::remote::Location::parse(jwks) {
+            Ok(l) => providers.push((issuer.to_owned(), l)),
+            Err(m) => e.push("oidc-provider", m),
+        }
+    }
+    if raw.oidc_audience.is_empty() {
+        e.push("oidc-audience", "at least one client id is required with --oidc-provider");
+    }
+    let ca = raw.jwks_ca_file.as_ref().map(PathBuf::from);
+    if let Some(c) = &ca {
+        if !c.is_file() {
+            e.push("jwks-ca-file", format!("{} is not a readable file", c.display()));
+        }
+    }
+    Some(crate::oidc::OidcSettings {
+        providers,
+        audiences: raw.oidc_audience.clone(),
+        jwks_refresh: refresh,
+        jwks_min_refresh: min_refresh,
+        jwks_ca_file: ca,
+        max_age,
+        leeway,
+    })
 }
 
 struct Errors(Vec<ConfigError>);
@@ -443,7 +543,9 @@ impl Config {
                 }
             })
         };
+        let oidc = oidc_settings(raw, &mut e);
         let cfg = Config {
+            oidc,
             tls,
             store,
             store_timeout: e.duration("store-timeout", &raw.store_timeout, Duration::from_secs(5)),

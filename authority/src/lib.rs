@@ -12,6 +12,7 @@ pub mod hub;
 pub mod links;
 pub mod log;
 pub mod metrics;
+pub mod oidc;
 pub mod pg;
 pub mod registry;
 pub mod store;
@@ -178,6 +179,12 @@ pub async fn serve(
     let agent_tls = cfg.tls.as_ref().map(|t| t.agent.clone());
     let admin_tls = cfg.tls.as_ref().map(|t| t.admin.clone());
 
+    let oidc = match &cfg.oidc {
+        Some(o) => Some(oidc::Oidc::start(o, shutdown.clone()).await.map_err(|e| {
+            config::ConfigErrors(vec![config::ConfigError { field: "oidc-provider", message: e }])
+        })?),
+        None => None,
+    };
     let hub = Arc::new(hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
     let registry = match &backend.shared {
         None => registry::Registry::Embedded(hub.clone()),
@@ -217,6 +224,7 @@ pub async fn serve(
         ready: ready.clone(),
         shutdown: shutdown.clone(),
         heartbeat: cfg.heartbeat,
+        oidc,
     };
     let view = log.view();
     tracing::info!(

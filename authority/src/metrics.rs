@@ -41,6 +41,8 @@ pub struct Metrics {
     /// `revmesh_authority_admin_connections_shed_total{reason}`: admin API connections closed
     /// by the server (timeouts, or room made at the connection limit).
     pub admin_shed_total: IntCounterVec,
+    /// `revmesh_authority_oidc_logouts_total{result}`: back-channel logouts by outcome.
+    pub oidc_logouts_total: IntCounterVec,
 }
 
 /// Reasons of `agents_rejected_total`, exported at 0 from the start.
@@ -120,6 +122,13 @@ impl Metrics {
                 "revmesh_authority_store_errors_total",
                 "Store operations (appends, probes) that failed or timed out",
             )?,
+            oidc_logouts_total: IntCounterVec::new(
+                Opts::new(
+                    "revmesh_authority_oidc_logouts_total",
+                    "OIDC back-channel logouts received, by result (ok, invalid, replay, unavailable)",
+                ),
+                &["result"],
+            )?,
             admin_shed_total: IntCounterVec::new(
                 Opts::new(
                     "revmesh_authority_admin_connections_shed_total",
@@ -143,6 +152,10 @@ impl Metrics {
         r.register(Box::new(m.store_commits_total.clone()))?;
         r.register(Box::new(m.agents_rejected_total.clone()))?;
         r.register(Box::new(m.admin_shed_total.clone()))?;
+        r.register(Box::new(m.oidc_logouts_total.clone()))?;
+        for result in crate::oidc::RESULTS {
+            m.oidc_logouts_total.with_label_values(&[result]);
+        }
         r.register(Box::new(m.store_ready.clone()))?;
         r.register(Box::new(m.store_errors_total.clone()))?;
         m.store_ready.set(1);

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Ca {
-    cert: rcgen::Certificate,
+pub(crate) struct Ca {
+    pub(crate) cert: rcgen::Certificate,
     key: KeyPair,
 }
 
-fn ca(name: &str) -> Ca {
+pub(crate) fn ca(name: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -25,7 +25,14 @@ fn ca(name: &str) -> Ca {
 }
 
 /// Writes `name.pem` and `name.key` signed by `ca`; returns their paths.
-fn leaf(dir: &Path, ca: &Ca, name: &str, dns: &str, client: bool, expired: bool) -> (PathBuf, PathBuf) {
+pub(crate) fn leaf(
+    dir: &Path,
+    ca: &Ca,
+    name: &str,
+    dns: &str,
+    client: bool,
+    expired: bool,
+) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec![dns.to_owned()]).unwrap();
     p.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));

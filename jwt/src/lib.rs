@@ -9,6 +9,8 @@
 //! JSON type and unknown `crit` extensions are all refused. Signatures are checked by
 //! `jsonwebtoken::crypto::verify` (aws-lc-rs).
 
+pub mod remote;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -222,6 +224,20 @@ impl KeyFiles {
         }
         Ok(Keys { keys })
     }
+}
+
+/// The `iss` claim of a token whose signature has not been checked yet: only to pick the
+/// issuer whose keys must then verify it.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let claims = object(&segment(payload).ok()?).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// The header's `kid` of a token whose signature has not been checked yet.
+pub fn unverified_kid(token: &str) -> Option<String> {
+    let header = object(&segment(token.split('.').next()?).ok()?).ok()?;
+    header.get("kid")?.as_str().map(str::to_owned)
 }
 
 /// A token whose signature verified: its header and claims, not yet judged.

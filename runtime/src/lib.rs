@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod form;
 pub mod pem;
 pub mod process;
 

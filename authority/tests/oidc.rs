@@ -1,0 +1,270 @@
+//! OIDC Back-Channel Logout: logout tokens minted by PyJWT as Keycloak, Auth0 and Ory Hydra
+//! shape them, and hostile ones; a logout with `sid` reaches the agents.
+
+use crate::util::{Agent, Authority};
+use revmesh_protocol::TokenRef;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::process::Command;
+
+const ISSUER: &str = "https://idp.example/realms/shop";
+const AUDIENCE: &str = "shop-backend";
+
+fn mint(jwks: &std::path::Path, now: u64) -> HashMap<String, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mint_logout.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(jwks)
+        .args([ISSUER, AUDIENCE])
+        .arg(now.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "minting with PyJWT failed (`pip install 'pyjwt[crypto]'`, scripts/test installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn logout(a: &Authority, body: &str) -> (u16, Value) {
+    let (status, text) = revmesh_authority::client::http_request(
+        &a.admin,
+        "POST",
+        "/v1/oidc/backchannel-logout",
+        None,
+        body.as_bytes(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_tokens_as_providers_send_them_revoke_and_hostile_ones_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let tokens = mint(&jwks, now);
+    let provider = format!("{ISSUER}={}", jwks.display());
+    let a =
+        Authority::start(&dir.path().join("a"), &["--oidc-provider", &provider, "--oidc-audience", AUDIENCE]);
+    let agent = Agent::start(vec![a.ws_url()], "oidc-agent");
+
+    // Hostile tokens first: each is 400 invalid_request and stores nothing.
+    let hostile = [
+        "wrong_issuer",
+        "wrong_audience",
+        "nonce",
+        "no_events",
+        "wrong_event",
+        "other_key",
+        "unknown_kid",
+        "expired",
+        "too_old",
+        "future",
+        "no_jti",
+        "no_subject",
+        "access_token_type",
+        "alg_none",
+        "hmac_with_public_key",
+    ];
+    for name in hostile {
+        let (status, v) = logout(&a, &format!("logout_token={}", tokens[name]));
+        assert_eq!(status, 400, "{name}: {v}");
+        assert_eq!(v["error"], "invalid_request", "{name}: {v}");
+    }
+    let (status, v) = logout(&a, "state=1");
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")), "no logout_token");
+    let big = format!("logout_token={}", "a".repeat(1 << 20));
+    assert_eq!(logout(&a, &big).0, 413, "a 1 MB body");
+    let (_, list) = a.get("/v1/revocations?after=0");
+    assert_eq!(list["head"], 0, "nothing stored: {list}");
+
+    // As providers send them: 200, empty, once durable.
+    for name in ["keycloak", "keycloak_2023", "auth0", "hydra", "sub_only"] {
+        let (status, v) = logout(&a, &format!("logout_token={}&state=ignored", tokens[name]));
+        assert_eq!(status, 200, "{name}: {v}");
+    }
+    let (_, list) = a.get("/v1/revocations?after=0");
+    let entries = list["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 5, "{list}");
+    assert_eq!(
+        (entries[0]["kind"].as_str(), entries[0]["sid"].as_str()),
+        (Some("session"), Some("kc-session-1"))
+    );
+    assert_eq!(entries[4]["kind"], "subject");
+    assert_eq!(entries[4]["sub"], "user-3");
+    assert_eq!(
+        entries[4]["issued_before"].as_u64(),
+        Some(now),
+        "sub only: tokens issued up to the logout's iat"
+    );
+    // A replay of an accepted token is refused and stores nothing more.
+    let (status, v) = logout(&a, &format!("logout_token={}", tokens["keycloak"]));
+    assert_eq!(status, 400, "replay: {v}");
+    assert_eq!(a.get("/v1/revocations?after=0").1["head"], 5);
+
+    // The agents refuse that session's tokens, and only that session's.
+    agent.wait_applied(5).await;
+    fn session(sid: &str) -> TokenRef<'_> {
+        TokenRef { sid: Some(sid), iss: Some(ISSUER), sub: Some("user-9"), ..Default::default() }
+    }
+    assert!(matches!(
+        agent.state.decide(&session("kc-session-1")),
+        revmesh_agent::state::Decision::Revoked { .. }
+    ));
+    assert!(matches!(
+        agent.state.decide(&session("another-session")),
+        revmesh_agent::state::Decision::Ok { .. }
+    ));
+    let metrics = a.metrics();
+    for (result, n) in [("ok", 5), ("invalid", 16), ("replay", 1)] {
+        let line = format!("revmesh_authority_oidc_logouts_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    agent.stop().await;
+}
+
+/// A JWKS over HTTPS that the test controls: its own CA, the document swapped at will, every
+/// fetch counted. Blocking threads; stops when dropped.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ca_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl JwksServer {
+    fn start(body: String) -> JwksServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::ca("jwks test CA");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+        let (cert, key) = crate::tls::leaf(dir.path(), &ca, "idp", "localhost", false, false);
+        let chain = revmesh_runtime::pem::certs(&cert).unwrap();
+        let key = revmesh_runtime::pem::private_key(&key).unwrap();
+        let cfg = std::sync::Arc::new(
+            rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (b, f) = (body.clone(), fetches.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut tcp) = stream else { return };
+                let (cfg, b, f) = (cfg.clone(), b.clone(), f.clone());
+                std::thread::spawn(move || {
+                    let Ok(conn) = rustls::ServerConnection::new(cfg) else { return };
+                    let mut tls = rustls::StreamOwned::new(conn, &mut tcp);
+                    let mut req = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
+                        if tls.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        req.push(byte[0]);
+                    }
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let body = b.lock().unwrap().clone();
+                    let head = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nCache-Control: public, max-age=3600\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tls.write_all(head.as_bytes());
+                    let _ = tls.write_all(body.as_bytes());
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        JwksServer { addr, body, fetches, ca_file, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}/realms/shop/protocol/openid-connect/certs", self.addr.port())
+    }
+
+    fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Keys of one JWKS document.
+fn keys_of(jwks: &std::path::Path) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(jwks).unwrap()).unwrap();
+    v["keys"].as_array().unwrap().clone()
+}
+
+fn jwks_doc(keys: &[Value]) -> String {
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_keys_over_https_rotate_the_way_an_idp_rotates_them_without_flooding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mint_logout.py");
+    let mint_kid = |name: &str, kid: &str| -> (HashMap<String, String>, Vec<Value>) {
+        let path = dir.path().join(name);
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(&path)
+            .args([ISSUER, AUDIENCE, &now.to_string(), kid])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (serde_json::from_slice(&out.stdout).unwrap(), keys_of(&path))
+    };
+    let (old_tokens, old_keys) = mint_kid("old.json", "2026-10");
+    let (new_tokens, new_keys) = mint_kid("new.json", "2026-11");
+    let idp = JwksServer::start(jwks_doc(&old_keys));
+    let provider = format!("{ISSUER}={}", idp.url());
+    let ca = idp.ca_file.display().to_string();
+    let a = Authority::start(
+        &dir.path().join("a"),
+        &[
+            "--oidc-provider",
+            &provider,
+            "--oidc-audience",
+            AUDIENCE,
+            "--jwks-ca-file",
+            &ca,
+            "--jwks-min-refresh",
+            "1s",
+        ],
+    );
+    assert_eq!(idp.fetches(), 1, "fetched once at start");
+    assert_eq!(
+        logout(&a, &format!("logout_token={}", old_tokens["hydra"])).0,
+        200,
+        "signed with the current key"
+    );
+
+    // 1. The provider publishes its next key beside the current one; 2. signs with it.
+    idp.body.lock().unwrap().clone_from(&jwks_doc(&[old_keys.clone(), new_keys.clone()].concat()));
+    // The unknown kid fetches the JWKS at once, once the minimum interval since the last fetch
+    // (here 1 s, since start) has passed; a refused logout stores nothing and may be retried.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while logout(&a, &format!("logout_token={}", new_tokens["keycloak"])).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the new key was never fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(idp.fetches(), 2, "one fetch for the new key");
+    // A flood of tokens naming keys nobody published fetches nothing more within the minimum
+    // refresh interval: revmesh is no amplifier against the IdP.
+    for _ in 0..200 {
+        assert_eq!(logout(&a, &format!("logout_token={}", new_tokens["unknown_kid"])).0, 400);
+    }
+    assert!(idp.fetches() <= 3, "{} fetches in all after 200 unknown kids", idp.fetches());
+    // 3. The provider retires the old key: until the next refresh the authority keeps the last
+    // good set, and a retired key's token only fails after a refresh drops it.
+    idp.body.lock().unwrap().clone_from(&jwks_doc(&new_keys));
+    assert_eq!(logout(&a, &format!("logout_token={}", new_tokens["auth0"])).0, 200);
+    assert_eq!(a.get("/v1/revocations?after=0").1["head"], 3);
+}

@@ -1,0 +1,312 @@
+//! Key sets that change: a JWKS from a file or an `https://` URL, refreshed on a schedule
+//! (a shorter `Cache-Control: max-age` wins) and at once when a token names an unknown `kid`,
+//! but never more often than `min_refresh`, so tokens with random `kid`s cannot turn revmesh
+//! into a flood against the identity provider. A failed fetch keeps the last good set.
+
+use crate::Keys;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest JWKS document accepted.
+pub const MAX_JWKS_BYTES: usize = 1 << 20;
+/// Limit on one fetch (connect, TLS, request and the whole answer).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a key set lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A JWKS file.
+    File(PathBuf),
+    /// A JWKS URL: `https://`, or `http://` to a loopback address only.
+    Url {
+        /// The URL as given.
+        url: String,
+        /// Host (no brackets).
+        host: String,
+        /// Port.
+        port: u16,
+        /// Path and query.
+        path: String,
+        /// TLS.
+        tls: bool,
+    },
+}
+
+impl Location {
+    /// Parses a file path or a URL.
+    pub fn parse(s: &str) -> Result<Location, String> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else if s.contains("://") {
+            return Err(format!("`{s}`: only https:// URLs (or a file path)"));
+        } else {
+            return Ok(Location::File(PathBuf::from(s)));
+        };
+        let (authority, path) =
+            rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| format!("`{s}`: bad port"))?)
+            }
+            _ => (authority, if tls { 443 } else { 80 }),
+        };
+        let host = host.trim_matches(['[', ']']).to_owned();
+        if host.is_empty() {
+            return Err(format!("`{s}`: no host"));
+        }
+        if !tls && !matches!(host.as_str(), "127.0.0.1" | "::1" | "localhost") {
+            return Err(format!("`{s}`: plain http:// only to 127.0.0.1; use https://"));
+        }
+        Ok(Location::Url { url: s.to_owned(), host, port, path, tls })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Location::File(p) => p.display().to_string(),
+            Location::Url { url, .. } => url.clone(),
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Reading the file or the socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// No TLS configuration for an https:// URL.
+    #[error("no TLS trust roots for https (give a CA file)")]
+    NoTls,
+    /// The host is not a valid TLS name.
+    #[error("`{0}` is not a valid TLS server name")]
+    ServerName(String),
+    /// Not within [`FETCH_TIMEOUT`].
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Larger than [`MAX_JWKS_BYTES`].
+    #[error("answer larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    /// An HTTP status other than 200, or no HTTP at all.
+    #[error("HTTP {0}")]
+    Status(String),
+    /// The document is not a JWKS we can use.
+    #[error("not a usable JWKS: {0}")]
+    Jwks(String),
+    /// Refreshed too recently to fetch again.
+    #[error("refreshed less than the minimum interval ago")]
+    TooSoon,
+}
+
+/// A key set kept fresh from its [`Location`].
+#[derive(Debug)]
+pub struct RemoteKeys {
+    location: Location,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    keys: RwLock<Arc<Keys>>,
+    min_refresh: Duration,
+    /// When the last fetch started (successful or not).
+    last_attempt: Mutex<Option<Instant>>,
+    /// One fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    /// `Cache-Control: max-age` of the last good answer.
+    max_age: Mutex<Option<Duration>>,
+    fetches: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl RemoteKeys {
+    /// A set read from `location` (not fetched yet: call [`Self::refresh`]).
+    pub fn new(location: Location, tls: Option<Arc<rustls::ClientConfig>>, min_refresh: Duration) -> Self {
+        Self {
+            location,
+            tls,
+            keys: RwLock::new(Arc::new(Keys::default())),
+            min_refresh,
+            last_attempt: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            max_age: Mutex::new(None),
+            fetches: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// The keys in force (the last good set; empty before the first good fetch).
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Fetches (attempts, failed).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.fetches.load(Ordering::Relaxed), self.errors.load(Ordering::Relaxed))
+    }
+
+    /// Where the keys come from.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Fetches now unless the last attempt was less than `min_refresh` ago (then `TooSoon`);
+    /// on success the new set replaces the old one, on failure the old one stays.
+    pub async fn refresh(&self) -> Result<usize, FetchError> {
+        let _one = self.fetching.lock().await;
+        {
+            let mut last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
+                return Err(FetchError::TooSoon);
+            }
+            *last = Some(Instant::now());
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout(FETCH_TIMEOUT)),
+        };
+        match result {
+            Ok((keys, max_age)) => {
+                let n = keys.len();
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                *self.max_age.lock().unwrap_or_else(|p| p.into_inner()) = max_age;
+                Ok(n)
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(jwks = %self.location.describe(), error = %e, "JWKS fetch failed; keeping the last good keys");
+                Err(e)
+            }
+        }
+    }
+
+    /// A refresh because a token named `kid`, which no key in force has (rate-limited).
+    pub async fn refresh_for_unknown(&self, kid: &str) -> bool {
+        if self.keys().has_kid(kid) {
+            return true;
+        }
+        let _ = self.refresh().await;
+        self.keys().has_kid(kid)
+    }
+
+    /// Refreshes every `every` (or the last answer's shorter `max-age`, but never more often
+    /// than `min_refresh`) until `stop` resolves.
+    pub async fn run(self: Arc<Self>, every: Duration, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let age = *self.max_age.lock().unwrap_or_else(|p| p.into_inner());
+            let wait = age.map_or(every, |a| a.min(every)).max(self.min_refresh);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut stop => return,
+            }
+            let _ = self.refresh().await;
+        }
+    }
+
+    async fn fetch(&self) -> Result<(Keys, Option<Duration>), FetchError> {
+        let (body, max_age) = match &self.location {
+            Location::File(p) => (tokio::fs::read(p).await?, None),
+            Location::Url { host, port, path, tls, .. } => {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                if *tls {
+                    let cfg = self.tls.clone().ok_or(FetchError::NoTls)?;
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|_| FetchError::ServerName(host.clone()))?;
+                    let stream = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+                    get(stream, host, path).await?
+                } else {
+                    get(tcp, host, path).await?
+                }
+            }
+        };
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(FetchError::TooLarge);
+        }
+        let keys = Keys::from_jwks(&body).map_err(FetchError::Jwks)?;
+        Ok((keys, max_age))
+    }
+}
+
+/// One `GET` as HTTP/1.0 (the answer ends with the connection: no chunked framing to undo).
+async fn get<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    host: &str,
+    path: &str,
+) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/jwk-set+json, application/json\r\nUser-Agent: revmesh\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(8 << 10);
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(n) => n,
+            // Servers that close without TLS close_notify: what was read is complete.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_JWKS_BYTES + (16 << 10) {
+            return Err(FetchError::TooLarge);
+        }
+    }
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| FetchError::Status("no HTTP answer".into()))?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    let code = status.split(' ').nth(1).unwrap_or("");
+    if code != "200" {
+        return Err(FetchError::Status(status.to_owned()));
+    }
+    let mut max_age = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("cache-control") {
+                max_age = v
+                    .split(',')
+                    .find_map(|d| d.trim().strip_prefix("max-age=")?.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+            }
+        }
+    }
+    Ok((buf[end + 4..].to_vec(), max_age))
+}
+
+/// A TLS client configuration trusting `ca_file`, or the system's roots
+/// (`/etc/ssl/certs/ca-certificates.crt`) without one.
+pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let system = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+    let file = ca_file.unwrap_or(system);
+    let roots = revmesh_runtime::pem::roots(file).map_err(|e| e.to_string())?;
+    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_plain_http_is_loopback_only() {
+        assert_eq!(Location::parse("/etc/jwks.json"), Ok(Location::File("/etc/jwks.json".into())));
+        let Ok(Location::Url { host, port, path, tls, .. }) =
+            Location::parse("https://idp.example/realms/x/certs")
+        else {
+            panic!("not a URL");
+        };
+        assert_eq!((host.as_str(), port, path.as_str(), tls), ("idp.example", 443, "/realms/x/certs", true));
+        let Ok(Location::Url { port, path, .. }) = Location::parse("http://127.0.0.1:8080") else { panic!() };
+        assert_eq!((port, path.as_str()), (8080, "/"));
+        assert!(Location::parse("http://idp.example/certs").is_err());
+        assert!(Location::parse("ftp://x/y").is_err());
+        assert!(Location::parse("https:///x").is_err());
+    }
+}
