@@ -58,6 +58,8 @@ pub struct AdminState {
     pub heartbeat: Duration,
     /// The OIDC back-channel logout receiver, when providers are configured.
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// Keys for RFC 7009 revocation requests, when configured.
+    pub token_keys: Option<Arc<crate::oauth::TokenKeys>>,
 }
 
 /// An API error: status, message and the field at fault.
@@ -108,6 +110,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/v1/agents", get(agents))
         .route("/v1/agents/{id}", axum::routing::delete(forget))
         .route("/v1/status", get(status))
+        .route("/v1/oauth2/revoke", post(crate::oauth::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)

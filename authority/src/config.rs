@@ -157,6 +157,19 @@ pub struct ServeArgs {
     #[arg(long, env = "REVMESH_JWKS_CA_FILE")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub jwks_ca_file: Option<String>,
+    /// HMAC secret (at least 32 bytes) that tokens presented to `/v1/oauth2/revoke` may be
+    /// signed with.
+    #[arg(long, env = "REVMESH_TOKEN_HS256_SECRET_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub token_hs256_secret_file: Option<String>,
+    /// Public key (PEM) for tokens presented to `/v1/oauth2/revoke` (repeatable).
+    #[arg(long, env = "REVMESH_TOKEN_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub token_public_key_file: Vec<String>,
+    /// JWKS (a file or an https:// URL) for tokens presented to `/v1/oauth2/revoke`.
+    #[arg(long, env = "REVMESH_TOKEN_JWKS")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub token_jwks: Option<String>,
     /// TLS certificate (PEM).
     #[arg(long, env = "REVMESH_TLS_CERT")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
@@ -332,6 +345,56 @@ pub struct Config {
     pub log_json: bool,
     /// The OIDC back-channel logout receiver (none without `--oidc-provider`).
     pub oidc: Option<crate::oidc::OidcSettings>,
+    /// Keys for RFC 7009 revocation requests (none without `--token-*`).
+    pub token_keys: Option<TokenKeySettings>,
+}
+
+/// `--token-hs256-secret-file`, `--token-public-key-file`, `--token-jwks`, validated.
+#[derive(Debug, Clone)]
+pub struct TokenKeySettings {
+    /// The file keys, loaded.
+    pub files: std::sync::Arc<revmesh_jwt::Keys>,
+    /// The JWKS location.
+    pub jwks: Option<revmesh_jwt::remote::Location>,
+    /// Least time between fetches.
+    pub min_refresh: Duration,
+    /// Scheduled refresh.
+    pub refresh: Duration,
+    /// CA bundle for an https JWKS.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TokenKeySettings {
+    /// The keys, with the JWKS fetched once and kept fresh until `stop`.
+    pub async fn start(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<crate::oauth::TokenKeys, String> {
+        use revmesh_jwt::remote::{Location, RemoteKeys};
+        let jwks = match &self.jwks {
+            None => None,
+            Some(l) => {
+                let tls = match l {
+                    Location::Url { tls: true, .. } => {
+                        Some(revmesh_jwt::remote::client_tls(self.ca_file.as_deref())?)
+                    }
+                    _ => None,
+                };
+                let keys = std::sync::Arc::new(RemoteKeys::new(l.clone(), tls, self.min_refresh));
+                if let Err(e) = keys.refresh().await {
+                    if matches!(l, Location::File(_)) {
+                        return Err(e.to_string());
+                    }
+                    tracing::error!(error = %e, "--token-jwks not loaded yet; retrying");
+                }
+                let run = keys.clone();
+                let every = self.refresh;
+                tokio::spawn(async move { run.run(every, stop.cancelled_owned()).await });
+                Some(keys)
+            }
+        };
+        Ok(crate::oauth::TokenKeys { files: (*self.files).clone(), jwks })
+    }
 }
 
 pub use revmesh_runtime::config::{ConfigError, ConfigErrors};
@@ -342,6 +405,11 @@ macro_rules! merge_fields {
             config: $cli.config.clone(),
             oidc_provider: Vec::new(),
             oidc_audience: Vec::new(),
+            token_public_key_file: if $cli.token_public_key_file.is_empty() {
+                $file.token_public_key_file.clone()
+            } else {
+                $cli.token_public_key_file.clone()
+            },
             $($f: $cli.$f.clone().or($file.$f.clone())),*
         }
     };
@@ -390,7 +458,9 @@ impl ServeArgs {
             oidc_max_age,
             leeway,
             jwks_min_refresh,
-            jwks_ca_file
+            jwks_ca_file,
+            token_hs256_secret_file,
+            token_jwks
         ))
         .map(|mut merged| {
             for (cli, file) in [
@@ -450,6 +520,48 @@ fn oidc_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::oidc::OidcSet
         jwks_ca_file: ca,
         max_age,
         leeway,
+    })
+}
+
+fn token_key_settings(raw: &ServeArgs, e: &mut Errors) -> Option<TokenKeySettings> {
+    let min_refresh = e.duration("jwks-min-refresh", &raw.jwks_min_refresh, Duration::from_secs(10));
+    if raw.token_hs256_secret_file.is_none()
+        && raw.token_public_key_file.is_empty()
+        && raw.token_jwks.is_none()
+    {
+        return None;
+    }
+    let files = revmesh_jwt::KeyFiles {
+        hmac_secret: raw.token_hs256_secret_file.as_ref().map(PathBuf::from),
+        public_keys: raw.token_public_key_file.iter().map(PathBuf::from).collect(),
+        jwks: None,
+    };
+    let files = match files.load() {
+        Ok(k) => std::sync::Arc::new(k),
+        Err(err) => {
+            let field = if err.field == "hs256-secret-file" {
+                "token-hs256-secret-file"
+            } else {
+                "token-public-key-file"
+            };
+            e.push(field, err.message);
+            std::sync::Arc::default()
+        }
+    };
+    let jwks = match raw.token_jwks.as_deref().map(revmesh_jwt::remote::Location::parse) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(m)) => {
+            e.push("token-jwks", m);
+            None
+        }
+    };
+    Some(TokenKeySettings {
+        files,
+        jwks,
+        min_refresh,
+        refresh: Duration::from_secs(300),
+        ca_file: raw.jwks_ca_file.as_ref().map(PathBuf::from),
     })
 }
 
@@ -544,7 +656,9 @@ impl Config {
             })
         };
         let oidc = oidc_settings(raw, &mut e);
+        let token_keys = token_key_settings(raw, &mut e);
         let cfg = Config {
+            token_keys,
             oidc,
             tls,
             store,

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod links;
 pub mod log;
 pub mod metrics;
+pub mod oauth;
 pub mod oidc;
 pub mod pg;
 pub mod registry;
@@ -185,6 +186,12 @@ pub async fn serve(
         })?),
         None => None,
     };
+    let token_keys = match &cfg.token_keys {
+        Some(t) => Some(Arc::new(t.start(shutdown.clone()).await.map_err(|e| {
+            config::ConfigErrors(vec![config::ConfigError { field: "token-jwks", message: e }])
+        })?)),
+        None => None,
+    };
     let hub = Arc::new(hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
     let registry = match &backend.shared {
         None => registry::Registry::Embedded(hub.clone()),
@@ -225,6 +232,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         heartbeat: cfg.heartbeat,
         oidc,
+        token_keys,
     };
     let view = log.view();
     tracing::info!(

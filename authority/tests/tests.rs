@@ -5,6 +5,7 @@ mod admin;
 mod disk;
 mod feed;
 mod links;
+mod oauth;
 mod oidc;
 mod postgres;
 mod relay;

@@ -1,0 +1,111 @@
+//! OAuth 2.0 Token Revocation (RFC 7009): `POST /v1/oauth2/revoke` with the form body
+//! `token=<JWT>` (and an optional `token_type_hint`, advisory only, RFC 7009 §2.1).
+//!
+//! The token is verified with the authority's `--token-*` keys; a valid one has its `jti`
+//! (scoped to its `iss`) revoked until its `exp`. As RFC 7009 §2.2 says, an invalid, expired or
+//! unknown token is answered 200 as well, with nothing stored.
+
+use crate::admin::{AdminState, ApiError};
+use crate::log::AppendError;
+use crate::store::NewEntry;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use revmesh_jwt::remote::RemoteKeys;
+use revmesh_jwt::{Invalid, Keys};
+use revmesh_protocol::model::validate_id;
+use revmesh_protocol::Revocation;
+use std::sync::Arc;
+
+/// Largest token accepted.
+pub const MAX_TOKEN_BYTES: usize = 16 << 10;
+
+/// The keys tokens presented for revocation are verified with.
+#[derive(Debug)]
+pub struct TokenKeys {
+    /// `--token-hs256-secret-file` and `--token-public-key-file`.
+    pub files: Keys,
+    /// `--token-jwks` (a file or an https URL), kept fresh.
+    pub jwks: Option<Arc<RemoteKeys>>,
+}
+
+impl TokenKeys {
+    fn keys(&self) -> Keys {
+        match &self.jwks {
+            Some(j) => self.files.merged(&j.keys()),
+            None => self.files.clone(),
+        }
+    }
+
+    /// The revocation a presented token asks for at `now`, or `None` when nothing is to be
+    /// stored (invalid, expired, without `jti`).
+    pub async fn revocation(&self, token: &str, now: u64) -> Option<(Revocation, u64)> {
+        let signed = match self.keys().verify_signed(token, MAX_TOKEN_BYTES) {
+            Err(Invalid::UnknownKey) => {
+                let jwks = self.jwks.as_ref()?;
+                jwks.refresh_for_unknown(&revmesh_jwt::unverified_kid(token).unwrap_or_default()).await;
+                self.keys().verify_signed(token, MAX_TOKEN_BYTES)
+            }
+            r => r,
+        };
+        let signed = signed
+            .map_err(|e| tracing::info!(reason = e.as_str(), "token for revocation is invalid"))
+            .ok()?;
+        let exp = signed.time_claim("exp").ok().flatten()?;
+        if exp <= now {
+            return None; // Expired: nothing left to revoke.
+        }
+        let jti = signed.str_claim("jti").ok().flatten()?;
+        let iss = signed.str_claim("iss").ok().flatten();
+        validate_id("jti", &jti).ok()?;
+        if let Some(i) = &iss {
+            validate_id("iss", i).ok()?;
+        }
+        Some((Revocation::Jti { jti, iss }, exp))
+    }
+}
+
+fn no_store(status: StatusCode, body: String) -> Response {
+    let ct = if body.is_empty() { "text/plain" } else { "application/json" };
+    (status, [(header::CACHE_CONTROL, "no-store"), (header::CONTENT_TYPE, ct)], body).into_response()
+}
+
+/// `POST /v1/oauth2/revoke`.
+pub async fn revoke(State(s): State<AdminState>, body: axum::body::Body) -> Result<Response, ApiError> {
+    let Some(keys) = s.token_keys.clone() else {
+        return Err(ApiError::status(
+            StatusCode::NOT_FOUND,
+            "token revocation needs --token-hs256-secret-file, --token-public-key-file or --token-jwks",
+        ));
+    };
+    let body = crate::admin::body_bytes(&s, body, crate::admin::MAX_BODY).await?;
+    let Some(token) = revmesh_runtime::form::form_value(&body, "token") else {
+        let e = serde_json::json!({"error": "invalid_request", "error_description": "form parameter `token` is required"});
+        return Ok(no_store(StatusCode::BAD_REQUEST, e.to_string()));
+    };
+    let now_ms = s.log.clock().unix_ms();
+    let Some((revocation, exp)) = keys.revocation(&token, now_ms / 1000).await else {
+        return Ok(no_store(StatusCode::OK, String::new()));
+    };
+    let entry = NewEntry {
+        revocation,
+        expires_at: exp,
+        reason: Some("RFC 7009 revocation".into()),
+        created_at_ms: now_ms,
+    };
+    match s.log.append(entry).await {
+        Ok(e) => {
+            tracing::info!(seq = e.seq, "token revoked (RFC 7009)");
+            Ok(no_store(StatusCode::OK, String::new()))
+        }
+        Err(e) => {
+            if !matches!(&*e, AppendError::Closed) {
+                tracing::error!(error = %e, "revocation not stored");
+            }
+            Err(ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocation could not be stored durably; retry",
+            ))
+        }
+    }
+}
