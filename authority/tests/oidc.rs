@@ -126,75 +126,6 @@ async fn logout_tokens_as_providers_send_them_revoke_and_hostile_ones_store_noth
     agent.stop().await;
 }
 
-/// A JWKS over HTTPS that the test controls: its own CA, the document swapped at will, every
-/// fetch counted. Blocking threads; stops when dropped.
-struct JwksServer {
-    addr: std::net::SocketAddr,
-    body: std::sync::Arc<std::sync::Mutex<String>>,
-    fetches: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ca_file: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl JwksServer {
-    fn start(body: String) -> JwksServer {
-        use std::io::{Read, Write};
-        use std::sync::atomic::Ordering;
-        let dir = tempfile::tempdir().unwrap();
-        let ca = crate::tls::ca("jwks test CA");
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert.pem()).unwrap();
-        let (cert, key) = crate::tls::leaf(dir.path(), &ca, "idp", "localhost", false, false);
-        let chain = revmesh_runtime::pem::certs(&cert).unwrap();
-        let key = revmesh_runtime::pem::private_key(&key).unwrap();
-        let cfg = std::sync::Arc::new(
-            rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap(),
-        );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
-        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (b, f) = (body.clone(), fetches.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut tcp) = stream else { return };
-                let (cfg, b, f) = (cfg.clone(), b.clone(), f.clone());
-                std::thread::spawn(move || {
-                    let Ok(conn) = rustls::ServerConnection::new(cfg) else { return };
-                    let mut tls = rustls::StreamOwned::new(conn, &mut tcp);
-                    let mut req = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
-                        if tls.read(&mut byte).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        req.push(byte[0]);
-                    }
-                    f.fetch_add(1, Ordering::SeqCst);
-                    let body = b.lock().unwrap().clone();
-                    let head = format!(
-                        "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nCache-Control: public, max-age=3600\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = tls.write_all(head.as_bytes());
-                    let _ = tls.write_all(body.as_bytes());
-                    tls.conn.send_close_notify();
-                    let _ = tls.flush();
-                });
-            }
-        });
-        JwksServer { addr, body, fetches, ca_file, _dir: dir }
-    }
-
-    fn url(&self) -> String {
-        format!("https://localhost:{}/realms/shop/protocol/openid-connect/certs", self.addr.port())
-    }
-
-    fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 /// Keys of one JWKS document.
 fn keys_of(jwks: &std::path::Path) -> Vec<Value> {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(jwks).unwrap()).unwrap();
@@ -223,7 +154,7 @@ async fn provider_keys_over_https_rotate_the_way_an_idp_rotates_them_without_flo
     };
     let (old_tokens, old_keys) = mint_kid("old.json", "2026-10");
     let (new_tokens, new_keys) = mint_kid("new.json", "2026-11");
-    let idp = JwksServer::start(jwks_doc(&old_keys));
+    let idp = revmesh_testkit::JwksServer::start(jwks_doc(&old_keys));
     let provider = format!("{ISSUER}={}", idp.url());
     let ca = idp.ca_file.display().to_string();
     let a = Authority::start(
@@ -247,7 +178,7 @@ async fn provider_keys_over_https_rotate_the_way_an_idp_rotates_them_without_flo
     );
 
     // 1. The provider publishes its next key beside the current one; 2. signs with it.
-    idp.body.lock().unwrap().clone_from(&jwks_doc(&[old_keys.clone(), new_keys.clone()].concat()));
+    idp.publish(&jwks_doc(&[old_keys.clone(), new_keys.clone()].concat()));
     // The unknown kid fetches the JWKS at once, once the minimum interval since the last fetch
     // (here 1 s, since start) has passed; a refused logout stores nothing and may be retried.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -264,7 +195,7 @@ async fn provider_keys_over_https_rotate_the_way_an_idp_rotates_them_without_flo
     assert!(idp.fetches() <= 3, "{} fetches in all after 200 unknown kids", idp.fetches());
     // 3. The provider retires the old key: until the next refresh the authority keeps the last
     // good set, and a retired key's token only fails after a refresh drops it.
-    idp.body.lock().unwrap().clone_from(&jwks_doc(&new_keys));
+    idp.publish(&jwks_doc(&new_keys));
     assert_eq!(logout(&a, &format!("logout_token={}", new_tokens["auth0"])).0, 200);
     assert_eq!(a.get("/v1/revocations?after=0").1["head"], 3);
 }

@@ -1,53 +1,11 @@
 //! TLS on the agent endpoint and mutual TLS with agent identities (certificates made by rcgen).
 
 use crate::util::{wait_for, Agent, Authority};
-use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    SanType,
-};
 use revmesh_agent::link::{client_tls, probe, LinkSettings};
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use revmesh_testkit::{ca, leaf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-pub(crate) struct Ca {
-    pub(crate) cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-pub(crate) fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    Ca { cert: p.self_signed(&key).unwrap(), key }
-}
-
-/// Writes `name.pem` and `name.key` signed by `ca`; returns their paths.
-pub(crate) fn leaf(
-    dir: &Path,
-    ca: &Ca,
-    name: &str,
-    dns: &str,
-    client: bool,
-    expired: bool,
-) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec![dns.to_owned()]).unwrap();
-    p.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    p.extended_key_usages =
-        vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
-    if expired {
-        p.not_before = date_time_ymd(2020, 1, 1);
-        p.not_after = date_time_ymd(2021, 1, 1);
-    }
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
 
 struct Pki {
     dir: tempfile::TempDir,
