@@ -146,6 +146,23 @@ pub struct RunArgs {
     #[arg(long, env = "REVMESH_METRICS_LISTEN")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub metrics_listen: Option<String>,
+    /// JWKS URL (https://, or http:// to 127.0.0.1 only; repeatable): fetched at start, on
+    /// schedule and at once on an unknown `kid`.
+    #[arg(long, env = "REVMESH_JWKS_URL", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub jwks_url: Vec<String>,
+    /// CA bundle for `--jwks-url` [default: the system's].
+    #[arg(long, env = "REVMESH_JWKS_CA_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub jwks_ca_file: Option<String>,
+    /// Scheduled refresh of `--jwks-url` (a shorter `Cache-Control: max-age` wins) [default: 5m].
+    #[arg(long, env = "REVMESH_JWKS_REFRESH")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub jwks_refresh: Option<String>,
+    /// Least time between two fetches of one `--jwks-url` [default: 10s].
+    #[arg(long, env = "REVMESH_JWKS_MIN_REFRESH")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub jwks_min_refresh: Option<String>,
     /// HMAC secret file (HS256/384/512; at least 32 bytes).
     #[arg(long, env = "REVMESH_HS256_SECRET_FILE")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
@@ -248,6 +265,14 @@ pub struct Config {
     pub keys: crate::jwt::KeyFiles,
     /// The keys as validation loaded them (start-up uses these; it does not read the files again).
     pub verification: std::sync::Arc<crate::jwt::Keys>,
+    /// `--jwks-url` sets.
+    pub jwks_urls: Vec<revmesh_jwt::remote::Location>,
+    /// CA bundle for them.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Their scheduled refresh.
+    pub jwks_refresh: Duration,
+    /// Least time between two fetches of one of them.
+    pub jwks_min_refresh: Duration,
     /// Verification rules.
     pub rules: crate::jwt::Rules,
     /// Staleness bound.
@@ -315,10 +340,10 @@ impl RunArgs {
         let file: RunArgs = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         Ok(merge!(self, file;
             opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, http_listen, token_cookie,
-                 grpc_socket, grpc_listen, socket_group, socket_mode, metrics_listen, hs256_secret_file, jwks_file,
+                 grpc_socket, grpc_listen, jwks_ca_file, jwks_refresh, jwks_min_refresh, socket_group, socket_mode, metrics_listen, hs256_secret_file, jwks_file,
                  issuer, audience, leeway, max_token_bytes, max_staleness, on_stale, max_clients,
                  client_idle_timeout, log, log_format;
-            vec: authority, public_key_file, allow_uid))
+            vec: authority, public_key_file, allow_uid, jwks_url))
     }
 }
 
@@ -503,7 +528,28 @@ impl Config {
                 std::sync::Arc::default()
             }
         };
+        let jwks_refresh = dur("jwks-refresh", &raw.jwks_refresh, Duration::from_secs(300), &mut push);
+        let jwks_min_refresh =
+            dur("jwks-min-refresh", &raw.jwks_min_refresh, Duration::from_secs(10), &mut push);
+        let mut jwks_urls = Vec::new();
+        for u in &raw.jwks_url {
+            match revmesh_jwt::remote::Location::parse(u) {
+                Ok(l @ revmesh_jwt::remote::Location::Url { .. }) => jwks_urls.push(l),
+                Ok(_) => push("jwks-url", format!("`{u}` is not a URL (use --jwks-file for a file)")),
+                Err(e) => push("jwks-url", e),
+            }
+        }
+        let jwks_ca_file = raw.jwks_ca_file.as_ref().map(PathBuf::from);
+        if let Some(c) = &jwks_ca_file {
+            if let Err(e) = revmesh_runtime::pem::roots(c) {
+                push("jwks-ca-file", e.to_string());
+            }
+        }
         let cfg = Config {
+            jwks_urls,
+            jwks_ca_file,
+            jwks_refresh,
+            jwks_min_refresh,
             verification,
             tls,
             credential_files: CredentialFiles {

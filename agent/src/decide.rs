@@ -4,6 +4,7 @@
 //! [`Checker::decide`] and renders what it gets.
 
 use crate::jwt::{Invalid, Keys, Rules, Verified};
+use crate::keyring::KeyRing;
 use crate::state::{AgentState, Decision};
 use revmesh_protocol::{Kind, LogId, TokenRef};
 use std::sync::Arc;
@@ -110,22 +111,27 @@ impl Verdict {
     }
 }
 
-/// Everything a decision needs: the state, the keys (replaced whole on SIGHUP; checks load
-/// them without a lock) and the claim rules.
+/// Everything a decision needs: the state, the keys (files replaced whole on SIGHUP, URL sets
+/// on refresh; checks load them without a lock) and the claim rules.
 #[derive(Debug)]
 pub struct Checker {
     /// Agent state.
     pub state: Arc<AgentState>,
     /// Verification keys.
-    pub keys: arc_swap::ArcSwap<Keys>,
+    pub keys: Arc<KeyRing>,
     /// Claim rules.
     pub rules: Rules,
 }
 
 impl Checker {
-    /// A checker over `state` with `keys` and `rules`.
+    /// A checker over `state` with file `keys` only and `rules`.
     pub fn new(state: Arc<AgentState>, keys: Arc<Keys>, rules: Rules) -> Self {
-        Self { state, keys: arc_swap::ArcSwap::new(keys), rules }
+        Self::with_ring(state, KeyRing::new(keys, Vec::new()), rules)
+    }
+
+    /// A checker over `state` with a key ring and `rules`.
+    pub fn with_ring(state: Arc<AgentState>, keys: Arc<KeyRing>, rules: Rules) -> Self {
+        Self { state, keys, rules }
     }
 
     /// Decides, and counts the verdict and the time taken.
@@ -159,11 +165,22 @@ impl Checker {
     fn check(&self, jwt: &str) -> Verdict {
         let keys = self.keys.load();
         if keys.is_empty() {
-            // Without keys nothing can be verified; refuse rather than pretend.
+            // Without keys nothing can be verified; refuse rather than pretend (and fetch the
+            // URL sets again if they are due: the first fetch may have failed).
+            self.keys.unknown_key();
             return Verdict::Invalid(Invalid::UnknownKey);
         }
         match keys.verify(jwt, &self.rules, self.state.clock().unix_secs()) {
-            Err(e) => Verdict::Invalid(e),
+            Err(e) => {
+                // A `kid` no key has (whatever else failed: a kid-less key may have been tried
+                // instead) may be a key the provider just published: refresh in the background.
+                if !self.keys.remotes().is_empty()
+                    && revmesh_jwt::unverified_kid(jwt).is_some_and(|kid| !keys.has_kid(&kid))
+                {
+                    self.keys.unknown_key();
+                }
+                Verdict::Invalid(e)
+            }
             Ok(v) => {
                 let t = TokenRef {
                     jti: v.jti.as_deref(),

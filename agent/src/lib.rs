@@ -6,6 +6,7 @@ pub mod decide;
 pub mod grpc;
 pub mod http;
 pub mod jwt;
+pub mod keyring;
 pub mod lines;
 pub mod link;
 pub mod metrics;
@@ -28,6 +29,52 @@ pub struct Bound {
     pub http: Option<std::net::SocketAddr>,
     /// ext_authz gRPC over TCP (`--grpc-listen`).
     pub grpc: Option<std::net::SocketAddr>,
+}
+
+/// The file keys plus every `--jwks-url` set, fetched once now (a failure is logged; the agent
+/// answers `unknown_key` until a fetch works) and kept fresh in the background.
+async fn key_ring(
+    cfg: &config::Config,
+    files: Arc<jwt::Keys>,
+    metrics: &metrics::Metrics,
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<keyring::KeyRing>> {
+    use revmesh_jwt::remote::{Location, RemoteKeys};
+    let needs_tls = cfg.jwks_urls.iter().any(|l| matches!(l, Location::Url { tls: true, .. }));
+    let tls = if needs_tls {
+        Some(revmesh_jwt::remote::client_tls(cfg.jwks_ca_file.as_deref()).map_err(|e| {
+            config::ConfigErrors(vec![config::ConfigError { field: "jwks-ca-file", message: e }])
+        })?)
+    } else {
+        None
+    };
+    let mut remotes = Vec::new();
+    for l in &cfg.jwks_urls {
+        let m = metrics.clone();
+        let remote = RemoteKeys::new(l.clone(), tls.clone(), cfg.jwks_min_refresh).with_observer(move |ok| {
+            m.jwks_fetches_total.inc();
+            if !ok {
+                m.jwks_fetch_errors_total.inc();
+            }
+        });
+        let remote = Arc::new(remote);
+        match remote.refresh().await {
+            Ok(n) => tracing::info!(jwks = ?l, keys = n, "JWKS loaded"),
+            Err(e) => {
+                tracing::error!(jwks = ?l, error = %e, "JWKS not loaded; tokens it signs are INVALID until a fetch works")
+            }
+        }
+        remotes.push(remote);
+    }
+    let ring = keyring::KeyRing::with_metrics(files, remotes, Some(metrics.clone()));
+    for r in ring.remotes() {
+        let (r, on_change, stop) = (r.clone(), ring.clone(), shutdown.clone());
+        let every = cfg.jwks_refresh;
+        tracker
+            .spawn(async move { r.run(every, stop.cancelled_owned(), move || on_change.recompose()).await });
+    }
+    Ok(ring)
 }
 
 /// Binds an optional TCP listener; a taken address is a configuration error.
@@ -65,7 +112,7 @@ pub async fn run(
     if cfg.authorities.is_empty() {
         tracing::warn!("no --authority: this agent will never learn of a revocation and answers as stale");
     }
-    if keys.is_empty() {
+    if keys.is_empty() && cfg.jwks_urls.is_empty() {
         tracing::warn!("no verification keys (--hs256-secret-file, --public-key-file, --jwks-file): every CHECK answers INVALID reason=unknown_key; only STATUS works");
     }
     let clock = revmesh_runtime::Clock::system();
@@ -104,8 +151,9 @@ pub async fn run(
         Bound { metrics: metrics_listener.local_addr()?, http: local(&http_tcp), grpc: local(&grpc_tcp) };
 
     let tracker = tokio_util::task::TaskTracker::new();
+    let ring = key_ring(&cfg, keys, &state.metrics, &tracker, &shutdown).await?;
     let server = Arc::new(server::Server {
-        checker: decide::Checker::new(state.clone(), keys, cfg.rules.clone()),
+        checker: decide::Checker::with_ring(state.clone(), ring.clone(), cfg.rules.clone()),
         token_cookie: cfg.token_cookie.clone(),
         allow_uid: cfg.allow_uid.clone(),
         clients: Arc::new(tokio::sync::Semaphore::new(cfg.max_clients)),
@@ -179,7 +227,7 @@ async fn reload_on_sighup(
         let metrics = &server.checker.state.metrics;
         match cfg.keys.load() {
             Ok(keys) => {
-                server.checker.keys.store(Arc::new(keys));
+                server.checker.keys.set_files(Arc::new(keys));
                 metrics.reloads_total.with_label_values(&["keys", "ok"]).inc();
                 tracing::info!("verification keys reloaded");
             }

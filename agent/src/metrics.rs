@@ -36,6 +36,12 @@ pub struct Metrics {
     pub persist_ok: IntGauge,
     /// `revmesh_agent_reloads_total{what,result}`: SIGHUP reloads of keys and credentials.
     pub reloads_total: IntCounterVec,
+    /// `revmesh_agent_keys{source}`: verification keys in use, from files and from JWKS URLs.
+    pub keys: IntGaugeVec,
+    /// `revmesh_agent_jwks_fetches_total`: JWKS URL fetches attempted.
+    pub jwks_fetches_total: IntCounter,
+    /// `revmesh_agent_jwks_fetch_errors_total`: JWKS URL fetches that failed (last good keys kept).
+    pub jwks_fetch_errors_total: IntCounter,
 }
 
 /// Verdict labels, pre-created so dashboards see zeros.
@@ -93,6 +99,15 @@ impl Metrics {
                 Opts::new("revmesh_agent_reloads_total", "SIGHUP reloads of keys and credentials, by outcome"),
                 &["what", "result"],
             )?,
+            keys: IntGaugeVec::new(
+                Opts::new("revmesh_agent_keys", "Verification keys in use, by source (file, url)"),
+                &["source"],
+            )?,
+            jwks_fetches_total: IntCounter::new("revmesh_agent_jwks_fetches_total", "JWKS URL fetches attempted")?,
+            jwks_fetch_errors_total: IntCounter::new(
+                "revmesh_agent_jwks_fetch_errors_total",
+                "JWKS URL fetches that failed; the last good keys stay in force",
+            )?,
             persist_ok: IntGauge::new(
                 "revmesh_agent_persist_ok",
                 "1 when everything applied is persisted; 0 while writes fail (nothing beyond them is acknowledged)",
@@ -112,6 +127,12 @@ impl Metrics {
         r.register(Box::new(m.persist_errors_total.clone()))?;
         r.register(Box::new(m.persist_ok.clone()))?;
         r.register(Box::new(m.reloads_total.clone()))?;
+        r.register(Box::new(m.keys.clone()))?;
+        r.register(Box::new(m.jwks_fetches_total.clone()))?;
+        r.register(Box::new(m.jwks_fetch_errors_total.clone()))?;
+        for source in ["file", "url"] {
+            m.keys.with_label_values(&[source]);
+        }
         for reason in ["not_binary", "violation"].iter().chain(revmesh_protocol::codec::DECODE_REASONS) {
             m.frames_rejected_total.with_label_values(&[reason]);
         }

@@ -4,6 +4,7 @@
 
 mod e2e;
 mod grpc;
+mod jwks;
 mod metrics;
 mod nginx;
 mod prometheus;

@@ -389,7 +389,7 @@ impl TokenKeySettings {
                 }
                 let run = keys.clone();
                 let every = self.refresh;
-                tokio::spawn(async move { run.run(every, stop.cancelled_owned()).await });
+                tokio::spawn(async move { run.run(every, stop.cancelled_owned(), || {}).await });
                 Some(keys)
             }
         };

@@ -135,7 +135,7 @@ impl Oidc {
             }
             let (run, stop) = (keys.clone(), stop.clone());
             let every = s.jwks_refresh;
-            tokio::spawn(async move { run.run(every, stop.cancelled_owned()).await });
+            tokio::spawn(async move { run.run(every, stop.cancelled_owned(), || {}).await });
             providers.insert(issuer.clone(), keys);
         }
         Ok(Arc::new(Oidc {

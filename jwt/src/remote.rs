@@ -103,7 +103,6 @@ pub enum FetchError {
 }
 
 /// A key set kept fresh from its [`Location`].
-#[derive(Debug)]
 pub struct RemoteKeys {
     location: Location,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -117,6 +116,14 @@ pub struct RemoteKeys {
     max_age: Mutex<Option<Duration>>,
     fetches: AtomicU64,
     errors: AtomicU64,
+    /// Told the outcome of every fetch (for metrics).
+    observer: Option<Box<dyn Fn(bool) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for RemoteKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKeys").field("location", &self.location).finish()
+    }
 }
 
 impl RemoteKeys {
@@ -132,7 +139,20 @@ impl RemoteKeys {
             max_age: Mutex::new(None),
             fetches: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            observer: None,
         }
+    }
+
+    /// The same, telling `observer` whether each fetch succeeded.
+    pub fn with_observer(mut self, observer: impl Fn(bool) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
+    /// True when a fetch now would not be refused as too soon (no fetch is running either).
+    pub fn due(&self) -> bool {
+        let last = *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
+        last.is_none_or(|t| t.elapsed() >= self.min_refresh) && self.fetching.try_lock().is_ok()
     }
 
     /// The keys in force (the last good set; empty before the first good fetch).
@@ -166,6 +186,9 @@ impl RemoteKeys {
             Ok(r) => r,
             Err(_) => Err(FetchError::Timeout(FETCH_TIMEOUT)),
         };
+        if let Some(o) = &self.observer {
+            o(result.is_ok());
+        }
         match result {
             Ok((keys, max_age)) => {
                 let n = keys.len();
@@ -191,8 +214,13 @@ impl RemoteKeys {
     }
 
     /// Refreshes every `every` (or the last answer's shorter `max-age`, but never more often
-    /// than `min_refresh`) until `stop` resolves.
-    pub async fn run(self: Arc<Self>, every: Duration, stop: impl std::future::Future<Output = ()>) {
+    /// than `min_refresh`) until `stop` resolves; `changed` runs after each new set.
+    pub async fn run(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl std::future::Future<Output = ()>,
+        changed: impl Fn(),
+    ) {
         tokio::pin!(stop);
         loop {
             let age = *self.max_age.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,7 +229,9 @@ impl RemoteKeys {
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut stop => return,
             }
-            let _ = self.refresh().await;
+            if self.refresh().await.is_ok() {
+                changed();
+            }
         }
     }
 
