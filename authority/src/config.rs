@@ -354,6 +354,8 @@ pub struct Config {
 pub struct TokenKeySettings {
     /// The file keys, loaded.
     pub files: std::sync::Arc<revmesh_jwt::Keys>,
+    /// Where they come from (re-read on SIGHUP).
+    pub file_sources: revmesh_jwt::KeyFiles,
     /// The JWKS location.
     pub jwks: Option<revmesh_jwt::remote::Location>,
     /// Least time between fetches.
@@ -393,7 +395,11 @@ impl TokenKeySettings {
                 Some(keys)
             }
         };
-        Ok(crate::oauth::TokenKeys { files: (*self.files).clone(), jwks })
+        Ok(crate::oauth::TokenKeys {
+            files: std::sync::RwLock::new((*self.files).clone()),
+            file_sources: self.file_sources.clone(),
+            jwks,
+        })
     }
 }
 
@@ -536,6 +542,7 @@ fn token_key_settings(raw: &ServeArgs, e: &mut Errors) -> Option<TokenKeySetting
         public_keys: raw.token_public_key_file.iter().map(PathBuf::from).collect(),
         jwks: None,
     };
+    let file_sources = files.clone();
     let files = match files.load() {
         Ok(k) => std::sync::Arc::new(k),
         Err(err) => {
@@ -558,6 +565,7 @@ fn token_key_settings(raw: &ServeArgs, e: &mut Errors) -> Option<TokenKeySetting
     };
     Some(TokenKeySettings {
         files,
+        file_sources,
         jwks,
         min_refresh,
         refresh: Duration::from_secs(300),

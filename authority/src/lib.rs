@@ -73,6 +73,7 @@ async fn reload_on_sighup(
     admin_tls: Option<tls::ServerTls>,
     tokens: Arc<links::AgentTokens>,
     token_file: Option<PathBuf>,
+    verification: (Option<Arc<oauth::TokenKeys>>, Option<Arc<oidc::Oidc>>),
     shutdown: CancellationToken,
 ) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
@@ -93,6 +94,18 @@ async fn reload_on_sighup(
                 Err(e) => {
                     tracing::error!(error = %e, "agent token reload failed; keeping the previous tokens")
                 }
+            }
+        }
+        if let Some(k) = &verification.0 {
+            match k.reload().await {
+                Ok(()) => tracing::info!("token verification keys reloaded"),
+                Err(e) => tracing::error!(error = %e, "token key reload failed; keeping the previous keys"),
+            }
+        }
+        if let Some(o) = &verification.1 {
+            match o.reload_files().await {
+                Ok(()) => tracing::info!("OIDC provider key files reloaded"),
+                Err(e) => tracing::error!(error = %e, "OIDC key reload failed; keeping the previous keys"),
             }
         }
     }
@@ -192,6 +205,7 @@ pub async fn serve(
         })?)),
         None => None,
     };
+    let (token_keys_for_reload, oidc_for_reload) = (token_keys.clone(), oidc.clone());
     let hub = Arc::new(hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
     let registry = match &backend.shared {
         None => registry::Registry::Embedded(hub.clone()),
@@ -260,6 +274,7 @@ pub async fn serve(
         admin_tls,
         tokens,
         cfg.agent_token_file.clone(),
+        (token_keys_for_reload, oidc_for_reload),
         shutdown.clone(),
     ));
     let compactor_log = log.clone();

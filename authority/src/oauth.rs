@@ -23,18 +23,33 @@ pub const MAX_TOKEN_BYTES: usize = 16 << 10;
 /// The keys tokens presented for revocation are verified with.
 #[derive(Debug)]
 pub struct TokenKeys {
-    /// `--token-hs256-secret-file` and `--token-public-key-file`.
-    pub files: Keys,
+    /// `--token-hs256-secret-file` and `--token-public-key-file`, re-read on SIGHUP.
+    pub files: std::sync::RwLock<Keys>,
+    /// Where they come from.
+    pub file_sources: revmesh_jwt::KeyFiles,
     /// `--token-jwks` (a file or an https URL), kept fresh.
     pub jwks: Option<Arc<RemoteKeys>>,
 }
 
 impl TokenKeys {
     fn keys(&self) -> Keys {
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
         match &self.jwks {
-            Some(j) => self.files.merged(&j.keys()),
-            None => self.files.clone(),
+            Some(j) => files.merged(&j.keys()),
+            None => files,
         }
+    }
+
+    /// SIGHUP: re-reads the key files and a JWKS file; a file that fails keeps the previous keys.
+    pub async fn reload(&self) -> Result<(), String> {
+        let files = self.file_sources.load().map_err(|e| format!("--token-{}: {}", e.field, e.message))?;
+        *self.files.write().unwrap_or_else(|p| p.into_inner()) = files;
+        if let Some(j) =
+            self.jwks.as_ref().filter(|j| matches!(j.location(), revmesh_jwt::remote::Location::File(_)))
+        {
+            j.refresh_now().await.map_err(|e| format!("--token-jwks: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The revocation a presented token asks for at `now`, or `None` when nothing is to be

@@ -242,6 +242,17 @@ impl Oidc {
         Ok(())
     }
 
+    /// SIGHUP: re-reads the providers' JWKS files (URLs follow their schedule); a file that
+    /// fails keeps the previous keys.
+    pub async fn reload_files(&self) -> Result<(), String> {
+        for (issuer, keys) in &self.providers {
+            if matches!(keys.location(), Location::File(_)) {
+                keys.refresh_now().await.map_err(|e| format!("{issuer}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Releases a reserved `jti` (its revocation was not stored; the provider will retry).
     pub fn forget(&self, key: &(String, String)) {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(key);

@@ -26,7 +26,8 @@ async fn rfc7009_revokes_a_valid_token_until_its_exp_and_answers_200_for_anythin
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("hs256.secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let a = Authority::start(&dir.path().join("a"), &["--token-hs256-secret-file", secret.to_str().unwrap()]);
+    let mut a =
+        Authority::start(&dir.path().join("a"), &["--token-hs256-secret-file", secret.to_str().unwrap()]);
     let agent = Agent::start(vec![a.ws_url()], "rfc7009-agent");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let claims = |jti: &str, exp: u64| serde_json::json!({"jti": jti, "iss": "https://idp", "sub": "alice", "exp": exp});
@@ -82,5 +83,21 @@ async fn rfc7009_revokes_a_valid_token_until_its_exp_and_answers_200_for_anythin
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid_request"));
     assert_eq!(revoke(format!("token={good}"), None).0, 401);
+
+    // SIGHUP re-reads the key files: a rotated secret is used without a restart.
+    let rotated = "rfc7009-rotated-secret-0123456789abcdef";
+    std::fs::write(&secret, rotated).unwrap();
+    let newer = pyjwt(claims("tok-2", now + 1800), rotated);
+    let pid = a.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    crate::util::wait_for(
+        || {
+            revoke(format!("token={newer}"), token);
+            a.get("/v1/revocations?after=0").1["head"] == 2
+        },
+        "the rotated secret in force",
+    )
+    .await;
+    assert!(a.child.try_wait().unwrap().is_none(), "SIGHUP never terminates the authority");
     agent.stop().await;
 }

@@ -204,6 +204,12 @@ impl RemoteKeys {
         }
     }
 
+    /// Fetches now whatever the minimum interval (an operator's SIGHUP, not a token's doing).
+    pub async fn refresh_now(&self) -> Result<usize, FetchError> {
+        *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.refresh().await
+    }
+
     /// A refresh because a token named `kid`, which no key in force has (rate-limited).
     pub async fn refresh_for_unknown(&self, kid: &str) -> bool {
         if self.keys().has_kid(kid) {
