@@ -91,20 +91,29 @@ pub fn response(v: &Verdict) -> CheckResponse {
     }
 }
 
+/// The token of a checked request (`Ok(None)`: it presents none), or `Err` for a request
+/// Envoy never sends (no HTTP attributes).
+pub fn request_token<'a>(
+    request: &'a CheckRequest,
+    token_cookie: Option<&str>,
+) -> Result<Option<&'a str>, Status> {
+    let headers = request
+        .get_client_headers()
+        .ok_or_else(|| Status::invalid_argument("attributes.request.http is missing"))?;
+    Ok(presented_token(
+        headers.get("authorization").map(String::as_str),
+        headers.get("cookie").map(String::as_str),
+        token_cookie,
+    ))
+}
+
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
     async fn check(&self, request: tonic::Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let request = request.into_inner();
-        let Some(headers) = request.get_client_headers() else {
-            // Not a request Envoy sends: no HTTP attributes to check.
+        let token = request_token(&request, self.server.token_cookie.as_deref()).inspect_err(|_| {
             self.server.checker.refuse();
-            return Err(Status::invalid_argument("attributes.request.http is missing"));
-        };
-        let token = presented_token(
-            headers.get("authorization").map(String::as_str),
-            headers.get("cookie").map(String::as_str),
-            self.server.token_cookie.as_deref(),
-        );
+        })?;
         let verdict = self.server.checker.decide(Request::Check(token));
         Ok(Response::new(response(&verdict)))
     }
