@@ -2,6 +2,7 @@
 //! implementation, the socket front ends, and end to end with a real authority.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod caddy;
 mod e2e;
 mod grpc;
 mod jwks;
