@@ -62,9 +62,12 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     u64::try_from(secs).map_err(|_| bad())
 }
 
-struct Answer {
-    status: u16,
-    body: String,
+/// An admin API answer.
+pub(crate) struct Answer {
+    /// HTTP status.
+    pub(crate) status: u16,
+    /// Body text.
+    pub(crate) body: String,
 }
 
 fn token(args: &ClientArgs) -> Result<String, String> {
@@ -75,7 +78,7 @@ fn token(args: &ClientArgs) -> Result<String, String> {
         .map_err(|e| format!("cannot read the admin token from {}: {e} (use --token-file)", path.display()))
 }
 
-fn call(
+pub(crate) fn call(
     args: &ClientArgs,
     method: &str,
     path: &str,

@@ -28,6 +28,9 @@ pub enum Command {
     Agents(AgentsArgs),
     /// Show the log head and agent summary.
     Status(ClientArgs),
+    /// Import revocations from JSON lines (a file, or `-` for stdin) in bulk commits; rerun
+    /// after an interruption to resume where it stopped.
+    Import(ImportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -207,6 +210,19 @@ pub struct ClientArgs {
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// `import` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// JSON lines, one revocation object per line (as `POST /v1/revocations` takes), or `-`.
+    pub file: PathBuf,
+    /// Revocations per bulk request (one commit each), 1 to 1000.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Admin API and token.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `agents` arguments.

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod feed;
 pub mod hub;
+pub mod import;
 pub mod links;
 pub mod log;
 pub mod metrics;

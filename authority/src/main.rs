@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Revoke(a) => revmesh_authority::client::revoke(&a),
         Command::Agents(a) => revmesh_authority::client::agents(&a),
         Command::Status(a) => revmesh_authority::client::status(&a),
+        Command::Import(a) => revmesh_authority::import::run(&a),
     }
 }
 

@@ -328,3 +328,78 @@ async fn a_bulk_array_is_one_all_or_nothing_commit_with_one_receipt() {
     assert_eq!(list["head"], 501);
     agent.stop().await;
 }
+
+#[test]
+fn import_submits_json_lines_in_bulk_and_resumes_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(&dir.path().join("a"), &[]);
+    let token_file = dir.path().join("a").join("admin.token");
+    let file = dir.path().join("revocations.jsonl");
+    let lines: Vec<String> = (0..2500)
+        .map(|i| format!(r#"{{"kind":"jti","jti":"imp-{i}","expires_at":4000000000,"reason":"breach"}}"#))
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n\n").unwrap();
+    let import = |f: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+            .arg("import")
+            .arg(f)
+            .args(["--admin", &format!("http://{}", a.admin), "--token-file"])
+            .arg(&token_file)
+            .output()
+            .unwrap()
+    };
+    let out = import(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("seq 1..2500"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(a.get("/v1/status").1["head"], 2500);
+    assert_eq!(a.metric("revmesh_authority_store_commits_total"), 3.0, "1,000 per commit");
+
+    // Interrupted after the second batch was committed but before its answer was recorded:
+    // the rerun finds it in the log by content and sends nothing twice.
+    let progress = dir.path().join("revocations.jsonl.import-progress");
+    let batch: Vec<serde_json::Value> =
+        lines[1000..2000].iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let second_batch_only: Vec<serde_json::Value> = batch.clone();
+    std::fs::write(&progress, serde_json::json!({"done": 1000, "pending": [1000, batch]}).to_string())
+        .unwrap();
+    // Make the committed batch the newest entries, as it would be at the interruption.
+    let fresh = tempfile::tempdir().unwrap();
+    let b = Authority::start(fresh.path(), &[]);
+    let (status, _) = b.post(
+        "/v1/revocations",
+        &serde_json::Value::from(
+            lines[..1000]
+                .iter()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .to_string(),
+    );
+    assert_eq!(status, 201);
+    assert_eq!(b.post("/v1/revocations", &serde_json::Value::from(second_batch_only).to_string()).0, 201);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .arg("import")
+        .arg(&file)
+        .args(["--admin", &format!("http://{}", b.admin), "--token-file"])
+        .arg(fresh.path().join("admin.token"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("was committed"), "{err}");
+    assert_eq!(b.get("/v1/status").1["head"], 2500, "the committed batch was not sent again");
+    // A second rerun has nothing left to do.
+    let out = import(&file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+
+    // A bad record is named by its position in the file; nothing of its batch is stored.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{}\n{{\"kind\":\"jti\",\"jti\":\"no-expiry\"}}\n", lines[0])).unwrap();
+    let out = import(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("record 2"), "{err}");
+}
