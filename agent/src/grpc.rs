@@ -158,7 +158,6 @@ async fn run<IO>(
         .max_concurrent_streams(Some(256))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .timeout(Duration::from_secs(10))
         .add_service(health)
         .add_service(authz)
         .serve_with_incoming_shutdown(Box::pin(incoming), shutdown.cancelled_owned())

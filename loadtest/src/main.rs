@@ -3,6 +3,7 @@
 
 mod chaos;
 mod demo;
+mod grpc;
 mod hostile;
 mod procs;
 mod restart;
@@ -37,7 +38,7 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Comma-separated: propagation, ingest, checks, compare, reconnect-storm, memory, chaos, flood,
+    /// Comma-separated: propagation, ingest, checks, grpc, compare, reconnect-storm, memory, chaos, flood,
     /// slow-clients (needs slowhttptest), restart, tls, ha
     /// (default: all but ha, which needs PostgreSQL).
     #[arg(
@@ -255,6 +256,30 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         }
         println!();
         report.insert("checks".into(), json!(rows));
+    }
+    if want("grpc") {
+        println!("grpc: the same CHECK through the line socket and through ext_authz gRPC (Unix socket), sequential");
+        println!("{:<22} {:>10} {:>10} {:>16}", "door", "p50", "p99", "agent CPU/req");
+        let rows = grpc::compare(tmp, a.requests).await?;
+        for r in &rows {
+            println!(
+                "{:<22} {:>10} {:>10} {:>14.1}µs",
+                r.door,
+                us(r.latency.p50_us),
+                us(r.latency.p99_us),
+                r.agent_cpu_us
+            );
+        }
+        if let [line, g] = rows.as_slice() {
+            println!(
+                "gRPC vs line: p50 {:.2}x, p99 {:.2}x, agent CPU {:.2}x",
+                g.latency.p50_us / line.latency.p50_us.max(0.001),
+                g.latency.p99_us / line.latency.p99_us.max(0.001),
+                g.agent_cpu_us / line.agent_cpu_us.max(0.001)
+            );
+        }
+        println!();
+        report.insert("grpc".into(), json!(rows));
     }
     if let Some(r) = &redis {
         report.insert("redis".into(), json!(r));

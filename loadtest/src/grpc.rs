@@ -1,0 +1,119 @@
+//! The ext_authz gRPC door against the line protocol, on one agent process in one run: the same
+//! token checked over `--grpc-socket` (Envoy's `Authorization/Check`, HTTP/2) and over the line
+//! socket (`CHECK`), one request at a time, with the agent's CPU per request from /proc.
+
+use crate::procs::{AgentProc, AuthorityProc};
+use crate::util::{summarize, Summary};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{attribute_context, AttributeContext};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// One door's figures.
+#[derive(Debug, Serialize)]
+pub struct Door {
+    /// Which.
+    pub door: String,
+    /// Sequential latency.
+    pub latency: Summary,
+    /// Agent CPU per request, microseconds.
+    pub agent_cpu_us: f64,
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split(' ').collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(field(11) + field(12)) // utime + stime, in clock ticks
+}
+
+fn ticks_to_us(ticks: u64) -> f64 {
+    // Linux reports /proc times in USER_HZ, 100 on every architecture revmesh runs on.
+    ticks as f64 * 10_000.0
+}
+
+/// `n` sequential checks of `token` through each door.
+pub async fn compare(dir: &Path, n: usize) -> anyhow::Result<Vec<Door>> {
+    let auth = AuthorityProc::start(&dir.join("grpc-authority"), "127.0.0.1:0", &[])?;
+    let secret = dir.join("grpc-hs.secret");
+    let secret_text = "loadtest-secret-0123456789abcdef0123456789";
+    std::fs::write(&secret, secret_text)?;
+    let grpc_sock = dir.join("grpc-agent").join("grpc.sock");
+    let agent = AgentProc::start(
+        &dir.join("grpc-agent"),
+        "grpc-bench",
+        &auth.ws,
+        &secret,
+        &["--grpc-socket", &grpc_sock.display().to_string()],
+    )?;
+    let pid = agent.proc.child.id();
+    let sock = agent.socket.clone();
+    crate::util::wait_until(std::time::Duration::from_secs(30), || {
+        crate::util::ask_line(&sock, "PING").is_ok_and(|l| !l.ends_with("log_id=none"))
+    })
+    .await?;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
+    let token = crate::util::mint(secret_text, "grpc-1", "alice", exp)?;
+
+    // Line protocol.
+    let s = tokio::net::UnixStream::connect(&agent.socket).await?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let (req, mut answer) = (format!("CHECK {token}\n"), String::new());
+    let mut line_lat = Vec::with_capacity(n);
+    let cpu0 = cpu_ticks(pid)?;
+    for i in 0..n + n / 10 {
+        let t0 = Instant::now();
+        w.write_all(req.as_bytes()).await?;
+        answer.clear();
+        r.read_line(&mut answer).await?;
+        if i >= n / 10 {
+            line_lat.push(t0.elapsed());
+        }
+        anyhow::ensure!(answer.starts_with("OK "), "{answer}");
+    }
+    let line_cpu = ticks_to_us(cpu_ticks(pid)? - cpu0) / (n + n / 10) as f64;
+
+    // gRPC over the Unix socket.
+    let path = grpc_sock.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://agent.local")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await?;
+    let mut client = AuthorizationClient::new(channel);
+    let http = attribute_context::HttpRequest {
+        method: "GET".into(),
+        path: "/orders/17".into(),
+        headers: [("authorization".to_owned(), format!("Bearer {token}"))].into_iter().collect(),
+        ..Default::default()
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request { http: Some(http), ..Default::default() }),
+            ..Default::default()
+        }),
+    };
+    let mut grpc_lat = Vec::with_capacity(n);
+    let cpu0 = cpu_ticks(pid)?;
+    for i in 0..n + n / 10 {
+        let t0 = Instant::now();
+        let r = client.check(request.clone()).await?.into_inner();
+        if i >= n / 10 {
+            grpc_lat.push(t0.elapsed());
+        }
+        anyhow::ensure!(r.status.as_ref().is_some_and(|s| s.code == 0), "{:?}", r.status);
+    }
+    let grpc_cpu = ticks_to_us(cpu_ticks(pid)? - cpu0) / (n + n / 10) as f64;
+    drop(agent);
+    drop(auth);
+    Ok(vec![
+        Door { door: "line CHECK".into(), latency: summarize(line_lat), agent_cpu_us: line_cpu },
+        Door { door: "gRPC ext_authz Check".into(), latency: summarize(grpc_lat), agent_cpu_us: grpc_cpu },
+    ])
+}
