@@ -5,6 +5,7 @@ mod chaos;
 mod demo;
 mod grpc;
 mod hostile;
+mod jwks;
 mod procs;
 mod restart;
 mod scenarios;
@@ -38,7 +39,7 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Comma-separated: propagation, ingest, checks, grpc, compare, reconnect-storm, memory, chaos, flood,
+    /// Comma-separated: propagation, ingest, checks, grpc, jwks, compare, reconnect-storm, memory, chaos, flood,
     /// slow-clients (needs slowhttptest), restart, tls, ha
     /// (default: all but ha, which needs PostgreSQL).
     #[arg(
@@ -280,6 +281,29 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         }
         println!();
         report.insert("grpc".into(), json!(rows));
+    }
+    if want("jwks") {
+        println!("jwks: CHECK with the JWKS provider idle, and while its fetches hang; a random-kid flood");
+        let r = jwks::measure(tmp, a.requests, Duration::from_secs(a.throughput_secs.max(3))).await?;
+        println!("{:<26} {:>10} {:>10}", "", "p50", "p99");
+        println!("{:<26} {:>10} {:>10}", "CHECK, provider idle", us(r.idle.p50_us), us(r.idle.p99_us));
+        println!(
+            "{:<26} {:>10} {:>10}",
+            "CHECK, fetches hanging",
+            us(r.during_fetch.p50_us),
+            us(r.during_fetch.p99_us)
+        );
+        println!(
+            "ratio: p50 {:.2}x, p99 {:.2}x; flood: {} random-kid checks in {:.1}s caused {} fetches ({:.1}/min)",
+            r.during_fetch.p50_us / r.idle.p50_us.max(0.001),
+            r.during_fetch.p99_us / r.idle.p99_us.max(0.001),
+            r.flood_checks,
+            r.flood_secs,
+            r.flood_fetches,
+            r.flood_fetches as f64 * 60.0 / r.flood_secs.max(0.001)
+        );
+        println!();
+        report.insert("jwks".into(), json!(r));
     }
     if let Some(r) = &redis {
         report.insert("redis".into(), json!(r));
