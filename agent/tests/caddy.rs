@@ -1,9 +1,8 @@
 //! Through a real Caddy (Debian's package): `forward_auth` configured with the README's
 //! Caddyfile block, verbatim but for the site address, the socket path and the upstream.
 
-use crate::util::{token, wait_for, AgentProc, Authority};
+use crate::util::{free_port, header, proxy_get, token, wait_for, AgentProc, Authority};
 use serde_json::json;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -24,10 +23,6 @@ fn readme_snippet() -> String {
     let after = readme.split("<!-- caddy-snippet").nth(1).expect("README has the caddy-snippet marker");
     let block = after.split("```caddy\n").nth(1).expect("a caddy block after the marker");
     block.split("```").next().unwrap().to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Caddy(Child);
@@ -54,28 +49,6 @@ fn start(dir: &Path, sites: &str) -> Caddy {
         .spawn()
         .unwrap();
     Caddy(child)
-}
-
-/// One HTTP/1.0 GET: status, headers (lower-cased names), body.
-fn get(port: u16, bearer: Option<&str>) -> (u16, Vec<(String, String)>, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
-    write!(s, "GET /orders/17 HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,24 +83,24 @@ async fn caddy_forward_auth_with_the_readme_block_passes_every_verdict_through()
     wait_for(|| !fresh.ask("PING").ends_with("log_id=none"), "agent in sync").await;
 
     let alice = token("c-alice", "alice", json!({}));
-    let (status, h, body) = get(fresh_port, Some(&alice));
+    let (status, h, body) = proxy_get(fresh_port, Some(&alice));
     assert_eq!((status, body.as_str()), (200, "hello alice"), "{h:?}");
 
     let leaked = token("c-leaked", "mallory", json!({}));
-    assert_eq!(get(fresh_port, Some(&leaked)).0, 200);
+    assert_eq!(proxy_get(fresh_port, Some(&leaked)).0, 200);
     auth.revoke(json!({"kind": "jti", "jti": "c-leaked", "expires_at": crate::util::now() + 3600})).await;
-    let (status, h, _) = get(fresh_port, Some(&leaked));
+    let (status, h, _) = proxy_get(fresh_port, Some(&leaked));
     assert_eq!(status, 401, "{h:?}");
     assert_eq!(header(&h, "x-revmesh-verdict"), Some("revoked"));
     assert_eq!(header(&h, "www-authenticate"), Some("Bearer error=\"invalid_token\""));
 
-    let (status, h, _) = get(fresh_port, Some("not.a.token"));
+    let (status, h, _) = proxy_get(fresh_port, Some("not.a.token"));
     assert_eq!((status, header(&h, "x-revmesh-verdict")), (401, Some("invalid")), "{h:?}");
-    let (status, h, _) = get(fresh_port, None);
+    let (status, h, _) = proxy_get(fresh_port, None);
     assert_eq!((status, header(&h, "x-revmesh-verdict")), (401, Some("invalid")), "{h:?}");
     assert_eq!(header(&h, "www-authenticate"), Some("Bearer"));
 
-    let (status, h, _) = get(stale_port, Some(&alice));
+    let (status, h, _) = proxy_get(stale_port, Some(&alice));
     assert_eq!((status, header(&h, "x-revmesh-verdict")), (403, Some("stale")), "{h:?}");
     drop((fresh, stale));
     auth.stop().await;

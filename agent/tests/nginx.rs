@@ -3,9 +3,8 @@
 //! sees for every verdict, with nginx's workers running as another user than the agent (as
 //! Debian runs them) when the test runs as root.
 
-use crate::util::{token, wait_for, AgentProc, Authority};
+use crate::util::{free_port, header, proxy_get, token, wait_for, AgentProc, Authority};
 use serde_json::json;
-use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,10 +27,6 @@ fn readme_snippet() -> String {
     let after = readme.split("<!-- nginx-snippet").nth(1).expect("README has the nginx-snippet marker");
     let block = after.split("```nginx\n").nth(1).expect("an nginx block after the marker");
     block.split("```").next().unwrap().to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn is_root() -> bool {
@@ -107,28 +102,6 @@ impl Drop for Nginx {
     }
 }
 
-/// One HTTP/1.0 GET through nginx: status, headers (lower-cased names), body.
-fn get(port: u16, bearer: Option<&str>) -> (u16, Vec<(String, String)>, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
-    write!(s, "GET /orders HTTP/1.0\r\nHost: shop\r\n{auth}\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_with_the_readme_snippet_passes_every_verdict_through() {
     let bin = nginx_binary();
@@ -176,29 +149,29 @@ async fn nginx_auth_request_with_the_readme_snippet_passes_every_verdict_through
     wait_for(|| !fresh.ask("PING").ends_with("log_id=none"), "agent in sync").await;
 
     let alice = token("n-alice", "alice", json!({}));
-    let (status, h, body) = get(fresh_port, Some(&alice));
+    let (status, h, body) = proxy_get(fresh_port, Some(&alice));
     assert_eq!((status, body.as_str()), (200, "hello alice\n"), "{h:?} {}", ngx.error_log());
     assert_eq!(header(&h, "x-revmesh-verdict"), Some("ok"));
 
     let leaked = token("n-leaked", "mallory", json!({}));
-    assert_eq!(get(fresh_port, Some(&leaked)).0, 200);
+    assert_eq!(proxy_get(fresh_port, Some(&leaked)).0, 200);
     auth.revoke(json!({"kind": "jti", "jti": "n-leaked", "expires_at": crate::util::now() + 3600})).await;
-    let (status, h, _) = get(fresh_port, Some(&leaked));
+    let (status, h, _) = proxy_get(fresh_port, Some(&leaked));
     assert_eq!(status, 401, "{h:?}");
     assert_eq!(header(&h, "x-revmesh-verdict"), Some("revoked"));
     assert_eq!(header(&h, "www-authenticate"), Some("Bearer error=\"invalid_token\""));
 
-    let (status, h, _) = get(fresh_port, Some("not.a.token"));
+    let (status, h, _) = proxy_get(fresh_port, Some("not.a.token"));
     assert_eq!(status, 401, "{h:?}");
     assert_eq!(header(&h, "x-revmesh-verdict"), Some("invalid"));
     assert_eq!(header(&h, "www-authenticate"), Some("Bearer error=\"invalid_token\""));
 
-    let (status, h, _) = get(fresh_port, None);
+    let (status, h, _) = proxy_get(fresh_port, None);
     assert_eq!(status, 401, "{h:?}");
     assert_eq!(header(&h, "x-revmesh-verdict"), Some("invalid"));
     assert_eq!(header(&h, "www-authenticate"), Some("Bearer"));
 
-    let (status, h, _) = get(stale_port, Some(&alice));
+    let (status, h, _) = proxy_get(stale_port, Some(&alice));
     assert_eq!(status, 403, "stale must reach the client as 403, not 500: {h:?} {}", ngx.error_log());
     assert_eq!(header(&h, "x-revmesh-verdict"), Some("stale"));
 

@@ -3,7 +3,7 @@
 //! `deploy/prometheus/revmesh-alerts.yml`, and every expression of the Grafana dashboard
 //! (`deploy/grafana/revmesh.json`) and of the rules is evaluated through its HTTP API.
 
-use crate::util::{ask, token, wait_for, AgentProc, Authority};
+use crate::util::{ask, free_port, token, wait_for, AgentProc, Authority};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,10 +24,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Prometheus {

@@ -2,7 +2,7 @@
 //! token checked over `--grpc-socket` (Envoy's `Authorization/Check`, HTTP/2) and over the line
 //! socket (`CHECK`), one request at a time, with the agent's CPU per request from /proc.
 
-use crate::procs::{AgentProc, AuthorityProc};
+use crate::procs::{bench_pair, BENCH_SECRET};
 use crate::util::{summarize, Summary};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -38,24 +38,10 @@ fn ticks_to_us(ticks: u64) -> f64 {
 
 /// `n` sequential checks of `token` through each door.
 pub async fn compare(dir: &Path, n: usize) -> anyhow::Result<Vec<Door>> {
-    let auth = AuthorityProc::start(&dir.join("grpc-authority"), "127.0.0.1:0", &[])?;
-    let secret = dir.join("grpc-hs.secret");
-    let secret_text = "loadtest-secret-0123456789abcdef0123456789";
-    std::fs::write(&secret, secret_text)?;
-    let grpc_sock = dir.join("grpc-agent").join("grpc.sock");
-    let agent = AgentProc::start(
-        &dir.join("grpc-agent"),
-        "grpc-bench",
-        &auth.ws,
-        &secret,
-        &["--grpc-socket", &grpc_sock.display().to_string()],
-    )?;
+    let grpc_sock = dir.join("grpc-sock.sock");
+    let (auth, agent) = bench_pair(dir, "grpc", &["--grpc-socket", &grpc_sock.display().to_string()]).await?;
+    let secret_text = BENCH_SECRET;
     let pid = agent.proc.child.id();
-    let sock = agent.socket.clone();
-    crate::util::wait_until(std::time::Duration::from_secs(30), || {
-        crate::util::ask_line(&sock, "PING").is_ok_and(|l| !l.ends_with("log_id=none"))
-    })
-    .await?;
     let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let token = crate::util::mint(secret_text, "grpc-1", "alice", exp)?;
 

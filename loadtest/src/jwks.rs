@@ -2,7 +2,7 @@
 //! provider (checks must never wait on a fetch), and how many fetches a flood of random
 //! `kid`s causes.
 
-use crate::procs::{AgentProc, AuthorityProc};
+use crate::procs::{bench_pair, BENCH_SECRET};
 use crate::util::{summarize, Summary};
 use revmesh_testkit::{JwksServer, Mode};
 use serde::Serialize;
@@ -47,23 +47,10 @@ async fn sequential(socket: &Path, line: &str, n: usize, during: impl Fn(usize))
 /// `flood` (with `--jwks-min-refresh 1s`), then `n` checks while fetches hang.
 pub async fn measure(dir: &Path, n: usize, flood: Duration) -> anyhow::Result<Jwks> {
     let idp = JwksServer::start(r#"{"keys":[]}"#.to_owned());
-    let auth = AuthorityProc::start(&dir.join("jwks-authority"), "127.0.0.1:0", &[])?;
-    let secret = dir.join("jwks-hs.secret");
-    let secret_text = "loadtest-secret-0123456789abcdef0123456789";
-    std::fs::write(&secret, secret_text)?;
     let (url, ca) = (idp.url(), idp.ca_file.display().to_string());
-    let agent = AgentProc::start(
-        &dir.join("jwks-agent"),
-        "jwks-bench",
-        &auth.ws,
-        &secret,
-        &["--jwks-url", &url, "--jwks-ca-file", &ca, "--jwks-min-refresh", "1s"],
-    )?;
-    let sock = agent.socket.clone();
-    crate::util::wait_until(Duration::from_secs(30), || {
-        crate::util::ask_line(&sock, "PING").is_ok_and(|l| !l.ends_with("log_id=none"))
-    })
-    .await?;
+    let extra = ["--jwks-url", &url, "--jwks-ca-file", &ca, "--jwks-min-refresh", "1s"];
+    let (_auth, agent) = bench_pair(dir, "jwks", &extra).await?;
+    let secret_text = BENCH_SECRET;
     let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let token = crate::util::mint(secret_text, "jwks-1", "alice", exp)?;
     let line = format!("CHECK {token}");

@@ -183,3 +183,25 @@ impl AgentProc {
         Ok(AgentProc { proc, socket, metrics })
     }
 }
+
+/// The HMAC secret of the benchmark agents, and the tokens minted with it.
+pub const BENCH_SECRET: &str = "loadtest-secret-0123456789abcdef0123456789";
+
+/// An authority and one agent verifying HS256 with [`BENCH_SECRET`] (plus `extra` flags), the
+/// agent in sync with the authority's log before this returns.
+pub async fn bench_pair(
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<(AuthorityProc, AgentProc)> {
+    let auth = AuthorityProc::start(&dir.join(format!("{name}-authority")), "127.0.0.1:0", &[])?;
+    let secret = dir.join(format!("{name}-hs.secret"));
+    std::fs::write(&secret, BENCH_SECRET)?;
+    let agent = AgentProc::start(&dir.join(format!("{name}-agent")), name, &auth.ws, &secret, extra)?;
+    let sock = agent.socket.clone();
+    crate::util::wait_until(std::time::Duration::from_secs(30), || {
+        crate::util::ask_line(&sock, "PING").is_ok_and(|l| !l.ends_with("log_id=none"))
+    })
+    .await?;
+    Ok((auth, agent))
+}

@@ -1,6 +1,6 @@
 //! The measured scenarios. Every figure comes with a baseline measured in the same run.
 
-use crate::procs::{AgentProc, AuthorityProc};
+use crate::procs::AuthorityProc;
 use crate::util::{mint, summarize, wait_until, Summary};
 use anyhow::Context;
 use revmesh_agent::link::{self, LinkSettings};
@@ -273,19 +273,12 @@ async fn echo_server(path: PathBuf, stop: CancellationToken) -> anyhow::Result<(
 
 /// Measures STATUS and CHECK (HS256, ES256) against a real agent process, next to an echo floor.
 pub async fn checks(dir: &Path, n: usize, dur: Duration) -> anyhow::Result<Vec<Checks>> {
-    let auth = AuthorityProc::start(&dir.join("checks-authority"), "127.0.0.1:0", &[])?;
-    let secret = dir.join("hs.secret");
-    let secret_text = "loadtest-secret-0123456789abcdef0123456789";
-    std::fs::write(&secret, secret_text)?;
     let pubkey = dir.join("es256.pem");
     std::fs::write(&pubkey, ES256_PUBLIC)?;
-    let agent = AgentProc::start(
-        &dir.join("checks-agent"),
-        "bench",
-        &auth.ws,
-        &secret,
-        &["--public-key-file", &pubkey.display().to_string()],
-    )?;
+    let (auth, agent) =
+        crate::procs::bench_pair(dir, "checks", &["--public-key-file", &pubkey.display().to_string()])
+            .await?;
+    let secret_text = crate::procs::BENCH_SECRET;
     // A set with content: 10,000 revoked jtis.
     let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     for i in 0..10_000 {
