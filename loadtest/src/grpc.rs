@@ -10,7 +10,6 @@ use envoy_types::pb::envoy::service::auth::v3::{attribute_context, AttributeCont
 use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// One door's figures.
 #[derive(Debug, Serialize)]
@@ -46,22 +45,8 @@ pub async fn compare(dir: &Path, n: usize) -> anyhow::Result<Vec<Door>> {
     let token = crate::util::mint(secret_text, "grpc-1", "alice", exp)?;
 
     // Line protocol.
-    let s = tokio::net::UnixStream::connect(&agent.socket).await?;
-    let (r, mut w) = s.into_split();
-    let mut r = BufReader::new(r);
-    let (req, mut answer) = (format!("CHECK {token}\n"), String::new());
-    let mut line_lat = Vec::with_capacity(n);
     let cpu0 = cpu_ticks(pid)?;
-    for i in 0..n + n / 10 {
-        let t0 = Instant::now();
-        w.write_all(req.as_bytes()).await?;
-        answer.clear();
-        r.read_line(&mut answer).await?;
-        if i >= n / 10 {
-            line_lat.push(t0.elapsed());
-        }
-        anyhow::ensure!(answer.starts_with("OK "), "{answer}");
-    }
+    let line = crate::scenarios::sequential(&agent.socket, &format!("CHECK {token}"), n, "OK ").await?;
     let line_cpu = ticks_to_us(cpu_ticks(pid)? - cpu0) / (n + n / 10) as f64;
 
     // gRPC over the Unix socket.
@@ -99,7 +84,7 @@ pub async fn compare(dir: &Path, n: usize) -> anyhow::Result<Vec<Door>> {
     drop(agent);
     drop(auth);
     Ok(vec![
-        Door { door: "line CHECK".into(), latency: summarize(line_lat), agent_cpu_us: line_cpu },
+        Door { door: "line CHECK".into(), latency: line, agent_cpu_us: line_cpu },
         Door { door: "gRPC ext_authz Check".into(), latency: summarize(grpc_lat), agent_cpu_us: grpc_cpu },
     ])
 }

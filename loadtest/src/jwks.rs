@@ -3,12 +3,11 @@
 //! `kid`s causes.
 
 use crate::procs::{bench_pair, BENCH_SECRET};
-use crate::util::{summarize, Summary};
+use crate::util::Summary;
 use revmesh_testkit::{JwksServer, Mode};
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The figures.
 #[derive(Debug, Serialize)]
@@ -23,24 +22,6 @@ pub struct Jwks {
     pub flood_secs: f64,
     /// Fetches the flood caused.
     pub flood_fetches: u64,
-}
-
-async fn sequential(socket: &Path, line: &str, n: usize, during: impl Fn(usize)) -> anyhow::Result<Summary> {
-    let s = tokio::net::UnixStream::connect(socket).await?;
-    let (r, mut w) = s.into_split();
-    let mut r = BufReader::new(r);
-    let (req, mut answer) = (format!("{line}\n"), String::new());
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n {
-        during(i);
-        let t0 = Instant::now();
-        w.write_all(req.as_bytes()).await?;
-        answer.clear();
-        r.read_line(&mut answer).await?;
-        lat.push(t0.elapsed());
-        anyhow::ensure!(answer.starts_with("OK "), "{answer}");
-    }
-    Ok(summarize(lat))
 }
 
 /// Runs the measurement: `n` checks with the provider idle, a flood of random-kid checks for
@@ -66,7 +47,7 @@ pub async fn measure(dir: &Path, n: usize, flood: Duration) -> anyhow::Result<Jw
     };
     let unknown_line = format!("CHECK {unknown}");
 
-    let idle = sequential(&agent.socket, &line, n, |_| {}).await?;
+    let idle = crate::scenarios::sequential(&agent.socket, &line, n, "OK ").await?;
     // The flood: random-kid checks as fast as one connection goes.
     let before = idp.fetches();
     let started = Instant::now();
@@ -81,7 +62,7 @@ pub async fn measure(dir: &Path, n: usize, flood: Duration) -> anyhow::Result<Jw
     // The provider hangs; every 1,000 checks a random-kid check starts a fetch if one is due.
     idp.set_mode(Mode::Hang);
     let sock = agent.socket.clone();
-    let during_fetch = sequential(&agent.socket, &line, n, |i| {
+    let during_fetch = crate::scenarios::sequential_with(&agent.socket, &line, n, "OK ", |i| {
         if i % 1000 == 0 {
             let _ = crate::util::ask_line(&sock, &unknown_line);
         }

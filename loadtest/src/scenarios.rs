@@ -201,7 +201,19 @@ pub struct Checks {
     pub throughput_32: f64,
 }
 
-async fn sequential(socket: &Path, line: &str, n: usize, expect: &str) -> anyhow::Result<Summary> {
+pub(crate) async fn sequential(socket: &Path, line: &str, n: usize, expect: &str) -> anyhow::Result<Summary> {
+    sequential_with(socket, line, n, expect, |_| {}).await
+}
+
+/// `n` requests of `line` one at a time on one connection (after `n / 10` unmeasured), each
+/// answer starting with `expect`; `before(i)` runs before request `i`.
+pub(crate) async fn sequential_with(
+    socket: &Path,
+    line: &str,
+    n: usize,
+    expect: &str,
+    mut before: impl FnMut(usize),
+) -> anyhow::Result<Summary> {
     let s = UnixStream::connect(socket).await?;
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
@@ -209,6 +221,7 @@ async fn sequential(socket: &Path, line: &str, n: usize, expect: &str) -> anyhow
     let req = format!("{line}\n");
     let mut lat = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
+        before(i);
         let t0 = Instant::now();
         w.write_all(req.as_bytes()).await?;
         answer.clear();
