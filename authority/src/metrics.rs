@@ -171,14 +171,7 @@ impl Metrics {
         for reason in ADMIN_SHED_REASONS {
             m.admin_shed_total.with_label_values(&[reason]);
         }
-        // Which build is running, and the process's own CPU, memory and descriptors.
-        let build = prometheus::IntGaugeVec::new(
-            Opts::new("revmesh_build_info", "The running build (value 1)"),
-            &["version", "commit"],
-        )?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("REVMESH_COMMIT")]).set(1);
-        r.register(Box::new(build))?;
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        revmesh_runtime::metrics::register_process(r, env!("CARGO_PKG_VERSION"), env!("REVMESH_COMMIT"))?;
         Ok(m)
     }
 

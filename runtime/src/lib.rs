@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod config;
 pub mod form;
+pub mod metrics;
 pub mod pem;
 pub mod process;
 
