@@ -1,29 +1,12 @@
 //! Through a real Caddy (Debian's package): `forward_auth` configured with the README's
 //! Caddyfile block, verbatim but for the site address, the socket path and the upstream.
 
-use crate::util::{free_port, header, proxy_get, token, wait_for, AgentProc, Authority};
+use crate::util::{
+    free_port, header, program, proxy_get, readme_block, token, wait_for, AgentProc, Authority,
+};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-
-fn caddy_binary() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("caddy"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!("caddy is not installed: `apt-get install caddy` (scripts/test installs it)")
-    })
-}
-
-/// The README's Caddyfile block, as users copy it.
-fn readme_snippet() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let after = readme.split("<!-- caddy-snippet").nth(1).expect("README has the caddy-snippet marker");
-    let block = after.split("```caddy\n").nth(1).expect("a caddy block after the marker");
-    block.split("```").next().unwrap().to_owned()
-}
 
 struct Caddy(Child);
 
@@ -37,7 +20,7 @@ impl Drop for Caddy {
 fn start(dir: &Path, sites: &str) -> Caddy {
     let file = dir.join("Caddyfile");
     std::fs::write(&file, format!("{{\n\tadmin off\n\tauto_https off\n}}\n{sites}")).unwrap();
-    let child = Command::new(caddy_binary())
+    let child = Command::new(program("caddy", "caddy"))
         .args(["run", "--adapter", "caddyfile", "--config"])
         .arg(&file)
         // Caddy keeps state under $HOME and the XDG directories: keep it in the temp dir.
@@ -60,7 +43,7 @@ async fn caddy_forward_auth_with_the_readme_block_passes_every_verdict_through()
     let fresh = AgentProc::start(fresh_dir.path(), &auth.url(), &[]);
     let stale = AgentProc::start(stale_dir.path(), "ws://127.0.0.1:9", &[]);
     let (fresh_port, stale_port, backend) = (free_port(), free_port(), free_port());
-    let snippet = readme_snippet();
+    let snippet = readme_block("caddy-snippet", "caddy");
     let site = |port: u16, socket: &Path| {
         snippet
             .replace("shop.example.com", &format!("http://127.0.0.1:{port}"))

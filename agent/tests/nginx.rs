@@ -3,31 +3,13 @@
 //! sees for every verdict, with nginx's workers running as another user than the agent (as
 //! Debian runs them) when the test runs as root.
 
-use crate::util::{free_port, header, proxy_get, token, wait_for, AgentProc, Authority};
+use crate::util::{
+    free_port, header, program, proxy_get, readme_block, token, wait_for, AgentProc, Authority,
+};
 use serde_json::json;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-fn nginx_binary() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!("nginx is not installed: `apt-get install nginx-light` (scripts/test installs it)")
-    })
-}
-
-/// The README's nginx block, as users copy it.
-fn readme_snippet() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let after = readme.split("<!-- nginx-snippet").nth(1).expect("README has the nginx-snippet marker");
-    let block = after.split("```nginx\n").nth(1).expect("an nginx block after the marker");
-    block.split("```").next().unwrap().to_owned()
-}
 
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
@@ -68,7 +50,7 @@ http {{
             ),
         )
         .unwrap();
-        let child = Command::new(nginx_binary())
+        let child = Command::new(program("nginx", "nginx-light"))
             .arg("-p")
             .arg(dir)
             .arg("-c")
@@ -90,7 +72,7 @@ http {{
 impl Drop for Nginx {
     fn drop(&mut self) {
         // Stop master and workers (killing the master alone would orphan the workers).
-        let _ = Command::new(nginx_binary())
+        let _ = Command::new(program("nginx", "nginx-light"))
             .arg("-p")
             .arg(&self.prefix)
             .arg("-c")
@@ -104,7 +86,7 @@ impl Drop for Nginx {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_with_the_readme_snippet_passes_every_verdict_through() {
-    let bin = nginx_binary();
+    let bin = program("nginx", "nginx-light");
     let adir = tempfile::tempdir().unwrap();
     let auth = Authority::start(adir.path(), 0, &[]).await;
     let root = tempfile::tempdir().unwrap();
@@ -127,7 +109,7 @@ async fn nginx_auth_request_with_the_readme_snippet_passes_every_verdict_through
     assert_eq!(std::fs::metadata(&fresh.http_socket).unwrap().mode() & 0o777, 0o660);
 
     let (fresh_port, stale_port, backend) = (free_port(), free_port(), free_port());
-    let snippet = readme_snippet();
+    let snippet = readme_block("nginx-snippet", "nginx");
     let site = |socket: &Path| {
         snippet
             .replace("/run/revmesh/agent-http.sock", &socket.display().to_string())

@@ -242,3 +242,24 @@ pub fn proxy_get(port: u16, bearer: Option<&str>) -> (u16, Vec<(String, String)>
 pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
+
+/// A program the tests drive, from `PATH` or `/usr/sbin`; fails naming the Debian package.
+pub fn program(name: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("{name} is not installed: `apt-get install {package}` (scripts/test installs it)")
+    })
+}
+
+/// The README's code block in `lang` after `<!-- marker`, as users copy it.
+pub fn readme_block(marker: &str, lang: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let after = readme.split(&format!("<!-- {marker}")).nth(1).expect("README has the marker");
+    let block = after.split(&format!("```{lang}\n")).nth(1).expect("a code block after the marker");
+    block.split("```").next().unwrap().to_owned()
+}
