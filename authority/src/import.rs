@@ -66,27 +66,61 @@ fn get(args: &ImportArgs, path: &str) -> Result<Value, String> {
     serde_json::from_str(&body).map_err(|e| format!("GET {path}: {e}"))
 }
 
-/// Reads every revocation line (blank lines skipped); errors name the line.
-fn read_lines(file: &Path) -> Result<Vec<Value>, String> {
-    let reader: Box<dyn BufRead> = if file == Path::new("-") {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
-    } else {
-        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        Box::new(std::io::BufReader::new(f))
-    };
-    let mut out = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| format!("line {}: {e}", i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 1))?;
-        if !v.is_object() {
-            return Err(format!("line {}: not a JSON object", i + 1));
-        }
-        out.push(v);
+/// The file's revocation records, one per non-blank line, read as they are needed: memory
+/// stays bounded by one batch whatever the file's size. A line longer than one revocation may
+/// be ([`crate::admin::MAX_BODY`]) is an error naming it.
+struct Records {
+    reader: Box<dyn BufRead>,
+    line: usize,
+    buf: String,
+}
+
+impl Records {
+    fn open(file: &Path) -> Result<Records, String> {
+        let reader: Box<dyn BufRead> = if file == Path::new("-") {
+            Box::new(std::io::BufReader::new(std::io::stdin()))
+        } else {
+            let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            Box::new(std::io::BufReader::new(f))
+        };
+        Ok(Records { reader, line: 0, buf: String::new() })
     }
-    Ok(out)
+
+    /// The next non-blank line, raw (`None` at the end).
+    fn next_raw(&mut self) -> Result<Option<&str>, String> {
+        use std::io::Read;
+        loop {
+            self.buf.clear();
+            self.line += 1;
+            let limit = crate::admin::MAX_BODY as u64 + 1;
+            let n = self
+                .reader
+                .by_ref()
+                .take(limit)
+                .read_line(&mut self.buf)
+                .map_err(|e| format!("line {}: {e}", self.line))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if n as u64 == limit && !self.buf.ends_with('\n') {
+                return Err(format!("line {}: longer than {} bytes", self.line, crate::admin::MAX_BODY));
+            }
+            if !self.buf.trim().is_empty() {
+                return Ok(Some(self.buf.trim()));
+            }
+        }
+    }
+
+    /// The next record, parsed.
+    fn next_record(&mut self) -> Result<Option<Value>, String> {
+        let line = self.line + 1;
+        let Some(raw) = self.next_raw()? else { return Ok(None) };
+        let v: Value = serde_json::from_str(raw).map_err(|e| format!("line {line}: {e}"))?;
+        if !v.is_object() {
+            return Err(format!("line {line}: not a JSON object"));
+        }
+        Ok(Some(v))
+    }
 }
 
 /// `revmesh-authority import`.
@@ -104,7 +138,7 @@ fn import(args: &ImportArgs) -> Result<(), String> {
     if !(1..=1000).contains(&args.batch) {
         return Err("--batch must be between 1 and 1000".into());
     }
-    let lines = read_lines(&args.file)?;
+    let mut records = Records::open(&args.file)?;
     let stdin = args.file == Path::new("-");
     let ppath = progress_path(&args.file);
     let mut progress: Progress = if stdin {
@@ -131,17 +165,38 @@ fn import(args: &ImportArgs) -> Result<(), String> {
     } else if progress.done > 0 {
         eprintln!("resuming after {} lines already imported", progress.done);
     }
-    let total = lines.len();
+    // Skip what is done without parsing it.
+    for skipped in 0..progress.done {
+        if records.next_raw()?.is_none() {
+            return Err(format!(
+                "{} holds {skipped} records, fewer than the {} already imported; remove {} to start over",
+                args.file.display(),
+                progress.done,
+                ppath.display()
+            ));
+        }
+    }
     let started = Instant::now();
     let (mut first_seq, mut last_seq) = (None, None);
-    while progress.done < total {
+    let mut this_run = 0usize;
+    loop {
         let from = progress.done;
-        let batch: Vec<Value> = lines[from..(from + args.batch).min(total)].to_vec();
+        let mut batch = Vec::with_capacity(args.batch);
+        while batch.len() < args.batch {
+            match records.next_record()? {
+                Some(v) => batch.push(v),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
         if !stdin {
             progress.pending = Some((from, batch.clone()));
             save(&ppath, &progress).map_err(|e| format!("{}: {e}", ppath.display()))?;
         }
-        let body = Value::Array(batch.clone());
+        let n = batch.len();
+        let body = Value::Array(batch);
         let Answer { status, body: text } =
             call(&args.client, "POST", "/v1/revocations", Some(&body), Duration::from_secs(60))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(json!({"error": text}));
@@ -157,25 +212,24 @@ fn import(args: &ImportArgs) -> Result<(), String> {
             let msg = v["error"].as_str().unwrap_or(&text);
             return Err(format!("HTTP {status}{line}: {msg}; {from} records imported before it"));
         }
-        progress.done = from + batch.len();
+        progress.done = from + n;
+        this_run += n;
         progress.pending = None;
         if !stdin {
             save(&ppath, &progress).map_err(|e| format!("{}: {e}", ppath.display()))?;
         }
         first_seq = first_seq.or(v["first_seq"].as_u64());
         last_seq = v["last_seq"].as_u64().or(last_seq);
-        let rate = progress.done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-        eprint!(
-            "\rimported {}/{total} ({:.0}%, {rate:.0}/s)",
-            progress.done,
-            100.0 * progress.done as f64 / total.max(1) as f64
-        );
+        let rate = this_run as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        eprint!("\rimported {} records ({rate:.0}/s)", progress.done);
         let _ = std::io::stderr().flush();
     }
     eprintln!();
     match (first_seq, last_seq) {
-        (Some(a), Some(b)) => println!("imported {total} revocations; this run stored seq {a}..{b}"),
-        _ => println!("nothing to import: all {total} revocations were already imported"),
+        (Some(a), Some(b)) => {
+            println!("imported {} revocations; this run stored seq {a}..{b}", progress.done)
+        }
+        _ => println!("nothing to import: all {} revocations were already imported", progress.done),
     }
     Ok(())
 }

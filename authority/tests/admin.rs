@@ -402,4 +402,11 @@ fn import_submits_json_lines_in_bulk_and_resumes_without_duplicates() {
     let out = import(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("record 2"), "{err}");
+
+    // A line longer than one revocation may be is refused by the reader, not buffered whole.
+    let long = dir.path().join("long.jsonl");
+    std::fs::write(&long, format!("{{\"kind\":\"key\",\"kid\":\"{}\"}}\n", "k".repeat(100_000))).unwrap();
+    let out = import(&long);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 1: longer than"), "{err}");
 }
