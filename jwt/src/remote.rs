@@ -49,13 +49,24 @@ impl Location {
         };
         let (authority, path) =
             rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| format!("`{s}`: bad port"))?)
+        let default_port = if tls { 443 } else { 80 };
+        let port_of = |p: &str| p.parse::<u16>().map_err(|_| format!("`{s}`: bad port"));
+        // `[v6]` or `[v6]:port`, else `host` or `host:port`.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(rest) => {
+                let (h, after) = rest.split_once(']').ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
+                match after.strip_prefix(':') {
+                    Some(p) => (h, port_of(p)?),
+                    None if after.is_empty() => (h, default_port),
+                    None => return Err(format!("`{s}`: bad port")),
+                }
             }
-            _ => (authority, if tls { 443 } else { 80 }),
+            None => match authority.split_once(':') {
+                Some((h, p)) => (h, port_of(p)?),
+                None => (authority, default_port),
+            },
         };
-        let host = host.trim_matches(['[', ']']).to_owned();
+        let host = host.to_owned();
         if host.is_empty() {
             return Err(format!("`{s}`: no host"));
         }
@@ -344,5 +355,12 @@ mod tests {
         assert!(Location::parse("http://idp.example/certs").is_err());
         assert!(Location::parse("ftp://x/y").is_err());
         assert!(Location::parse("https:///x").is_err());
+        let Ok(Location::Url { host, port, .. }) = Location::parse("http://[::1]/certs") else { panic!() };
+        assert_eq!((host.as_str(), port), ("::1", 80), "a bracketed IPv6 host without a port");
+        let Ok(Location::Url { host, port, .. }) = Location::parse("https://[2001:db8::1]:8443/k") else {
+            panic!()
+        };
+        assert_eq!((host.as_str(), port), ("2001:db8::1", 8443));
+        assert!(Location::parse("https://[::1/k").is_err());
     }
 }
