@@ -63,7 +63,11 @@ pub async fn stream(
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let last = headers.get("last-event-id").map(|v| v.to_str().unwrap_or("x"));
+    let last = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return Err(ApiError::bad("Last-Event-ID", "`Last-Event-ID` is not text")),
+    };
     let cursor = start_cursor(last, q.after, s.log.view().head)?;
     let events = events(s.log.clone(), cursor, s.shutdown.clone());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(s.heartbeat).text("heartbeat")).into_response())
