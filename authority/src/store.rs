@@ -101,6 +101,15 @@ pub enum StoreError {
     /// Metadata is missing or inconsistent.
     #[error("store metadata: {0}")]
     Meta(String),
+    /// On reopening, the file at the store's path is not the log this process loaded (missing,
+    /// as when its volume is not mounted, or another log).
+    #[error("{}: {why}; the store stays closed until its own log is back", path.display())]
+    NotOurs {
+        /// The log file.
+        path: std::path::PathBuf,
+        /// What was found instead.
+        why: String,
+    },
 }
 
 fn io(e: impl Into<redb::Error>) -> StoreError {
@@ -234,6 +243,8 @@ pub struct RedbStore {
     db: std::sync::RwLock<Option<Database>>,
     broken: std::sync::atomic::AtomicBool,
     new_log_id: LogId,
+    /// The log id found (or written) by [`LogStore::load`]; a reopened file must carry it.
+    loaded: std::sync::OnceLock<LogId>,
 }
 
 pub(crate) fn record(entry: &Entry) -> Result<Vec<u8>, StoreError> {
@@ -296,6 +307,7 @@ impl RedbStore {
             db: std::sync::RwLock::new(Some(db)),
             broken: std::sync::atomic::AtomicBool::new(false),
             new_log_id,
+            loaded: std::sync::OnceLock::new(),
         })
     }
 
@@ -312,12 +324,31 @@ impl RedbStore {
         r
     }
 
-    /// Closes and reopens the database file (after an I/O error).
+    /// Closes and reopens the database file (after an I/O error). Only the log this process
+    /// loaded is reopened: never created (the data dir's volume may not be mounted yet), never
+    /// another log put in its place.
     fn reopen(&self) -> Result<(), StoreError> {
         let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
-        // redb holds a lock on the file: the old handle must be gone before the new one opens.
+        // redb holds a lock on the file, and a file system shut down after an error is released
+        // only when its last file closes: the old handle goes before anything else.
         drop(guard.take());
-        *guard = Some(Database::create(&self.path).map_err(io)?);
+        let not_ours = |why: String| StoreError::NotOurs { path: self.path.clone(), why };
+        if !self.path.try_exists().map_err(|e| not_ours(e.to_string()))? {
+            return Err(not_ours("the log file is missing".into()));
+        }
+        let db = Database::open(&self.path).map_err(io)?;
+        if let Some(want) = self.loaded.get() {
+            let found = {
+                let txn = db.begin_read().map_err(io)?;
+                let meta = txn.open_table(META).map_err(io)?;
+                let v = meta.get("log_id").map_err(io)?;
+                v.map(|v| v.value().to_vec())
+            };
+            if found.as_deref() != Some(&want.0[..]) {
+                return Err(not_ours(format!("it holds another log (log_id {found:02x?})")));
+            }
+        }
+        *guard = Some(db);
         self.broken.store(false, std::sync::atomic::Ordering::Release);
         tracing::info!(path = %self.path.display(), "store reopened");
         Ok(())
@@ -390,6 +421,8 @@ impl RedbStore {
             (log_id, head, floor, entries)
         };
         txn.commit().map_err(io)?;
+        // A second load (none today) finds the same id: the first one stays.
+        let _ = self.loaded.set(log_id);
         Ok(Loaded { log_id, head, floor, entries })
     }
 
@@ -462,6 +495,40 @@ mod tests {
         assert_eq!(l.entries.len(), 1);
         assert_eq!(l.entries[0].seq, 2);
         assert!(s.append(0, &[new("c")]).is_err(), "a stale head must not overwrite seqs");
+    }
+
+    /// Reopening after an I/O error must find the log it loaded: a data dir whose volume is not
+    /// mounted (yet) must not get a new, empty log, and a file swapped for another log must not
+    /// be written to. Either would hand agents a new history under a new log id after a restart.
+    #[test]
+    fn reopening_never_creates_or_adopts_another_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let s = RedbStore::open(&data, LogId([1; 16])).unwrap();
+        s.load().unwrap();
+        s.append(0, &[new("a")]).unwrap();
+        let broken = || s.broken.store(true, std::sync::atomic::Ordering::Release);
+
+        // The volume went away (unmounted): the file is gone from under the path.
+        broken();
+        let moved = dir.path().join("elsewhere");
+        std::fs::rename(&data, &moved).unwrap();
+        std::fs::create_dir(&data).unwrap();
+        assert!(s.probe().is_err(), "a missing log must not be reopened");
+        assert!(!data.join("log.redb").exists(), "reopening created a new log");
+
+        // Another log in its place.
+        {
+            let other = RedbStore::open(&data, LogId([2; 16])).unwrap();
+            other.load().unwrap();
+        }
+        assert!(matches!(s.probe(), Err(StoreError::NotOurs { .. })), "another log was adopted");
+
+        // The volume is back: the store reopens and goes on from its head.
+        std::fs::remove_dir_all(&data).unwrap();
+        std::fs::rename(&moved, &data).unwrap();
+        s.probe().unwrap();
+        assert_eq!(s.append(1, &[new("b")]).unwrap()[0].seq, 2);
     }
 
     #[test]
