@@ -481,6 +481,11 @@ async fn retry_unpersisted(
     pending: &mut Unpersisted,
 ) {
     let Some(p) = persist else { return };
+    // Files closed after an I/O error open again only through a snapshot, which covers
+    // every queued batch.
+    if !p.lock().unwrap_or_else(|e| e.into_inner()).is_open() {
+        pending.snapshot = true;
+    }
     if pending.snapshot {
         match write_snapshot(state, persist).await {
             Ok(seq) => {

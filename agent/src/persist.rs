@@ -40,21 +40,65 @@ pub enum PersistError {
     /// Encoding failed.
     #[error("encoding state: {0}")]
     Encode(String),
+    /// The files were closed after an error that a retry on the same files cannot outlive
+    /// (a file system turned read-only or failing); only a snapshot reopens them.
+    #[error("{}: closed after an I/O error; reopened by the next snapshot", dir.display())]
+    Closed {
+        /// The data dir.
+        dir: PathBuf,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
     move |source| PersistError::Io { path: path.to_owned(), source }
 }
 
-/// Open persistence files.
+/// Persistence under one data dir.
 #[derive(Debug)]
 pub struct Persist {
     dir: PathBuf,
-    /// `<data-dir>/lock`, held exclusively for the life of the process: two agents on one
-    /// data dir would interleave their journals.
+    /// `None` after an I/O error other than a full disk. A file system that the kernel turned
+    /// read-only after an error (`errors=remount-ro`) is released, so that it can be checked
+    /// and mounted again, only once its last file is closed; no write through the old files
+    /// can succeed after that. [`Persist::snapshot`] opens them again.
+    files: Option<Files>,
+    journal_len: u64,
+}
+
+#[derive(Debug)]
+struct Files {
+    /// `<data-dir>/lock`, held exclusively: two agents on one data dir would interleave their
+    /// journals.
     _lock: File,
     journal: File,
-    journal_len: u64,
+}
+
+/// Opens and locks `dir/lock`; `create` only when the data dir is opened at start (a reopened
+/// data dir without its lock file is not ours: its volume is not mounted, say).
+fn lock(dir: &Path, create: bool) -> Result<File, PersistError> {
+    let lock_path = dir.join("lock");
+    let lock = OpenOptions::new()
+        .create(create)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    if let Err(e) = lock.try_lock() {
+        let source = match e {
+            std::fs::TryLockError::WouldBlock => std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "locked by another running agent: each agent needs its own --data-dir",
+            ),
+            std::fs::TryLockError::Error(e) => e,
+        };
+        return Err(PersistError::Io { path: lock_path, source });
+    }
+    Ok(lock)
+}
+
+/// A write error that the same files can outlive: the disk is full (space may come back).
+fn space(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 /// What was found on disk.
@@ -81,23 +125,7 @@ impl Persist {
     /// dropped on the way).
     pub fn open(dir: &Path, clock: &Clock) -> Result<(Self, Recovered), PersistError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        if let Err(e) = lock.try_lock() {
-            let source = match e {
-                std::fs::TryLockError::WouldBlock => std::io::Error::new(
-                    std::io::ErrorKind::WouldBlock,
-                    "locked by another running agent: each agent needs its own --data-dir",
-                ),
-                std::fs::TryLockError::Error(e) => e,
-            };
-            return Err(PersistError::Io { path: lock_path, source });
-        }
+        let lock = lock(dir, true)?;
         let mut rec = Recovered::default();
         let state_path = dir.join("state.bin");
         match read_state(&state_path) {
@@ -155,7 +183,8 @@ impl Persist {
             journal.sync_all().map_err(io(&journal_path))?;
         }
         rec.heard_ms = std::fs::read_to_string(dir.join("heard")).ok().and_then(|s| s.trim().parse().ok());
-        Ok((Self { dir: dir.to_owned(), _lock: lock, journal, journal_len: good as u64 }, rec))
+        let files = Some(Files { _lock: lock, journal });
+        Ok((Self { dir: dir.to_owned(), files, journal_len: good as u64 }, rec))
     }
 
     /// Appends one applied batch and fsyncs it. Returns true when the journal should be compacted.
@@ -173,11 +202,17 @@ impl Persist {
         rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
         rec.extend_from_slice(&checksum(&body).to_le_bytes());
         rec.extend_from_slice(&body);
-        let written = self.journal.write_all(&rec).and_then(|()| self.journal.sync_data());
+        let Some(files) = self.files.as_mut() else {
+            return Err(PersistError::Closed { dir: self.dir.clone() });
+        };
+        let written = files.journal.write_all(&rec).and_then(|()| files.journal.sync_data());
         if let Err(e) = written {
             // A full disk may have taken part of the record: cut it off, so the next record
             // does not land behind a torn one (which a restart would cut, with all after it).
-            let _ = self.journal.set_len(self.journal_len);
+            let _ = files.journal.set_len(self.journal_len);
+            if !space(&e) {
+                self.files = None;
+            }
             return Err(io(&path)(e));
         }
         self.journal_len += rec.len() as u64;
@@ -186,7 +221,34 @@ impl Persist {
 
     /// Writes a full snapshot atomically, then empties the journal. `state.set` holds what the
     /// table image does not: the other kinds (its `jti` digests are ignored).
+    ///
+    /// Closed files (after an I/O error) are opened again first: the lock without creating it,
+    /// so a data dir whose volume is not mounted is never written; the journal emptied, as the
+    /// snapshot covers everything.
     pub fn snapshot(&mut self, state: &PersistedState, table: &TableImage) -> Result<(), PersistError> {
+        let reopened = match self.files.take() {
+            Some(files) => files,
+            None => {
+                let lock = lock(&self.dir, false)?;
+                let jp = self.dir.join("journal.bin");
+                let journal = OpenOptions::new().read(true).append(true).open(&jp).map_err(io(&jp))?;
+                Files { _lock: lock, journal }
+            }
+        };
+        let r = self.snapshot_with(&reopened.journal, state, table);
+        match &r {
+            Err(PersistError::Io { source, .. }) if !space(source) => {}
+            _ => self.files = Some(reopened),
+        }
+        r
+    }
+
+    fn snapshot_with(
+        &mut self,
+        journal: &File,
+        state: &PersistedState,
+        table: &TableImage,
+    ) -> Result<(), PersistError> {
         let body = encode_state_image(state, table).map_err(|e| PersistError::Encode(e.to_string()))?;
         let tmp = self.dir.join("state.bin.tmp");
         let dst = self.dir.join("state.bin");
@@ -204,15 +266,22 @@ impl Persist {
         std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
         let jp = self.dir.join("journal.bin");
-        self.journal.set_len(0).map_err(io(&jp))?;
-        self.journal.sync_all().map_err(io(&jp))?;
+        journal.set_len(0).map_err(io(&jp))?;
+        journal.sync_all().map_err(io(&jp))?;
         self.journal_len = 0;
         Ok(())
     }
 
     /// Records the time of the last contact with an authority (best effort, not fsynced).
     pub fn heard(&self, unix_ms: u64) {
-        let _ = std::fs::write(self.dir.join("heard"), unix_ms.to_string());
+        if self.files.is_some() {
+            let _ = std::fs::write(self.dir.join("heard"), unix_ms.to_string());
+        }
+    }
+
+    /// False after an I/O error closed the files, until a snapshot opens them again.
+    pub fn is_open(&self) -> bool {
+        self.files.is_some()
     }
 }
 

@@ -51,6 +51,124 @@ impl Drop for Tmpfs {
     }
 }
 
+/// An ext4 file system in an image file on a loop device, mounted `errors=remount-ro` as
+/// distributions mount their disks, so an I/O error turns it read-only the way the kernel does.
+/// Unmounted on drop.
+pub struct Ext4 {
+    dir: tempfile::TempDir,
+}
+
+impl Ext4 {
+    pub fn mount() -> Ext4 {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+        run("mkfs.ext4", &["-q", img.to_str().unwrap()], "apt-get install e2fsprogs");
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let e = Ext4 { dir };
+        e.attach();
+        e
+    }
+
+    fn img(&self) -> PathBuf {
+        self.dir.path().join("img")
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    fn attach(&self) {
+        let (img, mnt) = (self.img(), self.path());
+        let opts = ["-o", "loop,errors=remount-ro", img.to_str().unwrap(), mnt.to_str().unwrap()];
+        run("mount", &opts, "run the tests as root (CI does): they mount an ext4 image on a loop device");
+    }
+
+    /// What the kernel does on an I/O error under `errors=remount-ro`: record the error and
+    /// refuse every later write with EROFS (ext4's own error path, through its sysfs trigger).
+    pub fn fail(&self) {
+        let out = Command::new("findmnt").args(["-no", "SOURCE"]).arg(self.path()).output().unwrap();
+        let dev = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("/dev/").to_string();
+        assert!(dev.starts_with("loop"), "not mounted from a loop device: {dev:?}");
+        std::fs::write(format!("/sys/fs/ext4/{dev}/trigger_fs_error"), "revmesh test: simulated I/O error")
+            .unwrap();
+    }
+
+    /// Detaches the file system from its mount point (`umount -l`: the authority still holds it
+    /// open). The kernel releases it, and the loop device, once its last file is closed.
+    pub fn detach(&self) {
+        run("umount", &["-l", self.path().to_str().unwrap()], "apt-get install mount");
+    }
+
+    /// True while a loop device still holds the image (a process still has a file open on it).
+    pub fn held(&self) -> bool {
+        let out = Command::new("losetup").arg("-j").arg(self.img()).output().unwrap();
+        !out.stdout.is_empty()
+    }
+
+    /// What an operator does next: check the file system and mount it again.
+    pub fn repair_and_remount(&self) {
+        let out = Command::new("e2fsck").arg("-fy").arg(self.img()).output().unwrap();
+        // 0: clean, 1: errors corrected.
+        assert!(matches!(out.status.code(), Some(0 | 1)), "e2fsck: {}", String::from_utf8_lossy(&out.stdout));
+        self.attach();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+fn run(program: &str, args: &[&str], install: &str) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); {install}"));
+    assert!(out.status.success(), "{program} {args:?}: {}; {install}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The kernel turns the data dir's file system read-only after an I/O error (EROFS on every
+/// write). The authority refuses, reports not ready, closes its file so the volume can be
+/// released, never creates a new log while the volume is away, and takes revocations again
+/// once the operator has checked and remounted it, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_remount_refuses_then_recovers_once_remounted() {
+    let fs = Ext4::mount();
+    // The data dir is the mount point itself, as a dedicated volume is mounted.
+    let data = fs.path();
+    let mut a = Authority::start(&data, &["--store-timeout", "2s"]);
+    let ready = |a: &Authority| http(&a.admin, "GET", "/readyz", None, b"").0;
+    let mut accepted = vec![a.revoke_jti("before"), a.revoke_jti("before-2")];
+    fs.fail();
+    let body = r#"{"kind":"jti","jti":"read-only","expires_at":4000000000}"#;
+    let (status, v) = a.post("/v1/revocations", body);
+    assert_eq!(status, 503, "a revocation on a read-only file system must be refused: {v}");
+    wait_for(|| ready(&a) == 503, "/readyz to report the read-only store").await;
+
+    fs.detach();
+    wait_for(|| !fs.held(), "the authority to close its log so the file system is released").await;
+    // Still not ready, and nothing was created on the bare mount point meanwhile.
+    assert_eq!(ready(&a), 503);
+    assert!(std::fs::read_dir(&data).unwrap().next().is_none(), "a log appeared on the unmounted path");
+
+    fs.repair_and_remount();
+    let remounted = std::time::Instant::now();
+    wait_for(|| ready(&a) == 200, "/readyz to recover once the volume is back").await;
+    eprintln!("authority ready again {:?} after the remount", remounted.elapsed());
+    let seq = a.revoke_jti("after-remount");
+    assert_eq!(seq, accepted.last().unwrap() + 1, "a refused revocation took a seq");
+    accepted.push(seq);
+
+    a.kill9();
+    let b = Authority::start(&data, &[]);
+    for s in &accepted {
+        assert_eq!(b.get(&format!("/v1/revocations/{s}")).0, 200, "acknowledged seq {s} lost");
+    }
+    assert_eq!(b.get("/v1/status").1["head"], *accepted.last().unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_first_and_recovers_without_a_restart() {
     let fs = Tmpfs::mount("4m");
@@ -91,67 +209,96 @@ async fn a_full_disk_refuses_first_and_recovers_without_a_restart() {
     assert_eq!(b.get("/v1/status").1["head"], *accepted.last().unwrap());
 }
 
+/// An agent with its own data dir, linked to `a`, run in this process so the test can read its
+/// state.
+struct DiskAgent {
+    state: std::sync::Arc<revmesh_agent::state::AgentState>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DiskAgent {
+    fn start(a: &Authority, data: &Path, id: &str) -> DiskAgent {
+        use revmesh_agent::persist::Persist;
+        use std::sync::{Arc, Mutex};
+        let (persist, recovered) = Persist::open(data, &revmesh_runtime::Clock::system()).unwrap();
+        let state = Arc::new(revmesh_agent::state::AgentState::new(
+            recovered.set,
+            recovered.log_id,
+            recovered.applied_seq,
+            recovered.heard_ms,
+            std::time::Duration::from_secs(30),
+            false,
+            revmesh_agent::metrics::Metrics::new().unwrap(),
+        ));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let settings = revmesh_agent::link::LinkSettings::new(vec![a.ws_url()], id.into());
+        let task = tokio::spawn(revmesh_agent::link::run(
+            settings,
+            state.clone(),
+            Some(Arc::new(Mutex::new(persist))),
+            stop.clone(),
+        ));
+        DiskAgent { state, stop, task }
+    }
+
+    fn revoked(&self, jti: &str) -> bool {
+        matches!(
+            self.state.decide(&revmesh_protocol::TokenRef { jti: Some(jti), ..Default::default() }),
+            revmesh_agent::state::Decision::Revoked { .. }
+        )
+    }
+
+    /// Stops the agent and opens its data dir again: what a restart would find.
+    async fn restart_finds(self, data: &Path) -> revmesh_agent::persist::Recovered {
+        self.stop.cancel();
+        let _ = self.task.await;
+        revmesh_agent::persist::Persist::open(data, &revmesh_runtime::Clock::system()).unwrap().1
+    }
+}
+
+/// Revokes with a receipt until one shows `id` pending (its write failed); returns that seq and
+/// jti. Every receipt before it must show `id` acknowledged.
+fn revoke_until_pending(a: &Authority, id: &str) -> (u64, String) {
+    for i in 0..500 {
+        let jti = format!("during-fault-{i}");
+        let (status, receipt) = a.post(
+            "/v1/revocations?wait=all&timeout_ms=1000",
+            &format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#),
+        );
+        assert_eq!(status, 201);
+        let seq = receipt["seq"].as_u64().unwrap();
+        if receipt["pending"] == serde_json::json!([id]) {
+            return (seq, jti);
+        }
+        assert_eq!(receipt["acked"], serde_json::json!([id]), "{receipt}");
+    }
+    panic!("the agent acknowledged 500 revocations it could not have written");
+}
+
 /// An agent whose disk is full: revocation beats durability. It applies what it receives (and
 /// refuses those tokens), keeps its link, acknowledges nothing it could not persist (the receipt
 /// shows it pending), says so, and acknowledges everything once space is back, without a
 /// restart. A restart afterwards finds everything it acknowledged on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_back() {
-    use revmesh_agent::persist::Persist;
-    use std::sync::{Arc, Mutex};
     let adir = tempfile::tempdir().unwrap();
     let a = Authority::start(adir.path(), &["--ack-timeout", "200ms"]);
     let fs = Tmpfs::mount("2m");
     let data = fs.path().join("agent");
-    let (persist, recovered) = Persist::open(&data, &revmesh_runtime::Clock::system()).unwrap();
-    let state = Arc::new(revmesh_agent::state::AgentState::new(
-        recovered.set,
-        recovered.log_id,
-        recovered.applied_seq,
-        recovered.heard_ms,
-        std::time::Duration::from_secs(30),
-        false,
-        revmesh_agent::metrics::Metrics::new().unwrap(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let settings = revmesh_agent::link::LinkSettings::new(vec![a.ws_url()], "full-disk".into());
-    let task = tokio::spawn(revmesh_agent::link::run(
-        settings,
-        state.clone(),
-        Some(Arc::new(Mutex::new(persist))),
-        stop.clone(),
-    ));
-    let revoked = |jti: &str| {
-        matches!(
-            state.decide(&revmesh_protocol::TokenRef { jti: Some(jti), ..Default::default() }),
-            revmesh_agent::state::Decision::Revoked { .. }
-        )
-    };
+    let agent = DiskAgent::start(&a, &data, "full-disk");
     let first = a.revoke_jti("before-full");
-    wait_for(|| state.applied() >= first, "the agent to apply the first revocation").await;
+    wait_for(|| agent.state.applied() >= first, "the agent to apply the first revocation").await;
 
     let filler = fs.fill();
     let resends_before = a.metric("revmesh_authority_resends_total");
     let full_since = std::time::Instant::now();
     // The journal's last page may still take a few records; revoke until one cannot be written.
-    let (mut seq, mut jti) = (0, String::new());
-    for i in 0..500 {
-        jti = format!("during-full-{i}");
-        let (status, receipt) = a.post(
-            "/v1/revocations?wait=all&timeout_ms=1000",
-            &format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#),
-        );
-        assert_eq!(status, 201);
-        seq = receipt["seq"].as_u64().unwrap();
-        if receipt["pending"] == serde_json::json!(["full-disk"]) {
-            break;
-        }
-        assert_eq!(receipt["acked"], serde_json::json!(["full-disk"]), "{receipt}");
-    }
-    assert!(!state.persist_ok(), "the agent never found its disk full");
-    wait_for(|| revoked(&jti), "the agent to enforce the revocation in memory").await;
-    assert!(state.metrics.persist_errors_total.get() >= 1);
-    assert!(state.is_connected(), "the link must stay up");
+    let (seq, jti) = revoke_until_pending(&a, "full-disk");
+    assert!(!agent.state.persist_ok(), "the agent never found its disk full");
+    wait_for(|| agent.revoked(&jti), "the agent to enforce the revocation in memory").await;
+    assert!(agent.state.metrics.persist_errors_total.get() >= 1);
+    assert!(agent.state.is_connected(), "the link must stay up");
     assert!(a.get("/v1/agents").1[0]["applied_seq"].as_u64() < Some(seq), "acked beyond what is durable");
 
     std::fs::remove_file(&filler).unwrap();
@@ -163,10 +310,43 @@ async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_bac
         freed.elapsed(),
         full_since.elapsed()
     );
-    assert!(state.persist_ok());
-    stop.cancel();
-    let _ = task.await;
-    // What was acknowledged is on disk.
-    let (_, again) = Persist::open(&data, &revmesh_runtime::Clock::system()).unwrap();
+    assert!(agent.state.persist_ok());
+    let again = agent.restart_finds(&data).await;
     assert!(again.applied_seq >= seq, "restart found {} < acknowledged {seq}", again.applied_seq);
+}
+
+/// The agent's data dir turns read-only after an I/O error. It enforces in memory, acknowledges
+/// nothing it could not write, closes its files so the volume can be checked and remounted,
+/// writes nothing on the bare mount point meanwhile, and acknowledges everything once the
+/// volume is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_a_read_only_remount_enforces_in_memory_and_acks_once_remounted() {
+    let adir = tempfile::tempdir().unwrap();
+    let a = Authority::start(adir.path(), &["--ack-timeout", "200ms"]);
+    let fs = Ext4::mount();
+    let data = fs.path();
+    let agent = DiskAgent::start(&a, &data, "read-only");
+    let first = a.revoke_jti("before-read-only");
+    wait_for(|| agent.state.applied() >= first, "the agent to apply the first revocation").await;
+
+    fs.fail();
+    let (seq, jti) = revoke_until_pending(&a, "read-only");
+    assert!(!agent.state.persist_ok(), "the agent never found its disk read-only");
+    wait_for(|| agent.revoked(&jti), "the agent to enforce the revocation in memory").await;
+    assert!(agent.state.is_connected(), "the link must stay up");
+
+    fs.detach();
+    wait_for(|| !fs.held(), "the agent to close its files so the file system is released").await;
+    assert!(agent.revoked(&jti), "still enforced with no disk at all");
+    assert!(std::fs::read_dir(&data).unwrap().next().is_none(), "the agent wrote on the unmounted path");
+    assert!(a.get("/v1/agents").1[0]["applied_seq"].as_u64() < Some(seq), "acked beyond what is durable");
+
+    fs.repair_and_remount();
+    let remounted = std::time::Instant::now();
+    wait_for(|| a.get("/v1/agents").1[0]["applied_seq"] == seq, "the ack once the volume is back").await;
+    eprintln!("agent acked {:?} after the remount", remounted.elapsed());
+    assert!(agent.state.persist_ok());
+    let again = agent.restart_finds(&data).await;
+    assert!(again.applied_seq >= seq, "restart found {} < acknowledged {seq}", again.applied_seq);
+    assert!(again.set.len() >= 2, "the revocations are on disk");
 }
