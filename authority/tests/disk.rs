@@ -350,3 +350,134 @@ async fn an_agent_on_a_read_only_remount_enforces_in_memory_and_acks_once_remoun
     assert!(again.applied_seq >= seq, "restart found {} < acknowledged {seq}", again.applied_seq);
     assert!(again.set.len() >= 2, "the revocations are on disk");
 }
+
+/// A throwaway PostgreSQL cluster (`initdb` + `pg_ctl`, as the `postgres` user) whose data
+/// directory is on its own small tmpfs, on a free port; stopped and unmounted on drop. The
+/// machine's own PostgreSQL is never touched.
+struct PgCluster {
+    fs: Tmpfs,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PgCluster {
+    fn start(size: &str) -> PgCluster {
+        let bin = std::env::var_os("REVMESH_TEST_PG_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                .map(|d| {
+                    d.flatten().map(|e| e.path().join("bin")).filter(|b| b.join("initdb").exists()).collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            found.pop().expect(
+                "initdb not found under /usr/lib/postgresql/*/bin: apt-get install postgresql \
+                 (or set REVMESH_TEST_PG_BIN)",
+            )
+        });
+        let fs = Tmpfs::mount(size);
+        run("chown", &["postgres:postgres", fs.path().to_str().unwrap()], "a `postgres` user must exist");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = PgCluster { fs, bin, port };
+        let data = pg.data();
+        pg.as_postgres(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--wal-segsize=1", "--no-sync"],
+        );
+        pg.pg_ctl_start();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.fs.path().join("data").to_str().unwrap().to_owned()
+    }
+
+    fn as_postgres(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(program);
+        let mut all = vec!["-u", "postgres", "--", exe.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = Command::new("runuser").args(&all).output().unwrap();
+        assert!(
+            out.status.success() || program == "pg_ctl",
+            "{program}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn pg_ctl_start(&self) {
+        let (data, sock) = (self.data(), self.fs.path().to_str().unwrap().to_owned());
+        let log = format!("{sock}/postgres.log");
+        let opts = format!("-p {} -k {sock} -c listen_addresses=127.0.0.1 -c max_wal_size=32MB", self.port);
+        let out =
+            self.as_postgres("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts, "start"]);
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    /// Whether the postmaster is still running (PostgreSQL stops itself when it cannot write
+    /// its WAL).
+    fn running(&self) -> bool {
+        self.as_postgres("pg_ctl", &["-D", &self.data(), "status"]).status.success()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(exe)
+            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// PostgreSQL's volume fills up under the authority: revocations get 503 (never 201 for one
+/// that is not durable), `/readyz` turns 503, and once space is back (and PostgreSQL is
+/// running again, if it stopped itself) the authority takes revocations again by itself, with
+/// every acknowledged revocation still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_postgres_volume_refuses_then_recovers() {
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start("160m")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(&dir.path().join("r"), &["--store", &pg.url(), "--store-timeout", "2s"]);
+    let ready = |a: &Authority| http(&a.admin, "GET", "/readyz", None, b"").0;
+    let mut accepted = vec![a.revoke_jti("before")];
+    let filler = pg.fs.fill();
+    let mut refused = false;
+    for i in 0..20_000 {
+        let reason = "x".repeat(400);
+        let body =
+            format!(r#"{{"kind":"jti","jti":"full-{i}","expires_at":4000000000,"reason":"{reason}"}}"#);
+        match a.post("/v1/revocations", &body) {
+            (201, v) => accepted.push(v["seq"].as_u64().unwrap()),
+            (503, _) => {
+                refused = true;
+                break;
+            }
+            (s, v) => panic!("unexpected {s} on a full volume: {v}"),
+        }
+    }
+    assert!(refused, "PostgreSQL never ran out of space");
+    wait_for(|| ready(&a) == 503, "/readyz to report the full volume").await;
+    eprintln!("refused after {} accepted; PostgreSQL running: {}", accepted.len(), pg.running());
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed = std::time::Instant::now();
+    if !pg.running() {
+        // What its service manager does: start it again (crash recovery replays the WAL).
+        tokio::task::block_in_place(|| pg.pg_ctl_start());
+    }
+    wait_for(|| ready(&a) == 200, "/readyz to recover once space is back").await;
+    eprintln!("authority ready again {:?} after space was freed", freed.elapsed());
+    let seq = a.revoke_jti("after-full");
+    assert_eq!(seq, accepted.last().unwrap() + 1, "a refused revocation took a seq");
+    accepted.push(seq);
+    for s in &accepted {
+        assert_eq!(a.get(&format!("/v1/revocations/{s}")).0, 200, "acknowledged seq {s} lost");
+    }
+}
