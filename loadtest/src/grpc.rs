@@ -2,7 +2,7 @@
 //! token checked over `--grpc-socket` (Envoy's `Authorization/Check`, HTTP/2) and over the line
 //! socket (`CHECK`), one request at a time, with the agent's CPU per request from /proc.
 
-use crate::procs::{bench_pair, BENCH_SECRET};
+use crate::procs::{bench_pair, cpu_ticks, ticks_to_us, BENCH_SECRET};
 use crate::util::{summarize, Summary};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -20,19 +20,6 @@ pub struct Door {
     pub latency: Summary,
     /// Agent CPU per request, microseconds.
     pub agent_cpu_us: f64,
-}
-
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split(' ').collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok(field(11) + field(12)) // utime + stime, in clock ticks
-}
-
-fn ticks_to_us(ticks: u64) -> f64 {
-    // Linux reports /proc times in USER_HZ, 100 on every architecture revmesh runs on.
-    ticks as f64 * 10_000.0
 }
 
 /// `n` sequential checks of `token` through each door.

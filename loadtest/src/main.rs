@@ -1,6 +1,7 @@
 //! `revmesh-loadtest`: the demo mesh, and the scenarios that judge revmesh with real
 //! processes and sockets, printed as a table and optionally written as JSON.
 
+mod anchors;
 mod chaos;
 mod demo;
 mod grpc;
@@ -35,11 +36,28 @@ enum Cmd {
         /// Number of jtis.
         n: u64,
     },
+    /// Internal: one durable JetStream consumer process of the `receipt` scenario.
+    #[command(hide = true)]
+    NatsConsumer {
+        /// NATS server `host:port`.
+        #[arg(long)]
+        addr: String,
+        /// Consumer number.
+        #[arg(long)]
+        id: usize,
+    },
+    /// Internal: one Redis subscriber process of the `receipt` scenario.
+    #[command(hide = true)]
+    RedisSubscriber {
+        /// Redis server `host:port`.
+        #[arg(long)]
+        addr: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Comma-separated: propagation, ingest, checks, grpc, jwks, compare, reconnect-storm, memory, chaos, flood,
+    /// Comma-separated: propagation, receipt, ingest, checks, grpc, jwks, compare, reconnect-storm, memory, chaos, flood,
     /// slow-clients (needs slowhttptest), restart, tls, ha
     /// (default: all but ha, which needs PostgreSQL).
     #[arg(
@@ -51,6 +69,10 @@ struct RunArgs {
     /// Fleet sizes for propagation.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
     agents: Vec<usize>,
+    /// Fleet sizes of real agent processes (each with a data dir), and of subscriber processes
+    /// of the anchors, for `receipt`.
+    #[arg(long, value_delimiter = ',', default_value = "50,200")]
+    agent_procs: Vec<usize>,
     /// Revocations measured per fleet size.
     #[arg(long, default_value_t = 200)]
     revocations: usize,
@@ -81,6 +103,10 @@ struct RunArgs {
     /// PostgreSQL server for the `ha` scenario (a fresh database is created and dropped).
     #[arg(long, env = "REVMESH_TEST_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432")]
     postgres: String,
+    /// A NATS server with JetStream (`host:port`) for the `receipt` anchor [default: a private
+    /// `nats-server -js` on a free port, its store in a temp dir].
+    #[arg(long)]
+    nats: Option<String>,
     /// Also write the report here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -129,6 +155,12 @@ fn main() -> ExitCode {
             Cmd::MemoryProbe { n } => {
                 scenarios::memory_probe(n);
                 Ok(true)
+            }
+            Cmd::NatsConsumer { addr, id } => {
+                tokio::task::spawn_blocking(move || anchors::nats_consumer(&addr, id)).await?.map(|()| true)
+            }
+            Cmd::RedisSubscriber { addr } => {
+                tokio::task::spawn_blocking(move || anchors::redis_subscriber(&addr)).await?.map(|()| true)
             }
         }
     });
@@ -201,6 +233,47 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         }
         println!();
         report.insert("propagation".into(), json!(rows));
+    }
+    if want("receipt") {
+        println!(
+            "receipt: publish → every subscriber process has it ({} messages at {}/s); CPU per message",
+            a.revocations, a.rate
+        );
+        println!("  revmesh: ?wait=all, each agent's journal fsynced before its ack");
+        println!("  jetstream: file stream, one durable consumer per process, ack confirmed by the server");
+        println!("  redis pub/sub: received by every subscriber process (no acks, no durability)");
+        println!(
+            "{:>6} {:<14} {:>10} {:>10} {:>12} {:>14} {:>14} {:>12}",
+            "procs", "system", "p50", "p99", "p99 ratio", "server", "per link", "per process"
+        );
+        let mut rows = Vec::new();
+        for &n in &a.agent_procs {
+            let r = scenarios::propagation_procs(tmp, n, a.revocations, a.rate).await?;
+            let js = anchors::jetstream(tmp, a.nats.as_deref(), n, a.revocations, a.rate).await?;
+            let rd = anchors::redis_pubsub(n, a.revocations, a.rate).await?;
+            let row = |system: &str, s: &util::Summary, server: f64, link: Option<f64>, per: f64| {
+                println!(
+                    "{:>6} {:<14} {:>10} {:>10} {:>11.2}x {:>12.1}µs {:>14} {:>10.1}µs",
+                    n,
+                    system,
+                    us(s.p50_us),
+                    us(s.p99_us),
+                    r.receipt.p99_us / s.p99_us.max(0.001),
+                    server,
+                    link.map_or("-".into(), |l| format!("{l:.1}µs")),
+                    per
+                )
+            };
+            row("revmesh", &r.receipt, r.authority_cpu_us, Some(r.authority_cpu_per_link_us), r.agent_cpu_us);
+            row("jetstream", &js.receipt, js.server_cpu_us, None, js.subscriber_cpu_us);
+            row("redis pub/sub", &rd.receipt, rd.server_cpu_us, None, rd.subscriber_cpu_us);
+            if r.incomplete > 0 {
+                println!("       ({} revmesh receipts incomplete)", r.incomplete);
+            }
+            rows.push(json!({"revmesh": r, "jetstream": js, "redis": rd}));
+        }
+        println!("  p99 ratio: revmesh's p99 divided by the row's (revmesh's goal: ≤ 0.5x JetStream, ≤ 2.5x Redis)\n");
+        report.insert("receipt".into(), json!(rows));
     }
     if want("ingest") {
         println!("ingest: durable revocations/s (HTTP clients, 100 agents acking everything; batch > 1: JSON arrays)");

@@ -86,6 +86,21 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system, every thread, dead ones included) a process has used, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split(' ').collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(field(11) + field(12)) // utime + stime, in clock ticks
+}
+
+/// Clock ticks as microseconds.
+pub fn ticks_to_us(ticks: u64) -> f64 {
+    // Linux reports /proc times in USER_HZ, 100 on every architecture revmesh runs on.
+    ticks as f64 * 10_000.0
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();

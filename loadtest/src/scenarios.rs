@@ -901,3 +901,97 @@ async fn total_commits(reps: &[AuthorityProc]) -> f64 {
     }
     total
 }
+
+/// Propagation to a fleet of real agent processes, with CPU per revocation per component.
+#[derive(Debug, Serialize)]
+pub struct ProcPropagation {
+    /// Agent processes, each with its own data dir (journal fsynced before every ack).
+    pub agent_procs: usize,
+    /// Revocations measured.
+    pub revocations: usize,
+    /// Admin call → receipt with every agent acked (durably applied).
+    pub receipt: Summary,
+    /// Receipts that timed out with agents pending.
+    pub incomplete: usize,
+    /// Authority CPU per revocation, microseconds (user + system, from /proc).
+    pub authority_cpu_us: f64,
+    /// The same divided by the agent links.
+    pub authority_cpu_per_link_us: f64,
+    /// Mean CPU per revocation of one agent process, microseconds.
+    pub agent_cpu_us: f64,
+}
+
+/// `count` revocations at `rate`, each waited for with `?wait=all`, to `n` agent processes.
+/// CPU is read from /proc before and after the measured revocations, so connection set-up and
+/// catch-up are not counted; heartbeats during the run are.
+pub async fn propagation_procs(
+    dir: &Path,
+    n: usize,
+    count: usize,
+    rate: f64,
+) -> anyhow::Result<ProcPropagation> {
+    use crate::procs::{cpu_ticks, ticks_to_us, AgentProc, BENCH_SECRET};
+    let base = dir.join(format!("procs-{n}"));
+    let max = (n + 64).to_string();
+    let auth = AuthorityProc::start(&base.join("authority"), "127.0.0.1:0", &["--max-agents", &max])?;
+    let secret = base.join("hs.secret");
+    std::fs::write(&secret, BENCH_SECRET)?;
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..n {
+        agents.push(AgentProc::start(
+            &base.join(format!("agent-{i}")),
+            &format!("proc-{i}"),
+            &auth.ws,
+            &secret,
+            &[],
+        )?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while connected(&auth).await < n as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} agent processes connected",
+            connected(&auth).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
+    let revoke = |i: usize| {
+        let body = format!(r#"{{"kind":"jti","jti":"procs-{i}","expires_at":{exp}}}"#);
+        call(&auth, "POST", "/v1/revocations?wait=all&timeout_ms=30000".into(), body)
+    };
+    // One revocation first, so every agent has a log and a journal before measuring.
+    revoke(usize::MAX).await?;
+    let auth_pid = auth.proc.child.id();
+    let pids: Vec<u32> = agents.iter().map(|a| a.proc.child.id()).collect();
+    let agents_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
+    let (auth0, agents0) = (cpu_ticks(auth_pid)?, agents_cpu());
+    let mut lat = Vec::with_capacity(count);
+    let mut incomplete = 0;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    for i in 0..count {
+        let next = Instant::now() + gap;
+        let t0 = Instant::now();
+        let (status, v) = revoke(i).await?;
+        lat.push(t0.elapsed());
+        anyhow::ensure!(status == 201, "revocation failed: {v}");
+        if v["pending"].as_array().is_some_and(|p| !p.is_empty())
+            || v["disconnected"].as_array().is_some_and(|p| !p.is_empty())
+        {
+            incomplete += 1;
+        }
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let auth_us = ticks_to_us(cpu_ticks(auth_pid)? - auth0) / count as f64;
+    let agent_us = ticks_to_us(agents_cpu() - agents0) / count as f64 / n.max(1) as f64;
+    drop(agents);
+    Ok(ProcPropagation {
+        agent_procs: n,
+        revocations: count,
+        receipt: summarize(lat),
+        incomplete,
+        authority_cpu_us: auth_us,
+        authority_cpu_per_link_us: auth_us / n.max(1) as f64,
+        agent_cpu_us: agent_us,
+    })
+}

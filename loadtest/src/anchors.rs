@@ -1,0 +1,426 @@
+//! Anchors for the receipt: the same fan-out through NATS JetStream (a durable stream, one
+//! durable consumer per subscriber process, acks confirmed by the server) and through Redis
+//! pub/sub (no acks, no durability), each subscriber its own process, as revmesh's agents are.
+//! Each subscriber reports on a `done` subject/channel once it has what revmesh's receipt
+//! promises (JetStream: the server confirmed its ack; Redis: it received the message), and the
+//! driver times publish → last report.
+//!
+//! The clients are minimal and blocking (one process, one subscription): NATS's text protocol
+//! (<https://docs.nats.io/reference/reference-protocols/nats-protocol>) and RESP2.
+
+use crate::procs::{cpu_ticks, ticks_to_us, Proc};
+use crate::util::{summarize, Summary};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const STREAM: &str = "REVMESH_BENCH";
+const SUBJECT: &str = "revmesh.bench";
+const DONE: &str = "revmesh.bench.done";
+
+/// One anchor at one fan-out.
+#[derive(Debug, Serialize)]
+pub struct Anchor {
+    /// `jetstream` or `redis`.
+    pub system: String,
+    /// Subscriber processes.
+    pub subscribers: usize,
+    /// Publish → last subscriber done.
+    pub receipt: Summary,
+    /// Server CPU per message, microseconds.
+    pub server_cpu_us: f64,
+    /// Mean CPU per message of one subscriber process, microseconds.
+    pub subscriber_cpu_us: f64,
+}
+
+/// A NATS connection: blocking, one reader.
+struct Nats {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    line: String,
+}
+
+/// A message: subject, reply-to, payload.
+type Msg = (String, Option<String>, Vec<u8>);
+
+impl Nats {
+    fn connect(addr: &str) -> anyhow::Result<Nats> {
+        let s = TcpStream::connect(addr).with_context(|| format!("connecting to NATS at {addr}"))?;
+        s.set_nodelay(true)?;
+        let mut n = Nats { r: BufReader::new(s.try_clone()?), w: s, line: String::new() };
+        n.read_line()?; // INFO
+        n.w.write_all(
+            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":false,\"protocol\":1}\r\nPING\r\n",
+        )?;
+        loop {
+            n.read_line()?;
+            match n.line.trim_end() {
+                "PONG" => return Ok(n),
+                l if l.starts_with("-ERR") => bail!("NATS refused the connection: {l}"),
+                _ => {}
+            }
+        }
+    }
+
+    fn read_line(&mut self) -> anyhow::Result<()> {
+        self.line.clear();
+        if self.r.read_line(&mut self.line)? == 0 {
+            bail!("NATS closed the connection");
+        }
+        Ok(())
+    }
+
+    fn sub(&mut self, subject: &str, sid: u32) -> anyhow::Result<()> {
+        Ok(self.w.write_all(format!("SUB {subject} {sid}\r\n").as_bytes())?)
+    }
+
+    fn publish(&mut self, subject: &str, reply: Option<&str>, payload: &[u8]) -> anyhow::Result<()> {
+        let mut b = match reply {
+            Some(r) => format!("PUB {subject} {r} {}\r\n", payload.len()).into_bytes(),
+            None => format!("PUB {subject} {}\r\n", payload.len()).into_bytes(),
+        };
+        b.extend_from_slice(payload);
+        b.extend_from_slice(b"\r\n");
+        Ok(self.w.write_all(&b)?)
+    }
+
+    /// The next message; answers the server's PINGs on the way.
+    fn next(&mut self) -> anyhow::Result<Msg> {
+        loop {
+            self.read_line()?;
+            let l = self.line.trim_end().to_owned();
+            if l == "PING" {
+                self.w.write_all(b"PONG\r\n")?;
+                continue;
+            }
+            if l.starts_with("-ERR") {
+                bail!("NATS: {l}");
+            }
+            let Some(rest) = l.strip_prefix("MSG ") else { continue };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (subject, reply, len) = match f.as_slice() {
+                [s, _sid, len] => (s.to_string(), None, len.parse::<usize>()?),
+                [s, _sid, r, len] => (s.to_string(), Some(r.to_string()), len.parse::<usize>()?),
+                _ => bail!("NATS: malformed MSG line {l:?}"),
+            };
+            let mut payload = vec![0u8; len + 2];
+            self.r.read_exact(&mut payload)?;
+            payload.truncate(len);
+            return Ok((subject, reply, payload));
+        }
+    }
+
+    /// A JetStream API request; the JSON answer.
+    fn request(&mut self, subject: &str, body: &str, inbox: &str) -> anyhow::Result<serde_json::Value> {
+        self.publish(subject, Some(inbox), body.as_bytes())?;
+        loop {
+            let (s, _, p) = self.next()?;
+            if s == inbox {
+                let v: serde_json::Value = serde_json::from_slice(&p)?;
+                if v.get("error").is_some() {
+                    bail!("JetStream refused {subject}: {v}");
+                }
+                return Ok(v);
+            }
+        }
+    }
+}
+
+/// Internal subcommand: one durable JetStream consumer. Prints `ready` once subscribed; for
+/// every message, acks it, waits for the server to confirm the ack, then reports on `done`.
+pub fn nats_consumer(addr: &str, id: usize) -> anyhow::Result<()> {
+    let mut n = Nats::connect(addr)?;
+    let (deliver, inbox) = (format!("deliver.c{id}"), format!("_INBOX.c{id}"));
+    n.sub(&deliver, 1)?;
+    n.sub(&inbox, 2)?;
+    let cfg = serde_json::json!({
+        "stream_name": STREAM,
+        "config": {
+            "durable_name": format!("c{id}"),
+            "deliver_subject": deliver,
+            "ack_policy": "explicit",
+            "deliver_policy": "new",
+            "max_ack_pending": 1000,
+        }
+    });
+    n.request(&format!("$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.c{id}"), &cfg.to_string(), &inbox)?;
+    println!("ready");
+    loop {
+        // Deliveries keep the subject they were published on; their reply subject is the ack's.
+        let (_, reply, payload) = n.next()?;
+        let Some(reply) = reply.filter(|r| r.starts_with("$JS.ACK.")) else { continue };
+        n.publish(&reply, Some(&inbox), b"+ACK")?;
+        loop {
+            let (s, _, _) = n.next()?;
+            if s == inbox {
+                break;
+            }
+        }
+        n.publish(DONE, None, &payload)?;
+    }
+}
+
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut s = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        s.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        s.extend_from_slice(a);
+        s.extend_from_slice(b"\r\n");
+    }
+    s
+}
+
+/// Reads one RESP2 value as its flat list of bulk strings (enough for pub/sub pushes and
+/// integer replies).
+fn resp_read(r: &mut BufReader<TcpStream>) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        bail!("redis closed the connection");
+    }
+    let l = line.trim_end();
+    match l.as_bytes().first() {
+        Some(b'*') => {
+            let n: usize = l[1..].parse()?;
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                out.extend(resp_read(r)?);
+            }
+            Ok(out)
+        }
+        Some(b'$') => {
+            let n: i64 = l[1..].parse()?;
+            if n < 0 {
+                return Ok(vec![]);
+            }
+            let mut b = vec![0u8; n as usize + 2];
+            r.read_exact(&mut b)?;
+            b.truncate(n as usize);
+            Ok(vec![b])
+        }
+        Some(b'-') => bail!("redis: {l}"),
+        _ => Ok(vec![l.as_bytes().to_vec()]),
+    }
+}
+
+/// Internal subcommand: one Redis subscriber. Prints `ready` once subscribed; reports every
+/// message on the `done` channel from a second connection.
+pub fn redis_subscriber(addr: &str) -> anyhow::Result<()> {
+    let s = TcpStream::connect(addr).with_context(|| format!("connecting to redis at {addr}"))?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut out = TcpStream::connect(addr)?;
+    out.set_nodelay(true)?;
+    let mut out_r = BufReader::new(out.try_clone()?);
+    w.write_all(&resp(&[b"SUBSCRIBE", SUBJECT.as_bytes()]))?;
+    resp_read(&mut r)?;
+    println!("ready");
+    loop {
+        let m = resp_read(&mut r)?;
+        if let [kind, _, payload] = m.as_slice() {
+            if kind == b"message" {
+                out.write_all(&resp(&[b"PUBLISH", DONE.as_bytes(), payload]))?;
+                resp_read(&mut out_r)?;
+            }
+        }
+    }
+}
+
+/// Spawns `n` subscriber processes of this binary's hidden subcommand `args[0]`.
+fn subscribers(n: usize, args: impl Fn(usize) -> Vec<String>) -> anyhow::Result<Vec<Proc>> {
+    let me = std::env::current_exe()?;
+    (0..n).map(|i| Proc::spawn(&me, &args(i), false)).collect()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_port(addr: &str) -> anyhow::Result<()> {
+    let a = addr.to_owned();
+    crate::util::wait_until(Duration::from_secs(20), move || TcpStream::connect(&a).is_ok()).await
+}
+
+/// A private server process, killed on drop.
+struct Server(std::process::Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(program: &str, args: &[String], install: &str) -> anyhow::Result<Server> {
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {program}; install it with: {install}"))?;
+    Ok(Server(child))
+}
+
+/// Publishes `count` messages at `rate`, timing each from publish to the last of `n` reports
+/// on `done`. `publish` sends message `i` (and waits for what makes it accepted); `done`
+/// reads the next report's payload.
+fn drive(
+    n: usize,
+    count: usize,
+    rate: f64,
+    mut publish: impl FnMut(&[u8]) -> anyhow::Result<()>,
+    mut done: impl FnMut() -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<Vec<Duration>> {
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let mut lat = Vec::with_capacity(count);
+    for i in 0..count + 1 {
+        let next = Instant::now() + gap;
+        let id = format!("m{i}").into_bytes();
+        let t0 = Instant::now();
+        publish(&id)?;
+        let mut got = 0;
+        while got < n {
+            if done()? == id {
+                got += 1;
+            }
+        }
+        // The first message warms every path up (as revmesh's first revocation does).
+        if i > 0 {
+            lat.push(t0.elapsed());
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    Ok(lat)
+}
+
+fn cpu_per_msg(server: u64, subs: u64, count: usize, n: usize) -> (f64, f64) {
+    (ticks_to_us(server) / count as f64, ticks_to_us(subs) / count as f64 / n.max(1) as f64)
+}
+
+/// JetStream: a private `nats-server -js` (file store in `dir`), or the server at `url`.
+pub async fn jetstream(
+    dir: &Path,
+    url: Option<&str>,
+    n: usize,
+    count: usize,
+    rate: f64,
+) -> anyhow::Result<Anchor> {
+    let (addr, server) = match url {
+        Some(u) => (u.trim_start_matches("nats://").to_owned(), None),
+        None => {
+            let port = free_port()?;
+            let store = dir.join(format!("jetstream-{n}"));
+            let args =
+                ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", &store.display().to_string()]
+                    .map(String::from);
+            let s = start("nats-server", &args, "apt-get install nats-server")?;
+            (format!("127.0.0.1:{port}"), Some(s))
+        }
+    };
+    wait_port(&addr).await?;
+    let a = addr.clone();
+    let lat_cpu = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<Duration>, f64, f64)> {
+        let mut c = Nats::connect(&a)?;
+        c.sub("_INBOX.driver", 1)?;
+        c.sub(DONE, 2)?;
+        // A fresh stream each run (a shared server may hold one from an earlier run).
+        let _ = c.request(&format!("$JS.API.STREAM.DELETE.{STREAM}"), "", "_INBOX.driver");
+        let cfg = serde_json::json!({"name": STREAM, "subjects": [SUBJECT], "storage": "file", "max_msgs": 100_000});
+        c.request(&format!("$JS.API.STREAM.CREATE.{STREAM}"), &cfg.to_string(), "_INBOX.driver")?;
+        let subs =
+            subscribers(n, |i| vec!["nats-consumer".into(), "--addr".into(), a.clone(), "--id".into(), i.to_string()])?;
+        let pids: Vec<u32> = subs.iter().map(|p| p.child.id()).collect();
+        let server_pid = server.as_ref().map(|s| s.0.id());
+        let subs_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
+        let server_cpu = || server_pid.map_or(0, |p| cpu_ticks(p).unwrap_or(0));
+        let (s0, c0) = (server_cpu(), subs_cpu());
+        let cell = std::cell::RefCell::new(c);
+        let lat = drive(
+            n,
+            count,
+            rate,
+            |id| {
+                let mut c = cell.borrow_mut();
+                // Published with a reply subject, JetStream answers once the message is stored.
+                c.publish(SUBJECT, Some("_INBOX.driver"), id)?;
+                Ok(())
+            },
+            || loop {
+                let (s, _, p) = cell.borrow_mut().next()?;
+                if s == DONE {
+                    return Ok(p);
+                }
+            },
+        )?;
+        let (s, c) = cpu_per_msg(server_cpu() - s0, subs_cpu() - c0, count, n);
+        drop(subs);
+        Ok((lat, s, c))
+    })
+    .await??;
+    let _ = server;
+    Ok(Anchor {
+        system: "jetstream".into(),
+        subscribers: n,
+        receipt: summarize(lat_cpu.0),
+        server_cpu_us: lat_cpu.1,
+        subscriber_cpu_us: lat_cpu.2,
+    })
+}
+
+/// Redis pub/sub through a private `redis-server`.
+pub async fn redis_pubsub(n: usize, count: usize, rate: f64) -> anyhow::Result<Anchor> {
+    let port = free_port()?;
+    let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        .map(String::from);
+    let server = start("redis-server", &args, "apt-get install redis-server")?;
+    let addr = format!("127.0.0.1:{port}");
+    wait_port(&addr).await?;
+    let server_pid = server.0.id();
+    let (lat, s, c) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<Duration>, f64, f64)> {
+        let subs = subscribers(n, |_| vec!["redis-subscriber".into(), "--addr".into(), addr.clone()])?;
+        let pids: Vec<u32> = subs.iter().map(|p| p.child.id()).collect();
+        let subs_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
+        let done_conn = TcpStream::connect(&addr)?;
+        done_conn.set_nodelay(true)?;
+        let mut done_w = done_conn.try_clone()?;
+        let mut done_r = BufReader::new(done_conn);
+        done_w.write_all(&resp(&[b"SUBSCRIBE", DONE.as_bytes()]))?;
+        resp_read(&mut done_r)?;
+        let pub_conn = TcpStream::connect(&addr)?;
+        pub_conn.set_nodelay(true)?;
+        let mut pub_w = pub_conn.try_clone()?;
+        let mut pub_r = BufReader::new(pub_conn);
+        let (s0, c0) = (cpu_ticks(server_pid)?, subs_cpu());
+        let lat = drive(
+            n,
+            count,
+            rate,
+            |id| {
+                pub_w.write_all(&resp(&[b"PUBLISH", SUBJECT.as_bytes(), id]))?;
+                resp_read(&mut pub_r)?;
+                Ok(())
+            },
+            || loop {
+                if let [kind, _, p] = resp_read(&mut done_r)?.as_slice() {
+                    if kind == b"message" {
+                        return Ok(p.clone());
+                    }
+                }
+            },
+        )?;
+        let (s, c) = cpu_per_msg(cpu_ticks(server_pid)? - s0, subs_cpu() - c0, count, n);
+        drop(subs);
+        Ok((lat, s, c))
+    })
+    .await??;
+    drop(server);
+    Ok(Anchor {
+        system: "redis pub/sub".into(),
+        subscribers: n,
+        receipt: summarize(lat),
+        server_cpu_us: s,
+        subscriber_cpu_us: c,
+    })
+}
