@@ -175,13 +175,30 @@ pub async fn run(
         tracker.spawn(grpc::serve_tcp(server.clone(), l));
     }
     tracker.spawn(server::serve_metrics(metrics_listener, state.clone(), shutdown.clone()));
-    let settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
+    let mut settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
+    settings.persist_inline = true;
     let creds = Arc::new(arc_swap::ArcSwap::from_pointee(link::Credentials {
         token: cfg.token.clone(),
         tls: cfg.tls.clone(),
     }));
     let persist = Some(Arc::new(Mutex::new(persist)));
-    tracker.spawn(link::run_with(settings, creds.clone(), state.clone(), persist, shutdown.clone()));
+    // The link runs on a thread of its own and writes its journal there: a batch is read,
+    // applied, fsynced and acknowledged without handing it between threads, and checks on the
+    // other threads never wait behind an fsync.
+    let link = link::run_with(settings, creds.clone(), state.clone(), persist, shutdown.clone());
+    let link_shutdown = shutdown.clone();
+    let link_thread = std::thread::Builder::new().name("revmesh-link".into()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(link),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the link's runtime; stopping");
+                link_shutdown.cancel();
+            }
+        }
+    })?;
+    tracker.spawn(async move {
+        let _ = tokio::task::spawn_blocking(move || link_thread.join()).await;
+    });
     tracker.spawn(reload_on_sighup(cfg.clone(), server.clone(), creds, hangups, shutdown.clone()));
     let gc_state = state.clone();
     let gc_shutdown = shutdown.clone();

@@ -4,15 +4,14 @@
 //! The same code runs inside the `revmesh-agent` process and inside `revmesh-loadtest`'s
 //! in-process agents (without a data dir).
 
-use crate::persist::Persist;
+use crate::persist::{JournalBatch, Persist};
 use crate::state::AgentState;
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession};
 use revmesh_protocol::codec::{decode, encode};
 use revmesh_protocol::frame::Frame;
 use revmesh_protocol::time::{backoff, Jitter};
-use revmesh_protocol::{Entry, LogId};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +39,10 @@ pub struct LinkSettings {
     pub idle_timeout: Duration,
     /// TLS for wss:// URLs.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Write and fsync the journal on the link's own task instead of handing every write to
+    /// tokio's blocking pool. For a link that runs on a thread of its own (the agent binary's
+    /// does): it saves the two thread handoffs of each write.
+    pub persist_inline: bool,
 }
 
 impl LinkSettings {
@@ -59,6 +62,7 @@ impl LinkSettings {
             reconnect_max: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(20),
             tls: None,
+            persist_inline: false,
         }
     }
 }
@@ -146,6 +150,7 @@ pub async fn run_with(
         state.applied(),
         AgentConfig { idle_timeout: settings.idle_timeout, ..AgentConfig::default() },
     );
+    let journal = persist.map(|p| Journal { p, inline: settings.persist_inline });
     let mut jitter = Jitter::new(rand::random());
     let mut unpersisted = Unpersisted::default();
     let mut attempt: u32 = 0;
@@ -162,7 +167,7 @@ pub async fn run_with(
                 }
                 state.set_connected(true);
                 tracing::info!(%url, "connected to authority");
-                let e = drive(ws, &mut session, &state, persist.as_ref(), &mut unpersisted, &shutdown).await;
+                let e = drive(ws, &mut session, &state, journal.as_ref(), &mut unpersisted, &shutdown).await;
                 state.set_connected(false);
                 session.disconnected();
                 e
@@ -308,7 +313,7 @@ async fn drive(
     mut ws: Ws,
     session: &mut AgentSession,
     state: &AgentState,
-    persist: Option<&Arc<Mutex<Persist>>>,
+    journal: Option<&Journal>,
     unpersisted: &mut Unpersisted,
     shutdown: &CancellationToken,
 ) -> Ended {
@@ -340,67 +345,93 @@ async fn drive(
         }
         tokio::select! {
             msg = ws.next() => {
-                let t = clock.now();
-                let frame = match msg {
-                    Some(Ok(Message::Binary(b))) => match decode(&b) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            state.metrics.frames_rejected_total.with_label_values(&[e.reason()]).inc();
-                            let _ = ws.close(None).await;
-                            return Ended::Failed(format!("bad frame from authority: {e}"));
-                        }
-                    },
-                    Some(Ok(Message::Close(c))) => return Ended::Failed(format!("closed by authority: {c:?}")),
-                    None => return Ended::Failed("connection closed".into()),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(_)) => {
-                        state.metrics.frames_rejected_total.with_label_values(&["not_binary"]).inc();
-                        return Ended::Failed("non-binary frame from authority".into());
-                    }
-                    Some(Err(e)) => return Ended::Failed(format!("link error: {e}")),
-                };
-                if let Err(v) = session.handle_frame(frame, t) {
-                    state.metrics.frames_rejected_total.with_label_values(&["violation"]).inc();
-                    if let Ok(b) = encode(&Frame::Error(v.0.clone())) {
-                        let _ = ws.send(Message::Binary(Bytes::from(b))).await;
-                    }
-                    let _ = ws.close(None).await;
-                    return Ended::Failed(v.to_string());
+                if let Err(end) = on_message(msg, &mut ws, session, state).await {
+                    return end;
                 }
-                // The head announced in a welcome (or far ahead in a heartbeat) must be applied
-                // before the agent answers as fresh again.
-                state.set_catch_up_to(session.catch_up_to());
-                // An incremental welcome from a fresh agent ties it to the authority's log
-                // before any entry arrives (an empty log is still a log to be in sync with).
-                if let Some(l) = session.log_id() {
-                    if state.log_id().is_none() && session.applied_seq() == state.applied() {
-                        state.adopt_log(l);
+                // Frames already received are handled before anything is written, so one
+                // journal write (one fsync) and one ack cover all of them.
+                for _ in 0..MAX_FRAMES_PER_WRITE {
+                    let Some(msg) = ws.next().now_or_never() else { break };
+                    if let Err(end) = on_message(msg, &mut ws, session, state).await {
+                        // What earlier frames handed over comes first: written, and a go-away's
+                        // retry hint wins over the close that followed it.
+                        return apply_events(session, state, journal, unpersisted).await.unwrap_or(end);
                     }
                 }
                 if let Some(h) = session.last_heard() {
                     state.heard(h);
-                    if let (Some(p), true) = (persist, last_heard_write.elapsed() > Duration::from_secs(1)) {
+                    if let (Some(j), true) = (journal, last_heard_write.elapsed() > Duration::from_secs(1)) {
                         last_heard_write = Instant::now();
-                        if let Ok(p) = p.lock() {
-                            p.heard(t.unix_ms);
+                        if let Ok(p) = j.p.lock() {
+                            p.heard(clock.now().unix_ms);
                         }
                     }
                 }
             }
             _ = &mut timer => session.handle_timeout(clock.now()),
             _ = sleep_until_due(unpersisted.retry_at) => {
-                retry_unpersisted(session, state, persist, unpersisted).await;
+                retry_unpersisted(session, state, journal, unpersisted).await;
             }
             _ = &mut stopping => {
                 let _ = ws.close(None).await;
                 return Ended::Shutdown;
             }
         }
-        if let Some(end) = apply_events(session, state, persist, unpersisted).await {
+        if let Some(end) = apply_events(session, state, journal, unpersisted).await {
             let _ = ws.close(None).await;
             return end;
         }
     }
+}
+
+/// Frames handled before one journal write; bounds the work between two acks.
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// Hands one message from the authority to the session.
+async fn on_message(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ws: &mut Ws,
+    session: &mut AgentSession,
+    state: &AgentState,
+) -> Result<(), Ended> {
+    let t = state.clock().now();
+    let frame = match msg {
+        Some(Ok(Message::Binary(b))) => match decode(&b) {
+            Ok(f) => f,
+            Err(e) => {
+                state.metrics.frames_rejected_total.with_label_values(&[e.reason()]).inc();
+                let _ = ws.close(None).await;
+                return Err(Ended::Failed(format!("bad frame from authority: {e}")));
+            }
+        },
+        Some(Ok(Message::Close(c))) => return Err(Ended::Failed(format!("closed by authority: {c:?}"))),
+        None => return Err(Ended::Failed("connection closed".into())),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+        Some(Ok(_)) => {
+            state.metrics.frames_rejected_total.with_label_values(&["not_binary"]).inc();
+            return Err(Ended::Failed("non-binary frame from authority".into()));
+        }
+        Some(Err(e)) => return Err(Ended::Failed(format!("link error: {e}"))),
+    };
+    if let Err(v) = session.handle_frame(frame, t) {
+        state.metrics.frames_rejected_total.with_label_values(&["violation"]).inc();
+        if let Ok(b) = encode(&Frame::Error(v.0.clone())) {
+            let _ = ws.send(Message::Binary(Bytes::from(b))).await;
+        }
+        let _ = ws.close(None).await;
+        return Err(Ended::Failed(v.to_string()));
+    }
+    // The head announced in a welcome (or far ahead in a heartbeat) must be applied before the
+    // agent answers as fresh again.
+    state.set_catch_up_to(session.catch_up_to());
+    // An incremental welcome from a fresh agent ties it to the authority's log before any entry
+    // arrives (an empty log is still a log to be in sync with).
+    if let Some(l) = session.log_id() {
+        if state.log_id().is_none() && session.applied_seq() == state.applied() {
+            state.adopt_log(l);
+        }
+    }
+    Ok(())
 }
 
 /// Entries applied in memory but not yet persisted (a full disk). Revocation beats durability:
@@ -410,7 +441,7 @@ async fn drive(
 /// by the authority's window: without acks it sends nothing new.
 #[derive(Debug, Default)]
 struct Unpersisted {
-    batches: VecDeque<(LogId, u64, u64, Vec<Entry>)>,
+    batches: VecDeque<JournalBatch>,
     /// The whole state must be written (a snapshot was installed); it covers every batch.
     snapshot: bool,
     attempt: u32,
@@ -450,44 +481,60 @@ async fn sleep_until_due(at: Option<Instant>) {
     }
 }
 
-/// Appends one batch to the journal (off the async workers), writing a snapshot when the
-/// journal is due for compaction.
-async fn append(
-    state: &AgentState,
-    p: &Arc<Mutex<Persist>>,
-    batch: (LogId, u64, u64, Vec<Entry>),
-) -> Result<(), String> {
-    let p2 = p.clone();
-    let compact = tokio::task::spawn_blocking(move || {
-        let (log_id, from_seq, to_seq, entries) = batch;
-        p2.lock().unwrap_or_else(|e| e.into_inner()).append(log_id, from_seq, to_seq, &entries)
-    })
-    .await
-    .map_err(|e| format!("persist task failed: {e}"))?
-    .map_err(|e| e.to_string())?;
+/// The journal as the link uses it: written on the link's own task (`inline`) or on tokio's
+/// blocking pool.
+#[derive(Debug, Clone)]
+struct Journal {
+    p: Arc<Mutex<Persist>>,
+    inline: bool,
+}
+
+impl Journal {
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Persist) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        if self.inline {
+            return Ok(f(&mut self.p.lock().unwrap_or_else(|e| e.into_inner())));
+        }
+        let p = self.p.clone();
+        tokio::task::spawn_blocking(move || f(&mut p.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .map_err(|e| format!("persist task failed: {e}"))
+    }
+
+    async fn is_open(&self) -> bool {
+        self.with(|p| p.is_open()).await.unwrap_or(false)
+    }
+}
+
+/// Appends batches to the journal with one fsync, writing a snapshot when the journal is due
+/// for compaction.
+async fn append(state: &AgentState, j: &Journal, batches: Vec<JournalBatch>) -> Result<(), String> {
+    let compact = j.with(move |p| p.append_all(&batches)).await?.map_err(|e| e.to_string())?;
     if compact {
-        if let Err(e) = write_snapshot(state, Some(p)).await {
+        if let Err(e) = write_snapshot(state, Some(j)).await {
             tracing::warn!(error = %e, "snapshot failed; journal keeps growing");
         }
     }
     Ok(())
 }
 
-/// Tries the queued writes again, in order.
+/// Tries the queued writes again, in order, as one group.
 async fn retry_unpersisted(
     session: &mut AgentSession,
     state: &AgentState,
-    persist: Option<&Arc<Mutex<Persist>>>,
+    journal: Option<&Journal>,
     pending: &mut Unpersisted,
 ) {
-    let Some(p) = persist else { return };
+    let Some(j) = journal else { return };
     // Files closed after an I/O error open again only through a snapshot, which covers
     // every queued batch.
-    if !p.lock().unwrap_or_else(|e| e.into_inner()).is_open() {
+    if !j.is_open().await {
         pending.snapshot = true;
     }
     if pending.snapshot {
-        match write_snapshot(state, persist).await {
+        match write_snapshot(state, journal).await {
             Ok(seq) => {
                 pending.snapshot = false;
                 pending.batches.clear();
@@ -496,11 +543,11 @@ async fn retry_unpersisted(
             Err(e) => return pending.failed(state, &e),
         }
     }
-    while let Some(batch) = pending.batches.front().cloned() {
-        let to_seq = batch.2;
-        match append(state, p, batch).await {
+    if let Some(to_seq) = pending.batches.back().map(|b| b.to_seq) {
+        let batches: Vec<JournalBatch> = pending.batches.iter().cloned().collect();
+        match append(state, j, batches).await {
             Ok(()) => {
-                pending.batches.pop_front();
+                pending.batches.clear();
                 session.mark_durable(to_seq, state.clock().now());
             }
             Err(e) => return pending.failed(state, &e),
@@ -509,24 +556,48 @@ async fn retry_unpersisted(
     pending.recovered(state);
 }
 
+/// Writes the batches applied since the last write (one fsync), then marks them durable; what
+/// cannot be written stays applied and waits in `pending`.
+async fn write_group(
+    session: &mut AgentSession,
+    state: &AgentState,
+    j: &Journal,
+    pending: &mut Unpersisted,
+    group: &mut Vec<JournalBatch>,
+) {
+    let Some(to_seq) = group.last().map(|b| b.to_seq) else { return };
+    let batches = std::mem::take(group);
+    // Kept for the retry queue should the write fail (entries are small; the write is an fsync).
+    let kept = batches.clone();
+    match append(state, j, batches).await {
+        Ok(()) => session.mark_durable(to_seq, state.clock().now()),
+        Err(e) => {
+            pending.batches.extend(kept);
+            pending.failed(state, &e);
+        }
+    }
+}
+
 /// Applies what the session handed over, persists it, and only then marks it durable
-/// (PROTOCOL.md §9.3). What cannot be persisted stays applied and waits in `pending`.
+/// (PROTOCOL.md §9.3). Batches are applied one by one as they come and written together.
 async fn apply_events(
     session: &mut AgentSession,
     state: &AgentState,
-    persist: Option<&Arc<Mutex<Persist>>>,
+    journal: Option<&Journal>,
     pending: &mut Unpersisted,
 ) -> Option<Ended> {
+    let mut group = Vec::new();
+    let mut end = None;
     while let Some(ev) = session.poll_event() {
         match ev {
             AgentEvent::Apply { log_id, entries, to_seq } => {
                 let from_seq = (state.applied() + 1).min(to_seq);
                 state.apply(log_id, &entries, to_seq);
-                let Some(p) = persist else {
+                if journal.is_none() {
                     session.mark_durable(to_seq, state.clock().now());
                     continue;
-                };
-                let batch = (log_id, from_seq, to_seq, entries);
+                }
+                let batch = JournalBatch { log_id, from_seq, to_seq, entries };
                 if !pending.is_empty() {
                     // Behind earlier writes that failed: keep the journal in order.
                     if !pending.snapshot {
@@ -534,24 +605,21 @@ async fn apply_events(
                     }
                     continue;
                 }
-                match append(state, p, batch.clone()).await {
-                    Ok(()) => session.mark_durable(to_seq, state.clock().now()),
-                    Err(e) => {
-                        pending.batches.push_back(batch);
-                        pending.failed(state, &e);
-                    }
-                }
+                group.push(batch);
             }
             AgentEvent::Replace { log_id, snapshot_seq, entries } => {
+                if let Some(j) = journal {
+                    write_group(session, state, j, pending, &mut group).await;
+                }
                 state.replace(log_id, &entries, snapshot_seq);
                 tracing::info!(seq = snapshot_seq, entries = entries.len(), "applied snapshot");
-                if persist.is_none() {
+                if journal.is_none() {
                     session.mark_durable(snapshot_seq, state.clock().now());
                     continue;
                 }
                 // The new state replaces whatever was waiting to be written.
                 pending.batches.clear();
-                match write_snapshot(state, persist).await {
+                match write_snapshot(state, journal).await {
                     Ok(seq) => {
                         pending.snapshot = false;
                         pending.recovered(state);
@@ -571,25 +639,25 @@ async fn apply_events(
                         session.agent_id()
                     );
                 }
-                return Some(match retry_after {
+                end = Some(match retry_after {
                     Some(d) => Ended::RetryAfter(d),
                     None => Ended::Failed(reason),
                 });
+                break;
             }
         }
     }
-    None
+    if let Some(j) = journal {
+        write_group(session, state, j, pending, &mut group).await;
+    }
+    end
 }
 
 /// Writes the whole state; returns the seq it covers.
-async fn write_snapshot(state: &AgentState, persist: Option<&Arc<Mutex<Persist>>>) -> Result<u64, String> {
+async fn write_snapshot(state: &AgentState, journal: Option<&Journal>) -> Result<u64, String> {
     let (snap, table) = state.image();
     let seq = snap.applied_seq;
-    let Some(p) = persist else { return Ok(seq) };
-    let p = p.clone();
-    tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).snapshot(&snap, &table))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let Some(j) = journal else { return Ok(seq) };
+    j.with(move |p| p.snapshot(&snap, &table)).await?.map_err(|e| e.to_string())?;
     Ok(seq)
 }

@@ -257,23 +257,26 @@ impl DiskAgent {
     }
 }
 
-/// Revokes with a receipt until one shows `id` pending (its write failed); returns that seq and
-/// jti. Every receipt before it must show `id` acknowledged.
+/// Revokes in arrays of 500 with a receipt until one shows `id` pending (its journal write
+/// failed; the journal's preallocated room takes a few arrays first); returns that receipt's
+/// last seq and jti. Every receipt before it must show `id` acknowledged.
 fn revoke_until_pending(a: &Authority, id: &str) -> (u64, String) {
-    for i in 0..500 {
-        let jti = format!("during-fault-{i}");
-        let (status, receipt) = a.post(
-            "/v1/revocations?wait=all&timeout_ms=1000",
-            &format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#),
-        );
-        assert_eq!(status, 201);
-        let seq = receipt["seq"].as_u64().unwrap();
+    for round in 0..100 {
+        let jtis: Vec<String> = (0..500).map(|i| format!("during-fault-{round}-{i}")).collect();
+        let body: Vec<serde_json::Value> = jtis
+            .iter()
+            .map(|j| serde_json::json!({"kind": "jti", "jti": j, "expires_at": 4000000000u64}))
+            .collect();
+        let (status, receipt) =
+            a.post("/v1/revocations?wait=all&timeout_ms=1000", &serde_json::Value::from(body).to_string());
+        assert_eq!(status, 201, "{receipt}");
+        let seq = receipt["last_seq"].as_u64().unwrap();
         if receipt["pending"] == serde_json::json!([id]) {
-            return (seq, jti);
+            return (seq, jtis[499].clone());
         }
         assert_eq!(receipt["acked"], serde_json::json!([id]), "{receipt}");
     }
-    panic!("the agent acknowledged 500 revocations it could not have written");
+    panic!("the agent acknowledged 50,000 revocations it could not have written");
 }
 
 /// An agent whose disk is full: revocation beats durability. It applies what it receives (and
