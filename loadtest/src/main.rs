@@ -305,7 +305,10 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
     if want("checks") {
         let rows = scenarios::checks(tmp, a.requests, Duration::from_secs(a.throughput_secs)).await?;
         println!("checks: one connection sequential, and 32 connections");
-        println!("{:<16} {:>10} {:>10} {:>14} {:>10}", "request", "p50", "p99", "32-conn req/s", "vs floor");
+        println!(
+            "{:<16} {:>10} {:>10} {:>14} {:>10} {:>12}",
+            "request", "p50", "p99", "32-conn req/s", "vs floor", "server CPU"
+        );
         let floor = rows.first().map_or(1.0, |r| r.throughput_32);
         let mut all: Vec<&scenarios::Checks> = rows.iter().collect();
         if let Some(r) = &redis {
@@ -313,19 +316,21 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         }
         for r in &all {
             println!(
-                "{:<16} {:>10} {:>10} {:>14.0} {:>9.2}x",
+                "{:<16} {:>10} {:>10} {:>14.0} {:>9.2}x {:>12}",
                 r.request,
                 us(r.sequential.p50_us),
                 us(r.sequential.p99_us),
                 r.throughput_32,
-                r.throughput_32 / floor
+                r.throughput_32 / floor,
+                r.server_cpu_us.map_or("-".into(), |c| format!("{c:.1}µs"))
             );
         }
         if let (Some(r), Some(status)) = (&redis, rows.iter().find(|r| r.request == "STATUS")) {
             println!(
-                "STATUS vs redis GET: p50 {:.2}x of redis, throughput {:.2}x of redis",
+                "STATUS vs redis GET: p50 {:.2}x of redis, throughput {:.2}x of redis, server CPU per request {:.2}x of redis",
                 status.sequential.p50_us / r.get.sequential.p50_us.max(0.001),
-                status.throughput_32 / r.get.throughput_32.max(0.001)
+                status.throughput_32 / r.get.throughput_32.max(0.001),
+                status.server_cpu_us.unwrap_or(0.0) / r.get.server_cpu_us.unwrap_or(0.0).max(0.001)
             );
         }
         println!();

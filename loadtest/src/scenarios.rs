@@ -199,6 +199,27 @@ pub struct Checks {
     pub sequential: Summary,
     /// Requests per second over 32 connections.
     pub throughput_32: f64,
+    /// CPU of the serving process per sequential request, microseconds (from /proc; none for
+    /// the in-process echo floor).
+    pub server_cpu_us: Option<f64>,
+}
+
+/// `sequential`, with the CPU `pid` used per request.
+async fn sequential_cpu(
+    pid: Option<u32>,
+    socket: &Path,
+    line: &str,
+    n: usize,
+    expect: &str,
+) -> anyhow::Result<(Summary, Option<f64>)> {
+    use crate::procs::{cpu_ticks, ticks_to_us};
+    let before = pid.map(cpu_ticks).transpose()?;
+    let seq = sequential(socket, line, n, expect).await?;
+    let cpu = match (pid, before) {
+        (Some(p), Some(b)) => Some(ticks_to_us(cpu_ticks(p)? - b) / (n + n / 10) as f64),
+        _ => None,
+    };
+    Ok((seq, cpu))
 }
 
 pub(crate) async fn sequential(socket: &Path, line: &str, n: usize, expect: &str) -> anyhow::Result<Summary> {
@@ -315,17 +336,18 @@ pub async fn checks(dir: &Path, n: usize, dur: Duration) -> anyhow::Result<Vec<C
     let stop = CancellationToken::new();
     let echo = tokio::spawn(echo_server(echo_path.clone(), stop.clone()));
     wait_until(Duration::from_secs(5), || echo_path.exists()).await?;
+    let pid = Some(agent.proc.child.id());
     let cases = [
-        ("echo (floor)", echo_path.as_path(), "STATUS jti=echo".to_owned(), "STATUS"),
-        ("STATUS", agent.socket.as_path(), "STATUS jti=not-revoked iss=x".to_owned(), "OK"),
-        ("CHECK HS256", agent.socket.as_path(), format!("CHECK {hs}"), "OK"),
-        ("CHECK ES256", agent.socket.as_path(), format!("CHECK {es}"), "OK"),
+        ("echo (floor)", None, echo_path.as_path(), "STATUS jti=echo".to_owned(), "STATUS"),
+        ("STATUS", pid, agent.socket.as_path(), "STATUS jti=not-revoked iss=x".to_owned(), "OK"),
+        ("CHECK HS256", pid, agent.socket.as_path(), format!("CHECK {hs}"), "OK"),
+        ("CHECK ES256", pid, agent.socket.as_path(), format!("CHECK {es}"), "OK"),
     ];
     let mut out = Vec::new();
-    for (name, sock, line, expect) in cases {
-        let seq = sequential(sock, &line, n, expect).await?;
+    for (name, pid, sock, line, expect) in cases {
+        let (seq, cpu) = sequential_cpu(pid, sock, &line, n, expect).await?;
         let tp = throughput(sock, &line, 32, dur).await?;
-        out.push(Checks { request: name.into(), sequential: seq, throughput_32: tp });
+        out.push(Checks { request: name.into(), sequential: seq, throughput_32: tp, server_cpu_us: cpu });
     }
     stop.cancel();
     let _ = echo.await;
@@ -383,11 +405,14 @@ pub async fn redis(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
+    let redis_pid = child.id();
     let guard = ChildGuard(&mut child);
     wait_until(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&sock).is_ok()).await?;
     // GET over the Unix socket, same client loop shape as the agent's.
     let get_req = resp(&["GET", "revoked:not-revoked"]);
+    let cpu0 = crate::procs::cpu_ticks(redis_pid)?;
     let seq = redis_sequential(&sock, &get_req, n).await?;
+    let cpu = crate::procs::ticks_to_us(crate::procs::cpu_ticks(redis_pid)? - cpu0) / (n + n / 10) as f64;
     let tp = redis_throughput(&sock, &get_req, 32, dur).await?;
     let mut fan = Vec::new();
     for &subs in fanouts {
@@ -395,7 +420,12 @@ pub async fn redis(
     }
     drop(guard);
     Ok(Some(RedisCompare {
-        get: Checks { request: "redis GET".into(), sequential: seq, throughput_32: tp },
+        get: Checks {
+            request: "redis GET".into(),
+            sequential: seq,
+            throughput_32: tp,
+            server_cpu_us: Some(cpu),
+        },
         pubsub_fanout: fan,
     }))
 }
