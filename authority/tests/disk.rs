@@ -484,3 +484,30 @@ async fn a_full_postgres_volume_refuses_then_recovers() {
         assert_eq!(a.get(&format!("/v1/revocations/{s}")).0, 200, "acknowledged seq {s} lost");
     }
 }
+
+/// A journal that cannot grow by its usual step on a nearly full disk still takes a record that
+/// fits: the step of zeros is room, not a requirement.
+#[test]
+fn a_nearly_full_disk_still_takes_journal_records_that_fit() {
+    use revmesh_agent::persist::Persist;
+    use revmesh_protocol::{Entry, LogId, Revocation};
+    let fs = Tmpfs::mount("1m");
+    let data = fs.path().join("agent");
+    let (mut p, _) = Persist::open(&data, &revmesh_runtime::Clock::system()).unwrap();
+    let filler = fs.fill();
+    // Leave 16 KiB: less than the journal's step, more than a record.
+    let len = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&filler).unwrap().set_len(len - (16 << 10)).unwrap();
+    let entry = Entry {
+        seq: 1,
+        created_at_ms: 1,
+        expires_at: 4_000_000_000,
+        reason: None,
+        revocation: Revocation::Jti { jti: "nearly-full".into(), iss: None },
+    };
+    p.append(LogId([9; 16]), 1, 1, &[entry]).expect("a record that fits must be written");
+    drop(p);
+    let (_, rec) = Persist::open(&data, &revmesh_runtime::Clock::system()).unwrap();
+    assert_eq!(rec.applied_seq, 1);
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+}
