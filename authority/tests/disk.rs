@@ -129,6 +129,41 @@ fn run(program: &str, args: &[&str], install: &str) {
     assert!(out.status.success(), "{program} {args:?}: {}; {install}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Revokes until the store refuses (503); returns the seqs answered 201, each of which must be
+/// durable. `reason` pads each revocation (to fill a volume sooner).
+fn revoke_until_refused(a: &Authority, reason: &str, what: &str) -> Vec<u64> {
+    let mut accepted = Vec::new();
+    for i in 0..20_000 {
+        let body =
+            format!(r#"{{"kind":"jti","jti":"full-{i}","expires_at":4000000000,"reason":"{reason}"}}"#);
+        match a.post("/v1/revocations", &body) {
+            (201, v) => accepted.push(v["seq"].as_u64().unwrap()),
+            (503, _) => return accepted,
+            (s, v) => panic!("unexpected {s} on {what}: {v}"),
+        }
+    }
+    panic!("the store never noticed {what}");
+}
+
+/// Every seq in `accepted` is stored.
+fn assert_all_stored(a: &Authority, accepted: &[u64]) {
+    for s in accepted {
+        assert_eq!(a.get(&format!("/v1/revocations/{s}")).0, 200, "acknowledged seq {s} lost");
+    }
+}
+
+/// After a recovery: a new revocation takes the next seq (a refused one took none), and after a
+/// kill -9 and a restart on `data` every accepted revocation is still there.
+fn next_seq_and_nothing_lost_across_kill9(mut a: Authority, data: &Path, mut accepted: Vec<u64>) {
+    let seq = a.revoke_jti("after-recovery");
+    assert_eq!(seq, accepted.last().unwrap() + 1, "a refused revocation took a seq");
+    accepted.push(seq);
+    a.kill9();
+    let b = Authority::start(data, &[]);
+    assert_all_stored(&b, &accepted);
+    assert_eq!(b.get("/v1/status").1["head"], seq);
+}
+
 /// The kernel turns the data dir's file system read-only after an I/O error (EROFS on every
 /// write). The authority refuses, reports not ready, closes its file so the volume can be
 /// released, never creates a new log while the volume is away, and takes revocations again
@@ -138,9 +173,9 @@ async fn a_read_only_remount_refuses_then_recovers_once_remounted() {
     let fs = Ext4::mount();
     // The data dir is the mount point itself, as a dedicated volume is mounted.
     let data = fs.path();
-    let mut a = Authority::start(&data, &["--store-timeout", "2s"]);
+    let a = Authority::start(&data, &["--store-timeout", "2s"]);
     let ready = |a: &Authority| http(&a.admin, "GET", "/readyz", None, b"").0;
-    let mut accepted = vec![a.revoke_jti("before"), a.revoke_jti("before-2")];
+    let accepted = vec![a.revoke_jti("before"), a.revoke_jti("before-2")];
     fs.fail();
     let body = r#"{"kind":"jti","jti":"read-only","expires_at":4000000000}"#;
     let (status, v) = a.post("/v1/revocations", body);
@@ -157,56 +192,24 @@ async fn a_read_only_remount_refuses_then_recovers_once_remounted() {
     let remounted = std::time::Instant::now();
     wait_for(|| ready(&a) == 200, "/readyz to recover once the volume is back").await;
     eprintln!("authority ready again {:?} after the remount", remounted.elapsed());
-    let seq = a.revoke_jti("after-remount");
-    assert_eq!(seq, accepted.last().unwrap() + 1, "a refused revocation took a seq");
-    accepted.push(seq);
-
-    a.kill9();
-    let b = Authority::start(&data, &[]);
-    for s in &accepted {
-        assert_eq!(b.get(&format!("/v1/revocations/{s}")).0, 200, "acknowledged seq {s} lost");
-    }
-    assert_eq!(b.get("/v1/status").1["head"], *accepted.last().unwrap());
+    next_seq_and_nothing_lost_across_kill9(a, &data, accepted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_first_and_recovers_without_a_restart() {
     let fs = Tmpfs::mount("4m");
     let data = fs.path().join("authority");
-    let mut a = Authority::start(&data, &["--store-timeout", "2s"]);
+    let a = Authority::start(&data, &["--store-timeout", "2s"]);
     let ready = |a: &Authority| http(&a.admin, "GET", "/readyz", None, b"").0;
     let mut accepted = vec![a.revoke_jti("before")];
     let filler = fs.fill();
-    // Revoke until the store refuses: everything answered 201 must be durable.
-    let mut refused = false;
-    for i in 0..5_000 {
-        let body = format!(r#"{{"kind":"jti","jti":"full-{i}","expires_at":4000000000}}"#);
-        match a.post("/v1/revocations", &body) {
-            (201, v) => accepted.push(v["seq"].as_u64().unwrap()),
-            (503, _) => {
-                refused = true;
-                break;
-            }
-            (s, v) => panic!("unexpected {s} on a full disk: {v}"),
-        }
-    }
-    assert!(refused, "the store never noticed the full disk");
+    accepted.extend(revoke_until_refused(&a, "", "a full disk"));
     wait_for(|| ready(&a) == 503, "/readyz to report the full disk").await;
     std::fs::remove_file(&filler).unwrap();
     let freed = std::time::Instant::now();
     wait_for(|| ready(&a) == 200, "/readyz to recover once space is free").await;
     eprintln!("authority ready again {:?} after space was freed", freed.elapsed());
-    let seq = a.revoke_jti("after-full");
-    assert_eq!(seq, accepted.last().unwrap() + 1, "a refused revocation took a seq");
-    accepted.push(seq);
-
-    // Nothing acknowledged is lost across kill -9.
-    a.kill9();
-    let b = Authority::start(&data, &[]);
-    for s in &accepted {
-        assert_eq!(b.get(&format!("/v1/revocations/{s}")).0, 200, "acknowledged seq {s} lost");
-    }
-    assert_eq!(b.get("/v1/status").1["head"], *accepted.last().unwrap());
+    next_seq_and_nothing_lost_across_kill9(a, &data, accepted);
 }
 
 /// An agent with its own data dir, linked to `a`, run in this process so the test can read its
@@ -451,21 +454,7 @@ async fn a_full_postgres_volume_refuses_then_recovers() {
     let ready = |a: &Authority| http(&a.admin, "GET", "/readyz", None, b"").0;
     let mut accepted = vec![a.revoke_jti("before")];
     let filler = pg.fs.fill();
-    let mut refused = false;
-    for i in 0..20_000 {
-        let reason = "x".repeat(400);
-        let body =
-            format!(r#"{{"kind":"jti","jti":"full-{i}","expires_at":4000000000,"reason":"{reason}"}}"#);
-        match a.post("/v1/revocations", &body) {
-            (201, v) => accepted.push(v["seq"].as_u64().unwrap()),
-            (503, _) => {
-                refused = true;
-                break;
-            }
-            (s, v) => panic!("unexpected {s} on a full volume: {v}"),
-        }
-    }
-    assert!(refused, "PostgreSQL never ran out of space");
+    accepted.extend(revoke_until_refused(&a, &"x".repeat(400), "a full PostgreSQL volume"));
     wait_for(|| ready(&a) == 503, "/readyz to report the full volume").await;
     eprintln!("refused after {} accepted; PostgreSQL running: {}", accepted.len(), pg.running());
 
@@ -480,9 +469,7 @@ async fn a_full_postgres_volume_refuses_then_recovers() {
     let seq = a.revoke_jti("after-full");
     assert_eq!(seq, accepted.last().unwrap() + 1, "a refused revocation took a seq");
     accepted.push(seq);
-    for s in &accepted {
-        assert_eq!(a.get(&format!("/v1/revocations/{s}")).0, 200, "acknowledged seq {s} lost");
-    }
+    assert_all_stored(&a, &accepted);
 }
 
 /// A journal that cannot grow by its usual step on a nearly full disk still takes a record that
