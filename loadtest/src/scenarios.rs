@@ -128,6 +128,19 @@ async fn connected(auth: &AuthorityProc) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until `n` agents are connected to `auth` (at most two minutes).
+async fn wait_connected(auth: &AuthorityProc, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let up = connected(auth).await;
+        if up >= n as u64 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {up} of {n} agents connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Propagation result at one fleet size.
 #[derive(Debug, Serialize)]
 pub struct Propagation {
@@ -152,15 +165,7 @@ pub async fn propagation(dir: &Path, agents: usize, count: usize, rate: f64) -> 
         &["--max-agents", &max, "--max-catchups", &max],
     )?;
     let fleet = Fleet::start(agents, &auth.ws, "p")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while connected(&auth).await < agents as u64 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {agents} agents connected",
-            connected(&auth).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_connected(&auth, agents).await?;
     let rss_idle = auth.proc.rss().unwrap_or(0);
     let mut lat = Vec::with_capacity(count);
     let mut incomplete = 0;
@@ -660,11 +665,7 @@ pub async fn ingest(
     let auth =
         AuthorityProc::start(&dir.join(format!("ingest-{clients}-{batch}-{agents}")), "127.0.0.1:0", &[])?;
     let fleet = Fleet::start(agents, &auth.ws, "i")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while connected(&auth).await < agents as u64 {
-        anyhow::ensure!(Instant::now() < deadline, "agents did not connect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_connected(&auth, agents).await?;
     let before =
         call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
     let lat = post_load_batched(std::slice::from_ref(&auth), clients, batch, dur).await?;
@@ -722,11 +723,7 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
     let auth = AuthorityProc::start(&data, "127.0.0.1:0", &args)?;
     let addr = auth.ws.trim_start_matches("ws://").to_owned();
     let fleet = Fleet::start(n, &auth.ws, "s")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while connected(&auth).await < n as u64 {
-        anyhow::ensure!(Instant::now() < deadline, "agents did not connect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_connected(&auth, n).await?;
     drop(auth); // kill -9
                 // Entries the agents miss: written by a second authority instance on the same store while
                 // the agents' link address is down.
@@ -976,15 +973,7 @@ pub async fn propagation_procs(
             &[],
         )?);
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while connected(&auth).await < n as u64 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {n} agent processes connected",
-            connected(&auth).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_connected(&auth, n).await?;
     let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     let revoke = |i: usize| {
         let body = format!(r#"{{"kind":"jti","jti":"procs-{i}","expires_at":{exp}}}"#);
