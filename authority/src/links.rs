@@ -28,6 +28,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Longest wait in line for a catch-up slot; shorter than an agent's idle timeout (20 s), so
+/// a waiting agent does not give up on the link first.
+const CATCHUP_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
 /// Path of the agent endpoint.
 pub const AGENT_PATH: &str = "/v1/agents";
 
@@ -304,14 +308,31 @@ impl Links {
                     return;
                 }
             };
-        // Admission: a link that must catch up takes a catch-up slot, or is asked to come back later.
+        // Admission: a link that must catch up takes a catch-up slot, waiting in line (first
+        // come, first served) up to CATCHUP_QUEUE_WAIT, or is asked to come back later. Waiting
+        // costs an idle connection; a go-away costs a reconnect and a handshake, which in a
+        // storm of thousands of agents was most of the work.
         let mut catchup: Option<OwnedSemaphorePermit> = None;
         if session.lag() > 4 * MAX_ENTRIES_PER_FRAME as u64
             || session.acked() == 0 && self.log.view().head > 0
         {
-            match self.catchups.clone().try_acquire_owned() {
-                Ok(p) => catchup = Some(p),
+            let permit = match self.catchups.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
                 Err(_) => {
+                    self.metrics.catchups_waiting.inc();
+                    let p = tokio::select! {
+                        p = tokio::time::timeout(CATCHUP_QUEUE_WAIT, self.catchups.clone().acquire_owned()) => {
+                            p.ok().and_then(Result::ok)
+                        }
+                        _ = self.shutdown.cancelled() => None,
+                    };
+                    self.metrics.catchups_waiting.dec();
+                    p
+                }
+            };
+            match permit {
+                Some(p) => catchup = Some(p),
+                None => {
                     self.metrics.agents_rejected_total.with_label_values(&["busy"]).inc();
                     let retry = Duration::from_millis(500 + rand::random::<u64>() % 4_500);
                     let frame = session.go_away(retry, "authority busy with other catch-ups");

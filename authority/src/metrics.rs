@@ -34,6 +34,8 @@ pub struct Metrics {
     pub store_commits_total: IntCounter,
     /// `revmesh_authority_agents_rejected_total{reason}`: links refused before a session started.
     pub agents_rejected_total: IntCounterVec,
+    /// Agents connected and waiting for a catch-up slot.
+    pub catchups_waiting: IntGauge,
     /// `revmesh_authority_store_ready`: 1 while the store can commit (what `/readyz` says).
     pub store_ready: IntGauge,
     /// `revmesh_authority_store_errors_total`: failed or timed-out store operations.
@@ -114,6 +116,10 @@ impl Metrics {
                 Opts::new("revmesh_authority_agents_rejected_total", "Agent connections refused"),
                 &["reason"],
             )?,
+            catchups_waiting: IntGauge::new(
+                "revmesh_authority_catchups_waiting",
+                "Agents connected and waiting for a catch-up slot (--max-catchups)",
+            )?,
             store_ready: IntGauge::new(
                 "revmesh_authority_store_ready",
                 "1 while the store can commit; 0 while revocations get 503",
@@ -151,6 +157,7 @@ impl Metrics {
         r.register(Box::new(m.unacked_oldest_age.clone()))?;
         r.register(Box::new(m.store_commits_total.clone()))?;
         r.register(Box::new(m.agents_rejected_total.clone()))?;
+        r.register(Box::new(m.catchups_waiting.clone()))?;
         r.register(Box::new(m.admin_shed_total.clone()))?;
         r.register(Box::new(m.oidc_logouts_total.clone()))?;
         for result in crate::oidc::RESULTS {

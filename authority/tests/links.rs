@@ -271,3 +271,27 @@ async fn two_agents_with_one_id_alternate_slowly_instead_of_storming() {
     first.stop().await;
     second.stop().await;
 }
+
+/// An agent that must catch up while every catch-up slot is taken waits in line for one instead
+/// of being sent away: each go-away costs a reconnect and a handshake, and in a storm of 10,000
+/// agents those were most of the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_must_catch_up_waits_for_a_slot_instead_of_being_sent_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &["--max-catchups", "1"]);
+    let s = a.revoke_jti("first");
+    // A link that says hello and never acknowledges holds the only slot.
+    let mut holder = raw_link(&a.ws_url()).await;
+    holder.send(Message::Binary(hello("holder").into())).await.unwrap();
+    wait_for(|| a.metric("revmesh_authority_agents_connected") == 1.0, "the holder to be admitted").await;
+    let agent = Agent::start(vec![a.ws_url()], "queued");
+    wait_for(|| a.metric("revmesh_authority_catchups_waiting") == 1.0, "the agent to wait in line").await;
+    assert!(!agent.revoked("first"), "admitted past a full queue");
+    drop(holder);
+    agent.wait_applied(s).await;
+    assert!(agent.revoked("first"));
+    assert_eq!(a.metric("revmesh_authority_catchups_waiting"), 0.0);
+    let busy = a.metric("revmesh_authority_agents_rejected_total{reason=\"busy\"}");
+    assert_eq!(busy, 0.0, "the agent was sent away instead of waiting");
+    agent.stop().await;
+}
