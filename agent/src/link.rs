@@ -4,13 +4,13 @@
 //! The same code runs inside the `revmesh-agent` process and inside `revmesh-loadtest`'s
 //! in-process agents (without a data dir).
 
-use crate::persist::{JournalBatch, Persist};
+use crate::persist::Persist;
 use crate::state::AgentState;
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession};
 use revmesh_protocol::codec::{decode, encode};
-use revmesh_protocol::frame::Frame;
+use revmesh_protocol::frame::{Batch, Frame};
 use revmesh_protocol::time::{backoff, Jitter};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -441,7 +441,7 @@ async fn on_message(
 /// by the authority's window: without acks it sends nothing new.
 #[derive(Debug, Default)]
 struct Unpersisted {
-    batches: VecDeque<JournalBatch>,
+    batches: VecDeque<Batch>,
     /// The whole state must be written (a snapshot was installed); it covers every batch.
     snapshot: bool,
     attempt: u32,
@@ -451,6 +451,17 @@ struct Unpersisted {
 impl Unpersisted {
     fn is_empty(&self) -> bool {
         self.batches.is_empty() && !self.snapshot
+    }
+
+    /// Puts batches whose write failed back at the front, in order; none back (the write task
+    /// failed and took them) leaves a snapshot to write, which covers everything applied.
+    fn requeue(&mut self, batches: Vec<Batch>) {
+        if batches.is_empty() {
+            self.snapshot = true;
+        }
+        for b in batches.into_iter().rev() {
+            self.batches.push_front(b);
+        }
     }
 
     fn failed(&mut self, state: &AgentState, error: &str) {
@@ -509,9 +520,14 @@ impl Journal {
 }
 
 /// Appends batches to the journal with one fsync, writing a snapshot when the journal is due
-/// for compaction.
-async fn append(state: &AgentState, j: &Journal, batches: Vec<JournalBatch>) -> Result<(), String> {
-    let compact = j.with(move |p| p.append_all(&batches)).await?.map_err(|e| e.to_string())?;
+/// for compaction. On failure the batches come back for the retry queue (none when the write
+/// task itself failed: then only a snapshot can cover them).
+async fn append(state: &AgentState, j: &Journal, batches: Vec<Batch>) -> Result<(), (String, Vec<Batch>)> {
+    let compact = match j.with(move |p| (p.append_all(&batches), batches)).await {
+        Ok((Ok(compact), _)) => compact,
+        Ok((Err(e), batches)) => return Err((e.to_string(), batches)),
+        Err(e) => return Err((e, Vec::new())),
+    };
     if compact {
         if let Err(e) = write_snapshot(state, Some(j)).await {
             tracing::warn!(error = %e, "snapshot failed; journal keeps growing");
@@ -544,14 +560,12 @@ async fn retry_unpersisted(
         }
     }
     if let Some(to_seq) = pending.batches.back().map(|b| b.to_seq) {
-        let batches: Vec<JournalBatch> = pending.batches.iter().cloned().collect();
-        match append(state, j, batches).await {
-            Ok(()) => {
-                pending.batches.clear();
-                session.mark_durable(to_seq, state.clock().now());
-            }
-            Err(e) => return pending.failed(state, &e),
+        let batches: Vec<Batch> = pending.batches.drain(..).collect();
+        if let Err((e, back)) = append(state, j, batches).await {
+            pending.requeue(back);
+            return pending.failed(state, &e);
         }
+        session.mark_durable(to_seq, state.clock().now());
     }
     pending.recovered(state);
 }
@@ -563,16 +577,13 @@ async fn write_group(
     state: &AgentState,
     j: &Journal,
     pending: &mut Unpersisted,
-    group: &mut Vec<JournalBatch>,
+    group: &mut Vec<Batch>,
 ) {
     let Some(to_seq) = group.last().map(|b| b.to_seq) else { return };
-    let batches = std::mem::take(group);
-    // Kept for the retry queue should the write fail (entries are small; the write is an fsync).
-    let kept = batches.clone();
-    match append(state, j, batches).await {
+    match append(state, j, std::mem::take(group)).await {
         Ok(()) => session.mark_durable(to_seq, state.clock().now()),
-        Err(e) => {
-            pending.batches.extend(kept);
+        Err((e, back)) => {
+            pending.requeue(back);
             pending.failed(state, &e);
         }
     }
@@ -597,7 +608,7 @@ async fn apply_events(
                     session.mark_durable(to_seq, state.clock().now());
                     continue;
                 }
-                let batch = JournalBatch { log_id, from_seq, to_seq, entries };
+                let batch = Batch { log_id, from_seq, to_seq, entries };
                 if !pending.is_empty() {
                     // Behind earlier writes that failed: keep the journal in order.
                     if !pending.snapshot {

@@ -123,26 +123,20 @@ pub struct Recovered {
     pub warnings: Vec<String>,
 }
 
-/// One applied batch as the link hands it to the journal.
-#[derive(Debug, Clone)]
-pub struct JournalBatch {
-    /// The log it belongs to.
-    pub log_id: LogId,
-    /// First seq it covers.
-    pub from_seq: u64,
-    /// Last seq it covers (the applied seq after it).
-    pub to_seq: u64,
-    /// Its entries.
-    pub entries: Vec<Entry>,
-}
-
 /// Appends one journal record: length, checksum, encoded batch (PROTOCOL.md §6).
-fn push_record(buf: &mut Vec<u8>, batch: Batch) -> Result<(), PersistError> {
-    let body = encode(&Frame::Batch(batch)).map_err(|e| PersistError::Encode(e.to_string()))?;
+fn push_record(buf: &mut Vec<u8>, batch: &Batch) -> Result<(), PersistError> {
+    let body = encode(&Frame::Batch(batch.clone())).map_err(|e| PersistError::Encode(e.to_string()))?;
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
     buf.extend_from_slice(&checksum(&body).to_le_bytes());
     buf.extend_from_slice(&body);
     Ok(())
+}
+
+/// Writes `buf` at `at` and flushes the data (not the metadata) to the disk.
+fn write_synced(f: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(buf, at)?;
+    f.sync_data()
 }
 
 fn checksum(b: &[u8]) -> u64 {
@@ -229,70 +223,51 @@ impl Persist {
         to_seq: u64,
         entries: &[Entry],
     ) -> Result<bool, PersistError> {
-        let mut buf = Vec::new();
-        push_record(&mut buf, Batch { log_id, from_seq, to_seq, entries: entries.to_vec() })?;
-        self.write_records(&buf)
+        self.append_all(&[Batch { log_id, from_seq, to_seq, entries: entries.to_vec() }])
     }
 
     /// Appends several applied batches, in order, with one fsync for all of them (a group
     /// commit: batches that arrived while the previous write was running). Returns true when
     /// the journal should be compacted.
-    pub fn append_all(&mut self, batches: &[JournalBatch]) -> Result<bool, PersistError> {
+    pub fn append_all(&mut self, batches: &[Batch]) -> Result<bool, PersistError> {
         let mut buf = Vec::new();
         for b in batches {
-            let batch = Batch {
-                log_id: b.log_id,
-                from_seq: b.from_seq,
-                to_seq: b.to_seq,
-                entries: b.entries.clone(),
-            };
-            push_record(&mut buf, batch)?;
+            push_record(&mut buf, b)?;
         }
         self.write_records(&buf)
     }
 
     fn write_records(&mut self, records: &[u8]) -> Result<bool, PersistError> {
-        use std::os::unix::fs::FileExt;
-        let path = self.dir.join("journal.bin");
         let Some(files) = self.files.as_mut() else {
             return Err(PersistError::Closed { dir: self.dir.clone() });
         };
         let at = self.journal_len;
         let end = at + records.len() as u64;
-        let mut written = if end <= self.journal_file_len {
-            files.journal.write_all_at(records, at).and_then(|()| files.journal.sync_data())
+        let written = if end <= self.journal_file_len {
+            write_synced(&files.journal, records, at)
         } else {
             // Grow by a step of zeros along with the records: one metadata commit per step.
             let mut grown = Vec::with_capacity(records.len() + JOURNAL_STEP);
             grown.extend_from_slice(records);
             grown.resize(records.len() + JOURNAL_STEP, 0);
-            let r = files.journal.write_all_at(&grown, at).and_then(|()| files.journal.sync_data());
-            match r {
-                Ok(()) => self.journal_file_len = at + grown.len() as u64,
+            match write_synced(&files.journal, &grown, at) {
+                Ok(()) => {
+                    self.journal_file_len = at + grown.len() as u64;
+                    Ok(())
+                }
                 // No room for the step: the records alone may still fit.
                 Err(e) if space(&e) => {
                     let _ = files.journal.set_len(at);
-                    self.journal_file_len = at;
-                    let r = files.journal.write_all_at(records, at).and_then(|()| files.journal.sync_data());
-                    if r.is_ok() {
-                        self.journal_file_len = end;
-                    }
-                    return self.wrote(r, records.len(), &path);
+                    let r = write_synced(&files.journal, records, at);
+                    self.journal_file_len = if r.is_ok() { end } else { at };
+                    r
                 }
-                Err(e) => return self.wrote(Err(e), records.len(), &path),
+                Err(e) => Err(e),
             }
-            Ok(())
         };
-        if written.is_ok() && self.journal_file_len < end {
-            written = Err(std::io::Error::other("journal shorter than written"));
-        }
-        self.wrote(written, records.len(), &path)
-    }
-
-    /// Accounts for a journal write: on failure the records are cut off, so the next ones do not
-    /// land behind a torn one (which a restart would cut, with all after it).
-    fn wrote(&mut self, r: std::io::Result<()>, len: usize, path: &Path) -> Result<bool, PersistError> {
-        if let Err(e) = r {
+        if let Err(e) = written {
+            // A write that failed may have left part of a record: cut it off, so the next
+            // records do not land behind a torn one (which a restart would cut, with all after).
             if let Some(files) = self.files.as_mut() {
                 let _ = files.journal.set_len(self.journal_len);
             }
@@ -300,9 +275,9 @@ impl Persist {
             if !space(&e) {
                 self.files = None;
             }
-            return Err(io(path)(e));
+            return Err(io(&self.dir.join("journal.bin"))(e));
         }
-        self.journal_len += len as u64;
+        self.journal_len = end;
         Ok(self.journal_len > JOURNAL_LIMIT)
     }
 
@@ -505,7 +480,6 @@ mod tests {
         assert_eq!(rec.warnings.len(), 1);
     }
 
-    /// A state file written by an earlier version (a bincode snapshot) is still read.
     /// The journal grows in steps of zeros: they are room, not a torn tail, and records written
     /// after a restart continue right after the last one (group writes included).
     #[test]
@@ -522,8 +496,7 @@ mod tests {
             let (mut p, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
             assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
             assert_eq!(rec.applied_seq, 1);
-            let batch =
-                |seq| JournalBatch { log_id: log, from_seq: seq, to_seq: seq, entries: vec![entry(seq)] };
+            let batch = |seq| Batch { log_id: log, from_seq: seq, to_seq: seq, entries: vec![entry(seq)] };
             p.append_all(&[batch(2), batch(3)]).unwrap();
         }
         let (_, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
@@ -534,11 +507,11 @@ mod tests {
         let (mut p, _) = Persist::open(dir.path(), &Clock::system()).unwrap();
         let mut next = 4u64;
         while p.journal_len <= JOURNAL_STEP as u64 {
-            let batches: Vec<JournalBatch> = (0..8)
+            let batches: Vec<Batch> = (0..8)
                 .map(|i| {
                     let from = next + i * 256;
                     let entries = (from..from + 256).map(entry).collect();
-                    JournalBatch { log_id: log, from_seq: from, to_seq: from + 255, entries }
+                    Batch { log_id: log, from_seq: from, to_seq: from + 255, entries }
                 })
                 .collect();
             p.append_all(&batches).unwrap();
@@ -550,6 +523,7 @@ mod tests {
         assert_eq!(rec.applied_seq, next - 1);
     }
 
+    /// A state file written by an earlier version (a bincode snapshot) is still read.
     #[test]
     fn a_version_1_state_file_is_read() {
         let dir = tempfile::tempdir().unwrap();
