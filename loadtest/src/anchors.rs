@@ -9,7 +9,7 @@
 //! (<https://docs.nats.io/reference/reference-protocols/nats-protocol>) and RESP2.
 
 use crate::procs::{cpu_ticks, ticks_to_us, Proc};
-use crate::util::{summarize, Summary};
+use crate::util::{free_port, resp, summarize, Summary};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 const STREAM: &str = "REVMESH_BENCH";
 const SUBJECT: &str = "revmesh.bench";
 const DONE: &str = "revmesh.bench.done";
+/// Largest message either client reads (the benchmark's are a few bytes; API answers < 4 KiB).
+const MAX_PAYLOAD: usize = 1 << 20;
 
 /// One anchor at one fan-out.
 #[derive(Debug, Serialize)]
@@ -106,6 +108,7 @@ impl Nats {
                 [s, _sid, r, len] => (s.to_string(), Some(r.to_string()), len.parse::<usize>()?),
                 _ => bail!("NATS: malformed MSG line {l:?}"),
             };
+            anyhow::ensure!(len <= MAX_PAYLOAD, "NATS: a {len}-byte message");
             let mut payload = vec![0u8; len + 2];
             self.r.read_exact(&mut payload)?;
             payload.truncate(len);
@@ -163,16 +166,6 @@ pub fn nats_consumer(addr: &str, id: usize) -> anyhow::Result<()> {
     }
 }
 
-fn resp(args: &[&[u8]]) -> Vec<u8> {
-    let mut s = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        s.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        s.extend_from_slice(a);
-        s.extend_from_slice(b"\r\n");
-    }
-    s
-}
-
 /// Reads one RESP2 value as its flat list of bulk strings (enough for pub/sub pushes and
 /// integer replies).
 fn resp_read(r: &mut BufReader<TcpStream>) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -195,6 +188,7 @@ fn resp_read(r: &mut BufReader<TcpStream>) -> anyhow::Result<Vec<Vec<u8>>> {
             if n < 0 {
                 return Ok(vec![]);
             }
+            anyhow::ensure!(n as usize <= MAX_PAYLOAD, "redis: a {n}-byte value");
             let mut b = vec![0u8; n as usize + 2];
             r.read_exact(&mut b)?;
             b.truncate(n as usize);
@@ -233,10 +227,6 @@ pub fn redis_subscriber(addr: &str) -> anyhow::Result<()> {
 fn subscribers(n: usize, args: impl Fn(usize) -> Vec<String>) -> anyhow::Result<Vec<Proc>> {
     let me = std::env::current_exe()?;
     (0..n).map(|i| Proc::spawn(&me, &args(i), false)).collect()
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn wait_port(addr: &str) -> anyhow::Result<()> {
@@ -320,6 +310,7 @@ pub async fn jetstream(
         }
     };
     wait_port(&addr).await?;
+    let server_pid = server.as_ref().map(|s| s.0.id());
     let a = addr.clone();
     let lat_cpu = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<Duration>, f64, f64)> {
         let mut c = Nats::connect(&a)?;
@@ -332,7 +323,6 @@ pub async fn jetstream(
         let subs =
             subscribers(n, |i| vec!["nats-consumer".into(), "--addr".into(), a.clone(), "--id".into(), i.to_string()])?;
         let pids: Vec<u32> = subs.iter().map(|p| p.child.id()).collect();
-        let server_pid = server.as_ref().map(|s| s.0.id());
         let subs_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
         let server_cpu = || server_pid.map_or(0, |p| cpu_ticks(p).unwrap_or(0));
         let (s0, c0) = (server_cpu(), subs_cpu());
@@ -359,7 +349,7 @@ pub async fn jetstream(
         Ok((lat, s, c))
     })
     .await??;
-    let _ = server;
+    drop(server);
     Ok(Anchor {
         system: "jetstream".into(),
         subscribers: n,

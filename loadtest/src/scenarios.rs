@@ -1,7 +1,7 @@
 //! The measured scenarios. Every figure comes with a baseline measured in the same run.
 
 use crate::procs::AuthorityProc;
-use crate::util::{mint, summarize, wait_until, Summary};
+use crate::util::{free_port, mint, resp, summarize, wait_until, Summary};
 use anyhow::Context;
 use revmesh_agent::link::{self, LinkSettings};
 use revmesh_agent::state::AgentState;
@@ -141,6 +141,35 @@ async fn wait_connected(auth: &AuthorityProc, n: usize) -> anyhow::Result<()> {
     }
 }
 
+/// `count` revocations at `rate`, each waited for with `?wait=all`: each one's time from the
+/// admin call to its receipt, and how many receipts still named agents without it.
+async fn receipts_at_rate(
+    auth: &AuthorityProc,
+    prefix: &str,
+    count: usize,
+    rate: f64,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut lat = Vec::with_capacity(count);
+    let mut incomplete = 0;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
+    for i in 0..count {
+        let next = Instant::now() + gap;
+        let body = format!(r#"{{"kind":"jti","jti":"{prefix}-{i}","expires_at":{exp}}}"#);
+        let t0 = Instant::now();
+        let (status, v) =
+            call(auth, "POST", "/v1/revocations?wait=all&timeout_ms=30000".into(), body).await?;
+        lat.push(t0.elapsed());
+        anyhow::ensure!(status == 201, "revocation failed: {v}");
+        let named = |k: &str| v[k].as_array().is_some_and(|a| !a.is_empty());
+        if named("pending") || named("disconnected") {
+            incomplete += 1;
+        }
+        tokio::time::sleep_until(next.into()).await;
+    }
+    Ok((lat, incomplete))
+}
+
 /// Propagation result at one fleet size.
 #[derive(Debug, Serialize)]
 pub struct Propagation {
@@ -167,24 +196,7 @@ pub async fn propagation(dir: &Path, agents: usize, count: usize, rate: f64) -> 
     let fleet = Fleet::start(agents, &auth.ws, "p")?;
     wait_connected(&auth, agents).await?;
     let rss_idle = auth.proc.rss().unwrap_or(0);
-    let mut lat = Vec::with_capacity(count);
-    let mut incomplete = 0;
-    let gap = Duration::from_secs_f64(1.0 / rate);
-    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
-    for i in 0..count {
-        let next = Instant::now() + gap;
-        let body = format!(r#"{{"kind":"jti","jti":"prop-{i}","expires_at":{exp}}}"#);
-        let t0 = Instant::now();
-        let (status, v) =
-            call(&auth, "POST", "/v1/revocations?wait=all&timeout_ms=30000".into(), body).await?;
-        let dt = t0.elapsed();
-        anyhow::ensure!(status == 201, "revocation failed: {v}");
-        if v["pending"].as_array().is_some_and(|p| !p.is_empty()) {
-            incomplete += 1;
-        }
-        lat.push(dt);
-        tokio::time::sleep_until(next.into()).await;
-    }
+    let (lat, incomplete) = receipts_at_rate(&auth, "prop", count, rate).await?;
     fleet.stop().await;
     Ok(Propagation {
         agents,
@@ -368,14 +380,6 @@ pub struct RedisCompare {
     pub pubsub_fanout: Vec<(usize, Summary)>,
 }
 
-fn resp(args: &[&str]) -> String {
-    let mut s = format!("*{}\r\n", args.len());
-    for a in args {
-        s.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s
-}
-
 /// Starts a private redis-server on a Unix socket and a TCP port; `None` if not installed.
 pub async fn redis(
     dir: &Path,
@@ -414,7 +418,7 @@ pub async fn redis(
     let guard = ChildGuard(&mut child);
     wait_until(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&sock).is_ok()).await?;
     // GET over the Unix socket, same client loop shape as the agent's.
-    let get_req = resp(&["GET", "revoked:not-revoked"]);
+    let get_req = resp(&[b"GET", b"revoked:not-revoked"]);
     let cpu0 = crate::procs::cpu_ticks(redis_pid)?;
     let seq = redis_sequential(&sock, &get_req, n).await?;
     let cpu = crate::procs::ticks_to_us(crate::procs::cpu_ticks(redis_pid)? - cpu0) / (n + n / 10) as f64;
@@ -449,10 +453,6 @@ fn which(name: &str) -> anyhow::Result<PathBuf> {
         .context("not on PATH")
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 async fn redis_line(
     r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
     buf: &mut String,
@@ -466,7 +466,7 @@ async fn redis_line(
     Ok(())
 }
 
-async fn redis_sequential(sock: &Path, req: &str, n: usize) -> anyhow::Result<Summary> {
+async fn redis_sequential(sock: &Path, req: &[u8], n: usize) -> anyhow::Result<Summary> {
     let s = UnixStream::connect(sock).await?;
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
@@ -474,7 +474,7 @@ async fn redis_sequential(sock: &Path, req: &str, n: usize) -> anyhow::Result<Su
     let mut lat = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
         let t0 = Instant::now();
-        w.write_all(req.as_bytes()).await?;
+        w.write_all(req).await?;
         redis_line(&mut r, &mut buf).await?;
         if i >= n / 10 {
             lat.push(t0.elapsed());
@@ -483,7 +483,7 @@ async fn redis_sequential(sock: &Path, req: &str, n: usize) -> anyhow::Result<Su
     Ok(summarize(lat))
 }
 
-async fn redis_throughput(sock: &Path, req: &str, conns: usize, dur: Duration) -> anyhow::Result<f64> {
+async fn redis_throughput(sock: &Path, req: &[u8], conns: usize, dur: Duration) -> anyhow::Result<f64> {
     let stop = Instant::now() + dur;
     let mut tasks = Vec::new();
     for _ in 0..conns {
@@ -495,7 +495,7 @@ async fn redis_throughput(sock: &Path, req: &str, conns: usize, dur: Duration) -
             let mut buf = String::new();
             let mut n = 0u64;
             while Instant::now() < stop {
-                w.write_all(req.as_bytes()).await?;
+                w.write_all(&req).await?;
                 redis_line(&mut r, &mut buf).await?;
                 n += 1;
             }
@@ -516,7 +516,7 @@ async fn pubsub(port: u16, subs: usize, messages: usize) -> anyhow::Result<Summa
     let mut tasks = Vec::new();
     for _ in 0..subs {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(resp(&["SUBSCRIBE", "rev"]).as_bytes()).await?;
+        s.write_all(&resp(&[b"SUBSCRIBE", b"rev"])).await?;
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut r = BufReader::new(s);
@@ -538,7 +538,7 @@ async fn pubsub(port: u16, subs: usize, messages: usize) -> anyhow::Result<Summa
     let mut ctl = BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        ctl.get_mut().write_all(resp(&["PUBSUB", "NUMSUB", "rev"]).as_bytes()).await?;
+        ctl.get_mut().write_all(&resp(&[b"PUBSUB", b"NUMSUB", b"rev"])).await?;
         let n = read_int_reply(&mut ctl).await?;
         if n >= subs as i64 {
             break;
@@ -549,7 +549,7 @@ async fn pubsub(port: u16, subs: usize, messages: usize) -> anyhow::Result<Summa
     let mut lat = Vec::with_capacity(messages);
     for m in 0..messages {
         let t0 = Instant::now();
-        ctl.get_mut().write_all(resp(&["PUBLISH", "rev", &format!("m{m}")]).as_bytes()).await?;
+        ctl.get_mut().write_all(&resp(&[b"PUBLISH", b"rev", format!("m{m}").as_bytes()])).await?;
         let mut got = 0;
         let mut last = t0;
         while got < subs {
@@ -974,33 +974,13 @@ pub async fn propagation_procs(
         )?);
     }
     wait_connected(&auth, n).await?;
-    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
-    let revoke = |i: usize| {
-        let body = format!(r#"{{"kind":"jti","jti":"procs-{i}","expires_at":{exp}}}"#);
-        call(&auth, "POST", "/v1/revocations?wait=all&timeout_ms=30000".into(), body)
-    };
     // One revocation first, so every agent has a log and a journal before measuring.
-    revoke(usize::MAX).await?;
+    receipts_at_rate(&auth, "procs-warm-up", 1, rate).await?;
     let auth_pid = auth.proc.child.id();
     let pids: Vec<u32> = agents.iter().map(|a| a.proc.child.id()).collect();
     let agents_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
     let (auth0, agents0) = (cpu_ticks(auth_pid)?, agents_cpu());
-    let mut lat = Vec::with_capacity(count);
-    let mut incomplete = 0;
-    let gap = Duration::from_secs_f64(1.0 / rate);
-    for i in 0..count {
-        let next = Instant::now() + gap;
-        let t0 = Instant::now();
-        let (status, v) = revoke(i).await?;
-        lat.push(t0.elapsed());
-        anyhow::ensure!(status == 201, "revocation failed: {v}");
-        if v["pending"].as_array().is_some_and(|p| !p.is_empty())
-            || v["disconnected"].as_array().is_some_and(|p| !p.is_empty())
-        {
-            incomplete += 1;
-        }
-        tokio::time::sleep_until(next.into()).await;
-    }
+    let (lat, incomplete) = receipts_at_rate(&auth, "procs", count, rate).await?;
     let auth_us = ticks_to_us(cpu_ticks(auth_pid)? - auth0) / count as f64;
     let agent_us = ticks_to_us(agents_cpu() - agents0) / count as f64 / n.max(1) as f64;
     drop(agents);

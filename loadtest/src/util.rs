@@ -57,3 +57,19 @@ pub fn summarize(mut v: Vec<Duration>) -> Summary {
     };
     Summary { n: v.len(), p50_us: pick(0.5), p99_us: pick(0.99), max_us: pick(1.0) }
 }
+
+/// A RESP2 command (Redis's wire format) from its arguments.
+pub fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut s = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        s.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        s.extend_from_slice(a);
+        s.extend_from_slice(b"\r\n");
+    }
+    s
+}
+
+/// A TCP port free on 127.0.0.1 at the time of asking.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
