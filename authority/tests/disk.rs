@@ -385,10 +385,11 @@ impl PgCluster {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let pg = PgCluster { fs, bin, port };
         let data = pg.data();
-        pg.as_postgres(
+        let out = pg.as_postgres(
             "initdb",
             &["-D", &data, "-A", "trust", "-U", "postgres", "--wal-segsize=1", "--no-sync"],
         );
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         pg.pg_ctl_start();
         pg
     }
@@ -397,18 +398,14 @@ impl PgCluster {
         self.fs.path().join("data").to_str().unwrap().to_owned()
     }
 
+    /// Runs one of PostgreSQL's programs as the `postgres` user (it refuses to run as root).
     fn as_postgres(&self, program: &str, args: &[&str]) -> std::process::Output {
-        let exe = self.bin.join(program);
-        let mut all = vec!["-u", "postgres", "--", exe.to_str().unwrap()];
-        all.extend_from_slice(args);
-        let out = Command::new("runuser").args(&all).output().unwrap();
-        assert!(
-            out.status.success() || program == "pg_ctl",
-            "{program}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(program))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("runuser {program}: {e}"))
     }
 
     fn pg_ctl_start(&self) {
@@ -433,12 +430,7 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let exe = self.bin.join("pg_ctl");
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(exe)
-            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
-            .output();
+        let _ = self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
     }
 }
 
