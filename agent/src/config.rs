@@ -211,6 +211,12 @@ pub struct RunArgs {
     #[arg(long, env = "REVMESH_CLIENT_IDLE_TIMEOUT")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub client_idle_timeout: Option<String>,
+    /// A revocation awaited only at the applied level (`?wait=applied`) is reported applied at
+    /// once; its fsync may wait this long to be shared with later ones (0: at once; at most
+    /// 1s) [default: 100ms].
+    #[arg(long, env = "REVMESH_APPLIED_FSYNC_DELAY")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub applied_fsync_delay: Option<String>,
     /// Log filter [default: info].
     #[arg(long, env = "REVMESH_LOG")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
@@ -285,6 +291,8 @@ pub struct Config {
     pub max_clients: usize,
     /// Client idle timeout.
     pub client_idle_timeout: Duration,
+    /// Longest wait of an fsync for entries awaited only at the applied level.
+    pub applied_fsync_delay: Duration,
     /// Log filter.
     pub log: String,
     /// JSON log lines.
@@ -342,7 +350,7 @@ impl RunArgs {
             opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, http_listen, token_cookie,
                  grpc_socket, grpc_listen, jwks_ca_file, jwks_refresh, jwks_min_refresh, socket_group, socket_mode, metrics_listen, hs256_secret_file, jwks_file,
                  issuer, audience, leeway, max_token_bytes, max_staleness, on_stale, max_clients,
-                 client_idle_timeout, log, log_format;
+                 client_idle_timeout, applied_fsync_delay, log, log_format;
             vec: authority, public_key_file, allow_uid, jwks_url))
     }
 }
@@ -516,6 +524,13 @@ impl Config {
         let max_staleness = dur("max-staleness", &raw.max_staleness, Duration::from_secs(30), &mut push);
         let client_idle_timeout =
             dur("client-idle-timeout", &raw.client_idle_timeout, Duration::from_secs(300), &mut push);
+        let applied_fsync_delay =
+            dur("applied-fsync-delay", &raw.applied_fsync_delay, Duration::from_millis(100), &mut push);
+        // Far below the authority's ack timeout (2s by default): a held fsync must not look
+        // like a lost ack.
+        if applied_fsync_delay > Duration::from_secs(1) {
+            push("applied-fsync-delay", "must be at most 1s".into());
+        }
         let keys = crate::jwt::KeyFiles {
             hmac_secret: raw.hs256_secret_file.as_ref().map(PathBuf::from),
             public_keys: raw.public_key_file.iter().map(PathBuf::from).collect(),
@@ -582,6 +597,7 @@ impl Config {
             allow_uid,
             max_clients,
             client_idle_timeout,
+            applied_fsync_delay,
             log: raw.log.clone().unwrap_or_else(|| "info".into()),
             log_json: match raw.log_format.as_deref() {
                 None | Some("text") => false,

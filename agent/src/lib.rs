@@ -177,6 +177,7 @@ pub async fn run(
     tracker.spawn(server::serve_metrics(metrics_listener, state.clone(), shutdown.clone()));
     let mut settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
     settings.persist_inline = true;
+    settings.applied_fsync_delay = cfg.applied_fsync_delay;
     let creds = Arc::new(arc_swap::ArcSwap::from_pointee(link::Credentials {
         token: cfg.token.clone(),
         tls: cfg.tls.clone(),

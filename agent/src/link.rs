@@ -43,6 +43,10 @@ pub struct LinkSettings {
     /// tokio's blocking pool. For a link that runs on a thread of its own (the agent binary's
     /// does): it saves the two thread handoffs of each write.
     pub persist_inline: bool,
+    /// Longest wait of the journal write (and its fsync) for entries that were awaited only at
+    /// the applied level (`WaitedBatch`), so that several share one fsync. Any other batch is
+    /// written at once, with whatever waits.
+    pub applied_fsync_delay: Duration,
 }
 
 impl LinkSettings {
@@ -63,6 +67,7 @@ impl LinkSettings {
             idle_timeout: Duration::from_secs(20),
             tls: None,
             persist_inline: false,
+            applied_fsync_delay: Duration::ZERO,
         }
     }
 }
@@ -153,6 +158,7 @@ pub async fn run_with(
     let journal = persist.map(|p| Journal { p, inline: settings.persist_inline });
     let mut jitter = Jitter::new(rand::random());
     let mut unpersisted = Unpersisted::default();
+    let mut held = Held { delay: settings.applied_fsync_delay, ..Held::default() };
     let mut attempt: u32 = 0;
     let mut index = 0usize;
     let mut links = 0u64;
@@ -167,7 +173,11 @@ pub async fn run_with(
                 }
                 state.set_connected(true);
                 tracing::info!(%url, "connected to authority");
-                let e = drive(ws, &mut session, &state, journal.as_ref(), &mut unpersisted, &shutdown).await;
+                let mut w = Writes { journal: journal.as_ref(), pending: &mut unpersisted, held: &mut held };
+                let e = drive(ws, &mut session, &state, &mut w, &shutdown).await;
+                // Nothing applied waits for a link that is gone: written now, acknowledged on
+                // the next link (the hello presents it).
+                w.write_held(&mut session, &state).await;
                 state.set_connected(false);
                 session.disconnected();
                 e
@@ -313,8 +323,7 @@ async fn drive(
     mut ws: Ws,
     session: &mut AgentSession,
     state: &AgentState,
-    journal: Option<&Journal>,
-    unpersisted: &mut Unpersisted,
+    w: &mut Writes<'_>,
     shutdown: &CancellationToken,
 ) -> Ended {
     let clock = state.clock().clone();
@@ -327,17 +336,8 @@ async fn drive(
     let stopping = shutdown.cancelled();
     tokio::pin!(stopping);
     loop {
-        let t = clock.now();
-        let mut wrote = false;
-        while let Some(f) = session.poll_transmit(t) {
-            let Ok(bytes) = encode(&f) else { return Ended::Failed("encode failed".into()) };
-            if ws.feed(Message::Binary(Bytes::from(bytes))).await.is_err() {
-                return Ended::Failed("write failed".into());
-            }
-            wrote = true;
-        }
-        if wrote && ws.flush().await.is_err() {
-            return Ended::Failed("write failed".into());
+        if let Err(end) = send_queued(&mut ws, session, state).await {
+            return end;
         }
         let deadline = session.poll_timeout().map_or(never, tokio::time::Instant::from_std);
         if timer.deadline() != deadline {
@@ -355,12 +355,12 @@ async fn drive(
                     if let Err(end) = on_message(msg, &mut ws, session, state).await {
                         // What earlier frames handed over comes first: written, and a go-away's
                         // retry hint wins over the close that followed it.
-                        return apply_events(session, state, journal, unpersisted).await.unwrap_or(end);
+                        return apply_events(session, state, w, None).await.unwrap_or(end);
                     }
                 }
                 if let Some(h) = session.last_heard() {
                     state.heard(h);
-                    if let (Some(j), true) = (journal, last_heard_write.elapsed() > Duration::from_secs(1)) {
+                    if let (Some(j), true) = (w.journal, last_heard_write.elapsed() > Duration::from_secs(1)) {
                         last_heard_write = Instant::now();
                         if let Ok(p) = j.p.lock() {
                             p.heard(clock.now().unix_ms);
@@ -369,19 +369,37 @@ async fn drive(
                 }
             }
             _ = &mut timer => session.handle_timeout(clock.now()),
-            _ = sleep_until_due(unpersisted.retry_at) => {
-                retry_unpersisted(session, state, journal, unpersisted).await;
+            _ = sleep_until_due(w.pending.retry_at) => {
+                retry_unpersisted(session, state, w.journal, w.pending).await;
             }
+            _ = sleep_until_due(w.held.write_at) => w.write_held(session, state).await,
             _ = &mut stopping => {
                 let _ = ws.close(None).await;
                 return Ended::Shutdown;
             }
         }
-        if let Some(end) = apply_events(session, state, journal, unpersisted).await {
+        if let Some(end) = apply_events(session, state, w, Some(&mut ws)).await {
             let _ = ws.close(None).await;
             return end;
         }
     }
+}
+
+/// Sends every frame the session has queued, with one flush.
+async fn send_queued(ws: &mut Ws, session: &mut AgentSession, state: &AgentState) -> Result<(), Ended> {
+    let t = state.clock().now();
+    let mut wrote = false;
+    while let Some(f) = session.poll_transmit(t) {
+        let Ok(bytes) = encode(&f) else { return Err(Ended::Failed("encode failed".into())) };
+        if ws.feed(Message::Binary(Bytes::from(bytes))).await.is_err() {
+            return Err(Ended::Failed("write failed".into()));
+        }
+        wrote = true;
+    }
+    if wrote && ws.flush().await.is_err() {
+        return Err(Ended::Failed("write failed".into()));
+    }
+    Ok(())
 }
 
 /// Frames handled before one journal write; bounds the work between two acks.
@@ -589,56 +607,98 @@ async fn write_group(
     }
 }
 
+/// Batches applied and reported `Applied` whose journal write waits, at most `delay`, to
+/// share one fsync with the batches after them.
+#[derive(Debug, Default)]
+struct Held {
+    batches: Vec<Batch>,
+    delay: Duration,
+    write_at: Option<Instant>,
+}
+
+/// Most entries held back from the journal; a group beyond is written at once.
+const MAX_HELD_ENTRIES: usize = 4 * revmesh_protocol::frame::MAX_ENTRIES_PER_FRAME;
+
+/// Where applied batches go on their way to disk: the journal (none for an agent without a
+/// data dir), the retry queue after a failed write, and the held group.
+struct Writes<'a> {
+    journal: Option<&'a Journal>,
+    pending: &'a mut Unpersisted,
+    held: &'a mut Held,
+}
+
+impl Writes<'_> {
+    /// Writes the held group now.
+    async fn write_held(&mut self, session: &mut AgentSession, state: &AgentState) {
+        self.held.write_at = None;
+        let mut group = std::mem::take(&mut self.held.batches);
+        if let Some(j) = self.journal {
+            write_group(session, state, j, self.pending, &mut group).await;
+        }
+    }
+}
+
 /// Applies what the session handed over, persists it, and only then marks it durable
 /// (PROTOCOL.md §9.3). Batches are applied one by one as they come and written together.
+///
+/// Waited batches are reported `Applied` on `ws` before the write. When every batch of the
+/// group was waited on, the write is held (see [`Held`]); any other batch, a snapshot, the
+/// end of the link or a missing `ws` writes the whole group at once.
 async fn apply_events(
     session: &mut AgentSession,
     state: &AgentState,
-    journal: Option<&Journal>,
-    pending: &mut Unpersisted,
+    w: &mut Writes<'_>,
+    ws: Option<&mut Ws>,
 ) -> Option<Ended> {
-    let mut group = Vec::new();
+    let mut group = std::mem::take(&mut w.held.batches);
+    let mut durable_awaited = false;
+    let mut reported = false;
     let mut end = None;
     while let Some(ev) = session.poll_event() {
         match ev {
-            AgentEvent::Apply { log_id, entries, to_seq } => {
+            AgentEvent::Apply { log_id, entries, to_seq, waited } => {
                 let from_seq = (state.applied() + 1).min(to_seq);
                 state.apply(log_id, &entries, to_seq);
-                if journal.is_none() {
+                if w.journal.is_none() {
                     session.mark_durable(to_seq, state.clock().now());
                     continue;
                 }
+                if waited {
+                    session.mark_applied(to_seq);
+                    reported = true;
+                }
                 let batch = Batch { log_id, from_seq, to_seq, entries };
-                if !pending.is_empty() {
+                if !w.pending.is_empty() {
                     // Behind earlier writes that failed: keep the journal in order.
-                    if !pending.snapshot {
-                        pending.batches.push_back(batch);
+                    if !w.pending.snapshot {
+                        w.pending.batches.push_back(batch);
                     }
                     continue;
                 }
+                durable_awaited |= !waited;
                 group.push(batch);
             }
             AgentEvent::Replace { log_id, snapshot_seq, entries } => {
-                if let Some(j) = journal {
-                    write_group(session, state, j, pending, &mut group).await;
+                if let Some(j) = w.journal {
+                    write_group(session, state, j, w.pending, &mut group).await;
                 }
                 state.replace(log_id, &entries, snapshot_seq);
                 tracing::info!(seq = snapshot_seq, entries = entries.len(), "applied snapshot");
-                if journal.is_none() {
+                if w.journal.is_none() {
                     session.mark_durable(snapshot_seq, state.clock().now());
                     continue;
                 }
                 // The new state replaces whatever was waiting to be written.
-                pending.batches.clear();
-                match write_snapshot(state, journal).await {
+                w.pending.batches.clear();
+                match write_snapshot(state, w.journal).await {
                     Ok(seq) => {
-                        pending.snapshot = false;
-                        pending.recovered(state);
+                        w.pending.snapshot = false;
+                        w.pending.recovered(state);
                         session.mark_durable(seq, state.clock().now());
                     }
                     Err(e) => {
-                        pending.snapshot = true;
-                        pending.failed(state, &e);
+                        w.pending.snapshot = true;
+                        w.pending.failed(state, &e);
                     }
                 }
             }
@@ -658,9 +718,31 @@ async fn apply_events(
             }
         }
     }
-    if let Some(j) = journal {
-        write_group(session, state, j, pending, &mut group).await;
+    let Some(j) = w.journal else { return end };
+    // The report goes out ahead of the fsync: that is what the applied level is for. A failed
+    // send shows as a failed link on the next read.
+    let linked = match ws {
+        Some(ws) if end.is_none() => {
+            if reported {
+                let _ = send_queued(ws, session, state).await;
+            }
+            true
+        }
+        _ => false,
+    };
+    let held_entries: usize = group.iter().map(|b| b.entries.len()).sum();
+    if linked
+        && !durable_awaited
+        && !group.is_empty()
+        && !w.held.delay.is_zero()
+        && held_entries <= MAX_HELD_ENTRIES
+    {
+        w.held.write_at.get_or_insert_with(|| Instant::now() + w.held.delay);
+        w.held.batches = group;
+        return None;
     }
+    w.held.write_at = None;
+    write_group(session, state, j, w.pending, &mut group).await;
     end
 }
 

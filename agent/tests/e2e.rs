@@ -124,6 +124,43 @@ async fn a_killed_agent_restarted_without_authority_still_refuses_and_staleness_
     auth.stop().await;
 }
 
+/// A receipt at the applied level comes from memory, and the agent holds that fsync to share
+/// it (here up to 1 s). Held writes are grouped, never dropped: a durable receipt that follows
+/// covers what was held, across a kill -9 and a restart with no authority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_fsyncs_are_grouped_with_the_next_durable_write_and_survive_kill9() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = Authority::start(adir.path(), 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(dir.path(), &auth.url(), &["--applied-fsync-delay", "1s"]);
+    wait_for(|| !agent.ask("PING").ends_with("log_id=none"), "agent in sync").await;
+    let jti = |j: &str| json!({"kind": "jti", "jti": j, "expires_at": crate::util::now() + 3600});
+    let mut jtis = Vec::new();
+    for i in 0..3 {
+        let j = format!("held-{i}");
+        let r = auth.revoke_waiting(jti(&j), "applied").await;
+        assert_eq!(
+            (r["level"].as_str(), r["acked"].as_array().map(Vec::len)),
+            (Some("applied"), Some(1)),
+            "{r}"
+        );
+        assert!(agent.ask(&format!("CHECK {}", token(&j, "u", json!({})))).starts_with("REVOKED"));
+        jtis.push(j);
+    }
+    let r = auth.revoke(jti("durable")).await;
+    assert_eq!((r["level"].as_str(), r["acked"].as_array().map(Vec::len)), (Some("durable"), Some(1)), "{r}");
+    jtis.push("durable".into());
+
+    agent.kill9();
+    let url = auth.url();
+    auth.stop().await;
+    let agent = AgentProc::start(dir.path(), &url, &[]);
+    for j in &jtis {
+        let ans = agent.ask(&format!("CHECK {}", token(j, "u", json!({}))));
+        assert!(ans.starts_with("REVOKED kind=jti"), "{j} after kill -9: {ans}");
+    }
+}
+
 /// Fills an authority with `n` jti revocations quickly (16 concurrent clients share commits).
 async fn fill(auth: &Authority, prefix: &str, n: usize) {
     let admin = auth.admin.to_string();

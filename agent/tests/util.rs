@@ -185,13 +185,19 @@ impl Authority {
 
     /// POSTs a revocation with `?wait=all` and returns the receipt.
     pub async fn revoke(&self, body: serde_json::Value) -> serde_json::Value {
+        self.revoke_waiting(body, "all").await
+    }
+
+    /// POSTs a revocation with `?wait={level}` (`all` or `applied`) and returns the receipt.
+    pub async fn revoke_waiting(&self, body: serde_json::Value, level: &str) -> serde_json::Value {
         let admin = self.admin.to_string();
         let token = self.token.clone();
+        let path = format!("/v1/revocations?wait={level}&timeout_ms=20000");
         let (status, text) = tokio::task::spawn_blocking(move || {
             revmesh_authority::client::http_request(
                 &admin,
                 "POST",
-                "/v1/revocations?wait=all&timeout_ms=20000",
+                &path,
                 Some(&token),
                 body.to_string().as_bytes(),
                 Duration::from_secs(30),

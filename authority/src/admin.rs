@@ -3,7 +3,7 @@
 //! Handlers parse request bodies themselves so that every bad input becomes a 400 with the
 //! offending field; internals (store errors) are logged, never shown to clients.
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Level};
 use crate::log::{AppendError, Log};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -341,9 +341,10 @@ async fn create(
     let body = body_bytes(&s, body, MAX_BULK_BODY).await?;
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let wait = match q.wait.as_deref() {
-        None => false,
-        Some("all") => true,
-        Some(_) => return Err(ApiError::bad("wait", "`wait` must be `all`")),
+        None => None,
+        Some("all") => Some(Level::Durable),
+        Some("applied") => Some(Level::Applied),
+        Some(_) => return Err(ApiError::bad("wait", "`wait` must be `all` or `applied`")),
     };
     let now_ms = s.log.clock().unix_ms();
     let parsed = parse_revocations(&body, s.max_token_ttl, now_ms / 1000)?;
@@ -354,7 +355,7 @@ async fn create(
     for e in &mut entries {
         e.created_at_ms = now_ms;
     }
-    let stored = s.log.append_all(entries).await.map_err(|e| match &*e {
+    let stored = s.log.append_all(entries, wait == Some(Level::Applied)).await.map_err(|e| match &*e {
         AppendError::Closed => {
             ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "authority is shutting down")
         }
@@ -371,10 +372,12 @@ async fn create(
         return Err(ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "nothing was stored"));
     };
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
-    let receipt =
-        s.registry.receipt(last.seq, if wait { timeout } else { Duration::ZERO }).await.map_err(cursors)?;
+    let level = wait.unwrap_or(Level::Durable);
+    let timeout = if wait.is_some() { timeout } else { Duration::ZERO };
+    let receipt = s.registry.receipt(last.seq, timeout, level).await.map_err(cursors)?;
     let mut body = json!({
         "log_id": s.log.log_id().to_string(),
+        "level": level.as_str(),
         "acked": receipt.acked,
         "pending": receipt.pending,
         "disconnected": receipt.disconnected,

@@ -240,7 +240,8 @@ pub fn revoke(a: &RevokeArgs) -> ExitCode {
         }
     };
     let path = if a.wait {
-        format!("/v1/revocations?wait=all&timeout_ms={}", wait.as_millis())
+        let level = if a.applied { "applied" } else { "all" };
+        format!("/v1/revocations?wait={level}&timeout_ms={}", wait.as_millis())
     } else {
         "/v1/revocations".into()
     };
@@ -259,7 +260,8 @@ pub fn revoke(a: &RevokeArgs) -> ExitCode {
             }
         };
         println!("revoked: seq {} in log {}", v["seq"], v["log_id"].as_str().unwrap_or("?"));
-        println!("applied by: {}", list("acked"));
+        let level = if v["level"] == "applied" { "in memory" } else { "and on disk" };
+        println!("applied {level} by: {}", list("acked"));
         println!("pending:    {}", list("pending"));
         println!("not connected, without it: {}", list("disconnected"));
     })

@@ -259,9 +259,13 @@ pub struct RevokeArgs {
     /// Free-text reason stored with the entry.
     #[arg(long, global = true)]
     pub reason: Option<String>,
-    /// Wait until every connected agent has applied it and print the receipt.
+    /// Wait until every connected agent has applied it and written it to disk, and print the receipt.
     #[arg(long, global = true)]
     pub wait: bool,
+    /// With `--wait`: wait only until every connected agent has applied it in memory (the
+    /// applied level: sooner, but an agent killed before its next fsync must get it again).
+    #[arg(long, global = true, requires = "wait")]
+    pub applied: bool,
     /// How long `--wait` waits.
     #[arg(long, global = true, default_value = "10s")]
     pub timeout: String,

@@ -22,8 +22,10 @@ struct AgentInfo {
     connected: bool,
     /// Peer address of the last link.
     remote: String,
-    /// Highest seq of this log the agent acknowledged.
+    /// Highest seq of this log the agent acknowledged (applied and durable).
     applied_seq: u64,
+    /// Highest seq the agent applied in memory: its ack, or a later `Applied` report.
+    seen_seq: u64,
     /// Last ack, unix milliseconds.
     last_ack_at: Option<u64>,
     version: String,
@@ -51,6 +53,9 @@ struct State {
     agents: HashMap<String, AgentInfo>,
     /// Multiset of connected agents' cursors, for O(log n) minimum.
     cursors: BTreeMap<u64, usize>,
+    /// The same for what connected agents applied in memory (`seen_seq`): receipts at the
+    /// applied level.
+    seen: BTreeMap<u64, usize>,
     /// Highest seq acked by every connected agent that the latency histogram has seen.
     all_acked: u64,
     next_link: u64,
@@ -74,15 +79,54 @@ impl State {
     }
 
     fn cursor_remove(&mut self, seq: u64) {
-        if let Some(n) = self.cursors.get_mut(&seq) {
-            *n -= 1;
-            if *n == 0 {
-                self.cursors.remove(&seq);
-            }
-        }
+        multiset_remove(&mut self.cursors, seq);
     }
     fn cursor_add(&mut self, seq: u64) {
         *self.cursors.entry(seq).or_default() += 1;
+    }
+
+    /// Moves a connected agent's in-memory cursor from `old` to `new`.
+    fn seen_move(&mut self, old: u64, new: u64) {
+        multiset_remove(&mut self.seen, old);
+        *self.seen.entry(new).or_default() += 1;
+    }
+
+    /// The lowest cursor of connected agents at `level`.
+    fn min(&self, level: Level) -> Option<u64> {
+        let set = match level {
+            Level::Durable => &self.cursors,
+            Level::Applied => &self.seen,
+        };
+        set.first_key_value().map(|(k, _)| *k)
+    }
+}
+
+fn multiset_remove(set: &mut BTreeMap<u64, usize>, seq: u64) {
+    if let Some(n) = set.get_mut(&seq) {
+        *n -= 1;
+        if *n == 0 {
+            set.remove(&seq);
+        }
+    }
+}
+
+/// What a receipt waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Applied and on the agent's disk (the default): survives the agent's crash.
+    Durable,
+    /// Applied in the agent's memory: refused from then on, but an agent killed before its
+    /// next fsync forgets it until the authority sends it again.
+    Applied,
+}
+
+impl Level {
+    /// The name used by `?wait=` and in responses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Durable => "durable",
+            Level::Applied => "applied",
+        }
     }
 }
 
@@ -157,19 +201,22 @@ impl Hub {
         s.next_link += 1;
         let link = s.next_link;
         let cancel = CancellationToken::new();
-        let previous = s.agents.get(id).map(|a| (a.connected, a.applied_seq, a.cancel.clone()));
-        if let Some((connected, seq, old_cancel)) = previous {
+        let previous = s.agents.get(id).map(|a| (a.connected, a.applied_seq, a.seen_seq, a.cancel.clone()));
+        if let Some((connected, seq, seen, old_cancel)) = previous {
             if connected {
                 old_cancel.cancel();
                 s.cursor_remove(seq);
+                multiset_remove(&mut s.seen, seen);
             }
         }
         s.cursor_add(applied_seq);
+        *s.seen.entry(applied_seq).or_default() += 1;
         let info = AgentInfo {
             id: id.to_owned(),
             connected: true,
             remote,
             applied_seq,
+            seen_seq: applied_seq,
             last_ack_at: None,
             version,
             link,
@@ -207,13 +254,19 @@ impl Hub {
             return;
         }
         let old = a.applied_seq;
+        let old_seen = a.seen_seq;
         a.applied_seq = applied_seq;
+        a.seen_seq = old_seen.max(applied_seq);
+        let seen = a.seen_seq;
         a.last_ack_at = Some(now);
         s.mark_dirty(id);
-        let min_before = s.cursors.first_key_value().map(|(k, _)| *k);
+        let min_before = (s.min(Level::Durable), s.min(Level::Applied));
         s.cursor_remove(old);
         s.cursor_add(applied_seq);
-        let min_after = s.cursors.first_key_value().map(|(k, _)| *k);
+        if seen != old_seen {
+            s.seen_move(old_seen, seen);
+        }
+        let min_after = (s.min(Level::Durable), s.min(Level::Applied));
         let all_acked = Self::newly_all_acked(&mut s);
         drop(s);
         if let Some((from, to)) = all_acked {
@@ -224,6 +277,24 @@ impl Hub {
         // Receipt waiters only care about the slowest agent: wake them when it moves, not on
         // every one of N acks.
         if min_after != min_before {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// The agent reported entries up to `seq` applied in memory (ahead of its durable ack).
+    pub fn applied(&self, id: &str, link: u64, seq: u64) {
+        let mut s = self.lock();
+        let Some(a) = s.agents.get_mut(id) else { return };
+        if a.link != link || !a.connected || seq <= a.seen_seq {
+            return;
+        }
+        let old = a.seen_seq;
+        a.seen_seq = seq;
+        let min_before = s.min(Level::Applied);
+        s.seen_move(old, seq);
+        let moved = s.min(Level::Applied) != min_before;
+        drop(s);
+        if moved {
             self.changed.send_modify(|v| *v += 1);
         }
     }
@@ -245,16 +316,17 @@ impl Hub {
     /// The link ended.
     pub fn disconnect(&self, id: &str, link: u64) {
         let mut s = self.lock();
-        let seq = match s.agents.get_mut(id) {
+        let (seq, seen) = match s.agents.get_mut(id) {
             Some(a) if a.link == link && a.connected => {
                 a.connected = false;
                 a.disconnected_at = self.clock.unix_ms();
-                a.applied_seq
+                (a.applied_seq, a.seen_seq)
             }
             _ => return,
         };
         s.mark_dirty(id);
         s.cursor_remove(seq);
+        multiset_remove(&mut s.seen, seen);
         self.metrics.agents_connected.set(s.connected() as i64);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
@@ -283,22 +355,31 @@ impl Hub {
         v
     }
 
-    /// Which known agents have applied `seq`.
-    pub fn receipt(&self, seq: u64) -> Receipt {
+    /// Which known agents have applied `seq` at `level`.
+    pub fn receipt(&self, seq: u64, level: Level) -> Receipt {
         let s = self.lock();
-        Receipt::of(seq, s.agents.values().map(|a| (a.id.clone(), a.connected, a.applied_seq)))
+        Receipt::of(
+            seq,
+            s.agents.values().map(|a| {
+                let cursor = match level {
+                    Level::Durable => a.applied_seq,
+                    Level::Applied => a.seen_seq,
+                };
+                (a.id.clone(), a.connected, cursor)
+            }),
+        )
     }
 
     fn min_connected_cursor(&self) -> Option<u64> {
-        self.lock().cursors.first_key_value().map(|(k, _)| *k)
+        self.lock().min(Level::Durable)
     }
 
-    /// Waits until every connected agent has applied `seq`, or the timeout.
-    pub async fn wait_all(&self, seq: u64, timeout: Duration) -> Receipt {
+    /// Waits until every connected agent has applied `seq` at `level`, or the timeout.
+    pub async fn wait_all(&self, seq: u64, timeout: Duration, level: Level) -> Receipt {
         let mut rx = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.min_connected_cursor().is_none_or(|m| m >= seq) {
+            if self.lock().min(level).is_none_or(|m| m >= seq) {
                 break;
             }
             tokio::select! {
@@ -306,7 +387,7 @@ impl Hub {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        self.receipt(seq)
+        self.receipt(seq, level)
     }
 
     /// Rows to publish to a shared store: changed agents, plus every connected one when

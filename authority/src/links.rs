@@ -377,7 +377,7 @@ impl Links {
             let t = self.log.clock().now();
             let mut wrote = false;
             while let Some(tx) = session.poll_transmit(t) {
-                let frames = match self.materialise(tx, t) {
+                let frames = match self.materialise(tx, t, session.version()) {
                     Ok(f) => f,
                     Err(e) => return format!("encode failed: {e}"),
                 };
@@ -501,15 +501,26 @@ impl Links {
                     }
                     self.hub.ack(id, link, applied_seq, &self.log);
                 }
+                AuthorityEvent::Applied { applied_seq } => self.hub.applied(id, link, applied_seq),
                 AuthorityEvent::Resend { .. } => self.metrics.resends_total.inc(),
             }
         }
     }
 
-    fn materialise(&self, tx: Transmit, t: Now) -> Result<Vec<Bytes>, revmesh_protocol::codec::EncodeError> {
+    fn materialise(
+        &self,
+        tx: Transmit,
+        t: Now,
+        version: u8,
+    ) -> Result<Vec<Bytes>, revmesh_protocol::codec::EncodeError> {
         match tx {
             Transmit::Frame(f) => Ok(vec![Bytes::from(encode(&f)?)]),
-            Transmit::Entries { from, to } => Ok(vec![self.log.batch_frame(from, to)?]),
+            Transmit::Entries { from, to } => {
+                // A range that may hold an entry awaited at the applied level asks the agent
+                // to report it applied (agents of link version 2 and later).
+                let waited = version >= 2 && from <= self.log.waited_through();
+                Ok(vec![self.log.batch_frame(from, to, waited)?])
+            }
             Transmit::Snapshot { snapshot_id, upto } => {
                 self.metrics.snapshots_sent_total.inc();
                 Ok(self.log.snapshot_frames(snapshot_id, upto, t.unix_secs())?.as_ref().clone())

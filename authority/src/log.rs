@@ -47,8 +47,8 @@ struct Inner {
     entries: BTreeMap<u64, Arc<Entry>>,
 }
 
-/// Encoded batch frames by range, with insertion order for eviction.
-type BatchCache = (HashMap<(u64, u64), Bytes>, VecDeque<(u64, u64)>);
+/// Encoded batch frames by `(from, to, waited)`, with insertion order for eviction.
+type BatchCache = (HashMap<(u64, u64, bool), Bytes>, VecDeque<(u64, u64, bool)>);
 
 /// The latest encoded snapshot: `(snapshot_id, upto)` and its chunk frames.
 type SnapshotCache = Option<((u64, u64), Arc<Vec<Bytes>>)>;
@@ -57,6 +57,8 @@ type SnapshotCache = Option<((u64, u64), Arc<Vec<Bytes>>)>;
 #[derive(Debug)]
 pub struct AppendReq {
     entries: Vec<NewEntry>,
+    /// The request waits for a receipt at the applied level.
+    waited: bool,
     reply: oneshot::Sender<Result<Vec<Entry>, Arc<AppendError>>>,
 }
 
@@ -76,6 +78,9 @@ pub struct Log {
     store_ok: AtomicBool,
     /// When the running append started, unix ms (0: no append running).
     append_started_ms: AtomicU64,
+    /// Highest seq appended by a request that awaits the applied level: batches reaching it
+    /// go out as `WaitedBatch`, so agents report them applied ahead of their durable acks.
+    waited_through: AtomicU64,
     metrics: Metrics,
 }
 
@@ -110,6 +115,7 @@ impl Log {
             clock,
             store_ok: AtomicBool::new(true),
             append_started_ms: AtomicU64::new(0),
+            waited_through: AtomicU64::new(0),
             metrics,
         });
         Ok((log, append_rx))
@@ -138,17 +144,22 @@ impl Log {
     /// Durably appends one entry; resolves once it is fsynced and sequenced, or fails when that
     /// has not happened within the store timeout (queueing included).
     pub async fn append(&self, entry: NewEntry) -> Result<Entry, Arc<AppendError>> {
-        let mut stored = self.append_all(vec![entry]).await?;
+        let mut stored = self.append_all(vec![entry], false).await?;
         stored.pop().ok_or_else(|| Arc::new(AppendError::Closed))
     }
 
     /// Durably appends `entries` in one commit, all or none (a bulk request): resolves with
-    /// their consecutive seqs once fsynced, or fails as [`Self::append`] does.
-    pub async fn append_all(&self, entries: Vec<NewEntry>) -> Result<Vec<Entry>, Arc<AppendError>> {
+    /// their consecutive seqs once fsynced, or fails as [`Self::append`] does. `waited`: the
+    /// caller will wait for a receipt at the applied level (see [`Self::waited_through`]).
+    pub async fn append_all(
+        &self,
+        entries: Vec<NewEntry>,
+        waited: bool,
+    ) -> Result<Vec<Entry>, Arc<AppendError>> {
         let (reply, rx) = oneshot::channel();
         let queued_and_committed = async {
             self.append_tx
-                .send(AppendReq { entries, reply })
+                .send(AppendReq { entries, waited, reply })
                 .await
                 .map_err(|_| Arc::new(AppendError::Closed))?;
             rx.await.map_err(|_| Arc::new(AppendError::Closed))?
@@ -254,6 +265,18 @@ impl Log {
         match result {
             Ok(entries) => {
                 self.metrics.store_commits_total.inc();
+                // Marked before the entries are published, so that no link sends them in a
+                // plain `Batch` first.
+                let mut taken = 0;
+                for req in &group {
+                    taken += req.entries.len();
+                    match entries.get(taken.wrapping_sub(1)) {
+                        Some(last) if req.waited => {
+                            self.waited_through.fetch_max(last.seq, Ordering::AcqRel);
+                        }
+                        _ => {}
+                    }
+                }
                 // On a shared store other replicas may have appended before us: then our
                 // entries are published by tailing the store, in seq order, never with a gap.
                 if !self.publish(&Tail { entries: entries.clone(), head: 0, floor: 0 }) {
@@ -373,10 +396,22 @@ impl Log {
         }
     }
 
-    /// The encoded `Batch` frame for `from..=to`, shared by every agent that needs it.
-    pub fn batch_frame(&self, from: u64, to: u64) -> Result<Bytes, revmesh_protocol::codec::EncodeError> {
+    /// Highest seq appended by a request awaiting the applied level (0: none yet). A batch
+    /// `from..=to` with `from <= waited_through()` may hold such an entry.
+    pub fn waited_through(&self) -> u64 {
+        self.waited_through.load(Ordering::Acquire)
+    }
+
+    /// The encoded `Batch` frame for `from..=to` (a `WaitedBatch` when `waited`), shared by
+    /// every agent that needs it.
+    pub fn batch_frame(
+        &self,
+        from: u64,
+        to: u64,
+        waited: bool,
+    ) -> Result<Bytes, revmesh_protocol::codec::EncodeError> {
         if let Ok(c) = self.cache.lock() {
-            if let Some(b) = c.0.get(&(from, to)) {
+            if let Some(b) = c.0.get(&(from, to, waited)) {
                 return Ok(b.clone());
             }
         }
@@ -385,11 +420,12 @@ impl Log {
             let entries: Vec<Entry> = inner.entries.range(from..=to).map(|(_, e)| (**e).clone()).collect();
             (inner.view.log_id, entries)
         };
+        let batch = Batch { log_id, from_seq: from, to_seq: to, entries };
         let bytes =
-            Bytes::from(encode(&Frame::Batch(Batch { log_id, from_seq: from, to_seq: to, entries }))?);
+            Bytes::from(encode(&if waited { Frame::WaitedBatch(batch) } else { Frame::Batch(batch) })?);
         if let Ok(mut c) = self.cache.lock() {
-            if c.0.insert((from, to), bytes.clone()).is_none() {
-                c.1.push_back((from, to));
+            if c.0.insert((from, to, waited), bytes.clone()).is_none() {
+                c.1.push_back((from, to, waited));
             }
             while c.1.len() > BATCH_CACHE {
                 if let Some(old) = c.1.pop_front() {

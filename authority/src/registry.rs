@@ -5,7 +5,7 @@
 //! cursors every replica publishes to the shared store (PostgreSQL), so that any replica
 //! answers for the whole fleet. The admin API asks the registry and never which backend runs.
 
-use crate::hub::{Hub, Receipt};
+use crate::hub::{Hub, Level, Receipt};
 use crate::store::{AgentRow, CursorStore, Forgotten, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,11 +50,14 @@ impl Registry {
         }
     }
 
-    /// The receipt for `seq`, once every connected agent has applied it or `timeout` passes
-    /// (`Duration::ZERO`: at once).
-    pub async fn receipt(&self, seq: u64, timeout: Duration) -> Result<Receipt, StoreError> {
+    /// The receipt for `seq` at `level`, once every connected agent has applied it or
+    /// `timeout` passes (`Duration::ZERO`: at once).
+    ///
+    /// Replicas publish durable cursors only, so a shared registry answers the applied level
+    /// with them: the stronger promise, and no sooner than a durable receipt.
+    pub async fn receipt(&self, seq: u64, timeout: Duration, level: Level) -> Result<Receipt, StoreError> {
         match self {
-            Registry::Embedded(hub) => Ok(hub.wait_all(seq, timeout).await),
+            Registry::Embedded(hub) => Ok(hub.wait_all(seq, timeout, level).await),
             Registry::Shared { .. } => {
                 let deadline = tokio::time::Instant::now() + timeout;
                 loop {

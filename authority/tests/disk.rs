@@ -307,6 +307,20 @@ async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_bac
     assert!(agent.state.is_connected(), "the link must stay up");
     assert!(a.get("/v1/agents").1[0]["applied_seq"].as_u64() < Some(seq), "acked beyond what is durable");
 
+    // A receipt at the applied level does not wait for the disk: the agent reports from memory,
+    // while its durable cursor stays where it was.
+    let body = serde_json::json!({"kind": "jti", "jti": "applied-while-full", "expires_at": 4000000000u64});
+    let (status, r) = a.post("/v1/revocations?wait=applied&timeout_ms=5000", &body.to_string());
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(
+        (&r["level"], &r["acked"]),
+        (&serde_json::json!("applied"), &serde_json::json!(["full-disk"])),
+        "{r}"
+    );
+    let seq = r["seq"].as_u64().unwrap();
+    assert!(agent.revoked("applied-while-full"));
+    assert!(a.get("/v1/agents").1[0]["applied_seq"].as_u64() < Some(seq), "acked beyond what is durable");
+
     std::fs::remove_file(&filler).unwrap();
     let freed = std::time::Instant::now();
     wait_for(|| a.get("/v1/agents").1[0]["applied_seq"] == seq, "the ack once space is back").await;

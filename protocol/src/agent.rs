@@ -8,7 +8,7 @@
 
 use crate::frame::{
     Ack, Batch, ErrorCode, ErrorFrame, Frame, Heartbeat, Hello, Resume, SnapshotChunk, Welcome,
-    MAX_ENTRIES_PER_FRAME, PROTOCOL_VERSION,
+    MAX_ENTRIES_PER_FRAME, MAX_VERSION, PROTOCOL_VERSION,
 };
 use crate::model::{Entry, LogId};
 use crate::time::Now;
@@ -47,6 +47,10 @@ pub enum AgentEvent {
         entries: Vec<Entry>,
         /// The new applied seq.
         to_seq: u64,
+        /// Someone awaits these entries at the applied level (a `WaitedBatch`): once they are
+        /// applied in memory, call [`AgentSession::mark_applied`] and send what it queues
+        /// before writing them to disk.
+        waited: bool,
     },
     /// Replace the whole set by these entries; afterwards the agent is at `snapshot_seq` of `log_id`.
     Replace {
@@ -205,7 +209,7 @@ impl AgentSession {
         // Entries handed out but not yet durable are still applied in memory, so the cursor
         // presented is `received`; after a crash the driver recreates the session from disk.
         self.out.push_back(Frame::Hello(Hello {
-            max_version: PROTOCOL_VERSION,
+            max_version: MAX_VERSION,
             agent_id: self.agent_id.clone(),
             agent_version: self.agent_version.clone(),
             log_id: self.log_id,
@@ -274,22 +278,26 @@ impl AgentSession {
             }
             (Frame::Batch(b), Phase::Ready(log_id)) => {
                 self.last_heard = Some(now.mono);
-                self.on_batch(b, log_id, now)
+                self.on_batch(b, log_id, now, false)
+            }
+            (Frame::WaitedBatch(b), Phase::Ready(log_id)) => {
+                self.last_heard = Some(now.mono);
+                self.on_batch(b, log_id, now, true)
             }
             // A batch sent before the snapshot that replaces our state: useless now.
-            (Frame::Batch(_), _) => Ok(()),
+            (Frame::Batch(_) | Frame::WaitedBatch(_), _) => Ok(()),
             (Frame::SnapshotChunk(c), _) => {
                 self.last_heard = Some(now.mono);
                 self.on_chunk(c, now)
             }
-            (f @ (Frame::Hello(_) | Frame::Ack(_)), _) => {
+            (f @ (Frame::Hello(_) | Frame::Ack(_) | Frame::Applied(_)), _) => {
                 self.violation(format!("unexpected {} frame from authority", f.name()))
             }
         }
     }
 
     fn on_welcome(&mut self, w: Welcome, now: Now) -> Result<(), AgentViolation> {
-        if w.version != PROTOCOL_VERSION {
+        if !(PROTOCOL_VERSION..=MAX_VERSION).contains(&w.version) {
             return self.violation(format!("welcome with version {}", w.version));
         }
         self.last_heard = Some(now.mono);
@@ -310,13 +318,17 @@ impl AgentSession {
         Ok(())
     }
 
-    fn on_batch(&mut self, b: Batch, log_id: LogId, now: Now) -> Result<(), AgentViolation> {
+    fn on_batch(&mut self, b: Batch, log_id: LogId, now: Now, waited: bool) -> Result<(), AgentViolation> {
         if b.log_id != log_id {
             return self.violation("batch for another log".into());
         }
         if b.to_seq <= self.received {
-            // Duplicate: our ack may have been lost, so acknowledge again.
+            // Duplicate: our ack may have been lost, so acknowledge again; the same for an
+            // `Applied` report of entries applied but not yet durable.
             self.schedule_ack(now);
+            if waited {
+                self.mark_applied(b.to_seq);
+            }
             return Ok(());
         }
         if b.from_seq > self.received + 1 {
@@ -327,7 +339,7 @@ impl AgentSession {
         let entries: Vec<Entry> = b.entries.into_iter().filter(|e| e.seq > self.received).collect();
         self.received = b.to_seq;
         self.head_seq = self.head_seq.max(b.to_seq);
-        self.events.push_back(AgentEvent::Apply { log_id, entries, to_seq: b.to_seq });
+        self.events.push_back(AgentEvent::Apply { log_id, entries, to_seq: b.to_seq, waited });
         Ok(())
     }
 
@@ -389,6 +401,18 @@ impl AgentSession {
     pub fn mark_durable(&mut self, seq: u64, now: Now) {
         self.durable = seq.min(self.received);
         self.schedule_ack(now);
+    }
+
+    /// The driver applied everything up to `seq` in memory, not yet on disk, for a batch that
+    /// was waited on: queues an `Applied` report, sent ahead of the durable ack. Nothing is
+    /// reported beyond what was received, or what the durable ack already covers.
+    pub fn mark_applied(&mut self, seq: u64) {
+        let seq = seq.min(self.received);
+        if let Phase::Ready(log_id) = self.phase {
+            if seq > self.durable {
+                self.out.push_back(Frame::Applied(Ack { log_id, applied_seq: seq }));
+            }
+        }
     }
 
     /// Acts on expired timers: a silent link is reported for reconnection.
@@ -482,5 +506,52 @@ mod tests {
         assert!(s.is_behind());
         s.disconnected();
         assert!(s.is_behind());
+    }
+
+    fn drain(s: &mut AgentSession) -> Vec<Frame> {
+        std::iter::from_fn(|| s.poll_transmit(now())).collect()
+    }
+
+    /// A waited batch is reported `Applied` once the driver applied it, ahead of the durable
+    /// ack; an ordinary batch only ever gets the durable ack.
+    #[test]
+    fn waited_batches_are_reported_applied_before_the_durable_ack() {
+        let log = LogId([7; 16]);
+        let mut s = AgentSession::new("a".into(), "v".into(), None, 0, AgentConfig::default());
+        s.connect(now());
+        assert!(matches!(drain(&mut s).as_slice(), [Frame::Hello(h)] if h.max_version == MAX_VERSION));
+        s.handle_frame(
+            Frame::Welcome(Welcome {
+                version: 2,
+                ..match welcome(0) {
+                    Frame::Welcome(w) => w,
+                    _ => unreachable!(),
+                }
+            }),
+            now(),
+        )
+        .unwrap();
+        s.handle_frame(batch(1, 2), now()).unwrap();
+        assert!(matches!(s.poll_event(), Some(AgentEvent::Apply { to_seq: 2, waited: false, .. })));
+        s.handle_frame(
+            Frame::WaitedBatch(Batch { log_id: log, from_seq: 3, to_seq: 3, entries: Vec::new() }),
+            now(),
+        )
+        .unwrap();
+        assert!(matches!(s.poll_event(), Some(AgentEvent::Apply { to_seq: 3, waited: true, .. })));
+        s.mark_applied(3);
+        assert_eq!(drain(&mut s), vec![Frame::Applied(Ack { log_id: log, applied_seq: 3 })]);
+        s.mark_durable(3, now());
+        assert_eq!(drain(&mut s), vec![Frame::Ack(Ack { log_id: log, applied_seq: 3 })]);
+        // A resent waited batch already durable: the durable ack again, no report.
+        s.handle_frame(
+            Frame::WaitedBatch(Batch { log_id: log, from_seq: 3, to_seq: 3, entries: Vec::new() }),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(drain(&mut s), vec![Frame::Ack(Ack { log_id: log, applied_seq: 3 })]);
+        // Nothing is reported beyond what arrived.
+        s.mark_applied(9);
+        assert_eq!(drain(&mut s), vec![]);
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::frame::{
     Ack, ErrorCode, ErrorFrame, Frame, GoAway, Heartbeat, Hello, Resume, Welcome, MAX_ENTRIES_PER_FRAME,
-    PROTOCOL_VERSION,
+    MAX_VERSION, PROTOCOL_VERSION,
 };
 use crate::model::LogId;
 use crate::time::{backoff, Jitter, Now};
@@ -89,6 +89,12 @@ pub enum AuthorityEvent {
         /// Time from sending the newest acknowledged range to this ack, when known.
         latency: Option<Duration>,
     },
+    /// The agent reported entries applied in memory (an `Applied` frame), ahead of its
+    /// durable ack: receipts at the applied level may count it.
+    Applied {
+        /// Everything up to here is applied in memory.
+        applied_seq: u64,
+    },
     /// The ack timed out; sending restarts at `from`.
     Resend {
         /// First seq to be sent again.
@@ -117,9 +123,13 @@ pub struct HelloRejected(pub ErrorFrame);
 pub struct AuthoritySession {
     cfg: AuthorityConfig,
     agent_id: String,
+    /// The link version agreed in the `Welcome`.
+    version: u8,
     log: LogView,
     /// Cumulative ack: everything `<= acked` is applied by the agent.
     acked: u64,
+    /// Highest seq the agent reported applied in memory (`Applied`), possibly beyond `acked`.
+    reported: u64,
     /// Next seq to send is `sent + 1`.
     sent: u64,
     /// Highest seq ever sent on this link (acks beyond it are violations).
@@ -168,8 +178,10 @@ impl AuthoritySession {
         let cursor = if incremental { hello.applied_seq } else { 0 };
         let mut s = Self {
             agent_id: hello.agent_id.clone(),
+            version: hello.max_version.min(MAX_VERSION),
             log,
             acked: cursor,
+            reported: cursor,
             sent: cursor,
             max_sent: cursor,
             resync: !incremental,
@@ -187,7 +199,7 @@ impl AuthoritySession {
             cfg,
         };
         s.out.push_back(Transmit::Frame(Frame::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
+            version: s.version,
             log_id: log.log_id,
             head_seq: log.head,
             heartbeat_ms: s.cfg.heartbeat.as_millis().max(1) as u64,
@@ -199,6 +211,11 @@ impl AuthoritySession {
     /// The agent id from the `Hello`.
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// The link version agreed with the agent: 2 and above may carry `WaitedBatch` frames.
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     /// The agent's acknowledged cursor in this log (0 while a resync is pending).
@@ -231,6 +248,7 @@ impl AuthoritySession {
         self.last_heard = now.mono;
         match frame {
             Frame::Ack(ack) => self.on_ack(ack, now),
+            Frame::Applied(a) if self.version >= 2 => self.on_applied(a),
             // The agent's answer to our heartbeat: proof of life, nothing else.
             Frame::Heartbeat(_) => Ok(()),
             Frame::Error(e) => self.close(Close::PeerError(e)),
@@ -288,6 +306,28 @@ impl AuthoritySession {
         self.ack_deadline =
             (self.acked < self.max_sent).then(|| now.mono + self.rng.jitter(self.cfg.ack_timeout));
         self.events.push_back(AuthorityEvent::Acked { applied_seq: self.acked, latency });
+        Ok(())
+    }
+
+    /// An `Applied` report: checked like an ack, but it moves nothing the delivery depends on
+    /// (the cursor, the window and resends follow durable acks only).
+    fn on_applied(&mut self, a: Ack) -> Result<(), Close> {
+        if a.log_id != self.log.log_id {
+            return self
+                .close(Close::Violation(ErrorFrame::new(ErrorCode::Violation, "applied for another log")));
+        }
+        if a.applied_seq > self.max_sent {
+            return self.close(Close::Violation(ErrorFrame::new(
+                ErrorCode::Violation,
+                format!("applied {} beyond last sent seq {}", a.applied_seq, self.max_sent),
+            )));
+        }
+        // During a resync the agent's old cursor means nothing in this log.
+        if self.resync || a.applied_seq <= self.reported.max(self.acked) {
+            return Ok(());
+        }
+        self.reported = a.applied_seq;
+        self.events.push_back(AuthorityEvent::Applied { applied_seq: a.applied_seq });
         Ok(())
     }
 
@@ -515,5 +555,67 @@ mod tests {
         let r = s.handle_frame(Frame::Ack(Ack { log_id: LOG, applied_seq: 2 }), now);
         assert!(matches!(r, Err(Close::Violation(_))));
         assert_eq!(s.poll_transmit(now), None);
+    }
+
+    fn accept_v(max_version: u8, head: u64) -> AuthoritySession {
+        let h = Hello { max_version, ..hello(Some(LOG), 0) };
+        AuthoritySession::accept(
+            &h,
+            LogView { log_id: LOG, floor: 0, head },
+            AuthorityConfig::default(),
+            now0(),
+            1,
+        )
+        .unwrap()
+    }
+
+    /// The link speaks the lower of the two versions: a version-1 agent never gets frames
+    /// it cannot read, and an agent from a later version is answered in ours.
+    #[test]
+    fn the_welcome_states_the_lower_version() {
+        for (agent, want) in [(1, 1), (2, 2), (9, MAX_VERSION)] {
+            let mut s = accept_v(agent, 0);
+            assert_eq!(s.version(), want);
+            match s.poll_transmit(now0()) {
+                Some(Transmit::Frame(Frame::Welcome(w))) => assert_eq!(w.version, want),
+                other => panic!("expected welcome, got {other:?}"),
+            }
+        }
+    }
+
+    /// `Applied` reports feed receipts at the applied level and nothing else: the cursor, the
+    /// window and the resend timer follow durable acks only.
+    #[test]
+    fn applied_reports_move_no_cursor_and_stop_no_resend() {
+        let now = now0();
+        let mut s = accept_v(2, 3);
+        welcome_resume(&mut s, now);
+        assert_eq!(s.poll_transmit(now), Some(Transmit::Entries { from: 1, to: 3 }));
+        s.handle_frame(Frame::Applied(Ack { log_id: LOG, applied_seq: 3 }), now).unwrap();
+        assert_eq!(s.poll_event(), Some(AuthorityEvent::Applied { applied_seq: 3 }));
+        assert_eq!(s.acked(), 0);
+        // Stale or repeated reports say nothing new.
+        s.handle_frame(Frame::Applied(Ack { log_id: LOG, applied_seq: 2 }), now).unwrap();
+        assert_eq!(s.poll_event(), None);
+        let later = now.advance(Duration::from_secs(3));
+        s.handle_timeout(later);
+        assert_eq!(s.poll_event(), Some(AuthorityEvent::Resend { from: 1 }));
+        // Beyond what was sent, or for another log: a violation, as for acks.
+        let r = s.handle_frame(Frame::Applied(Ack { log_id: LOG, applied_seq: 9 }), later);
+        assert!(matches!(r, Err(Close::Violation(_))));
+        let mut s = accept_v(2, 3);
+        let r = s.handle_frame(Frame::Applied(Ack { log_id: LogId([2; 16]), applied_seq: 1 }), now);
+        assert!(matches!(r, Err(Close::Violation(_))));
+    }
+
+    /// On a version-1 link an `Applied` frame does not exist.
+    #[test]
+    fn applied_on_a_version_1_link_is_unexpected() {
+        let now = now0();
+        let mut s = accept_v(1, 3);
+        welcome_resume(&mut s, now);
+        let _ = s.poll_transmit(now);
+        let r = s.handle_frame(Frame::Applied(Ack { log_id: LOG, applied_seq: 1 }), now);
+        assert!(matches!(r, Err(Close::Violation(e)) if e.code == ErrorCode::UnexpectedFrame));
     }
 }

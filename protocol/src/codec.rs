@@ -9,7 +9,7 @@
 //! non-minimal integers or anything else that would re-encode differently are rejected, so
 //! two different byte strings never mean the same frame.
 
-use crate::frame::{Frame, PROTOCOL_VERSION};
+use crate::frame::{Frame, MAX_VERSION, PROTOCOL_VERSION};
 use crate::model::{Entry, ValidationError};
 
 /// Largest encoded frame accepted or produced, in bytes (version byte included).
@@ -32,7 +32,7 @@ pub enum DecodeError {
     #[error("empty frame")]
     Empty,
     /// The first byte names a link version this build does not speak.
-    #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})")]
+    #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION} to {MAX_VERSION})")]
     UnsupportedVersion(u8),
     /// The frame is larger than [`MAX_FRAME_BYTES`].
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
@@ -108,10 +108,10 @@ pub enum EncodeError {
     Other(String),
 }
 
-/// Encodes a frame: version byte followed by its bincode body.
+/// Encodes a frame: version byte (the version that defines the frame) followed by its bincode body.
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(64);
-    out.push(PROTOCOL_VERSION);
+    out.push(frame.version());
     bincode::serde::encode_into_std_write(frame, &mut out, config())
         .map_err(|e| EncodeError::Other(e.to_string()))?;
     if out.len() > MAX_FRAME_BYTES {
@@ -123,8 +123,9 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
 /// Decodes exactly one frame from `bytes` and checks the rules of PROTOCOL.md §3.
 pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != PROTOCOL_VERSION {
-        // Checked before anything else: a frame of another version is never misread.
+    if !(PROTOCOL_VERSION..=MAX_VERSION).contains(&version) {
+        // Checked before anything else: a frame of another version is never misread. A frame
+        // under the wrong one of our versions fails the canonical check below.
         return Err(DecodeError::UnsupportedVersion(version));
     }
     if bytes.len() > MAX_FRAME_BYTES {
@@ -349,7 +350,7 @@ pub fn validate(frame: &Frame) -> Result<(), FrameRuleError> {
             }
             check_text("agent_version", &h.agent_version, MAX_TEXT_BYTES, true)
         }
-        Frame::Batch(b) => {
+        Frame::Batch(b) | Frame::WaitedBatch(b) => {
             if b.entries.len() > MAX_ENTRIES_PER_FRAME {
                 return Err(FrameRuleError::TooManyEntries);
             }
@@ -386,7 +387,7 @@ pub fn validate(frame: &Frame) -> Result<(), FrameRuleError> {
         }
         Frame::GoAway(g) => check_text("reason", &g.reason, MAX_TEXT_BYTES, true),
         Frame::Error(e) => check_text("message", &e.message, MAX_TEXT_BYTES, true),
-        Frame::Ack(_) | Frame::Heartbeat(_) => Ok(()),
+        Frame::Ack(_) | Frame::Applied(_) | Frame::Heartbeat(_) => Ok(()),
     }
 }
 
@@ -453,9 +454,18 @@ mod tests {
             encode(&f).unwrap_or_default()
         };
 
+        // A version-2 frame under version byte 1, and a version-1 frame under byte 2: each
+        // frame has exactly one version byte, the version that defines it.
+        let applied =
+            encode(&Frame::Applied(Ack { log_id: LogId([1; 16]), applied_seq: 5 })).unwrap_or_default();
+        let v2_as_v1 = [&[PROTOCOL_VERSION][..], &applied[1..]].concat();
+        let v1_as_v2 = [&[MAX_VERSION][..], &ack[1..]].concat();
+
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             ("empty", vec![], "malformed"),
-            ("unknown version", vec![2, 0, 0], "version"),
+            ("version-2 frame as version 1", v2_as_v1, "non_canonical"),
+            ("version-1 frame as version 2", v1_as_v2, "non_canonical"),
+            ("unknown version", vec![3, 0, 0], "version"),
             ("version zero", vec![0], "version"),
             ("unknown tag", vec![PROTOCOL_VERSION, 200], "malformed"),
             ("truncated", ack[..ack.len() - 1].to_vec(), "malformed"),
@@ -488,6 +498,16 @@ mod tests {
             b.entries[0].reason = Some("x".repeat(MAX_FRAME_BYTES));
         }
         assert_eq!(encode(&f), Err(EncodeError::TooLarge));
+    }
+
+    #[test]
+    fn version_2_frames_carry_byte_2_and_round_trip() {
+        let Frame::Batch(b) = batch(3) else { return };
+        for f in [Frame::WaitedBatch(b), Frame::Applied(Ack { log_id: LogId([1; 16]), applied_seq: 3 })] {
+            let bytes = encode(&f).unwrap_or_default();
+            assert_eq!(bytes.first(), Some(&2), "{}", f.name());
+            assert_eq!(decode(&bytes), Ok(f));
+        }
     }
 
     #[test]

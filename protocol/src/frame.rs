@@ -6,8 +6,14 @@
 use crate::model::{Entry, LogId};
 use serde::{Deserialize, Serialize};
 
-/// The link protocol version this crate speaks. Carried in the first byte of every frame.
+/// The first link protocol version: the version byte of every frame it defines, in every
+/// later version too (PROTOCOL.md §5).
 pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The highest link protocol version this crate speaks. Version 2 adds [`Frame::WaitedBatch`]
+/// and [`Frame::Applied`] (receipts at the applied level), carried with version byte 2 and
+/// sent only on links whose `Welcome` says 2.
+pub const MAX_VERSION: u8 = 2;
 
 /// Most entries the authority puts in one `Batch` or `SnapshotChunk`.
 pub const MAX_ENTRIES_PER_FRAME: usize = 256;
@@ -38,6 +44,14 @@ pub enum Frame {
     GoAway(GoAway),
     /// Either direction: the sender is closing the link because of this error.
     Error(ErrorFrame),
+    /// Authority → agent (version 2): a `Batch` holding an entry someone awaits at the applied
+    /// level. The agent answers `Applied` as soon as the batch is applied in memory, ahead of
+    /// its durable `Ack`.
+    WaitedBatch(Batch),
+    /// Agent → authority (version 2): cumulative, everything up to `applied_seq` is applied in
+    /// memory and refuses its tokens, but may not be on disk yet. Only in answer to a
+    /// `WaitedBatch`; the durable `Ack` still follows.
+    Applied(Ack),
 }
 
 impl Frame {
@@ -52,6 +66,16 @@ impl Frame {
             Frame::SnapshotChunk(_) => "snapshot_chunk",
             Frame::GoAway(_) => "go_away",
             Frame::Error(_) => "error",
+            Frame::WaitedBatch(_) => "waited_batch",
+            Frame::Applied(_) => "applied",
+        }
+    }
+
+    /// The link version that defines this frame, which is also its version byte on the wire.
+    pub fn version(&self) -> u8 {
+        match self {
+            Frame::WaitedBatch(_) | Frame::Applied(_) => 2,
+            _ => PROTOCOL_VERSION,
         }
     }
 }
@@ -204,7 +228,7 @@ impl ErrorFrame {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let mut message = message.into();
         truncate_utf8(&mut message, MAX_TEXT_BYTES);
-        Self { code, supported: (PROTOCOL_VERSION, PROTOCOL_VERSION), message }
+        Self { code, supported: (PROTOCOL_VERSION, MAX_VERSION), message }
     }
 }
 

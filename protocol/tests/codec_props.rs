@@ -35,15 +35,19 @@ fn log_id() -> impl Strategy<Value = LogId> {
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
-    let batch = (log_id(), 1u64..u64::MAX / 2, prop::collection::vec(entry(0), 0..20)).prop_map(
-        |(log_id, from_seq, mut entries)| {
+    let batch = (log_id(), 1u64..u64::MAX / 2, prop::collection::vec(entry(0), 0..20), any::<bool>())
+        .prop_map(|(log_id, from_seq, mut entries, waited)| {
             for (i, e) in entries.iter_mut().enumerate() {
                 e.seq = from_seq + 2 * i as u64;
             }
             let to_seq = from_seq + 2 * entries.len() as u64;
-            Frame::Batch(Batch { log_id, from_seq, to_seq, entries })
-        },
-    );
+            let b = Batch { log_id, from_seq, to_seq, entries };
+            if waited {
+                Frame::WaitedBatch(b)
+            } else {
+                Frame::Batch(b)
+            }
+        });
     let chunk = (log_id(), any::<u64>(), any::<u32>(), any::<bool>(), prop::collection::vec(entry(1), 0..10))
         .prop_map(|(log_id, snapshot_id, index, last, entries)| {
             Frame::SnapshotChunk(SnapshotChunk { log_id, snapshot_id, snapshot_seq: 1, index, last, entries })
@@ -69,6 +73,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         batch,
         (log_id(), any::<u64>()).prop_map(|(log_id, applied_seq)| Frame::Ack(Ack { log_id, applied_seq })),
+        (log_id(), any::<u64>())
+            .prop_map(|(log_id, applied_seq)| Frame::Applied(Ack { log_id, applied_seq })),
         (any::<u64>(), any::<u64>())
             .prop_map(|(head_seq, unix_ms)| Frame::Heartbeat(Heartbeat { head_seq, unix_ms })),
         chunk,

@@ -8,6 +8,7 @@
 //! - an agent applies entries strictly in seq order and never the same seq twice in one log;
 //! - every applied entry is exactly the log's entry with that seq;
 //! - authority-side cursors only move forward within a link;
+//! - an `Applied` report never names a seq the agent has not applied;
 //! - at the end every agent is at the head and its set holds exactly the log's live entries.
 //!
 //! Set `REVMESH_SIM_SEEDS=N` to run more seeds, `REVMESH_SIM_SEED=S` to replay one.
@@ -103,6 +104,8 @@ struct Sim {
     order: u64,
     next_id: u64,
     resends: u64,
+    /// `Applied` reports the authority received.
+    reports: u64,
     snapshots: u64,
     logs_created: u64,
 }
@@ -156,6 +159,7 @@ impl Sim {
             order: 0,
             next_id: 0,
             resends: 0,
+            reports: 0,
             snapshots: 0,
             logs_created: 1,
         }
@@ -384,6 +388,16 @@ impl Sim {
                     }
                     *last = applied_seq;
                 }
+                AuthorityEvent::Applied { applied_seq } => {
+                    let applied = self.agents[i].applied.get(&self.log.log_id).copied().unwrap_or(0);
+                    if applied_seq > applied {
+                        panic!(
+                            "seed {}: agent {i} reported {applied_seq} applied, it applied {applied}",
+                            self.seed
+                        );
+                    }
+                    self.reports += 1;
+                }
                 AuthorityEvent::Resend { .. } => self.resends += 1,
             }
         }
@@ -398,7 +412,9 @@ impl Sim {
             Transmit::Frame(f) => vec![f],
             Transmit::Entries { from, to } => {
                 let entries = self.log.entries.range(from..=to).map(|(_, e)| e.clone()).collect();
-                vec![Frame::Batch(Batch { log_id, from_seq: from, to_seq: to, entries })]
+                let batch = Batch { log_id, from_seq: from, to_seq: to, entries };
+                // Some ranges are awaited at the applied level.
+                vec![if self.rng.chance(0.3) { Frame::WaitedBatch(batch) } else { Frame::Batch(batch) }]
             }
             Transmit::Snapshot { snapshot_id, upto } => {
                 self.snapshots += 1;
@@ -412,7 +428,7 @@ impl Sim {
         let now = self.now;
         while let Some(ev) = self.agents[i].session.poll_event() {
             match ev {
-                AgentEvent::Apply { log_id, entries, to_seq } => {
+                AgentEvent::Apply { log_id, entries, to_seq, waited } => {
                     let a = &self.agents[i];
                     let prev = a.applied.get(&log_id).copied().unwrap_or(0);
                     if to_seq <= prev {
@@ -452,6 +468,9 @@ impl Sim {
                     }
                     a.applies += entries.len() as u64;
                     a.applied.insert(log_id, to_seq);
+                    if waited {
+                        a.session.mark_applied(to_seq);
+                    }
                     a.persisted = (Some(log_id), to_seq, a.set.clone());
                     a.session.mark_durable(to_seq, now);
                 }
@@ -542,6 +561,7 @@ struct Outcome {
     head: u64,
     revocations: u64,
     resends: u64,
+    reports: u64,
     snapshots: u64,
     applies: u64,
     logs: u64,
@@ -598,6 +618,7 @@ fn run(seed: u64, n_agents: usize, steps: usize) -> Outcome {
         head: sim.log.head,
         revocations: sim.next_id,
         resends: sim.resends,
+        reports: sim.reports,
         snapshots: sim.snapshots,
         applies: sim.agents.iter().map(|a| a.applies).sum(),
         logs: sim.logs_created,
@@ -635,4 +656,5 @@ fn faults_are_actually_exercised() {
     let outcomes: Vec<Outcome> = seeds().into_iter().take(4).map(|s| run(s, 20, 3_000)).collect();
     assert!(outcomes.iter().map(|o| o.resends).sum::<u64>() > 0, "no resend ever happened");
     assert!(outcomes.iter().map(|o| o.snapshots).sum::<u64>() > 0, "no snapshot ever happened");
+    assert!(outcomes.iter().map(|o| o.reports).sum::<u64>() > 0, "no applied report ever arrived");
 }
