@@ -141,13 +141,15 @@ async fn wait_connected(auth: &AuthorityProc, n: usize) -> anyhow::Result<()> {
     }
 }
 
-/// `count` revocations at `rate`, each waited for with `?wait=all`: each one's time from the
-/// admin call to its receipt, and how many receipts still named agents without it.
+/// `count` revocations at `rate`, each waited for with `?wait={wait}` (`all` or `applied`):
+/// each one's time from the admin call to its receipt, and how many receipts still named
+/// agents without it.
 async fn receipts_at_rate(
     auth: &AuthorityProc,
     prefix: &str,
     count: usize,
     rate: f64,
+    wait: &str,
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
     let mut lat = Vec::with_capacity(count);
     let mut incomplete = 0;
@@ -158,7 +160,7 @@ async fn receipts_at_rate(
         let body = format!(r#"{{"kind":"jti","jti":"{prefix}-{i}","expires_at":{exp}}}"#);
         let t0 = Instant::now();
         let (status, v) =
-            call(auth, "POST", "/v1/revocations?wait=all&timeout_ms=30000".into(), body).await?;
+            call(auth, "POST", format!("/v1/revocations?wait={wait}&timeout_ms=30000"), body).await?;
         lat.push(t0.elapsed());
         anyhow::ensure!(status == 201, "revocation failed: {v}");
         let named = |k: &str| v[k].as_array().is_some_and(|a| !a.is_empty());
@@ -196,7 +198,7 @@ pub async fn propagation(dir: &Path, agents: usize, count: usize, rate: f64) -> 
     let fleet = Fleet::start(agents, &auth.ws, "p")?;
     wait_connected(&auth, agents).await?;
     let rss_idle = auth.proc.rss().unwrap_or(0);
-    let (lat, incomplete) = receipts_at_rate(&auth, "prop", count, rate).await?;
+    let (lat, incomplete) = receipts_at_rate(&auth, "prop", count, rate, "all").await?;
     fleet.stop().await;
     Ok(Propagation {
         agents,
@@ -934,6 +936,8 @@ async fn total_commits(reps: &[AuthorityProc]) -> f64 {
 pub struct ProcPropagation {
     /// Agent processes, each with its own data dir (journal fsynced before every ack).
     pub agent_procs: usize,
+    /// The receipt level waited for: `all` (durable) or `applied`.
+    pub wait: &'static str,
     /// Revocations measured.
     pub revocations: usize,
     /// Admin call → receipt with every agent acked (durably applied).
@@ -948,15 +952,16 @@ pub struct ProcPropagation {
     pub agent_cpu_us: f64,
 }
 
-/// `count` revocations at `rate`, each waited for with `?wait=all`, to `n` agent processes.
-/// CPU is read from /proc before and after the measured revocations, so connection set-up and
-/// catch-up are not counted; heartbeats during the run are.
+/// `count` revocations at `rate` to `n` agent processes, waited for with `?wait=all`, then
+/// `count` more with `?wait=applied`, on the same fleet. CPU is read from /proc before and
+/// after each level's revocations, so connection set-up and catch-up are not counted;
+/// heartbeats during the run are.
 pub async fn propagation_procs(
     dir: &Path,
     n: usize,
     count: usize,
     rate: f64,
-) -> anyhow::Result<ProcPropagation> {
+) -> anyhow::Result<Vec<ProcPropagation>> {
     use crate::procs::{cpu_ticks, ticks_to_us, AgentProc, BENCH_SECRET};
     let base = dir.join(format!("procs-{n}"));
     let max = (n + 64).to_string();
@@ -975,22 +980,27 @@ pub async fn propagation_procs(
     }
     wait_connected(&auth, n).await?;
     // One revocation first, so every agent has a log and a journal before measuring.
-    receipts_at_rate(&auth, "procs-warm-up", 1, rate).await?;
+    receipts_at_rate(&auth, "procs-warm-up", 1, rate, "all").await?;
     let auth_pid = auth.proc.child.id();
     let pids: Vec<u32> = agents.iter().map(|a| a.proc.child.id()).collect();
     let agents_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
-    let (auth0, agents0) = (cpu_ticks(auth_pid)?, agents_cpu());
-    let (lat, incomplete) = receipts_at_rate(&auth, "procs", count, rate).await?;
-    let auth_us = ticks_to_us(cpu_ticks(auth_pid)? - auth0) / count as f64;
-    let agent_us = ticks_to_us(agents_cpu() - agents0) / count as f64 / n.max(1) as f64;
+    let mut levels = Vec::new();
+    for wait in ["all", "applied"] {
+        let (auth0, agents0) = (cpu_ticks(auth_pid)?, agents_cpu());
+        let (lat, incomplete) = receipts_at_rate(&auth, &format!("procs-{wait}"), count, rate, wait).await?;
+        let auth_us = ticks_to_us(cpu_ticks(auth_pid)? - auth0) / count as f64;
+        let agent_us = ticks_to_us(agents_cpu() - agents0) / count as f64 / n.max(1) as f64;
+        levels.push(ProcPropagation {
+            agent_procs: n,
+            wait,
+            revocations: count,
+            receipt: summarize(lat),
+            incomplete,
+            authority_cpu_us: auth_us,
+            authority_cpu_per_link_us: auth_us / n.max(1) as f64,
+            agent_cpu_us: agent_us,
+        });
+    }
     drop(agents);
-    Ok(ProcPropagation {
-        agent_procs: n,
-        revocations: count,
-        receipt: summarize(lat),
-        incomplete,
-        authority_cpu_us: auth_us,
-        authority_cpu_per_link_us: auth_us / n.max(1) as f64,
-        agent_cpu_us: agent_us,
-    })
+    Ok(levels)
 }
