@@ -333,6 +333,8 @@ async fn drive(
     let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     let timer = tokio::time::sleep_until(never);
     tokio::pin!(timer);
+    let held_timer = tokio::time::sleep_until(never);
+    tokio::pin!(held_timer);
     let stopping = shutdown.cancelled();
     tokio::pin!(stopping);
     loop {
@@ -342,6 +344,10 @@ async fn drive(
         let deadline = session.poll_timeout().map_or(never, tokio::time::Instant::from_std);
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
+        }
+        let held_deadline = w.held.deadline().map_or(never, tokio::time::Instant::from_std);
+        if held_timer.deadline() != held_deadline {
+            held_timer.as_mut().reset(held_deadline);
         }
         tokio::select! {
             msg = ws.next() => {
@@ -372,7 +378,7 @@ async fn drive(
             _ = sleep_until_due(w.pending.retry_at) => {
                 retry_unpersisted(session, state, w.journal, w.pending).await;
             }
-            _ = sleep_until_due(w.held.write_at) => w.write_held(session, state).await,
+            _ = &mut held_timer, if w.held.since.is_some() => w.write_held(session, state).await,
             _ = &mut stopping => {
                 let _ = ws.close(None).await;
                 return Ended::Shutdown;
@@ -609,11 +615,28 @@ async fn write_group(
 
 /// Batches applied and reported `Applied` whose journal write waits, at most `delay`, to
 /// share one fsync with the batches after them.
+///
+/// A wake-up costs as much as an fsync here, so the write rides on wake-ups the link has
+/// anyway: a frame arriving after half the delay writes the group (its own batch included).
+/// The timer, at the full delay, only ends a burst.
 #[derive(Debug, Default)]
 struct Held {
     batches: Vec<Batch>,
     delay: Duration,
-    write_at: Option<Instant>,
+    /// When the oldest held batch was applied.
+    since: Option<Instant>,
+}
+
+impl Held {
+    /// The latest time the held group is written.
+    fn deadline(&self) -> Option<Instant> {
+        self.since.map(|t| t + self.delay)
+    }
+
+    /// True once half the delay has passed: a frame arriving now writes the group.
+    fn ripe(&self, now: Instant) -> bool {
+        self.since.is_some_and(|t| now >= t + self.delay / 2)
+    }
 }
 
 /// Most entries held back from the journal; a group beyond is written at once.
@@ -630,7 +653,7 @@ struct Writes<'a> {
 impl Writes<'_> {
     /// Writes the held group now.
     async fn write_held(&mut self, session: &mut AgentSession, state: &AgentState) {
-        self.held.write_at = None;
+        self.held.since = None;
         let mut group = std::mem::take(&mut self.held.batches);
         if let Some(j) = self.journal {
             write_group(session, state, j, self.pending, &mut group).await;
@@ -731,17 +754,19 @@ async fn apply_events(
         _ => false,
     };
     let held_entries: usize = group.iter().map(|b| b.entries.len()).sum();
+    let now = Instant::now();
     if linked
         && !durable_awaited
         && !group.is_empty()
         && !w.held.delay.is_zero()
+        && !w.held.ripe(now)
         && held_entries <= MAX_HELD_ENTRIES
     {
-        w.held.write_at.get_or_insert_with(|| Instant::now() + w.held.delay);
+        w.held.since.get_or_insert(now);
         w.held.batches = group;
         return None;
     }
-    w.held.write_at = None;
+    w.held.since = None;
     write_group(session, state, j, w.pending, &mut group).await;
     end
 }

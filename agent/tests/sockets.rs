@@ -128,12 +128,14 @@ fn bad_configuration_exits_64_and_names_every_field() {
             "forever",
             "--allow-uid",
             "root",
+            "--applied-fsync-delay",
+            "5s",
         ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    for f in ["authority", "on-stale", "leeway", "allow-uid"] {
+    for f in ["authority", "on-stale", "leeway", "allow-uid", "applied-fsync-delay"] {
         assert!(err.contains(f), "{f} missing in {err}");
     }
 }

@@ -240,7 +240,7 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             a.revocations, a.rate
         );
         println!("  revmesh durable: ?wait=all, each agent's journal fsynced before its ack");
-        println!("  revmesh applied: ?wait=applied, each agent reports from memory (fsyncs held up to 100 ms, shared)");
+        println!("  revmesh applied: ?wait=applied, each agent reports from memory before its fsync (held up to --applied-fsync-delay, shared)");
         println!("  jetstream: file stream, one durable consumer per process, ack confirmed by the server");
         println!("  redis pub/sub: received by every subscriber process (no acks, no durability)");
         println!(
