@@ -209,8 +209,16 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             a.revocations, a.rate
         );
         println!(
-            "{:>8} {:>12} {:>12} {:>12} {:>11} {:>16} {:>16}",
-            "agents", "p50", "p99", "max", "incomplete", "authority/agent", "redis pub p99"
+            "{:>8} {:>12} {:>12} {:>12} {:>11} {:>16} {:>16} {:>12} {:>12}",
+            "agents",
+            "p50",
+            "p99",
+            "max",
+            "incomplete",
+            "authority/agent",
+            "redis pub p99",
+            "CPU/link",
+            "fleet/agent"
         );
         let mut rows = Vec::new();
         for &n in &a.agents {
@@ -220,14 +228,16 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
                 .and_then(|r| r.pubsub_fanout.iter().find(|(s, _)| *s == n))
                 .map_or("-".to_owned(), |(_, s)| us(s.p99_us));
             println!(
-                "{:>8} {:>12} {:>12} {:>12} {:>11} {:>13} KiB {:>16}",
+                "{:>8} {:>12} {:>12} {:>12} {:>11} {:>13} KiB {:>16} {:>10.1}µs {:>10.1}µs",
                 n,
                 us(p.revoke_to_all_acked.p50_us),
                 us(p.revoke_to_all_acked.p99_us),
                 us(p.revoke_to_all_acked.max_us),
                 p.incomplete,
                 p.authority_rss_per_agent_bytes / 1024,
-                redis_p99
+                redis_p99,
+                p.authority_cpu_per_link_us,
+                p.fleet_cpu_per_agent_us
             );
             rows.push(p);
         }

@@ -185,6 +185,11 @@ pub struct Propagation {
     pub incomplete: usize,
     /// Authority RSS divided by agents.
     pub authority_rss_per_agent_bytes: u64,
+    /// Authority CPU per revocation divided by agents, microseconds (from /proc).
+    pub authority_cpu_per_link_us: f64,
+    /// This process's CPU per revocation divided by agents, microseconds: the in-process
+    /// agents (decode, apply, ack) and the admin client.
+    pub fleet_cpu_per_agent_us: f64,
 }
 
 /// Revocations at a steady rate; each one's time from the admin call to the last agent's ack.
@@ -198,7 +203,12 @@ pub async fn propagation(dir: &Path, agents: usize, count: usize, rate: f64) -> 
     let fleet = Fleet::start(agents, &auth.ws, "p")?;
     wait_connected(&auth, agents).await?;
     let rss_idle = auth.proc.rss().unwrap_or(0);
+    use crate::procs::{cpu_ticks, ticks_to_us};
+    let (auth_pid, me) = (auth.proc.child.id(), std::process::id());
+    let (auth0, me0) = (cpu_ticks(auth_pid)?, cpu_ticks(me)?);
     let (lat, incomplete) = receipts_at_rate(&auth, "prop", count, rate, "all").await?;
+    let per = |ticks: u64| ticks_to_us(ticks) / count.max(1) as f64 / agents.max(1) as f64;
+    let (auth_us, fleet_us) = (per(cpu_ticks(auth_pid)? - auth0), per(cpu_ticks(me)? - me0));
     fleet.stop().await;
     Ok(Propagation {
         agents,
@@ -206,6 +216,8 @@ pub async fn propagation(dir: &Path, agents: usize, count: usize, rate: f64) -> 
         revoke_to_all_acked: summarize(lat),
         incomplete,
         authority_rss_per_agent_bytes: rss_idle / agents.max(1) as u64,
+        authority_cpu_per_link_us: auth_us,
+        fleet_cpu_per_agent_us: fleet_us,
     })
 }
 
