@@ -295,3 +295,104 @@ async fn an_agent_that_must_catch_up_waits_for_a_slot_instead_of_being_sent_away
     assert_eq!(busy, 0.0, "the agent was sent away instead of waiting");
     agent.stop().await;
 }
+
+type RawLink = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Says hello at link version `max_version` as an empty agent; returns the welcome.
+async fn hello_at(ws: &mut RawLink, id: &str, max_version: u8) -> revmesh_protocol::frame::Welcome {
+    let h = Hello {
+        max_version,
+        agent_id: id.into(),
+        agent_version: "test".into(),
+        log_id: None,
+        applied_seq: 0,
+    };
+    ws.send(Message::Binary(encode(&Frame::Hello(h)).unwrap().into())).await.unwrap();
+    match next_frame(ws).await {
+        Frame::Welcome(w) => w,
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+/// The next frame from the authority other than a heartbeat.
+async fn next_frame(ws: &mut RawLink) -> Frame {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => match revmesh_protocol::codec::decode(&b).unwrap() {
+                Frame::Heartbeat(_) => continue,
+                f => return f,
+            },
+            Some(Ok(_)) => continue,
+            other => panic!("link ended: {other:?}"),
+        }
+    }
+}
+
+/// Posts one jti revocation with `?wait=applied` on a blocking thread.
+fn post_applied(a: &Authority, jti: &str) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+    let (admin, token) = (a.admin.clone(), a.token.clone());
+    let body = serde_json::json!({"kind": "jti", "jti": jti, "expires_at": 4000000000u64}).to_string();
+    tokio::task::spawn_blocking(move || {
+        crate::util::http(
+            &admin,
+            "POST",
+            "/v1/revocations?wait=applied&timeout_ms=20000",
+            Some(&token),
+            body.as_bytes(),
+        )
+    })
+}
+
+/// Link version 2: a revocation awaited at the applied level goes out as a `WaitedBatch`, and
+/// the agent's `Applied` report completes the receipt while its durable cursor stays put.
+/// Version 1 (an agent of an earlier release): the same revocation goes out as a plain `Batch`,
+/// and its durable ack completes the applied receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_receipts_use_reports_on_version_2_links_and_acks_on_version_1_links() {
+    use revmesh_protocol::frame::Ack;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+
+    let mut v2 = raw_link(&a.ws_url()).await;
+    let w = hello_at(&mut v2, "v2", 2).await;
+    assert_eq!(w.version, 2);
+    let receipt = post_applied(&a, "for-v2");
+    let Frame::WaitedBatch(b) = next_frame(&mut v2).await else { panic!("expected a waited batch") };
+    let report = Frame::Applied(Ack { log_id: w.log_id, applied_seq: b.to_seq });
+    v2.send(Message::Binary(encode(&report).unwrap().into())).await.unwrap();
+    let (status, r) = receipt.await.unwrap();
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(
+        (&r["level"], &r["acked"]),
+        (&serde_json::json!("applied"), &serde_json::json!(["v2"])),
+        "{r}"
+    );
+    assert_eq!(a.get("/v1/agents").1[0]["applied_seq"], 0, "an applied report is not a durable ack");
+    drop(v2);
+    wait_for(|| a.metric("revmesh_authority_agents_connected") == 0.0, "the v2 link to end").await;
+
+    let mut v1 = raw_link(&a.ws_url()).await;
+    let w = hello_at(&mut v1, "v1", 1).await;
+    assert_eq!(w.version, 1);
+    let receipt = post_applied(&a, "for-v1");
+    // The catch-up from 0 and the new entry, all as plain batches.
+    loop {
+        match next_frame(&mut v1).await {
+            Frame::Batch(b) => {
+                let ack = Frame::Ack(Ack { log_id: w.log_id, applied_seq: b.to_seq });
+                v1.send(Message::Binary(encode(&ack).unwrap().into())).await.unwrap();
+                if b.entries.iter().any(|e| matches!(&e.revocation, revmesh_protocol::Revocation::Jti { jti, .. } if jti == "for-v1")) {
+                    break;
+                }
+            }
+            other => panic!("a version-1 agent got {other:?}"),
+        }
+    }
+    let (status, r) = receipt.await.unwrap();
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(
+        (&r["level"], &r["acked"]),
+        (&serde_json::json!("applied"), &serde_json::json!(["v1"])),
+        "{r}"
+    );
+}
