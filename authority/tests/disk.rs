@@ -335,6 +335,40 @@ async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_bac
     assert!(again.applied_seq >= seq, "restart found {} < acknowledged {seq}", again.applied_seq);
 }
 
+/// The hello of a reconnecting agent is an acknowledgement too: the authority resumes from it
+/// and counts it in durable receipts. An agent holding revocations it could not write (a full
+/// disk) must present only what is on its disk, so that no receipt says durable for what a
+/// kill -9 would lose; it still refuses those tokens, and acknowledges them once written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_agent_claims_only_what_is_on_its_disk() {
+    let adir = tempfile::tempdir().unwrap();
+    let mut a = Authority::start(adir.path(), &["--ack-timeout", "200ms"]);
+    let fs = Tmpfs::mount("2m");
+    let data = fs.path().join("agent");
+    let agent = DiskAgent::start(&a, &data, "reconnecting");
+    let first = a.revoke_jti("before-full");
+    wait_for(|| agent.state.applied() >= first, "the agent to apply the first revocation").await;
+    let filler = fs.fill();
+    let (seq, jti) = revoke_until_pending(&a, "reconnecting");
+
+    // The link drops (here: the authority restarts on the same addresses) and comes back.
+    let (agent_addr, admin_addr) = (a.agent.clone(), a.admin.clone());
+    a.kill9();
+    let a = Authority::start_on(adir.path(), &agent_addr, &admin_addr, &["--ack-timeout", "200ms"]);
+    wait_for(|| a.metric("revmesh_authority_agents_connected") == 1.0, "the agent to reconnect").await;
+    assert!(agent.revoked(&jti), "the agent must still refuse what it could not write");
+    let durable = a.get("/v1/agents").1[0]["applied_seq"].as_u64();
+    assert!(
+        durable < Some(seq),
+        "after reconnecting the agent claimed {durable:?}, unwritten seq {seq} included"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(|| a.get("/v1/agents").1[0]["applied_seq"] == seq, "the ack once space is back").await;
+    let again = agent.restart_finds(&data).await;
+    assert!(again.applied_seq >= seq, "restart found {} < acknowledged {seq}", again.applied_seq);
+}
+
 /// The agent's data dir turns read-only after an I/O error. It enforces in memory, acknowledges
 /// nothing it could not write, closes its files so the volume can be checked and remounted,
 /// writes nothing on the bare mount point meanwhile, and acknowledges everything once the

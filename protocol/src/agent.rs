@@ -206,14 +206,16 @@ impl AgentSession {
         self.out.clear();
         self.ack_due = None;
         self.last_frame = Some(now.mono);
-        // Entries handed out but not yet durable are still applied in memory, so the cursor
-        // presented is `received`; after a crash the driver recreates the session from disk.
+        // The hello is an acknowledgement too: the authority resumes from it and counts it in
+        // durable receipts. So the cursor presented is what is durable; entries applied in
+        // memory but not yet written (a full disk) come again and are ignored as duplicates,
+        // and are acknowledged once written (PROTOCOL.md §9.3).
         self.out.push_back(Frame::Hello(Hello {
             max_version: MAX_VERSION,
             agent_id: self.agent_id.clone(),
             agent_version: self.agent_version.clone(),
             log_id: self.log_id,
-            applied_seq: self.received,
+            applied_seq: self.durable,
         }));
     }
 
@@ -553,5 +555,28 @@ mod tests {
         // Nothing is reported beyond what arrived.
         s.mark_applied(9);
         assert_eq!(drain(&mut s), vec![]);
+    }
+
+    /// Applied but not yet durable (a full disk): a new link presents only what is durable, so
+    /// the authority neither skips nor counts the unwritten entries; when they come again they
+    /// are duplicates, acknowledged at the durable cursor.
+    #[test]
+    fn a_new_link_presents_the_durable_cursor() {
+        let mut s = AgentSession::new("a".into(), "v".into(), None, 0, AgentConfig::default());
+        s.connect(now());
+        drain(&mut s);
+        s.handle_frame(welcome(0), now()).unwrap();
+        s.handle_frame(batch(1, 2), now()).unwrap();
+        s.mark_durable(2, now());
+        s.handle_frame(batch(3, 5), now()).unwrap();
+        assert!(matches!(s.poll_event(), Some(AgentEvent::Apply { to_seq: 2, .. })));
+        assert!(matches!(s.poll_event(), Some(AgentEvent::Apply { to_seq: 5, .. })));
+        s.disconnected();
+        s.connect(now());
+        assert!(matches!(drain(&mut s).as_slice(), [Frame::Hello(h)] if h.applied_seq == 2));
+        s.handle_frame(welcome(5), now()).unwrap();
+        s.handle_frame(batch(3, 5), now()).unwrap();
+        assert_eq!(s.poll_event(), None, "entries applied before must not be applied again");
+        assert_eq!(drain(&mut s), vec![Frame::Ack(Ack { log_id: LogId([7; 16]), applied_seq: 2 })]);
     }
 }

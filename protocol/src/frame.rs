@@ -91,7 +91,8 @@ pub struct Hello {
     pub agent_version: String,
     /// The log the agent's state comes from, `None` for an empty agent.
     pub log_id: Option<LogId>,
-    /// Highest seq the agent has applied from that log (0 for none).
+    /// Highest seq the agent has applied from that log and made durable (0 for none): the
+    /// authority resumes after it and counts it as acknowledged.
     pub applied_seq: u64,
 }
 
