@@ -265,17 +265,22 @@ impl AuthoritySession {
         Err(why)
     }
 
+    /// The rules every cursor from the agent (`what`: an ack or an applied report) must keep:
+    /// this log, and nothing beyond what was sent.
+    fn check_cursor(&mut self, what: &str, a: &Ack) -> Result<(), Close> {
+        if a.log_id != self.log.log_id {
+            let msg = format!("{what} for another log");
+            return self.close(Close::Violation(ErrorFrame::new(ErrorCode::Violation, msg)));
+        }
+        if a.applied_seq > self.max_sent {
+            let msg = format!("{what} {} beyond last sent seq {}", a.applied_seq, self.max_sent);
+            return self.close(Close::Violation(ErrorFrame::new(ErrorCode::Violation, msg)));
+        }
+        Ok(())
+    }
+
     fn on_ack(&mut self, ack: Ack, now: Now) -> Result<(), Close> {
-        if ack.log_id != self.log.log_id {
-            return self
-                .close(Close::Violation(ErrorFrame::new(ErrorCode::Violation, "ack for another log")));
-        }
-        if ack.applied_seq > self.max_sent {
-            return self.close(Close::Violation(ErrorFrame::new(
-                ErrorCode::Violation,
-                format!("ack {} beyond last sent seq {}", ack.applied_seq, self.max_sent),
-            )));
-        }
+        self.check_cursor("ack", &ack)?;
         if ack.applied_seq <= self.acked && !(self.resync && ack.applied_seq == self.max_sent) {
             // Duplicate or stale ack: nothing new.
             return Ok(());
@@ -312,16 +317,7 @@ impl AuthoritySession {
     /// An `Applied` report: checked like an ack, but it moves nothing the delivery depends on
     /// (the cursor, the window and resends follow durable acks only).
     fn on_applied(&mut self, a: Ack) -> Result<(), Close> {
-        if a.log_id != self.log.log_id {
-            return self
-                .close(Close::Violation(ErrorFrame::new(ErrorCode::Violation, "applied for another log")));
-        }
-        if a.applied_seq > self.max_sent {
-            return self.close(Close::Violation(ErrorFrame::new(
-                ErrorCode::Violation,
-                format!("applied {} beyond last sent seq {}", a.applied_seq, self.max_sent),
-            )));
-        }
+        self.check_cursor("applied", &a)?;
         // During a resync the agent's old cursor means nothing in this log.
         if self.resync || a.applied_seq <= self.reported.max(self.acked) {
             return Ok(());
