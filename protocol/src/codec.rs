@@ -137,13 +137,37 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
         return Err(DecodeError::TrailingBytes(body.len() - used));
     }
     // Canonical form: re-encoding must give back the same bytes. This rejects non-minimal
-    // varints and any other alternative spelling of the same frame.
-    let again = encode(&frame).map_err(|_| DecodeError::NonCanonical)?;
-    if again != bytes {
+    // varints and any other alternative spelling of the same frame. The encoding is compared
+    // as it is produced, without building it.
+    if frame.version() != version || !encodes_to(&frame, body) {
         return Err(DecodeError::NonCanonical);
     }
     validate(&frame)?;
     Ok(frame)
+}
+
+/// A bincode writer that checks each written piece against the expected bytes.
+struct Compare<'a> {
+    rest: &'a [u8],
+}
+
+impl bincode::enc::write::Writer for Compare<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        match self.rest.strip_prefix(bytes) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(())
+            }
+            // Any error stops the encoder: the bytes differ, which is all the caller asks.
+            None => Err(bincode::error::EncodeError::UnexpectedEnd),
+        }
+    }
+}
+
+/// True when `frame`'s body encodes to exactly `body`.
+fn encodes_to(frame: &Frame, body: &[u8]) -> bool {
+    let mut cmp = Compare { rest: body };
+    bincode::serde::encode_into_writer(frame, &mut cmp, config()).is_ok() && cmp.rest.is_empty()
 }
 
 /// Encodes one log entry for storage (the authority's store, the agent's journal).
