@@ -6,7 +6,7 @@
 //! moved aside and the agent starts empty (and so answers STALE until it has resynced).
 
 use revmesh_protocol::codec::{
-    decode, decode_state, encode, encode_state_image, PersistedState, StateImageDecoder,
+    decode, decode_state, encode_batch, encode_state_image, PersistedState, StateImageDecoder,
 };
 use revmesh_protocol::frame::{Batch, Frame};
 use revmesh_protocol::set::TableImage;
@@ -125,7 +125,7 @@ pub struct Recovered {
 
 /// Appends one journal record: length, checksum, encoded batch (PROTOCOL.md §6).
 fn push_record(buf: &mut Vec<u8>, batch: &Batch) -> Result<(), PersistError> {
-    let body = encode(&Frame::Batch(batch.clone())).map_err(|e| PersistError::Encode(e.to_string()))?;
+    let body = encode_batch(batch).map_err(|e| PersistError::Encode(e.to_string()))?;
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
     buf.extend_from_slice(&checksum(&body).to_le_bytes());
     buf.extend_from_slice(&body);

@@ -9,7 +9,7 @@
 //! non-minimal integers or anything else that would re-encode differently are rejected, so
 //! two different byte strings never mean the same frame.
 
-use crate::frame::{Frame, MAX_VERSION, PROTOCOL_VERSION};
+use crate::frame::{Batch, Frame, MAX_VERSION, PROTOCOL_VERSION};
 use crate::model::{Entry, ValidationError};
 
 /// Largest encoded frame accepted or produced, in bytes (version byte included).
@@ -110,9 +110,31 @@ pub enum EncodeError {
 
 /// Encodes a frame: version byte (the version that defines the frame) followed by its bincode body.
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
+    encode_as(frame, frame.version())
+}
+
+/// `Frame::Batch` by reference: serialised as the owned variant is (PROTOCOL.md §3, index 2).
+struct BatchFrame<'a>(&'a Batch);
+
+/// `Frame::Batch`'s variant index.
+const BATCH_VARIANT: u32 = 2;
+
+impl serde::Serialize for BatchFrame<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_variant("Frame", BATCH_VARIANT, "Batch", self.0)
+    }
+}
+
+/// The bytes of [`encode`]`(&Frame::Batch(batch))`, without copying the batch's entries into
+/// a frame first (the agent's journal writes one such record per batch it applies).
+pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, EncodeError> {
+    encode_as(&BatchFrame(batch), PROTOCOL_VERSION)
+}
+
+fn encode_as(body: &impl serde::Serialize, version: u8) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(64);
-    out.push(frame.version());
-    bincode::serde::encode_into_std_write(frame, &mut out, config())
+    out.push(version);
+    bincode::serde::encode_into_std_write(body, &mut out, config())
         .map_err(|e| EncodeError::Other(e.to_string()))?;
     if out.len() > MAX_FRAME_BYTES {
         return Err(EncodeError::TooLarge);
@@ -532,6 +554,13 @@ mod tests {
             assert_eq!(bytes.first(), Some(&2), "{}", f.name());
             assert_eq!(decode(&bytes), Ok(f));
         }
+    }
+
+    #[test]
+    fn a_batch_encoded_by_reference_is_the_frame_byte_for_byte() {
+        let f = batch(100);
+        let Frame::Batch(b) = &f else { return };
+        assert_eq!(encode_batch(b), encode(&f));
     }
 
     #[test]
