@@ -583,15 +583,12 @@ async fn retry_unpersisted(
             Err(e) => return pending.failed(state, &e),
         }
     }
-    if let Some(to_seq) = pending.batches.back().map(|b| b.to_seq) {
-        let batches: Vec<Batch> = pending.batches.drain(..).collect();
-        if let Err((e, back)) = append(state, j, batches).await {
-            pending.requeue(back);
-            return pending.failed(state, &e);
-        }
-        session.mark_durable(to_seq, state.clock().now());
+    let mut group: Vec<Batch> = pending.batches.drain(..).collect();
+    write_group(session, state, j, pending, &mut group).await;
+    // A failed write put its batches back (or left a snapshot to write).
+    if pending.is_empty() {
+        pending.recovered(state);
     }
-    pending.recovered(state);
 }
 
 /// Writes the batches applied since the last write (one fsync), then marks them durable; what
