@@ -8,7 +8,7 @@
 //! The clients are minimal and blocking (one process, one subscription): NATS's text protocol
 //! (<https://docs.nats.io/reference/reference-protocols/nats-protocol>) and RESP2.
 
-use crate::procs::{cpu_ticks, ticks_to_us, Proc};
+use crate::procs::{cpu_ticks, ticks_to_us, total_cpu_ticks, Proc};
 use crate::util::{free_port, resp, summarize, Summary};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -167,22 +167,34 @@ pub fn nats_consumer(addr: &str, id: usize) -> anyhow::Result<()> {
 }
 
 /// Reads one RESP2 value as its flat list of bulk strings (enough for pub/sub pushes and
-/// integer replies).
+/// integer replies; an array nested in an array is refused).
 fn resp_read(r: &mut BufReader<TcpStream>) -> anyhow::Result<Vec<Vec<u8>>> {
+    let line = resp_line(r)?;
+    let Some(n) = line.strip_prefix('*') else { return resp_scalar(r, &line) };
+    let n: usize = n.parse()?;
+    // Pub/sub pushes and replies have at most 3 elements.
+    anyhow::ensure!(n <= 16, "redis: an array of {n} elements");
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let line = resp_line(r)?;
+        anyhow::ensure!(!line.starts_with('*'), "redis: a nested array");
+        out.extend(resp_scalar(r, &line)?);
+    }
+    Ok(out)
+}
+
+fn resp_line(r: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         bail!("redis closed the connection");
     }
-    let l = line.trim_end();
+    Ok(line.trim_end().to_owned())
+}
+
+/// A value that is not an array, given its first line: a bulk string (read from `r`), an
+/// error, or a simple value.
+fn resp_scalar(r: &mut BufReader<TcpStream>, l: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     match l.as_bytes().first() {
-        Some(b'*') => {
-            let n: usize = l[1..].parse()?;
-            let mut out = Vec::with_capacity(n);
-            for _ in 0..n {
-                out.extend(resp_read(r)?);
-            }
-            Ok(out)
-        }
         Some(b'$') => {
             let n: i64 = l[1..].parse()?;
             if n < 0 {
@@ -199,16 +211,18 @@ fn resp_read(r: &mut BufReader<TcpStream>) -> anyhow::Result<Vec<Vec<u8>>> {
     }
 }
 
+/// A Redis connection: its write side and a buffered read side.
+fn resp_conn(addr: &str) -> anyhow::Result<(TcpStream, BufReader<TcpStream>)> {
+    let s = TcpStream::connect(addr).with_context(|| format!("connecting to redis at {addr}"))?;
+    s.set_nodelay(true)?;
+    Ok((s.try_clone()?, BufReader::new(s)))
+}
+
 /// Internal subcommand: one Redis subscriber. Prints `ready` once subscribed; reports every
 /// message on the `done` channel from a second connection.
 pub fn redis_subscriber(addr: &str) -> anyhow::Result<()> {
-    let s = TcpStream::connect(addr).with_context(|| format!("connecting to redis at {addr}"))?;
-    s.set_nodelay(true)?;
-    let mut w = s.try_clone()?;
-    let mut r = BufReader::new(s);
-    let mut out = TcpStream::connect(addr)?;
-    out.set_nodelay(true)?;
-    let mut out_r = BufReader::new(out.try_clone()?);
+    let (mut w, mut r) = resp_conn(addr)?;
+    let (mut out, mut out_r) = resp_conn(addr)?;
     w.write_all(&resp(&[b"SUBSCRIBE", SUBJECT.as_bytes()]))?;
     resp_read(&mut r)?;
     println!("ready");
@@ -323,7 +337,7 @@ pub async fn jetstream(
         let subs =
             subscribers(n, |i| vec!["nats-consumer".into(), "--addr".into(), a.clone(), "--id".into(), i.to_string()])?;
         let pids: Vec<u32> = subs.iter().map(|p| p.child.id()).collect();
-        let subs_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
+        let subs_cpu = || total_cpu_ticks(&pids);
         let server_cpu = || server_pid.map_or(0, |p| cpu_ticks(p).unwrap_or(0));
         let (s0, c0) = (server_cpu(), subs_cpu());
         let cell = std::cell::RefCell::new(c);
@@ -371,17 +385,11 @@ pub async fn redis_pubsub(n: usize, count: usize, rate: f64) -> anyhow::Result<A
     let (lat, s, c) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<Duration>, f64, f64)> {
         let subs = subscribers(n, |_| vec!["redis-subscriber".into(), "--addr".into(), addr.clone()])?;
         let pids: Vec<u32> = subs.iter().map(|p| p.child.id()).collect();
-        let subs_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
-        let done_conn = TcpStream::connect(&addr)?;
-        done_conn.set_nodelay(true)?;
-        let mut done_w = done_conn.try_clone()?;
-        let mut done_r = BufReader::new(done_conn);
+        let subs_cpu = || total_cpu_ticks(&pids);
+        let (mut done_w, mut done_r) = resp_conn(&addr)?;
         done_w.write_all(&resp(&[b"SUBSCRIBE", DONE.as_bytes()]))?;
         resp_read(&mut done_r)?;
-        let pub_conn = TcpStream::connect(&addr)?;
-        pub_conn.set_nodelay(true)?;
-        let mut pub_w = pub_conn.try_clone()?;
-        let mut pub_r = BufReader::new(pub_conn);
+        let (mut pub_w, mut pub_r) = resp_conn(&addr)?;
         let (s0, c0) = (cpu_ticks(server_pid)?, subs_cpu());
         let lat = drive(
             n,

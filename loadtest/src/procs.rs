@@ -95,6 +95,11 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(field(11) + field(12)) // utime + stime, in clock ticks
 }
 
+/// CPU time of several processes together, in clock ticks (a process already gone counts 0).
+pub fn total_cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum()
+}
+
 /// Clock ticks as microseconds.
 pub fn ticks_to_us(ticks: u64) -> f64 {
     // Linux reports /proc times in USER_HZ, 100 on every architecture revmesh runs on.

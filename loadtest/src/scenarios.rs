@@ -974,7 +974,7 @@ pub async fn propagation_procs(
     count: usize,
     rate: f64,
 ) -> anyhow::Result<Vec<ProcPropagation>> {
-    use crate::procs::{cpu_ticks, ticks_to_us, AgentProc, BENCH_SECRET};
+    use crate::procs::{cpu_ticks, ticks_to_us, total_cpu_ticks, AgentProc, BENCH_SECRET};
     let base = dir.join(format!("procs-{n}"));
     let max = (n + 64).to_string();
     let auth = AuthorityProc::start(&base.join("authority"), "127.0.0.1:0", &["--max-agents", &max])?;
@@ -995,7 +995,7 @@ pub async fn propagation_procs(
     receipts_at_rate(&auth, "procs-warm-up", 1, rate, "all").await?;
     let auth_pid = auth.proc.child.id();
     let pids: Vec<u32> = agents.iter().map(|a| a.proc.child.id()).collect();
-    let agents_cpu = || pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).sum::<u64>();
+    let agents_cpu = || total_cpu_ticks(&pids);
     let mut levels = Vec::new();
     for wait in ["all", "applied"] {
         let (auth0, agents0) = (cpu_ticks(auth_pid)?, agents_cpu());
