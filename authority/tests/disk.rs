@@ -87,6 +87,11 @@ impl Ext4 {
     /// What the kernel does on an I/O error under `errors=remount-ro`: record the error and
     /// refuse every later write with EROFS (ext4's own error path, through its sysfs trigger).
     pub fn fail(&self) {
+        // What was written before the error has reached its home on the disk, as on a volume
+        // that served a while before failing. Without this, the error (which aborts ext4's
+        // journal) can strike before freshly created files leave the journal, and e2fsck then
+        // drops them: the data dir comes back empty, which no program can prevent.
+        run("sync", &["-f", self.path().to_str().unwrap()], "apt-get install coreutils");
         let out = Command::new("findmnt").args(["-no", "SOURCE"]).arg(self.path()).output().unwrap();
         let dev = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("/dev/").to_string();
         assert!(dev.starts_with("loop"), "not mounted from a loop device: {dev:?}");
@@ -245,6 +250,16 @@ impl DiskAgent {
         DiskAgent { state, stop, task }
     }
 
+    /// An agent with its data dir on a fresh 2 MB tmpfs, once it has applied a first revocation.
+    async fn in_sync_on_tmpfs(a: &Authority, id: &str) -> (Tmpfs, std::path::PathBuf, DiskAgent) {
+        let fs = Tmpfs::mount("2m");
+        let data = fs.path().join("agent");
+        let agent = DiskAgent::start(a, &data, id);
+        let first = a.revoke_jti("before-full");
+        wait_for(|| agent.state.applied() >= first, "the agent to apply the first revocation").await;
+        (fs, data, agent)
+    }
+
     fn revoked(&self, jti: &str) -> bool {
         matches!(
             self.state.decide(&revmesh_protocol::TokenRef { jti: Some(jti), ..Default::default() }),
@@ -290,11 +305,7 @@ fn revoke_until_pending(a: &Authority, id: &str) -> (u64, String) {
 async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_back() {
     let adir = tempfile::tempdir().unwrap();
     let a = Authority::start(adir.path(), &["--ack-timeout", "200ms"]);
-    let fs = Tmpfs::mount("2m");
-    let data = fs.path().join("agent");
-    let agent = DiskAgent::start(&a, &data, "full-disk");
-    let first = a.revoke_jti("before-full");
-    wait_for(|| agent.state.applied() >= first, "the agent to apply the first revocation").await;
+    let (fs, data, agent) = DiskAgent::in_sync_on_tmpfs(&a, "full-disk").await;
 
     let filler = fs.fill();
     let resends_before = a.metric("revmesh_authority_resends_total");
@@ -343,11 +354,7 @@ async fn an_agent_with_a_full_disk_enforces_in_memory_and_acks_once_space_is_bac
 async fn a_reconnecting_agent_claims_only_what_is_on_its_disk() {
     let adir = tempfile::tempdir().unwrap();
     let mut a = Authority::start(adir.path(), &["--ack-timeout", "200ms"]);
-    let fs = Tmpfs::mount("2m");
-    let data = fs.path().join("agent");
-    let agent = DiskAgent::start(&a, &data, "reconnecting");
-    let first = a.revoke_jti("before-full");
-    wait_for(|| agent.state.applied() >= first, "the agent to apply the first revocation").await;
+    let (fs, data, agent) = DiskAgent::in_sync_on_tmpfs(&a, "reconnecting").await;
     let filler = fs.fill();
     let (seq, jti) = revoke_until_pending(&a, "reconnecting");
 
