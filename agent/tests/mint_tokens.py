@@ -24,8 +24,11 @@ def write(name, data):
         f.write(data)
 
 
-secret = os.urandom(64)
-write("hs.secret", secret)
+# A binary secret whose last byte is a newline, written as the README says such a secret is
+# written: followed by one more newline, which the agent strips. A random secret written bare
+# ended in a newline byte 1 time in 256 and then every HMAC case failed.
+secret = os.urandom(63) + b"\n"
+write("hs.secret", secret + b"\n")
 rsa_k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ec_k = ec.generate_private_key(ec.SECP256R1())
 ec384_k = ec.generate_private_key(ec.SECP384R1())

@@ -11,7 +11,7 @@ fn tokens_from_an_independent_implementation_get_the_right_verdict() {
     let out = std::process::Command::new("python3").arg(&script).arg(dir.path()).output().expect("python3");
     assert!(
         out.status.success(),
-        "minting failed (is PyJWT installed? .ci/run installs it): {}",
+        "minting failed (is PyJWT installed? scripts/test installs it): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let f = |n: &str| dir.path().join(n);

@@ -199,6 +199,7 @@ impl KeyFiles {
                 field: "hs256-secret-file",
                 message: format!("{}: {e}", p.display()),
             })?;
+            // One trailing newline is not part of the secret (README: `--hs256-secret-file`).
             let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
             if secret.len() < MIN_HMAC_SECRET {
                 return Err(KeyError {
