@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession};
 use revmesh_protocol::codec::{decode, encode};
-use revmesh_protocol::frame::{Batch, Frame};
+use revmesh_protocol::frame::{Batch, Frame, Resume};
 use revmesh_protocol::time::{backoff, Jitter};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -437,6 +437,11 @@ async fn on_message(
         }
         Some(Err(e)) => return Err(Ended::Failed(format!("link error: {e}"))),
     };
+    // An incremental welcome says how far behind the agent is: size the set for what is coming.
+    let catch_up = match &frame {
+        Frame::Welcome(w) if w.resume == Resume::Incremental => Some(w.head_seq),
+        _ => None,
+    };
     if let Err(v) = session.handle_frame(frame, t) {
         state.metrics.frames_rejected_total.with_label_values(&["violation"]).inc();
         if let Ok(b) = encode(&Frame::Error(v.0.clone())) {
@@ -444,6 +449,9 @@ async fn on_message(
         }
         let _ = ws.close(None).await;
         return Err(Ended::Failed(v.to_string()));
+    }
+    if let Some(head) = catch_up {
+        state.reserve_for_catch_up(head.saturating_sub(state.applied()));
     }
     // The head announced in a welcome (or far ahead in a heartbeat) must be applied before the
     // agent answers as fresh again.

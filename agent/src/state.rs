@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+/// Most `jti` slots reserved ahead of a catch-up: 262,144 entries, about 7 MiB of table. An
+/// over-estimate is given back when expiry sweeps find the table mostly empty.
+pub const MAX_CATCH_UP_RESERVE: u64 = 1 << 18;
+
 /// Revocation verdict plus freshness, before it is rendered as a line or an HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -125,6 +129,14 @@ impl AgentState {
     /// The head this agent must reach before it answers as fresh (from the link session).
     pub fn set_catch_up_to(&self, seq: u64) {
         self.catch_up_to.store(seq, Ordering::Release);
+    }
+
+    /// Sizes the set for a catch-up of up to `entries` revocations before they arrive, counted
+    /// as `jti` ones (by far the most common kind) and capped at [`MAX_CATCH_UP_RESERVE`]:
+    /// the count is a span of seqs, some of which may be compacted away or of other kinds.
+    pub fn reserve_for_catch_up(&self, entries: u64) {
+        let n = entries.min(MAX_CATCH_UP_RESERVE) as usize;
+        self.set.write().unwrap_or_else(|p| p.into_inner()).reserve_jti(n);
     }
 
     /// True while the agent knows of entries it has not applied.
@@ -296,6 +308,11 @@ impl AgentState {
         self.set.read().unwrap_or_else(|p| p.into_inner()).count(kind)
     }
 
+    /// Bytes held by the `jti` table's slots.
+    pub fn jti_table_bytes(&self) -> usize {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).jti_memory_bytes()
+    }
+
     /// Updates gauges that mirror the state.
     pub fn refresh_gauges(&self) {
         self.metrics.applied_seq.set(self.applied() as i64);
@@ -360,5 +377,30 @@ mod tests {
         let h = &s.metrics.apply_lag;
         assert_eq!(h.get_sample_count(), 3);
         assert!((h.get_sample_sum() - 2.022).abs() < 1e-9, "{}", h.get_sample_sum());
+    }
+
+    #[test]
+    fn a_catch_up_reserves_the_table_once_and_at_most_the_cap() {
+        let metrics = Metrics::new().unwrap();
+        let s = AgentState::new(RevocationSet::new(), None, 0, None, Duration::from_secs(30), true, metrics);
+        s.reserve_for_catch_up(u64::MAX);
+        let slot = std::mem::size_of::<revmesh_protocol::set::JtiSlot>();
+        let capped = (MAX_CATCH_UP_RESERVE as usize * 20 / 17 + 1) * slot;
+        assert_eq!(s.jti_table_bytes(), capped);
+        // Applying what was reserved for does not grow the table again.
+        let entries: Vec<Entry> = (1..=MAX_CATCH_UP_RESERVE)
+            .map(|seq| Entry {
+                seq,
+                created_at_ms: 0,
+                expires_at: u64::from(u32::MAX),
+                reason: None,
+                revocation: Revocation::Jti { jti: seq.to_string(), iss: None },
+            })
+            .collect();
+        for c in entries.chunks(256) {
+            s.apply(LogId([1; 16]), c, c[c.len() - 1].seq);
+        }
+        assert_eq!(s.count(Kind::Jti), MAX_CATCH_UP_RESERVE as usize);
+        assert_eq!(s.jti_table_bytes(), capped);
     }
 }

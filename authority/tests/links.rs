@@ -35,6 +35,11 @@ async fn a_disconnected_agent_catches_up_from_its_cursor() {
         snapshots_before,
         "resume must be incremental"
     );
+    // The welcome said 1,000 entries were coming: the table was sized for 1,001 digests once
+    // (1,178 slots) instead of growing by halves to 1,369 slots as they arrived.
+    let slot = std::mem::size_of::<revmesh_protocol::set::JtiSlot>();
+    let bytes = agent.state.jti_table_bytes();
+    assert_eq!(bytes, (1001 * 20 / 17 + 1) * slot, "{} slots", bytes / slot);
     agent.stop().await;
 }
 

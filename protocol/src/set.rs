@@ -107,6 +107,16 @@ impl JtiTable {
         t
     }
 
+    /// Makes room for `additional` more digests without growing while they arrive (an agent
+    /// about to catch up). Growing by steps rehashes every digest each time; one rehash to the
+    /// final size halves what applying a catch-up costs.
+    pub fn reserve(&mut self, additional: usize) {
+        let want = self.len.saturating_add(additional);
+        if want.saturating_mul(20) > self.slots.len().saturating_mul(17) {
+            self.rehash((want.saturating_mul(20) / 17 + 1).max(MIN_CAPACITY));
+        }
+    }
+
     fn multiplier(capacity: usize) -> u64 {
         (capacity as u64 ^ 0x5851_F42D_4C95_7F2D).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
     }
@@ -391,6 +401,11 @@ impl RevocationSet {
     /// An empty set with room for `n` `jti` revocations (a snapshot about to be installed).
     pub fn with_jti_capacity(n: usize) -> Self {
         Self { jti: JtiTable::with_capacity(n), ..Self::default() }
+    }
+
+    /// Makes room for `additional` more `jti` revocations (see [`JtiTable::reserve`]).
+    pub fn reserve_jti(&mut self, additional: usize) {
+        self.jti.reserve(additional);
     }
 
     /// Adds an entry's revocation. Entries already expired at `now_unix_secs` are skipped
@@ -715,9 +730,10 @@ mod tests {
     }
 
     proptest! {
-        /// The table behaves like a `HashSet` model under random inserts, removals and expiry sweeps.
+        /// The table behaves like a `HashMap` model under random inserts, removals, reservations
+        /// and expiry sweeps.
         #[test]
-        fn jti_table_matches_a_model(ops in prop::collection::vec((0u8..4, 0u16..300, 1u32..50), 1..600)) {
+        fn jti_table_matches_a_model(ops in prop::collection::vec((0u8..5, 0u16..300, 1u32..50), 1..600)) {
             let mut table = JtiTable::default();
             let mut model: HashMap<u16, u32> = HashMap::new();
             let d = |k: u16| JtiDigest::new(None, &k.to_string());
@@ -729,6 +745,7 @@ mod tests {
                         *e = (*e).max(exp);
                     }
                     2 => { prop_assert_eq!(table.remove(d(key)), model.remove(&key).is_some()); }
+                    3 => table.reserve(usize::from(key)),
                     _ => {
                         let now = u64::from(exp);
                         let removed = table.remove_expired(now);
