@@ -727,6 +727,11 @@ pub struct Storm {
     pub peak_rss_bytes: u64,
     /// Go-aways sent to agents that had to wait for a catch-up slot.
     pub busy_rejections: u64,
+    /// CPU seconds the restarted authority used until every agent was at the head.
+    pub authority_cpu_secs: f64,
+    /// CPU seconds this process used meanwhile: the in-process agents receiving, decoding and
+    /// applying their catch-ups (they share the machine's cores with the authority).
+    pub fleet_cpu_secs: f64,
 }
 
 /// kill -9 the authority under `n` agents, revoke more, restart it: time until all caught up.
@@ -758,6 +763,9 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
     drop(offline);
     let auth = AuthorityProc::start(&data, &addr, &args)?;
     let pid = auth.proc.child.id();
+    use crate::procs::{cpu_ticks, ticks_to_us};
+    let me = std::process::id();
+    let (auth0, me0) = (cpu_ticks(pid)?, cpu_ticks(me)?);
     let t0 = Instant::now();
     let mut peak = 0;
     let deadline = t0 + Duration::from_secs(300);
@@ -767,6 +775,8 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let caught_up_secs = t0.elapsed().as_secs_f64();
+    let secs = |ticks: u64| ticks_to_us(ticks) / 1e6;
+    let (authority_cpu_secs, fleet_cpu_secs) = (secs(cpu_ticks(pid)? - auth0), secs(cpu_ticks(me)? - me0));
     let m = call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
     fleet.stop().await;
     Ok(Storm {
@@ -776,6 +786,8 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
         peak_rss_bytes: peak,
         busy_rejections: metric(&m, "revmesh_authority_agents_rejected_total{reason=\"busy\"}").max(0.0)
             as u64,
+        authority_cpu_secs,
+        fleet_cpu_secs,
     })
 }
 

@@ -1,5 +1,6 @@
-//! Criterion benchmarks: codec speed for a 100-entry batch, set checks at 10^6 entries, and
-//! the memory the set spends per revoked `jti` (printed, since criterion measures time only).
+//! Criterion benchmarks: codec speed for a 100-entry batch, set checks at 10^6 entries, an
+//! agent's 5,000-entry catch-up, and the memory the set spends per revoked `jti` (printed, since
+//! criterion measures time only).
 //!
 //! Run: `cargo bench -p revmesh-protocol`.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -167,5 +168,66 @@ fn build(c: &mut Criterion) {
     eprintln!("agent state at 10^6 jtis: {} bytes", state_bytes.len());
 }
 
-criterion_group!(benches, codec, set, build);
+/// An agent catching up 5,000 entries (the reconnect storm's backlog) in 256-entry batches:
+/// decoding each frame and inserting its entries, into a set that grows as they arrive and into
+/// one sized beforehand from the welcome's head, in the same run.
+fn catch_up(c: &mut Criterion) {
+    let frames: Vec<Vec<u8>> = (0..5_000u64)
+        .collect::<Vec<_>>()
+        .chunks(256)
+        .map(|c| {
+            encode(&Frame::Batch(Batch {
+                log_id: LogId([7; 16]),
+                from_seq: c[0] + 1,
+                to_seq: c[c.len() - 1] + 1,
+                entries: c
+                    .iter()
+                    .map(|i| Entry {
+                        seq: i + 1,
+                        created_at_ms: 1_700_000_000_000,
+                        expires_at: 1_800_000_000,
+                        reason: None,
+                        revocation: Revocation::Jti { jti: format!("storm-{i}"), iss: None },
+                    })
+                    .collect(),
+            }))
+            .unwrap()
+        })
+        .collect();
+    let run = |set: &mut RevocationSet| {
+        for f in &frames {
+            if let Frame::Batch(b) = decode(black_box(f)).unwrap() {
+                for e in &b.entries {
+                    set.insert(e, 1_700_000_000);
+                }
+            }
+        }
+    };
+    let mut g = c.benchmark_group("catch_up_5000");
+    g.throughput(Throughput::Elements(5_000));
+    g.bench_function("decode_only_baseline", |b| {
+        b.iter(|| {
+            let entries = |f: Frame| if let Frame::Batch(b) = f { b.entries.len() } else { 0 };
+            frames.iter().map(|f| entries(decode(black_box(f)).unwrap())).sum::<usize>()
+        })
+    });
+    g.bench_function("growing_set", |b| {
+        b.iter(|| {
+            let mut set = RevocationSet::new();
+            run(&mut set);
+            set
+        })
+    });
+    g.bench_function("reserved_set", |b| {
+        b.iter(|| {
+            let mut set = RevocationSet::new();
+            set.reserve_jti(5_000);
+            run(&mut set);
+            set
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, set, build, catch_up);
 criterion_main!(benches);
