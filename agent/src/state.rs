@@ -245,8 +245,8 @@ impl AgentState {
             *self.log_id.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
             self.applied.store(to_seq, Ordering::Release);
         }
-        // Observed into a local copy and flushed once: a catch-up batch holds up to thousands
-        // of entries, and a shared observe costs several atomic updates each.
+        // Observed into a local copy and flushed once: a catch-up batch holds up to 256
+        // entries, and a shared observe costs several atomic updates each.
         let lag = self.metrics.apply_lag.local();
         for e in entries {
             lag.observe(now_ms.saturating_sub(e.created_at_ms) as f64 / 1000.0);

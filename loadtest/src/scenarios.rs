@@ -776,7 +776,8 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
     }
     let caught_up_secs = t0.elapsed().as_secs_f64();
     let secs = |ticks: u64| ticks_to_us(ticks) / 1e6;
-    let (authority_cpu_secs, fleet_cpu_secs) = (secs(cpu_ticks(pid)? - auth0), secs(cpu_ticks(me)? - me0));
+    let (authority_cpu_secs, fleet_cpu_secs) =
+        (secs(cpu_ticks(pid)?.saturating_sub(auth0)), secs(cpu_ticks(me)?.saturating_sub(me0)));
     let m = call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
     fleet.stop().await;
     Ok(Storm {
