@@ -331,19 +331,27 @@ mod tests {
     use revmesh_protocol::model::EXPIRY_GRACE_SECS;
     use revmesh_protocol::Revocation;
 
+    fn jti_entry(seq: u64, jti: &str, created_at_ms: u64, expires_at: u64) -> Entry {
+        Entry {
+            seq,
+            created_at_ms,
+            expires_at,
+            reason: None,
+            revocation: Revocation::Jti { jti: jti.into(), iss: None },
+        }
+    }
+
+    fn state(clock: &Clock) -> AgentState {
+        let metrics = Metrics::new().unwrap();
+        AgentState::new(RevocationSet::new(), None, 0, None, Duration::from_secs(30), true, metrics)
+            .with_clock(clock.clone())
+    }
+
     #[test]
     fn expiry_follows_the_injected_clock() {
         let clock = Clock::manual(1_000_000);
-        let metrics = Metrics::new().unwrap();
-        let s = AgentState::new(RevocationSet::new(), None, 0, None, Duration::from_secs(30), true, metrics)
-            .with_clock(clock.clone());
-        let entry = Entry {
-            seq: 1,
-            created_at_ms: 1_000_000,
-            expires_at: 1_060,
-            reason: None,
-            revocation: Revocation::Jti { jti: "j".into(), iss: None },
-        };
+        let s = state(&clock);
+        let entry = jti_entry(1, "j", 1_000_000, 1_060);
         s.apply(LogId([1; 16]), &[entry], 1);
         let token = TokenRef { jti: Some("j"), ..Default::default() };
         let revoked = |s: &AgentState| matches!(s.decide(&token), Decision::Revoked { seq: 1, .. });
@@ -360,17 +368,8 @@ mod tests {
 
     #[test]
     fn every_applied_entry_is_observed_in_the_apply_lag_histogram() {
-        let clock = Clock::manual(1_000_000);
-        let metrics = Metrics::new().unwrap();
-        let s = AgentState::new(RevocationSet::new(), None, 0, None, Duration::from_secs(30), true, metrics)
-            .with_clock(clock.clone());
-        let entry = |seq: u64, created_at_ms: u64| Entry {
-            seq,
-            created_at_ms,
-            expires_at: 2_000,
-            reason: None,
-            revocation: Revocation::Jti { jti: format!("j{seq}"), iss: None },
-        };
+        let s = state(&Clock::manual(1_000_000));
+        let entry = |seq: u64, created_at_ms: u64| jti_entry(seq, &format!("j{seq}"), created_at_ms, 2_000);
         // Lags of 2 ms, 20 ms and 2 s.
         s.apply(LogId([1; 16]), &[entry(1, 999_998), entry(2, 999_980)], 2);
         s.apply(LogId([1; 16]), &[entry(3, 998_000)], 3);
@@ -381,21 +380,14 @@ mod tests {
 
     #[test]
     fn a_catch_up_reserves_the_table_once_and_at_most_the_cap() {
-        let metrics = Metrics::new().unwrap();
-        let s = AgentState::new(RevocationSet::new(), None, 0, None, Duration::from_secs(30), true, metrics);
+        let s = state(&Clock::manual(0));
         s.reserve_for_catch_up(u64::MAX);
         let slot = std::mem::size_of::<revmesh_protocol::set::JtiSlot>();
         let capped = (MAX_CATCH_UP_RESERVE as usize * 20 / 17 + 1) * slot;
         assert_eq!(s.jti_table_bytes(), capped);
         // Applying what was reserved for does not grow the table again.
         let entries: Vec<Entry> = (1..=MAX_CATCH_UP_RESERVE)
-            .map(|seq| Entry {
-                seq,
-                created_at_ms: 0,
-                expires_at: u64::from(u32::MAX),
-                reason: None,
-                revocation: Revocation::Jti { jti: seq.to_string(), iss: None },
-            })
+            .map(|seq| jti_entry(seq, &seq.to_string(), 0, u64::from(u32::MAX)))
             .collect();
         for c in entries.chunks(256) {
             s.apply(LogId([1; 16]), c, c[c.len() - 1].seq);
