@@ -198,25 +198,18 @@ impl JtiTable {
             {
                 self.probes += 1;
             }
-            let s = &mut self.slots[i];
-            if s.seq == 0 {
-                *s = JtiSlot { hi: d.hi, seq, lo: d.lo, expires_at };
+            let s = self.slots[i];
+            if s.seq == 0 || self.distance(i) < dist {
                 break;
             }
             if s.hi == d.hi && s.lo == d.lo {
-                s.expires_at = s.expires_at.max(expires_at);
+                self.slots[i].expires_at = s.expires_at.max(expires_at);
                 return;
-            }
-            let existing = self.distance(i);
-            if existing < dist {
-                let displaced =
-                    std::mem::replace(&mut self.slots[i], JtiSlot { hi: d.hi, seq, lo: d.lo, expires_at });
-                self.place(displaced, Self::next(i, cap), existing + 1);
-                break;
             }
             i = Self::next(i, cap);
             dist += 1;
         }
+        self.place(JtiSlot { hi: d.hi, seq, lo: d.lo, expires_at }, i, dist);
         self.len += 1;
     }
 
