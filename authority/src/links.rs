@@ -10,9 +10,10 @@ use crate::log::Log;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use prometheus::IntGauge;
 use revmesh_protocol::authority::{AuthorityConfig, AuthorityEvent, AuthoritySession, Close, Transmit};
 use revmesh_protocol::codec::{decode, encode};
-use revmesh_protocol::frame::{ErrorCode, ErrorFrame, Frame, MAX_ENTRIES_PER_FRAME};
+use revmesh_protocol::frame::{ErrorCode, ErrorFrame, Frame};
 use revmesh_protocol::Now;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -28,9 +29,32 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Longest wait in line for a catch-up slot; shorter than an agent's idle timeout (20 s), so
-/// a waiting agent does not give up on the link first.
-const CATCHUP_QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// A link's claim on a catch-up slot.
+enum Catchup {
+    /// Needs none (or is done).
+    None,
+    /// Waiting in line, data held; counted in `revmesh_authority_catchups_waiting` while the
+    /// guard lives.
+    Waiting { _counted: WaitingGuard },
+    /// Holds one until it is at the head; dropping the permit frees the slot.
+    Slot { _permit: OwnedSemaphorePermit },
+}
+
+/// One count in the waiting gauge, for as long as it lives.
+struct WaitingGuard(IntGauge);
+
+impl WaitingGuard {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// Path of the agent endpoint.
 pub const AGENT_PATH: &str = "/v1/agents";
@@ -308,39 +332,20 @@ impl Links {
                     return;
                 }
             };
-        // Admission: a link that must catch up takes a catch-up slot, waiting in line (first
-        // come, first served) up to CATCHUP_QUEUE_WAIT, or is asked to come back later. Waiting
-        // costs an idle connection; a go-away costs a reconnect and a handshake, which in a
-        // storm of thousands of agents was most of the work.
-        let mut catchup: Option<OwnedSemaphorePermit> = None;
-        if session.lag() > 4 * MAX_ENTRIES_PER_FRAME as u64
-            || session.acked() == 0 && self.log.view().head > 0
-        {
-            let permit = match self.catchups.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
+        // Admission: every agent is welcomed at once, so it learns how far behind it is (its
+        // answers turn stale until it catches up). One that must catch up also needs a catch-up
+        // slot; until one is free (first come, first served) its data is held and only
+        // heartbeats flow, which keep the link alive however long the line. A go-away instead
+        // would cost a reconnect and a handshake, and leave the agent unaware it is behind.
+        let mut catchup = Catchup::None;
+        if session.needs_catch_up() {
+            catchup = match self.catchups.clone().try_acquire_owned() {
+                Ok(p) => Catchup::Slot { _permit: p },
                 Err(_) => {
-                    self.metrics.catchups_waiting.inc();
-                    let p = tokio::select! {
-                        p = tokio::time::timeout(CATCHUP_QUEUE_WAIT, self.catchups.clone().acquire_owned()) => {
-                            p.ok().and_then(Result::ok)
-                        }
-                        _ = self.shutdown.cancelled() => None,
-                    };
-                    self.metrics.catchups_waiting.dec();
-                    p
+                    session.hold_data(true);
+                    Catchup::Waiting { _counted: WaitingGuard::new(&self.metrics.catchups_waiting) }
                 }
             };
-            match permit {
-                Some(p) => catchup = Some(p),
-                None => {
-                    self.metrics.agents_rejected_total.with_label_values(&["busy"]).inc();
-                    let retry = Duration::from_millis(500 + rand::random::<u64>() % 4_500);
-                    let frame = session.go_away(retry, "authority busy with other catch-ups");
-                    send_frame(&mut ws, &frame).await;
-                    let _ = ws.close(None).await;
-                    return;
-                }
-            }
         }
         let id = hello.agent_id.clone();
         let (link, cancel) =
@@ -359,7 +364,7 @@ impl Links {
         id: &str,
         link: u64,
         cancel: &CancellationToken,
-        catchup: &mut Option<OwnedSemaphorePermit>,
+        catchup: &mut Catchup,
     ) -> String {
         let mut view_rx = self.log.subscribe();
         session.update_log(*view_rx.borrow_and_update());
@@ -372,6 +377,8 @@ impl Links {
         tokio::pin!(replaced);
         let shutdown = self.shutdown.cancelled();
         tokio::pin!(shutdown);
+        let slot = self.catchups.clone().acquire_owned();
+        tokio::pin!(slot);
         loop {
             // Send whatever the session wants sent.
             let t = self.log.clock().now();
@@ -395,8 +402,8 @@ impl Links {
                     Err(_) => return "write timed out".into(),
                 }
             }
-            if catchup.is_some() && session.lag() == 0 {
-                *catchup = None;
+            if matches!(catchup, Catchup::Slot { .. }) && session.lag() == 0 {
+                *catchup = Catchup::None;
             }
             let deadline = session.poll_timeout().map_or(never, tokio::time::Instant::from_std);
             if timer.deadline() != deadline {
@@ -430,6 +437,11 @@ impl Links {
                         return self.closed(ws, close).await;
                     }
                     self.events(session, id, link);
+                }
+                p = &mut slot, if matches!(catchup, Catchup::Waiting { .. }) => {
+                    // The semaphore is never closed; an error would only mean no slot.
+                    *catchup = p.map_or(Catchup::None, |p| Catchup::Slot { _permit: p });
+                    session.hold_data(false);
                 }
                 r = view_rx.changed() => {
                     if r.is_err() {

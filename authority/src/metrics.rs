@@ -55,7 +55,6 @@ pub const AGENT_REJECT_REASONS: &[&str] = &[
     "handshake",
     "unauthorized",
     "identity",
-    "busy",
     "duplicate_id",
 ];
 

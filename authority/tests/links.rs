@@ -3,8 +3,10 @@
 
 use crate::util::{wait_for, Agent, Authority};
 use futures::{SinkExt, StreamExt};
-use revmesh_protocol::codec::encode;
-use revmesh_protocol::frame::{Frame, Hello};
+use revmesh_agent::link::LinkSettings;
+use revmesh_protocol::codec::{decode, encode};
+use revmesh_protocol::frame::{Frame, Heartbeat, Hello};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,27 +279,51 @@ async fn two_agents_with_one_id_alternate_slowly_instead_of_storming() {
     second.stop().await;
 }
 
-/// An agent that must catch up while every catch-up slot is taken waits in line for one instead
-/// of being sent away: each go-away costs a reconnect and a handshake, and in a storm of 10,000
-/// agents those were most of the work.
+/// An agent that must catch up while every catch-up slot is taken is welcomed at once and waits
+/// in line on its link, its data held. It knows at once how far behind it is, so it answers as a
+/// stale agent instead of as a fresh one lacking what was revoked; heartbeats keep the link up
+/// past both sides' idle timeouts, so it is never sent away: each go-away cost a reconnect and a
+/// handshake, and in a storm of 10,000 agents those were most of the work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_that_must_catch_up_waits_for_a_slot_instead_of_being_sent_away() {
+async fn an_agent_waiting_for_a_catch_up_slot_is_welcomed_and_knows_it_is_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Authority::start(dir.path(), &["--max-catchups", "1"]);
+    let a = Authority::start(dir.path(), &["--max-catchups", "1", "--heartbeat", "100ms"]);
     let s = a.revoke_jti("first");
-    // A link that says hello and never acknowledges holds the only slot.
-    let mut holder = raw_link(&a.ws_url()).await;
-    holder.send(Message::Binary(hello("holder").into())).await.unwrap();
+    // A link that says hello, answers heartbeats and never acknowledges holds the only slot.
+    let mut ws = raw_link(&a.ws_url()).await;
+    ws.send(Message::Binary(hello("holder").into())).await.unwrap();
+    let holder = tokio::spawn(async move {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m {
+                if let Ok(Frame::Heartbeat(h)) = decode(&b) {
+                    let beat =
+                        encode(&Frame::Heartbeat(Heartbeat { head_seq: 0, unix_ms: h.unix_ms })).unwrap();
+                    let _ = ws.send(Message::Binary(beat.into())).await;
+                }
+            }
+        }
+    });
     wait_for(|| a.metric("revmesh_authority_agents_connected") == 1.0, "the holder to be admitted").await;
-    let agent = Agent::start(vec![a.ws_url()], "queued");
+    let mut settings = LinkSettings::new(vec![a.ws_url()], "queued".into());
+    settings.idle_timeout = Duration::from_millis(500);
+    let agent = Agent::start_with(settings);
     wait_for(|| a.metric("revmesh_authority_catchups_waiting") == 1.0, "the agent to wait in line").await;
-    assert!(!agent.revoked("first"), "admitted past a full queue");
-    drop(holder);
+    wait_for(|| agent.state.is_behind(), "the waiting agent to learn it is behind").await;
+    assert_eq!(a.metric("revmesh_authority_agents_connected"), 2.0, "the waiting agent is connected");
+    assert!(!agent.revoked("first"), "data sent past a full line");
+    // Three of the agent's idle timeouts on hold: heartbeats keep the link, nothing reconnects.
+    let reconnects = || agent.state.metrics.reconnects_total.get();
+    let before = reconnects();
+    let held_since = std::time::Instant::now();
+    wait_for(|| held_since.elapsed() > Duration::from_millis(1_500), "time on hold").await;
+    assert_eq!(reconnects(), before, "the waiting agent's link broke");
+    assert_eq!(a.metric("revmesh_authority_catchups_waiting"), 1.0);
+    assert!(agent.state.is_behind());
+    holder.abort();
     agent.wait_applied(s).await;
     assert!(agent.revoked("first"));
+    assert!(!agent.state.is_behind());
     assert_eq!(a.metric("revmesh_authority_catchups_waiting"), 0.0);
-    let busy = a.metric("revmesh_authority_agents_rejected_total{reason=\"busy\"}");
-    assert_eq!(busy, 0.0, "the agent was sent away instead of waiting");
     agent.stop().await;
 }
 

@@ -725,8 +725,10 @@ pub struct Storm {
     pub caught_up_secs: f64,
     /// Highest authority RSS sampled during the storm.
     pub peak_rss_bytes: u64,
-    /// Go-aways sent to agents that had to wait for a catch-up slot.
-    pub busy_rejections: u64,
+    /// Seconds from the restarted authority being ready until every agent knew it was behind
+    /// (or had caught up): until then some agent still answered as fresh without the entries
+    /// written while the authority was away.
+    pub all_knew_secs: f64,
     /// CPU seconds the restarted authority used until every agent was at the head.
     pub authority_cpu_secs: f64,
     /// CPU seconds this process used meanwhile: the in-process agents receiving, decoding and
@@ -768,25 +770,28 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
     let (auth0, me0) = (cpu_ticks(pid)?, cpu_ticks(me)?);
     let t0 = Instant::now();
     let mut peak = 0;
+    let mut all_knew: Option<f64> = None;
     let deadline = t0 + Duration::from_secs(300);
     while fleet.agents.iter().any(|(s, _, _)| s.applied() < head) {
         anyhow::ensure!(Instant::now() < deadline, "storm did not settle in 300 s");
         peak = peak.max(crate::procs::rss_of(pid).unwrap_or(0));
+        if all_knew.is_none() && fleet.agents.iter().all(|(s, _, _)| s.is_behind() || s.applied() >= head) {
+            all_knew = Some(t0.elapsed().as_secs_f64());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let caught_up_secs = t0.elapsed().as_secs_f64();
+    let all_knew_secs = all_knew.unwrap_or(caught_up_secs);
     let secs = |ticks: u64| ticks_to_us(ticks) / 1e6;
     let (authority_cpu_secs, fleet_cpu_secs) =
         (secs(cpu_ticks(pid)?.saturating_sub(auth0)), secs(cpu_ticks(me)?.saturating_sub(me0)));
-    let m = call(&auth, "GET", "/metrics".into(), String::new()).await?.1.as_str().unwrap_or("").to_owned();
     fleet.stop().await;
     Ok(Storm {
         agents: n,
         behind,
         caught_up_secs,
         peak_rss_bytes: peak,
-        busy_rejections: metric(&m, "revmesh_authority_agents_rejected_total{reason=\"busy\"}").max(0.0)
-            as u64,
+        all_knew_secs,
         authority_cpu_secs,
         fleet_cpu_secs,
     })

@@ -137,6 +137,10 @@ pub struct AuthoritySession {
     /// The agent's state is not a prefix of this log: a snapshot must replace it.
     resync: bool,
     snapshot_in_flight: bool,
+    /// Data (batches, snapshots) waits: the driver has not granted this link a catch-up slot
+    /// yet. The welcome and heartbeats still go out, so the agent knows how far behind it is
+    /// and the link stays alive.
+    held: bool,
     next_snapshot_id: u64,
     ack_deadline: Option<Instant>,
     attempts: u32,
@@ -186,6 +190,7 @@ impl AuthoritySession {
             max_sent: cursor,
             resync: !incremental,
             snapshot_in_flight: false,
+            held: false,
             next_snapshot_id: 1,
             ack_deadline: None,
             attempts: 0,
@@ -226,6 +231,18 @@ impl AuthoritySession {
     /// Entries the agent still has to acknowledge.
     pub fn lag(&self) -> u64 {
         self.log.head.saturating_sub(self.acked)
+    }
+
+    /// True when the agent must catch up far enough to need one of the driver's catch-up slots:
+    /// more than four batches behind, or a fresh agent joining a log that has entries.
+    pub fn needs_catch_up(&self) -> bool {
+        self.lag() > 4 * MAX_ENTRIES_PER_FRAME as u64 || (self.acked == 0 && self.log.head > 0)
+    }
+
+    /// Holds (`true`) or releases data: while held, only control frames and heartbeats are
+    /// sent. A driver holds a link while it waits for a catch-up slot (PROTOCOL.md §9.5).
+    pub fn hold_data(&mut self, held: bool) {
+        self.held = held;
     }
 
     /// Why the session closed, once it has.
@@ -376,6 +393,9 @@ impl AuthoritySession {
 
     /// The next batch or snapshot to send, if the window allows one.
     fn poll_data(&mut self, now: Now) -> Option<Transmit> {
+        if self.held {
+            return None;
+        }
         let needs_snapshot = self.resync || self.acked < self.log.floor;
         if needs_snapshot {
             if self.snapshot_in_flight || self.sent > self.acked {
@@ -602,6 +622,54 @@ mod tests {
         let mut s = accept_v(2, 3);
         let r = s.handle_frame(Frame::Applied(Ack { log_id: LogId([2; 16]), applied_seq: 1 }), now);
         assert!(matches!(r, Err(Close::Violation(_))));
+    }
+
+    /// A held link gets its welcome and heartbeats, never data; released, it resumes where it
+    /// would have started.
+    #[test]
+    fn a_held_link_gets_heartbeats_and_no_data_until_released() {
+        for (applied, floor, want) in [
+            (0, 0, Transmit::Entries { from: 1, to: 256 }),
+            (0, 5, Transmit::Snapshot { snapshot_id: 1, upto: 3_000 }),
+        ] {
+            let now = now0();
+            let view = LogView { log_id: LOG, floor, head: 3_000 };
+            let mut s = AuthoritySession::accept(
+                &hello(Some(LOG), applied),
+                view,
+                AuthorityConfig::default(),
+                now,
+                1,
+            )
+            .unwrap();
+            assert!(s.needs_catch_up());
+            s.hold_data(true);
+            assert!(
+                matches!(s.poll_transmit(now), Some(Transmit::Frame(Frame::Welcome(w))) if w.head_seq == 3_000)
+            );
+            assert_eq!(s.poll_transmit(now), None);
+            let mut t = now;
+            for _ in 0..5 {
+                // On hold past the idle timeout (20 s): the agent's answers to the heartbeats
+                // keep the link alive.
+                t = t.advance(Duration::from_secs(5));
+                s.handle_timeout(t);
+                assert!(
+                    matches!(s.poll_transmit(t), Some(Transmit::Frame(Frame::Heartbeat(h))) if h.head_seq == 3_000)
+                );
+                assert_eq!(s.poll_transmit(t), None);
+                s.handle_frame(Frame::Heartbeat(Heartbeat { head_seq: applied, unix_ms: 0 }), t).unwrap();
+            }
+            assert!(s.closed().is_none());
+            s.hold_data(false);
+            assert_eq!(s.poll_transmit(t), Some(want));
+        }
+        let s = accept_v(2, 4 * MAX_ENTRIES_PER_FRAME as u64);
+        assert!(s.needs_catch_up(), "a fresh agent joining a log with entries");
+        let view = LogView { log_id: LOG, floor: 0, head: 1_100 };
+        let s = AuthoritySession::accept(&hello(Some(LOG), 100), view, AuthorityConfig::default(), now0(), 1)
+            .unwrap();
+        assert!(!s.needs_catch_up(), "1,000 behind: four batches, no slot needed");
     }
 
     /// On a version-1 link an `Applied` frame does not exist.

@@ -98,6 +98,10 @@ struct Sim {
     /// Every entry ever appended, per log, to check what agents apply.
     history: HashMap<(LogId, u64), Entry>,
     sessions: HashMap<usize, (u64, AuthoritySession, u64)>,
+    /// Links whose data is held (waiting for a catch-up slot) until this instant.
+    held: HashMap<usize, Instant>,
+    /// Links held longer than the idle timeouts.
+    long_holds: u64,
     agents: Vec<Agent>,
     authority_up_at: Option<Instant>,
     next_link: u64,
@@ -153,6 +157,8 @@ impl Sim {
             log: Log { log_id, entries: BTreeMap::new(), head: 0, floor: 0 },
             history: HashMap::new(),
             sessions: HashMap::new(),
+            held: HashMap::new(),
+            long_holds: 0,
             agents,
             authority_up_at: None,
             next_link: 1,
@@ -338,6 +344,10 @@ impl Sim {
         }
         let mut out = Vec::new();
         if let Some((_, s, _)) = self.sessions.get_mut(&i) {
+            if self.held.get(&i).is_some_and(|&t| now.mono >= t) {
+                self.held.remove(&i);
+                s.hold_data(false);
+            }
             while let Some(t) = s.poll_transmit(now) {
                 out.push(t);
             }
@@ -360,8 +370,17 @@ impl Sim {
         };
         if let Frame::Hello(h) = &frame {
             match AuthoritySession::accept(h, self.log.view(), auth_cfg(), now, self.rng.0.next_u64()) {
-                Ok(s) => {
+                Ok(mut s) => {
                     let acked = s.acked();
+                    // A driver out of catch-up slots holds the link's data; some holds outlast
+                    // both sides' idle timeouts, which the heartbeats must bridge.
+                    self.held.remove(&i);
+                    if (s.needs_catch_up() && self.rng.chance(0.5)) || self.rng.chance(0.1) {
+                        let hold = Duration::from_millis(self.rng.below(6_000));
+                        self.long_holds += u64::from(hold > auth_cfg().idle_timeout);
+                        s.hold_data(true);
+                        self.held.insert(i, now.mono + hold);
+                    }
                     self.sessions.insert(i, (link, s, acked));
                 }
                 Err(e) => self.fail(format!("hello rejected: {e}")),
@@ -565,6 +584,7 @@ struct Outcome {
     snapshots: u64,
     applies: u64,
     logs: u64,
+    long_holds: u64,
 }
 
 fn run(seed: u64, n_agents: usize, steps: usize) -> Outcome {
@@ -622,6 +642,7 @@ fn run(seed: u64, n_agents: usize, steps: usize) -> Outcome {
         snapshots: sim.snapshots,
         applies: sim.agents.iter().map(|a| a.applies).sum(),
         logs: sim.logs_created,
+        long_holds: sim.long_holds,
     }
 }
 
@@ -657,4 +678,5 @@ fn faults_are_actually_exercised() {
     assert!(outcomes.iter().map(|o| o.resends).sum::<u64>() > 0, "no resend ever happened");
     assert!(outcomes.iter().map(|o| o.snapshots).sum::<u64>() > 0, "no snapshot ever happened");
     assert!(outcomes.iter().map(|o| o.reports).sum::<u64>() > 0, "no applied report ever arrived");
+    assert!(outcomes.iter().map(|o| o.long_holds).sum::<u64>() > 0, "no link was held past the idle timeout");
 }
