@@ -4,13 +4,13 @@
 //! The same code runs inside the `revmesh-agent` process and inside `revmesh-loadtest`'s
 //! in-process agents (without a data dir).
 
-use crate::persist::Persist;
+use crate::persist::{JournalBatch, Persist};
 use crate::state::AgentState;
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
-use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession};
-use revmesh_protocol::codec::{decode, encode};
-use revmesh_protocol::frame::{Batch, Frame, Resume};
+use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession, AgentViolation};
+use revmesh_protocol::codec::{decode_view, encode, Decoded};
+use revmesh_protocol::frame::{BatchView, Frame, Resume};
 use revmesh_protocol::time::{backoff, Jitter};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -420,8 +420,12 @@ async fn on_message(
 ) -> Result<(), Ended> {
     let t = state.clock().now();
     let frame = match msg {
-        Some(Ok(Message::Binary(b))) => match decode(&b) {
-            Ok(f) => f,
+        Some(Ok(Message::Binary(b))) => match decode_view(&b) {
+            Ok(Decoded::Batch { batch, waited }) => {
+                let handled = session.handle_batch(b.clone(), &batch, waited, t);
+                return after_frame(handled, None, ws, session, state).await;
+            }
+            Ok(Decoded::Frame(f)) => f,
             Err(e) => {
                 state.metrics.frames_rejected_total.with_label_values(&[e.reason()]).inc();
                 let _ = ws.close(None).await;
@@ -442,7 +446,20 @@ async fn on_message(
         Frame::Welcome(w) if w.resume == Resume::Incremental => Some(w.head_seq),
         _ => None,
     };
-    if let Err(v) = session.handle_frame(frame, t) {
+    let handled = session.handle_frame(frame, t);
+    after_frame(handled, catch_up, ws, session, state).await
+}
+
+/// What follows the session's handling of a frame: a violation closes the link; otherwise the
+/// agent's state learns what the frame taught the session.
+async fn after_frame(
+    handled: Result<(), AgentViolation>,
+    catch_up: Option<u64>,
+    ws: &mut Ws,
+    session: &mut AgentSession,
+    state: &AgentState,
+) -> Result<(), Ended> {
+    if let Err(v) = handled {
         state.metrics.frames_rejected_total.with_label_values(&["violation"]).inc();
         if let Ok(b) = encode(&Frame::Error(v.0.clone())) {
             let _ = ws.send(Message::Binary(Bytes::from(b))).await;
@@ -473,7 +490,7 @@ async fn on_message(
 /// by the authority's window: without acks it sends nothing new.
 #[derive(Debug, Default)]
 struct Unpersisted {
-    batches: VecDeque<Batch>,
+    batches: VecDeque<JournalBatch>,
     /// The whole state must be written (a snapshot was installed); it covers every batch.
     snapshot: bool,
     attempt: u32,
@@ -487,7 +504,7 @@ impl Unpersisted {
 
     /// Puts batches whose write failed back at the front, in order; none back (the write task
     /// failed and took them) leaves a snapshot to write, which covers everything applied.
-    fn requeue(&mut self, batches: Vec<Batch>) {
+    fn requeue(&mut self, batches: Vec<JournalBatch>) {
         if batches.is_empty() {
             self.snapshot = true;
         }
@@ -554,7 +571,11 @@ impl Journal {
 /// Appends batches to the journal with one fsync, writing a snapshot when the journal is due
 /// for compaction. On failure the batches come back for the retry queue (none when the write
 /// task itself failed: then only a snapshot can cover them).
-async fn append(state: &AgentState, j: &Journal, batches: Vec<Batch>) -> Result<(), (String, Vec<Batch>)> {
+async fn append(
+    state: &AgentState,
+    j: &Journal,
+    batches: Vec<JournalBatch>,
+) -> Result<(), (String, Vec<JournalBatch>)> {
     let compact = match j.with(move |p| (p.append_all(&batches), batches)).await {
         Ok((Ok(compact), _)) => compact,
         Ok((Err(e), batches)) => return Err((e.to_string(), batches)),
@@ -591,7 +612,7 @@ async fn retry_unpersisted(
             Err(e) => return pending.failed(state, &e),
         }
     }
-    let mut group: Vec<Batch> = pending.batches.drain(..).collect();
+    let mut group: Vec<JournalBatch> = pending.batches.drain(..).collect();
     write_group(session, state, j, pending, &mut group).await;
     // A failed write put its batches back (or left a snapshot to write).
     if pending.is_empty() {
@@ -606,7 +627,7 @@ async fn write_group(
     state: &AgentState,
     j: &Journal,
     pending: &mut Unpersisted,
-    group: &mut Vec<Batch>,
+    group: &mut Vec<JournalBatch>,
 ) {
     let Some(to_seq) = group.last().map(|b| b.to_seq) else { return };
     match append(state, j, std::mem::take(group)).await {
@@ -626,7 +647,7 @@ async fn write_group(
 /// The timer, at the full delay, only ends a burst.
 #[derive(Debug, Default)]
 struct Held {
-    batches: Vec<Batch>,
+    batches: Vec<JournalBatch>,
     delay: Duration,
     /// When the oldest held batch was applied.
     since: Option<Instant>,
@@ -686,6 +707,17 @@ async fn apply_events(
         match ev {
             AgentEvent::Apply { log_id, entries, to_seq, waited } => {
                 let from_seq = (state.applied() + 1).min(to_seq);
+                let entries = match entries.view() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // Bytes the decoder accepted read back the same, so this does not
+                        // happen; if it did, the entries are taken again on the next link.
+                        session.rewind(state.applied());
+                        end =
+                            Some(Ended::Failed(format!("cannot read the entries of an accepted batch: {e}")));
+                        break;
+                    }
+                };
                 state.apply(log_id, &entries, to_seq);
                 if w.journal.is_none() {
                     session.mark_durable(to_seq, state.clock().now());
@@ -695,7 +727,16 @@ async fn apply_events(
                     session.mark_applied(to_seq);
                     reported = true;
                 }
-                let batch = Batch { log_id, from_seq, to_seq, entries };
+                let batch = match JournalBatch::encode(&BatchView { log_id, from_seq, to_seq, entries }) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // A record larger than a frame (it cannot be: it holds a frame's
+                        // entries): a snapshot covers it instead.
+                        w.pending.snapshot = true;
+                        w.pending.failed(state, &e.to_string());
+                        continue;
+                    }
+                };
                 if !w.pending.is_empty() {
                     // Behind earlier writes that failed: keep the journal in order.
                     if !w.pending.snapshot {
@@ -758,7 +799,7 @@ async fn apply_events(
         }
         _ => false,
     };
-    let held_entries: usize = group.iter().map(|b| b.entries.len()).sum();
+    let held_entries: usize = group.iter().map(|b| b.entries).sum();
     let now = Instant::now();
     if linked
         && !durable_awaited

@@ -6,9 +6,9 @@
 //! moved aside and the agent starts empty (and so answers STALE until it has resynced).
 
 use revmesh_protocol::codec::{
-    decode, decode_state, encode_batch, encode_state_image, PersistedState, StateImageDecoder,
+    decode, decode_state, encode_batch_view, encode_state_image, PersistedState, StateImageDecoder,
 };
-use revmesh_protocol::frame::{Batch, Frame};
+use revmesh_protocol::frame::{Batch, BatchView, Frame};
 use revmesh_protocol::set::TableImage;
 use revmesh_protocol::RevocationSet;
 use revmesh_protocol::{Entry, LogId};
@@ -123,13 +123,30 @@ pub struct Recovered {
     pub warnings: Vec<String>,
 }
 
+/// One applied batch, encoded as the body of a journal record (PROTOCOL.md §6), with what the
+/// link needs to know of it.
+#[derive(Debug, Clone)]
+pub struct JournalBatch {
+    /// Its last seq.
+    pub to_seq: u64,
+    /// How many entries it holds.
+    pub entries: usize,
+    body: Vec<u8>,
+}
+
+impl JournalBatch {
+    /// Encodes a batch, typically borrowed from the frame it arrived in.
+    pub fn encode(batch: &BatchView<'_>) -> Result<Self, PersistError> {
+        let body = encode_batch_view(batch).map_err(|e| PersistError::Encode(e.to_string()))?;
+        Ok(Self { to_seq: batch.to_seq, entries: batch.entries.len(), body })
+    }
+}
+
 /// Appends one journal record: length, checksum, encoded batch (PROTOCOL.md §6).
-fn push_record(buf: &mut Vec<u8>, batch: &Batch) -> Result<(), PersistError> {
-    let body = encode_batch(batch).map_err(|e| PersistError::Encode(e.to_string()))?;
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&checksum(&body).to_le_bytes());
-    buf.extend_from_slice(&body);
-    Ok(())
+fn push_record(buf: &mut Vec<u8>, batch: &JournalBatch) {
+    buf.extend_from_slice(&(batch.body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&checksum(&batch.body).to_le_bytes());
+    buf.extend_from_slice(&batch.body);
 }
 
 /// Writes `buf` at `at` and flushes the data (not the metadata) to the disk.
@@ -223,16 +240,17 @@ impl Persist {
         to_seq: u64,
         entries: &[Entry],
     ) -> Result<bool, PersistError> {
-        self.append_all(&[Batch { log_id, from_seq, to_seq, entries: entries.to_vec() }])
+        let entries = entries.iter().map(Entry::view).collect();
+        self.append_all(&[JournalBatch::encode(&BatchView { log_id, from_seq, to_seq, entries })?])
     }
 
     /// Appends several applied batches, in order, with one fsync for all of them (a group
     /// commit: batches that arrived while the previous write was running). Returns true when
     /// the journal should be compacted.
-    pub fn append_all(&mut self, batches: &[Batch]) -> Result<bool, PersistError> {
-        let mut buf = Vec::new();
+    pub fn append_all(&mut self, batches: &[JournalBatch]) -> Result<bool, PersistError> {
+        let mut buf = Vec::with_capacity(batches.iter().map(|b| b.body.len() + 12).sum());
         for b in batches {
-            push_record(&mut buf, b)?;
+            push_record(&mut buf, b);
         }
         self.write_records(&buf)
     }
@@ -434,6 +452,13 @@ mod tests {
         }
     }
 
+    /// The batch `from..=to` with an entry for every seq, as the link journals it.
+    fn journal_batch(log_id: LogId, from_seq: u64, to_seq: u64) -> JournalBatch {
+        let entries: Vec<Entry> = (from_seq..=to_seq).map(entry).collect();
+        let view = BatchView { log_id, from_seq, to_seq, entries: entries.iter().map(Entry::view).collect() };
+        JournalBatch::encode(&view).unwrap()
+    }
+
     fn has(rec: &Recovered, seq: u64) -> bool {
         let j = format!("j{seq}");
         rec.set.check(&TokenRef { jti: Some(&j), ..Default::default() }).is_some()
@@ -496,7 +521,7 @@ mod tests {
             let (mut p, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
             assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
             assert_eq!(rec.applied_seq, 1);
-            let batch = |seq| Batch { log_id: log, from_seq: seq, to_seq: seq, entries: vec![entry(seq)] };
+            let batch = |seq| journal_batch(log, seq, seq);
             p.append_all(&[batch(2), batch(3)]).unwrap();
         }
         let (_, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
@@ -507,11 +532,10 @@ mod tests {
         let (mut p, _) = Persist::open(dir.path(), &Clock::system()).unwrap();
         let mut next = 4u64;
         while p.journal_len <= JOURNAL_STEP as u64 {
-            let batches: Vec<Batch> = (0..8)
+            let batches: Vec<JournalBatch> = (0..8)
                 .map(|i| {
                     let from = next + i * 256;
-                    let entries = (from..from + 256).map(entry).collect();
-                    Batch { log_id: log, from_seq: from, to_seq: from + 255, entries }
+                    journal_batch(log, from, from + 255)
                 })
                 .collect();
             p.append_all(&batches).unwrap();

@@ -5,7 +5,7 @@
 //! the network.
 
 use crate::metrics::Metrics;
-use revmesh_protocol::{Entry, Kind, LogId, RevocationSet, TokenRef};
+use revmesh_protocol::{Entry, EntryView, Kind, LogId, RevocationSet, TokenRef};
 use revmesh_runtime::Clock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -231,7 +231,7 @@ impl AgentState {
     }
 
     /// Applies entries and moves to `to_seq`.
-    pub fn apply(&self, log_id: LogId, entries: &[Entry], to_seq: u64) {
+    pub fn apply(&self, log_id: LogId, entries: &[EntryView<'_>], to_seq: u64) {
         let now_ms = self.clock.unix_ms();
         let now = now_ms / 1000;
         {
@@ -240,7 +240,7 @@ impl AgentState {
             let dups = entries.iter().filter(|e| e.seq <= before).count() as u64;
             self.duplicates.fetch_add(dups, Ordering::Relaxed);
             for e in entries {
-                set.insert(e, now);
+                set.insert_view(*e, now);
             }
             *self.log_id.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
             self.applied.store(to_seq, Ordering::Release);
@@ -352,7 +352,7 @@ mod tests {
         let clock = Clock::manual(1_000_000);
         let s = state(&clock);
         let entry = jti_entry(1, "j", 1_000_000, 1_060);
-        s.apply(LogId([1; 16]), &[entry], 1);
+        s.apply(LogId([1; 16]), &[entry.view()], 1);
         let token = TokenRef { jti: Some("j"), ..Default::default() };
         let revoked = |s: &AgentState| matches!(s.decide(&token), Decision::Revoked { seq: 1, .. });
         assert!(revoked(&s));
@@ -371,8 +371,9 @@ mod tests {
         let s = state(&Clock::manual(1_000_000));
         let entry = |seq: u64, created_at_ms: u64| jti_entry(seq, &format!("j{seq}"), created_at_ms, 2_000);
         // Lags of 2 ms, 20 ms and 2 s.
-        s.apply(LogId([1; 16]), &[entry(1, 999_998), entry(2, 999_980)], 2);
-        s.apply(LogId([1; 16]), &[entry(3, 998_000)], 3);
+        let (e1, e2, e3) = (entry(1, 999_998), entry(2, 999_980), entry(3, 998_000));
+        s.apply(LogId([1; 16]), &[e1.view(), e2.view()], 2);
+        s.apply(LogId([1; 16]), &[e3.view()], 3);
         let h = &s.metrics.apply_lag;
         assert_eq!(h.get_sample_count(), 3);
         assert!((h.get_sample_sum() - 2.022).abs() < 1e-9, "{}", h.get_sample_sum());
@@ -390,7 +391,8 @@ mod tests {
             .map(|seq| jti_entry(seq, &seq.to_string(), 0, u64::from(u32::MAX)))
             .collect();
         for c in entries.chunks(256) {
-            s.apply(LogId([1; 16]), c, c[c.len() - 1].seq);
+            let views: Vec<EntryView<'_>> = c.iter().map(Entry::view).collect();
+            s.apply(LogId([1; 16]), &views, c[c.len() - 1].seq);
         }
         assert_eq!(s.count(Kind::Jti), MAX_CATCH_UP_RESERVE as usize);
         assert_eq!(s.jti_table_bytes(), capped);

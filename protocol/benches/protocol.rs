@@ -5,8 +5,10 @@
 //! Run: `cargo bench -p revmesh-protocol`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use revmesh_protocol::codec::{decode, encode};
+use revmesh_protocol::agent::ReceivedEntries;
+use revmesh_protocol::codec::{decode, decode_view, encode, Decoded};
 use revmesh_protocol::frame::{Batch, Frame};
 use revmesh_protocol::{Entry, LogId, Revocation, RevocationSet, TokenRef};
 use std::collections::HashSet;
@@ -223,6 +225,31 @@ fn catch_up(c: &mut Criterion) {
             let mut set = RevocationSet::new();
             set.reserve_jti(5_000);
             run(&mut set);
+            set
+        })
+    });
+    // The agent's path: each frame decoded borrowed and checked on receipt, kept as its bytes
+    // and the spans of its texts, lent out again when applied, inserted without an owned copy.
+    g.bench_function("borrowed_decode_only", |b| {
+        b.iter(|| {
+            let entries =
+                |d: Decoded<'_>| if let Decoded::Batch { batch, .. } = d { batch.entries.len() } else { 0 };
+            frames.iter().map(|f| entries(decode_view(black_box(f)).unwrap())).sum::<usize>()
+        })
+    });
+    g.bench_function("borrowed_reserved_set", |b| {
+        b.iter(|| {
+            let mut set = RevocationSet::new();
+            set.reserve_jti(5_000);
+            for f in &frames {
+                let f = Bytes::from(f.clone());
+                if let Decoded::Batch { batch, .. } = decode_view(black_box(&f)).unwrap() {
+                    let received = ReceivedEntries::new(f.clone(), &batch, 0).unwrap();
+                    for e in received.view().unwrap() {
+                        set.insert_view(e, 1_700_000_000);
+                    }
+                }
+            }
             set
         })
     });

@@ -6,12 +6,14 @@
 //! ends it. The driver applies [`AgentEvent`]s to its revocation set, persists them, and then
 //! calls [`AgentSession::mark_durable`]; only then is an ack sent (PROTOCOL.md §9.3).
 
+use crate::codec::DecodeError;
 use crate::frame::{
-    Ack, Batch, ErrorCode, ErrorFrame, Frame, Heartbeat, Hello, Resume, SnapshotChunk, Welcome,
+    Ack, BatchView, ErrorCode, ErrorFrame, Frame, Heartbeat, Hello, Resume, SnapshotChunk, Welcome,
     MAX_ENTRIES_PER_FRAME, MAX_VERSION, PROTOCOL_VERSION,
 };
-use crate::model::{Entry, LogId};
+use crate::model::{Entry, EntryView, LogId, RevocationView};
 use crate::time::Now;
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,7 @@ pub enum AgentEvent {
         /// The log.
         log_id: LogId,
         /// Entries with seqs in `(previous applied, to_seq]`, ascending.
-        entries: Vec<Entry>,
+        entries: ReceivedEntries,
         /// The new applied seq.
         to_seq: u64,
         /// Someone awaits these entries at the applied level (a `WaitedBatch`): once they are
@@ -71,6 +73,109 @@ pub enum AgentEvent {
         /// Why, for logs.
         reason: String,
     },
+}
+
+/// The entries of a batch the session accepted, kept as the bytes of the frame that brought
+/// them plus where each field lies in them: one allocation per batch instead of one per
+/// identifier, and no second decoding. [`ReceivedEntries::view`] lends them out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedEntries {
+    frame: Bytes,
+    entries: Vec<EntrySpans>,
+}
+
+/// Where the text of one identifier lies in the frame: start and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span(u32, u32);
+
+/// An [`EntryView`] with its texts as spans of the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntrySpans {
+    seq: u64,
+    created_at_ms: u64,
+    expires_at: u64,
+    reason: Option<Span>,
+    revocation: RevocationSpans,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RevocationSpans {
+    Jti { jti: Span, iss: Option<Span> },
+    Subject { sub: Span, issued_before: u64 },
+    Key { kid: Span },
+    Session { sid: Span },
+}
+
+impl ReceivedEntries {
+    /// The entries of `batch`, which was decoded borrowed from `frame`, with a seq above
+    /// `after`. (The session builds these; public for benchmarks of the agent's path.)
+    pub fn new(frame: Bytes, batch: &BatchView<'_>, after: u64) -> Result<Self, DecodeError> {
+        let span = |s: &str| -> Result<Span, DecodeError> {
+            // Where the text lies in the frame (the view was decoded from these bytes).
+            let start = (s.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+            match (u32::try_from(start), u32::try_from(s.len())) {
+                (Ok(a), Ok(n)) if start.checked_add(s.len()).is_some_and(|end| end <= frame.len()) => {
+                    Ok(Span(a, n))
+                }
+                _ => Err(DecodeError::Malformed("a batch view not borrowed from its frame".into())),
+            }
+        };
+        let mut entries = Vec::with_capacity(batch.entries.len());
+        for e in batch.entries.iter().filter(|e| e.seq > after) {
+            let revocation = match e.revocation {
+                RevocationView::Jti { jti, iss } => {
+                    RevocationSpans::Jti { jti: span(jti)?, iss: iss.map(span).transpose()? }
+                }
+                RevocationView::Subject { sub, issued_before } => {
+                    RevocationSpans::Subject { sub: span(sub)?, issued_before }
+                }
+                RevocationView::Key { kid } => RevocationSpans::Key { kid: span(kid)? },
+                RevocationView::Session { sid } => RevocationSpans::Session { sid: span(sid)? },
+            };
+            entries.push(EntrySpans {
+                seq: e.seq,
+                created_at_ms: e.created_at_ms,
+                expires_at: e.expires_at,
+                reason: e.reason.map(span).transpose()?,
+                revocation,
+            });
+        }
+        Ok(Self { frame, entries })
+    }
+
+    /// The entries, ascending. Their texts were checked when the frame was decoded and the
+    /// bytes do not change, so this fails only if memory is corrupt; should it fail, hand the
+    /// entries back with [`AgentSession::rewind`].
+    pub fn view(&self) -> Result<Vec<EntryView<'_>>, DecodeError> {
+        let text = |Span(a, n): Span| {
+            let (a, n) = (a as usize, n as usize);
+            self.frame
+                .get(a..a + n)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| DecodeError::Malformed("received entries changed".into()))
+        };
+        let mut out = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let revocation = match e.revocation {
+                RevocationSpans::Jti { jti, iss } => {
+                    RevocationView::Jti { jti: text(jti)?, iss: iss.map(text).transpose()? }
+                }
+                RevocationSpans::Subject { sub, issued_before } => {
+                    RevocationView::Subject { sub: text(sub)?, issued_before }
+                }
+                RevocationSpans::Key { kid } => RevocationView::Key { kid: text(kid)? },
+                RevocationSpans::Session { sid } => RevocationView::Session { sid: text(sid)? },
+            };
+            out.push(EntryView {
+                seq: e.seq,
+                created_at_ms: e.created_at_ms,
+                expires_at: e.expires_at,
+                reason: e.reason.map(text).transpose()?,
+                revocation,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// Rejection of a frame by the agent: send the error frame and close the link.
@@ -232,10 +337,59 @@ impl AgentSession {
         Err(AgentViolation(ErrorFrame::new(ErrorCode::Violation, message)))
     }
 
+    /// Processes a batch frame that [`crate::codec::decode_view`] decoded, borrowed, from
+    /// `frame`. The event it queues holds `frame` (a reference count), not copies of the
+    /// entries.
+    pub fn handle_batch(
+        &mut self,
+        frame: Bytes,
+        batch: &BatchView<'_>,
+        waited: bool,
+        now: Now,
+    ) -> Result<(), AgentViolation> {
+        if self.phase == Phase::Disconnected {
+            return Ok(());
+        }
+        self.last_frame = Some(now.mono);
+        match self.phase {
+            Phase::AwaitWelcome => self.violation("frame before welcome".into()),
+            Phase::Ready(log_id) => {
+                self.last_heard = Some(now.mono);
+                self.on_batch(frame, batch, log_id, now, waited)
+            }
+            // A batch sent before the snapshot that replaces our state: useless now.
+            Phase::AwaitSnapshot(_) | Phase::Disconnected => Ok(()),
+        }
+    }
+
+    /// An owned batch frame (simulations, tests) takes the path of a received one, through its
+    /// bytes.
+    fn handle_owned_batch(&mut self, frame: &Frame, now: Now) -> Result<(), AgentViolation> {
+        let waited = matches!(frame, Frame::WaitedBatch(_));
+        let bytes = match crate::codec::encode(frame) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return self.violation(format!("batch: {e}")),
+        };
+        match crate::codec::batch_view(&bytes) {
+            Ok(batch) => self.handle_batch(bytes.clone(), &batch, waited, now),
+            Err(e) => self.violation(format!("batch: {e}")),
+        }
+    }
+
+    /// The driver could not apply the entries handed over after `applied` (see
+    /// [`ReceivedEntries::view`]): they are taken again when they come again, as entries
+    /// applied but not yet durable are after a reconnect.
+    pub fn rewind(&mut self, applied: u64) {
+        self.received = self.received.min(applied.max(self.durable));
+    }
+
     /// Processes one frame from the authority.
     pub fn handle_frame(&mut self, frame: Frame, now: Now) -> Result<(), AgentViolation> {
         if self.phase == Phase::Disconnected {
             return Ok(());
+        }
+        if matches!(frame, Frame::Batch(_) | Frame::WaitedBatch(_)) {
+            return self.handle_owned_batch(&frame, now);
         }
         self.last_frame = Some(now.mono);
         match (frame, self.phase.clone()) {
@@ -278,15 +432,7 @@ impl AgentSession {
                     .push_back(Frame::Heartbeat(Heartbeat { head_seq: self.received, unix_ms: h.unix_ms }));
                 Ok(())
             }
-            (Frame::Batch(b), Phase::Ready(log_id)) => {
-                self.last_heard = Some(now.mono);
-                self.on_batch(b, log_id, now, false)
-            }
-            (Frame::WaitedBatch(b), Phase::Ready(log_id)) => {
-                self.last_heard = Some(now.mono);
-                self.on_batch(b, log_id, now, true)
-            }
-            // A batch sent before the snapshot that replaces our state: useless now.
+            // Handled above.
             (Frame::Batch(_) | Frame::WaitedBatch(_), _) => Ok(()),
             (Frame::SnapshotChunk(c), _) => {
                 self.last_heard = Some(now.mono);
@@ -320,7 +466,14 @@ impl AgentSession {
         Ok(())
     }
 
-    fn on_batch(&mut self, b: Batch, log_id: LogId, now: Now, waited: bool) -> Result<(), AgentViolation> {
+    fn on_batch(
+        &mut self,
+        frame: Bytes,
+        b: &BatchView<'_>,
+        log_id: LogId,
+        now: Now,
+        waited: bool,
+    ) -> Result<(), AgentViolation> {
         if b.log_id != log_id {
             return self.violation("batch for another log".into());
         }
@@ -338,7 +491,10 @@ impl AgentSession {
             self.schedule_ack(now);
             return Ok(());
         }
-        let entries: Vec<Entry> = b.entries.into_iter().filter(|e| e.seq > self.received).collect();
+        let entries = match ReceivedEntries::new(frame, b, self.received) {
+            Ok(e) => e,
+            Err(e) => return self.violation(format!("batch: {e}")),
+        };
         self.received = b.to_seq;
         self.head_seq = self.head_seq.max(b.to_seq);
         self.events.push_back(AgentEvent::Apply { log_id, entries, to_seq: b.to_seq, waited });
@@ -469,6 +625,8 @@ impl AgentSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Batch;
+    use crate::model::Revocation;
 
     fn now() -> Now {
         Now { mono: Instant::now(), unix_ms: 0 }
@@ -508,6 +666,53 @@ mod tests {
         assert!(s.is_behind());
         s.disconnected();
         assert!(s.is_behind());
+    }
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            created_at_ms: 1,
+            expires_at: u64::MAX,
+            reason: None,
+            revocation: Revocation::Jti { jti: format!("j{seq}"), iss: None },
+        }
+    }
+
+    fn full_batch(from_seq: u64, to_seq: u64) -> Frame {
+        let entries = (from_seq..=to_seq).map(entry).collect();
+        Frame::Batch(Batch { log_id: LogId([7; 16]), from_seq, to_seq, entries })
+    }
+
+    fn applied(s: &mut AgentSession) -> Vec<Entry> {
+        match s.poll_event() {
+            Some(AgentEvent::Apply { entries, .. }) => {
+                entries.view().unwrap().iter().map(EntryView::to_entry).collect()
+            }
+            other => panic!("expected entries to apply, got {other:?}"),
+        }
+    }
+
+    /// A received batch is handed over as its frame's bytes; its view holds exactly the entries
+    /// not received before, also when a resent batch overlaps what arrived. Entries the driver
+    /// could not apply are taken again once rewound.
+    #[test]
+    fn received_entries_are_those_past_what_arrived_before() {
+        let mut s = AgentSession::new("a".into(), "v".into(), None, 0, AgentConfig::default());
+        s.connect(now());
+        s.handle_frame(welcome(8), now()).unwrap();
+        s.handle_frame(full_batch(1, 5), now()).unwrap();
+        assert_eq!(applied(&mut s), (1..=5).map(entry).collect::<Vec<_>>());
+        s.handle_frame(full_batch(3, 8), now()).unwrap();
+        assert_eq!(applied(&mut s), (6..=8).map(entry).collect::<Vec<_>>());
+        s.handle_frame(full_batch(1, 8), now()).unwrap();
+        assert_eq!(s.poll_event(), None, "a duplicate hands nothing over");
+        s.mark_durable(5, now());
+        s.rewind(6);
+        s.handle_frame(full_batch(1, 8), now()).unwrap();
+        assert_eq!(applied(&mut s), (7..=8).map(entry).collect::<Vec<_>>());
+        // Never below what is durable: that is on disk.
+        s.rewind(0);
+        assert_eq!(s.applied_seq(), 5);
     }
 
     fn drain(s: &mut AgentSession) -> Vec<Frame> {

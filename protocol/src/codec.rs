@@ -9,8 +9,8 @@
 //! non-minimal integers or anything else that would re-encode differently are rejected, so
 //! two different byte strings never mean the same frame.
 
-use crate::frame::{Batch, Frame, MAX_VERSION, PROTOCOL_VERSION};
-use crate::model::{Entry, ValidationError};
+use crate::frame::{Batch, BatchView, Frame, MAX_VERSION, PROTOCOL_VERSION};
+use crate::model::{Entry, EntryView, ValidationError};
 
 /// Largest encoded frame accepted or produced, in bytes (version byte included).
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -113,22 +113,92 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
     encode_as(frame, frame.version())
 }
 
-/// `Frame::Batch` by reference: serialised as the owned variant is (PROTOCOL.md §3, index 2).
-struct BatchFrame<'a>(&'a Batch);
+/// A batch by reference, serialised as the owned `Frame::Batch` (variant index 2) or
+/// `Frame::WaitedBatch` (index 8) is (PROTOCOL.md §3).
+struct BatchFrame<'a, B>(u32, &'a B);
 
 /// `Frame::Batch`'s variant index.
 const BATCH_VARIANT: u32 = 2;
+/// `Frame::WaitedBatch`'s variant index.
+const WAITED_BATCH_VARIANT: u32 = 8;
 
-impl serde::Serialize for BatchFrame<'_> {
+impl<B: serde::Serialize> serde::Serialize for BatchFrame<'_, B> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_newtype_variant("Frame", BATCH_VARIANT, "Batch", self.0)
+        let name = if self.0 == WAITED_BATCH_VARIANT { "WaitedBatch" } else { "Batch" };
+        s.serialize_newtype_variant("Frame", self.0, name, self.1)
     }
 }
 
 /// The bytes of [`encode`]`(&Frame::Batch(batch))`, without copying the batch's entries into
 /// a frame first (the agent's journal writes one such record per batch it applies).
 pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, EncodeError> {
-    encode_as(&BatchFrame(batch), PROTOCOL_VERSION)
+    encode_as(&BatchFrame(BATCH_VARIANT, batch), PROTOCOL_VERSION)
+}
+
+/// [`encode_batch`] for a borrowed batch: the same bytes.
+pub fn encode_batch_view(batch: &BatchView<'_>) -> Result<Vec<u8>, EncodeError> {
+    encode_as(&BatchFrame(BATCH_VARIANT, batch), PROTOCOL_VERSION)
+}
+
+/// A frame decoded by [`decode_view`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A `Batch` (`waited: false`) or `WaitedBatch`, borrowed from the bytes.
+    Batch {
+        /// The batch.
+        batch: BatchView<'a>,
+        /// It was a `WaitedBatch`.
+        waited: bool,
+    },
+    /// Any other frame, owned.
+    Frame(Frame),
+}
+
+/// [`decode`], with the same checks, except that batches are borrowed from `bytes`: an agent
+/// receives nearly every entry in a batch, and an owned one costs a string allocation (and its
+/// free) per identifier.
+pub fn decode_view(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+    let Some((variant, waited)) = batch_variant(bytes) else {
+        return decode(bytes).map(Decoded::Frame);
+    };
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    check_envelope(version, bytes.len())?;
+    let batch = batch_view(bytes)?;
+    let want = if waited { 2 } else { PROTOCOL_VERSION };
+    let mut cmp = Compare { rest: body };
+    let canonical = bincode::serde::encode_into_writer(BatchFrame(variant, &batch), &mut cmp, config())
+        .is_ok()
+        && cmp.rest.is_empty();
+    if version != want || !canonical {
+        return Err(DecodeError::NonCanonical);
+    }
+    check_batch(batch.from_seq, batch.to_seq, batch.entries.len(), batch.entries.iter().copied())?;
+    Ok(Decoded::Batch { batch, waited })
+}
+
+/// The variant index of a batch frame and whether it is the waited kind; `None` for any other
+/// frame. A variant index below 251 is one byte in bincode's varint encoding.
+fn batch_variant(bytes: &[u8]) -> Option<(u32, bool)> {
+    match bytes.get(1).map(|&b| u32::from(b)) {
+        Some(BATCH_VARIANT) => Some((BATCH_VARIANT, false)),
+        Some(WAITED_BATCH_VARIANT) => Some((WAITED_BATCH_VARIANT, true)),
+        _ => None,
+    }
+}
+
+/// The batch in the bytes of a batch frame, borrowed, with only the structural checks (no
+/// canonical-form or content rules): for bytes [`decode_view`] has already accepted.
+pub(crate) fn batch_view(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
+    let body = bytes.get(2..).ok_or(DecodeError::Empty)?;
+    if batch_variant(bytes).is_none() {
+        return Err(DecodeError::Malformed("not a batch frame".into()));
+    }
+    let (batch, used): (BatchView<'_>, usize) = bincode::serde::borrow_decode_from_slice(body, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - used));
+    }
+    Ok(batch)
 }
 
 fn encode_as(body: &impl serde::Serialize, version: u8) -> Result<Vec<u8>, EncodeError> {
@@ -145,14 +215,7 @@ fn encode_as(body: &impl serde::Serialize, version: u8) -> Result<Vec<u8>, Encod
 /// Decodes exactly one frame from `bytes` and checks the rules of PROTOCOL.md §3.
 pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if !(PROTOCOL_VERSION..=MAX_VERSION).contains(&version) {
-        // Checked before anything else: a frame of another version is never misread. A frame
-        // under the wrong one of our versions fails the canonical check below.
-        return Err(DecodeError::UnsupportedVersion(version));
-    }
-    if bytes.len() > MAX_FRAME_BYTES {
-        return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_FRAME_BYTES });
-    }
+    check_envelope(version, bytes.len())?;
     let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != body.len() {
@@ -166,6 +229,18 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
     }
     validate(&frame)?;
     Ok(frame)
+}
+
+/// The version byte and the size, checked before anything else: a frame of another version is
+/// never misread. A frame under the wrong one of our versions fails the canonical check.
+fn check_envelope(version: u8, len: usize) -> Result<(), DecodeError> {
+    if !(PROTOCOL_VERSION..=MAX_VERSION).contains(&version) {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    if len > MAX_FRAME_BYTES {
+        return Err(DecodeError::TooLarge { len, max: MAX_FRAME_BYTES });
+    }
+    Ok(())
 }
 
 /// A bincode writer that checks each written piece against the expected bytes.
@@ -385,6 +460,31 @@ fn check_text(field: &'static str, s: &str, max: usize, allow_empty: bool) -> Re
     Ok(())
 }
 
+/// The rules of a batch (PROTOCOL.md §3), owned or borrowed: a bounded number of valid
+/// entries, ascending within a non-empty range.
+fn check_batch<'a>(
+    from_seq: u64,
+    to_seq: u64,
+    len: usize,
+    entries: impl Iterator<Item = EntryView<'a>>,
+) -> Result<(), FrameRuleError> {
+    if len > crate::frame::MAX_ENTRIES_PER_FRAME {
+        return Err(FrameRuleError::TooManyEntries);
+    }
+    if from_seq == 0 || from_seq > to_seq {
+        return Err(FrameRuleError::BadRange);
+    }
+    let mut prev = from_seq - 1;
+    for e in entries {
+        e.validate()?;
+        if e.seq <= prev || e.seq > to_seq {
+            return Err(FrameRuleError::BadRange);
+        }
+        prev = e.seq;
+    }
+    Ok(())
+}
+
 /// The content rules of PROTOCOL.md §3, applied to every decoded frame.
 pub fn validate(frame: &Frame) -> Result<(), FrameRuleError> {
     use crate::frame::{MAX_AGENT_ID_BYTES, MAX_ENTRIES_PER_FRAME, MAX_TEXT_BYTES};
@@ -397,21 +497,7 @@ pub fn validate(frame: &Frame) -> Result<(), FrameRuleError> {
             check_text("agent_version", &h.agent_version, MAX_TEXT_BYTES, true)
         }
         Frame::Batch(b) | Frame::WaitedBatch(b) => {
-            if b.entries.len() > MAX_ENTRIES_PER_FRAME {
-                return Err(FrameRuleError::TooManyEntries);
-            }
-            if b.from_seq == 0 || b.from_seq > b.to_seq {
-                return Err(FrameRuleError::BadRange);
-            }
-            let mut prev = b.from_seq - 1;
-            for e in &b.entries {
-                e.validate()?;
-                if e.seq <= prev || e.seq > b.to_seq {
-                    return Err(FrameRuleError::BadRange);
-                }
-                prev = e.seq;
-            }
-            Ok(())
+            check_batch(b.from_seq, b.to_seq, b.entries.len(), b.entries.iter().map(Entry::view))
         }
         Frame::SnapshotChunk(c) => {
             if c.entries.len() > MAX_ENTRIES_PER_FRAME {
@@ -506,6 +592,18 @@ mod tests {
             encode(&Frame::Applied(Ack { log_id: LogId([1; 16]), applied_seq: 5 })).unwrap_or_default();
         let v2_as_v1 = [&[PROTOCOL_VERSION][..], &applied[1..]].concat();
         let v1_as_v2 = [&[MAX_VERSION][..], &ack[1..]].concat();
+        // The same for batches, which the agent decodes borrowed.
+        let one = encode(&batch(1)).unwrap_or_default();
+        let batch_as_v2 = [&[MAX_VERSION][..], &one[1..]].concat();
+        let waited = match batch(1) {
+            Frame::Batch(b) => encode(&Frame::WaitedBatch(b)).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let waited_as_v1 = [&[PROTOCOL_VERSION][..], &waited[1..]].concat();
+        // Batch 1..=1 with its to_seq spelled as a 3-byte varint.
+        let batch_non_canonical = [&one[..19], &[251, 1, 0], &one[20..]].concat();
+        let mut batch_trailing = one.clone();
+        batch_trailing.push(0);
 
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             ("empty", vec![], "malformed"),
@@ -523,11 +621,20 @@ mod tests {
             ("bad utf-8", bad_utf8, "malformed"),
             ("oversized", oversized, "too_large"),
             ("gap in batch", gap, "invalid"),
+            ("batch as version 2", batch_as_v2, "non_canonical"),
+            ("waited batch as version 1", waited_as_v1, "non_canonical"),
+            ("batch with a non-canonical varint", batch_non_canonical, "non_canonical"),
+            ("batch with trailing bytes", batch_trailing, "non_canonical"),
         ];
+        assert_eq!(decode(&one), Ok(batch(1)), "the base of the batch cases is valid");
         for (name, input, reason) in cases {
             match decode(&input) {
                 Ok(f) => panic!("{name}: decoded to {f:?}"),
                 Err(e) => assert_eq!(e.reason(), reason, "{name}: {e}"),
+            }
+            match decode_view(&input) {
+                Ok(f) => panic!("{name}: decoded borrowed to {f:?}"),
+                Err(e) => assert_eq!(e.reason(), reason, "{name}, borrowed: {e}"),
             }
         }
     }

@@ -3,7 +3,7 @@
 //! Frames are flat: no frame type contains itself, so decoding depth is bounded by the type
 //! definitions rather than by the input.
 
-use crate::model::{Entry, LogId};
+use crate::model::{Entry, EntryView, LogId};
 use serde::{Deserialize, Serialize};
 
 /// The first link protocol version: the version byte of every frame it defines, in every
@@ -135,6 +135,18 @@ pub struct Batch {
     pub to_seq: u64,
     /// Entries in strictly ascending seq order, each within `from_seq..=to_seq`.
     pub entries: Vec<Entry>,
+}
+
+/// A [`Batch`] borrowed from the bytes of a received frame (see
+/// [`crate::codec::decode_view`]): the same fields and encoding, no allocation per entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // The fields are those of `Batch`.
+pub struct BatchView<'a> {
+    pub log_id: LogId,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    #[serde(borrow)]
+    pub entries: Vec<EntryView<'a>>,
 }
 
 /// Agent → authority: every entry up to `applied_seq` is applied (and persisted).

@@ -219,17 +219,18 @@ fn has_bad_chars(value: &str) -> bool {
 impl Revocation {
     /// Validates every identifier of this revocation.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.view().validate()
+    }
+
+    /// This revocation, borrowed.
+    pub fn view(&self) -> RevocationView<'_> {
         match self {
-            Revocation::Jti { jti, iss } => {
-                validate_id("jti", jti)?;
-                if let Some(iss) = iss {
-                    validate_id("iss", iss)?;
-                }
-                Ok(())
+            Revocation::Jti { jti, iss } => RevocationView::Jti { jti, iss: iss.as_deref() },
+            Revocation::Subject { sub, issued_before } => {
+                RevocationView::Subject { sub, issued_before: *issued_before }
             }
-            Revocation::Subject { sub, .. } => validate_id("sub", sub),
-            Revocation::Key { kid } => validate_id("kid", kid),
-            Revocation::Session { sid } => validate_id("sid", sid),
+            Revocation::Key { kid } => RevocationView::Key { kid },
+            Revocation::Session { sid } => RevocationView::Session { sid },
         }
     }
 }
@@ -237,10 +238,88 @@ impl Revocation {
 impl Entry {
     /// Validates an entry received from the wire or read from disk.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.view().validate()
+    }
+
+    /// True once no token this entry can match is still accepted anywhere: `expires_at` plus
+    /// [`EXPIRY_GRACE_SECS`] has passed.
+    pub fn is_expired(&self, now_unix_secs: u64) -> bool {
+        self.expires_at <= expiry_horizon(now_unix_secs)
+    }
+
+    /// This entry, borrowed.
+    pub fn view(&self) -> EntryView<'_> {
+        EntryView {
+            seq: self.seq,
+            created_at_ms: self.created_at_ms,
+            expires_at: self.expires_at,
+            reason: self.reason.as_deref(),
+            revocation: self.revocation.view(),
+        }
+    }
+}
+
+/// A [`Revocation`] borrowed from the bytes of a received frame: the same fields in the same
+/// order, so the same encoding, without an allocation per identifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // The fields are those of `Revocation`.
+pub enum RevocationView<'a> {
+    Jti {
+        jti: &'a str,
+        #[serde(borrow)]
+        iss: Option<&'a str>,
+    },
+    Subject {
+        sub: &'a str,
+        issued_before: u64,
+    },
+    Key {
+        kid: &'a str,
+    },
+    Session {
+        sid: &'a str,
+    },
+}
+
+impl RevocationView<'_> {
+    /// Validates every identifier of this revocation.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match *self {
+            RevocationView::Jti { jti, iss } => {
+                validate_id("jti", jti)?;
+                if let Some(iss) = iss {
+                    validate_id("iss", iss)?;
+                }
+                Ok(())
+            }
+            RevocationView::Subject { sub, .. } => validate_id("sub", sub),
+            RevocationView::Key { kid } => validate_id("kid", kid),
+            RevocationView::Session { sid } => validate_id("sid", sid),
+        }
+    }
+}
+
+/// An [`Entry`] borrowed from the bytes of a received frame (see
+/// [`crate::codec::decode_view`]); it encodes exactly as the entry does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // The fields are those of `Entry`.
+pub struct EntryView<'a> {
+    pub seq: u64,
+    pub created_at_ms: u64,
+    pub expires_at: u64,
+    #[serde(borrow)]
+    pub reason: Option<&'a str>,
+    #[serde(borrow)]
+    pub revocation: RevocationView<'a>,
+}
+
+impl EntryView<'_> {
+    /// Validates an entry received from the wire or read from disk.
+    pub fn validate(&self) -> Result<(), ValidationError> {
         if self.seq == 0 {
             return Err(ValidationError::ZeroSeq);
         }
-        if let Some(reason) = &self.reason {
+        if let Some(reason) = self.reason {
             if reason.len() > MAX_REASON_BYTES {
                 return Err(ValidationError::TooLong { field: "reason", max: MAX_REASON_BYTES });
             }
@@ -248,10 +327,28 @@ impl Entry {
         self.revocation.validate()
     }
 
-    /// True once no token this entry can match is still accepted anywhere: `expires_at` plus
-    /// [`EXPIRY_GRACE_SECS`] has passed.
+    /// See [`Entry::is_expired`].
     pub fn is_expired(&self, now_unix_secs: u64) -> bool {
         self.expires_at <= expiry_horizon(now_unix_secs)
+    }
+
+    /// An owned copy.
+    pub fn to_entry(&self) -> Entry {
+        let revocation = match self.revocation {
+            RevocationView::Jti { jti, iss } => Revocation::Jti { jti: jti.into(), iss: iss.map(Into::into) },
+            RevocationView::Subject { sub, issued_before } => {
+                Revocation::Subject { sub: sub.into(), issued_before }
+            }
+            RevocationView::Key { kid } => Revocation::Key { kid: kid.into() },
+            RevocationView::Session { sid } => Revocation::Session { sid: sid.into() },
+        };
+        Entry {
+            seq: self.seq,
+            created_at_ms: self.created_at_ms,
+            expires_at: self.expires_at,
+            reason: self.reason.map(Into::into),
+            revocation,
+        }
     }
 }
 

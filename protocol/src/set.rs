@@ -9,7 +9,7 @@
 //! identifiers minted by the token issuer, and a collision could only make the set report a
 //! token as revoked that is not (it fails closed, never open).
 
-use crate::model::{Entry, Kind, Revocation, TokenRef, Verdict};
+use crate::model::{Entry, EntryView, Kind, RevocationView, TokenRef, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -404,29 +404,31 @@ impl RevocationSet {
     /// Adds an entry's revocation. Entries already expired at `now_unix_secs` are skipped
     /// (PROTOCOL.md §9.2); returns whether it was added.
     pub fn insert(&mut self, entry: &Entry, now_unix_secs: u64) -> bool {
+        self.insert_view(entry.view(), now_unix_secs)
+    }
+
+    /// [`Self::insert`] for an entry borrowed from a received frame.
+    pub fn insert_view(&mut self, entry: EntryView<'_>, now_unix_secs: u64) -> bool {
         if entry.is_expired(now_unix_secs) {
             return false;
         }
         let (seq, exp) = (entry.seq, entry.expires_at);
-        match &entry.revocation {
-            Revocation::Jti { jti, iss } => self.jti.insert(JtiDigest::new(iss.as_deref(), jti), seq, exp),
-            Revocation::Key { kid } => merge_rec(&mut self.keys, kid, seq, exp),
-            Revocation::Session { sid } => merge_rec(&mut self.sessions, sid, seq, exp),
-            Revocation::Subject { sub, issued_before } => match self.subjects.get_mut(sub.as_str()) {
+        match entry.revocation {
+            RevocationView::Jti { jti, iss } => self.jti.insert(JtiDigest::new(iss, jti), seq, exp),
+            RevocationView::Key { kid } => merge_rec(&mut self.keys, kid, seq, exp),
+            RevocationView::Session { sid } => merge_rec(&mut self.sessions, sid, seq, exp),
+            RevocationView::Subject { sub, issued_before } => match self.subjects.get_mut(sub) {
                 // Several revocations of one subject collapse to the widest: the latest
                 // `issued_before` (with its seq) and the latest expiry.
                 Some(r) => {
-                    if *issued_before > r.issued_before {
-                        r.issued_before = *issued_before;
+                    if issued_before > r.issued_before {
+                        r.issued_before = issued_before;
                         r.seq = seq;
                     }
                     r.expires_at = r.expires_at.max(exp);
                 }
                 None => {
-                    self.subjects.insert(
-                        sub.as_str().into(),
-                        SubjectRec { issued_before: *issued_before, seq, expires_at: exp },
-                    );
+                    self.subjects.insert(sub.into(), SubjectRec { issued_before, seq, expires_at: exp });
                 }
             },
         }
@@ -560,6 +562,7 @@ impl RevocationSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Revocation;
     use proptest::prelude::*;
 
     fn entry(seq: u64, expires_at: u64, revocation: Revocation) -> Entry {

@@ -1,7 +1,7 @@
 //! Property tests of the codec: every frame round-trips; arbitrary bytes never panic.
 
 use proptest::prelude::*;
-use revmesh_protocol::codec::{decode, encode};
+use revmesh_protocol::codec::{decode, decode_view, encode, DecodeError, Decoded};
 use revmesh_protocol::frame::*;
 use revmesh_protocol::model::*;
 
@@ -84,16 +84,47 @@ fn frame() -> impl Strategy<Value = Frame> {
     ]
 }
 
+/// What `decode_view` says, owned and with errors by reason, to compare with `decode`.
+fn view_as_owned(bytes: &[u8]) -> Result<Frame, &'static str> {
+    match decode_view(bytes).map_err(|e| e.reason())? {
+        Decoded::Frame(f) => Ok(f),
+        Decoded::Batch { batch, waited } => {
+            let entries = batch.entries.iter().map(EntryView::to_entry).collect();
+            let b = Batch { log_id: batch.log_id, from_seq: batch.from_seq, to_seq: batch.to_seq, entries };
+            Ok(if waited { Frame::WaitedBatch(b) } else { Frame::Batch(b) })
+        }
+    }
+}
+
+fn by_reason(bytes: &[u8]) -> Result<Frame, &'static str> {
+    decode(bytes).map_err(|e: DecodeError| e.reason())
+}
+
 proptest! {
     #[test]
     fn every_frame_round_trips(f in frame()) {
         let bytes = encode(&f).unwrap();
+        prop_assert_eq!(view_as_owned(&bytes), Ok(f.clone()));
         prop_assert_eq!(decode(&bytes), Ok(f));
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode(&bytes);
+        prop_assert_eq!(view_as_owned(&bytes), by_reason(&bytes));
+    }
+
+    /// The borrowed decoder accepts exactly what the owned one accepts, with the same result,
+    /// and refuses the rest for the same reason: flip any byte of a valid frame.
+    #[test]
+    fn the_borrowed_decoder_agrees_with_the_owned_one(
+        f in frame(), pos in any::<prop::sample::Index>(), x in 1u8.., version in 0u8..4
+    ) {
+        let mut bytes = encode(&f).unwrap();
+        let i = pos.index(bytes.len());
+        bytes[i] ^= x;
+        prop_assert_eq!(view_as_owned(&bytes), by_reason(&bytes));
+        bytes[0] = version;
+        prop_assert_eq!(view_as_owned(&bytes), by_reason(&bytes));
     }
 
     /// Flipping any byte of a valid frame gives an error or another valid frame, never a panic,

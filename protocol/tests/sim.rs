@@ -448,6 +448,10 @@ impl Sim {
         while let Some(ev) = self.agents[i].session.poll_event() {
             match ev {
                 AgentEvent::Apply { log_id, entries, to_seq, waited } => {
+                    let entries: Vec<Entry> = match entries.view() {
+                        Ok(v) => v.iter().map(|e| e.to_entry()).collect(),
+                        Err(e) => self.fail(format!("agent {i} cannot read entries it accepted: {e}")),
+                    };
                     let a = &self.agents[i];
                     let prev = a.applied.get(&log_id).copied().unwrap_or(0);
                     if to_seq <= prev {
