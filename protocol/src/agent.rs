@@ -111,6 +111,9 @@ impl ReceivedEntries {
     /// `after`. (The session builds these; public for benchmarks of the agent's path.)
     pub fn new(frame: Bytes, batch: &BatchView<'_>, after: u64) -> Result<Self, DecodeError> {
         let span = |s: &str| -> Result<Span, DecodeError> {
+            if s.is_empty() {
+                return Ok(Span(0, 0));
+            }
             // Where the text lies in the frame (the view was decoded from these bytes).
             let start = (s.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
             match (u32::try_from(start), u32::try_from(s.len())) {
@@ -668,14 +671,17 @@ mod tests {
         assert!(s.is_behind());
     }
 
+    /// Entries of every kind, with and without (empty or non-ASCII) optional texts.
     fn entry(seq: u64) -> Entry {
-        Entry {
-            seq,
-            created_at_ms: 1,
-            expires_at: u64::MAX,
-            reason: None,
-            revocation: Revocation::Jti { jti: format!("j{seq}"), iss: None },
-        }
+        let revocation = match seq % 4 {
+            0 => Revocation::Jti { jti: format!("j{seq}"), iss: None },
+            1 => Revocation::Jti { jti: format!("j{seq}"), iss: Some("https://idp.example/é".into()) },
+            2 => Revocation::Subject { sub: format!("s{seq}"), issued_before: seq },
+            _ if seq % 8 == 3 => Revocation::Key { kid: format!("k{seq}") },
+            _ => Revocation::Session { sid: format!("sid-{seq}") },
+        };
+        let reason = [None, Some(String::new()), Some(format!("leaked ✓ {seq}"))][seq as usize % 3].clone();
+        Entry { seq, created_at_ms: 1, expires_at: u64::MAX, reason, revocation }
     }
 
     fn full_batch(from_seq: u64, to_seq: u64) -> Frame {
