@@ -38,6 +38,9 @@ impl Default for AgentConfig {
     }
 }
 
+/// Longest silence an authority's heartbeat interval can stretch a link's idle timeout to.
+pub const MAX_HEARTBEAT_IDLE: Duration = Duration::from_secs(3_600);
+
 /// What the driver must do with its revocation set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentEvent {
@@ -226,6 +229,9 @@ pub struct AgentSession {
     catch_up_to: u64,
     out: VecDeque<Frame>,
     events: VecDeque<AgentEvent>,
+    /// Silence after which this link is given up: the configured limit, or 4 of the
+    /// authority's heartbeats when that is longer (PROTOCOL.md §4, "Idle").
+    idle_timeout: Duration,
 }
 
 impl AgentSession {
@@ -238,7 +244,6 @@ impl AgentSession {
         cfg: AgentConfig,
     ) -> Self {
         Self {
-            cfg,
             agent_id,
             agent_version,
             phase: Phase::Disconnected,
@@ -253,6 +258,8 @@ impl AgentSession {
             catch_up_to: 0,
             out: VecDeque::new(),
             events: VecDeque::new(),
+            idle_timeout: cfg.idle_timeout,
+            cfg,
         }
     }
 
@@ -314,6 +321,7 @@ impl AgentSession {
         self.out.clear();
         self.ack_due = None;
         self.last_frame = Some(now.mono);
+        self.idle_timeout = self.cfg.idle_timeout;
         // The hello is an acknowledgement too: the authority resumes from it and counts it in
         // durable receipts. So the cursor presented is what is durable; entries applied in
         // memory but not yet written (a full disk) come again and are ignored as duplicates,
@@ -452,6 +460,8 @@ impl AgentSession {
             return self.violation(format!("welcome with version {}", w.version));
         }
         self.last_heard = Some(now.mono);
+        let beats = Duration::from_millis(w.heartbeat_ms.saturating_mul(4)).min(MAX_HEARTBEAT_IDLE);
+        self.idle_timeout = self.cfg.idle_timeout.max(beats);
         self.head_seq = w.head_seq;
         // Behind until the announced head is applied (it may be lower after a log replacement).
         self.catch_up_to = w.head_seq;
@@ -582,7 +592,7 @@ impl AgentSession {
             return;
         }
         if let Some(t) = self.last_frame {
-            if now.mono.saturating_duration_since(t) >= self.cfg.idle_timeout {
+            if now.mono.saturating_duration_since(t) >= self.idle_timeout {
                 self.events.push_back(AgentEvent::Disconnect {
                     retry_after: None,
                     duplicate_id: false,
@@ -617,7 +627,7 @@ impl AgentSession {
         if self.phase == Phase::Disconnected {
             return None;
         }
-        let idle = self.last_frame.map(|t| t + self.cfg.idle_timeout);
+        let idle = self.last_frame.map(|t| t + self.idle_timeout);
         match (idle, self.ack_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -719,6 +729,34 @@ mod tests {
         // Never below what is durable: that is on disk.
         s.rewind(0);
         assert_eq!(s.applied_seq(), 5);
+    }
+
+    /// An authority with a long heartbeat (`--heartbeat 30s`) keeps its links: the agent waits
+    /// 4 heartbeats of silence, as the authority does, when that is longer than its own limit.
+    #[test]
+    fn a_long_heartbeat_stretches_the_idle_timeout() {
+        let t0 = now();
+        let mut s = AgentSession::new("a".into(), "v".into(), None, 0, AgentConfig::default());
+        s.connect(t0);
+        let Frame::Welcome(w) = welcome(0) else { unreachable!() };
+        s.handle_frame(Frame::Welcome(Welcome { heartbeat_ms: 30_000, ..w }), t0).unwrap();
+        let quiet = t0.advance(Duration::from_secs(100));
+        s.handle_timeout(quiet);
+        assert_eq!(s.poll_event(), None, "closed between two heartbeats");
+        assert!(s.poll_timeout().is_some_and(|t| t >= t0.mono + Duration::from_secs(120)));
+        s.handle_timeout(t0.advance(Duration::from_secs(120)));
+        assert!(matches!(s.poll_event(), Some(AgentEvent::Disconnect { .. })));
+        // A heartbeat past any reason is bounded (an hour), never an overflow.
+        s.connect(t0);
+        s.handle_frame(Frame::Welcome(Welcome { heartbeat_ms: u64::MAX, ..w }), t0).unwrap();
+        assert_eq!(s.poll_timeout(), Some(t0.mono + MAX_HEARTBEAT_IDLE));
+        // A short heartbeat keeps the agent's own, longer limit; a new link starts from it.
+        s.connect(t0);
+        s.handle_frame(Frame::Welcome(Welcome { heartbeat_ms: 100, ..w }), t0).unwrap();
+        s.handle_timeout(t0.advance(Duration::from_secs(19)));
+        assert_eq!(s.poll_event(), None);
+        s.handle_timeout(t0.advance(Duration::from_secs(20)));
+        assert!(matches!(s.poll_event(), Some(AgentEvent::Disconnect { .. })));
     }
 
     fn drain(s: &mut AgentSession) -> Vec<Frame> {
