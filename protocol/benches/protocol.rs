@@ -237,13 +237,14 @@ fn catch_up(c: &mut Criterion) {
             frames.iter().map(|f| entries(decode_view(black_box(f)).unwrap())).sum::<usize>()
         })
     });
+    // The frames as the agent's socket hands them over: shared bytes, no copy per use.
+    let received: Vec<Bytes> = frames.iter().cloned().map(Bytes::from).collect();
     g.bench_function("borrowed_reserved_set", |b| {
         b.iter(|| {
             let mut set = RevocationSet::new();
             set.reserve_jti(5_000);
-            for f in &frames {
-                let f = Bytes::from(f.clone());
-                if let Decoded::Batch { batch, .. } = decode_view(black_box(&f)).unwrap() {
+            for f in &received {
+                if let Decoded::Batch { batch, .. } = decode_view(black_box(f)).unwrap() {
                     let received = ReceivedEntries::new(f.clone(), &batch, 0).unwrap();
                     for e in received.view().unwrap() {
                         set.insert_view(e, 1_700_000_000);

@@ -244,7 +244,7 @@ impl Entry {
     /// True once no token this entry can match is still accepted anywhere: `expires_at` plus
     /// [`EXPIRY_GRACE_SECS`] has passed.
     pub fn is_expired(&self, now_unix_secs: u64) -> bool {
-        self.expires_at <= expiry_horizon(now_unix_secs)
+        self.view().is_expired(now_unix_secs)
     }
 
     /// This entry, borrowed.
