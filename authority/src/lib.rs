@@ -19,6 +19,7 @@ pub mod pg;
 pub mod registry;
 pub mod store;
 pub mod tls;
+pub mod ws_write;
 
 use anyhow::Context;
 use config::Config;

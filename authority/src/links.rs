@@ -8,6 +8,7 @@
 use crate::hub::Hub;
 use crate::log::Log;
 use crate::metrics::Metrics;
+use crate::ws_write::write_frames;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use prometheus::IntGauge;
@@ -70,7 +71,7 @@ pub struct LinkConfig {
     pub max_catchups: usize,
     /// Limit on the WebSocket upgrade and the `Hello`.
     pub handshake_timeout: Duration,
-    /// Limit on one write to an agent.
+    /// How long an agent's socket may take nothing of a write before the link is dropped.
     pub write_timeout: Duration,
 }
 
@@ -145,9 +146,9 @@ fn ws_config() -> WebSocketConfig {
     c.read_buffer_size = 1 << 10;
     c.max_message_size = Some(64 << 10);
     c.max_frame_size = Some(64 << 10);
-    // Frames go to the socket as they are fed (no 128 KiB staging): the write buffer's capacity
-    // is kept for the link's life, and after a catch-up 10,000 idle links each held on to
-    // ~130 KiB of it. Beyond `max_write_buffer_size` a write waits (and times out for a dead agent).
+    // Protocol frames bypass tungstenite's write buffer (ws_write.rs); it only ever holds the
+    // small frames tungstenite writes itself (pong, close, an error frame before a close), and a
+    // `Vec` keeps its capacity for the link's life, so no 128 KiB staging either.
     c.write_buffer_size = 0;
     c.max_write_buffer_size = 8 << 20;
     c
@@ -383,25 +384,17 @@ impl Links {
         tokio::pin!(slot);
         loop {
             // Send whatever the session wants sent.
+            // Frames go out as the shared encoded bytes, not copied per link (ws_write.rs).
             let t = self.log.clock().now();
-            let mut wrote = false;
             while let Some(tx) = session.poll_transmit(t) {
                 let frames = match self.materialise(tx, t, session.version()) {
                     Ok(f) => f,
                     Err(e) => return format!("encode failed: {e}"),
                 };
-                for f in frames {
-                    if ws.feed(Message::Binary(f)).await.is_err() {
-                        return "write failed".into();
-                    }
-                }
-                wrote = true;
-            }
-            if wrote {
-                match tokio::time::timeout(self.cfg.write_timeout, ws.flush()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return "write failed".into(),
-                    Err(_) => return "write timed out".into(),
+                match write_frames(ws, &frames, self.cfg.write_timeout).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return "write timed out".into(),
+                    Err(_) => return "write failed".into(),
                 }
             }
             if matches!(catchup, Catchup::Slot { .. }) && session.lag() == 0 {
