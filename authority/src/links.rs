@@ -383,8 +383,7 @@ impl Links {
         let slot = self.catchups.clone().acquire_owned();
         tokio::pin!(slot);
         loop {
-            // Send whatever the session wants sent.
-            // Frames go out as the shared encoded bytes, not copied per link (ws_write.rs).
+            // Send whatever the session wants sent, as the shared encoded bytes (ws_write.rs).
             let t = self.log.clock().now();
             while let Some(tx) = session.poll_transmit(t) {
                 let frames = match self.materialise(tx, t, session.version()) {
