@@ -1,7 +1,7 @@
 //! Writing encoded frames to an agent's WebSocket without copying them.
 //!
 //! tungstenite copies every outgoing payload into its own write buffer, and a `Vec` keeps its
-//! capacity: after a catch-up of 512-entry batch frames each link held ~15 KiB of buffer for
+//! capacity: after a catch-up of 256-entry batch frames each link held ~15 KiB of buffer for
 //! the rest of its life, about half the authority's memory after a reconnect storm of 10,000
 //! agents. Batch and snapshot frames are already encoded once and shared by every link
 //! (`Bytes`), so a link writes the WebSocket header (RFC 6455 §5.2: final, binary, unmasked
