@@ -422,3 +422,51 @@ async fn assert_applied_by(receipt: tokio::task::JoinHandle<(u16, serde_json::Va
     assert_eq!(status, 201, "{r}");
     assert_eq!((&r["level"], &r["acked"]), (&serde_json::json!("applied"), &serde_json::json!([id])), "{r}");
 }
+
+/// An agent that stops reading mid catch-up: the authority writes until that socket is full,
+/// holds no copy of what it could not write (the frames are shared), keeps serving everyone
+/// else, and drops the link once the socket has taken nothing for the write timeout (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_stops_reading_is_cut_off_without_delaying_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    // A heartbeat of 30 s puts the idle timeout at 2 minutes, so within the test only the
+    // write timeout can end the stuck link; a window of 16,384 entries lets the authority try
+    // to send all ~12 MB at once, more than loopback's socket buffers take without a reader.
+    let a = Authority::start(dir.path(), &["--heartbeat", "30s", "--max-pending-per-agent", "16384"]);
+    let (jti_pad, reason) = ("x".repeat(480), "r".repeat(512));
+    let mut head = 0;
+    for chunk in 0..24 {
+        let items: Vec<String> = (0..500)
+            .map(|i| {
+                format!(
+                    r#"{{"kind":"jti","jti":"big-{chunk}-{i}-{jti_pad}","expires_at":4000000000,"reason":"{reason}"}}"#
+                )
+            })
+            .collect();
+        let (status, v) = a.post("/v1/revocations", &format!("[{}]", items.join(",")));
+        assert_eq!(status, 201, "{v}");
+        head = v["last_seq"].as_u64().unwrap();
+    }
+    let good = Agent::start(vec![a.ws_url()], "good");
+    good.wait_applied(head).await;
+
+    let mut stuck = raw_link(&a.ws_url()).await;
+    stuck.send(Message::Binary(hello("stuck").into())).await.unwrap();
+    let connected = |id: &str| {
+        let (_, list) = a.get("/v1/agents");
+        list.as_array().unwrap().iter().any(|ag| ag["id"] == id && ag["connected"] == true)
+    };
+    wait_for(|| connected("stuck"), "the stuck agent to be connected").await;
+
+    // The stuck link's task waits on its own socket only.
+    let s = a.revoke_jti("while-one-is-stuck");
+    good.wait_applied(s).await;
+    assert!(good.revoked("while-one-is-stuck"));
+
+    wait_for(|| !connected("stuck"), "the stuck link to be dropped after the write timeout").await;
+    assert!(connected("good"));
+    let s = a.revoke_jti("after-the-stuck-one");
+    good.wait_applied(s).await;
+    good.stop().await;
+    drop(stuck);
+}
