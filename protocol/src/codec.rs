@@ -200,8 +200,9 @@ fn batch_variant(bytes: &[u8]) -> Option<(u32, bool)> {
     }
 }
 
-/// The batch in the bytes of a batch frame, borrowed, with only the structural checks (no
-/// canonical-form or content rules): for bytes [`decode_view`] has already accepted.
+/// The batch in the bytes of a batch frame, borrowed, through bincode, with only the
+/// structural checks (no canonical-form or content rules): [`decode_view`]'s fallback, which
+/// adds them, and owned batches re-read as bytes.
 pub(crate) fn batch_view(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
     let body = bytes.get(2..).ok_or(DecodeError::Empty)?;
     if batch_variant(bytes).is_none() {
