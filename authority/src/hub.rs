@@ -1,16 +1,16 @@
 //! Which agents exist, which are connected, and how far each has applied the log: the data
 //! behind receipts (`?wait=all`), `GET /v1/agents` and the lag metrics.
 
+use crate::link_signal::{Signal, REPLACED};
 use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::store::AgentRow;
 use revmesh_runtime::Clock;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// Disconnected agents remembered at most (oldest forgotten first).
 const MAX_REMEMBERED: usize = 100_000;
@@ -30,7 +30,8 @@ struct AgentInfo {
     last_ack_at: Option<u64>,
     version: String,
     link: u64,
-    cancel: CancellationToken,
+    /// The link's signal: raised [`REPLACED`] when a newer link takes the id.
+    signal: Arc<Signal>,
     disconnected_at: u64,
 }
 
@@ -189,22 +190,24 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A link for `id` is up at cursor `applied_seq`. An older link of the same id is told to go.
+    /// A link for `id` is up at cursor `applied_seq`; its `signal` is raised [`REPLACED`] when a
+    /// newer link takes the id. An older link of the same id is told to go that way. Returns the
+    /// link's number.
     pub fn connect(
         &self,
         id: &str,
         remote: String,
         version: String,
         applied_seq: u64,
-    ) -> (u64, CancellationToken) {
+        signal: Arc<Signal>,
+    ) -> u64 {
         let mut s = self.lock();
         s.next_link += 1;
         let link = s.next_link;
-        let cancel = CancellationToken::new();
-        let previous = s.agents.get(id).map(|a| (a.connected, a.applied_seq, a.seen_seq, a.cancel.clone()));
-        if let Some((connected, seq, seen, old_cancel)) = previous {
+        let previous = s.agents.get(id).map(|a| (a.connected, a.applied_seq, a.seen_seq, a.signal.clone()));
+        if let Some((connected, seq, seen, old)) = previous {
             if connected {
-                old_cancel.cancel();
+                old.raise(REPLACED);
                 s.cursor_remove(seq);
                 multiset_remove(&mut s.seen, seen);
             }
@@ -220,7 +223,7 @@ impl Hub {
             last_ack_at: None,
             version,
             link,
-            cancel: cancel.clone(),
+            signal,
             disconnected_at: 0,
         };
         s.agents.insert(id.to_owned(), info);
@@ -239,7 +242,7 @@ impl Hub {
         self.metrics.agents_connected.set(s.connected() as i64);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
-        (link, cancel)
+        link
     }
 
     /// The agent's cursor moved (ack, or a resync reset to 0).

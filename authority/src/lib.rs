@@ -10,6 +10,7 @@ pub mod config;
 pub mod feed;
 pub mod hub;
 pub mod import;
+pub mod link_signal;
 pub mod links;
 pub mod log;
 pub mod metrics;

@@ -2,10 +2,11 @@
 //! protocol crate's [`AuthoritySession`].
 //!
 //! Architecture invariant: a link task only ever blocks on its own socket. Log growth reaches
-//! it through a `watch` channel and batches come from the shared encoded-frame cache, so a
-//! slow or dead agent delays nobody else.
+//! it through its [`Signal`] (one fan-out task raises every link's) and batches come from the
+//! shared encoded-frame cache, so a slow or dead agent delays nobody else.
 
 use crate::hub::Hub;
+use crate::link_signal::{Signal, Signals, LOG_GREW, REPLACED, SHUTDOWN};
 use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::ws_write::write_frames;
@@ -134,6 +135,7 @@ pub struct Links {
     pub tls: Option<crate::tls::ServerTls>,
     catchups: Arc<Semaphore>,
     connections: Arc<Semaphore>,
+    signals: Arc<Signals>,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -169,6 +171,7 @@ impl Links {
             tls,
             catchups: Arc::new(Semaphore::new(cfg.max_catchups)),
             connections: Arc::new(Semaphore::new(cfg.max_agents)),
+            signals: Arc::default(),
             log,
             hub,
             metrics,
@@ -181,6 +184,7 @@ impl Links {
 
     /// Accepts agents until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        self.tracker.spawn(self.clone().fan_out());
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -207,6 +211,22 @@ impl Links {
                 drop(permit);
             });
         }
+    }
+
+    /// Raises every link's signal when the log's view changes, and [`SHUTDOWN`] at shutdown
+    /// (also when the log's channel closes, which cannot happen while `self` holds the log).
+    async fn fan_out(self: Arc<Self>) {
+        let mut view_rx = self.log.subscribe();
+        loop {
+            tokio::select! {
+                r = view_rx.changed() => match r {
+                    Ok(()) => self.signals.raise_all(LOG_GREW),
+                    Err(_) => break,
+                },
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        self.signals.raise_all(SHUTDOWN);
     }
 
     fn reject(&self, reason: &'static str) {
@@ -351,10 +371,18 @@ impl Links {
             };
         }
         let id = hello.agent_id.clone();
-        let (link, cancel) =
-            self.hub.connect(&id, remote.to_string(), hello.agent_version.clone(), session.acked());
+        // Listed before `drive` reads the log's view: no growth after that read goes unseen.
+        let registered = self.signals.register();
+        let signal = &registered.signal;
+        let link = self.hub.connect(
+            &id,
+            remote.to_string(),
+            hello.agent_version.clone(),
+            session.acked(),
+            signal.clone(),
+        );
         tracing::info!(agent = %id, %remote, applied = hello.applied_seq, "agent connected");
-        let reason = self.drive(&mut ws, &mut session, &id, link, &cancel, &mut catchup).await;
+        let reason = self.drive(&mut ws, &mut session, &id, link, signal, &mut catchup).await;
         self.hub.disconnect(&id, link);
         tracing::info!(agent = %id, reason = %reason, "agent disconnected");
     }
@@ -366,25 +394,21 @@ impl Links {
         session: &mut AuthoritySession,
         id: &str,
         link: u64,
-        cancel: &CancellationToken,
+        signal: &Signal,
         catchup: &mut Catchup,
     ) -> String {
-        let mut view_rx = self.log.subscribe();
-        session.update_log(*view_rx.borrow_and_update());
-        // Long-lived futures, polled by reference: re-creating a timer and two cancellation
-        // futures on every loop turn cost more than the frame handling itself at 1,000+ links.
+        session.update_log(self.log.view());
+        // Long-lived futures, polled by reference: re-creating a timer on every loop turn cost
+        // more than the frame handling itself at 1,000+ links.
         let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         let timer = tokio::time::sleep_until(never);
         tokio::pin!(timer);
-        let replaced = cancel.cancelled();
-        tokio::pin!(replaced);
-        let shutdown = self.shutdown.cancelled();
-        tokio::pin!(shutdown);
         let slot = self.catchups.clone().acquire_owned();
         tokio::pin!(slot);
+        // Read once per wake-up: each reading is two clock calls (wall and monotonic).
+        let mut t = self.log.clock().now();
         loop {
             // Send whatever the session wants sent, as the shared encoded bytes (ws_write.rs).
-            let t = self.log.clock().now();
             while let Some(tx) = session.poll_transmit(t) {
                 let frames = match self.materialise(tx, t, session.version()) {
                     Ok(f) => f,
@@ -399,13 +423,17 @@ impl Links {
             if matches!(catchup, Catchup::Slot { .. }) && session.lag() == 0 {
                 *catchup = Catchup::None;
             }
+            // The timer only ever moves earlier, or on from a deadline that has passed: every batch
+            // sent sets an ack deadline and every ack clears it, and moving a tokio timer to a later
+            // deadline twice per revocation cost more than the one early wake-up it saves (the
+            // session finds nothing due, and the timer then moves on).
             let deadline = session.poll_timeout().map_or(never, tokio::time::Instant::from_std);
-            if timer.deadline() != deadline {
+            if deadline < timer.deadline() || (timer.is_elapsed() && deadline != timer.deadline()) {
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
                 msg = ws.next() => {
-                    let t = self.log.clock().now();
+                    t = self.log.clock().now();
                     let frame = match msg {
                         Some(Ok(Message::Binary(b))) => match decode(&b) {
                             Ok(f) => f,
@@ -433,49 +461,60 @@ impl Links {
                     self.events(session, id, link);
                 }
                 p = &mut slot, if matches!(catchup, Catchup::Waiting { .. }) => {
+                    t = self.log.clock().now();
                     // The semaphore is never closed; an error would only mean no slot.
                     *catchup = p.map_or(Catchup::None, |p| Catchup::Slot { _permit: p });
                     session.hold_data(false);
                 }
-                r = view_rx.changed() => {
-                    if r.is_err() {
-                        return "log closed".into();
-                    }
-                    session.update_log(*view_rx.borrow_and_update());
-                }
                 _ = &mut timer => {
-                    session.handle_timeout(self.log.clock().now());
+                    t = self.log.clock().now();
+                    session.handle_timeout(t);
                     self.events(session, id, link);
                     if let Some(close) = session.closed().cloned() {
                         return self.closed(ws, close).await;
                     }
                 }
-                _ = &mut replaced => {
-                    // Two live agents with one id: newest wins, and the replaced one waits 5-10 s
-                    // so the pair alternates slowly instead of replacing each other in a loop.
-                    self.metrics.agents_rejected_total.with_label_values(&["duplicate_id"]).inc();
-                    tracing::error!(agent = %id, "a newer link with the same agent id replaced this one; two agents share the id");
-                    let retry = Duration::from_millis(
-                        revmesh_protocol::frame::DUPLICATE_ID_MIN_RETRY_MS + rand::random::<u64>() % 5_000,
-                    );
-                    let reason = format!(
-                        "{}: replaced by a newer link with the same agent id",
-                        revmesh_protocol::frame::GOAWAY_DUPLICATE_ID
-                    );
-                    let f = session.go_away(retry, &reason);
-                    send_frame(ws, &f).await;
-                    let _ = ws.close(None).await;
-                    return "replaced".into();
-                }
-                _ = &mut shutdown => {
-                    let retry = Duration::from_millis(rand::random::<u64>() % 2_000);
-                    let f = session.go_away(retry, "authority shutting down");
-                    send_frame(ws, &f).await;
-                    let _ = ws.close(None).await;
-                    return "shutdown".into();
+                raised = signal.raised() => {
+                    t = self.log.clock().now();
+                    if raised & (SHUTDOWN | REPLACED) != 0 {
+                        return self.go_away(ws, session, id, raised & SHUTDOWN != 0).await;
+                    }
+                    session.update_log(self.log.view());
                 }
             }
         }
+    }
+
+    /// Asks the agent to leave: the authority is shutting down, or a newer link with the same
+    /// agent id replaced this one.
+    async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        session: &mut AuthoritySession,
+        id: &str,
+        shutdown: bool,
+    ) -> String {
+        let (retry, reason, outcome) = if shutdown {
+            let retry = Duration::from_millis(rand::random::<u64>() % 2_000);
+            (retry, "authority shutting down".to_owned(), "shutdown")
+        } else {
+            // Two live agents with one id: newest wins, and the replaced one waits 5-10 s so the
+            // pair alternates slowly instead of replacing each other in a loop.
+            self.metrics.agents_rejected_total.with_label_values(&["duplicate_id"]).inc();
+            tracing::error!(agent = %id, "a newer link with the same agent id replaced this one; two agents share the id");
+            let retry = Duration::from_millis(
+                revmesh_protocol::frame::DUPLICATE_ID_MIN_RETRY_MS + rand::random::<u64>() % 5_000,
+            );
+            let reason = format!(
+                "{}: replaced by a newer link with the same agent id",
+                revmesh_protocol::frame::GOAWAY_DUPLICATE_ID
+            );
+            (retry, reason, "replaced")
+        };
+        let f = session.go_away(retry, &reason);
+        send_frame(ws, &f).await;
+        let _ = ws.close(None).await;
+        outcome.into()
     }
 
     async fn closed<S: AsyncRead + AsyncWrite + Unpin>(

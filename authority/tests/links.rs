@@ -279,6 +279,44 @@ async fn two_agents_with_one_id_alternate_slowly_instead_of_storming() {
     second.stop().await;
 }
 
+/// Reads frames until a go-away arrives; returns its reason.
+async fn go_away_reason(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> String {
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Binary(b) = m {
+            if let Ok(Frame::GoAway(g)) = decode(&b) {
+                return g.reason;
+            }
+        }
+    }
+    panic!("the link closed without a go-away");
+}
+
+/// Both ways a link is told to go reach it through its signal: a newer link with its id, and the
+/// authority shutting down (SIGTERM), which reaches every link, the one replaced a moment before
+/// as well as one connected after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_and_shut_down_links_are_told_to_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    let mut old = raw_link(&a.ws_url()).await;
+    old.send(Message::Binary(hello("twin").into())).await.unwrap();
+    wait_for(|| a.metric("revmesh_authority_agents_connected") == 1.0, "first twin connected").await;
+    let mut new = raw_link(&a.ws_url()).await;
+    new.send(Message::Binary(hello("twin").into())).await.unwrap();
+    let reason = go_away_reason(&mut old).await;
+    assert!(reason.contains(revmesh_protocol::frame::GOAWAY_DUPLICATE_ID), "{reason}");
+    let mut other = raw_link(&a.ws_url()).await;
+    other.send(Message::Binary(hello("other").into())).await.unwrap();
+    wait_for(|| a.metric("revmesh_authority_agents_connected") == 2.0, "newer twin and other connected").await;
+    let out = std::process::Command::new("kill").args(["-TERM", &a.child.id().to_string()]).output().unwrap();
+    assert!(out.status.success());
+    for ws in [&mut new, &mut other] {
+        assert_eq!(go_away_reason(ws).await, "authority shutting down");
+    }
+}
+
 /// An agent that must catch up while every catch-up slot is taken is welcomed at once and waits
 /// in line on its link, its data held. It knows at once how far behind it is, so it answers as a
 /// stale agent instead of as a fresh one lacking what was revoked; heartbeats keep the link up
