@@ -73,3 +73,36 @@ pub fn resp(args: &[&[u8]]) -> Vec<u8> {
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// What this host charges for a little work done once per `gap` rather than back to back: the
+/// mean time of one 64-byte `pwrite` to a file in `dir` (page cache, no fsync), 2,000 in a row,
+/// then once after each of `n` sleeps of `gap`. Returns both, in microseconds.
+///
+/// Every per-message CPU figure of a run at a low rate starts from the second: between two
+/// messages the caches and TLBs go cold (on a shared VM the core may also be lent out), so even
+/// the anchors' subscribers, which only read a few bytes per message, pay it.
+pub async fn cold_cost(dir: &Path, gap: Duration, n: usize) -> anyhow::Result<(f64, f64)> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("cold-cost.bin");
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+    let rec = [b'x'; 64];
+    let one = |i: usize| -> std::io::Result<Duration> {
+        let t0 = Instant::now();
+        f.write_all_at(&rec, (i % 4096) as u64 * 64)?;
+        Ok(t0.elapsed())
+    };
+    const HOT: usize = 2_000;
+    let mut hot = Duration::ZERO;
+    for i in 0..HOT {
+        hot += one(i)?;
+    }
+    let mut cold = Duration::ZERO;
+    for i in 0..n {
+        tokio::time::sleep(gap).await;
+        cold += one(i)?;
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    let mean_us = |d: Duration, k: usize| d.as_secs_f64() * 1e6 / k.max(1) as f64;
+    Ok((mean_us(hot, HOT), mean_us(cold, n)))
+}
