@@ -69,6 +69,12 @@ pub async fn write_frames<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn within<T>(stall: Duration, f: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    let mut f = std::pin::pin!(f);
+    // Nearly every write finds room at once: only one that waits needs a timer (creating one
+    // reads the clock and the runtime's handle, three times per frame).
+    if let std::task::Poll::Ready(r) = futures::poll!(f.as_mut()) {
+        return r;
+    }
     tokio::time::timeout(stall, f).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 

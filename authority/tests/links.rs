@@ -309,7 +309,8 @@ async fn replaced_and_shut_down_links_are_told_to_go() {
     assert!(reason.contains(revmesh_protocol::frame::GOAWAY_DUPLICATE_ID), "{reason}");
     let mut other = raw_link(&a.ws_url()).await;
     other.send(Message::Binary(hello("other").into())).await.unwrap();
-    wait_for(|| a.metric("revmesh_authority_agents_connected") == 2.0, "newer twin and other connected").await;
+    wait_for(|| a.metric("revmesh_authority_agents_connected") == 2.0, "newer twin and other connected")
+        .await;
     let out = std::process::Command::new("kill").args(["-TERM", &a.child.id().to_string()]).output().unwrap();
     assert!(out.status.success());
     for ws in [&mut new, &mut other] {
