@@ -76,8 +76,8 @@ struct RunArgs {
     /// Revocations measured per fleet size.
     #[arg(long, default_value_t = 200)]
     revocations: usize,
-    /// Revocations per second during propagation.
-    #[arg(long, default_value_t = 20.0)]
+    /// Revocations per second during propagation (above 0, at most 1,000,000).
+    #[arg(long, default_value_t = 20.0, value_parser = positive_rate)]
     rate: f64,
     /// Requests per sequential latency run.
     #[arg(long, default_value_t = 20_000)]
@@ -174,6 +174,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--rate`: a number of revocations per second the scenarios can space requests by.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e6 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate: give revocations per second, above 0 and at most 1000000")),
+    }
+}
+
 fn us(v: f64) -> String {
     if v >= 10_000.0 {
         format!("{:.1} ms", v / 1000.0)
@@ -253,8 +261,10 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         println!("  revmesh applied: ?wait=applied, each agent reports from memory before its fsync (held up to --applied-fsync-delay, shared)");
         println!("  jetstream: file stream, one durable consumer per process, ack confirmed by the server");
         println!("  redis pub/sub: received by every subscriber process (no acks, no durability)");
-        let gap = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
-        let (hot, cold) = util::cold_cost(tmp, gap, 40).await?;
+        let gap = Duration::from_secs_f64(1.0 / a.rate);
+        // 40 samples, or fewer when the gap is long: at most ~5 s of sleeping.
+        let samples = (5.0 / gap.as_secs_f64()).clamp(5.0, 40.0) as usize;
+        let (hot, cold) = util::cold_cost(tmp, gap, samples).await?;
         println!(
             "  this host: a 64-byte pwrite takes {hot:.1}µs back to back, {cold:.1}µs once every {:.0} ms ({:.0}x: caches gone cold between messages)",
             gap.as_secs_f64() * 1e3,
