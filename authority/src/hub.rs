@@ -190,9 +190,9 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A link for `id` is up at cursor `applied_seq`; its `signal` is raised [`REPLACED`] when a
-    /// newer link takes the id. An older link of the same id is told to go that way. Returns the
-    /// link's number.
+    /// A link for `id` is up at cursor `applied_seq`; returns the link's number. A still
+    /// connected older link of the same id has its signal raised [`REPLACED`], and so will this
+    /// one's `signal` when a newer link takes the id.
     pub fn connect(
         &self,
         id: &str,

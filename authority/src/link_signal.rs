@@ -103,14 +103,9 @@ impl Signals {
         }
     }
 
-    /// Links listed.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn listed(&self) -> usize {
         self.lock().links.len()
-    }
-
-    /// True when no link is listed.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -174,7 +169,7 @@ mod tests {
         let before = signals.register();
         let gone = signals.register();
         drop(gone);
-        assert_eq!(signals.len(), 1);
+        assert_eq!(signals.listed(), 1);
         signals.raise_all(LOG_GREW);
         assert_eq!(before.signal.poll_raised(&mut cx), Poll::Ready(LOG_GREW));
         signals.raise_all(SHUTDOWN);
@@ -182,6 +177,6 @@ mod tests {
         assert_eq!(before.signal.poll_raised(&mut cx), Poll::Ready(SHUTDOWN));
         assert_eq!(after.signal.poll_raised(&mut cx), Poll::Ready(SHUTDOWN));
         drop((before, after));
-        assert!(signals.is_empty());
+        assert_eq!(signals.listed(), 0);
     }
 }
