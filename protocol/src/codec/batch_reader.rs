@@ -72,21 +72,27 @@ impl<'a> Reader<'a> {
     /// A minimal varint of at most `max_marker`'s width.
     fn varint(&mut self, max_marker: u8) -> Option<u64> {
         let marker = self.u8()?;
-        let (width, floor) = match marker {
-            0..=250 => return Some(u64::from(marker)),
-            U16_MARKER => (2, 251),
-            U32_MARKER => (4, 1 << 16),
-            U64_MARKER => (8, 1 << 32),
-            _ => return None,
-        };
+        if marker <= 250 {
+            return Some(u64::from(marker));
+        }
         if marker > max_marker {
             return None;
         }
-        let mut le = [0u8; 8];
-        le[..width].copy_from_slice(self.take(width)?);
-        let v = u64::from_le_bytes(le);
+        // One fixed-width load per width: copying a variable number of bytes into an 8-byte
+        // buffer and reading it back was a library call and a stalled load, three times per
+        // entry (seq, created_at_ms and expires_at are all wider than a byte).
+        let (v, floor) = match marker {
+            U16_MARKER => (u64::from(u16::from_le_bytes(self.array()?)), 251),
+            U32_MARKER => (u64::from(u32::from_le_bytes(self.array()?)), 1 << 16),
+            U64_MARKER => (u64::from_le_bytes(self.array()?), 1 << 32),
+            _ => return None,
+        };
         // A value that fits a shorter form is not canonical.
         (v >= floor).then_some(v)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
     }
 
     fn u64(&mut self) -> Option<u64> {
