@@ -422,7 +422,7 @@ async fn on_message(
     let frame = match msg {
         Some(Ok(Message::Binary(b))) => match decode_view(&b) {
             Ok(Decoded::Batch { batch, waited }) => {
-                let handled = session.handle_batch(b.clone(), &batch, waited, t);
+                let handled = session.handle_batch(&batch, waited, t);
                 return after_frame(handled, None, ws, session, state).await;
             }
             Ok(Decoded::Frame(f)) => f,
@@ -710,7 +710,7 @@ async fn apply_events(
                 let entries = match entries.view() {
                     Ok(v) => v,
                     Err(e) => {
-                        // Bytes the decoder accepted read back the same, so this does not
+                        // Texts the decoder accepted read back the same, so this does not
                         // happen; if it did, the entries are taken again on the next link.
                         session.rewind(state.applied());
                         end =

@@ -13,7 +13,6 @@ use crate::frame::{
 };
 use crate::model::{Entry, EntryView, LogId, RevocationView};
 use crate::time::Now;
-use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -78,20 +77,21 @@ pub enum AgentEvent {
     },
 }
 
-/// The entries of a batch the session accepted, kept as the bytes of the frame that brought
-/// them plus where each field lies in them: one allocation per batch instead of one per
-/// identifier, and no second decoding. [`ReceivedEntries::view`] lends them out.
+/// The entries of a batch the session accepted, with their texts copied into one string and
+/// each field's place in it: one allocation per batch instead of one per identifier, no second
+/// decoding and no second UTF-8 check (lending a text out checks only that its span falls on
+/// character boundaries). [`ReceivedEntries::view`] lends them out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceivedEntries {
-    frame: Bytes,
+    texts: String,
     entries: Vec<EntrySpans>,
 }
 
-/// Where the text of one identifier lies in the frame: start and length.
+/// Where the text of one identifier lies in `texts`: start and length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span(u32, u32);
 
-/// An [`EntryView`] with its texts as spans of the frame.
+/// An [`EntryView`] with its texts as spans of `texts`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct EntrySpans {
     seq: u64,
@@ -110,27 +110,35 @@ enum RevocationSpans {
 }
 
 impl ReceivedEntries {
-    /// The entries of `batch`, which was decoded borrowed from `frame`, with a seq above
-    /// `after`. (The session builds these; public for benchmarks of the agent's path.)
-    pub fn new(frame: Bytes, batch: &BatchView<'_>, after: u64) -> Result<Self, DecodeError> {
-        let span = |s: &str| -> Result<Span, DecodeError> {
-            if s.is_empty() {
-                return Ok(Span(0, 0));
-            }
-            // Where the text lies in the frame (the view was decoded from these bytes).
-            let start = (s.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
-            match (u32::try_from(start), u32::try_from(s.len())) {
-                (Ok(a), Ok(n)) if start.checked_add(s.len()).is_some_and(|end| end <= frame.len()) => {
-                    Ok(Span(a, n))
-                }
-                _ => Err(DecodeError::Malformed("a batch view not borrowed from its frame".into())),
+    /// The entries of `batch` with a seq above `after`. (The session builds these; public for
+    /// benchmarks of the agent's path.)
+    pub fn new(batch: &BatchView<'_>, after: u64) -> Result<Self, DecodeError> {
+        let kept = || batch.entries.iter().filter(|e| e.seq > after);
+        let room = kept()
+            .map(|e| {
+                let id = match e.revocation {
+                    RevocationView::Jti { jti, iss } => jti.len() + iss.map_or(0, str::len),
+                    RevocationView::Subject { sub, .. } => sub.len(),
+                    RevocationView::Key { kid } => kid.len(),
+                    RevocationView::Session { sid } => sid.len(),
+                };
+                id + e.reason.map_or(0, str::len)
+            })
+            .sum();
+        let mut texts = String::with_capacity(room);
+        let mut span = |s: &str| -> Result<Span, DecodeError> {
+            let at = texts.len();
+            texts.push_str(s);
+            match (u32::try_from(at), u32::try_from(s.len())) {
+                (Ok(a), Ok(n)) => Ok(Span(a, n)),
+                _ => Err(DecodeError::Malformed("a batch's texts exceed 4 GiB".into())),
             }
         };
         let mut entries = Vec::with_capacity(batch.entries.len());
-        for e in batch.entries.iter().filter(|e| e.seq > after) {
+        for e in kept() {
             let revocation = match e.revocation {
                 RevocationView::Jti { jti, iss } => {
-                    RevocationSpans::Jti { jti: span(jti)?, iss: iss.map(span).transpose()? }
+                    RevocationSpans::Jti { jti: span(jti)?, iss: iss.map(&mut span).transpose()? }
                 }
                 RevocationView::Subject { sub, issued_before } => {
                     RevocationSpans::Subject { sub: span(sub)?, issued_before }
@@ -142,23 +150,20 @@ impl ReceivedEntries {
                 seq: e.seq,
                 created_at_ms: e.created_at_ms,
                 expires_at: e.expires_at,
-                reason: e.reason.map(span).transpose()?,
+                reason: e.reason.map(&mut span).transpose()?,
                 revocation,
             });
         }
-        Ok(Self { frame, entries })
+        Ok(Self { texts, entries })
     }
 
-    /// The entries, ascending. Their texts were checked when the frame was decoded and the
-    /// bytes do not change, so this fails only if memory is corrupt; should it fail, hand the
-    /// entries back with [`AgentSession::rewind`].
+    /// The entries, ascending. Every span was cut where a text began and ended, so this fails
+    /// only if memory is corrupt; should it fail, hand the entries back with
+    /// [`AgentSession::rewind`].
     pub fn view(&self) -> Result<Vec<EntryView<'_>>, DecodeError> {
         let text = |Span(a, n): Span| {
             let (a, n) = (a as usize, n as usize);
-            self.frame
-                .get(a..a + n)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .ok_or_else(|| DecodeError::Malformed("received entries changed".into()))
+            self.texts.get(a..a + n).ok_or_else(|| DecodeError::Malformed("received entries changed".into()))
         };
         let mut out = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
@@ -348,12 +353,10 @@ impl AgentSession {
         Err(AgentViolation(ErrorFrame::new(ErrorCode::Violation, message)))
     }
 
-    /// Processes a batch frame that [`crate::codec::decode_view`] decoded, borrowed, from
-    /// `frame`. The event it queues holds `frame` (a reference count), not copies of the
-    /// entries.
+    /// Processes a batch frame that [`crate::codec::decode_view`] decoded, borrowed, from the
+    /// received bytes. The event it queues holds the new entries' texts in one string.
     pub fn handle_batch(
         &mut self,
-        frame: Bytes,
         batch: &BatchView<'_>,
         waited: bool,
         now: Now,
@@ -366,7 +369,7 @@ impl AgentSession {
             Phase::AwaitWelcome => self.violation("frame before welcome".into()),
             Phase::Ready(log_id) => {
                 self.last_heard = Some(now.mono);
-                self.on_batch(frame, batch, log_id, now, waited)
+                self.on_batch(batch, log_id, now, waited)
             }
             // A batch sent before the snapshot that replaces our state: useless now.
             Phase::AwaitSnapshot(_) | Phase::Disconnected => Ok(()),
@@ -378,11 +381,11 @@ impl AgentSession {
     fn handle_owned_batch(&mut self, frame: &Frame, now: Now) -> Result<(), AgentViolation> {
         let waited = matches!(frame, Frame::WaitedBatch(_));
         let bytes = match crate::codec::encode(frame) {
-            Ok(b) => Bytes::from(b),
+            Ok(b) => b,
             Err(e) => return self.violation(format!("batch: {e}")),
         };
         match crate::codec::batch_view(&bytes) {
-            Ok(batch) => self.handle_batch(bytes.clone(), &batch, waited, now),
+            Ok(batch) => self.handle_batch(&batch, waited, now),
             Err(e) => self.violation(format!("batch: {e}")),
         }
     }
@@ -481,7 +484,6 @@ impl AgentSession {
 
     fn on_batch(
         &mut self,
-        frame: Bytes,
         b: &BatchView<'_>,
         log_id: LogId,
         now: Now,
@@ -504,7 +506,7 @@ impl AgentSession {
             self.schedule_ack(now);
             return Ok(());
         }
-        let entries = match ReceivedEntries::new(frame, b, self.received) {
+        let entries = match ReceivedEntries::new(b, self.received) {
             Ok(e) => e,
             Err(e) => return self.violation(format!("batch: {e}")),
         };
