@@ -661,6 +661,39 @@ mod tests {
         Frame::Batch(Batch { log_id: LogId([7; 16]), from_seq, to_seq, entries: Vec::new() })
     }
 
+    /// Received entries lend out exactly the texts of the entries above `after`, every kind and
+    /// option, multi-byte UTF-8 and empty texts included.
+    #[test]
+    fn received_entries_lend_out_the_texts_they_were_given() {
+        let entry = |seq: u64, reason: Option<&str>, revocation: Revocation| Entry {
+            seq,
+            created_at_ms: seq * 1_000,
+            expires_at: u64::MAX - seq,
+            reason: reason.map(str::to_owned),
+            revocation,
+        };
+        let entries = vec![
+            entry(1, Some("dropped"), Revocation::Jti { jti: "below-after".into(), iss: None }),
+            entry(2, None, Revocation::Jti { jti: "ü€😀".into(), iss: Some("https://idp".into()) }),
+            entry(3, Some("léak"), Revocation::Subject { sub: "alice".into(), issued_before: 99 }),
+            entry(4, Some(""), Revocation::Key { kid: "k😀".into() }),
+            entry(5, None, Revocation::Session { sid: "s-1".into() }),
+            entry(6, None, Revocation::Jti { jti: "j".into(), iss: Some("€".into()) }),
+        ];
+        let bytes = crate::codec::encode(&Frame::Batch(Batch {
+            log_id: LogId([7; 16]),
+            from_seq: 1,
+            to_seq: 6,
+            entries: entries.clone(),
+        }))
+        .unwrap();
+        let batch = crate::codec::batch_view(&bytes).unwrap();
+        let received = ReceivedEntries::new(&batch, 1).unwrap();
+        drop(bytes);
+        let lent: Vec<Entry> = received.view().unwrap().iter().map(EntryView::to_entry).collect();
+        assert_eq!(lent, entries[1..]);
+    }
+
     /// From the welcome until the announced head is applied, the agent knows it is behind.
     #[test]
     fn behind_from_the_welcome_until_the_announced_head() {
