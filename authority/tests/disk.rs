@@ -271,7 +271,28 @@ impl DiskAgent {
     async fn restart_finds(self, data: &Path) -> revmesh_agent::persist::Recovered {
         self.stop.cancel();
         let _ = self.task.await;
-        revmesh_agent::persist::Persist::open(data, &revmesh_runtime::Clock::system()).unwrap().1
+        reopen(data)
+    }
+}
+
+/// Opens an agent's data dir that its last owner in this process has just closed: what a
+/// restart would find. Another test's child process may still hold a copy of the lock's file
+/// descriptor, taken when it forked and kept until it runs its program; that lock is released
+/// within moments, so a lock held by someone else is waited for, up to 10 s.
+fn reopen(data: &Path) -> revmesh_agent::persist::Recovered {
+    use revmesh_agent::persist::{Persist, PersistError};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Persist::open(data, &revmesh_runtime::Clock::system()) {
+            Ok((_, recovered)) => return recovered,
+            Err(PersistError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("{}: {e}", data.display()),
+        }
     }
 }
 
@@ -541,7 +562,7 @@ fn a_nearly_full_disk_still_takes_journal_records_that_fit() {
     };
     p.append(LogId([9; 16]), 1, 1, &[entry]).expect("a record that fits must be written");
     drop(p);
-    let (_, rec) = Persist::open(&data, &revmesh_runtime::Clock::system()).unwrap();
+    let rec = reopen(&data);
     assert_eq!(rec.applied_seq, 1);
     assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
 }
