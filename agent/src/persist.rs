@@ -95,6 +95,13 @@ struct Files {
     /// True when `journal` was opened `O_DIRECT | O_DSYNC`: every write is durable when it
     /// returns and must be aligned to [`ALIGN`].
     direct: bool,
+    /// `<data-dir>/heard`, rewritten in place (see [`Persist::heard`]).
+    heard: File,
+}
+
+/// Opens `<data-dir>/heard` for rewriting in place.
+fn open_heard(dir: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create(true).truncate(false).open(dir.join("heard"))
 }
 
 /// How the journal is opened for writing.
@@ -341,7 +348,8 @@ impl Persist {
             tracing::info!(path = %journal_path.display(), "the file system does not take direct I/O; the journal is written through the page cache and fdatasync");
         }
         let tail = bytes[align_down(good as u64) as usize..good].to_vec();
-        let files = Some(Files { _lock: lock, journal, direct });
+        let heard = open_heard(dir).map_err(io(&dir.join("heard")))?;
+        let files = Some(Files { _lock: lock, journal, direct, heard });
         let journal_len = good as u64;
         Ok((Self { dir: dir.to_owned(), files, journal_len, journal_file_len: file_len, tail, mode }, rec))
     }
@@ -494,7 +502,8 @@ impl Persist {
                 let lock = lock(&self.dir, false)?;
                 let jp = self.dir.join("journal.bin");
                 let (journal, direct) = open_journal(&jp, self.mode).map_err(io(&jp))?;
-                Files { _lock: lock, journal, direct }
+                let heard = open_heard(&self.dir).map_err(io(&self.dir.join("heard")))?;
+                Files { _lock: lock, journal, direct, heard }
             }
         };
         let r = self.snapshot_with(&reopened.journal, state, table);
@@ -537,9 +546,14 @@ impl Persist {
     }
 
     /// Records the time of the last contact with an authority (best effort, not fsynced).
+    ///
+    /// The number is written over the file's start at a fixed width: one system call, and no
+    /// block freed and allocated again as truncating and rewriting the file would cost. The
+    /// width holds any u64, so no digit of an earlier, longer number is left behind.
     pub fn heard(&self, unix_ms: u64) {
-        if self.files.is_some() {
-            let _ = std::fs::write(self.dir.join("heard"), unix_ms.to_string());
+        use std::os::unix::fs::FileExt;
+        if let Some(files) = &self.files {
+            let _ = files.heard.write_all_at(format!("{unix_ms:020}\n").as_bytes(), 0);
         }
     }
 
@@ -645,6 +659,24 @@ mod tests {
     fn has(rec: &Recovered, seq: u64) -> bool {
         let j = format!("j{seq}");
         rec.set.check(&TokenRef { jti: Some(&j), ..Default::default() }).is_some()
+    }
+
+    /// The last contact is read back after a restart, also when a smaller number replaced a
+    /// longer one in place, and from a file an earlier version wrote (no padding).
+    #[test]
+    fn the_last_contact_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("heard"), "1733000000000").unwrap();
+        let (p, rec) = open(dir.path(), JournalMode::Direct);
+        assert_eq!(rec.heard_ms, Some(1_733_000_000_000));
+        p.heard(u64::MAX);
+        p.heard(42);
+        drop(p);
+        let (p, rec) = open(dir.path(), JournalMode::Direct);
+        assert_eq!(rec.heard_ms, Some(42));
+        p.heard(1_733_000_000_123);
+        drop(p);
+        assert_eq!(open(dir.path(), JournalMode::Direct).1.heard_ms, Some(1_733_000_000_123));
     }
 
     /// Two agents on one data dir would interleave their journals: the second is refused
