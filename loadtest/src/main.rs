@@ -29,7 +29,7 @@ enum Cmd {
     /// A local mesh (authority + 3 agents) with a token accepted, revoked and refused; runs until Ctrl-C.
     Demo,
     /// Run scenarios and print the report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Internal: build a set of N jtis in a fresh process and print its RSS growth.
     #[command(hide = true)]
     MemoryProbe {
@@ -107,6 +107,11 @@ struct RunArgs {
     /// `nats-server -js` on a free port, its store in a temp dir].
     #[arg(long)]
     nats: Option<String>,
+    /// For `receipt`: every second agent process runs this `revmesh-agent` binary instead (another
+    /// build), and each half's CPU per process is printed. Two builds under the same load at the
+    /// same moment: a comparison that host drift between runs cannot blur.
+    #[arg(long, value_parser = executable_file)]
+    agent_b: Option<std::path::PathBuf>,
     /// Also write the report here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -151,7 +156,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Cmd::Demo => demo::run().await.map(|()| true),
-            Cmd::Run(a) => run(a).await,
+            Cmd::Run(a) => run(*a).await,
             Cmd::MemoryProbe { n } => {
                 scenarios::memory_probe(n);
                 Ok(true)
@@ -179,6 +184,15 @@ fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 && r <= 1e6 => Ok(r),
         _ => Err(format!("{s:?} is not a rate: give revocations per second, above 0 and at most 1000000")),
+    }
+}
+
+fn executable_file(s: &str) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(s) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(s.into()),
+        Ok(_) => Err(format!("{s} is not an executable file")),
+        Err(e) => Err(format!("{s}: {e}")),
     }
 }
 
@@ -280,7 +294,8 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         );
         let mut rows = Vec::new();
         for &n in &a.agent_procs {
-            let levels = scenarios::propagation_procs(tmp, n, a.revocations, a.rate).await?;
+            let levels =
+                scenarios::propagation_procs(tmp, n, a.revocations, a.rate, a.agent_b.as_deref()).await?;
             let js = anchors::jetstream(tmp, a.nats.as_deref(), n, a.revocations, a.rate).await?;
             let rd = anchors::redis_pubsub(n, a.revocations, a.rate).await?;
             let row = |system: &str, s: &util::Summary, server: f64, link: Option<f64>, per: f64| {
@@ -311,6 +326,15 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
                 );
                 if r.incomplete > 0 {
                     println!("       ({} receipts incomplete)", r.incomplete);
+                }
+                if let Some(s) = &r.split {
+                    println!(
+                        "       per process: A (this build) {:.1}µs, B ({}) {:.1}µs: B/A {:.2}x",
+                        s.a_cpu_us,
+                        s.b_bin,
+                        s.b_cpu_us,
+                        s.b_cpu_us / s.a_cpu_us.max(0.001)
+                    );
                 }
             }
             row("jetstream", &js.receipt, js.server_cpu_us, None, js.subscriber_cpu_us);

@@ -184,6 +184,18 @@ impl AgentProc {
         secret: &Path,
         extra: &[&str],
     ) -> anyhow::Result<AgentProc> {
+        Self::start_bin(&sibling("revmesh-agent")?, dir, id, authority, secret, extra)
+    }
+
+    /// [`AgentProc::start`] with the agent binary at `bin` (another build, say).
+    pub fn start_bin(
+        bin: &Path,
+        dir: &Path,
+        id: &str,
+        authority: &str,
+        secret: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<AgentProc> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("agent.sock");
         let mut args: Vec<String> =
@@ -198,7 +210,7 @@ impl AgentProc {
             args.push(a.into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn(&sibling("revmesh-agent")?, &args, false)?;
+        let proc = Proc::spawn(bin, &args, false)?;
         let metrics = proc.field("metrics").context("no metrics address")?;
         Ok(AgentProc { proc, socket, metrics })
     }

@@ -980,27 +980,50 @@ pub struct ProcPropagation {
     pub authority_cpu_per_link_us: f64,
     /// Mean CPU per revocation of one agent process, microseconds.
     pub agent_cpu_us: f64,
+    /// With `--agent-b`: the same for each half of the fleet.
+    pub split: Option<FleetSplit>,
+}
+
+/// CPU per revocation of one agent process in each half of a mixed fleet (`--agent-b`).
+#[derive(Debug, Serialize)]
+pub struct FleetSplit {
+    /// The even-numbered agents: this build's `revmesh-agent`.
+    pub a_cpu_us: f64,
+    /// The odd-numbered agents: the binary given with `--agent-b`.
+    pub b_cpu_us: f64,
+    /// That binary.
+    pub b_bin: String,
 }
 
 /// `count` revocations at `rate` to `n` agent processes, waited for with `?wait=all`, then
 /// `count` more with `?wait=applied`, on the same fleet. CPU is read from /proc before and
 /// after each level's revocations, so connection set-up and catch-up are not counted;
 /// heartbeats during the run are.
+///
+/// With `agent_b`, every odd-numbered agent runs that binary instead, and each half's CPU is
+/// reported too: two builds compared under the same load at the same moment.
 pub async fn propagation_procs(
     dir: &Path,
     n: usize,
     count: usize,
     rate: f64,
+    agent_b: Option<&Path>,
 ) -> anyhow::Result<Vec<ProcPropagation>> {
-    use crate::procs::{cpu_ticks, ticks_to_us, total_cpu_ticks, AgentProc, BENCH_SECRET};
+    use crate::procs::{cpu_ticks, sibling, ticks_to_us, total_cpu_ticks, AgentProc, BENCH_SECRET};
     let base = dir.join(format!("procs-{n}"));
     let max = (n + 64).to_string();
     let auth = AuthorityProc::start(&base.join("authority"), "127.0.0.1:0", &["--max-agents", &max])?;
     let secret = base.join("hs.secret");
     std::fs::write(&secret, BENCH_SECRET)?;
     let mut agents = Vec::with_capacity(n);
+    let a_bin = sibling("revmesh-agent")?;
     for i in 0..n {
-        agents.push(AgentProc::start(
+        let bin = match agent_b {
+            Some(b) if i % 2 == 1 => b,
+            _ => a_bin.as_path(),
+        };
+        agents.push(AgentProc::start_bin(
+            bin,
             &base.join(format!("agent-{i}")),
             &format!("proc-{i}"),
             &auth.ws,
@@ -1013,13 +1036,24 @@ pub async fn propagation_procs(
     receipts_at_rate(&auth, "procs-warm-up", 1, rate, "all").await?;
     let auth_pid = auth.proc.child.id();
     let pids: Vec<u32> = agents.iter().map(|a| a.proc.child.id()).collect();
-    let agents_cpu = || total_cpu_ticks(&pids);
+    // Without a B binary every agent is in A.
+    let in_b = |i: usize| agent_b.is_some() && i % 2 == 1;
+    let a_pids: Vec<u32> = pids.iter().enumerate().filter(|(i, _)| !in_b(*i)).map(|(_, p)| *p).collect();
+    let b_pids: Vec<u32> = pids.iter().enumerate().filter(|(i, _)| in_b(*i)).map(|(_, p)| *p).collect();
     let mut levels = Vec::new();
     for wait in ["all", "applied"] {
-        let (auth0, agents0) = (cpu_ticks(auth_pid)?, agents_cpu());
+        let (auth0, a0, b0) = (cpu_ticks(auth_pid)?, total_cpu_ticks(&a_pids), total_cpu_ticks(&b_pids));
         let (lat, incomplete) = receipts_at_rate(&auth, &format!("procs-{wait}"), count, rate, wait).await?;
         let auth_us = ticks_to_us(cpu_ticks(auth_pid)? - auth0) / count as f64;
-        let agent_us = ticks_to_us(agents_cpu() - agents0) / count as f64 / n.max(1) as f64;
+        let (a_us, b_us) =
+            (ticks_to_us(total_cpu_ticks(&a_pids) - a0), ticks_to_us(total_cpu_ticks(&b_pids) - b0));
+        let per = |us: f64, procs: usize| us / count as f64 / procs.max(1) as f64;
+        let agent_us = per(a_us + b_us, n);
+        let split = agent_b.map(|b| FleetSplit {
+            a_cpu_us: per(a_us, a_pids.len()),
+            b_cpu_us: per(b_us, b_pids.len()),
+            b_bin: b.display().to_string(),
+        });
         levels.push(ProcPropagation {
             agent_procs: n,
             wait,
@@ -1029,6 +1063,7 @@ pub async fn propagation_procs(
             authority_cpu_us: auth_us,
             authority_cpu_per_link_us: auth_us / n.max(1) as f64,
             agent_cpu_us: agent_us,
+            split,
         });
     }
     drop(agents);

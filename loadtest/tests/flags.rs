@@ -19,3 +19,25 @@ fn a_rate_that_is_not_positive_and_finite_is_refused_by_name() {
         assert!(!stderr.contains("panicked"), "--rate {rate}: {stderr}");
     }
 }
+
+/// `--agent-b` names a binary to start half the fleet with: a path that is missing or not an
+/// executable file is refused before any process starts, with the path in the message.
+#[test]
+fn an_agent_b_that_is_not_an_executable_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("not-executable");
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    let missing = dir.path().join("missing");
+    for bad in [&plain, &missing, &dir.path().to_path_buf()] {
+        let out = Command::new(env!("CARGO_BIN_EXE_revmesh-loadtest"))
+            .args(["run", "--scenario", "receipt", "--agent-procs", "2", "--revocations", "1"])
+            .arg("--agent-b")
+            .arg(bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{}: {stderr}", bad.display());
+        assert!(stderr.contains("--agent-b") && stderr.contains(&*bad.to_string_lossy()), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
