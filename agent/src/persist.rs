@@ -84,6 +84,7 @@ pub struct Persist {
     /// write starts at that block and writes them again, unchanged, ahead of the new records.
     tail: Vec<u8>,
     mode: JournalMode,
+    scratch: Scratch,
 }
 
 #[derive(Debug)]
@@ -128,28 +129,41 @@ fn open_journal(path: &Path, mode: JournalMode) -> std::io::Result<(File, bool)>
     Ok((OpenOptions::new().read(true).write(true).open(path)?, false))
 }
 
-/// A zeroed buffer of `len` bytes (a multiple of [`ALIGN`]) whose address is aligned to
-/// [`ALIGN`], as direct writes need.
-struct Aligned {
+/// The buffer direct writes are assembled in, its slices aligned to [`ALIGN`] as direct I/O
+/// needs. It keeps the allocation of an ordinary write (a block or two) for the next one; a
+/// larger one (a catch-up's group, a growth step) is given back after its write.
+#[derive(Debug, Default)]
+struct Scratch {
     bytes: Vec<u8>,
-    start: usize,
-    len: usize,
 }
 
-impl Aligned {
-    /// `None` when the allocator's address cannot be aligned (it always can in practice).
-    fn zeroed(len: usize) -> Option<Self> {
-        let bytes = vec![0u8; len + ALIGN];
-        let start = bytes.as_ptr().align_offset(ALIGN);
-        (start < ALIGN).then_some(Self { bytes, start, len })
+/// Largest scratch allocation kept between writes.
+const SCRATCH_KEEP: usize = 64 << 10;
+
+impl Scratch {
+    /// An aligned slice of `len` bytes (a multiple of [`ALIGN`]) holding `parts` one after the
+    /// other, then zeros. `None` when the allocator's address cannot be aligned (it always can
+    /// in practice).
+    fn assemble(&mut self, len: usize, parts: &[&[u8]]) -> Option<&[u8]> {
+        if self.bytes.len() < len + ALIGN {
+            self.bytes = vec![0; len + ALIGN];
+        }
+        let start = self.bytes.as_ptr().align_offset(ALIGN);
+        let b = self.bytes.get_mut(start..start + len)?;
+        let mut at = 0;
+        for p in parts {
+            b.get_mut(at..at + p.len())?.copy_from_slice(p);
+            at += p.len();
+        }
+        b.get_mut(at..)?.fill(0);
+        self.bytes.get(start..start + len)
     }
 
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[self.start..self.start + self.len]
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.bytes[self.start..self.start + self.len]
+    /// Gives a large allocation back.
+    fn trim(&mut self) {
+        if self.bytes.len() > SCRATCH_KEEP + ALIGN {
+            self.bytes = Vec::new();
+        }
     }
 }
 
@@ -351,7 +365,11 @@ impl Persist {
         let heard = open_heard(dir).map_err(io(&dir.join("heard")))?;
         let files = Some(Files { _lock: lock, journal, direct, heard });
         let journal_len = good as u64;
-        Ok((Self { dir: dir.to_owned(), files, journal_len, journal_file_len: file_len, tail, mode }, rec))
+        let scratch = Scratch::default();
+        Ok((
+            Self { dir: dir.to_owned(), files, journal_len, journal_file_len: file_len, tail, mode, scratch },
+            rec,
+        ))
     }
 
     /// Appends one applied batch and fsyncs it. Returns true when the journal should be compacted.
@@ -384,7 +402,14 @@ impl Persist {
         let at = self.journal_len;
         let end = at + records.len() as u64;
         let mut written = if files.direct {
-            Self::write_direct_records(files, &self.tail, records, at, self.journal_file_len)
+            Self::write_direct_records(
+                files,
+                &mut self.scratch,
+                &self.tail,
+                records,
+                at,
+                self.journal_file_len,
+            )
         } else {
             Self::write_buffered_records(files, records, at, self.journal_file_len)
         };
@@ -459,6 +484,7 @@ impl Persist {
     /// a step of them when the records pass the file's end. Returns the file's new length.
     fn write_direct_records(
         files: &Files,
+        scratch: &mut Scratch,
         tail: &[u8],
         records: &[u8],
         at: u64,
@@ -466,15 +492,13 @@ impl Persist {
     ) -> std::io::Result<u64> {
         let start = align_down(at);
         let end = at + records.len() as u64;
-        let write = |to: u64| -> std::io::Result<u64> {
-            let Some(mut buf) = Aligned::zeroed((to - start) as usize) else {
+        let mut write = |to: u64| -> std::io::Result<u64> {
+            let Some(buf) = scratch.assemble((to - start) as usize, &[tail, records]) else {
                 return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
             };
-            let b = buf.as_mut_slice();
-            b[..tail.len()].copy_from_slice(tail);
-            b[tail.len()..tail.len() + records.len()].copy_from_slice(records);
-            write_direct(&files.journal, buf.as_slice(), start)?;
-            Ok(to.max(file_len))
+            let written = write_direct(&files.journal, buf, start);
+            scratch.trim();
+            written.map(|()| to.max(file_len))
         };
         if end <= file_len {
             return write(align_up(end));
