@@ -189,7 +189,7 @@ pub async fn run(
     let link = link::run_with(settings, creds.clone(), state.clone(), persist, shutdown.clone());
     let link_shutdown = shutdown.clone();
     let link_thread = std::thread::Builder::new().name("revmesh-link".into()).spawn(move || {
-        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
             Ok(rt) => rt.block_on(link),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the link's runtime; stopping");
