@@ -5,6 +5,13 @@
 //! promises (JetStream: the server confirmed its ack; Redis: it received the message), and the
 //! driver times publish → last report.
 //!
+//! A third anchor, Redis pub/sub with a journal, is the floor of the durable receipt: each
+//! subscriber appends every message to a journal of its own through the agent's persistence
+//! layer (`revmesh_agent::persist`, the same record and the same direct, synchronous write an
+//! agent makes before its ack) and only then reports. What a process pays for that, against
+//! what an agent process pays per durable revocation, separates the cost of durability on the
+//! host from the cost of revmesh's link.
+//!
 //! The clients are minimal and blocking (one process, one subscription): NATS's text protocol
 //! (<https://docs.nats.io/reference/reference-protocols/nats-protocol>) and RESP2.
 
@@ -219,8 +226,11 @@ fn resp_conn(addr: &str) -> anyhow::Result<(TcpStream, BufReader<TcpStream>)> {
 }
 
 /// Internal subcommand: one Redis subscriber. Prints `ready` once subscribed; reports every
-/// message on the `done` channel from a second connection.
-pub fn redis_subscriber(addr: &str) -> anyhow::Result<()> {
+/// message on the `done` channel from a second connection. With `journal`, every message is
+/// first appended to an agent journal in that directory and made durable, as an agent does
+/// with a revocation before it acknowledges it.
+pub fn redis_subscriber(addr: &str, journal: Option<&Path>) -> anyhow::Result<()> {
+    let mut journal = journal.map(Journal::open).transpose()?;
     let (mut w, mut r) = resp_conn(addr)?;
     let (mut out, mut out_r) = resp_conn(addr)?;
     w.write_all(&resp(&[b"SUBSCRIBE", SUBJECT.as_bytes()]))?;
@@ -230,10 +240,47 @@ pub fn redis_subscriber(addr: &str) -> anyhow::Result<()> {
         let m = resp_read(&mut r)?;
         if let [kind, _, payload] = m.as_slice() {
             if kind == b"message" {
+                if let Some(j) = journal.as_mut() {
+                    j.append(payload)?;
+                }
                 out.write_all(&resp(&[b"PUBLISH", DONE.as_bytes(), payload]))?;
                 resp_read(&mut out_r)?;
             }
         }
+    }
+}
+
+/// An agent's journal, written by a subscriber: one record per message, each a batch of one
+/// `jti` entry named by the message, durable when `append` returns.
+struct Journal {
+    persist: revmesh_agent::persist::Persist,
+    log_id: revmesh_protocol::LogId,
+    clock: revmesh_runtime::Clock,
+    seq: u64,
+}
+
+impl Journal {
+    fn open(dir: &Path) -> anyhow::Result<Journal> {
+        let clock = revmesh_runtime::Clock::system();
+        let (persist, recovered) = revmesh_agent::persist::Persist::open(dir, &clock)
+            .with_context(|| format!("opening a journal in {}", dir.display()))?;
+        let log_id = revmesh_protocol::LogId(*b"loadtest-journal");
+        Ok(Journal { persist, log_id, clock, seq: recovered.applied_seq })
+    }
+
+    fn append(&mut self, message: &[u8]) -> anyhow::Result<()> {
+        use revmesh_protocol::{Entry, Revocation};
+        self.seq += 1;
+        let now = self.clock.unix_secs();
+        let entry = Entry {
+            seq: self.seq,
+            created_at_ms: now * 1000,
+            expires_at: now + 3600,
+            reason: None,
+            revocation: Revocation::Jti { jti: String::from_utf8_lossy(message).into_owned(), iss: None },
+        };
+        self.persist.append(self.log_id, self.seq, self.seq, std::slice::from_ref(&entry))?;
+        Ok(())
     }
 }
 
@@ -373,8 +420,14 @@ pub async fn jetstream(
     })
 }
 
-/// Redis pub/sub through a private `redis-server`.
-pub async fn redis_pubsub(n: usize, count: usize, rate: f64) -> anyhow::Result<Anchor> {
+/// Redis pub/sub through a private `redis-server`; with `journals`, each subscriber makes every
+/// message durable in an agent journal under that directory before it reports.
+pub async fn redis_pubsub(
+    journals: Option<&Path>,
+    n: usize,
+    count: usize,
+    rate: f64,
+) -> anyhow::Result<Anchor> {
     let port = free_port()?;
     let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         .map(String::from);
@@ -382,8 +435,17 @@ pub async fn redis_pubsub(n: usize, count: usize, rate: f64) -> anyhow::Result<A
     let addr = format!("127.0.0.1:{port}");
     wait_port(&addr).await?;
     let server_pid = server.0.id();
+    let journals = journals.map(Path::to_path_buf);
+    let system = if journals.is_some() { "redis + journal" } else { "redis pub/sub" };
     let (lat, s, c) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<Duration>, f64, f64)> {
-        let subs = subscribers(n, |_| vec!["redis-subscriber".into(), "--addr".into(), addr.clone()])?;
+        let subs = subscribers(n, |i| {
+            let mut args = vec!["redis-subscriber".into(), "--addr".into(), addr.clone()];
+            if let Some(d) = &journals {
+                args.push("--journal".into());
+                args.push(d.join(format!("subscriber-{i}")).display().to_string());
+            }
+            args
+        })?;
         let pids: Vec<u32> = subs.iter().map(|p| p.child.id()).collect();
         let subs_cpu = || total_cpu_ticks(&pids);
         let (mut done_w, mut done_r) = resp_conn(&addr)?;
@@ -415,10 +477,41 @@ pub async fn redis_pubsub(n: usize, count: usize, rate: f64) -> anyhow::Result<A
     .await??;
     drop(server);
     Ok(Anchor {
-        system: "redis pub/sub".into(),
+        system: system.into(),
         subscribers: n,
         receipt: summarize(lat),
         server_cpu_us: s,
         subscriber_cpu_us: c,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Journal;
+    use revmesh_protocol::TokenRef;
+
+    /// The journal anchor pays for the agent's real write: what it appends is what an agent
+    /// recovers on restart, every message revoked, the seq carried on across reopenings.
+    #[test]
+    fn subscriber_journal_is_an_agent_journal() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut j = Journal::open(dir.path())?;
+        for m in ["m-1", "m-2", "m-3"] {
+            j.append(m.as_bytes())?;
+        }
+        drop(j);
+        let mut j = Journal::open(dir.path())?;
+        j.append(b"m-4")?;
+        drop(j);
+        let clock = revmesh_runtime::Clock::system();
+        let (_persist, recovered) = revmesh_agent::persist::Persist::open(dir.path(), &clock)?;
+        assert_eq!(recovered.applied_seq, 4);
+        assert!(recovered.warnings.is_empty(), "{:?}", recovered.warnings);
+        for (seq, m) in (1..).zip(["m-1", "m-2", "m-3", "m-4"]) {
+            let v = recovered.set.check(&TokenRef { jti: Some(m), ..TokenRef::default() });
+            assert_eq!(v.map(|v| v.seq), Some(seq), "{m}");
+        }
+        assert!(recovered.set.check(&TokenRef { jti: Some("m-5"), ..TokenRef::default() }).is_none());
+        Ok(())
+    }
 }

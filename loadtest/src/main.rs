@@ -52,6 +52,9 @@ enum Cmd {
         /// Redis server `host:port`.
         #[arg(long)]
         addr: String,
+        /// Make every message durable in an agent journal in this directory before reporting it.
+        #[arg(long)]
+        journal: Option<std::path::PathBuf>,
     },
 }
 
@@ -164,8 +167,10 @@ fn main() -> ExitCode {
             Cmd::NatsConsumer { addr, id } => {
                 tokio::task::spawn_blocking(move || anchors::nats_consumer(&addr, id)).await?.map(|()| true)
             }
-            Cmd::RedisSubscriber { addr } => {
-                tokio::task::spawn_blocking(move || anchors::redis_subscriber(&addr)).await?.map(|()| true)
+            Cmd::RedisSubscriber { addr, journal } => {
+                tokio::task::spawn_blocking(move || anchors::redis_subscriber(&addr, journal.as_deref()))
+                    .await?
+                    .map(|()| true)
             }
         }
     });
@@ -275,6 +280,7 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         println!("  revmesh applied: ?wait=applied, each agent reports from memory before its fsync (held up to --applied-fsync-delay, shared)");
         println!("  jetstream: file stream, one durable consumer per process, ack confirmed by the server");
         println!("  redis pub/sub: received by every subscriber process (no acks, no durability)");
+        println!("  redis + journal: the same, each subscriber first appending the message to an agent journal (the agent's own durable write)");
         let gap = Duration::from_secs_f64(1.0 / a.rate);
         // 40 samples, or fewer when the gap is long: at most ~5 s of sleeping.
         let samples = (5.0 / gap.as_secs_f64()).clamp(5.0, 40.0) as usize;
@@ -297,7 +303,9 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             let levels =
                 scenarios::propagation_procs(tmp, n, a.revocations, a.rate, a.agent_b.as_deref()).await?;
             let js = anchors::jetstream(tmp, a.nats.as_deref(), n, a.revocations, a.rate).await?;
-            let rd = anchors::redis_pubsub(n, a.revocations, a.rate).await?;
+            let rd = anchors::redis_pubsub(None, n, a.revocations, a.rate).await?;
+            let journals = tmp.join(format!("redis-journals-{n}"));
+            let rj = anchors::redis_pubsub(Some(&journals), n, a.revocations, a.rate).await?;
             let row = |system: &str, s: &util::Summary, server: f64, link: Option<f64>, per: f64| {
                 let ratios: Vec<String> = levels
                     .iter()
@@ -339,7 +347,25 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             }
             row("jetstream", &js.receipt, js.server_cpu_us, None, js.subscriber_cpu_us);
             row("redis pub/sub", &rd.receipt, rd.server_cpu_us, None, rd.subscriber_cpu_us);
-            rows.push(json!({"revmesh": levels, "jetstream": js, "redis": rd}));
+            row("redis + journal", &rj.receipt, rj.server_cpu_us, None, rj.subscriber_cpu_us);
+            if let Some(d) = levels.iter().find(|r| r.wait != "applied") {
+                println!(
+                    "       durable, per process: agent {:.1}µs, redis + journal subscriber {:.1}µs: {:.2}x",
+                    d.agent_cpu_us,
+                    rj.subscriber_cpu_us,
+                    d.agent_cpu_us / rj.subscriber_cpu_us.max(0.001)
+                );
+                // Per subscriber, redis-server reads the report and writes the message and the
+                // report on: a link's write and ack read, plus one write.
+                let redis_per_sub = rj.server_cpu_us / n.max(1) as f64;
+                println!(
+                    "       durable, server per link: authority {:.1}µs, redis-server per subscriber {:.1}µs: {:.2}x",
+                    d.authority_cpu_per_link_us,
+                    redis_per_sub,
+                    d.authority_cpu_per_link_us / redis_per_sub.max(0.001)
+                );
+            }
+            rows.push(json!({"revmesh": levels, "jetstream": js, "redis": rd, "redis_journal": rj}));
         }
         println!("  p99 ratio: revmesh durable's / applied's p99 divided by the row's (goal: ≤ 0.5x JetStream, ≤ 2.5x Redis)\n");
         report.insert("receipt".into(), json!(rows));
