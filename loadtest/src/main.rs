@@ -294,6 +294,14 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             "cold_cost".into(),
             json!({"gap_ms": gap.as_secs_f64() * 1e3, "hot_us": hot, "cold_us": cold}),
         );
+        // Every receipt waits for the authority's own commit before the first frame leaves.
+        let commit = scenarios::commit_alone(tmp, a.revocations, a.rate).await?;
+        println!(
+            "  the authority alone (no agents): p50 {}, p99 {}, the commit each receipt includes",
+            us(commit.p50_us),
+            us(commit.p99_us)
+        );
+        report.insert("commit_alone".into(), json!(commit));
         println!(
             "{:>6} {:<16} {:>10} {:>10} {:>12} {:>14} {:>14} {:>12}",
             "procs", "system", "p50", "p99", "p99 ratio", "server", "per link", "per process"
@@ -349,6 +357,15 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             row("redis pub/sub", &rd.receipt, rd.server_cpu_us, None, rd.subscriber_cpu_us);
             row("redis + journal", &rj.receipt, rj.server_cpu_us, None, rj.subscriber_cpu_us);
             if let Some(d) = levels.iter().find(|r| r.wait != "applied") {
+                // The durable floor: the subscribers' durable write (redis + journal) after the
+                // authority's commit.
+                println!(
+                    "       durable floor, redis + journal + the commit alone: p50 {}, p99 {}; revmesh durable {:.2}x / {:.2}x",
+                    us(rj.receipt.p50_us + commit.p50_us),
+                    us(rj.receipt.p99_us + commit.p99_us),
+                    d.receipt.p50_us / (rj.receipt.p50_us + commit.p50_us).max(0.001),
+                    d.receipt.p99_us / (rj.receipt.p99_us + commit.p99_us).max(0.001)
+                );
                 println!(
                     "       durable, per process: agent {:.1}µs, redis + journal subscriber {:.1}µs: {:.2}x",
                     d.agent_cpu_us,

@@ -961,6 +961,14 @@ async fn total_commits(reps: &[AuthorityProc]) -> f64 {
     total
 }
 
+/// The authority's own part of every receipt: the same revocations at the same rate to an
+/// authority with no agents, so each `?wait=all` answers once its commit is durable.
+pub async fn commit_alone(dir: &Path, count: usize, rate: f64) -> anyhow::Result<Summary> {
+    let auth = AuthorityProc::start(&dir.join("commit-alone"), "127.0.0.1:0", &[])?;
+    let (lat, _) = receipts_at_rate(&auth, "commit-alone", count, rate, "all").await?;
+    Ok(summarize(lat))
+}
+
 /// Propagation to a fleet of real agent processes, with CPU per revocation per component.
 #[derive(Debug, Serialize)]
 pub struct ProcPropagation {
