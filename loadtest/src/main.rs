@@ -359,12 +359,14 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             if let Some(d) = levels.iter().find(|r| r.wait != "applied") {
                 // The durable floor: the subscribers' durable write (redis + journal) after the
                 // authority's commit.
+                let (floor_p50, floor_p99) =
+                    (rj.receipt.p50_us + commit.p50_us, rj.receipt.p99_us + commit.p99_us);
                 println!(
                     "       durable floor, redis + journal + the commit alone: p50 {}, p99 {}; revmesh durable {:.2}x / {:.2}x",
-                    us(rj.receipt.p50_us + commit.p50_us),
-                    us(rj.receipt.p99_us + commit.p99_us),
-                    d.receipt.p50_us / (rj.receipt.p50_us + commit.p50_us).max(0.001),
-                    d.receipt.p99_us / (rj.receipt.p99_us + commit.p99_us).max(0.001)
+                    us(floor_p50),
+                    us(floor_p99),
+                    d.receipt.p50_us / floor_p50.max(0.001),
+                    d.receipt.p99_us / floor_p99.max(0.001)
                 );
                 println!(
                     "       durable, per process: agent {:.1}µs, redis + journal subscriber {:.1}µs: {:.2}x",
