@@ -56,6 +56,12 @@ enum Cmd {
         #[arg(long)]
         journal: Option<std::path::PathBuf>,
     },
+    /// Internal: the `checks` scenario's echo floor, a process of its own.
+    #[command(hide = true)]
+    EchoServer {
+        /// Unix socket to listen on.
+        socket: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +177,9 @@ fn main() -> ExitCode {
                 tokio::task::spawn_blocking(move || anchors::redis_subscriber(&addr, journal.as_deref()))
                     .await?
                     .map(|()| true)
+            }
+            Cmd::EchoServer { socket } => {
+                tokio::task::spawn_blocking(move || scenarios::echo_server(&socket)).await?.map(|()| true)
             }
         }
     });
@@ -441,13 +450,22 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
                 r.server_cpu_us.map_or("-".into(), |c| format!("{c:.1}µs"))
             );
         }
+        let cpu = |name: &str| rows.iter().find(|r| r.request == name).and_then(|r| r.server_cpu_us);
         if let (Some(r), Some(status)) = (&redis, rows.iter().find(|r| r.request == "STATUS")) {
+            let redis_cpu = r.get.server_cpu_us.unwrap_or(0.0).max(0.001);
             println!(
                 "STATUS vs redis GET: p50 {:.2}x of redis, throughput {:.2}x of redis, server CPU per request {:.2}x of redis",
                 status.sequential.p50_us / r.get.sequential.p50_us.max(0.001),
                 status.throughput_32 / r.get.throughput_32.max(0.001),
-                status.server_cpu_us.unwrap_or(0.0) / r.get.server_cpu_us.unwrap_or(0.0).max(0.001)
+                status.server_cpu_us.unwrap_or(0.0) / redis_cpu
             );
+            if let Some(echo) = cpu("echo (floor)") {
+                println!(
+                    "server CPU per request, the echo floor: {:.2}x of redis's; STATUS {:.2}x of the floor's",
+                    echo / redis_cpu,
+                    status.server_cpu_us.unwrap_or(0.0) / echo.max(0.001)
+                );
+            }
         }
         println!();
         report.insert("checks".into(), json!(rows));

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 /// A throwaway P-256 key pair for ES256 measurements (test material, not a secret).
@@ -230,8 +230,7 @@ pub struct Checks {
     pub sequential: Summary,
     /// Requests per second over 32 connections.
     pub throughput_32: f64,
-    /// CPU of the serving process per sequential request, microseconds (from /proc; none for
-    /// the in-process echo floor).
+    /// CPU of the serving process per sequential request, microseconds (from /proc).
     pub server_cpu_us: Option<f64>,
 }
 
@@ -314,25 +313,97 @@ async fn throughput(socket: &Path, line: &str, conns: usize, dur: Duration) -> a
     Ok(total as f64 / dur.as_secs_f64())
 }
 
-/// A bare Unix-socket line echo server: the floor any socket protocol pays.
-async fn echo_server(path: PathBuf, stop: CancellationToken) -> anyhow::Result<()> {
-    let l = UnixListener::bind(&path)?;
+/// Connections the echo floor serves at once (the checks scenario opens 33).
+const ECHO_MAX_CONNS: usize = 256;
+
+/// A bare Unix-socket line echo server, the floor any socket protocol pays: one thread, an
+/// epoll loop, and per request the three system calls Redis and the agent make (`epoll_wait`,
+/// one `read`, one `write`), with no runtime and no decision. It runs as its own process
+/// (`revmesh-loadtest echo-server`), so its CPU per request is read from /proc like the
+/// agent's and Redis's. Prints `ready` once it listens.
+pub fn echo_server(path: &Path) -> anyhow::Result<()> {
+    use mio::net::UnixListener;
+    use mio::{Events, Interest, Poll, Token};
+    use std::collections::HashMap;
+    use std::io::ErrorKind;
+    const LISTENER: Token = Token(usize::MAX);
+    let mut poll = Poll::new()?;
+    let mut listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    println!("ready");
+    let mut conns: HashMap<Token, EchoConn> = HashMap::new();
+    let mut next = 0usize;
+    let mut events = Events::with_capacity(256);
     loop {
-        let (s, _) = tokio::select! {
-            a = l.accept() => a?,
-            _ = stop.cancelled() => return Ok(()),
-        };
-        tokio::spawn(async move {
-            let (r, mut w) = s.into_split();
-            let mut r = BufReader::new(r);
-            let mut line = String::new();
-            while r.read_line(&mut line).await.is_ok_and(|n| n > 0) {
-                if w.write_all(line.as_bytes()).await.is_err() {
-                    return;
-                }
-                line.clear();
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
             }
-        });
+            return Err(e.into());
+        }
+        for ev in &events {
+            if ev.token() == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((mut stream, _)) if conns.len() < ECHO_MAX_CONNS => {
+                            let t = Token(next);
+                            next += 1;
+                            poll.registry().register(&mut stream, t, Interest::READABLE)?;
+                            conns.insert(t, EchoConn { stream, buf: [0; 4096], have: 0 });
+                        }
+                        Ok(_) => {} // over the cap: dropped, closed at once
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(_) => break,
+                    }
+                }
+            } else if let Some(c) = conns.get_mut(&ev.token()) {
+                if !c.echo() {
+                    conns.remove(&ev.token());
+                }
+            }
+        }
+    }
+}
+
+/// One echo connection: bytes read that do not yet end a line.
+struct EchoConn {
+    stream: mio::net::UnixStream,
+    buf: [u8; 4096],
+    have: usize,
+}
+
+impl EchoConn {
+    /// Reads what is there and writes back every complete line, a burst of them in one write;
+    /// false when the connection is done (closed, failed, or a line longer than the buffer).
+    /// A read that fills less than the buffer took everything the socket held, so (as tokio
+    /// does) it ends the turn without a second read that would only say `EAGAIN`; bytes that
+    /// arrive later raise a new edge.
+    fn echo(&mut self) -> bool {
+        use std::io::{ErrorKind, Read, Write};
+        loop {
+            let room = self.buf.len() - self.have;
+            let n = match self.stream.read(&mut self.buf[self.have..]) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            self.have += n;
+            if let Some(end) = self.buf[..self.have].iter().rposition(|b| *b == b'\n') {
+                // The client waits for each answer, so a short write means it has gone.
+                if self.stream.write_all(&self.buf[..=end]).is_err() {
+                    return false;
+                }
+                self.buf.copy_within(end + 1..self.have, 0);
+                self.have -= end + 1;
+            } else if self.have == self.buf.len() {
+                return false;
+            }
+            if n < room {
+                return true;
+            }
+        }
     }
 }
 
@@ -364,12 +435,12 @@ pub async fn checks(dir: &Path, n: usize, dur: Duration) -> anyhow::Result<Vec<C
         jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), &claims, &key)?
     };
     let echo_path = dir.join("echo.sock");
-    let stop = CancellationToken::new();
-    let echo = tokio::spawn(echo_server(echo_path.clone(), stop.clone()));
-    wait_until(Duration::from_secs(5), || echo_path.exists()).await?;
+    let me = std::env::current_exe()?;
+    let echo =
+        crate::procs::Proc::spawn(&me, &["echo-server".into(), echo_path.display().to_string()], false)?;
     let pid = Some(agent.proc.child.id());
     let cases = [
-        ("echo (floor)", None, echo_path.as_path(), "STATUS jti=echo".to_owned(), "STATUS"),
+        ("echo (floor)", Some(echo.child.id()), echo_path.as_path(), "STATUS jti=echo".to_owned(), "STATUS"),
         ("STATUS", pid, agent.socket.as_path(), "STATUS jti=not-revoked iss=x".to_owned(), "OK"),
         ("CHECK HS256", pid, agent.socket.as_path(), format!("CHECK {hs}"), "OK"),
         ("CHECK ES256", pid, agent.socket.as_path(), format!("CHECK {es}"), "OK"),
@@ -380,8 +451,7 @@ pub async fn checks(dir: &Path, n: usize, dur: Duration) -> anyhow::Result<Vec<C
         let tp = throughput(sock, &line, 32, dur).await?;
         out.push(Checks { request: name.into(), sequential: seq, throughput_32: tp, server_cpu_us: cpu });
     }
-    stop.cancel();
-    let _ = echo.await;
+    drop(echo);
     Ok(out)
 }
 
