@@ -40,7 +40,7 @@ impl LineError {
 pub fn parse(line: &[u8]) -> Result<Request<'_>, LineError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let line = std::str::from_utf8(line).map_err(|_| LineError::BadField)?;
-    let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let (cmd, rest) = split_once(line, b' ').unwrap_or((line, ""));
     match cmd {
         "PING" if rest.is_empty() => Ok(Request::Ping),
         "PING" => Err(LineError::BadField),
@@ -51,11 +51,30 @@ pub fn parse(line: &[u8]) -> Result<Request<'_>, LineError> {
     }
 }
 
+/// `s` split around the first `b` (an ASCII byte, so both sides stay UTF-8). A byte scan: for
+/// the few bytes of a request word it is several times cheaper than `str::split_once`'s
+/// searcher.
+fn split_once(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|c| c == b)?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
 fn parse_status(rest: &str) -> Result<TokenRef<'_>, LineError> {
     let mut t = TokenRef::default();
     let mut any = false;
-    for word in rest.split(' ') {
-        let (k, v) = word.split_once('=').ok_or(LineError::BadField)?;
+    let mut words = Some(rest);
+    while let Some(left) = words {
+        let word = match split_once(left, b' ') {
+            Some((word, more)) => {
+                words = Some(more);
+                word
+            }
+            None => {
+                words = None;
+                left
+            }
+        };
+        let (k, v) = split_once(word, b'=').ok_or(LineError::BadField)?;
         if v.is_empty() {
             return Err(LineError::BadField);
         }
@@ -189,6 +208,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Serves requests until the connection ends.
     pub async fn serve(mut self, checker: &Checker, idle: Duration, shutdown: &CancellationToken) -> Ended {
+        // One idle timer and one shutdown wait for the connection's life, not one per read: a
+        // timer armed and cancelled, and a waiter added and removed, for every request would be
+        // locks on the hot path. When the timer fires early (the connection was busy since it
+        // was set), it is moved to `idle` after the last read.
+        let idle_timer = tokio::time::sleep(idle);
+        let stopping = shutdown.cancelled();
+        tokio::pin!(idle_timer, stopping);
+        let mut last_read = tokio::time::Instant::now();
         loop {
             match frame(&self.buf, self.max_line) {
                 Ok(Some(n)) => {
@@ -213,13 +240,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.buf.capacity() - self.buf.len() < 512 {
                 self.buf.reserve(4096.min(self.max_line + 1));
             }
+            // Shutdown first, so a client that never pauses cannot keep the connection open
+            // past it; the timer last, as only a quiet connection needs it.
             let read = tokio::select! {
-                r = tokio::time::timeout(idle, self.stream.read_buf(&mut self.buf)) => r,
-                _ = shutdown.cancelled() => return Ended::Closed,
+                biased;
+                () = &mut stopping => return Ended::Closed,
+                r = self.stream.read_buf(&mut self.buf) => r,
+                () = &mut idle_timer => {
+                    let quiet_until = last_read + idle;
+                    if quiet_until <= tokio::time::Instant::now() {
+                        return Ended::Closed;
+                    }
+                    idle_timer.as_mut().reset(quiet_until);
+                    continue;
+                }
             };
             match read {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ended::Closed,
-                Ok(Ok(_)) => {}
+                Ok(0) | Err(_) => return Ended::Closed,
+                Ok(_) => last_read = tokio::time::Instant::now(),
             }
         }
     }
@@ -285,6 +323,73 @@ mod tests {
         s.clear();
         render(&Verdict::Error("bad_field"), &mut s);
         assert_eq!(s, "ERR reason=bad_field\n");
+    }
+
+    fn checker() -> Checker {
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let state = crate::state::AgentState::new(
+            revmesh_protocol::RevocationSet::new(),
+            None,
+            1,
+            None,
+            Duration::from_secs(30),
+            true,
+            metrics,
+        );
+        let keys = crate::jwt::Keys::hmac(b"lines-test-secret-0123456789abcdef").expect("key");
+        let rules =
+            crate::jwt::Rules { issuer: None, audience: None, leeway_secs: 30, max_token_bytes: 8192 };
+        Checker::new(std::sync::Arc::new(state), std::sync::Arc::new(keys), rules)
+    }
+
+    /// Sends PING and reads its answer line.
+    async fn ping(c: &mut tokio::io::DuplexStream) {
+        c.write_all(b"PING\n").await.expect("write");
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n") {
+            let mut b = [0u8; 256];
+            let n = c.read(&mut b).await.expect("read");
+            assert!(n > 0, "closed before the answer");
+            got.extend_from_slice(&b[..n]);
+        }
+        assert!(got.starts_with(b"PONG "), "{}", String::from_utf8_lossy(&got));
+    }
+
+    // Virtual time: the runtime jumps the clock whenever every task waits on a timer.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_closes_after_the_idle_timeout_and_a_busy_one_does_not() {
+        let idle = Duration::from_secs(60);
+        let (checker, stop) = (checker(), CancellationToken::new());
+        let (mut client, server) = tokio::io::duplex(4096);
+        let t0 = tokio::time::Instant::now();
+        let serve = Connection::new(server, 1024).serve(&checker, idle, &stop);
+        let talk = async {
+            // Requests at 0 s, 40 s and 80 s: the timer set at 0 s fires at 60 s with a read
+            // 20 s old, so it must move on rather than close.
+            for _ in 0..3 {
+                ping(&mut client).await;
+                tokio::time::sleep(Duration::from_secs(40)).await;
+            }
+            client
+        };
+        let (ended, mut client) = tokio::join!(serve, talk);
+        assert_eq!(ended, Ended::Closed);
+        // The last read was at 80 s; closed at 140 s, not at 120 s (twice the timeout) or later.
+        assert_eq!(t0.elapsed(), Duration::from_secs(140));
+        let mut b = [0u8; 8];
+        assert_eq!(client.read(&mut b).await.expect("read"), 0, "closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_a_connection_with_requests_pending() {
+        let (checker, stop) = (checker(), CancellationToken::new());
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        // Pipelined requests waiting when the shutdown comes.
+        let burst = b"PING\n".repeat(2000);
+        client.write_all(&burst).await.expect("write");
+        stop.cancel();
+        let ended = Connection::new(server, 1024).serve(&checker, Duration::from_secs(60), &stop).await;
+        assert_eq!(ended, Ended::Closed);
     }
 
     #[test]
