@@ -278,6 +278,20 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
+/// Bytes the link offers the socket per read. tungstenite zero-fills what it offers before
+/// every read, so this is also the memset each read costs; most frames are far smaller, and a
+/// large batch or snapshot chunk takes several reads.
+const READ_CHUNK: usize = 16 << 10;
+
+fn ws_config() -> WebSocketConfig {
+    let mut cfg = WebSocketConfig::default();
+    cfg.read_buffer_size = READ_CHUNK;
+    cfg.max_message_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
+    cfg.max_frame_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
+    cfg.max_write_buffer_size = 1 << 20;
+    cfg
+}
+
 async fn connect(url: &str, settings: &Credentials) -> Result<Ws, LinkError> {
     let mut req =
         url.into_client_request().map_err(|source| LinkError::Url { url: url.to_owned(), source })?;
@@ -285,13 +299,7 @@ async fn connect(url: &str, settings: &Credentials) -> Result<Ws, LinkError> {
         let value = format!("Bearer {t}").parse().map_err(|_| LinkError::TokenHeader)?;
         req.headers_mut().insert("authorization", value);
     }
-    let mut cfg = WebSocketConfig::default();
-    // tungstenite zero-fills the free read buffer on every read; most frames are small, and
-    // the buffer still grows for a large batch or snapshot chunk.
-    cfg.read_buffer_size = 16 << 10;
-    cfg.max_message_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
-    cfg.max_frame_size = Some(revmesh_protocol::codec::MAX_FRAME_BYTES + 1024);
-    cfg.max_write_buffer_size = 1 << 20;
+    let cfg = ws_config();
     let host = req.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
     let tls = req.uri().scheme_str() == Some("wss");
     let port = req.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
@@ -824,4 +832,79 @@ async fn write_snapshot(state: &AgentState, journal: Option<&Journal>) -> Result
     let Some(j) = journal else { return Ok(seq) };
     j.with(move |p| p.snapshot(&snap, &table)).await?.map_err(|e| e.to_string())?;
     Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A stream that records the largest read buffer offered to it once `watch` is set.
+    struct Recording {
+        inner: tokio::io::DuplexStream,
+        watch: Arc<AtomicBool>,
+        largest: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Recording {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.watch.load(Ordering::Relaxed) {
+                self.largest.fetch_max(buf.remaining(), Ordering::Relaxed);
+            }
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recording {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, b)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    // Every read is preceded by a memset of what it offers, so a link whose offer grew to the
+    // largest frame it ever received (a 1 MiB catch-up batch, say) paid that memset on every
+    // later read: three per revocation.
+    #[tokio::test]
+    async fn after_a_large_frame_each_read_still_offers_only_the_read_chunk() {
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let (watch, largest) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let io = Recording { inner: a, watch: watch.clone(), largest: largest.clone() };
+        let mut agent = WebSocketStream::from_raw_socket(io, Role::Client, Some(ws_config())).await;
+        let mut authority = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let big = vec![7u8; revmesh_protocol::codec::MAX_FRAME_BYTES];
+        let send = async {
+            assert!(authority.send(Message::Binary(big.into())).await.is_ok(), "send");
+            authority
+        };
+        let (mut authority, got) = tokio::join!(send, agent.next());
+        let got = got.and_then(Result::ok).map(Message::into_data).map(|b| b.len());
+        assert_eq!(got, Some(revmesh_protocol::codec::MAX_FRAME_BYTES));
+        watch.store(true, Ordering::Relaxed);
+        for i in 0..10u8 {
+            assert!(authority.send(Message::Binary(vec![i; 40].into())).await.is_ok(), "send");
+            let got = agent.next().await.and_then(Result::ok).map(Message::into_data);
+            assert_eq!(got.as_deref(), Some(&[i; 40][..]));
+        }
+        let offered = largest.load(Ordering::Relaxed);
+        assert!(offered > 0 && offered <= READ_CHUNK, "a read offered {offered} bytes (chunk {READ_CHUNK})");
+    }
 }

@@ -579,7 +579,7 @@ fn ws_error_reason(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
     match e {
         Error::Capacity(_) => "too_large",
         Error::Protocol(_) => "websocket_protocol",
-        Error::Utf8 => "malformed",
+        Error::Utf8(_) => "malformed",
         _ => "io",
     }
 }
