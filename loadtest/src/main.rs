@@ -121,6 +121,10 @@ struct RunArgs {
     /// same moment: a comparison that host drift between runs cannot blur.
     #[arg(long, value_parser = executable_file)]
     agent_b: Option<std::path::PathBuf>,
+    /// For `receipt`: revocations in the log before the agent processes start, so each one
+    /// first catches up on them, as an agent joining a live mesh does [default: none].
+    #[arg(long, default_value_t = 0)]
+    backlog: usize,
     /// Also write the report here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -320,7 +324,8 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         let mut rows = Vec::new();
         for &n in &a.agent_procs {
             let levels =
-                scenarios::propagation_procs(tmp, n, a.revocations, a.rate, a.agent_b.as_deref()).await?;
+                scenarios::propagation_procs(tmp, n, a.revocations, a.rate, a.agent_b.as_deref(), a.backlog)
+                    .await?;
             let js = anchors::jetstream(tmp, a.nats.as_deref(), n, a.revocations, a.rate).await?;
             let rd = anchors::redis_pubsub(None, n, a.revocations, a.rate).await?;
             let journals = tmp.join(format!("redis-journals-{n}"));

@@ -867,6 +867,18 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
     })
 }
 
+/// Writes `n` revocations in bulk requests of up to 1,000 (unexpiring for the run's length).
+async fn post_backlog(auth: &AuthorityProc, n: usize) -> anyhow::Result<()> {
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
+    for start in (0..n).step_by(1000) {
+        let one = |i: usize| format!(r#"{{"kind":"jti","jti":"backlog-{i}","expires_at":{exp}}}"#);
+        let body = format!("[{}]", (start..n.min(start + 1000)).map(one).collect::<Vec<_>>().join(","));
+        let (st, v) = call(auth, "POST", "/v1/revocations".into(), body).await?;
+        anyhow::ensure!(st == 201, "backlog: {v}");
+    }
+    Ok(())
+}
+
 /// Several replicas on PostgreSQL: throughput through one and three replicas, and failover.
 #[derive(Debug, Serialize)]
 pub struct Ha {
@@ -1086,11 +1098,13 @@ pub async fn propagation_procs(
     count: usize,
     rate: f64,
     agent_b: Option<&Path>,
+    backlog: usize,
 ) -> anyhow::Result<Vec<ProcPropagation>> {
     use crate::procs::{cpu_ticks, sibling, ticks_to_us, total_cpu_ticks, AgentProc, BENCH_SECRET};
     let base = dir.join(format!("procs-{n}"));
     let max = (n + 64).to_string();
     let auth = AuthorityProc::start(&base.join("authority"), "127.0.0.1:0", &["--max-agents", &max])?;
+    post_backlog(&auth, backlog).await?;
     let secret = base.join("hs.secret");
     std::fs::write(&secret, BENCH_SECRET)?;
     let mut agents = Vec::with_capacity(n);
@@ -1110,7 +1124,8 @@ pub async fn propagation_procs(
         )?);
     }
     wait_connected(&auth, n).await?;
-    // One revocation first, so every agent has a log and a journal before measuring.
+    // One revocation first, so every agent has a log and a journal (and has caught up on the
+    // backlog: acknowledgements are cumulative) before measuring.
     receipts_at_rate(&auth, "procs-warm-up", 1, rate, "all").await?;
     let auth_pid = auth.proc.child.id();
     let pids: Vec<u32> = agents.iter().map(|a| a.proc.child.id()).collect();
