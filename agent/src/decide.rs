@@ -134,6 +134,24 @@ impl Checker {
         Self { state, keys, rules }
     }
 
+    /// A checker over an empty set with an HMAC key, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let state = AgentState::new(
+            revmesh_protocol::RevocationSet::new(),
+            None,
+            1,
+            None,
+            std::time::Duration::from_secs(30),
+            true,
+            metrics,
+        );
+        let keys = crate::jwt::Keys::hmac(b"unit-test-secret-0123456789abcdef").expect("key");
+        let rules = Rules { issuer: None, audience: None, leeway_secs: 30, max_token_bytes: 8192 };
+        Self::new(Arc::new(state), Arc::new(keys), rules)
+    }
+
     /// Decides, and counts the verdict and the time taken.
     pub fn decide(&self, req: Request<'_>) -> Verdict {
         let started = Instant::now();

@@ -5,11 +5,12 @@
 //! maps a [`Verdict`] to a status, headers and body. The decision is [`Checker::decide`]'s.
 
 use crate::decide::{presented_token, Checker, Request, Verdict};
+use crate::server::Reader;
 use crate::state::AgentState;
 use bytes::{Buf, BytesMut};
 use revmesh_runtime::form::form_value;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Largest HTTP request head accepted.
@@ -90,37 +91,24 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(HttpRequest, usize)>, HeadError>
     Ok(Some((req, end + 4)))
 }
 
-/// Reads one request head. `None` on EOF, timeout, shutdown or a refused head.
+/// Reads one request (head and body). `None` on EOF, idle timeout, shutdown or a refused head.
 pub async fn read_request<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut BytesMut,
-    idle: Duration,
-    shutdown: &CancellationToken,
+    reader: &mut Reader,
 ) -> Option<HttpRequest> {
     loop {
         if let Some((mut req, used)) = parse_head(buf).ok()? {
             buf.advance(used);
             while buf.len() < req.content_length {
                 buf.reserve(req.content_length - buf.len());
-                let n = tokio::select! {
-                    r = tokio::time::timeout(idle, s.read_buf(buf)) => r.ok()?.ok()?,
-                    _ = shutdown.cancelled() => return None,
-                };
-                if n == 0 {
-                    return None;
-                }
+                reader.read(s, buf).await?;
             }
             req.body = buf.split_to(req.content_length).to_vec();
             return Some(req);
         }
         buf.reserve(2048);
-        let n = tokio::select! {
-            r = tokio::time::timeout(idle, s.read_buf(buf)) => r.ok()?.ok()?,
-            _ = shutdown.cancelled() => return None,
-        };
-        if n == 0 {
-            return None;
-        }
+        reader.read(s, buf).await?;
     }
 }
 
@@ -270,8 +258,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     shutdown: &CancellationToken,
 ) {
     let mut buf = BytesMut::with_capacity(1024);
+    let mut reader = Reader::new(idle, shutdown);
     loop {
-        let Some(req) = read_request(&mut s, &mut buf, idle, shutdown).await else { return };
+        let Some(req) = read_request(&mut s, &mut buf, &mut reader).await else { return };
         // Any method on /v1/check and below it: proxies forward the original method and
         // path (Envoy's `path_prefix`), nginx `auth_request` sends the client's method.
         let response = if req.path == "/v1/introspect" && req.method == "POST" {
@@ -301,6 +290,52 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Sends a keep-alive `GET /healthz` and reads the whole response.
+    async fn get(c: &mut tokio::io::DuplexStream) {
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        let mut got = Vec::new();
+        loop {
+            let mut b = [0u8; 1024];
+            let n = c.read(&mut b).await.expect("read");
+            assert!(n > 0, "closed before the response");
+            got.extend_from_slice(&b[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .expect("content length");
+                if body.len() >= len {
+                    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+                    return;
+                }
+            }
+        }
+    }
+
+    // Virtual time: the runtime jumps the clock whenever every task waits on a timer.
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_connection_closes_the_idle_timeout_after_its_last_request() {
+        let (checker, stop) = (Checker::for_tests(), CancellationToken::new());
+        let (mut client, server) = tokio::io::duplex(4096);
+        let t0 = tokio::time::Instant::now();
+        let serve = serve(server, &checker, None, Duration::from_secs(60), &stop);
+        let talk = async {
+            for _ in 0..3 {
+                get(&mut client).await;
+                tokio::time::sleep(Duration::from_secs(40)).await;
+            }
+            client
+        };
+        let ((), mut client) = tokio::join!(serve, talk);
+        // Requests at 0, 40 and 80 s: closed at 140 s.
+        assert_eq!(t0.elapsed(), Duration::from_secs(140));
+        let mut b = [0u8; 8];
+        assert_eq!(client.read(&mut b).await.expect("read"), 0, "closed");
+    }
 
     #[test]
     fn heads_parse_without_io() {

@@ -11,7 +11,7 @@ use bytes::{Buf, BytesMut};
 use revmesh_protocol::TokenRef;
 use std::fmt::Write;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Why a line is not a request: the words of `ERR reason=…`.
@@ -208,14 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Serves requests until the connection ends.
     pub async fn serve(mut self, checker: &Checker, idle: Duration, shutdown: &CancellationToken) -> Ended {
-        // One idle timer and one shutdown wait for the connection's life, not one per read: a
-        // timer armed and cancelled, and a waiter added and removed, for every request would be
-        // locks on the hot path. When the timer fires early (the connection was busy since it
-        // was set), it is moved to `idle` after the last read.
-        let idle_timer = tokio::time::sleep(idle);
-        let stopping = shutdown.cancelled();
-        tokio::pin!(idle_timer, stopping);
-        let mut last_read = tokio::time::Instant::now();
+        let mut reader = crate::server::Reader::new(idle, shutdown);
         loop {
             match frame(&self.buf, self.max_line) {
                 Ok(Some(n)) => {
@@ -240,24 +233,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.buf.capacity() - self.buf.len() < 512 {
                 self.buf.reserve(4096.min(self.max_line + 1));
             }
-            // Shutdown first, so a client that never pauses cannot keep the connection open
-            // past it; the timer last, as only a quiet connection needs it.
-            let read = tokio::select! {
-                biased;
-                () = &mut stopping => return Ended::Closed,
-                r = self.stream.read_buf(&mut self.buf) => r,
-                () = &mut idle_timer => {
-                    let quiet_until = last_read + idle;
-                    if quiet_until <= tokio::time::Instant::now() {
-                        return Ended::Closed;
-                    }
-                    idle_timer.as_mut().reset(quiet_until);
-                    continue;
-                }
-            };
-            match read {
-                Ok(0) | Err(_) => return Ended::Closed,
-                Ok(_) => last_read = tokio::time::Instant::now(),
+            if reader.read(&mut self.stream, &mut self.buf).await.is_none() {
+                return Ended::Closed;
             }
         }
     }
@@ -266,6 +243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[test]
     fn requests_parse() {
@@ -325,23 +303,6 @@ mod tests {
         assert_eq!(s, "ERR reason=bad_field\n");
     }
 
-    fn checker() -> Checker {
-        let metrics = crate::metrics::Metrics::new().expect("metrics");
-        let state = crate::state::AgentState::new(
-            revmesh_protocol::RevocationSet::new(),
-            None,
-            1,
-            None,
-            Duration::from_secs(30),
-            true,
-            metrics,
-        );
-        let keys = crate::jwt::Keys::hmac(b"lines-test-secret-0123456789abcdef").expect("key");
-        let rules =
-            crate::jwt::Rules { issuer: None, audience: None, leeway_secs: 30, max_token_bytes: 8192 };
-        Checker::new(std::sync::Arc::new(state), std::sync::Arc::new(keys), rules)
-    }
-
     /// Sends PING and reads its answer line.
     async fn ping(c: &mut tokio::io::DuplexStream) {
         c.write_all(b"PING\n").await.expect("write");
@@ -359,7 +320,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_quiet_connection_closes_after_the_idle_timeout_and_a_busy_one_does_not() {
         let idle = Duration::from_secs(60);
-        let (checker, stop) = (checker(), CancellationToken::new());
+        let (checker, stop) = (Checker::for_tests(), CancellationToken::new());
         let (mut client, server) = tokio::io::duplex(4096);
         let t0 = tokio::time::Instant::now();
         let serve = Connection::new(server, 1024).serve(&checker, idle, &stop);
@@ -382,7 +343,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_closes_a_connection_with_requests_pending() {
-        let (checker, stop) = (checker(), CancellationToken::new());
+        let (checker, stop) = (Checker::for_tests(), CancellationToken::new());
         let (mut client, server) = tokio::io::duplex(1 << 16);
         // Pipelined requests waiting when the shutdown comes.
         let burst = b"PING\n".repeat(2000);
