@@ -64,16 +64,8 @@ fn parse_status(rest: &str) -> Result<TokenRef<'_>, LineError> {
     let mut any = false;
     let mut words = Some(rest);
     while let Some(left) = words {
-        let word = match split_once(left, b' ') {
-            Some((word, more)) => {
-                words = Some(more);
-                word
-            }
-            None => {
-                words = None;
-                left
-            }
-        };
+        let (word, more) = split_once(left, b' ').map_or((left, None), |(w, more)| (w, Some(more)));
+        words = more;
         let (k, v) = split_once(word, b'=').ok_or(LineError::BadField)?;
         if v.is_empty() {
             return Err(LineError::BadField);

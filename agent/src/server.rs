@@ -46,6 +46,7 @@ pub struct Server {
 /// cancelling a timer, and adding and removing a waiter, for every request would be locks on
 /// the hot path. When the timer fires on a connection that was busy since it was set, it
 /// moves to `idle` after the last read, so a quiet connection closes exactly `idle` after it.
+#[derive(Debug)]
 pub struct Reader {
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
@@ -91,12 +92,6 @@ impl Reader {
                 }
             }
         }
-    }
-}
-
-impl std::fmt::Debug for Reader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("idle", &self.idle).field("last_read", &self.last_read).finish()
     }
 }
 

@@ -8,7 +8,6 @@ use revmesh_protocol::TokenRef;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const SUBJECT: &str = "revmesh.bench";
 const DONE: &str = "revmesh.bench.done";
@@ -54,27 +53,28 @@ fn reply(r: &mut BufReader<TcpStream>) -> Vec<String> {
 }
 
 fn connect(addr: &str) -> (TcpStream, BufReader<TcpStream>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match TcpStream::connect(addr) {
-            Ok(s) => return (s.try_clone().unwrap(), BufReader::new(s)),
-            // Polled until it listens: the server was just started, nothing else tells when.
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("redis-server at {addr} never answered: {e}"),
-        }
-    }
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("redis-server at {addr}: {e}"));
+    (s.try_clone().unwrap(), BufReader::new(s))
 }
 
 #[test]
 fn the_journal_subscriber_makes_every_message_an_agent_revocation_before_reporting_it() {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Command::new("redis-server")
+    let mut server = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .map(Kill)
         .unwrap_or_else(|e| panic!("redis-server: {e}; install it with: apt-get install redis-server"));
+    // Its log goes to stdout; it listens once it says so. The reader stays open (and the pipe
+    // with it) until the server is killed.
+    let mut log = BufReader::new(server.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Ready to accept connections") {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "redis-server exited before it was ready");
+    }
     let addr = format!("127.0.0.1:{port}");
     let (mut done_w, mut done_r) = connect(&addr);
     done_w.write_all(&command(&["SUBSCRIBE", DONE])).unwrap();
