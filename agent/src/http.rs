@@ -1,157 +1,112 @@
 //! HTTP/1.1 on the agent's sockets: the check endpoint proxies call (nginx `auth_request`,
-//! Envoy and Caddy forward auth), `/healthz`, and `/metrics` on the TCP listener.
+//! Envoy and Caddy forward auth), introspection, `/healthz`, and `/metrics` on the TCP listener.
 //!
-//! [`parse_head`] is pure (bytes in, request out); [`read_request`] only feeds it; [`render`]
-//! maps a [`Verdict`] to a status, headers and body. The decision is [`Checker::decide`]'s.
+//! hyper reads and frames every request, so the agent reads a request the way the proxy in
+//! front of it does: whatever RFC 9112 says a server MUST refuse (whitespace before a colon,
+//! obs-fold, an unknown HTTP version, bytes a field may not hold, conflicting `Content-Length`s)
+//! hyper answers 400 before a handler sees it. What hyper accepts but a proxy and the
+//! application behind it could still read two ways, [`presented`] refuses (see [`Refusal`]): a
+//! revocation check must be about the token the application will act on. [`render`] maps a
+//! [`Verdict`] to a status, headers and body; the decision is [`Checker::decide`]'s.
 
 use crate::decide::{presented_token, Checker, Request, Verdict};
-use crate::server::Reader;
 use crate::state::AgentState;
-use bytes::{Buf, BytesMut};
+use bytes::Bytes;
+use http::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, TRANSFER_ENCODING};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use revmesh_runtime::form::form_value;
+use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-/// Largest HTTP request head accepted.
+/// Largest HTTP request head accepted (hyper answers 431 beyond it).
 pub const MAX_HEAD: usize = 16 << 10;
 /// Largest HTTP request body accepted (an introspection form; checks need none).
 pub const MAX_BODY: usize = 16 << 10;
+/// Most header fields in one request (hyper answers 431 beyond it).
+const MAX_HEADERS: usize = 64;
 
-/// A parsed HTTP request head.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct HttpRequest {
-    /// Method.
-    pub method: String,
-    /// Path (query stripped).
-    pub path: String,
-    /// The `Authorization` header.
-    pub authorization: Option<String>,
-    /// The `Cookie` header.
-    pub cookie: Option<String>,
-    /// Keep the connection open after answering.
-    pub keep_alive: bool,
-    /// `Content-Length` (at most [`MAX_BODY`]).
-    pub content_length: usize,
-    /// The body, once read.
-    pub body: Vec<u8>,
-}
-
-/// Why a request head is refused (the connection is closed without an answer).
+/// Why a request that hyper accepted is refused with 400: each is a message that the proxy in
+/// front of the agent and the application behind it could read two ways, so that the agent
+/// would check one token while the application acts on another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HeadError {
-    /// Not UTF-8, no request line, or a header without a colon.
-    #[error("malformed request head")]
-    Malformed,
-    /// A body over [`MAX_BODY`], or one framed other than by `Content-Length`.
-    #[error("request body too large or not framed by Content-Length")]
-    Body,
-    /// Longer than [`MAX_HEAD`].
-    #[error("request head too large")]
-    TooLarge,
+pub enum Refusal {
+    /// Two `Authorization` fields: frameworks differ on which one counts.
+    #[error("more than one Authorization header")]
+    DuplicateAuthorization,
+    /// Two `Content-Length` fields, even equal ones: the body's end must have one reading.
+    #[error("more than one Content-Length header")]
+    DuplicateContentLength,
+    /// A body framed by `Transfer-Encoding`: checks need no body, and introspection forms are
+    /// small; one framing rule leaves nothing to disagree on.
+    #[error("Transfer-Encoding is not accepted; frame the body with Content-Length")]
+    TransferEncoding,
+    /// The token cookie appears more than once (in one `Cookie` field or across several).
+    #[error("the token cookie appears more than once")]
+    DuplicateCookie,
+    /// A bearer token and the token cookie that differ: which one the application uses is not
+    /// the agent's to guess.
+    #[error("the bearer token and the token cookie differ")]
+    ConflictingTokens,
+    /// An `Authorization` or `Cookie` field that is not visible ASCII.
+    #[error("Authorization or Cookie holds bytes that are not visible ASCII")]
+    NotText,
 }
 
-/// Parses the first request head in `buf`: `Ok(Some((request, consumed)))`, or `Ok(None)` when
-/// the head is not complete yet.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(HttpRequest, usize)>, HeadError> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD { Err(HeadError::TooLarge) } else { Ok(None) };
-    };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| HeadError::Malformed)?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().ok_or(HeadError::Malformed)?.split(' ');
-    let (Some(method), Some(target), Some(version)) = (first.next(), first.next(), first.next()) else {
-        return Err(HeadError::Malformed);
-    };
-    let mut req = HttpRequest {
-        method: method.to_owned(),
-        path: target.split('?').next().unwrap_or("").to_owned(),
-        authorization: None,
-        cookie: None,
-        keep_alive: version == "HTTP/1.1",
-        content_length: 0,
-        body: Vec::new(),
-    };
-    for l in lines {
-        let (k, v) = l.split_once(':').ok_or(HeadError::Malformed)?;
-        let v = v.trim();
-        match k.trim().to_ascii_lowercase().as_str() {
-            "authorization" => req.authorization = Some(v.to_owned()),
-            "cookie" => req.cookie = Some(v.to_owned()),
-            "connection" if v.eq_ignore_ascii_case("close") => req.keep_alive = false,
-            "connection" if v.eq_ignore_ascii_case("keep-alive") => req.keep_alive = true,
-            // Small bodies framed by Content-Length only: chunked framing is refused.
-            "content-length" => {
-                req.content_length = v.parse().ok().filter(|n| *n <= MAX_BODY).ok_or(HeadError::Body)?;
+/// The token a request presents, by the rules of [`presented_token`], once the request is
+/// known to have one reading: `Err` for every case of [`Refusal`].
+pub fn presented<'h>(headers: &'h HeaderMap, cookie_name: Option<&str>) -> Result<Option<&'h str>, Refusal> {
+    let mut auth = headers.get_all(AUTHORIZATION).iter();
+    let authorization = auth.next().map(|v| v.to_str().map_err(|_| Refusal::NotText)).transpose()?;
+    if auth.next().is_some() {
+        return Err(Refusal::DuplicateAuthorization);
+    }
+    if headers.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
+        return Err(Refusal::DuplicateContentLength);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        return Err(Refusal::TransferEncoding);
+    }
+    let bearer = presented_token(authorization, None, None);
+    let Some(name) = cookie_name else { return Ok(bearer) };
+    // Every `name=` pair across every Cookie field (RFC 6265 §5.4 allows one field, but
+    // HTTP/1.1 proxies may pass several): one value, or none.
+    let mut cookie = None;
+    for field in headers.get_all(COOKIE) {
+        let field = field.to_str().map_err(|_| Refusal::NotText)?;
+        for value in field.split(';').filter_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        }) {
+            if cookie.replace(value).is_some() {
+                return Err(Refusal::DuplicateCookie);
             }
-            "transfer-encoding" => return Err(HeadError::Body),
-            _ => {}
         }
     }
-    Ok(Some((req, end + 4)))
-}
-
-/// Reads one request (head and body). `None` on EOF, idle timeout, shutdown or a refused head.
-pub async fn read_request<S: AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut BytesMut,
-    reader: &mut Reader,
-) -> Option<HttpRequest> {
-    loop {
-        if let Some((mut req, used)) = parse_head(buf).ok()? {
-            buf.advance(used);
-            while buf.len() < req.content_length {
-                buf.reserve(req.content_length - buf.len());
-                reader.read(s, buf).await?;
-            }
-            req.body = buf.split_to(req.content_length).to_vec();
-            return Some(req);
-        }
-        buf.reserve(2048);
-        reader.read(s, buf).await?;
+    let cookie = cookie.map(|v| v.trim_matches('"')).filter(|v| !v.is_empty());
+    match (bearer, cookie) {
+        (Some(b), Some(c)) if b != c => Err(Refusal::ConflictingTokens),
+        (Some(b), _) => Ok(Some(b)),
+        (None, c) => Ok(c),
     }
 }
 
 /// A response: status, headers, body.
-pub type Response = (u16, Vec<(String, String)>, String);
-
-/// Writes one response.
-pub async fn write_response<S: AsyncWrite + Unpin>(
-    s: &mut S,
-    (status, headers, body): &Response,
-    keep_alive: bool,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let mut out = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n", body.len());
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-        out.push_str("Content-Type: text/plain\r\n");
-    }
-    for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str(if keep_alive { "Connection: keep-alive\r\n\r\n" } else { "Connection: close\r\n\r\n" });
-    out.push_str(body);
-    s.write_all(out.as_bytes()).await
-}
+pub type Response = (u16, Vec<(&'static str, String)>, String);
 
 /// The check verdict as HTTP, in codes every auth proxy passes through: 200 allow, 401
 /// invalid or revoked (with `WWW-Authenticate`), 403 stale under `--on-stale closed` (nginx
 /// `auth_request` turns any other code into 500). Every answer names its verdict in
 /// `X-Revmesh-Verdict`.
 pub fn render(v: &Verdict) -> Response {
-    let verdict = |v: &str| ("X-Revmesh-Verdict".to_owned(), v.to_owned());
+    let verdict = |v: &str| ("X-Revmesh-Verdict", v.to_owned());
     let challenge = |error: bool| {
         let v = if error { "Bearer error=\"invalid_token\"" } else { "Bearer" };
-        ("WWW-Authenticate".to_owned(), v.to_owned())
+        ("WWW-Authenticate", v.to_owned())
     };
     match v {
         Verdict::NoToken => {
@@ -159,12 +114,12 @@ pub fn render(v: &Verdict) -> Response {
         }
         Verdict::Invalid(e) => (
             401,
-            vec![verdict("invalid"), challenge(true), ("X-Revmesh-Reason".into(), e.as_str().into())],
+            vec![verdict("invalid"), challenge(true), ("X-Revmesh-Reason", e.as_str().to_owned())],
             format!("invalid: {}\n", e.as_str()),
         ),
         Verdict::Revoked { kind, seq } => (
             401,
-            vec![verdict("revoked"), challenge(true), ("X-Revmesh-Seq".into(), seq.to_string())],
+            vec![verdict("revoked"), challenge(true), ("X-Revmesh-Seq", seq.to_string())],
             format!("revoked: {kind}\n"),
         ),
         Verdict::Stale { lag_ms } => {
@@ -172,12 +127,12 @@ pub fn render(v: &Verdict) -> Response {
         }
         Verdict::Ok { seq, stale, token, .. } => {
             let sub = token.as_ref().and_then(|t| t.sub.as_deref());
-            let mut h = vec![verdict("ok"), ("X-Revmesh-Seq".into(), seq.to_string())];
+            let mut h = vec![verdict("ok"), ("X-Revmesh-Seq", seq.to_string())];
             if let Some(sub) = sub.filter(|s| s.chars().all(|c| c.is_ascii_graphic() || c == ' ')) {
-                h.push(("X-Revmesh-Sub".into(), sub.to_owned()));
+                h.push(("X-Revmesh-Sub", sub.to_owned()));
             }
             if *stale {
-                h.push(("X-Revmesh-Stale".into(), "1".into()));
+                h.push(("X-Revmesh-Stale", "1".to_owned()));
             }
             (200, h, "ok\n".into())
         }
@@ -191,10 +146,8 @@ pub fn render(v: &Verdict) -> Response {
 /// or stale under `--on-stale closed`).
 pub fn introspect(checker: &Checker, body: &[u8]) -> Response {
     let json = |status: u16, v: serde_json::Value| {
-        let headers = vec![
-            ("Content-Type".to_owned(), "application/json".to_owned()),
-            ("Cache-Control".to_owned(), "no-store".to_owned()),
-        ];
+        let headers =
+            vec![("Content-Type", "application/json".to_owned()), ("Cache-Control", "no-store".to_owned())];
         (status, headers, v.to_string())
     };
     let Some(token) = form_value(body, "token") else {
@@ -217,19 +170,19 @@ pub fn introspect(checker: &Checker, body: &[u8]) -> Response {
                 ];
                 for (k, val) in strings {
                     if let Some(val) = val {
-                        m.insert(k.into(), val.clone().into());
+                        m.insert(k.to_owned(), val.clone().into());
                     }
                 }
                 if let Some(iat) = t.iat {
-                    m.insert("iat".into(), iat.into());
+                    m.insert("iat".to_owned(), iat.into());
                 }
                 match t.aud.as_slice() {
                     [] => {}
                     [one] => {
-                        m.insert("aud".into(), one.clone().into());
+                        m.insert("aud".to_owned(), one.clone().into());
                     }
                     many => {
-                        m.insert("aud".into(), many.to_vec().into());
+                        m.insert("aud".to_owned(), many.to_vec().into());
                     }
                 }
             }
@@ -248,49 +201,152 @@ pub fn health(state: &AgentState) -> String {
     }
 }
 
-/// Serves one HTTP connection on the check socket until it closes; `token_cookie` names the
+/// Serves one HTTP connection on a check socket until it closes; `token_cookie` names the
 /// cookie read when there is no bearer token.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
+    s: S,
     checker: &Checker,
     token_cookie: Option<&str>,
     idle: Duration,
     shutdown: &CancellationToken,
 ) {
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut reader = Reader::new(idle, shutdown);
-    loop {
-        let Some(req) = read_request(&mut s, &mut buf, &mut reader).await else { return };
-        // Any method on /v1/check and below it: proxies forward the original method and
-        // path (Envoy's `path_prefix`), nginx `auth_request` sends the client's method.
-        let response = if req.path == "/v1/introspect" && req.method == "POST" {
-            introspect(checker, &req.body)
-        } else if req.path == "/v1/introspect" {
+    serve_with(s, idle, shutdown, |req| answer(checker, token_cookie, idle, req)).await;
+}
+
+/// Serves one HTTP/1.1 connection with hyper, answering each request with `handle`. `idle`
+/// bounds the wait for each request head, from the connection's start or the previous answer
+/// (hyper's header read timeout), so a quiet keep-alive connection closes `idle` after its last
+/// answer. At `shutdown` the request in progress is answered and the connection closed.
+pub async fn serve_with<S, F, Fut>(s: S, idle: Duration, shutdown: &CancellationToken, handle: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(hyper::Request<Incoming>) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let service = hyper::service::service_fn(|req| {
+        let answered = handle(req);
+        async move { Ok::<_, Infallible>(to_hyper(answered.await)) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .max_header_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        // Proxies read header names without regard to case; people reading a capture do not.
+        .title_case_headers(true);
+    let conn = builder.serve_connection(TokioIo::new(s), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The hyper response for `(status, headers, body)`: `Content-Type: text/plain` unless given,
+/// and `Connection: close` on a 4xx refusal of the request itself (its body may be unread).
+fn to_hyper((status, headers, body): Response) -> hyper::Response<Full<Bytes>> {
+    let mut b = hyper::Response::builder().status(status);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        b = b.header(CONTENT_TYPE, "text/plain");
+    }
+    for (k, v) in headers {
+        b = b.header(k, v);
+    }
+    b.body(Full::new(Bytes::from(body))).unwrap_or_else(|_| {
+        // Only a header value that is not a valid field could fail here; `render` never makes one.
+        let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"bad response header\n")));
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+/// A 4xx that refuses the request itself: says why, and closes the connection.
+fn refused(status: u16, why: &str) -> Response {
+    (status, vec![("Connection", "close".to_owned())], format!("{why}\n"))
+}
+
+/// One request on a check socket.
+async fn answer(
+    checker: &Checker,
+    token_cookie: Option<&str>,
+    idle: Duration,
+    req: hyper::Request<Incoming>,
+) -> Response {
+    let token = match presented(req.headers(), token_cookie) {
+        Ok(t) => t,
+        Err(why) => {
             checker.refuse();
-            (405, vec![("Allow".into(), "POST".into())], "method not allowed: use POST\n".to_owned())
-        } else if req.path == "/v1/check" || req.path.starts_with("/v1/check/") {
-            let token = presented_token(req.authorization.as_deref(), req.cookie.as_deref(), token_cookie);
-            render(&checker.decide(Request::Check(token)))
-        } else if req.path == "/healthz" && req.method == "GET" {
-            (200, Vec::new(), health(&checker.state))
-        } else if req.path == "/healthz" {
+            return refused(400, &why.to_string());
+        }
+    };
+    let path = req.uri().path();
+    // Any method on /v1/check and below it: proxies forward the original method and path
+    // (Envoy's `path_prefix`), nginx `auth_request` sends the client's method.
+    if path == "/v1/check" || path.starts_with("/v1/check/") {
+        return render(&checker.decide(Request::Check(token)));
+    }
+    let method = req.method().clone();
+    match (path, method) {
+        ("/v1/introspect", hyper::Method::POST) => match read_body(req.into_body(), idle).await {
+            Ok(body) => introspect(checker, &body),
+            Err(status) => {
+                checker.refuse();
+                refused(status, "request body too large, or not received in time")
+            }
+        },
+        ("/healthz", hyper::Method::GET) => (200, Vec::new(), health(&checker.state)),
+        ("/v1/introspect", _) => {
             checker.refuse();
-            (405, vec![("Allow".into(), "GET".into())], "method not allowed: use GET\n".to_owned())
-        } else {
+            (405, vec![("Allow", "POST".to_owned())], "method not allowed: use POST\n".to_owned())
+        }
+        ("/healthz", _) => {
+            checker.refuse();
+            (405, vec![("Allow", "GET".to_owned())], "method not allowed: use GET\n".to_owned())
+        }
+        _ => {
             // Counted like a line the agent did not understand.
             checker.refuse();
             (404, Vec::new(), "not found\n".to_owned())
-        };
-        if write_response(&mut s, &response, req.keep_alive).await.is_err() || !req.keep_alive {
-            return;
         }
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes within `idle`; the status to refuse it with
+/// otherwise (413 too large, 408 too slow, 400 broken).
+async fn read_body(body: Incoming, idle: Duration) -> Result<Bytes, u16> {
+    use hyper::body::Body;
+    if body.size_hint().lower() > MAX_BODY as u64 {
+        return Err(413);
+    }
+    match tokio::time::timeout(idle, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(413),
+        Ok(Err(_)) => Err(400),
+        Err(_) => Err(408),
+    }
+}
+
+/// One request on the metrics port: `/metrics` and `/healthz`.
+pub async fn metrics_answer(state: &AgentState, req: hyper::Request<Incoming>) -> Response {
+    match req.uri().path() {
+        "/metrics" => {
+            state.refresh_gauges();
+            let h = vec![("Content-Type", "text/plain; version=0.0.4".to_owned())];
+            (200, h, state.metrics.render())
+        }
+        "/healthz" => (200, Vec::new(), health(state)),
+        _ => (404, Vec::new(), "not found\n".to_owned()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Sends a keep-alive `GET /healthz` and reads the whole response.
     async fn get(c: &mut tokio::io::DuplexStream) {
@@ -337,27 +393,136 @@ mod tests {
         assert_eq!(client.read(&mut b).await.expect("read"), 0, "closed");
     }
 
-    #[test]
-    fn heads_parse_without_io() {
-        let (req, used) =
-            parse_head(b"GET /v1/check?x=1 HTTP/1.1\r\nAuthorization: Bearer a.b.c\r\n\r\nrest")
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-        assert_eq!(used, 59);
-        assert_eq!(req.path, "/v1/check");
-        assert_eq!(req.authorization.as_deref(), Some("Bearer a.b.c"));
-        assert!(req.keep_alive);
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n"), Ok(None));
-        assert_eq!(parse_head(b"GET / HTTP/1.0\r\nContent-Length: 99999\r\n\r\n"), Err(HeadError::Body));
-        assert_eq!(
-            parse_head(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Err(HeadError::Body)
+    /// A token the unit-test checker accepts.
+    fn valid_token() -> String {
+        let claims = serde_json::json!({"sub": "alice", "jti": "j1", "exp": 4_000_000_000u64, "iat": 1});
+        let key = jsonwebtoken::EncodingKey::from_secret(b"unit-test-secret-0123456789abcdef").expect("key");
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token")
+    }
+
+    /// Sends `raw` on one connection to the check door and returns everything it answers
+    /// before closing.
+    async fn exchange(raw: &[u8], cookie: Option<&str>) -> String {
+        let (checker, stop) = (Checker::for_tests(), CancellationToken::new());
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        let serve = serve(server, &checker, cookie, Duration::from_secs(5), &stop);
+        let talk = async {
+            client.write_all(raw).await.expect("write");
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got).await;
+            String::from_utf8_lossy(&got).into_owned()
+        };
+        tokio::join!(serve, talk).1
+    }
+
+    /// The status line's code, or 0 when the connection closed without an answer.
+    fn status(answer: &str) -> u16 {
+        answer.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+
+    /// Each request here is one that the proxy in front of the agent and the application
+    /// behind it could read two ways, or one RFC 9112 says a server MUST refuse. The door's
+    /// hand-written parser before hyper answered 200 to the first four and read the others
+    /// its own way; each is now a 400 (or 431 for a head over the limit).
+    #[tokio::test]
+    async fn requests_with_two_readings_are_refused() {
+        let t = valid_token();
+        let ok = format!(
+            "GET /v1/check HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAuthorization: Bearer {t}\r\n\r\n"
         );
-        let (req, _) =
-            parse_head(b"POST / HTTP/1.0\r\nContent-Length: 12\r\n\r\n").ok().flatten().unwrap_or_default();
-        assert_eq!(req.content_length, 12);
-        assert_eq!(parse_head(b"GET\r\n\r\n"), Err(HeadError::Malformed));
-        assert_eq!(parse_head(&vec![b'a'; MAX_HEAD + 1]), Err(HeadError::TooLarge));
+        assert_eq!(status(&exchange(ok.as_bytes(), None).await), 200, "the valid request is answered");
+        let cases: Vec<(&str, String, u16)> = vec![
+            (
+                "two Authorization fields, a bad token first and a valid one last",
+                format!("GET /v1/check HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAuthorization: Bearer x.y.z\r\nAuthorization: Bearer {t}\r\n\r\n"),
+                400,
+            ),
+            (
+                "an HTTP version that does not exist",
+                format!("GET /v1/check HTTP/7.1\r\nHost: a\r\nConnection: close\r\nAuthorization: Bearer {t}\r\n\r\n"),
+                400,
+            ),
+            (
+                "a NUL inside a header value",
+                format!("GET /v1/check HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-A: a\0b\r\nAuthorization: Bearer {t}\r\n\r\n"),
+                400,
+            ),
+            (
+                "whitespace before the colon (RFC 9112 section 5.1)",
+                format!("GET /v1/check HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAuthorization : Bearer {t}\r\n\r\n"),
+                400,
+            ),
+            (
+                "obs-fold (RFC 9112 section 5.2)",
+                format!("GET /v1/check HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAuthorization: Bearer\r\n {t}\r\n\r\n"),
+                400,
+            ),
+            (
+                "two different Content-Lengths",
+                "POST /v1/introspect HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nx=1&y".to_owned(),
+                400,
+            ),
+            (
+                "two equal Content-Lengths",
+                "POST /v1/introspect HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nx=1".to_owned(),
+                400,
+            ),
+            (
+                "a chunked body",
+                "POST /v1/introspect HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nx=1\r\n0\r\n\r\n".to_owned(),
+                400,
+            ),
+            (
+                "a head over the limit whose end arrives in the same read",
+                format!("GET /v1/check HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\nAuthorization: Bearer {t}\r\n\r\n", "p".repeat(MAX_HEAD)),
+                431,
+            ),
+        ];
+        for (what, raw, want) in cases {
+            let got = exchange(raw.as_bytes(), None).await;
+            assert_eq!(status(&got), want, "{what}: {got}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_token_cookie_has_one_reading_or_the_request_is_refused() {
+        let t = valid_token();
+        let ask = |fields: String| async move {
+            let raw = format!("GET /v1/check HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{fields}\r\n");
+            status(&exchange(raw.as_bytes(), Some("session")).await)
+        };
+        assert_eq!(ask(format!("Cookie: a=b; session={t}\r\n")).await, 200);
+        assert_eq!(
+            ask(format!("Authorization: Bearer {t}\r\nCookie: session={t}\r\n")).await,
+            200,
+            "the same token twice"
+        );
+        assert_eq!(ask(format!("Cookie: session=x.y.z; session={t}\r\n")).await, 400, "twice in one field");
+        assert_eq!(
+            ask(format!("Cookie: session=x.y.z\r\nCookie: session={t}\r\n")).await,
+            400,
+            "across two fields"
+        );
+        assert_eq!(
+            ask(format!("Authorization: Bearer x.y.z\r\nCookie: session={t}\r\n")).await,
+            400,
+            "bearer and cookie differ"
+        );
+        assert_eq!(ask(format!("Cookie: sess=x; session={t}\r\n")).await, 200, "other cookies do not count");
+    }
+
+    #[tokio::test]
+    async fn introspection_bodies_are_bounded() {
+        let big =
+            format!("POST /v1/introspect HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert_eq!(status(&exchange(big.as_bytes(), None).await), 413);
+        let t = valid_token();
+        let body = format!("token={t}");
+        let raw = format!(
+            "POST /v1/introspect HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let got = exchange(raw.as_bytes(), None).await;
+        assert!(got.starts_with("HTTP/1.1 200") && got.contains("\"active\":true"), "{got}");
     }
 }

@@ -164,8 +164,11 @@ pub fn answer(checker: &Checker, line: &[u8], out: &mut String) {
 
 /// Finds the first complete line in `buf`: `Ok(Some(n))` when `buf[..n]` is a line (its `\n`
 /// at `n`), `Ok(None)` when more bytes are needed, `Err` when the line is longer than `max`.
-pub fn frame(buf: &[u8], max: usize) -> Result<Option<usize>, LineError> {
-    match buf.iter().position(|b| *b == b'\n') {
+/// `scanned` bytes at the front are known to hold no `\n` and are not read again, so a line
+/// that arrives in many small reads costs one pass, not one pass per read.
+pub fn frame(buf: &[u8], scanned: usize, max: usize) -> Result<Option<usize>, LineError> {
+    let from = scanned.min(buf.len());
+    match buf[from..].iter().position(|b| *b == b'\n').map(|i| from + i) {
         Some(n) if n > max => Err(LineError::LineTooLong),
         Some(n) => Ok(Some(n)),
         None if buf.len() > max => Err(LineError::LineTooLong),
@@ -181,6 +184,8 @@ pub struct Connection<S> {
     buf: BytesMut,
     out: String,
     max_line: usize,
+    /// How many bytes at the front of `buf` hold no `\n` (see [`frame`]).
+    scanned: usize,
 }
 
 /// How a connection ended.
@@ -195,20 +200,27 @@ pub enum Ended {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection accepting lines of at most `max_line` bytes.
     pub fn new(stream: S, max_line: usize) -> Self {
-        Self { stream, buf: BytesMut::with_capacity(1024), out: String::with_capacity(256), max_line }
+        Self {
+            stream,
+            buf: BytesMut::with_capacity(1024),
+            out: String::with_capacity(256),
+            max_line,
+            scanned: 0,
+        }
     }
 
     /// Serves requests until the connection ends.
     pub async fn serve(mut self, checker: &Checker, idle: Duration, shutdown: &CancellationToken) -> Ended {
         let mut reader = crate::server::Reader::new(idle, shutdown);
         loop {
-            match frame(&self.buf, self.max_line) {
+            match frame(&self.buf, self.scanned, self.max_line) {
                 Ok(Some(n)) => {
                     answer(checker, &self.buf[..n], &mut self.out);
                     self.buf.advance(n + 1);
+                    self.scanned = 0;
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => self.scanned = self.buf.len(),
                 Err(e) => {
                     checker.refuse();
                     render(&Verdict::Error(e.as_str()), &mut self.out);
@@ -274,11 +286,16 @@ mod tests {
 
     #[test]
     fn framing_finds_lines_and_refuses_long_ones() {
-        assert_eq!(frame(b"PING\nPI", 10), Ok(Some(4)));
-        assert_eq!(frame(b"PIN", 10), Ok(None));
-        assert_eq!(frame(b"0123456789A", 10), Err(LineError::LineTooLong));
-        assert_eq!(frame(b"0123456789A\n", 10), Err(LineError::LineTooLong));
-        assert_eq!(frame(b"0123456789\n", 10), Ok(Some(10)));
+        assert_eq!(frame(b"PING\nPI", 0, 10), Ok(Some(4)));
+        assert_eq!(frame(b"PIN", 0, 10), Ok(None));
+        assert_eq!(frame(b"0123456789A", 0, 10), Err(LineError::LineTooLong));
+        assert_eq!(frame(b"0123456789A\n", 0, 10), Err(LineError::LineTooLong));
+        assert_eq!(frame(b"0123456789\n", 0, 10), Ok(Some(10)));
+        // The scanned prefix is not read again (the caller knows it holds no newline), and the
+        // position found is still counted from the buffer's start.
+        assert_eq!(frame(b"PI\nNG", 3, 10), Ok(None));
+        assert_eq!(frame(b"PING\n", 3, 10), Ok(Some(4)));
+        assert_eq!(frame(b"PI", 9, 10), Ok(None), "a stale count past the end is harmless");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::decide::Checker;
 use crate::http;
 use crate::state::AgentState;
 use bytes::BytesMut;
+use revmesh_runtime::net::accept;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -183,7 +184,7 @@ impl Server {
     /// from a uid not in `--allow-uid`, is closed at once (never queued). `None` at shutdown.
     pub async fn next_unix(&self, listener: &UnixListener) -> Option<Slot<UnixStream>> {
         loop {
-            let Some(stream) = self.accept(listener.accept()).await? else { continue };
+            let (stream, _) = accept(|| listener.accept(), &self.shutdown, "unix").await?;
             if let Some(slot) = self.admit(stream, |s| self.peer_allowed(s)) {
                 return Some(slot);
             }
@@ -193,30 +194,10 @@ impl Server {
     /// As [`Self::next_unix`], on a TCP listener (no uid check).
     pub async fn next_tcp(&self, listener: &TcpListener) -> Option<Slot<TcpStream>> {
         loop {
-            let Some(stream) = self.accept(listener.accept()).await? else { continue };
+            let (stream, _) = accept(|| listener.accept(), &self.shutdown, "tcp").await?;
             let _ = stream.set_nodelay(true);
             if let Some(slot) = self.admit(stream, |_| true) {
                 return Some(slot);
-            }
-        }
-    }
-
-    /// One accept: `None` at shutdown, `Some(None)` after a failed accept (out of descriptors,
-    /// say), which is retried after a short pause.
-    async fn accept<S, A>(
-        &self,
-        accept: impl std::future::Future<Output = std::io::Result<(S, A)>>,
-    ) -> Option<Option<S>> {
-        let accepted = tokio::select! {
-            a = accept => a,
-            _ = self.shutdown.cancelled() => return None,
-        };
-        match accepted {
-            Ok((s, _)) => Some(Some(s)),
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Some(None)
             }
         }
     }
@@ -310,7 +291,7 @@ impl<S> tonic::transport::server::Connected for Slot<S> {
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-/// Serves `GET /metrics` on a TCP listener.
+/// Serves `GET /metrics` and `/healthz` on a TCP listener, at most 64 connections at a time.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     state: Arc<AgentState>,
@@ -318,29 +299,12 @@ pub async fn serve_metrics(
 ) {
     let tracker = TaskTracker::new();
     let conns = Arc::new(Semaphore::new(64));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
-        };
-        let Ok((mut s, _)) = accepted else { continue };
+    while let Some((s, _)) = accept(|| listener.accept(), &shutdown, "metrics").await {
         let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
-        let state = state.clone();
-        let shutdown = shutdown.clone();
+        let (state, shutdown) = (state.clone(), shutdown.clone());
         tracker.spawn(async move {
-            let mut buf = BytesMut::new();
-            let mut reader = Reader::new(Duration::from_secs(10), &shutdown);
-            if let Some(req) = http::read_request(&mut s, &mut buf, &mut reader).await {
-                let (status, body) = match req.path.as_str() {
-                    "/metrics" => {
-                        state.refresh_gauges();
-                        (200, state.metrics.render())
-                    }
-                    "/healthz" => (200, http::health(&state)),
-                    _ => (404, "not found\n".into()),
-                };
-                let _ = http::write_response(&mut s, &(status, Vec::new(), body), false).await;
-            }
+            let idle = Duration::from_secs(10);
+            http::serve_with(s, idle, &shutdown, |req| http::metrics_answer(&state, req)).await;
             drop(permit);
         });
     }

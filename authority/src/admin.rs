@@ -374,14 +374,27 @@ async fn create(
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
     let level = wait.unwrap_or(Level::Durable);
     let timeout = if wait.is_some() { timeout } else { Duration::ZERO };
-    let receipt = s.registry.receipt(last.seq, timeout, level).await.map_err(cursors)?;
-    let mut body = json!({
-        "log_id": s.log.log_id().to_string(),
-        "level": level.as_str(),
-        "acked": receipt.acked,
-        "pending": receipt.pending,
-        "disconnected": receipt.disconnected,
-    });
+    // The entries are durable from here on: whatever happens to the receipt, the answer is
+    // 201 with their seqs. A 503 now would tell a caller that retries on 503 to store them twice.
+    let mut body = match s.registry.receipt(last.seq, timeout, level).await {
+        Ok(receipt) => json!({
+            "log_id": s.log.log_id().to_string(),
+            "level": level.as_str(),
+            "acked": receipt.acked,
+            "pending": receipt.pending,
+            "disconnected": receipt.disconnected,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, seq = last.seq, "stored, but the receipt could not be computed");
+            json!({
+                "log_id": s.log.log_id().to_string(),
+                "level": level.as_str(),
+                "receipt": "unavailable",
+                "receipt_error": "agent cursors could not be read; the revocation is stored: \
+                                  do not resubmit, follow it with GET /v1/revocations/{seq}",
+            })
+        }
+    };
     if let Value::Object(m) = &mut body {
         if bulk {
             m.insert("first_seq".into(), first.seq.into());
@@ -502,6 +515,69 @@ async fn status(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shared cursor store whose every read fails (a database that went away between the
+    /// commit and the receipt).
+    struct CursorsDown;
+    impl crate::store::CursorStore for CursorsDown {
+        fn publish_agents(&self, _: &[crate::store::AgentRow]) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("cursors down"))
+        }
+        fn agents(&self) -> Result<Vec<crate::store::AgentRow>, StoreError> {
+            Err(StoreError::Unavailable("cursors down"))
+        }
+        fn forget_agent(&self, _: &str) -> Result<crate::store::Forgotten, StoreError> {
+            Err(StoreError::Unavailable("cursors down"))
+        }
+    }
+
+    /// Once a revocation is durable the answer is 201 with its seq, even when the receipt
+    /// cannot be computed: a 503 there ("retry") made callers store it twice.
+    #[tokio::test]
+    async fn a_stored_revocation_is_201_when_its_receipt_is_unavailable() {
+        use tower_service::Service;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            crate::store::RedbStore::open(dir.path(), revmesh_protocol::LogId([7; 16])).expect("store");
+        let metrics = Metrics::new().expect("metrics");
+        let clock = revmesh_runtime::Clock::system();
+        let (log, rx) =
+            Log::open_loaded(Arc::new(store), Duration::from_secs(5), metrics.clone(), clock.clone())
+                .expect("log");
+        let _writer = Log::start(&log, rx);
+        let hub = Arc::new(Hub::new(metrics.clone(), true, clock));
+        let state = AdminState {
+            log: log.clone(),
+            hub: hub.clone(),
+            registry: Registry::Shared { hub, cursors: Arc::new(CursorsDown) },
+            metrics,
+            token: Arc::new("t".repeat(32)),
+            max_token_ttl: Duration::from_secs(3600),
+            body_timeout: Duration::from_secs(5),
+            ready: Arc::new(AtomicBool::new(true)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            heartbeat: Duration::from_secs(5),
+            oidc: None,
+            token_keys: None,
+        };
+        let mut app = app(state);
+        for (uri, body) in [
+            ("/v1/revocations?wait=all&timeout_ms=100", r#"{"kind":"session","sid":"s1"}"#),
+            ("/v1/revocations", r#"[{"kind":"session","sid":"s2"},{"kind":"key","kid":"k"}]"#),
+        ] {
+            let req = axum::http::Request::post(uri)
+                .header(header::AUTHORIZATION, format!("Bearer {}", "t".repeat(32)))
+                .body(axum::body::Body::from(body))
+                .expect("request");
+            let resp = app.call(req).await.expect("infallible");
+            assert_eq!(resp.status(), StatusCode::CREATED, "{uri}");
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await.expect("body");
+            let v: Value = serde_json::from_slice(&bytes).expect("json");
+            assert_eq!(v["receipt"], "unavailable", "{v}");
+            assert!(v.get("seq").or(v.get("last_seq")).is_some_and(|s| s.as_u64().is_some()), "{v}");
+        }
+        assert_eq!(log.view().head, 3, "each revocation stored once");
+    }
 
     fn parse(body: &str) -> Result<NewEntry, (String, String)> {
         parse_revocation(body.as_bytes(), Duration::from_secs(86_400), 1_000)

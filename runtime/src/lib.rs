@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod form;
 pub mod metrics;
+pub mod net;
 pub mod pem;
 pub mod process;
 
