@@ -150,12 +150,16 @@ pub fn introspect(checker: &Checker, body: &[u8]) -> Response {
             vec![("Content-Type", "application/json".to_owned()), ("Cache-Control", "no-store".to_owned())];
         (status, headers, v.to_string())
     };
-    let Some(token) = form_value(body, "token") else {
-        checker.refuse();
-        return json(
-            400,
-            serde_json::json!({"error": "invalid_request", "error_description": "form parameter `token` is required"}),
-        );
+    let token = match form_value(body, "token") {
+        Ok(Some(token)) => token,
+        missing_or_repeated => {
+            checker.refuse();
+            let why = match missing_or_repeated {
+                Err(e) => e.to_string(),
+                Ok(_) => "form parameter `token` is required".to_owned(),
+            };
+            return json(400, serde_json::json!({"error": "invalid_request", "error_description": why}));
+        }
     };
     match checker.decide(Request::Check(Some(&token))) {
         Verdict::Ok { token: Some(t), .. } => {

@@ -187,18 +187,13 @@ pub async fn run(
     // applied, fsynced and acknowledged without handing it between threads, and checks on the
     // other threads never wait behind an fsync.
     let link = link::run_with(settings, creds.clone(), state.clone(), persist, shutdown.clone());
-    let link_shutdown = shutdown.clone();
-    let link_thread = std::thread::Builder::new().name("revmesh-link".into()).spawn(move || {
-        match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
-            Ok(rt) => rt.block_on(link),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the link's runtime; stopping");
-                link_shutdown.cancel();
-            }
-        }
-    })?;
+    let link_thread = LinkThread::spawn(link, shutdown.clone())?;
+    let link_died = Arc::new(Mutex::new(None));
+    let died = link_died.clone();
     tracker.spawn(async move {
-        let _ = tokio::task::spawn_blocking(move || link_thread.join()).await;
+        if let Err(why) = link_thread.watch().await {
+            *died.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        }
     });
     tracker.spawn(reload_on_sighup(cfg.clone(), server.clone(), creds, hangups, shutdown.clone()));
     let gc_state = state.clone();
@@ -224,7 +219,64 @@ pub async fn run(
     for p in std::iter::once(&cfg.socket).chain(&cfg.http_socket).chain(&cfg.grpc_socket) {
         let _ = std::fs::remove_file(p);
     }
-    Ok(())
+    let died = link_died.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match died {
+        // A supervisor restarts the agent; warm restart from the data dir makes that cheap.
+        Some(why) => Err(anyhow::anyhow!("{why}; exiting so that the agent is restarted")),
+        None => Ok(()),
+    }
+}
+
+/// The thread the link runs on (a current-thread runtime of its own). The link is what keeps
+/// the set current: an agent whose link died must not go on answering as if it were connected,
+/// so the link ending before shutdown — a panic included — stops the whole agent with an error.
+#[derive(Debug)]
+pub struct LinkThread {
+    handle: std::thread::JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl LinkThread {
+    /// Starts `link` on a thread named `revmesh-link`.
+    pub fn spawn(
+        link: impl std::future::Future<Output = ()> + Send + 'static,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let stop = shutdown.clone();
+        let handle = std::thread::Builder::new().name("revmesh-link".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+                Ok(rt) => rt.block_on(link),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the link's runtime; stopping");
+                    stop.cancel();
+                }
+            }
+        })?;
+        Ok(Self { handle, shutdown })
+    }
+
+    /// Waits for the thread to end. `Err` (and shutdown cancelled) when it ended other than
+    /// by shutdown: a panic, or a link that returned on its own.
+    pub async fn watch(self) -> Result<(), String> {
+        let Self { handle, shutdown } = self;
+        let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+        let why = match joined {
+            Ok(Ok(())) if shutdown.is_cancelled() => return Ok(()),
+            Ok(Ok(())) => "the link to the authority ended unexpectedly".to_owned(),
+            Ok(Err(panic)) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                format!("the link to the authority panicked: {msg}")
+            }
+            Err(e) => format!("the link thread could not be joined: {e}"),
+        };
+        tracing::error!(error = %why, "link failed; stopping the agent");
+        shutdown.cancel();
+        Err(why)
+    }
 }
 
 /// On SIGHUP: re-reads the verification keys, the authority token and the TLS material. A file
@@ -265,5 +317,40 @@ async fn reload_on_sighup(
                 tracing::error!(error = %e, "credential reload failed; the previous ones stay in force");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Before, a panic on the link thread was swallowed: the agent went on answering from a set
+    // nothing kept current, `connected` still true, until staleness caught up with it.
+    #[tokio::test]
+    async fn a_panicking_link_stops_the_agent_with_an_error() {
+        let shutdown = CancellationToken::new();
+        let link = async { panic!("boom in the link") };
+        let thread = LinkThread::spawn(link, shutdown.clone()).expect("thread");
+        let why = thread.watch().await.expect_err("a panic is a failure");
+        assert!(why.contains("panicked: boom in the link"), "{why}");
+        assert!(shutdown.is_cancelled(), "the agent is told to stop");
+    }
+
+    #[tokio::test]
+    async fn a_link_that_ends_at_shutdown_is_no_failure() {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let thread =
+            LinkThread::spawn(async move { stop.cancelled().await }, shutdown.clone()).expect("thread");
+        shutdown.cancel();
+        assert_eq!(thread.watch().await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_link_that_returns_on_its_own_stops_the_agent() {
+        let shutdown = CancellationToken::new();
+        let thread = LinkThread::spawn(async {}, shutdown.clone()).expect("thread");
+        assert!(thread.watch().await.is_err());
+        assert!(shutdown.is_cancelled());
     }
 }

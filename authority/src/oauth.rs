@@ -94,9 +94,16 @@ pub async fn revoke(State(s): State<AdminState>, body: axum::body::Body) -> Resu
         ));
     };
     let body = crate::admin::body_bytes(&s, body, crate::admin::MAX_BODY).await?;
-    let Some(token) = revmesh_runtime::form::form_value(&body, "token") else {
-        let e = serde_json::json!({"error": "invalid_request", "error_description": "form parameter `token` is required"});
-        return Ok(no_store(StatusCode::BAD_REQUEST, e.to_string()));
+    let token = match revmesh_runtime::form::form_value(&body, "token") {
+        Ok(Some(token)) => token,
+        missing_or_repeated => {
+            let why = match missing_or_repeated {
+                Err(e) => e.to_string(),
+                Ok(_) => "form parameter `token` is required".to_owned(),
+            };
+            let e = serde_json::json!({"error": "invalid_request", "error_description": why});
+            return Ok(no_store(StatusCode::BAD_REQUEST, e.to_string()));
+        }
     };
     let now_ms = s.log.clock().unix_ms();
     let Some((revocation, exp)) = keys.revocation(&token, now_ms / 1000).await else {

@@ -277,9 +277,16 @@ pub async fn backchannel_logout(
     };
     let body = crate::admin::body_bytes(&s, body, crate::admin::MAX_BODY).await?;
     let count = |result: &str| s.metrics.oidc_logouts_total.with_label_values(&[result]).inc();
-    let Some(token) = revmesh_runtime::form::form_value(&body, "logout_token") else {
-        count("invalid");
-        return Ok(invalid_request(LogoutError::Missing.to_string()));
+    let token = match revmesh_runtime::form::form_value(&body, "logout_token") {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            count("invalid");
+            return Ok(invalid_request(LogoutError::Missing.to_string()));
+        }
+        Err(e) => {
+            count("invalid");
+            return Ok(invalid_request(e.to_string()));
+        }
     };
     let now_ms = s.log.clock().unix_ms();
     let (revocation, key) = match oidc.validate(&token, now_ms / 1000).await {

@@ -15,8 +15,8 @@ fn keys() -> &'static revmesh_jwt::Keys {
 
 fuzz_target!(|data: &[u8]| {
     let token = match revmesh_runtime::form::form_value(data, "logout_token") {
-        Some(t) => t,
-        None => String::from_utf8_lossy(data).into_owned(),
+        Ok(Some(t)) => t,
+        Ok(None) | Err(_) => String::from_utf8_lossy(data).into_owned(),
     };
     let _ = revmesh_jwt::unverified_issuer(&token);
     let _ = revmesh_jwt::unverified_kid(&token);
