@@ -4,14 +4,12 @@
 use crate::config::{AgentsAction, AgentsArgs, ClientArgs, RevokeArgs, RevokeWhat};
 use revmesh_protocol::time::parse_duration;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Largest admin API answer read.
-const MAX_RESPONSE: u64 = 16 << 20;
+const MAX_RESPONSE: usize = 16 << 20;
 
 /// Parses unix seconds or an RFC 3339 time (`2026-11-29T12:00:00Z`, offsets allowed).
 pub fn parse_time(text: &str) -> Result<u64, String> {
@@ -86,38 +84,27 @@ pub(crate) fn call(
     timeout: Duration,
 ) -> Result<Answer, String> {
     let base = args.admin.trim_end_matches('/');
-    let (tls, rest) = match (base.strip_prefix("https://"), base.strip_prefix("http://")) {
-        (Some(r), _) => (true, r),
-        (None, Some(r)) => (false, r),
+    let tls = match base.split_once("://") {
+        // --ca-file, or else the platform's trust store.
+        Some(("https", _)) => Some(revmesh_runtime::http_client::tls_config(args.ca_file.as_deref())?),
+        Some(("http", _)) => None,
         _ => return Err(format!("--admin `{}` must start with http:// or https://", args.admin)),
-    };
-    let (hostport, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
     };
     let token = token(args)?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let path = format!("{prefix}{path}");
-    let (status, body) = if tls {
-        let ca = args.ca_file.as_deref().ok_or("an https:// admin URL needs --ca-file")?;
-        let cfg = client_config(ca)?;
-        https_request(hostport, cfg, method, &path, Some(&token), payload.as_bytes(), timeout)?
-    } else {
-        http_request(hostport, method, &path, Some(&token), payload.as_bytes(), timeout)?
-    };
+    let (status, body) =
+        request(tls, &format!("{base}{path}"), method, Some(&token), payload.as_bytes(), timeout)?;
     Ok(Answer { status, body })
 }
 
 /// A TLS client trusting the CA certificates in `ca` (PEM).
 pub fn client_config(ca: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
-    let roots = revmesh_runtime::pem::roots(ca).map_err(|e| e.to_string())?;
-    Ok(std::sync::Arc::new(
-        rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
-    ))
+    revmesh_runtime::http_client::tls_config(Some(ca))
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
-/// Used by the operator commands and by tests (bounded to 16 MiB of answer).
+/// One HTTP/1.1 request to `hostport`; returns the status and the body. Used by the operator
+/// commands and by tests. `timeout` bounds connecting and, separately, the whole exchange; the
+/// answer is bounded to 16 MiB.
 pub fn http_request(
     hostport: &str,
     method: &str,
@@ -126,8 +113,7 @@ pub fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let stream = connect(hostport, timeout)?;
-    exchange(stream, hostport, method, path, token, body)
+    request(None, &format!("http://{hostport}{path}"), method, token, body, timeout)
 }
 
 /// The same over TLS, verifying the server against `tls`'s roots.
@@ -140,62 +126,28 @@ pub fn https_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h).trim_matches(['[', ']']).to_owned();
-    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| format!("{hostport}: {e}"))?;
-    let conn = rustls::ClientConnection::new(tls, name).map_err(|e| format!("{hostport}: {e}"))?;
-    let stream = rustls::StreamOwned::new(conn, connect(hostport, timeout)?);
-    exchange(stream, hostport, method, path, token, body)
+    request(Some(tls), &format!("https://{hostport}{path}"), method, token, body, timeout)
 }
 
-fn connect(hostport: &str, timeout: Duration) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect(hostport).map_err(|e| format!("cannot reach {hostport}: {e}"))?;
-    // A request is written as one piece; Nagle would only delay it.
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    Ok(stream)
-}
-
-fn exchange<S: Read + Write>(
-    mut stream: S,
-    hostport: &str,
+fn request(
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    url: &str,
     method: &str,
-    path: &str,
     token: Option<&str>,
     body: &[u8],
+    timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body);
-    // The server may answer (413) before reading a large body; a failed write is not fatal then.
-    let _ = stream.write_all(&request);
-    let _ = stream.flush();
-    let mut raw = Vec::new();
-    let _ = stream.take(MAX_RESPONSE).read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
-    let status =
-        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("malformed HTTP status line")?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+    let method = http::Method::from_bytes(method.as_bytes()).map_err(|_| format!("bad method `{method}`"))?;
+    let client = revmesh_runtime::http_client::Client::new(tls, timeout, timeout, MAX_RESPONSE);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
     }
-    out
+    let answer = client
+        .send_blocking(method, url, &headers, bytes::Bytes::copy_from_slice(body))
+        .map_err(|e| e.to_string())?;
+    Ok((answer.status, answer.text()))
 }
 
 fn finish(args: &ClientArgs, answer: Result<Answer, String>, human: impl FnOnce(&Value)) -> ExitCode {

@@ -4,11 +4,12 @@
 //! into a flood against the identity provider. A failed fetch keeps the last good set.
 
 use crate::Keys;
+use bytes::Bytes;
+use revmesh_runtime::http_client::{Client, ClientError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -38,34 +39,20 @@ pub enum Location {
 impl Location {
     /// Parses a file path or a URL.
     pub fn parse(s: &str) -> Result<Location, String> {
-        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = s.strip_prefix("http://") {
-            (false, r)
+        let tls = if s.starts_with("https://") {
+            true
+        } else if s.starts_with("http://") {
+            false
         } else if s.contains("://") {
             return Err(format!("`{s}`: only https:// URLs (or a file path)"));
         } else {
             return Ok(Location::File(PathBuf::from(s)));
         };
-        let (authority, path) =
-            rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-        let default_port = if tls { 443 } else { 80 };
-        let port_of = |p: &str| p.parse::<u16>().map_err(|_| format!("`{s}`: bad port"));
-        // `[v6]` or `[v6]:port`, else `host` or `host:port`.
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(rest) => {
-                let (h, after) = rest.split_once(']').ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
-                match after.strip_prefix(':') {
-                    Some(p) => (h, port_of(p)?),
-                    None if after.is_empty() => (h, default_port),
-                    None => return Err(format!("`{s}`: bad port")),
-                }
-            }
-            None => match authority.split_once(':') {
-                Some((h, p)) => (h, port_of(p)?),
-                None => (authority, default_port),
-            },
-        };
+        let uri: http::Uri = s.parse().map_err(|_| format!("`{s}`: not a URL"))?;
+        let authority = uri.authority().ok_or_else(|| format!("`{s}`: no host"))?;
+        let host = authority.host().trim_matches(['[', ']']);
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let host = host.to_owned();
         if host.is_empty() {
             return Err(format!("`{s}`: no host"));
@@ -87,9 +74,12 @@ impl Location {
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// Reading the file or the socket failed.
+    /// Reading the file failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The HTTP exchange failed (connect, TLS, timeout, a malformed or cut-short answer).
+    #[error("{0}")]
+    Http(#[from] ClientError),
     /// No TLS configuration for an https:// URL.
     #[error("no TLS trust roots for https (give a CA file)")]
     NoTls,
@@ -102,7 +92,7 @@ pub enum FetchError {
     /// Larger than [`MAX_JWKS_BYTES`].
     #[error("answer larger than {MAX_JWKS_BYTES} bytes")]
     TooLarge,
-    /// An HTTP status other than 200, or no HTTP at all.
+    /// An HTTP status other than 200.
     #[error("HTTP {0}")]
     Status(String),
     /// The document is not a JWKS we can use.
@@ -255,17 +245,28 @@ impl RemoteKeys {
     async fn fetch(&self) -> Result<(Keys, Option<Duration>), FetchError> {
         let (body, max_age) = match &self.location {
             Location::File(p) => (tokio::fs::read(p).await?, None),
-            Location::Url { host, port, path, tls, .. } => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                if *tls {
-                    let cfg = self.tls.clone().ok_or(FetchError::NoTls)?;
-                    let name = rustls::pki_types::ServerName::try_from(host.clone())
-                        .map_err(|_| FetchError::ServerName(host.clone()))?;
-                    let stream = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
-                    get(stream, host, path).await?
-                } else {
-                    get(tcp, host, path).await?
+            Location::Url { url, tls, .. } => {
+                let tls_cfg = if *tls { Some(self.tls.clone().ok_or(FetchError::NoTls)?) } else { None };
+                let client = Client::new(tls_cfg, FETCH_TIMEOUT, FETCH_TIMEOUT, MAX_JWKS_BYTES);
+                let accept = "application/jwk-set+json, application/json";
+                let answer = client
+                    .send(
+                        http::Method::GET,
+                        url,
+                        &[("accept", accept), ("user-agent", "revmesh")],
+                        Bytes::new(),
+                    )
+                    .await?;
+                if answer.status != 200 {
+                    // Redirects are not followed: a key set's URL is configured exactly.
+                    let mut why = format!("{} from {url}", answer.status);
+                    if let Some(to) = answer.headers.get(http::header::LOCATION).and_then(|l| l.to_str().ok())
+                    {
+                        why.push_str(&format!(" (redirects are not followed; configure {to})"));
+                    }
+                    return Err(FetchError::Status(why));
                 }
+                (answer.body.to_vec(), max_age(&answer.headers))
             }
         };
         if body.len() > MAX_JWKS_BYTES {
@@ -276,65 +277,21 @@ impl RemoteKeys {
     }
 }
 
-/// One `GET` as HTTP/1.0 (the answer ends with the connection: no chunked framing to undo).
-async fn get<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    host: &str,
-    path: &str,
-) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-    let req = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/jwk-set+json, application/json\r\nUser-Agent: revmesh\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::with_capacity(8 << 10);
-    let mut chunk = [0u8; 16 << 10];
-    loop {
-        let n = match s.read(&mut chunk).await {
-            Ok(n) => n,
-            // Servers that close without TLS close_notify: what was read is complete.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_JWKS_BYTES + (16 << 10) {
-            return Err(FetchError::TooLarge);
-        }
-    }
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| FetchError::Status("no HTTP answer".into()))?;
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or("");
-    let code = status.split(' ').nth(1).unwrap_or("");
-    if code != "200" {
-        return Err(FetchError::Status(status.to_owned()));
-    }
-    let mut max_age = None;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("cache-control") {
-                max_age = v
-                    .split(',')
-                    .find_map(|d| d.trim().strip_prefix("max-age=")?.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-            }
-        }
-    }
-    Ok((buf[end + 4..].to_vec(), max_age))
+/// `max-age` of the answer's `Cache-Control`, if any.
+fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|d| d.trim().strip_prefix("max-age=")?.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
-/// A TLS client configuration trusting `ca_file`, or the system's roots
-/// (`/etc/ssl/certs/ca-certificates.crt`) without one.
+/// A TLS client configuration trusting `ca_file`, or the platform's trust store without one
+/// (see [`revmesh_runtime::http_client::tls_config`]).
 pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let system = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
-    let file = ca_file.unwrap_or(system);
-    let roots = revmesh_runtime::pem::roots(file).map_err(|e| e.to_string())?;
-    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+    revmesh_runtime::http_client::tls_config(ca_file)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod config;
 pub mod form;
+pub mod http_client;
 pub mod metrics;
 pub mod net;
 pub mod pem;
