@@ -8,7 +8,6 @@ use crate::keyring::KeyRing;
 use crate::state::{AgentState, Decision};
 use revmesh_protocol::{Kind, LogId, TokenRef};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// What a client asks.
 #[derive(Debug, PartialEq, Eq)]
@@ -154,11 +153,12 @@ impl Checker {
 
     /// Decides, and counts the verdict and the time taken.
     pub fn decide(&self, req: Request<'_>) -> Verdict {
-        let started = Instant::now();
+        let clock = self.state.clock();
+        let started = clock.mono();
         let v = self.verdict(req);
         let m = &self.state.metrics;
         m.count_check(v.label());
-        m.check_duration.observe(started.elapsed().as_secs_f64());
+        m.check_duration.observe(clock.mono().saturating_duration_since(started).as_secs_f64());
         v
     }
 

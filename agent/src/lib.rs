@@ -37,6 +37,7 @@ async fn key_ring(
     cfg: &config::Config,
     files: Arc<jwt::Keys>,
     metrics: &metrics::Metrics,
+    clock: &revmesh_runtime::Clock,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<keyring::KeyRing>> {
@@ -52,12 +53,13 @@ async fn key_ring(
     let mut remotes = Vec::new();
     for l in &cfg.jwks_urls {
         let m = metrics.clone();
-        let remote = RemoteKeys::new(l.clone(), tls.clone(), cfg.jwks_min_refresh).with_observer(move |ok| {
-            m.jwks_fetches_total.inc();
-            if !ok {
-                m.jwks_fetch_errors_total.inc();
-            }
-        });
+        let remote = RemoteKeys::new(l.clone(), tls.clone(), cfg.jwks_min_refresh, clock.clone())
+            .with_observer(move |ok| {
+                m.jwks_fetches_total.inc();
+                if !ok {
+                    m.jwks_fetch_errors_total.inc();
+                }
+            });
         let remote = Arc::new(remote);
         match remote.refresh().await {
             Ok(n) => tracing::info!(jwks = ?l, keys = n, "JWKS loaded"),
@@ -136,7 +138,7 @@ pub async fn run(
         )
         .with_clock(clock),
     );
-    tracing::info!(applied, log_id = ?log_id, ms = loading.elapsed().as_millis() as u64, "state loaded");
+    tracing::info!(applied, log_id = ?log_id, ms = state.clock().mono().saturating_duration_since(loading).as_millis() as u64, "state loaded");
     let line_listener = server::bind_socket(&cfg.socket, cfg.socket_access)?;
     let http_listener = match &cfg.http_socket {
         Some(p) => Some(server::bind_socket(p, cfg.socket_access)?),
@@ -151,7 +153,7 @@ pub async fn run(
         Bound { metrics: metrics_listener.local_addr()?, http: local(&http_tcp), grpc: local(&grpc_tcp) };
 
     let tracker = tokio_util::task::TaskTracker::new();
-    let ring = key_ring(&cfg, keys, &state.metrics, &tracker, &shutdown).await?;
+    let ring = key_ring(&cfg, keys, &state.metrics, state.clock(), &tracker, &shutdown).await?;
     let server = Arc::new(server::Server {
         checker: decide::Checker::with_ring(state.clone(), ring.clone(), cfg.rules.clone()),
         token_cookie: cfg.token_cookie.clone(),

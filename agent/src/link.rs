@@ -164,7 +164,7 @@ pub async fn run_with(
     let mut links = 0u64;
     while !shutdown.is_cancelled() && !settings.authorities.is_empty() {
         let url = endpoint(&settings.authorities[index % settings.authorities.len()]);
-        let started = Instant::now();
+        let started = state.clock().mono();
         let ended = match connect(&url, &creds.load()).await {
             Ok(ws) => {
                 links += 1;
@@ -193,7 +193,7 @@ pub async fn run_with(
             }
             Ended::Failed(why) => {
                 // A link that lived a while was healthy: start the backoff over.
-                if started.elapsed() > Duration::from_secs(10) {
+                if state.clock().mono().saturating_duration_since(started) > Duration::from_secs(10) {
                     attempt = 0;
                 }
                 tracing::warn!(%url, reason = %why, "link to authority lost");
@@ -336,7 +336,7 @@ async fn drive(
 ) -> Ended {
     let clock = state.clock().clone();
     session.connect(clock.now());
-    let mut last_heard_write = Instant::now() - Duration::from_secs(60);
+    let mut last_heard_write: Option<Instant> = None;
     // One timer and one cancellation future for the link's life, reset rather than re-created.
     let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     let timer = tokio::time::sleep_until(never);
@@ -374,8 +374,10 @@ async fn drive(
                 }
                 if let Some(h) = session.last_heard() {
                     state.heard(h);
-                    if let (Some(j), true) = (w.journal, last_heard_write.elapsed() > Duration::from_secs(1)) {
-                        last_heard_write = Instant::now();
+                    let mono = clock.mono();
+                    let due = last_heard_write.is_none_or(|t| mono.saturating_duration_since(t) > Duration::from_secs(1));
+                    if let (Some(j), true) = (w.journal, due) {
+                        last_heard_write = Some(mono);
                         if let Ok(p) = j.p.lock() {
                             p.heard(clock.now().unix_ms);
                         }
@@ -529,7 +531,7 @@ impl Unpersisted {
         state.set_persist_ok(false);
         self.attempt = self.attempt.saturating_add(1);
         let delay = backoff(Duration::from_millis(100), self.attempt - 1, Duration::from_secs(5));
-        self.retry_at = Some(Instant::now() + delay);
+        self.retry_at = Some(state.clock().mono() + delay);
     }
 
     fn recovered(&mut self, state: &AgentState) {
@@ -808,7 +810,7 @@ async fn apply_events(
         _ => false,
     };
     let held_entries: usize = group.iter().map(|b| b.entries).sum();
-    let now = Instant::now();
+    let now = state.clock().mono();
     if linked
         && !durable_awaited
         && !group.is_empty()

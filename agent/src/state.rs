@@ -87,7 +87,7 @@ impl AgentState {
             connected: AtomicBool::new(false),
             heard_ms: AtomicU64::new(0),
             heard_before_start,
-            started: Instant::now(),
+            started: Clock::system().mono(),
             max_staleness,
             fail_open,
             clock: Clock::system(),
@@ -106,6 +106,10 @@ impl AgentState {
     /// The agent's one clock.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    fn since_start(&self) -> Duration {
+        self.clock.mono().saturating_duration_since(self.started)
     }
 
     /// Applied seq.
@@ -184,14 +188,14 @@ impl AgentState {
     pub fn staleness(&self) -> Option<Duration> {
         let heard = self.heard_ms.load(Ordering::Relaxed);
         if heard > 0 {
-            let since_start = self.started.elapsed().as_millis() as u64;
+            let since_start = self.since_start().as_millis() as u64;
             return Some(Duration::from_millis((since_start + 1).saturating_sub(heard)));
         }
         // Never in sync with any log: no freshness to speak of.
         self.log_id()?;
         match self.heard_before_start {
             Some(ms) => Some(Duration::from_millis(self.clock.unix_ms().saturating_sub(ms))),
-            None => Some(self.started.elapsed()),
+            None => Some(self.since_start()),
         }
     }
 
@@ -201,7 +205,7 @@ impl AgentState {
     fn lag_ms(&self, applied: u64) -> (u64, bool) {
         match self.staleness() {
             Some(d) => (d.as_millis() as u64, d > self.max_staleness || self.behind_at(applied)),
-            None => (self.started.elapsed().as_millis() as u64, true),
+            None => (self.since_start().as_millis() as u64, true),
         }
     }
 

@@ -39,6 +39,7 @@ pub struct AdminLimits {
 /// What a connection is doing, shared by its I/O, its requests and its watcher.
 #[derive(Debug)]
 struct Activity {
+    clock: revmesh_runtime::Clock,
     epoch: Instant,
     /// Requests handed to the router and not yet answered.
     active: AtomicUsize,
@@ -49,9 +50,10 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(clock: revmesh_runtime::Clock) -> Self {
         Self {
-            epoch: Instant::now(),
+            epoch: clock.mono(),
+            clock,
             active: AtomicUsize::new(0),
             idle_since: AtomicU64::new(1),
             head_started: AtomicU64::new(0),
@@ -59,7 +61,7 @@ impl Activity {
     }
 
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
+        self.clock.mono().saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 
     fn read_some(&self) {
@@ -160,6 +162,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     limits: AdminLimits,
     metrics: Metrics,
+    clock: revmesh_runtime::Clock,
 ) {
     let conns = tokio_util::task::TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -167,17 +170,9 @@ pub async fn serve(
     let shed = |reason: &str| metrics.admin_shed_total.with_label_values(&[reason]).inc();
     let mut next_id = 0u64;
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, _)) = revmesh_runtime::net::accept(|| listener.accept(), &shutdown, "admin").await
+        else {
+            break;
         };
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -204,7 +199,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         next_id += 1;
         let id = next_id;
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(clock.clone()));
         let stop = shutdown.child_token();
         registry.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (activity.clone(), stop.clone()));
         let (acceptor, app, registry, metrics) =

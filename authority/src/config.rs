@@ -390,6 +390,7 @@ impl TokenKeySettings {
     /// The keys, with the JWKS fetched once and kept fresh until `stop`.
     pub async fn start(
         &self,
+        clock: &revmesh_runtime::Clock,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<crate::oauth::TokenKeys, String> {
         use revmesh_jwt::remote::{Location, RemoteKeys};
@@ -402,7 +403,8 @@ impl TokenKeySettings {
                     }
                     _ => None,
                 };
-                let keys = std::sync::Arc::new(RemoteKeys::new(l.clone(), tls, self.min_refresh));
+                let keys =
+                    std::sync::Arc::new(RemoteKeys::new(l.clone(), tls, self.min_refresh, clock.clone()));
                 if let Err(e) = keys.refresh().await {
                     if matches!(l, Location::File(_)) {
                         return Err(e.to_string());

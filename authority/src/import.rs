@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Progress of one file, kept beside it.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -176,7 +176,8 @@ fn import(args: &ImportArgs) -> Result<(), String> {
             ));
         }
     }
-    let started = Instant::now();
+    let clock = revmesh_runtime::Clock::system();
+    let started = clock.mono();
     let (mut first_seq, mut last_seq) = (None, None);
     let mut this_run = 0usize;
     loop {
@@ -220,7 +221,7 @@ fn import(args: &ImportArgs) -> Result<(), String> {
         }
         first_seq = first_seq.or(v["first_seq"].as_u64());
         last_seq = v["last_seq"].as_u64().or(last_seq);
-        let rate = this_run as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        let rate = this_run as f64 / clock.mono().saturating_duration_since(started).as_secs_f64().max(1e-3);
         eprint!("\rimported {} records ({rate:.0}/s)", progress.done);
         let _ = std::io::stderr().flush();
     }

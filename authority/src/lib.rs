@@ -197,13 +197,13 @@ pub async fn serve(
     let admin_tls = cfg.tls.as_ref().map(|t| t.admin.clone());
 
     let oidc = match &cfg.oidc {
-        Some(o) => Some(oidc::Oidc::start(o, shutdown.clone()).await.map_err(|e| {
+        Some(o) => Some(oidc::Oidc::start(o, &clock, shutdown.clone()).await.map_err(|e| {
             config::ConfigErrors(vec![config::ConfigError { field: "oidc-provider", message: e }])
         })?),
         None => None,
     };
     let token_keys = match &cfg.token_keys {
-        Some(t) => Some(Arc::new(t.start(shutdown.clone()).await.map_err(|e| {
+        Some(t) => Some(Arc::new(t.start(&clock, shutdown.clone()).await.map_err(|e| {
             config::ConfigErrors(vec![config::ConfigError { field: "token-jwks", message: e }])
         })?)),
         None => None,
@@ -270,7 +270,15 @@ pub async fn serve(
     let admin_server = {
         let tls = admin_tls.clone();
         let app = admin::app(state);
-        tracker.spawn(admin_server::serve(admin_listener, app, tls, admin_shutdown, limits, metrics.clone()))
+        tracker.spawn(admin_server::serve(
+            admin_listener,
+            app,
+            tls,
+            admin_shutdown,
+            limits,
+            metrics.clone(),
+            clock.clone(),
+        ))
     };
     tracker.spawn(reload_on_sighup(
         agent_tls,

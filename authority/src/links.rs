@@ -186,18 +186,10 @@ impl Links {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         self.tracker.spawn(self.clone().fan_out());
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = self.shutdown.cancelled() => break,
-            };
-            let (stream, remote) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Some((stream, remote)) =
+                revmesh_runtime::net::accept(|| listener.accept(), &self.shutdown, "agents").await
+            else {
+                break;
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 self.metrics.agents_rejected_total.with_label_values(&["too_many_connections"]).inc();

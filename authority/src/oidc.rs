@@ -120,6 +120,7 @@ impl Oidc {
     /// and retried; its logouts are refused until then) and keeps them fresh until `stop`.
     pub async fn start(
         s: &OidcSettings,
+        clock: &revmesh_runtime::Clock,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Oidc>, String> {
         let needs_tls = s.providers.iter().any(|(_, l)| matches!(l, Location::Url { tls: true, .. }));
@@ -127,7 +128,8 @@ impl Oidc {
             if needs_tls { Some(revmesh_jwt::remote::client_tls(s.jwks_ca_file.as_deref())?) } else { None };
         let mut providers = HashMap::new();
         for (issuer, location) in &s.providers {
-            let keys = Arc::new(RemoteKeys::new(location.clone(), tls.clone(), s.jwks_min_refresh));
+            let keys =
+                Arc::new(RemoteKeys::new(location.clone(), tls.clone(), s.jwks_min_refresh, clock.clone()));
             match keys.refresh().await {
                 Ok(n) => tracing::info!(%issuer, keys = n, "OIDC provider keys loaded"),
                 Err(e) if matches!(location, Location::File(_)) => return Err(format!("{issuer}: {e}")),

@@ -6,6 +6,7 @@
 use crate::Keys;
 use bytes::Bytes;
 use revmesh_runtime::http_client::{Client, ClientError};
+use revmesh_runtime::Clock;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -109,6 +110,7 @@ pub struct RemoteKeys {
     tls: Option<Arc<rustls::ClientConfig>>,
     keys: RwLock<Arc<Keys>>,
     min_refresh: Duration,
+    clock: Clock,
     /// When the last fetch started (successful or not).
     last_attempt: Mutex<Option<Instant>>,
     /// One fetch at a time.
@@ -129,12 +131,18 @@ impl std::fmt::Debug for RemoteKeys {
 
 impl RemoteKeys {
     /// A set read from `location` (not fetched yet: call [`Self::refresh`]).
-    pub fn new(location: Location, tls: Option<Arc<rustls::ClientConfig>>, min_refresh: Duration) -> Self {
+    pub fn new(
+        location: Location,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        min_refresh: Duration,
+        clock: Clock,
+    ) -> Self {
         Self {
             location,
             tls,
             keys: RwLock::new(Arc::new(Keys::default())),
             min_refresh,
+            clock,
             last_attempt: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             max_age: Mutex::new(None),
@@ -153,7 +161,9 @@ impl RemoteKeys {
     /// True when a fetch now would not be refused as too soon (no fetch is running either).
     pub fn due(&self) -> bool {
         let last = *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
-        last.is_none_or(|t| t.elapsed() >= self.min_refresh) && self.fetching.try_lock().is_ok()
+        let now = self.clock.mono();
+        last.is_none_or(|t| now.saturating_duration_since(t) >= self.min_refresh)
+            && self.fetching.try_lock().is_ok()
     }
 
     /// The keys in force (the last good set; empty before the first good fetch).
@@ -177,10 +187,11 @@ impl RemoteKeys {
         let _one = self.fetching.lock().await;
         {
             let mut last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
+            let now = self.clock.mono();
+            if last.is_some_and(|t| now.saturating_duration_since(t) < self.min_refresh) {
                 return Err(FetchError::TooSoon);
             }
-            *last = Some(Instant::now());
+            *last = Some(now);
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await {

@@ -3,6 +3,8 @@
 //! `revmesh-loadtest redis-subscriber --journal` process against a private `redis-server` and
 //! then reads the journal back the way an agent does after a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests time real processes from outside; the one-clock rule (clippy.toml) is the binaries'.
+#![allow(clippy::disallowed_methods)]
 
 use revmesh_protocol::TokenRef;
 use std::io::{BufRead, BufReader, Read, Write};
