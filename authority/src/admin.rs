@@ -520,14 +520,14 @@ mod tests {
     /// commit and the receipt).
     struct CursorsDown;
     impl crate::store::CursorStore for CursorsDown {
-        fn publish_agents(&self, _: &[crate::store::AgentRow]) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable("cursors down"))
+        fn publish_agents(self: Arc<Self>, _: Vec<crate::store::AgentRow>) -> crate::store::StoreFuture<()> {
+            Box::pin(async { Err(StoreError::Unavailable("cursors down")) })
         }
-        fn agents(&self) -> Result<Vec<crate::store::AgentRow>, StoreError> {
-            Err(StoreError::Unavailable("cursors down"))
+        fn agents(self: Arc<Self>) -> crate::store::StoreFuture<Vec<crate::store::AgentRow>> {
+            Box::pin(async { Err(StoreError::Unavailable("cursors down")) })
         }
-        fn forget_agent(&self, _: &str) -> Result<crate::store::Forgotten, StoreError> {
-            Err(StoreError::Unavailable("cursors down"))
+        fn forget_agent(self: Arc<Self>, _: String) -> crate::store::StoreFuture<crate::store::Forgotten> {
+            Box::pin(async { Err(StoreError::Unavailable("cursors down")) })
         }
     }
 
@@ -543,13 +543,14 @@ mod tests {
         let clock = revmesh_runtime::Clock::system();
         let (log, rx) =
             Log::open_loaded(Arc::new(store), Duration::from_secs(5), metrics.clone(), clock.clone())
+                .await
                 .expect("log");
         let _writer = Log::start(&log, rx);
         let hub = Arc::new(Hub::new(metrics.clone(), true, clock));
         let state = AdminState {
             log: log.clone(),
             hub: hub.clone(),
-            registry: Registry::Shared { hub, cursors: Arc::new(CursorsDown) },
+            registry: Registry::shared(hub, Arc::new(CursorsDown)),
             metrics,
             token: Arc::new("t".repeat(32)),
             max_token_ttl: Duration::from_secs(3600),

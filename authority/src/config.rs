@@ -644,7 +644,7 @@ impl Config {
         let store = match raw.store.as_deref() {
             None | Some("embedded") => StoreKind::Embedded,
             Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
-                if s.parse::<postgres::Config>().is_err() {
+                if s.parse::<tokio_postgres::Config>().is_err() {
                     e.push("store", "not a valid PostgreSQL connection URL");
                 }
                 StoreKind::Postgres(s.to_owned())

@@ -61,11 +61,8 @@ async fn share_cursors(
         if rows.is_empty() {
             continue;
         }
-        let store = cursors.clone();
-        match tokio::task::spawn_blocking(move || store.publish_agents(&rows)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "publishing agent cursors failed"),
-            Err(e) => tracing::warn!(error = %e, "publishing agent cursors failed"),
+        if let Err(e) = cursors.clone().publish_agents(rows).await {
+            tracing::warn!(error = %e, "publishing agent cursors failed");
         }
     }
 }
@@ -179,11 +176,7 @@ pub async fn serve(
     let (log, writer) = {
         let (store, metrics, clock) = (backend.log.clone(), metrics.clone(), clock.clone());
         let timeout = cfg.store_timeout;
-        // Loading may talk to PostgreSQL synchronously: keep it off the async workers.
-        tokio::task::spawn_blocking(move || log::Log::open_loaded(store, timeout, metrics, clock))
-            .await
-            .context("loading the log")?
-            .context("loading the log")?
+        log::Log::open_loaded(store, timeout, metrics, clock).await.context("loading the log")?
     };
     let writer = log::Log::start(&log, writer);
     let (token, token_path) = auth::admin_token(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
@@ -212,7 +205,7 @@ pub async fn serve(
     let hub = Arc::new(hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
     let registry = match &backend.shared {
         None => registry::Registry::Embedded(hub.clone()),
-        Some(shared) => registry::Registry::Shared { hub: hub.clone(), cursors: shared.cursors.clone() },
+        Some(shared) => registry::Registry::shared(hub.clone(), shared.cursors.clone()),
     };
     let link_cfg = links::LinkConfig {
         session: AuthorityConfig {

@@ -91,14 +91,14 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    /// Loads the store (blocking) and returns the log with the receiver its writer will serve.
-    pub fn open_loaded(
+    /// Loads the store and returns the log with the receiver its writer will serve.
+    pub async fn open_loaded(
         store: Arc<dyn LogStore>,
         store_timeout: Duration,
         metrics: Metrics,
         clock: Clock,
     ) -> Result<(Arc<Self>, mpsc::Receiver<AppendReq>), StoreError> {
-        let loaded = store.load()?;
+        let loaded = store.clone().load().await?;
         let view = LogView { log_id: loaded.log_id, floor: loaded.floor, head: loaded.head };
         let entries = loaded.entries.into_iter().map(|e| (e.seq, Arc::new(e))).collect();
         let (view_tx, _) = watch::channel(view);
@@ -197,15 +197,14 @@ impl Log {
                 _ = shutdown.cancelled() => return,
             }
             let store = self.store.clone();
-            let probe = tokio::task::spawn_blocking(move || store.probe());
-            let ok = match tokio::time::timeout(self.store_timeout, probe).await {
-                Ok(Ok(Ok(()))) => true,
-                Ok(Ok(Err(e))) => {
+            let ok = match tokio::time::timeout(self.store_timeout, store.probe()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "store probe failed");
                     self.metrics.store_errors_total.inc();
                     false
                 }
-                Ok(Err(_)) | Err(_) => {
+                Err(_) => {
                     tracing::warn!("store probe did not finish in time");
                     self.metrics.store_errors_total.inc();
                     false
@@ -257,9 +256,7 @@ impl Log {
         let store = self.store.clone();
         let batch: Vec<NewEntry> = group.iter().flat_map(|r| r.entries.iter().cloned()).collect();
         self.append_started_ms.store(self.clock.unix_ms().max(1), Ordering::Release);
-        let result = tokio::task::spawn_blocking(move || store.append(head, &batch))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Task(e)));
+        let result = store.append(head, batch).await;
         self.append_started_ms.store(0, Ordering::Release);
         self.set_store_ok(result.is_ok());
         match result {
@@ -338,9 +335,7 @@ impl Log {
         loop {
             let head = self.view().head;
             let store = self.store.clone();
-            let tail = tokio::task::spawn_blocking(move || store.read_after(head))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Task(e)))?;
+            let tail = store.read_after(head).await?;
             let more = tail.entries.len() >= 100_000;
             if !self.publish(&tail) {
                 return Err(StoreError::Meta(format!(
@@ -362,10 +357,10 @@ impl Log {
     ) {
         while !shutdown.is_cancelled() {
             let store = shared.clone();
-            let woke = tokio::task::spawn_blocking(move || store.wait_for_change(Duration::from_millis(500)));
+            let woke = store.wait_for_change(Duration::from_millis(500));
             tokio::select! {
                 r = woke => {
-                    if let Ok(Err(e)) = r {
+                    if let Err(e) = r {
                         tracing::warn!(error = %e, "waiting for log changes failed; polling");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
@@ -494,10 +489,7 @@ impl Log {
             return Ok(0);
         }
         let store = self.store.clone();
-        let removed = seqs.clone();
-        tokio::task::spawn_blocking(move || store.compact(floor, &removed))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Task(e)))?;
+        store.compact(floor, seqs.clone()).await?;
         let view = {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
             for s in &seqs {

@@ -5,24 +5,30 @@
 //! never see seq n+1 before seq n. Each commit sends `NOTIFY revmesh_log`; replicas wake on it
 //! and also poll, so a missed notification only delays, never loses. Agent cursors are shared
 //! in `revmesh_agents` so receipts and `GET /v1/agents` cover every replica.
+//!
+//! Operations run on tokio-postgres connections from a deadpool pool of at most [`POOL`]:
+//! concurrency is bounded by the pool, not by threads. Every operation — waiting for a
+//! connection, connecting, and the statements — must finish within the store timeout; a
+//! connection whose operation timed out is taken out of the pool, never reused (after a
+//! partition it may never answer again). Readiness probes and the `LISTEN` for other
+//! replicas' appends each keep a connection of their own, so a busy pool never makes a healthy
+//! database look down.
 
 use crate::store::{
     record, unrecord, AgentRow, CursorStore, Forgotten, Loaded, LogStore, NewEntry, SharedLog, StoreError,
-    Tail,
+    StoreFuture, Tail,
 };
-use postgres::{Client, NoTls};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures::future::BoxFuture;
 use revmesh_protocol::{Entry, LogId};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// Rows newer than this count as reported by a live replica.
 pub const AGENT_ROW_TTL_SECS: u64 = 10;
-/// Idle connections kept.
-const POOL: usize = 8;
-/// Operations still waiting on an unresponsive server at most; beyond, new ones fail at once
-/// instead of adding threads stuck on a partition.
-const MAX_HANGING: usize = 16;
+/// Connections in the pool at most.
+pub const POOL: usize = 16;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revmesh_meta (
@@ -47,34 +53,35 @@ CREATE TABLE IF NOT EXISTS revmesh_agents (
 );
 ";
 
-fn db(e: postgres::Error) -> StoreError {
+fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(e)
 }
 
 /// A PostgreSQL error as operators read it: the SQLSTATE and the server's message when the
 /// server answered, the client's description otherwise.
-pub(crate) fn describe(e: &postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("{}: {}", d.code().code(), d.message()),
         None => e.to_string(),
     }
 }
 
-/// A small pool of synchronous connections to one database.
-///
-/// Every operation is bounded by the store timeout: it runs on a thread of its own while the
-/// caller waits at most that long. A server that stops answering (a partition: the connection
-/// stays open, nothing comes back) fails the operation in time instead of hanging it; the
-/// abandoned thread ends when the connection does (TCP user timeout, keepalives, or the server
-/// ending the idle transaction), and its connection is never reused.
+/// A pooled client for one database, shared by every task of this replica.
 pub struct PgStore {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
+    pool: Pool,
     timeout: Duration,
     replica: String,
     new_log_id: LogId,
-    pool: Arc<Mutex<Vec<Client>>>,
-    hanging: Arc<AtomicUsize>,
-    listener: Mutex<Option<Client>>,
+    /// The readiness probe's own connection.
+    probe: tokio::sync::Mutex<Option<Client>>,
+    /// The `LISTEN revmesh_log` connection and the signal its driver raises per notification.
+    listener: tokio::sync::Mutex<Option<Listener>>,
+}
+
+struct Listener {
+    client: Client,
+    notified: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -83,92 +90,118 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// A statement sequence run on one pooled connection.
+type Op<'c, T> = BoxFuture<'c, Result<T, tokio_postgres::Error>>;
+
 impl PgStore {
     /// A store for `url`; `replica` names this authority in `revmesh_agents`; every operation
-    /// (connect, statement, network round trip) is bounded by `timeout`.
+    /// (waiting for a connection, connecting, statements) is bounded by `timeout`.
     pub fn new(url: &str, replica: String, new_log_id: LogId, timeout: Duration) -> Result<Self, StoreError> {
-        let mut config: postgres::Config = url.parse().map_err(db)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(db)?;
         let ms = timeout.as_millis().max(1);
         config
             .connect_timeout(timeout)
             .application_name("revmesh-authority")
             // The server cancels a statement stalled on a lock held by a partitioned replica,
             // and ends a transaction whose client went silent, releasing its locks.
-            .options(&format!("-c statement_timeout={ms} -c idle_in_transaction_session_timeout={}", ms * 2))
+            .options(format!("-c statement_timeout={ms} -c idle_in_transaction_session_timeout={}", ms * 2))
             // The kernel ends connections whose peer vanished.
             .tcp_user_timeout(timeout * 2)
             .keepalives(true)
             .keepalives_idle(timeout)
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
         Ok(Self {
             config,
+            pool,
             timeout,
             replica,
             new_log_id,
-            pool: Arc::new(Mutex::new(Vec::new())),
-            hanging: Arc::new(AtomicUsize::new(0)),
-            listener: Mutex::new(None),
+            probe: tokio::sync::Mutex::new(None),
+            listener: tokio::sync::Mutex::new(None),
         })
     }
 
-    fn connect(&self) -> Result<Client, StoreError> {
-        self.config.connect(NoTls).map_err(db)
-    }
-
-    /// Runs `f` on a pooled connection within the store timeout; a connection that failed is
-    /// dropped, not returned.
-    fn with<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
-    {
-        self.within(self.timeout, f)
-    }
-
-    /// As [`Self::with`], with a limit of its own (loading the whole log at start).
-    fn within<T, F>(&self, limit: Duration, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
-    {
-        if self.hanging.load(Ordering::Acquire) >= MAX_HANGING {
-            return Err(StoreError::Unavailable("postgres unreachable (earlier operations still hang)"));
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (pool, hanging, config) = (self.pool.clone(), self.hanging.clone(), self.config.clone());
-        hanging.fetch_add(1, Ordering::AcqRel);
-        let spawned = std::thread::Builder::new().name("revmesh-pg".into()).spawn(move || {
-            let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let result = match pooled {
-                Some(c) if !c.is_closed() => Ok(c),
-                _ => config.connect(NoTls).map_err(db),
-            }
-            .and_then(|mut client| {
-                let r = f(&mut client);
-                if r.is_ok() {
-                    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-                    if pool.len() < POOL {
-                        pool.push(client);
+    /// A connection of its own (not pooled), its connection driven until the client drops;
+    /// `notified` is raised for every notification it receives.
+    async fn connect(&self, notified: Option<Arc<tokio::sync::Notify>>) -> Result<Client, StoreError> {
+        let (client, mut conn) = tokio::time::timeout(self.timeout, self.config.connect(NoTls))
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(db)?;
+        // The driver ends with the connection: when the client is dropped, or the server or
+        // the network ends it.
+        tokio::spawn(async move {
+            while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                match msg {
+                    Ok(AsyncMessage::Notification(_)) => {
+                        if let Some(n) = &notified {
+                            n.notify_one();
+                        }
                     }
+                    Ok(_) => {}
+                    Err(_) => break,
                 }
-                r.map_err(db)
-            });
-            hanging.fetch_sub(1, Ordering::AcqRel);
-            let _ = tx.send(result);
+            }
+            if let Some(n) = &notified {
+                n.notify_one();
+            }
         });
-        if let Err(e) = spawned {
-            self.hanging.fetch_sub(1, Ordering::AcqRel);
-            return Err(StoreError::Worker(e));
-        }
-        match rx.recv_timeout(limit) {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(limit)),
+        Ok(client)
+    }
+
+    /// Runs `op` on a pooled connection within `limit` (the wait for the connection included).
+    /// A connection whose operation failed at the connection level or timed out is taken out
+    /// of the pool.
+    async fn run<T>(
+        &self,
+        limit: Duration,
+        op: impl for<'c> FnOnce(&'c mut Object) -> Op<'c, T>,
+    ) -> Result<T, StoreError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut client = match tokio::time::timeout_at(deadline, self.pool.get()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(pool_error(e)),
+            Err(_) => return Err(StoreError::Timeout(limit)),
+        };
+        let outcome = tokio::time::timeout_at(deadline, op(&mut client)).await;
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_closed() || e.as_db_error().is_none() {
+                    let _ = Object::take(client);
+                }
+                Err(db(e))
+            }
+            Err(_) => {
+                let _ = Object::take(client);
+                Err(StoreError::Timeout(limit))
+            }
         }
     }
 }
 
-fn rows_to_entries(rows: &[postgres::Row]) -> Result<Vec<Entry>, StoreError> {
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db(e),
+        other => StoreError::Pool(other.to_string()),
+    }
+}
+
+fn rows_to_entries(rows: &[tokio_postgres::Row]) -> Result<Vec<Entry>, StoreError> {
     rows.iter()
         .map(|r| {
             let seq: i64 = r.get(0);
@@ -179,143 +212,204 @@ fn rows_to_entries(rows: &[postgres::Row]) -> Result<Vec<Entry>, StoreError> {
 }
 
 impl LogStore for PgStore {
-    fn load(&self) -> Result<Loaded, StoreError> {
-        let new_id = self.new_log_id.0.to_vec();
-        // Reading a large log at start may take longer than one revocation's commit may.
-        let limit = (self.timeout * 12).max(Duration::from_secs(60));
-        let (log_id, head, floor, rows) = self.within(limit, move |c| {
-            // Replicas starting together must not race on CREATE TABLE: one at a time.
-            let mut tx = c.transaction()?;
-            tx.execute("SELECT pg_advisory_xact_lock(7415000001)", &[])?;
-            tx.batch_execute(SCHEMA)?;
-            tx.execute(
-                "INSERT INTO revmesh_meta (id, log_id, head, floor) VALUES (1, $1, 0, 0) ON CONFLICT (id) DO NOTHING",
-                &[&new_id],
-            )?;
-            tx.commit()?;
-            let mut tx = c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
-            tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", limit.as_millis()))?;
-            let m = tx.query_one("SELECT log_id, head, floor FROM revmesh_meta WHERE id = 1", &[])?;
-            let rows = tx.query("SELECT seq, record FROM revmesh_entries ORDER BY seq", &[])?;
-            tx.commit()?;
-            Ok((m.get::<_, Vec<u8>>(0), m.get::<_, i64>(1), m.get::<_, i64>(2), rows))
-        })?;
-        let log_id =
-            LogId(log_id.try_into().map_err(|_| StoreError::Meta("`log_id` is not 16 bytes".into()))?);
-        Ok(Loaded { log_id, head: head as u64, floor: floor as u64, entries: rows_to_entries(&rows)? })
-    }
-
-    /// A write that is rolled back: a server that can read but not write is not ready.
-    fn probe(&self) -> Result<(), StoreError> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            tx.execute("UPDATE revmesh_meta SET floor = floor WHERE id = 1", &[])?;
-            tx.rollback()
+    fn load(self: Arc<Self>) -> StoreFuture<Loaded> {
+        Box::pin(async move {
+            let new_id = self.new_log_id.0.to_vec();
+            // Reading a large log at start may take longer than one revocation's commit may.
+            let limit = (self.timeout * 12).max(Duration::from_secs(60));
+            let (log_id, head, floor, rows) = self
+                .run(limit, |c| {
+                    Box::pin(async move {
+                        // Replicas starting together must not race on CREATE TABLE: one at a time.
+                        let tx = c.transaction().await?;
+                        tx.execute("SELECT pg_advisory_xact_lock(7415000001)", &[]).await?;
+                        tx.batch_execute(SCHEMA).await?;
+                        tx.execute(
+                            "INSERT INTO revmesh_meta (id, log_id, head, floor) VALUES (1, $1, 0, 0) ON CONFLICT (id) DO NOTHING",
+                            &[&new_id],
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        let tx = c
+                            .build_transaction()
+                            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                            .start()
+                            .await?;
+                        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", limit.as_millis())).await?;
+                        let m = tx.query_one("SELECT log_id, head, floor FROM revmesh_meta WHERE id = 1", &[]).await?;
+                        let rows = tx.query("SELECT seq, record FROM revmesh_entries ORDER BY seq", &[]).await?;
+                        tx.commit().await?;
+                        Ok((m.get::<_, Vec<u8>>(0), m.get::<_, i64>(1), m.get::<_, i64>(2), rows))
+                    })
+                })
+                .await?;
+            let log_id =
+                LogId(log_id.try_into().map_err(|_| StoreError::Meta("`log_id` is not 16 bytes".into()))?);
+            Ok(Loaded { log_id, head: head as u64, floor: floor as u64, entries: rows_to_entries(&rows)? })
         })
     }
 
-    fn append(&self, _head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
-        let batch = batch.to_vec();
-        self.with(move |c| {
-            let mut tx = c.transaction()?;
-            // The row lock serialises appenders across replicas: seqs commit in order.
-            let head: i64 =
-                tx.query_one("SELECT head FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[])?.get(0);
-            let head = head as u64;
-            let mut out = Vec::with_capacity(batch.len());
-            let mut seqs = Vec::with_capacity(batch.len());
-            let mut records = Vec::with_capacity(batch.len());
-            for (i, n) in batch.iter().enumerate() {
-                let entry = n.sequenced(head + 1 + i as u64);
-                match record(&entry) {
-                    Ok(r) => records.push(r),
-                    // Dropping the transaction rolls it back: nothing is stored.
-                    Err(e) => return Ok(Err(e)),
-                }
-                seqs.push(entry.seq as i64);
-                out.push(entry);
+    /// A write that is rolled back, on the probe's own connection: a server that can read but
+    /// not write is not ready, and a pool busy with receipts does not make it look down.
+    fn probe(self: Arc<Self>) -> StoreFuture<()> {
+        Box::pin(async move {
+            let mut guard = self.probe.lock().await;
+            if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                *guard = Some(self.connect(None).await?);
             }
-            tx.execute(
-                "INSERT INTO revmesh_entries (seq, record) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
-                &[&seqs, &records],
-            )?;
-            let new_head = (head + batch.len() as u64) as i64;
-            tx.execute("UPDATE revmesh_meta SET head = $1 WHERE id = 1", &[&new_head])?;
-            tx.execute("SELECT pg_notify('revmesh_log', $1)", &[&new_head.to_string()])?;
-            tx.commit()?;
-            Ok(Ok(out))
-        })?
-    }
-
-    fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
-        let seqs: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();
-        self.with(move |c| {
-            let mut tx = c.transaction()?;
-            tx.execute("DELETE FROM revmesh_entries WHERE seq = ANY($1)", &[&seqs])?;
-            tx.execute(
-                "UPDATE revmesh_meta SET floor = GREATEST(floor, $1) WHERE id = 1",
-                &[&(floor as i64)],
-            )?;
-            tx.commit()
+            let Some(c) = guard.as_mut() else { return Ok(()) };
+            let probe = async {
+                let tx = c.transaction().await?;
+                tx.execute("UPDATE revmesh_meta SET floor = floor WHERE id = 1", &[]).await?;
+                tx.rollback().await
+            };
+            match tokio::time::timeout(self.timeout, probe).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    *guard = None;
+                    Err(db(e))
+                }
+                Err(_) => {
+                    *guard = None;
+                    Err(StoreError::Timeout(self.timeout))
+                }
+            }
         })
     }
 
-    fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
-        let (head, floor, rows) = self.with(move |c| {
-            let mut tx =
-                c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
-            let m = tx.query_one("SELECT head, floor FROM revmesh_meta WHERE id = 1", &[])?;
-            let rows = tx.query(
-                "SELECT seq, record FROM revmesh_entries WHERE seq > $1 ORDER BY seq LIMIT 100000",
-                &[&(after as i64)],
-            )?;
-            tx.commit()?;
-            Ok((m.get::<_, i64>(0), m.get::<_, i64>(1), rows))
-        })?;
-        let entries = rows_to_entries(&rows)?;
-        // A capped read stops short of the head; the next read continues from there.
-        let head = if entries.len() == 100_000 {
-            entries.last().map_or(head as u64, |e| e.seq)
-        } else {
-            head as u64
-        };
-        Ok(Tail { entries, head, floor: floor as u64 })
+    fn append(self: Arc<Self>, _head: u64, batch: Vec<NewEntry>) -> StoreFuture<Vec<Entry>> {
+        Box::pin(async move {
+            let timeout = self.timeout;
+            self.run(timeout, move |c| {
+                Box::pin(async move {
+                    let tx = c.transaction().await?;
+                    // The row lock serialises appenders across replicas: seqs commit in order.
+                    let head: i64 =
+                        tx.query_one("SELECT head FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[]).await?.get(0);
+                    let head = head as u64;
+                    let mut out = Vec::with_capacity(batch.len());
+                    let mut seqs = Vec::with_capacity(batch.len());
+                    let mut records = Vec::with_capacity(batch.len());
+                    for (i, n) in batch.iter().enumerate() {
+                        let entry = n.sequenced(head + 1 + i as u64);
+                        match record(&entry) {
+                            Ok(r) => records.push(r),
+                            // Dropping the transaction rolls it back: nothing is stored.
+                            Err(e) => return Ok(Err(e)),
+                        }
+                        seqs.push(entry.seq as i64);
+                        out.push(entry);
+                    }
+                    tx.execute(
+                        "INSERT INTO revmesh_entries (seq, record) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
+                        &[&seqs, &records],
+                    )
+                    .await?;
+                    let new_head = (head + batch.len() as u64) as i64;
+                    tx.execute("UPDATE revmesh_meta SET head = $1 WHERE id = 1", &[&new_head]).await?;
+                    tx.execute("SELECT pg_notify('revmesh_log', $1)", &[&new_head.to_string()]).await?;
+                    tx.commit().await?;
+                    Ok(Ok(out))
+                })
+            })
+            .await?
+        })
+    }
+
+    fn compact(self: Arc<Self>, floor: u64, seqs: Vec<u64>) -> StoreFuture<()> {
+        Box::pin(async move {
+            let seqs: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();
+            let timeout = self.timeout;
+            self.run(timeout, move |c| {
+                Box::pin(async move {
+                    let tx = c.transaction().await?;
+                    tx.execute("DELETE FROM revmesh_entries WHERE seq = ANY($1)", &[&seqs]).await?;
+                    tx.execute(
+                        "UPDATE revmesh_meta SET floor = GREATEST(floor, $1) WHERE id = 1",
+                        &[&(floor as i64)],
+                    )
+                    .await?;
+                    tx.commit().await
+                })
+            })
+            .await
+        })
+    }
+
+    fn read_after(self: Arc<Self>, after: u64) -> StoreFuture<Tail> {
+        Box::pin(async move {
+            let timeout = self.timeout;
+            let (head, floor, rows) = self
+                .run(timeout, move |c| {
+                    Box::pin(async move {
+                        let tx = c
+                            .build_transaction()
+                            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                            .start()
+                            .await?;
+                        let m = tx.query_one("SELECT head, floor FROM revmesh_meta WHERE id = 1", &[]).await?;
+                        let rows = tx
+                            .query(
+                                "SELECT seq, record FROM revmesh_entries WHERE seq > $1 ORDER BY seq LIMIT 100000",
+                                &[&(after as i64)],
+                            )
+                            .await?;
+                        tx.commit().await?;
+                        Ok((m.get::<_, i64>(0), m.get::<_, i64>(1), rows))
+                    })
+                })
+                .await?;
+            let entries = rows_to_entries(&rows)?;
+            // A capped read stops short of the head; the next read continues from there.
+            let head = if entries.len() == 100_000 {
+                entries.last().map_or(head as u64, |e| e.seq)
+            } else {
+                head as u64
+            };
+            Ok(Tail { entries, head, floor: floor as u64 })
+        })
     }
 }
 
 impl SharedLog for PgStore {
-    fn wait_for_change(&self, timeout: Duration) -> Result<(), StoreError> {
-        let mut guard = self.listener.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut c = self.connect()?;
-            c.batch_execute("LISTEN revmesh_log").map_err(db)?;
-            *guard = Some(c);
-        }
-        let Some(c) = guard.as_mut() else { return Ok(()) };
-        let result = {
-            use fallible_iterator::FallibleIterator;
-            let mut n = c.notifications();
-            let mut it = n.timeout_iter(timeout);
-            it.next().map(|_| ())
-        };
-        if result.is_err() {
-            *guard = None;
-        }
-        result.map_err(db)
+    fn wait_for_change(self: Arc<Self>, timeout: Duration) -> StoreFuture<()> {
+        Box::pin(async move {
+            let notified = {
+                let mut guard = self.listener.lock().await;
+                if guard.as_ref().is_none_or(|l| l.client.is_closed()) {
+                    let notified = Arc::new(tokio::sync::Notify::new());
+                    let client = self.connect(Some(notified.clone())).await?;
+                    tokio::time::timeout(self.timeout, client.batch_execute("LISTEN revmesh_log"))
+                        .await
+                        .map_err(|_| StoreError::Timeout(self.timeout))?
+                        .map_err(db)?;
+                    *guard = Some(Listener { client, notified });
+                }
+                guard.as_ref().map(|l| l.notified.clone())
+            };
+            if let Some(n) = notified {
+                // A notification that came while nobody waited left a permit: not lost.
+                let _ = tokio::time::timeout(timeout, n.notified()).await;
+            }
+            Ok(())
+        })
     }
 }
 
 impl CursorStore for PgStore {
-    fn publish_agents(&self, rows: &[AgentRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let rows = rows.to_vec();
-        let replica = self.replica.clone();
-        self.with(move |c| {
-            let mut tx = c.transaction()?;
-            let stmt = tx.prepare(
-                "INSERT INTO revmesh_agents (id, replica, applied_seq, connected, remote, version, last_ack_at, seen_at)
+    fn publish_agents(self: Arc<Self>, rows: Vec<AgentRow>) -> StoreFuture<()> {
+        Box::pin(async move {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let replica = self.replica.clone();
+            let timeout = self.timeout;
+            self.run(timeout, move |c| {
+                Box::pin(async move {
+                    let tx = c.transaction().await?;
+                    let stmt = tx
+                        .prepare(
+                            "INSERT INTO revmesh_agents (id, replica, applied_seq, connected, remote, version, last_ack_at, seen_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, now())
                  ON CONFLICT (id) DO UPDATE SET replica = EXCLUDED.replica, applied_seq = EXCLUDED.applied_seq,
                      connected = EXCLUDED.connected, remote = EXCLUDED.remote, version = EXCLUDED.version,
@@ -323,54 +417,75 @@ impl CursorStore for PgStore {
                  -- A replica may only mark an agent gone while it still owns the row: an agent that
                  -- failed over to another replica stays connected there.
                  WHERE EXCLUDED.connected OR revmesh_agents.replica = EXCLUDED.replica",
-            )?;
-            for r in &rows {
-                let last = r.last_ack_at.map(|v| v as i64);
-                tx.execute(
-                    &stmt,
-                    &[&r.id, &replica, &(r.applied_seq as i64), &r.connected, &r.remote, &r.version, &last],
-                )?;
-            }
-            tx.commit()
+                        )
+                        .await?;
+                    for r in &rows {
+                        let last = r.last_ack_at.map(|v| v as i64);
+                        tx.execute(
+                            &stmt,
+                            &[&r.id, &replica, &(r.applied_seq as i64), &r.connected, &r.remote, &r.version, &last],
+                        )
+                        .await?;
+                    }
+                    tx.commit().await
+                })
+            })
+            .await
         })
     }
 
-    fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        let rows = self.with(move |c| {
-            c.query(
-                "SELECT id, replica, applied_seq, connected AND seen_at > now() - make_interval(secs => $1),
+    fn agents(self: Arc<Self>) -> StoreFuture<Vec<AgentRow>> {
+        Box::pin(async move {
+            let timeout = self.timeout;
+            let rows = self
+                .run(timeout, |c| {
+                    Box::pin(async move {
+                        c.query(
+                            "SELECT id, replica, applied_seq, connected AND seen_at > now() - make_interval(secs => $1),
                         remote, version, last_ack_at FROM revmesh_agents ORDER BY id",
-                &[&(AGENT_ROW_TTL_SECS as f64)],
-            )
-        })?;
-        Ok(rows
-            .iter()
-            .map(|r| AgentRow {
-                id: r.get(0),
-                replica: r.get(1),
-                applied_seq: r.get::<_, i64>(2) as u64,
-                connected: r.get(3),
-                remote: r.get(4),
-                version: r.get(5),
-                last_ack_at: r.get::<_, Option<i64>>(6).map(|v| v as u64),
-            })
-            .collect())
+                            &[&(AGENT_ROW_TTL_SECS as f64)],
+                        )
+                        .await
+                    })
+                })
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| AgentRow {
+                    id: r.get(0),
+                    replica: r.get(1),
+                    applied_seq: r.get::<_, i64>(2) as u64,
+                    connected: r.get(3),
+                    remote: r.get(4),
+                    version: r.get(5),
+                    last_ack_at: r.get::<_, Option<i64>>(6).map(|v| v as u64),
+                })
+                .collect())
+        })
     }
 
-    fn forget_agent(&self, id: &str) -> Result<Forgotten, StoreError> {
-        let id = id.to_owned();
-        self.with(move |c| {
-            let ttl = AGENT_ROW_TTL_SECS as f64;
-            let removed = c.execute(
-                "DELETE FROM revmesh_agents WHERE id = $1
+    fn forget_agent(self: Arc<Self>, id: String) -> StoreFuture<Forgotten> {
+        Box::pin(async move {
+            let timeout = self.timeout;
+            self.run(timeout, move |c| {
+                Box::pin(async move {
+                    let ttl = AGENT_ROW_TTL_SECS as f64;
+                    let removed = c
+                        .execute(
+                            "DELETE FROM revmesh_agents WHERE id = $1
                    AND NOT (connected AND seen_at > now() - make_interval(secs => $2))",
-                &[&id, &ttl],
-            )?;
-            if removed > 0 {
-                return Ok(Forgotten::Removed);
-            }
-            let exists = c.query_opt("SELECT 1 FROM revmesh_agents WHERE id = $1", &[&id])?.is_some();
-            Ok(if exists { Forgotten::Connected } else { Forgotten::Unknown })
+                            &[&id, &ttl],
+                        )
+                        .await?;
+                    if removed > 0 {
+                        return Ok(Forgotten::Removed);
+                    }
+                    let exists =
+                        c.query_opt("SELECT 1 FROM revmesh_agents WHERE id = $1", &[&id]).await?.is_some();
+                    Ok(if exists { Forgotten::Connected } else { Forgotten::Unknown })
+                })
+            })
+            .await
         })
     }
 }

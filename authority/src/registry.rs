@@ -10,7 +10,8 @@ use crate::store::{AgentRow, CursorStore, Forgotten, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a shared receipt re-reads the cursors while it waits.
+/// How often a shared receipt re-reads the cursors while it waits, and how long one read of
+/// them serves every caller of this replica.
 const SHARED_POLL: Duration = Duration::from_millis(50);
 
 /// The agents an authority can answer for.
@@ -24,7 +25,49 @@ pub enum Registry {
         hub: Arc<Hub>,
         /// Every replica's published cursors.
         cursors: Arc<dyn CursorStore>,
+        /// The last read of `cursors`, shared by every request of this replica.
+        last: Arc<CursorReads>,
     },
+}
+
+/// One read of the shared cursors at a time, reused for [`SHARED_POLL`]: however many requests
+/// wait on receipts, this replica reads the cursor table at most once per tick. (Each waiting
+/// request reading on its own, 20 times a second, is what exhausted the database's connections
+/// under concurrent receipts.)
+#[derive(Debug, Default)]
+pub struct CursorReads {
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, CursorRead)>>,
+}
+
+/// What one read of the shared cursors gave.
+type CursorRead = Result<Arc<Vec<AgentRow>>, Arc<StoreError>>;
+
+impl CursorReads {
+    /// The cursors as read at most [`SHARED_POLL`] ago, or read now; callers that arrive
+    /// during a read wait for it and share its outcome, a failure included.
+    async fn read(&self, cursors: &Arc<dyn CursorStore>) -> Result<Arc<Vec<AgentRow>>, StoreError> {
+        let mut last = self.last.lock().await;
+        let now = tokio::time::Instant::now();
+        if let Some((at, outcome)) = last.as_ref() {
+            if now.duration_since(*at) < SHARED_POLL {
+                return outcome.clone().map_err(StoreError::Shared);
+            }
+        }
+        let outcome = match cursors.clone().agents().await {
+            Ok(mut rows) => {
+                rows.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(Arc::new(rows))
+            }
+            Err(e) => Err(Arc::new(e)),
+        };
+        *last = Some((tokio::time::Instant::now(), outcome.clone()));
+        outcome.map_err(StoreError::Shared)
+    }
+
+    /// Forgets the last read (an agent was forgotten: the next read must not show it).
+    async fn invalidate(&self) {
+        *self.last.lock().await = None;
+    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -37,16 +80,16 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// A registry over every replica's cursors in `cursors`, with this replica's links in `hub`.
+    pub fn shared(hub: Arc<Hub>, cursors: Arc<dyn CursorStore>) -> Self {
+        Registry::Shared { hub, cursors, last: Arc::new(CursorReads::default()) }
+    }
+
     /// Every known agent, by id (`replica` is empty for an embedded registry).
     pub async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         match self {
             Registry::Embedded(hub) => Ok(hub.rows()),
-            Registry::Shared { cursors, .. } => {
-                let cursors = cursors.clone();
-                let mut rows = tokio::task::spawn_blocking(move || cursors.agents()).await??;
-                rows.sort_by(|a, b| a.id.cmp(&b.id));
-                Ok(rows)
-            }
+            Registry::Shared { cursors, last, .. } => Ok(last.read(cursors).await?.as_ref().clone()),
         }
     }
 
@@ -58,11 +101,11 @@ impl Registry {
     pub async fn receipt(&self, seq: u64, timeout: Duration, level: Level) -> Result<Receipt, StoreError> {
         match self {
             Registry::Embedded(hub) => Ok(hub.wait_all(seq, timeout, level).await),
-            Registry::Shared { .. } => {
+            Registry::Shared { cursors, last, .. } => {
                 let deadline = tokio::time::Instant::now() + timeout;
                 loop {
-                    let rows = self.agents().await?;
-                    let r = Receipt::of(seq, rows.into_iter().map(|r| (r.id, r.connected, r.applied_seq)));
+                    let rows = last.read(cursors).await?;
+                    let r = Receipt::of(seq, rows.iter().map(|r| (r.id.clone(), r.connected, r.applied_seq)));
                     if r.pending.is_empty() || tokio::time::Instant::now() >= deadline {
                         return Ok(r);
                     }
@@ -76,13 +119,13 @@ impl Registry {
     pub async fn forget(&self, id: &str) -> Result<Forgotten, StoreError> {
         match self {
             Registry::Embedded(hub) => Ok(hub.forget(id)),
-            Registry::Shared { hub, cursors } => {
+            Registry::Shared { hub, cursors, last } => {
                 let local = hub.forget(id);
                 if local == Forgotten::Connected {
                     return Ok(local);
                 }
-                let (cursors, shared_id) = (cursors.clone(), id.to_owned());
-                let shared = tokio::task::spawn_blocking(move || cursors.forget_agent(&shared_id)).await??;
+                let shared = cursors.clone().forget_agent(id.to_owned()).await?;
+                last.invalidate().await;
                 Ok(if shared != Forgotten::Unknown || local == Forgotten::Unknown { shared } else { local })
             }
         }

@@ -4,8 +4,10 @@
 //! replicas). The embedded [redb](https://docs.rs/redb) store is a `LogStore` only; the
 //! PostgreSQL store (`pg.rs`) is all three.
 //!
-//! Stores are synchronous (callers use `spawn_blocking`): appending is one write transaction
-//! whose commit is the fsync, so a group of concurrent requests shares it. Every record
+//! Store operations are futures that own what they need (`self: Arc<Self>`, owned arguments),
+//! so a trait object can run them: redb's blocking calls go to tokio's blocking pool inside its
+//! implementation, PostgreSQL's are asynchronous on a pooled connection. Appending is one write
+//! transaction whose commit is the fsync, so a group of concurrent requests shares it. Every record
 //! carries a checksum that is verified when the log is loaded; a store that fails it refuses
 //! to start rather than serve a different history under the same seqs.
 
@@ -13,6 +15,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use revmesh_protocol::codec::{decode_entry, encode_entry};
 use revmesh_protocol::{Entry, LogId, Revocation};
 use std::path::Path;
+use std::sync::Arc;
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -73,10 +76,18 @@ pub enum StoreError {
     },
     /// PostgreSQL refused or failed an operation.
     #[error("postgres: {}", crate::pg::describe(.0))]
-    Postgres(#[from] postgres::Error),
+    Postgres(#[from] tokio_postgres::Error),
     /// The store did not answer within the store timeout.
     #[error("store did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// No pooled connection could be had or made (PostgreSQL unreachable, or every connection
+    /// busy past the store timeout).
+    #[error("postgres pool: {0}")]
+    Pool(String),
+    /// The failure of a read moments ago, shared by every caller that asked within one tick
+    /// instead of each asking again.
+    #[error("{0}")]
+    Shared(Arc<StoreError>),
     /// The store refuses work until it recovers (closed after an I/O error, or earlier
     /// operations still hang).
     #[error("store unavailable: {0}")]
@@ -84,9 +95,6 @@ pub enum StoreError {
     /// The blocking task running a store operation failed.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    /// A worker thread for a store operation could not be started.
-    #[error("cannot start a store worker: {0}")]
-    Worker(#[source] std::io::Error),
     /// An entry could not be encoded for storage.
     #[error("encoding an entry: {0}")]
     Encode(#[from] revmesh_protocol::codec::EncodeError),
@@ -157,36 +165,40 @@ pub enum Forgotten {
     Unknown,
 }
 
+/// A store operation: a future that owns everything it uses, so it can be awaited, raced
+/// against a timeout or dropped without borrowing the store.
+pub type StoreFuture<T> = futures::future::BoxFuture<'static, Result<T, StoreError>>;
+
 /// A durable, sequenced revocation log: what every backend implements.
 pub trait LogStore: Send + Sync + 'static {
     /// Reads the whole log (creating an empty one with a fresh id if there is none).
-    fn load(&self) -> Result<Loaded, StoreError>;
+    fn load(self: Arc<Self>) -> StoreFuture<Loaded>;
     /// Durably appends `batch` in one commit; returns the sequenced entries. A single-writer
     /// store checks that its head is still `head`; a shared store appends after its own head.
-    fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError>;
+    fn append(self: Arc<Self>, head: u64, batch: Vec<NewEntry>) -> StoreFuture<Vec<Entry>>;
     /// Removes `seqs` (expired entries at or below `floor`) and records the new floor.
-    fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError>;
-    /// Checks that the store can currently be reached (cheap; called every second).
-    fn probe(&self) -> Result<(), StoreError>;
+    fn compact(self: Arc<Self>, floor: u64, seqs: Vec<u64>) -> StoreFuture<()>;
+    /// Checks that the store can currently commit (cheap; called every second).
+    fn probe(self: Arc<Self>) -> StoreFuture<()>;
     /// Entries after `after`, with head and floor, in one consistent read (after a commit
     /// whose outcome is unknown, and for tailing a shared log).
-    fn read_after(&self, after: u64) -> Result<Tail, StoreError>;
+    fn read_after(self: Arc<Self>, after: u64) -> StoreFuture<Tail>;
 }
 
 /// A log that other processes append to as well: the authority must tail it.
 pub trait SharedLog: LogStore {
-    /// Blocks until another writer may have appended, or `timeout` passes.
-    fn wait_for_change(&self, timeout: std::time::Duration) -> Result<(), StoreError>;
+    /// Resolves when another writer may have appended, or after `timeout`.
+    fn wait_for_change(self: Arc<Self>, timeout: std::time::Duration) -> StoreFuture<()>;
 }
 
 /// Agent cursors shared between replicas (each replica publishes the agents linked to it).
 pub trait CursorStore: Send + Sync + 'static {
     /// Publishes agent cursors of this replica.
-    fn publish_agents(&self, rows: &[AgentRow]) -> Result<(), StoreError>;
+    fn publish_agents(self: Arc<Self>, rows: Vec<AgentRow>) -> StoreFuture<()>;
     /// Every agent of every replica, with `connected` meaning "reported by a live replica".
-    fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
+    fn agents(self: Arc<Self>) -> StoreFuture<Vec<AgentRow>>;
     /// Removes a disconnected agent's shared cursor.
-    fn forget_agent(&self, id: &str) -> Result<Forgotten, StoreError>;
+    fn forget_agent(self: Arc<Self>, id: String) -> StoreFuture<Forgotten>;
 }
 
 /// The backend a configuration chose: the log, and for a shared backend its tail and cursors.
@@ -355,9 +367,38 @@ impl RedbStore {
     }
 }
 
+/// redb's calls block (the commit is an fsync): each runs on tokio's blocking pool.
 impl LogStore for RedbStore {
+    fn load(self: Arc<Self>) -> StoreFuture<Loaded> {
+        blocking(move || RedbStore::load(&self))
+    }
+
+    fn append(self: Arc<Self>, head: u64, batch: Vec<NewEntry>) -> StoreFuture<Vec<Entry>> {
+        blocking(move || RedbStore::append(&self, head, &batch))
+    }
+
+    fn compact(self: Arc<Self>, floor: u64, seqs: Vec<u64>) -> StoreFuture<()> {
+        blocking(move || RedbStore::compact(&self, floor, &seqs))
+    }
+
+    fn probe(self: Arc<Self>) -> StoreFuture<()> {
+        blocking(move || RedbStore::probe(&self))
+    }
+
+    fn read_after(self: Arc<Self>, after: u64) -> StoreFuture<Tail> {
+        blocking(move || RedbStore::read_after(&self, after))
+    }
+}
+
+fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> StoreFuture<T> {
+    Box::pin(async move { tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::Task(e))) })
+}
+
+/// The store's operations as blocking calls (what [`LogStore`] runs on the blocking pool, and
+/// what tools and tests that own a `RedbStore` call directly).
+impl RedbStore {
     /// A committed write, so a disk that can be read but not written is found out too.
-    fn probe(&self) -> Result<(), StoreError> {
+    pub fn probe(&self) -> Result<(), StoreError> {
         if self.broken.load(std::sync::atomic::Ordering::Acquire) {
             self.reopen()?;
         }
@@ -371,19 +412,23 @@ impl LogStore for RedbStore {
         })
     }
 
-    fn load(&self) -> Result<Loaded, StoreError> {
+    /// Reads the whole log (see [`LogStore::load`]).
+    pub fn load(&self) -> Result<Loaded, StoreError> {
         self.with_db(|db| self.load_from(db))
     }
 
-    fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
+    /// Appends in one commit (see [`LogStore::append`]).
+    pub fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
         self.with_db(|db| Self::append_to(db, head, batch))
     }
 
-    fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
+    /// Compacts (see [`LogStore::compact`]).
+    pub fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
         self.with_db(|db| Self::compact_in(db, floor, seqs))
     }
 
-    fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
+    /// Reads the tail (see [`LogStore::read_after`]).
+    pub fn read_after(&self, after: u64) -> Result<Tail, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(io)?;
             let meta = txn.open_table(META).map_err(io)?;

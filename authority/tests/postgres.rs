@@ -212,3 +212,160 @@ async fn a_partition_from_postgres_refuses_revocations_in_time_and_recovers() {
     assert!(agent.revoked("after-partition"));
     agent.stop().await;
 }
+
+/// Concurrent receipts on three replicas with PostgreSQL 5 ms away (through a relay): 64
+/// clients revoke with `?wait=all` for 10 s (`REVMESH_PG_LOAD_SECS` to change it). Every answer
+/// is 201 with all six agents acked, `/readyz` never answers 503 on the healthy database, and
+/// every accepted revocation is in the log once, at its seq. Before the pooled async store,
+/// this load got 503s (most after their commit: "agent cursors unavailable; retry") and
+/// `/readyz` flapped, as every waiting request re-read every cursor on a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_receipts_on_three_replicas_all_succeed() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let _guard = PG.lock().await;
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream: postgres::Config = server().parse().unwrap();
+    let port = upstream.get_ports().first().copied().unwrap_or(5432);
+    let delay = std::time::Duration::from_millis(5);
+    let relay =
+        crate::relay::Relay::start_delayed(std::net::SocketAddr::from(([127, 0, 0, 1], port)), delay).await;
+    let url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
+    let token = dir.path().join("admin.token.shared");
+    std::fs::write(&token, "shared-admin-token-for-all-replicas").unwrap();
+    let reps: Vec<Authority> = (0..3)
+        .map(|i| {
+            let d = dir.path().join(format!("replica-{i}"));
+            Authority::start(&d, &["--store", &url, "--admin-token-file", token.to_str().unwrap()])
+        })
+        .collect();
+    let urls: Vec<String> = reps.iter().map(|r| r.ws_url()).collect();
+    let agents: Vec<Agent> = (0..6)
+        .map(|i| {
+            let mut list = urls.clone();
+            list.rotate_left(i % 3);
+            Agent::start(list, &format!("load-{i}"))
+        })
+        .collect();
+    wait_for(
+        || {
+            let (_, v) = reps[0].get("/v1/agents");
+            v.as_array().is_some_and(|a| a.iter().filter(|x| x["connected"] == true).count() == 6)
+        },
+        "six agents visible from replica 0",
+    )
+    .await;
+
+    let secs: u64 = std::env::var("REVMESH_PG_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let admins: Vec<String> = reps.iter().map(|r| r.admin.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let not_ready = Arc::new(AtomicUsize::new(0));
+    let readiness = {
+        let (admins, stop, not_ready) = (admins.clone(), stop.clone(), not_ready.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                for a in &admins {
+                    if crate::util::http(a, "GET", "/readyz", None, b"").0 != 200 {
+                        not_ready.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    // (seq, jti, latency) of each 201; everything else as text.
+    let accepted = Arc::new(Mutex::new(Vec::<(u64, String, std::time::Duration)>::new()));
+    let refused = Arc::new(Mutex::new(Vec::<String>::new()));
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(secs);
+    let clients: Vec<_> = (0..64)
+        .map(|c| {
+            let (admin, accepted, refused) = (admins[c % 3].clone(), accepted.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while std::time::Instant::now() < deadline {
+                    let jti = format!("load-{c}-{n}");
+                    n += 1;
+                    let body = format!(r#"{{"kind":"jti","jti":"{jti}","expires_at":4000000000}}"#);
+                    let t0 = std::time::Instant::now();
+                    let (status, v) = crate::util::http(
+                        &admin,
+                        "POST",
+                        "/v1/revocations?wait=all&timeout_ms=10000",
+                        Some("shared-admin-token-for-all-replicas"),
+                        body.as_bytes(),
+                    );
+                    let took = t0.elapsed();
+                    let acked = v["acked"].as_array().map_or(0, Vec::len);
+                    match v["seq"].as_u64() {
+                        Some(seq) if status == 201 && acked == 6 => {
+                            accepted.lock().unwrap().push((seq, jti, took))
+                        }
+                        _ => refused.lock().unwrap().push(format!("{jti}: {status} {v}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Release);
+    readiness.join().unwrap();
+
+    let refused = refused.lock().unwrap().clone();
+    let mut accepted = accepted.lock().unwrap().clone();
+    let mut lat: Vec<_> = accepted.iter().map(|(_, _, t)| *t).collect();
+    lat.sort();
+    let p = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "pg receipts: {} accepted in {:.1} s ({:.0}/s), receipt p50 {:?} p99 {:?}; {} refused; /readyz not 200 {} times",
+        accepted.len(),
+        elapsed.as_secs_f64(),
+        accepted.len() as f64 / elapsed.as_secs_f64(),
+        p(0.50),
+        p(0.99),
+        refused.len(),
+        not_ready.load(Ordering::Acquire),
+    );
+    assert!(
+        refused.is_empty(),
+        "{} of {} refused or without all six acks, e.g. {:?}",
+        refused.len(),
+        refused.len() + accepted.len(),
+        &refused[..refused.len().min(3)]
+    );
+    assert_eq!(not_ready.load(Ordering::Acquire), 0, "/readyz answered other than 200 on a healthy database");
+    assert!(!accepted.is_empty());
+
+    // Every accepted revocation is in the log once, at its seq.
+    accepted.sort();
+    let mut logged = std::collections::HashMap::new();
+    let mut after = 0;
+    loop {
+        let (status, v) = reps[0].get(&format!("/v1/revocations?after={after}&limit=1000"));
+        assert_eq!(status, 200, "{v}");
+        let entries = v["entries"].as_array().unwrap();
+        if entries.is_empty() {
+            break;
+        }
+        for e in entries {
+            let seq = e["seq"].as_u64().unwrap();
+            let jti = e["jti"].as_str().unwrap_or_default().to_owned();
+            assert!(logged.insert(jti, seq).is_none(), "a jti stored twice");
+            after = seq;
+        }
+    }
+    for (seq, jti, _) in &accepted {
+        assert_eq!(logged.get(jti), Some(seq), "{jti} not in the log at its seq");
+    }
+    for a in agents {
+        a.stop().await;
+    }
+}

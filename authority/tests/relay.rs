@@ -18,12 +18,18 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(upstream: SocketAddr) -> Relay {
+        Self::start_delayed(upstream, std::time::Duration::ZERO).await
+    }
+
+    /// A relay that holds every chunk `delay` before passing it on, in each direction: a
+    /// server that far away.
+    pub async fn start_delayed(upstream: SocketAddr, delay: std::time::Duration) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (mode, rx) = watch::channel((false, 0));
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, upstream, rx.clone()));
+                tokio::spawn(relay(client, upstream, rx.clone(), delay));
             }
         });
         Relay { addr, mode, task }
@@ -54,7 +60,12 @@ async fn until_healed(mut mode: watch::Receiver<Mode>, epoch: u64) {
     }
 }
 
-async fn relay(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn relay(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    delay: std::time::Duration,
+) {
     let (black, epoch) = *mode.borrow_and_update();
     if black {
         // Accepted (the kernel did it anyway), never answered.
@@ -71,11 +82,17 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Rec
         tokio::select! {
             r = client.read(&mut a) => match r {
                 Ok(0) | Err(_) => return,
-                Ok(n) => if server.write_all(&a[..n]).await.is_err() { return },
+                Ok(n) => {
+                    tokio::time::sleep(delay).await;
+                    if server.write_all(&a[..n]).await.is_err() { return }
+                }
             },
             r = server.read(&mut b) => match r {
                 Ok(0) | Err(_) => return,
-                Ok(n) => if client.write_all(&b[..n]).await.is_err() { return },
+                Ok(n) => {
+                    tokio::time::sleep(delay).await;
+                    if client.write_all(&b[..n]).await.is_err() { return }
+                }
             },
             r = mode.changed() => if r.is_err() { return },
         }

@@ -6,7 +6,7 @@ use revmesh_agent::state::AgentState;
 use revmesh_protocol::{RevocationSet, TokenRef};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,11 @@ impl Authority {
     }
 
     pub fn start_on(dir: &Path, agent: &str, admin: &str, extra: &[&str]) -> Authority {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        // `REVMESH_TEST_AUTHORITY_BIN` runs another build (a release binary, or an older one for
+        // a same-run comparison); by default, this crate's own.
+        let bin = std::env::var_os("REVMESH_TEST_AUTHORITY_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_revmesh-authority")), PathBuf::from);
+        let mut child = Command::new(bin)
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--agent-listen", agent, "--admin-listen", admin, "--log", "warn"])

@@ -118,7 +118,7 @@ pub async fn restart(dir: &Path, n: u64, storm: usize) -> anyhow::Result<Restart
     let auth_dir = dir.join(format!("authority-{n}"));
     {
         let store = revmesh_authority::store::RedbStore::open(&auth_dir, LogId(rand::random()))?;
-        use revmesh_authority::store::{LogStore, NewEntry};
+        use revmesh_authority::store::NewEntry;
         let new = |i: u64| NewEntry {
             revocation: Revocation::Jti { jti: format!("r-{i}"), iss: None },
             expires_at: exp,
