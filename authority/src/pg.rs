@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use revmesh_protocol::{Entry, LogId};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// Rows newer than this count as reported by a live replica.
@@ -282,34 +283,54 @@ impl LogStore for PgStore {
             let timeout = self.timeout;
             self.run(timeout, move |c| {
                 Box::pin(async move {
-                    let tx = c.transaction().await?;
-                    // The row lock serialises appenders across replicas: seqs commit in order.
-                    let head: i64 =
-                        tx.query_one("SELECT head FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[]).await?.get(0);
-                    let head = head as u64;
-                    let mut out = Vec::with_capacity(batch.len());
-                    let mut seqs = Vec::with_capacity(batch.len());
-                    let mut records = Vec::with_capacity(batch.len());
-                    for (i, n) in batch.iter().enumerate() {
-                        let entry = n.sequenced(head + 1 + i as u64);
-                        match record(&entry) {
-                            Ok(r) => records.push(r),
-                            // Dropping the transaction rolls it back: nothing is stored.
-                            Err(e) => return Ok(Err(e)),
+                    let c: &Object = c;
+                    let head_stmt = c.prepare_cached("SELECT head FROM revmesh_meta WHERE id = 1 FOR UPDATE").await?;
+                    let insert = c
+                        .prepare_cached(
+                            "INSERT INTO revmesh_entries (seq, record) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
+                        )
+                        .await?;
+                    let set_head = c.prepare_cached("UPDATE revmesh_meta SET head = $1 WHERE id = 1").await?;
+                    let notify = c.prepare_cached("SELECT pg_notify('revmesh_log', $1)").await?;
+                    let appended = async {
+                        // One round trip: open the transaction and take the head's row lock,
+                        // which serialises appenders across replicas (seqs commit in order).
+                        let ((), row) = futures::try_join!(c.batch_execute("BEGIN"), c.query_one(&head_stmt, &[]))?;
+                        let head = row.get::<_, i64>(0) as u64;
+                        let mut out = Vec::with_capacity(batch.len());
+                        let mut seqs = Vec::with_capacity(batch.len());
+                        let mut records = Vec::with_capacity(batch.len());
+                        for (i, n) in batch.iter().enumerate() {
+                            let entry = n.sequenced(head + 1 + i as u64);
+                            match record(&entry) {
+                                Ok(r) => records.push(r),
+                                Err(e) => return Ok(Err(e)),
+                            }
+                            seqs.push(entry.seq as i64);
+                            out.push(entry);
                         }
-                        seqs.push(entry.seq as i64);
-                        out.push(entry);
+                        let new_head = (head + batch.len() as u64) as i64;
+                        let new_head_text = new_head.to_string();
+                        // One round trip: store, move the head, notify, commit. PostgreSQL runs
+                        // them in order; if one fails the transaction is aborted, its COMMIT
+                        // becomes a rollback, and the failure is what this returns.
+                        let p1: [&(dyn ToSql + Sync); 2] = [&seqs, &records];
+                        let p2: [&(dyn ToSql + Sync); 1] = [&new_head];
+                        let p3: [&(dyn ToSql + Sync); 1] = [&new_head_text];
+                        futures::try_join!(
+                            c.execute(&insert, &p1),
+                            c.execute(&set_head, &p2),
+                            c.execute(&notify, &p3),
+                            c.batch_execute("COMMIT"),
+                        )?;
+                        Ok(Ok(out))
                     }
-                    tx.execute(
-                        "INSERT INTO revmesh_entries (seq, record) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
-                        &[&seqs, &records],
-                    )
-                    .await?;
-                    let new_head = (head + batch.len() as u64) as i64;
-                    tx.execute("UPDATE revmesh_meta SET head = $1 WHERE id = 1", &[&new_head]).await?;
-                    tx.execute("SELECT pg_notify('revmesh_log', $1)", &[&new_head.to_string()]).await?;
-                    tx.commit().await?;
-                    Ok(Ok(out))
+                    .await;
+                    if !matches!(appended, Ok(Ok(_))) {
+                        // The connection goes back to the pool: never inside a transaction.
+                        let _ = c.batch_execute("ROLLBACK").await;
+                    }
+                    appended
                 })
             })
             .await?
@@ -342,20 +363,29 @@ impl LogStore for PgStore {
             let (head, floor, rows) = self
                 .run(timeout, move |c| {
                     Box::pin(async move {
-                        let tx = c
-                            .build_transaction()
-                            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                            .start()
-                            .await?;
-                        let m = tx.query_one("SELECT head, floor FROM revmesh_meta WHERE id = 1", &[]).await?;
-                        let rows = tx
-                            .query(
+                        let c: &Object = c;
+                        let meta = c.prepare_cached("SELECT head, floor FROM revmesh_meta WHERE id = 1").await?;
+                        let tail = c
+                            .prepare_cached(
                                 "SELECT seq, record FROM revmesh_entries WHERE seq > $1 ORDER BY seq LIMIT 100000",
-                                &[&(after as i64)],
                             )
                             .await?;
-                        tx.commit().await?;
-                        Ok((m.get::<_, i64>(0), m.get::<_, i64>(1), rows))
+                        let after = after as i64;
+                        let params: [&(dyn ToSql + Sync); 1] = [&after];
+                        // One round trip: one consistent snapshot of the head and the tail.
+                        let read = futures::try_join!(
+                            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+                            c.query_one(&meta, &[]),
+                            c.query(&tail, &params),
+                            c.batch_execute("COMMIT"),
+                        );
+                        match read {
+                            Ok(((), m, rows, ())) => Ok((m.get::<_, i64>(0), m.get::<_, i64>(1), rows)),
+                            Err(e) => {
+                                let _ = c.batch_execute("ROLLBACK").await;
+                                Err(e)
+                            }
+                        }
                     })
                 })
                 .await?;
@@ -408,7 +438,7 @@ impl CursorStore for PgStore {
                 Box::pin(async move {
                     let tx = c.transaction().await?;
                     let stmt = tx
-                        .prepare(
+                        .prepare_cached(
                             "INSERT INTO revmesh_agents (id, replica, applied_seq, connected, remote, version, last_ack_at, seen_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, now())
                  ON CONFLICT (id) DO UPDATE SET replica = EXCLUDED.replica, applied_seq = EXCLUDED.applied_seq,
@@ -419,14 +449,26 @@ impl CursorStore for PgStore {
                  WHERE EXCLUDED.connected OR revmesh_agents.replica = EXCLUDED.replica",
                         )
                         .await?;
-                    for r in &rows {
-                        let last = r.last_ack_at.map(|v| v as i64);
-                        tx.execute(
-                            &stmt,
-                            &[&r.id, &replica, &(r.applied_seq as i64), &r.connected, &r.remote, &r.version, &last],
-                        )
-                        .await?;
-                    }
+                    let lasts: Vec<Option<i64>> = rows.iter().map(|r| r.last_ack_at.map(|v| v as i64)).collect();
+                    let applied: Vec<i64> = rows.iter().map(|r| r.applied_seq as i64).collect();
+                    // The rows' upserts in one round trip.
+                    let params: Vec<[&(dyn ToSql + Sync); 7]> = rows
+                        .iter()
+                        .zip(&lasts)
+                        .zip(&applied)
+                        .map(|((r, last), applied)| {
+                            [
+                                &r.id as &(dyn ToSql + Sync),
+                                &replica,
+                                applied,
+                                &r.connected,
+                                &r.remote,
+                                &r.version,
+                                last,
+                            ]
+                        })
+                        .collect();
+                    futures::future::try_join_all(params.iter().map(|p| tx.execute(&stmt, p))).await?;
                     tx.commit().await
                 })
             })
@@ -440,12 +482,13 @@ impl CursorStore for PgStore {
             let rows = self
                 .run(timeout, |c| {
                     Box::pin(async move {
-                        c.query(
-                            "SELECT id, replica, applied_seq, connected AND seen_at > now() - make_interval(secs => $1),
+                        let stmt = c
+                            .prepare_cached(
+                                "SELECT id, replica, applied_seq, connected AND seen_at > now() - make_interval(secs => $1),
                         remote, version, last_ack_at FROM revmesh_agents ORDER BY id",
-                            &[&(AGENT_ROW_TTL_SECS as f64)],
-                        )
-                        .await
+                            )
+                            .await?;
+                        c.query(&stmt, &[&(AGENT_ROW_TTL_SECS as f64)]).await
                     })
                 })
                 .await?;
