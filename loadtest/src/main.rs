@@ -10,6 +10,7 @@ mod chaos;
 mod demo;
 mod grpc;
 mod hostile;
+mod http_checks;
 mod jwks;
 mod procs;
 mod restart;
@@ -70,7 +71,7 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Comma-separated: propagation, receipt, ingest, checks, grpc, jwks, compare, reconnect-storm, memory, chaos, flood,
+    /// Comma-separated: propagation, receipt, ingest, checks, http-checks, grpc, jwks, compare, reconnect-storm, memory, chaos, flood,
     /// slow-clients (needs slowhttptest), restart, tls, ha
     /// (default: all but ha, which needs PostgreSQL).
     #[arg(
@@ -121,7 +122,8 @@ struct RunArgs {
     #[arg(long)]
     nats: Option<String>,
     /// For `receipt`: every second agent process runs this `revmesh-agent` binary instead (another
-    /// build), and each half's CPU per process is printed. Two builds under the same load at the
+    /// build), and each half's CPU per process is printed. For `http-checks`: a second agent
+    /// running this build answers the same requests, in turn with this build's. Two builds under the same load at the
     /// same moment: a comparison that host drift between runs cannot blur.
     #[arg(long, value_parser = executable_file)]
     agent_b: Option<std::path::PathBuf>,
@@ -435,6 +437,29 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         }
         println!();
         report.insert("ingest".into(), json!(rows));
+    }
+    if want("http-checks") {
+        let rows = http_checks::http_checks(
+            tmp,
+            a.requests,
+            Duration::from_secs(a.throughput_secs),
+            a.agent_b.as_deref(),
+        )
+        .await?;
+        println!("http-checks: GET /v1/check on a keep-alive connection, and 32 connections");
+        println!("{:<8} {:>10} {:>10} {:>14} {:>12}", "build", "p50", "p99", "32-conn req/s", "agent CPU");
+        for r in &rows {
+            println!(
+                "{:<8} {:>10} {:>10} {:>14.0} {:>10.1}µs",
+                r.build,
+                us(r.sequential.p50_us),
+                us(r.sequential.p99_us),
+                r.throughput_32,
+                r.agent_cpu_us
+            );
+        }
+        println!();
+        report.insert("http_checks".into(), json!(rows));
     }
     if want("checks") {
         let rows = scenarios::checks(tmp, a.requests, Duration::from_secs(a.throughput_secs)).await?;

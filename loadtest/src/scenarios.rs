@@ -863,7 +863,7 @@ pub async fn reconnect_storm(dir: &Path, n: usize, behind: u64) -> anyhow::Resul
 }
 
 /// Writes `n` revocations in bulk requests of up to 1,000 (unexpiring for the run's length).
-async fn post_backlog(auth: &AuthorityProc, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn post_backlog(auth: &AuthorityProc, n: usize) -> anyhow::Result<()> {
     let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     for start in (0..n).step_by(1000) {
         let one = |i: usize| format!(r#"{{"kind":"jti","jti":"backlog-{i}","expires_at":{exp}}}"#);
