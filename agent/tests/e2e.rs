@@ -104,7 +104,7 @@ async fn a_killed_agent_restarted_without_authority_still_refuses_and_staleness_
     )
     .await;
     wait_for(|| !open.ask(&format!("CHECK {good}")).contains("stale=1"), "open agent fresh again").await;
-    let metrics = revmesh_authority::client::http_request(
+    let metrics = revmesh_authority::cli::http_request(
         &closed.metrics,
         "GET",
         "/metrics",
@@ -176,7 +176,7 @@ async fn fill(auth: &Authority, prefix: &str, n: usize) {
                             r#"{{"kind":"jti","jti":"{prefix}-{i}","expires_at":{}}}"#,
                             crate::util::now() + 3600
                         );
-                        let (status, text) = revmesh_authority::client::http_request(
+                        let (status, text) = revmesh_authority::cli::http_request(
                             admin,
                             "POST",
                             "/v1/revocations",

@@ -53,8 +53,7 @@ impl Prometheus {
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        revmesh_authority::client::http_request(&self.addr, "GET", path, None, b"", Duration::from_secs(10))
-            .ok()
+        revmesh_authority::cli::http_request(&self.addr, "GET", path, None, b"", Duration::from_secs(10)).ok()
     }
 
     /// An instant query: `Ok(result array)` or `Err(Prometheus's error)`.

@@ -104,7 +104,7 @@ pub fn http_get(socket: &Path, path: &str, bearer: Option<&str>) -> String {
 
 /// The text of `/metrics` at `addr`.
 pub fn scrape(addr: &str) -> String {
-    revmesh_authority::client::http_request(addr, "GET", "/metrics", None, b"", Duration::from_secs(5))
+    revmesh_authority::cli::http_request(addr, "GET", "/metrics", None, b"", Duration::from_secs(5))
         .unwrap()
         .1
 }
@@ -194,7 +194,7 @@ impl Authority {
         let token = self.token.clone();
         let path = format!("/v1/revocations?wait={level}&timeout_ms=20000");
         let (status, text) = tokio::task::spawn_blocking(move || {
-            revmesh_authority::client::http_request(
+            revmesh_authority::cli::http_request(
                 &admin,
                 "POST",
                 &path,

@@ -364,7 +364,7 @@ pub struct Config {
     /// JSON log lines.
     pub log_json: bool,
     /// The OIDC back-channel logout receiver (none without `--oidc-provider`).
-    pub oidc: Option<crate::oidc::OidcSettings>,
+    pub oidc: Option<crate::doors::oidc::OidcSettings>,
     /// Keys for RFC 7009 revocation requests (none without `--token-*`).
     pub token_keys: Option<TokenKeySettings>,
 }
@@ -392,7 +392,7 @@ impl TokenKeySettings {
         &self,
         clock: &revmesh_runtime::Clock,
         stop: tokio_util::sync::CancellationToken,
-    ) -> Result<crate::oauth::TokenKeys, String> {
+    ) -> Result<crate::doors::oauth::TokenKeys, String> {
         use revmesh_jwt::remote::{Location, RemoteKeys};
         let jwks = match &self.jwks {
             None => None,
@@ -417,7 +417,7 @@ impl TokenKeySettings {
                 Some(keys)
             }
         };
-        Ok(crate::oauth::TokenKeys {
+        Ok(crate::doors::oauth::TokenKeys {
             files: std::sync::RwLock::new((*self.files).clone()),
             file_sources: self.file_sources.clone(),
             jwks,
@@ -509,7 +509,7 @@ impl ServeArgs {
 }
 
 /// `--oidc-provider ISSUER=JWKS …` and the flags that go with it.
-fn oidc_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::oidc::OidcSettings> {
+fn oidc_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::doors::oidc::OidcSettings> {
     let refresh = e.duration("oidc-jwks-refresh", &raw.oidc_jwks_refresh, Duration::from_secs(3600));
     let max_age = e.duration("oidc-max-age", &raw.oidc_max_age, Duration::from_secs(300));
     let leeway = e.duration("leeway", &raw.leeway, Duration::from_secs(30));
@@ -540,7 +540,7 @@ fn oidc_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::oidc::OidcSet
             e.push("jwks-ca-file", format!("{} is not a readable file", c.display()));
         }
     }
-    Some(crate::oidc::OidcSettings {
+    Some(crate::doors::oidc::OidcSettings {
         providers,
         audiences: raw.oidc_audience.clone(),
         jwks_refresh: refresh,

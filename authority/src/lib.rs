@@ -2,25 +2,24 @@
 //! admin API that feeds it. `main.rs` parses the command line; everything else lives here
 //! so that tests can run an authority in-process on port 0.
 
-pub mod admin;
-pub mod admin_server;
-pub mod auth;
-pub mod client;
+pub(crate) mod api;
+pub(crate) mod auth;
+pub mod cli;
 pub mod config;
-pub mod feed;
-pub mod hub;
-pub mod import;
-pub mod link_signal;
-pub mod links;
-pub mod log;
-pub mod metrics;
-pub mod oauth;
-pub mod oidc;
-pub mod pg;
-pub mod registry;
+pub(crate) mod doors;
+pub(crate) mod links;
+pub(crate) mod log;
+pub(crate) mod metrics;
+mod router;
 pub mod store;
-pub mod tls;
-pub mod ws_write;
+pub(crate) mod tls;
+
+/// The parsers the fuzz targets (`authority/fuzz`) drive: request bodies and feed cursors.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::api::feed::start_cursor;
+    pub use crate::api::{parse_revocation, parse_revocations, Bulk};
+}
 
 use anyhow::Context;
 use config::Config;
@@ -46,7 +45,7 @@ fn hostname() -> String {
 /// Publishes this replica's agent cursors to the shared store: changes every 50 ms, every
 /// connected agent every 3 s (rows older than 10 s count as disconnected).
 async fn share_cursors(
-    hub: Arc<hub::Hub>,
+    hub: Arc<links::hub::Hub>,
     cursors: Arc<dyn store::CursorStore>,
     shutdown: CancellationToken,
 ) {
@@ -73,7 +72,7 @@ async fn reload_on_sighup(
     admin_tls: Option<tls::ServerTls>,
     tokens: Arc<links::AgentTokens>,
     token_file: Option<PathBuf>,
-    verification: (Option<Arc<oauth::TokenKeys>>, Option<Arc<oidc::Oidc>>),
+    verification: (Option<Arc<doors::oauth::TokenKeys>>, Option<Arc<doors::oidc::Oidc>>),
     shutdown: CancellationToken,
 ) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
@@ -168,7 +167,7 @@ pub async fn serve(
                 .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
             let replica = format!("{}-{}", hostname(), std::process::id());
             store::Backend::shared(Arc::new(
-                pg::PgStore::new(url, replica, LogId(rand::random()), cfg.store_timeout)
+                store::PgStore::new(url, replica, LogId(rand::random()), cfg.store_timeout)
                     .context("configuring the PostgreSQL store")?,
             ))
         }
@@ -190,7 +189,7 @@ pub async fn serve(
     let admin_tls = cfg.tls.as_ref().map(|t| t.admin.clone());
 
     let oidc = match &cfg.oidc {
-        Some(o) => Some(oidc::Oidc::start(o, &clock, shutdown.clone()).await.map_err(|e| {
+        Some(o) => Some(doors::oidc::Oidc::start(o, &clock, shutdown.clone()).await.map_err(|e| {
             config::ConfigErrors(vec![config::ConfigError { field: "oidc-provider", message: e }])
         })?),
         None => None,
@@ -202,10 +201,10 @@ pub async fn serve(
         None => None,
     };
     let (token_keys_for_reload, oidc_for_reload) = (token_keys.clone(), oidc.clone());
-    let hub = Arc::new(hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
+    let hub = Arc::new(links::hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
     let registry = match &backend.shared {
-        None => registry::Registry::Embedded(hub.clone()),
-        Some(shared) => registry::Registry::shared(hub.clone(), shared.cursors.clone()),
+        None => links::registry::Registry::Embedded(hub.clone()),
+        Some(shared) => links::registry::Registry::shared(hub.clone(), shared.cursors.clone()),
     };
     let link_cfg = links::LinkConfig {
         session: AuthorityConfig {
@@ -230,7 +229,7 @@ pub async fn serve(
         agent_tls.clone(),
     ));
     let ready = Arc::new(AtomicBool::new(true));
-    let state = admin::AdminState {
+    let state = api::AdminState {
         log: log.clone(),
         hub: hub.clone(),
         registry,
@@ -241,8 +240,6 @@ pub async fn serve(
         ready: ready.clone(),
         shutdown: shutdown.clone(),
         heartbeat: cfg.heartbeat,
-        oidc,
-        token_keys,
     };
     let view = log.view();
     tracing::info!(
@@ -254,16 +251,15 @@ pub async fn serve(
     let tracker = tokio_util::task::TaskTracker::new();
     tracker.spawn(links.clone().serve(agent_listener));
     let admin_shutdown = shutdown.clone();
-    let limits = admin_server::AdminLimits {
+    let limits = api::server::AdminLimits {
         max_connections: cfg.max_admin_connections,
         header_timeout: cfg.admin_header_timeout,
-        body_timeout: cfg.admin_body_timeout,
         idle_timeout: cfg.admin_idle_timeout,
     };
     let admin_server = {
         let tls = admin_tls.clone();
-        let app = admin::app(state);
-        tracker.spawn(admin_server::serve(
+        let app = router::app(state, oidc, token_keys);
+        tracker.spawn(api::server::serve(
             admin_listener,
             app,
             tls,

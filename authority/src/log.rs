@@ -141,13 +141,6 @@ impl Log {
         self.view_tx.subscribe()
     }
 
-    /// Durably appends one entry; resolves once it is fsynced and sequenced, or fails when that
-    /// has not happened within the store timeout (queueing included).
-    pub async fn append(&self, entry: NewEntry) -> Result<Entry, Arc<AppendError>> {
-        let mut stored = self.append_all(vec![entry], false).await?;
-        stored.pop().ok_or_else(|| Arc::new(AppendError::Closed))
-    }
-
     /// Durably appends `entries` in one commit, all or none (a bulk request): resolves with
     /// their consecutive seqs once fsynced, or fails as [`Self::append`] does. `waited`: the
     /// caller will wait for a receipt at the applied level (see [`Self::waited_through`]).

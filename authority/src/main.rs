@@ -34,10 +34,10 @@ fn main() -> ExitCode {
             process::raise_fd_limit();
             run_serve(cfg)
         }
-        Command::Revoke(a) => revmesh_authority::client::revoke(&a),
-        Command::Agents(a) => revmesh_authority::client::agents(&a),
-        Command::Status(a) => revmesh_authority::client::status(&a),
-        Command::Import(a) => revmesh_authority::import::run(&a),
+        Command::Revoke(a) => revmesh_authority::cli::revoke(&a),
+        Command::Agents(a) => revmesh_authority::cli::agents(&a),
+        Command::Status(a) => revmesh_authority::cli::status(&a),
+        Command::Import(a) => revmesh_authority::cli::import::run(&a),
     }
 }
 

@@ -6,6 +6,10 @@ use prometheus::{
 };
 use revmesh_protocol::Kind;
 
+/// Every `result` label value of `revmesh_authority_oidc_logouts_total` (exported at 0 from the
+/// start).
+pub const OIDC_RESULTS: &[&str] = &["ok", "invalid", "replay", "unavailable"];
+
 /// Every authority metric, registered in one registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -159,7 +163,7 @@ impl Metrics {
         r.register(Box::new(m.catchups_waiting.clone()))?;
         r.register(Box::new(m.admin_shed_total.clone()))?;
         r.register(Box::new(m.oidc_logouts_total.clone()))?;
-        for result in crate::oidc::RESULTS {
+        for result in OIDC_RESULTS {
             m.oidc_logouts_total.with_label_values(&[result]);
         }
         r.register(Box::new(m.store_ready.clone()))?;

@@ -32,7 +32,7 @@ async fn rfc7009_revokes_a_valid_token_until_its_exp_and_answers_200_for_anythin
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let claims = |jti: &str, exp: u64| serde_json::json!({"jti": jti, "iss": "https://idp", "sub": "alice", "exp": exp});
     let revoke = |body: String, token: Option<&str>| {
-        revmesh_authority::client::http_request(
+        revmesh_authority::cli::http_request(
             &a.admin,
             "POST",
             "/v1/oauth2/revoke",

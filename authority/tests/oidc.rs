@@ -28,7 +28,7 @@ fn mint(jwks: &std::path::Path, now: u64) -> HashMap<String, String> {
 }
 
 fn logout(a: &Authority, body: &str) -> (u16, Value) {
-    let (status, text) = revmesh_authority::client::http_request(
+    let (status, text) = revmesh_authority::cli::http_request(
         &a.admin,
         "POST",
         "/v1/oidc/backchannel-logout",

@@ -72,7 +72,7 @@ fn revocations_get_through_while_slow_clients_attack_the_admin_api() {
         let body = format!(r#"{{"kind":"jti","jti":"under-attack-{i}","expires_at":4000000000}}"#);
         // Like an operator's client: retry a refused or reset connection until it is answered.
         let status = loop {
-            match revmesh_authority::client::http_request(
+            match revmesh_authority::cli::http_request(
                 &a.admin.to_string(),
                 "POST",
                 "/v1/revocations",

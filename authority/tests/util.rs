@@ -55,7 +55,7 @@ impl Authority {
 
     /// Talk to the admin API over TLS, trusting `ca`.
     pub fn with_ca(mut self, ca: &Path) -> Self {
-        self.admin_tls = Some(revmesh_authority::client::client_config(ca).unwrap());
+        self.admin_tls = Some(revmesh_authority::cli::client_config(ca).unwrap());
         self
     }
 
@@ -72,7 +72,7 @@ impl Authority {
         match &self.admin_tls {
             None => http(&self.admin, method, path, token, body),
             Some(tls) => {
-                let (status, b) = revmesh_authority::client::https_request(
+                let (status, b) = revmesh_authority::cli::https_request(
                     &self.admin,
                     tls.clone(),
                     method,
@@ -127,7 +127,7 @@ impl Drop for Authority {
 /// One HTTP/1.1 request; the body is parsed as JSON when it is JSON, else returned as a string.
 pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
     let (status, b) =
-        revmesh_authority::client::http_request(addr, method, path, token, body, Duration::from_secs(30))
+        revmesh_authority::cli::http_request(addr, method, path, token, body, Duration::from_secs(30))
             .unwrap();
     (status, serde_json::from_str(&b).unwrap_or(Value::String(b)))
 }

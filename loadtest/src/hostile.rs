@@ -46,7 +46,7 @@ async fn revoke_all(
             let path = "/v1/revocations?wait=all&timeout_ms=30000";
             let limit = Duration::from_secs(60);
             match tls {
-                None => revmesh_authority::client::http_request(
+                None => revmesh_authority::cli::http_request(
                     &admin,
                     "POST",
                     path,
@@ -54,7 +54,7 @@ async fn revoke_all(
                     body.as_bytes(),
                     limit,
                 ),
-                Some(cfg) => revmesh_authority::client::https_request(
+                Some(cfg) => revmesh_authority::cli::https_request(
                     &admin,
                     cfg,
                     "POST",
@@ -219,7 +219,7 @@ pub async fn tls(dir: &Path, agents: usize, revocations: usize) -> anyhow::Resul
         fleet.agents.iter().all(|(s, _, _)| s.is_connected())
     })
     .await?;
-    let admin_tls = revmesh_authority::client::client_config(&ca_file).map_err(anyhow::Error::msg)?;
+    let admin_tls = revmesh_authority::cli::client_config(&ca_file).map_err(anyhow::Error::msg)?;
     let lat = revoke_all(&secure, revocations, "tls", Some(admin_tls)).await?;
     fleet.stop().await;
     Ok(TlsCompare { agents, plaintext, tls: summarize(lat) })

@@ -150,7 +150,7 @@ impl AuthorityProc {
 
     /// One admin call; `(status, json)`.
     pub fn call(&self, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-        let (status, text) = revmesh_authority::client::http_request(
+        let (status, text) = revmesh_authority::cli::http_request(
             &self.admin,
             method,
             path,

@@ -106,7 +106,7 @@ async fn call(
 ) -> anyhow::Result<(u16, serde_json::Value)> {
     let (admin, token) = (auth.admin.clone(), auth.token.clone());
     tokio::task::spawn_blocking(move || {
-        let (s, t) = revmesh_authority::client::http_request(
+        let (s, t) = revmesh_authority::cli::http_request(
             &admin,
             method,
             &path,
@@ -944,7 +944,7 @@ async fn post_load_batched(
                     format!("[{}]", (0..batch).map(one).collect::<Vec<_>>().join(","))
                 };
                 let t0 = Instant::now();
-                let (status, _) = revmesh_authority::client::http_request(
+                let (status, _) = revmesh_authority::cli::http_request(
                     &admin,
                     "POST",
                     "/v1/revocations",

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use revmesh_authority::admin::{parse_revocation, parse_revocations, Bulk};
+use revmesh_authority::fuzzing::{parse_revocation, parse_revocations, Bulk};
 use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {

@@ -14,7 +14,7 @@
 //! replicas' appends each keep a connection of their own, so a busy pool never makes a healthy
 //! database look down.
 
-use crate::store::{
+use super::{
     record, unrecord, AgentRow, CursorStore, Forgotten, Loaded, LogStore, NewEntry, SharedLog, StoreError,
     StoreFuture, Tail,
 };
@@ -56,15 +56,6 @@ CREATE TABLE IF NOT EXISTS revmesh_agents (
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(e)
-}
-
-/// A PostgreSQL error as operators read it: the SQLSTATE and the server's message when the
-/// server answered, the client's description otherwise.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{}: {}", d.code().code(), d.message()),
-        None => e.to_string(),
-    }
 }
 
 /// A pooled client for one database, shared by every task of this replica.

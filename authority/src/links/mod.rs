@@ -5,11 +5,16 @@
 //! it through its [`Signal`] (one fan-out task raises every link's) and batches come from the
 //! shared encoded-frame cache, so a slow or dead agent delays nobody else.
 
-use crate::hub::Hub;
-use crate::link_signal::{Signal, Signals, LOG_GREW, REPLACED, SHUTDOWN};
+pub(crate) mod hub;
+pub(crate) mod registry;
+pub(crate) mod signal;
+mod ws_write;
+
+use crate::links::hub::Hub;
+use crate::links::signal::{Signal, Signals, LOG_GREW, REPLACED, SHUTDOWN};
+use crate::links::ws_write::write_frames;
 use crate::log::Log;
 use crate::metrics::Metrics;
-use crate::ws_write::write_frames;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use prometheus::IntGauge;

@@ -6,8 +6,7 @@
 //! becomes a `session` revocation (with `sid`) or a `subject` revocation (`sub` only, covering
 //! tokens issued up to the logout token's `iat`), answered 200 once durable.
 
-use crate::admin::{AdminState, ApiError};
-use crate::log::AppendError;
+use crate::api::{store_revocations, AdminState, ApiError};
 use crate::store::NewEntry;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -111,9 +110,6 @@ impl LogoutError {
         }
     }
 }
-
-/// Every `result` label value (exported at 0 from the start).
-pub const RESULTS: &[&str] = &["ok", "invalid", "replay", "unavailable"];
 
 impl Oidc {
     /// Loads every provider's keys once (a provider whose keys cannot be fetched yet is logged
@@ -266,18 +262,34 @@ fn invalid_request(description: String) -> Response {
     (StatusCode::BAD_REQUEST, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
+/// The door's state: the admin API's core, and the receiver (`None`: no provider configured).
+#[derive(Clone)]
+pub(crate) struct OidcDoor {
+    api: AdminState,
+    oidc: Option<Arc<Oidc>>,
+}
+
+/// `POST /v1/oidc/backchannel-logout`: authenticated by the logout token's signature, not by
+/// the admin token.
+pub(crate) fn routes(api: AdminState, oidc: Option<Arc<Oidc>>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/oidc/backchannel-logout", axum::routing::post(backchannel_logout))
+        .with_state(OidcDoor { api, oidc })
+}
+
 /// `POST /v1/oidc/backchannel-logout`.
-pub async fn backchannel_logout(
-    State(s): State<AdminState>,
+async fn backchannel_logout(
+    State(door): State<OidcDoor>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let Some(oidc) = s.oidc.clone() else {
+    let OidcDoor { api: s, oidc } = door;
+    let Some(oidc) = oidc else {
         return Err(ApiError::status(
             StatusCode::NOT_FOUND,
             "no OIDC provider is configured (--oidc-provider)",
         ));
     };
-    let body = crate::admin::body_bytes(&s, body, crate::admin::MAX_BODY).await?;
+    let body = crate::api::body_bytes(&s, body, crate::api::MAX_BODY).await?;
     let count = |result: &str| s.metrics.oidc_logouts_total.with_label_values(&[result]).inc();
     let token = match revmesh_runtime::form::form_value(&body, "logout_token") {
         Ok(Some(token)) => token,
@@ -305,24 +317,17 @@ pub async fn backchannel_logout(
         reason: Some("OIDC back-channel logout".into()),
         created_at_ms: now_ms,
     };
-    match s.log.append(entry).await {
-        Ok(e) => {
+    match store_revocations(&s, vec![entry], false).await {
+        Ok(stored) => {
             count("ok");
-            tracing::info!(seq = e.seq, issuer = %key.0, "back-channel logout stored");
+            let seq = stored.first().map_or(0, |e| e.seq);
+            tracing::info!(seq, issuer = %key.0, "back-channel logout stored");
             Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response())
         }
         Err(e) => {
             oidc.forget(&key);
             count("unavailable");
-            let why = match &*e {
-                AppendError::Closed => "authority is shutting down".to_owned(),
-                other => other.to_string(),
-            };
-            tracing::error!(error = %why, "logout not stored");
-            Err(ApiError::status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "logout could not be stored durably; retry",
-            ))
+            Err(e.response("the logout"))
         }
     }
 }

@@ -5,7 +5,7 @@
 //! cursors every replica publishes to the shared store (PostgreSQL), so that any replica
 //! answers for the whole fleet. The admin API asks the registry and never which backend runs.
 
-use crate::hub::{Hub, Level, Receipt};
+use crate::links::hub::{Hub, Level, Receipt};
 use crate::store::{AgentRow, CursorStore, Forgotten, StoreError};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Operator subcommands (`revoke`, `agents`, `status`): small HTTP/1.1 calls to the admin API
 //! with human-readable output, or the raw JSON with `--json`.
 
+pub mod import;
+
 use crate::config::{AgentsAction, AgentsArgs, ClientArgs, RevokeArgs, RevokeWhat};
 use revmesh_protocol::time::parse_duration;
 use serde_json::{json, Value};

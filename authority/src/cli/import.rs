@@ -7,7 +7,7 @@
 //! the log's newest entries with the batch's content: if they are the batch, it was committed
 //! and is not sent again.
 
-use crate::client::{call, Answer};
+use crate::cli::{call, Answer};
 use crate::config::ImportArgs;
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
@@ -68,7 +68,7 @@ fn get(args: &ImportArgs, path: &str) -> Result<Value, String> {
 
 /// The file's revocation records, one per non-blank line, read as they are needed: memory
 /// stays bounded by one batch whatever the file's size. A line longer than one revocation may
-/// be ([`crate::admin::MAX_BODY`]) is an error naming it.
+/// be ([`crate::api::MAX_BODY`]) is an error naming it.
 struct Records {
     reader: Box<dyn BufRead>,
     line: usize,
@@ -92,7 +92,7 @@ impl Records {
         loop {
             self.buf.clear();
             self.line += 1;
-            let limit = crate::admin::MAX_BODY as u64 + 1;
+            let limit = crate::api::MAX_BODY as u64 + 1;
             let n = self
                 .reader
                 .by_ref()
@@ -103,7 +103,7 @@ impl Records {
                 return Ok(None);
             }
             if n as u64 == limit && !self.buf.ends_with('\n') {
-                return Err(format!("line {}: longer than {} bytes", self.line, crate::admin::MAX_BODY));
+                return Err(format!("line {}: longer than {} bytes", self.line, crate::api::MAX_BODY));
             }
             if !self.buf.trim().is_empty() {
                 return Ok(Some(self.buf.trim()));

@@ -30,8 +30,6 @@ pub struct AdminLimits {
     pub max_connections: usize,
     /// From the first byte of a request head to its end (and for the TLS handshake).
     pub header_timeout: Duration,
-    /// For a whole request body.
-    pub body_timeout: Duration,
     /// A connection without a request in progress is closed after this long.
     pub idle_timeout: Duration,
 }

@@ -1,7 +1,7 @@
 //! Which agents exist, which are connected, and how far each has applied the log: the data
 //! behind receipts (`?wait=all`), `GET /v1/agents` and the lag metrics.
 
-use crate::link_signal::{Signal, REPLACED};
+use crate::links::signal::{Signal, REPLACED};
 use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::store::AgentRow;

@@ -1,16 +1,23 @@
-//! The admin HTTP API (README, "Admin API"): revocations with receipts, agents, metrics and health.
+//! The admin HTTP API (README, "Admin API"): revocations with receipts, agents, metrics and
+//! health; and the core every door that arrives over HTTP builds on: [`AdminState`],
+//! [`ApiError`], body limits, the admin-token check and [`store_revocations`], the one way any
+//! door stores revocations.
 //!
 //! Handlers parse request bodies themselves so that every bad input becomes a 400 with the
-//! offending field; internals (store errors) are logged, never shown to clients.
+//! offending field; internals (store errors) are logged, never shown to clients. This module
+//! knows no door: `router.rs` puts the doors' routes beside these.
 
-use crate::hub::{Hub, Level};
+pub(crate) mod feed;
+pub(crate) mod server;
+
+use crate::links::hub::{Hub, Level};
+use crate::links::registry::Registry;
 use crate::log::{AppendError, Log};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::store::NewEntry;
 use crate::store::StoreError;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -56,10 +63,43 @@ pub struct AdminState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Interval of the change feed's heartbeat comments.
     pub heartbeat: Duration,
-    /// The OIDC back-channel logout receiver, when providers are configured.
-    pub oidc: Option<Arc<crate::oidc::Oidc>>,
-    /// Keys for RFC 7009 revocation requests, when configured.
-    pub token_keys: Option<Arc<crate::oauth::TokenKeys>>,
+}
+
+/// Why revocations were not stored: nothing of them is; the caller may retry.
+#[derive(Debug)]
+pub(crate) struct Unstored(Arc<AppendError>);
+
+impl Unstored {
+    /// The 503 a door answers (its own words for what was not stored).
+    pub(crate) fn response(&self, what: &str) -> ApiError {
+        let why = match &*self.0 {
+            AppendError::Closed => "authority is shutting down".to_owned(),
+            AppendError::Timeout(_) => {
+                format!("the store did not answer in time; {what} was not stored; retry")
+            }
+            AppendError::Store(_) => format!("{what} could not be stored durably; retry"),
+        };
+        ApiError::status(StatusCode::SERVICE_UNAVAILABLE, why)
+    }
+}
+
+/// Stores `entries` durably in one commit, all or none: the one path by which every door (the
+/// admin API, OIDC logout, RFC 7009) stores revocations. Resolves with their seqs once the
+/// commit is on stable storage; a failure is logged here, once, and nothing is stored.
+/// `waited`: the caller will wait for an applied-level receipt.
+pub(crate) async fn store_revocations(
+    s: &AdminState,
+    entries: Vec<NewEntry>,
+    waited: bool,
+) -> Result<Vec<Entry>, Unstored> {
+    s.log.append_all(entries, waited).await.map_err(|e| {
+        match &*e {
+            AppendError::Closed => {}
+            AppendError::Timeout(t) => tracing::error!(timeout = ?t, "revocations not stored in time"),
+            AppendError::Store(err) => tracing::error!(error = %err, "revocations not stored"),
+        }
+        Unstored(e)
+    })
 }
 
 /// An API error: status, message and the field at fault.
@@ -101,33 +141,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The router; testable without a socket.
-pub fn app(state: AdminState) -> Router {
+/// The admin API's routes (the doors' are added by `router.rs`); testable without a socket.
+pub(crate) fn routes(state: AdminState) -> Router {
     let v1 = Router::new()
         .route("/v1/revocations", post(create).get(list))
-        .route("/v1/revocations/stream", get(crate::feed::stream))
         .route("/v1/revocations/{seq}", get(one))
         .route("/v1/agents", get(agents))
         .route("/v1/agents/{id}", axum::routing::delete(forget))
         .route("/v1/status", get(status))
-        .route("/v1/oauth2/revoke", post(crate::oauth::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
-        // Authenticated by the logout token's signature, not by the admin token.
-        .route("/v1/oidc/backchannel-logout", post(crate::oidc::backchannel_logout))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
-        })
-        .layer(DefaultBodyLimit::max(MAX_BULK_BODY))
         .with_state(state)
 }
 
-async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+/// Requires the admin token (`route_layer` it on any router of admin endpoints).
+pub(crate) async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -319,7 +351,7 @@ pub(crate) async fn body_bytes(
     body: axum::body::Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
-    use crate::admin_server::{read_body, BodyError};
+    use crate::api::server::{read_body, BodyError};
     read_body(body, limit, s.body_timeout).await.map_err(|e| {
         let (status, error) = match e {
             BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes")),
@@ -355,19 +387,9 @@ async fn create(
     for e in &mut entries {
         e.created_at_ms = now_ms;
     }
-    let stored = s.log.append_all(entries, wait == Some(Level::Applied)).await.map_err(|e| match &*e {
-        AppendError::Closed => {
-            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "authority is shutting down")
-        }
-        AppendError::Timeout(t) => {
-            tracing::error!(timeout = ?t, "revocation not stored in time");
-            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "the store did not answer in time; retry")
-        }
-        AppendError::Store(err) => {
-            tracing::error!(error = %err, "revocation not stored");
-            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "revocation could not be stored durably; retry")
-        }
-    })?;
+    let stored = store_revocations(&s, entries, wait == Some(Level::Applied))
+        .await
+        .map_err(|e| e.response("the revocation"))?;
     let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
         return Err(ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "nothing was stored"));
     };
@@ -438,7 +460,7 @@ async fn one(State(s): State<AdminState>, Path(seq): Path<String>) -> Result<Jso
     })?;
     let mut v = entry_json(&e, &log_id);
     let states = s.registry.agents().await.map_err(cursors)?.into_iter().map(|r| {
-        let state = crate::hub::ack_state(seq, r.connected, r.applied_seq);
+        let state = crate::links::hub::ack_state(seq, r.connected, r.applied_seq);
         (r.id, state)
     });
     let agents: Vec<Value> =
@@ -558,10 +580,8 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             shutdown: tokio_util::sync::CancellationToken::new(),
             heartbeat: Duration::from_secs(5),
-            oidc: None,
-            token_keys: None,
         };
-        let mut app = app(state);
+        let mut app = routes(state);
         for (uri, body) in [
             ("/v1/revocations?wait=all&timeout_ms=100", r#"{"kind":"session","sid":"s1"}"#),
             ("/v1/revocations", r#"[{"kind":"session","sid":"s2"},{"kind":"key","kid":"k"}]"#),

@@ -6,7 +6,7 @@
 //! A cursor below the compaction floor gets one `event: reset` and the stream ends: entries
 //! after it may be gone, and the consumer must reread from the list endpoint.
 
-use crate::admin::{entry_json, AdminState, ApiError};
+use crate::api::{entry_json, AdminState, ApiError};
 use crate::log::Log;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -54,6 +54,15 @@ pub fn next(cursor: u64, floor: u64) -> Next {
     } else {
         Next::Entries
     }
+}
+
+/// `GET /v1/revocations/stream`, behind the admin token.
+pub(crate) fn routes(state: AdminState) -> axum::Router {
+    let auth = axum::middleware::from_fn_with_state(state.clone(), crate::api::auth);
+    axum::Router::new()
+        .route("/v1/revocations/stream", axum::routing::get(stream))
+        .route_layer(auth)
+        .with_state(state)
 }
 
 /// `GET /v1/revocations/stream`.

@@ -5,8 +5,7 @@
 //! (scoped to its `iss`) revoked until its `exp`. As RFC 7009 §2.2 says, an invalid, expired or
 //! unknown token is answered 200 as well, with nothing stored.
 
-use crate::admin::{AdminState, ApiError};
-use crate::log::AppendError;
+use crate::api::{store_revocations, AdminState, ApiError};
 use crate::store::NewEntry;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -85,15 +84,32 @@ fn no_store(status: StatusCode, body: String) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store"), (header::CONTENT_TYPE, ct)], body).into_response()
 }
 
+/// The door's state: the admin API's core, and the verification keys (`None`: not configured).
+#[derive(Clone)]
+pub(crate) struct OAuthDoor {
+    api: AdminState,
+    keys: Option<Arc<TokenKeys>>,
+}
+
+/// `POST /v1/oauth2/revoke`, behind the admin token like every admin endpoint.
+pub(crate) fn routes(api: AdminState, keys: Option<Arc<TokenKeys>>) -> axum::Router {
+    let auth = axum::middleware::from_fn_with_state(api.clone(), crate::api::auth);
+    axum::Router::new()
+        .route("/v1/oauth2/revoke", axum::routing::post(revoke))
+        .route_layer(auth)
+        .with_state(OAuthDoor { api, keys })
+}
+
 /// `POST /v1/oauth2/revoke`.
-pub async fn revoke(State(s): State<AdminState>, body: axum::body::Body) -> Result<Response, ApiError> {
-    let Some(keys) = s.token_keys.clone() else {
+async fn revoke(State(door): State<OAuthDoor>, body: axum::body::Body) -> Result<Response, ApiError> {
+    let OAuthDoor { api: s, keys } = door;
+    let Some(keys) = keys else {
         return Err(ApiError::status(
             StatusCode::NOT_FOUND,
             "token revocation needs --token-hs256-secret-file, --token-public-key-file or --token-jwks",
         ));
     };
-    let body = crate::admin::body_bytes(&s, body, crate::admin::MAX_BODY).await?;
+    let body = crate::api::body_bytes(&s, body, crate::api::MAX_BODY).await?;
     let token = match revmesh_runtime::form::form_value(&body, "token") {
         Ok(Some(token)) => token,
         missing_or_repeated => {
@@ -115,19 +131,7 @@ pub async fn revoke(State(s): State<AdminState>, body: axum::body::Body) -> Resu
         reason: Some("RFC 7009 revocation".into()),
         created_at_ms: now_ms,
     };
-    match s.log.append(entry).await {
-        Ok(e) => {
-            tracing::info!(seq = e.seq, "token revoked (RFC 7009)");
-            Ok(no_store(StatusCode::OK, String::new()))
-        }
-        Err(e) => {
-            if !matches!(&*e, AppendError::Closed) {
-                tracing::error!(error = %e, "revocation not stored");
-            }
-            Err(ApiError::status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "revocation could not be stored durably; retry",
-            ))
-        }
-    }
+    let stored = store_revocations(&s, vec![entry], false).await.map_err(|e| e.response("the revocation"))?;
+    tracing::info!(seq = stored.first().map_or(0, |e| e.seq), "token revoked (RFC 7009)");
+    Ok(no_store(StatusCode::OK, String::new()))
 }
