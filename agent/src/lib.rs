@@ -3,11 +3,9 @@
 
 pub mod config;
 pub mod decide;
-pub mod grpc;
-pub mod http;
+pub mod front;
 pub mod jwt;
 pub mod keyring;
-pub mod lines;
 pub mod link;
 pub mod metrics;
 pub mod persist;
@@ -163,20 +161,20 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tracker: tokio_util::task::TaskTracker::new(),
     });
-    tracker.spawn(server.clone().serve_unix(line_listener, server::Front::Line));
+    tracker.spawn(front::serve_unix(server.clone(), line_listener, front::Front::Line));
     if let Some(l) = http_listener {
-        tracker.spawn(server.clone().serve_unix(l, server::Front::Http));
+        tracker.spawn(front::serve_unix(server.clone(), l, front::Front::Http));
     }
     if let Some(l) = http_tcp {
-        tracker.spawn(server.clone().serve_tcp(l));
+        tracker.spawn(front::serve_tcp(server.clone(), l));
     }
     if let Some(l) = grpc_listener {
-        tracker.spawn(grpc::serve_unix(server.clone(), l));
+        tracker.spawn(front::grpc::serve_unix(server.clone(), l));
     }
     if let Some(l) = grpc_tcp {
-        tracker.spawn(grpc::serve_tcp(server.clone(), l));
+        tracker.spawn(front::grpc::serve_tcp(server.clone(), l));
     }
-    tracker.spawn(server::serve_metrics(metrics_listener, state.clone(), shutdown.clone()));
+    tracker.spawn(front::http::serve_metrics(metrics_listener, state.clone(), shutdown.clone()));
     let mut settings = link::LinkSettings::new(cfg.authorities.clone(), cfg.id.clone());
     settings.persist_inline = true;
     settings.applied_fsync_delay = cfg.applied_fsync_delay;

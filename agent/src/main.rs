@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Command::Completions { shell } => process::print_completions::<Cli>(shell, "revmesh-agent"),
         Command::Man => process::print_man::<Cli>("revmesh-agent"),
         Command::Check(a) => rt.block_on(async {
-            match revmesh_agent::server::check_once(&a.socket, &a.jwt).await {
+            match revmesh_agent::front::lines::check_once(&a.socket, &a.jwt).await {
                 Ok(line) => {
                     println!("{line}");
                     if line.starts_with("OK ") {
@@ -59,9 +59,16 @@ fn main() -> ExitCode {
             };
             // Read as the agent reads --hs256-secret-file: one trailing newline is not part of it.
             let secret = secret.strip_suffix(b"\n").unwrap_or(&secret).to_vec();
+            let claims = revmesh_agent::jwt::DevClaims {
+                sub: &t.sub,
+                jti: t.jti.as_deref(),
+                sid: t.sid.as_deref(),
+                iss: t.iss.as_deref(),
+                aud: t.aud.as_deref(),
+            };
             match revmesh_agent::jwt::mint_hs256(
                 &secret,
-                &t,
+                claims,
                 ttl,
                 revmesh_runtime::Clock::system().unix_secs(),
             ) {

@@ -1,14 +1,9 @@
-//! The agent's listeners: accepting on the Unix sockets (line protocol and HTTP) and the TCP
-//! metrics port, with the limits every connection shares. What a connection says is the
-//! business of its front end (`lines.rs`, `http.rs`); what is decided, of `decide.rs`.
-//!
-//! Every connection is bounded: a connection cap, an idle timeout, a line/header size limit,
-//! and output flushed per burst of pipelined requests.
+//! The agent's listeners: binding the Unix sockets safely and admitting connections on them
+//! and on TCP, with the limits every connection shares (a client cap, `--allow-uid`). What a
+//! connection says is the business of a front end (`front/`); what is decided, of `decide.rs`.
+//! This module knows no front end.
 
 use crate::decide::Checker;
-use crate::http;
-use crate::state::AgentState;
-use bytes::BytesMut;
 use revmesh_runtime::net::accept;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -40,60 +34,6 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Connection tasks.
     pub tracker: TaskTracker,
-}
-
-/// A connection's reads, bounded by its idle timeout and the agent's shutdown. One timer and
-/// one shutdown wait serve the connection's life, not one of each per read: arming and
-/// cancelling a timer, and adding and removing a waiter, for every request would be locks on
-/// the hot path. When the timer fires on a connection that was busy since it was set, it
-/// moves to `idle` after the last read, so a quiet connection closes exactly `idle` after it.
-#[derive(Debug)]
-pub struct Reader {
-    idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-    stopping: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    last_read: tokio::time::Instant,
-}
-
-impl Reader {
-    /// Reads that give up after `idle` without a byte, or at `shutdown`.
-    pub fn new(idle: Duration, shutdown: &CancellationToken) -> Self {
-        Self {
-            idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
-            stopping: Box::pin(shutdown.clone().cancelled_owned()),
-            last_read: tokio::time::Instant::now(),
-        }
-    }
-
-    /// One read into `buf`: the bytes read, or `None` at end of stream, on an error, after
-    /// `idle` without a byte, or at shutdown.
-    pub async fn read<S: AsyncRead + Unpin>(&mut self, s: &mut S, buf: &mut BytesMut) -> Option<usize> {
-        loop {
-            // Shutdown first, so a client that never pauses cannot keep its connection past
-            // it; the timer last, as only a quiet connection needs it.
-            tokio::select! {
-                biased;
-                () = self.stopping.as_mut() => return None,
-                r = s.read_buf(buf) => {
-                    return match r {
-                        Ok(0) | Err(_) => None,
-                        Ok(n) => {
-                            self.last_read = tokio::time::Instant::now();
-                            Some(n)
-                        }
-                    };
-                }
-                () = self.timer.as_mut() => {
-                    let quiet_until = self.last_read + self.idle;
-                    if quiet_until <= tokio::time::Instant::now() {
-                        return None;
-                    }
-                    self.timer.as_mut().reset(quiet_until);
-                }
-            }
-        }
-    }
 }
 
 /// Who may connect to the agent's Unix sockets, beside `--allow-uid`.
@@ -206,45 +146,6 @@ impl Server {
         let permit = self.clients.clone().try_acquire_owned().ok()?;
         allowed(&stream).then_some(Slot { stream, _permit: permit })
     }
-
-    /// Serves one Unix listener with the line protocol or HTTP until shutdown.
-    pub async fn serve_unix(self: Arc<Self>, listener: UnixListener, front: Front) {
-        while let Some(slot) = self.next_unix(&listener).await {
-            let me = self.clone();
-            self.tracker.spawn(async move { me.serve_conn(slot, front).await });
-        }
-    }
-
-    /// Serves HTTP on a TCP listener (`--http-listen`) until shutdown.
-    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
-        while let Some(slot) = self.next_tcp(&listener).await {
-            let me = self.clone();
-            self.tracker.spawn(async move { me.serve_conn(slot, Front::Http).await });
-        }
-    }
-
-    async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(&self, slot: Slot<S>, front: Front) {
-        match front {
-            Front::Line => {
-                let max_line = self.checker.rules.max_token_bytes + 64;
-                let conn = crate::lines::Connection::new(slot, max_line);
-                conn.serve(&self.checker, self.idle, &self.shutdown).await;
-            }
-            Front::Http => {
-                let cookie = self.token_cookie.as_deref();
-                crate::http::serve(slot, &self.checker, cookie, self.idle, &self.shutdown).await;
-            }
-        }
-    }
-}
-
-/// Which protocol a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Front {
-    /// The line protocol (PROTOCOL.md §7).
-    Line,
-    /// HTTP/1.1 (`/v1/check`, `/healthz`).
-    Http,
 }
 
 /// An admitted connection; its client slot is released when it drops.
@@ -289,42 +190,4 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Slot<S> {
 impl<S> tonic::transport::server::Connected for Slot<S> {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-/// Serves `GET /metrics` and `/healthz` on a TCP listener, at most 64 connections at a time.
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    state: Arc<AgentState>,
-    shutdown: CancellationToken,
-) {
-    let tracker = TaskTracker::new();
-    let conns = Arc::new(Semaphore::new(64));
-    while let Some((s, _)) = accept(|| listener.accept(), &shutdown, "metrics").await {
-        let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
-        let (state, shutdown) = (state.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            let idle = Duration::from_secs(10);
-            http::serve_with(s, idle, &shutdown, |req| http::metrics_answer(&state, req)).await;
-            drop(permit);
-        });
-    }
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-}
-
-/// `revmesh-agent check`: one request on the line socket.
-pub async fn check_once(socket: &Path, jwt: &str) -> Result<String, String> {
-    let mut s = UnixStream::connect(socket).await.map_err(|e| format!("{}: {e}", socket.display()))?;
-    s.write_all(format!("CHECK {jwt}\n").as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while buf.len() < 4096 {
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
-            Ok(Ok(1)) if byte[0] == b'\n' => break,
-            Ok(Ok(1)) => buf.push(byte[0]),
-            Ok(_) => break,
-            Err(_) => return Err("no answer within 5s".into()),
-        }
-    }
-    String::from_utf8(buf).map_err(|_| "answer is not UTF-8".into())
 }

@@ -7,7 +7,7 @@ use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use revmesh_agent::decide::{Checker, Request};
-use revmesh_agent::grpc::{request_token, response};
+use revmesh_agent::front::grpc::{request_token, response};
 use revmesh_agent::jwt::{Keys, Rules};
 use revmesh_agent::state::AgentState;
 use std::sync::{Arc, OnceLock};

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use revmesh_agent::decide::Checker;
 use revmesh_agent::jwt::{Keys, Rules};
-use revmesh_agent::lines::answer;
+use revmesh_agent::front::lines::answer;
 use revmesh_agent::state::AgentState;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

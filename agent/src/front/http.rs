@@ -19,9 +19,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use revmesh_runtime::form::form_value;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Largest HTTP request head accepted (hyper answers 431 beyond it).
 pub const MAX_HEAD: usize = 16 << 10;
@@ -345,6 +348,27 @@ pub async fn metrics_answer(state: &AgentState, req: hyper::Request<Incoming>) -
         "/healthz" => (200, Vec::new(), health(state)),
         _ => (404, Vec::new(), "not found\n".to_owned()),
     }
+}
+
+/// Serves `GET /metrics` and `/healthz` on a TCP listener, at most 64 connections at a time.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: Arc<AgentState>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let conns = Arc::new(Semaphore::new(64));
+    while let Some((s, _)) = revmesh_runtime::net::accept(|| listener.accept(), &shutdown, "metrics").await {
+        let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let idle = Duration::from_secs(10);
+            serve_with(s, idle, &shutdown, |req| metrics_answer(&state, req)).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
 }
 
 #[cfg(test)]

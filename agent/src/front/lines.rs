@@ -10,8 +10,10 @@ use crate::decide::{Checker, Request, Verdict};
 use bytes::{Buf, BytesMut};
 use revmesh_protocol::TokenRef;
 use std::fmt::Write;
+use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 /// Why a line is not a request: the words of `ERR reason=…`.
@@ -211,7 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Serves requests until the connection ends.
     pub async fn serve(mut self, checker: &Checker, idle: Duration, shutdown: &CancellationToken) -> Ended {
-        let mut reader = crate::server::Reader::new(idle, shutdown);
+        let mut reader = crate::front::reader::Reader::new(idle, shutdown);
         loop {
             match frame(&self.buf, self.scanned, self.max_line) {
                 Ok(Some(n)) => {
@@ -242,6 +244,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         }
     }
+}
+
+/// `revmesh-agent check`: one request on the line socket.
+pub async fn check_once(socket: &Path, jwt: &str) -> Result<String, String> {
+    let mut s = UnixStream::connect(socket).await.map_err(|e| format!("{}: {e}", socket.display()))?;
+    s.write_all(format!("CHECK {jwt}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while buf.len() < 4096 {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) if byte[0] == b'\n' => break,
+            Ok(Ok(1)) => buf.push(byte[0]),
+            Ok(_) => break,
+            Err(_) => return Err("no answer within 5s".into()),
+        }
+    }
+    String::from_utf8(buf).map_err(|_| "answer is not UTF-8".into())
 }
 
 #[cfg(test)]
