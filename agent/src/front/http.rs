@@ -12,7 +12,11 @@
 use crate::decide::{presented_token, Checker, Request, Verdict};
 use crate::state::AgentState;
 use bytes::Bytes;
-use http::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, TRANSFER_ENCODING};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH,
+    CONTENT_TYPE, COOKIE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+};
+use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -98,60 +102,92 @@ pub fn presented<'h>(headers: &'h HeaderMap, cookie_name: Option<&str>) -> Resul
     }
 }
 
-/// A response: status, headers, body.
-pub type Response = (u16, Vec<(&'static str, String)>, String);
+/// A response as hyper sends it.
+pub type Response = hyper::Response<Full<Bytes>>;
+
+// Header names and values built once: a name parsed from a string is an allocation per
+// response, and the check endpoint answers every request of every proxied call.
+const X_VERDICT: HeaderName = HeaderName::from_static("x-revmesh-verdict");
+const X_SEQ: HeaderName = HeaderName::from_static("x-revmesh-seq");
+const X_SUB: HeaderName = HeaderName::from_static("x-revmesh-sub");
+const X_STALE: HeaderName = HeaderName::from_static("x-revmesh-stale");
+const X_REASON: HeaderName = HeaderName::from_static("x-revmesh-reason");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+const BEARER: HeaderValue = HeaderValue::from_static("Bearer");
+const INVALID_TOKEN: HeaderValue = HeaderValue::from_static("Bearer error=\"invalid_token\"");
+
+/// A `text/plain` response with `status` and `body`.
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut r = hyper::Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, TEXT);
+    r
+}
 
 /// The check verdict as HTTP, in codes every auth proxy passes through: 200 allow, 401
 /// invalid or revoked (with `WWW-Authenticate`), 403 stale under `--on-stale closed` (nginx
 /// `auth_request` turns any other code into 500). Every answer names its verdict in
 /// `X-Revmesh-Verdict`.
 pub fn render(v: &Verdict) -> Response {
-    let verdict = |v: &str| ("X-Revmesh-Verdict", v.to_owned());
-    let challenge = |error: bool| {
-        let v = if error { "Bearer error=\"invalid_token\"" } else { "Bearer" };
-        ("WWW-Authenticate", v.to_owned())
-    };
-    match v {
+    let (mut r, verdict) = match v {
         Verdict::NoToken => {
-            (401, vec![verdict("invalid"), challenge(false)], "missing bearer token\n".into())
+            let mut r = text(StatusCode::UNAUTHORIZED, Bytes::from_static(b"missing bearer token\n"));
+            r.headers_mut().insert(WWW_AUTHENTICATE, BEARER);
+            (r, "invalid")
         }
-        Verdict::Invalid(e) => (
-            401,
-            vec![verdict("invalid"), challenge(true), ("X-Revmesh-Reason", e.as_str().to_owned())],
-            format!("invalid: {}\n", e.as_str()),
-        ),
-        Verdict::Revoked { kind, seq } => (
-            401,
-            vec![verdict("revoked"), challenge(true), ("X-Revmesh-Seq", seq.to_string())],
-            format!("revoked: {kind}\n"),
-        ),
-        Verdict::Stale { lag_ms } => {
-            (403, vec![verdict("stale")], format!("stale: {lag_ms} ms since the authority was heard\n"))
+        Verdict::Invalid(e) => {
+            let mut r = text(StatusCode::UNAUTHORIZED, format!("invalid: {}\n", e.as_str()));
+            r.headers_mut().insert(WWW_AUTHENTICATE, INVALID_TOKEN);
+            r.headers_mut().insert(X_REASON, HeaderValue::from_static(e.as_str()));
+            (r, "invalid")
         }
+        Verdict::Revoked { kind, seq } => {
+            let mut r = text(StatusCode::UNAUTHORIZED, format!("revoked: {kind}\n"));
+            r.headers_mut().insert(WWW_AUTHENTICATE, INVALID_TOKEN);
+            r.headers_mut().insert(X_SEQ, HeaderValue::from(*seq));
+            (r, "revoked")
+        }
+        Verdict::Stale { lag_ms } => (
+            text(StatusCode::FORBIDDEN, format!("stale: {lag_ms} ms since the authority was heard\n")),
+            "stale",
+        ),
         Verdict::Ok { seq, stale, token, .. } => {
+            let mut r = text(StatusCode::OK, Bytes::from_static(b"ok\n"));
+            let h = r.headers_mut();
+            h.insert(X_SEQ, HeaderValue::from(*seq));
+            // A `sub` that is not a plain header value is left out, never sent mangled.
             let sub = token.as_ref().and_then(|t| t.sub.as_deref());
-            let mut h = vec![verdict("ok"), ("X-Revmesh-Seq", seq.to_string())];
             if let Some(sub) = sub.filter(|s| s.chars().all(|c| c.is_ascii_graphic() || c == ' ')) {
-                h.push(("X-Revmesh-Sub", sub.to_owned()));
+                if let Ok(v) = HeaderValue::from_str(sub) {
+                    h.insert(X_SUB, v);
+                }
             }
             if *stale {
-                h.push(("X-Revmesh-Stale", "1".to_owned()));
+                h.insert(X_STALE, HeaderValue::from_static("1"));
             }
-            (200, h, "ok\n".into())
+            (r, "ok")
         }
         // Not produced by a check; answered as a server error should one ever reach here.
-        Verdict::Pong { .. } | Verdict::Error(_) => (500, Vec::new(), "unexpected verdict\n".into()),
-    }
+        Verdict::Pong { .. } | Verdict::Error(_) => {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(b"unexpected verdict\n"))
+        }
+    };
+    r.headers_mut().insert(X_VERDICT, HeaderValue::from_static(verdict));
+    r
 }
 
 /// `POST /v1/introspect` (RFC 7662): form `token=<JWT>`; `{"active":true,…claims}` only for a
 /// token the agent would answer OK for, `{"active":false}` otherwise (revoked, invalid, expired,
 /// or stale under `--on-stale closed`).
 pub fn introspect(checker: &Checker, body: &[u8]) -> Response {
-    let json = |status: u16, v: serde_json::Value| {
-        let headers =
-            vec![("Content-Type", "application/json".to_owned()), ("Cache-Control", "no-store".to_owned())];
-        (status, headers, v.to_string())
+    let json = |status: StatusCode, v: serde_json::Value| {
+        let mut r = hyper::Response::new(Full::new(Bytes::from(v.to_string())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(CONTENT_TYPE, JSON);
+        r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+        r
     };
     let token = match form_value(body, "token") {
         Ok(Some(token)) => token,
@@ -161,7 +197,10 @@ pub fn introspect(checker: &Checker, body: &[u8]) -> Response {
                 Err(e) => e.to_string(),
                 Ok(_) => "form parameter `token` is required".to_owned(),
             };
-            return json(400, serde_json::json!({"error": "invalid_request", "error_description": why}));
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid_request", "error_description": why}),
+            );
         }
     };
     match checker.decide(Request::Check(Some(&token))) {
@@ -193,9 +232,9 @@ pub fn introspect(checker: &Checker, body: &[u8]) -> Response {
                     }
                 }
             }
-            json(200, v)
+            json(StatusCode::OK, v)
         }
-        _ => json(200, serde_json::json!({"active": false})),
+        _ => json(StatusCode::OK, serde_json::json!({"active": false})),
     }
 }
 
@@ -232,16 +271,14 @@ where
 {
     let service = hyper::service::service_fn(|req| {
         let answered = handle(req);
-        async move { Ok::<_, Infallible>(to_hyper(answered.await)) }
+        async move { Ok::<_, Infallible>(answered.await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
         .max_header_size(MAX_HEAD)
-        .max_headers(MAX_HEADERS)
-        // Proxies read header names without regard to case; people reading a capture do not.
-        .title_case_headers(true);
+        .max_headers(MAX_HEADERS);
     let conn = builder.serve_connection(TokioIo::new(s), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -253,27 +290,11 @@ where
     }
 }
 
-/// The hyper response for `(status, headers, body)`: `Content-Type: text/plain` unless given,
-/// and `Connection: close` on a 4xx refusal of the request itself (its body may be unread).
-fn to_hyper((status, headers, body): Response) -> hyper::Response<Full<Bytes>> {
-    let mut b = hyper::Response::builder().status(status);
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-        b = b.header(CONTENT_TYPE, "text/plain");
-    }
-    for (k, v) in headers {
-        b = b.header(k, v);
-    }
-    b.body(Full::new(Bytes::from(body))).unwrap_or_else(|_| {
-        // Only a header value that is not a valid field could fail here; `render` never makes one.
-        let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"bad response header\n")));
-        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-        r
-    })
-}
-
 /// A 4xx that refuses the request itself: says why, and closes the connection.
-fn refused(status: u16, why: &str) -> Response {
-    (status, vec![("Connection", "close".to_owned())], format!("{why}\n"))
+fn refused(status: StatusCode, why: &str) -> Response {
+    let mut r = text(status, format!("{why}\n"));
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// One request on a check socket.
@@ -287,7 +308,7 @@ async fn answer(
         Ok(t) => t,
         Err(why) => {
             checker.refuse();
-            return refused(400, &why.to_string());
+            return refused(StatusCode::BAD_REQUEST, &why.to_string());
         }
     };
     let path = req.uri().path();
@@ -305,35 +326,34 @@ async fn answer(
                 refused(status, "request body too large, or not received in time")
             }
         },
-        ("/healthz", hyper::Method::GET) => (200, Vec::new(), health(&checker.state)),
-        ("/v1/introspect", _) => {
+        ("/healthz", hyper::Method::GET) => text(StatusCode::OK, health(&checker.state)),
+        (path, _) if path == "/v1/introspect" || path == "/healthz" => {
             checker.refuse();
-            (405, vec![("Allow", "POST".to_owned())], "method not allowed: use POST\n".to_owned())
-        }
-        ("/healthz", _) => {
-            checker.refuse();
-            (405, vec![("Allow", "GET".to_owned())], "method not allowed: use GET\n".to_owned())
+            let allow = if path == "/healthz" { "GET" } else { "POST" };
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed: use {allow}\n"));
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            r
         }
         _ => {
             // Counted like a line the agent did not understand.
             checker.refuse();
-            (404, Vec::new(), "not found\n".to_owned())
+            text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n"))
         }
     }
 }
 
 /// Reads a body of at most [`MAX_BODY`] bytes within `idle`; the status to refuse it with
 /// otherwise (413 too large, 408 too slow, 400 broken).
-async fn read_body(body: Incoming, idle: Duration) -> Result<Bytes, u16> {
+async fn read_body(body: Incoming, idle: Duration) -> Result<Bytes, StatusCode> {
     use hyper::body::Body;
     if body.size_hint().lower() > MAX_BODY as u64 {
-        return Err(413);
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
     match tokio::time::timeout(idle, Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(413),
-        Ok(Err(_)) => Err(400),
-        Err(_) => Err(408),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(StatusCode::PAYLOAD_TOO_LARGE),
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
     }
 }
 
@@ -342,11 +362,12 @@ pub async fn metrics_answer(state: &AgentState, req: hyper::Request<Incoming>) -
     match req.uri().path() {
         "/metrics" => {
             state.refresh_gauges();
-            let h = vec![("Content-Type", "text/plain; version=0.0.4".to_owned())];
-            (200, h, state.metrics.render())
+            let mut r = text(StatusCode::OK, state.metrics.render());
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
         }
-        "/healthz" => (200, Vec::new(), health(state)),
-        _ => (404, Vec::new(), "not found\n".to_owned()),
+        "/healthz" => text(StatusCode::OK, health(state)),
+        _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
     }
 }
 
@@ -389,7 +410,7 @@ mod tests {
             if let Some((head, body)) = text.split_once("\r\n\r\n") {
                 let len = head
                     .lines()
-                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .find_map(|l| l.strip_prefix("content-length: "))
                     .and_then(|v| v.parse::<usize>().ok())
                     .expect("content length");
                 if body.len() >= len {
