@@ -53,30 +53,33 @@ fn rand_u64() -> u64 {
 }
 
 fn replicas(dir: &std::path::Path, db: &Db, n: usize) -> Vec<Authority> {
+    replicas_at(dir, &db.url(), n)
+}
+
+/// The admin token every replica of these tests shares.
+const SHARED_TOKEN: &str = "shared-admin-token-for-all-replicas";
+
+/// `n` replicas on the database at `url` (directly, or through a relay).
+fn replicas_at(dir: &std::path::Path, url: &str, n: usize) -> Vec<Authority> {
     let token = dir.join("admin.token.shared");
-    std::fs::write(&token, "shared-admin-token-for-all-replicas").unwrap();
-    let url = db.url();
+    std::fs::write(&token, SHARED_TOKEN).unwrap();
     (0..n)
         .map(|i| {
             let d = dir.join(format!("replica-{i}"));
-            Authority::start(&d, &["--store", &url, "--admin-token-file", token.to_str().unwrap()])
+            Authority::start(&d, &["--store", url, "--admin-token-file", token.to_str().unwrap()])
         })
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_share_one_log_and_agents_fail_over_without_resync() {
-    let _guard = PG.lock().await;
-    let db = Db::new();
-    let dir = tempfile::tempdir().unwrap();
-    let mut reps = replicas(dir.path(), &db, 3);
+/// Six agents, two homed on each of three replicas with the others as failover, once replica 0
+/// sees all six connected.
+async fn six_agents(reps: &[Authority], prefix: &str) -> Vec<Agent> {
     let urls: Vec<String> = reps.iter().map(|r| r.ws_url()).collect();
-    // Six agents, two homed on each replica, each with the others as failover.
     let agents: Vec<Agent> = (0..6)
         .map(|i| {
             let mut list = urls.clone();
             list.rotate_left(i % 3);
-            Agent::start(list, &format!("ha-{i}"))
+            Agent::start(list, &format!("{prefix}-{i}"))
         })
         .collect();
     wait_for(
@@ -87,6 +90,16 @@ async fn replicas_share_one_log_and_agents_fail_over_without_resync() {
         "six agents visible from replica 0",
     )
     .await;
+    agents
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_log_and_agents_fail_over_without_resync() {
+    let _guard = PG.lock().await;
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut reps = replicas(dir.path(), &db, 3);
+    let agents = six_agents(&reps, "ha").await;
     let log_ids: HashSet<String> =
         reps.iter().map(|r| r.get("/v1/status").1["log_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(log_ids.len(), 1, "replicas must share one log id");
@@ -232,30 +245,8 @@ async fn concurrent_receipts_on_three_replicas_all_succeed() {
     let relay =
         crate::relay::Relay::start_delayed(std::net::SocketAddr::from(([127, 0, 0, 1], port)), delay).await;
     let url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
-    let token = dir.path().join("admin.token.shared");
-    std::fs::write(&token, "shared-admin-token-for-all-replicas").unwrap();
-    let reps: Vec<Authority> = (0..3)
-        .map(|i| {
-            let d = dir.path().join(format!("replica-{i}"));
-            Authority::start(&d, &["--store", &url, "--admin-token-file", token.to_str().unwrap()])
-        })
-        .collect();
-    let urls: Vec<String> = reps.iter().map(|r| r.ws_url()).collect();
-    let agents: Vec<Agent> = (0..6)
-        .map(|i| {
-            let mut list = urls.clone();
-            list.rotate_left(i % 3);
-            Agent::start(list, &format!("load-{i}"))
-        })
-        .collect();
-    wait_for(
-        || {
-            let (_, v) = reps[0].get("/v1/agents");
-            v.as_array().is_some_and(|a| a.iter().filter(|x| x["connected"] == true).count() == 6)
-        },
-        "six agents visible from replica 0",
-    )
-    .await;
+    let reps = replicas_at(dir.path(), &url, 3);
+    let agents = six_agents(&reps, "load").await;
 
     let secs: u64 = std::env::var("REVMESH_PG_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let admins: Vec<String> = reps.iter().map(|r| r.admin.clone()).collect();
@@ -293,7 +284,7 @@ async fn concurrent_receipts_on_three_replicas_all_succeed() {
                         &admin,
                         "POST",
                         "/v1/revocations?wait=all&timeout_ms=10000",
-                        Some("shared-admin-token-for-all-replicas"),
+                        Some(SHARED_TOKEN),
                         body.as_bytes(),
                     );
                     let took = t0.elapsed();
