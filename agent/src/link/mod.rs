@@ -4,9 +4,12 @@
 //! The same code runs inside the `revmesh-agent` process and inside `revmesh-loadtest`'s
 //! in-process agents (without a data dir).
 
+mod durability;
+
 use crate::persist::{JournalBatch, Persist};
 use crate::state::AgentState;
 use bytes::Bytes;
+use durability::{Group, Held};
 use futures::{FutureExt, SinkExt, StreamExt};
 use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession, AgentViolation};
 use revmesh_protocol::codec::{decode_view, encode, Decoded};
@@ -649,35 +652,6 @@ async fn write_group(
     }
 }
 
-/// Batches applied and reported `Applied` whose journal write waits, at most `delay`, to
-/// share one fsync with the batches after them.
-///
-/// A wake-up costs as much as an fsync here, so the write rides on wake-ups the link has
-/// anyway: a frame arriving after half the delay writes the group (its own batch included).
-/// The timer, at the full delay, only ends a burst.
-#[derive(Debug, Default)]
-struct Held {
-    batches: Vec<JournalBatch>,
-    delay: Duration,
-    /// When the oldest held batch was applied.
-    since: Option<Instant>,
-}
-
-impl Held {
-    /// The latest time the held group is written.
-    fn deadline(&self) -> Option<Instant> {
-        self.since.map(|t| t + self.delay)
-    }
-
-    /// True once half the delay has passed: a frame arriving now writes the group.
-    fn ripe(&self, now: Instant) -> bool {
-        self.since.is_some_and(|t| now >= t + self.delay / 2)
-    }
-}
-
-/// Most entries held back from the journal; a group beyond is written at once.
-const MAX_HELD_ENTRIES: usize = 4 * revmesh_protocol::frame::MAX_ENTRIES_PER_FRAME;
-
 /// Where applied batches go on their way to disk: the journal (none for an agent without a
 /// data dir), the retry queue after a failed write, and the held group.
 struct Writes<'a> {
@@ -811,13 +785,8 @@ async fn apply_events(
     };
     let held_entries: usize = group.iter().map(|b| b.entries).sum();
     let now = state.clock().mono();
-    if linked
-        && !durable_awaited
-        && !group.is_empty()
-        && !w.held.delay.is_zero()
-        && !w.held.ripe(now)
-        && held_entries <= MAX_HELD_ENTRIES
-    {
+    let group_is = Group { linked, durable_awaited, entries: held_entries, batches: group.len() };
+    if w.held.holds(group_is, now) {
         w.held.since.get_or_insert(now);
         w.held.batches = group;
         return None;
