@@ -11,22 +11,27 @@
 //! A torn or corrupt journal tail is cut off at the last good record; a corrupt snapshot is
 //! moved aside and the agent starts empty (and so answers STALE until it has resynced).
 
-use revmesh_protocol::codec::{
-    decode, decode_state, encode_batch_view, encode_state_image, PersistedState, StateImageDecoder,
-};
-use revmesh_protocol::frame::{Batch, BatchView, Frame};
+mod error;
+mod record;
+mod state_file;
+mod write;
+
+pub use error::PersistError;
+pub use record::JournalBatch;
+use record::{checksum, push_record, read_record};
+use state_file::{read_state, Damaged, MAGIC};
+pub use write::JournalMode;
+use write::{align_down, align_up, open_journal, write_direct, write_synced, Scratch};
+
+use revmesh_protocol::codec::{encode_state_image, PersistedState};
+use revmesh_protocol::frame::BatchView;
 use revmesh_protocol::set::TableImage;
-use revmesh_protocol::RevocationSet;
 use revmesh_protocol::{Entry, LogId};
 use revmesh_runtime::Clock;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// State file with the set as a bincode snapshot (read only; written by earlier versions).
-const MAGIC_V1: &[u8; 8] = b"RVMSTAT1";
-/// State file with the `jti` table as laid out in memory (PROTOCOL.md §6).
-const MAGIC: &[u8; 8] = b"RVMSTAT2";
 /// Journal size that triggers a new snapshot.
 const JOURNAL_LIMIT: u64 = 8 << 20;
 /// Zeros written ahead of the journal's records whenever it must grow. An fdatasync after a
@@ -34,36 +39,6 @@ const JOURNAL_LIMIT: u64 = 8 << 20;
 /// file system metadata, at about twice the CPU and latency. The journal grows in these steps,
 /// so most acks cost the cheap kind.
 const JOURNAL_STEP: usize = 256 << 10;
-/// Largest journal record accepted when reading.
-const MAX_RECORD: u32 = 2 << 20;
-/// Alignment of direct writes: offset, length and buffer address. 4 KiB covers devices with
-/// 512-byte and 4 KiB logical blocks; a file system that needs more refuses the write
-/// (`EINVAL`) and the journal falls back to buffered writes.
-const ALIGN: usize = 4096;
-
-/// The persistence layer's failures.
-#[derive(Debug, thiserror::Error)]
-pub enum PersistError {
-    /// File system error.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// Encoding failed.
-    #[error("encoding state: {0}")]
-    Encode(String),
-    /// The files were closed after an error that a retry on the same files cannot outlive
-    /// (a file system turned read-only or failing); only a snapshot reopens them.
-    #[error("{}: closed after an I/O error; reopened by the next snapshot", dir.display())]
-    Closed {
-        /// The data dir.
-        dir: PathBuf,
-    },
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
     move |source| PersistError::Io { path: path.to_owned(), source }
 }
@@ -103,100 +78,6 @@ struct Files {
 /// Opens `<data-dir>/heard` for rewriting in place.
 fn open_heard(dir: &Path) -> std::io::Result<File> {
     OpenOptions::new().write(true).create(true).truncate(false).open(dir.join("heard"))
-}
-
-/// How the journal is opened for writing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JournalMode {
-    /// `O_DIRECT | O_DSYNC` where the file system takes it, else buffered.
-    Direct,
-    /// `pwrite` + `fdatasync` through the page cache.
-    Buffered,
-}
-
-/// Opens the journal for writing: direct and synchronous when asked and the file system takes
-/// it, buffered otherwise. Returns whether it is direct.
-fn open_journal(path: &Path, mode: JournalMode) -> std::io::Result<(File, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if mode == JournalMode::Direct {
-        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_DSYNC).open(path) {
-            Ok(f) => return Ok((f, true)),
-            // EINVAL: the file system does not do direct I/O.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((OpenOptions::new().read(true).write(true).open(path)?, false))
-}
-
-/// The buffer direct writes are assembled in, its slices aligned to [`ALIGN`] as direct I/O
-/// needs. It keeps the allocation of an ordinary write (a block or two) for the next one; a
-/// larger one (a catch-up's group, a growth step) is given back after its write.
-#[derive(Debug, Default)]
-struct Scratch {
-    bytes: Vec<u8>,
-}
-
-/// Largest scratch allocation kept between writes.
-const SCRATCH_KEEP: usize = 64 << 10;
-
-impl Scratch {
-    /// An aligned slice of `len` bytes (a multiple of [`ALIGN`]) holding `parts` one after the
-    /// other, then zeros. `None` when the allocator's address cannot be aligned (it always can
-    /// in practice).
-    fn assemble(&mut self, len: usize, parts: &[&[u8]]) -> Option<&[u8]> {
-        if self.bytes.len() < len + ALIGN {
-            self.bytes = vec![0; len + ALIGN];
-        }
-        let start = self.bytes.as_ptr().align_offset(ALIGN);
-        let b = self.bytes.get_mut(start..start + len)?;
-        let mut at = 0;
-        for p in parts {
-            b.get_mut(at..at + p.len())?.copy_from_slice(p);
-            at += p.len();
-        }
-        b.get_mut(at..)?.fill(0);
-        self.bytes.get(start..start + len)
-    }
-
-    /// Gives a large allocation back.
-    fn trim(&mut self) {
-        if self.bytes.len() > SCRATCH_KEEP + ALIGN {
-            self.bytes = Vec::new();
-        }
-    }
-}
-
-/// Writes whole aligned blocks with a direct, synchronous handle. A short write is continued
-/// from the last whole block it covered: those bytes are rewritten with the same content.
-fn write_direct(f: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0usize;
-    while done < buf.len() {
-        match f.write_at(&buf[done..], at + done as u64) {
-            Ok(n) => {
-                let next = (done + n) / ALIGN * ALIGN;
-                if next == done {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        "direct write wrote less than a block",
-                    ));
-                }
-                done = next;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn align_down(n: u64) -> u64 {
-    n / ALIGN as u64 * ALIGN as u64
-}
-
-fn align_up(n: u64) -> u64 {
-    n.div_ceil(ALIGN as u64) * ALIGN as u64
 }
 
 /// Opens and locks `dir/lock`; `create` only when the data dir is opened at start (a reopened
@@ -240,43 +121,6 @@ pub struct Recovered {
     pub heard_ms: Option<u64>,
     /// Problems found (and repaired) while loading, for the log.
     pub warnings: Vec<String>,
-}
-
-/// One applied batch, encoded as the body of a journal record (PROTOCOL.md §6), with what the
-/// link needs to know of it.
-#[derive(Debug, Clone)]
-pub struct JournalBatch {
-    /// Its last seq.
-    pub to_seq: u64,
-    /// How many entries it holds.
-    pub entries: usize,
-    body: Vec<u8>,
-}
-
-impl JournalBatch {
-    /// Encodes a batch, typically borrowed from the frame it arrived in.
-    pub fn encode(batch: &BatchView<'_>) -> Result<Self, PersistError> {
-        let body = encode_batch_view(batch).map_err(|e| PersistError::Encode(e.to_string()))?;
-        Ok(Self { to_seq: batch.to_seq, entries: batch.entries.len(), body })
-    }
-}
-
-/// Appends one journal record: length, checksum, encoded batch (PROTOCOL.md §6).
-fn push_record(buf: &mut Vec<u8>, batch: &JournalBatch) {
-    buf.extend_from_slice(&(batch.body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&checksum(&batch.body).to_le_bytes());
-    buf.extend_from_slice(&batch.body);
-}
-
-/// Writes `buf` at `at` and flushes the data (not the metadata) to the disk.
-fn write_synced(f: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    f.write_all_at(buf, at)?;
-    f.sync_data()
-}
-
-fn checksum(b: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(b)
 }
 
 impl Persist {
@@ -388,7 +232,7 @@ impl Persist {
     /// commit: batches that arrived while the previous write was running). Returns true when
     /// the journal should be compacted.
     pub fn append_all(&mut self, batches: &[JournalBatch]) -> Result<bool, PersistError> {
-        let mut buf = Vec::with_capacity(batches.iter().map(|b| b.body.len() + 12).sum());
+        let mut buf = Vec::with_capacity(batches.iter().map(JournalBatch::record_len).sum());
         for b in batches {
             push_record(&mut buf, b);
         }
@@ -587,79 +431,10 @@ impl Persist {
     }
 }
 
-/// A state file that fails its checksum, does not decode, or holds a table that breaks its
-/// invariant.
-struct Damaged;
-
-/// Reads a state file of either version: the set and where it stands; `Ok(None)` when there
-/// is none. A version 2 file is parsed into its table as it is read (one pass, no second copy
-/// of the file), its checksum computed on the way and checked before anything is used.
-fn read_state(path: &Path) -> std::io::Result<Result<Option<(RevocationSet, PersistedState)>, Damaged>> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(None)),
-        Err(e) => return Err(e),
-    };
-    let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
-    let mut head = [0u8; 16];
-    if len < 16 || f.read_exact(&mut head).is_err() {
-        return Ok(Err(Damaged));
-    }
-    let (magic, sum) = head.split_at(8);
-    if magic == MAGIC_V1 {
-        let mut body = Vec::new();
-        f.read_to_end(&mut body)?;
-        if sum != checksum(&body).to_le_bytes() {
-            return Ok(Err(Damaged));
-        }
-        let Ok(mut state) = decode_state(&body) else { return Ok(Err(Damaged)) };
-        return Ok(Ok(Some((RevocationSet::restore(std::mem::take(&mut state.set)), state))));
-    }
-    if magic != MAGIC {
-        return Ok(Err(Damaged));
-    }
-    let mut decoder = StateImageDecoder::new(len - 16);
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        if decoder.feed(&buf[..n]).is_err() {
-            return Ok(Err(Damaged));
-        }
-    }
-    if sum != hasher.digest().to_le_bytes() {
-        return Ok(Err(Damaged));
-    }
-    let Ok((mut state, table)) = decoder.finish() else { return Ok(Err(Damaged)) };
-    match RevocationSet::from_image(std::mem::take(&mut state.set), table) {
-        Ok(set) => Ok(Ok(Some((set, state)))),
-        Err(_) => Ok(Err(Damaged)),
-    }
-}
-
-fn read_record(bytes: &[u8], pos: usize) -> Option<(Batch, usize)> {
-    let head = bytes.get(pos..pos + 12)?;
-    let len = u32::from_le_bytes(head[..4].try_into().ok()?);
-    if len > MAX_RECORD {
-        return None;
-    }
-    let sum = u64::from_le_bytes(head[4..12].try_into().ok()?);
-    let body = bytes.get(pos + 12..pos + 12 + len as usize)?;
-    if checksum(body) != sum {
-        return None;
-    }
-    match decode(body) {
-        Ok(Frame::Batch(b)) => Some((b, pos + 12 + len as usize)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::state_file::MAGIC_V1;
+    use super::write::ALIGN;
     use super::*;
     use revmesh_protocol::{Revocation, RevocationSet, TokenRef};
 
