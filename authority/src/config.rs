@@ -41,7 +41,7 @@ pub enum Command {
 }
 
 /// Raw `serve` settings. Every field is optional here; defaults and validation come in [`Config::build`].
-#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[derive(Debug, Default, Clone, Args, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ServeArgs {
     /// TOML file with any of these settings as keys (flags and env win over it).
@@ -427,85 +427,43 @@ impl TokenKeySettings {
 
 pub use revmesh_runtime::config::{ConfigError, ConfigErrors};
 
-macro_rules! merge_fields {
-    ($cli:expr, $file:expr, $($f:ident),*) => {
-        ServeArgs {
-            config: $cli.config.clone(),
-            oidc_provider: Vec::new(),
-            oidc_audience: Vec::new(),
-            token_public_key_file: if $cli.token_public_key_file.is_empty() {
-                $file.token_public_key_file.clone()
-            } else {
-                $cli.token_public_key_file.clone()
-            },
-            $($f: $cli.$f.clone().or($file.$f.clone())),*
-        }
-    };
-}
-
 impl ServeArgs {
     /// Flags and env (already merged by clap) over the TOML file, if any.
     pub fn with_file(self) -> Result<ServeArgs, Vec<ConfigError>> {
-        let Some(path) = &self.config else { return Ok(self) };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigError { field: "config", message: format!("{}: {e}", path.display()) }]
-        })?;
-        let file: ServeArgs = toml::from_str(&text).map_err(|e| {
-            vec![ConfigError { field: "config", message: format!("{}: {e}", path.display()) }]
-        })?;
-        let file_lists = (file.oidc_provider.clone(), file.oidc_audience.clone());
-        Ok(merge_fields!(
-            self,
-            file,
-            data_dir,
-            store,
-            store_timeout,
-            agent_listen,
-            admin_listen,
-            admin_token_file,
-            agent_token_file,
-            max_token_ttl,
-            ack_timeout,
-            heartbeat,
-            max_agents,
-            max_admin_connections,
-            admin_header_timeout,
-            admin_body_timeout,
-            admin_idle_timeout,
-            handshake_timeout,
-            max_pending_per_agent,
-            max_catchups,
-            retain_entries,
-            compact_interval,
-            tls_cert,
-            tls_key,
-            client_ca,
-            log,
-            log_format,
-            oidc_jwks_refresh,
-            oidc_max_age,
-            leeway,
-            jwks_min_refresh,
-            jwks_ca_file,
-            token_hs256_secret_file,
-            token_jwks
-        ))
-        .map(|mut merged| {
-            for (cli, file) in [
-                (&mut merged.oidc_provider, &self.oidc_provider),
-                (&mut merged.oidc_audience, &self.oidc_audience),
-            ] {
-                *cli = file.clone();
-            }
-            if merged.oidc_provider.is_empty() {
-                merged.oidc_provider = file_lists.0;
-            }
-            if merged.oidc_audience.is_empty() {
-                merged.oidc_audience = file_lists.1;
-            }
-            merged
-        })
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let err = |message: String| vec![ConfigError { field: "config", message }];
+        let text = std::fs::read_to_string(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let file: ServeArgs = toml::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let mut merged = overlay(&self, file).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        merged.config = Some(path);
+        Ok(merged)
     }
+}
+
+/// `given` (flags and environment) over `file`: a setting given a value (a scalar, or a list
+/// with at least one element) replaces the file's; every other comes from the file. One rule
+/// for every field, applied through their serde forms, so a new flag needs no edit here.
+fn overlay(given: &ServeArgs, file: ServeArgs) -> Result<ServeArgs, String> {
+    use serde_json::Value;
+    let fields = |a: &ServeArgs| match serde_json::to_value(a) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("settings are not a table".to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut merged = fields(&file)?;
+    for (name, value) in fields(given)? {
+        let set = match &value {
+            Value::Null => false,
+            Value::Array(items) => !items.is_empty(),
+            _ => true,
+        };
+        if set {
+            merged.insert(name, value);
+        }
+    }
+    // Unset is absent in the file's form (TOML has no null).
+    merged.retain(|_, v| !v.is_null());
+    serde_json::from_value(Value::Object(merged)).map_err(|e| e.to_string())
 }
 
 /// `--oidc-provider ISSUER=JWKS …` and the flags that go with it.
@@ -757,6 +715,49 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Flags and environment win where they give a value; the file fills in the rest, lists
+    /// included (a non-empty list on the command line replaces the file's).
+    #[test]
+    fn given_settings_replace_the_files_and_the_rest_come_from_it() {
+        let file: ServeArgs = toml::from_str(
+            r#"
+            data-dir = "/from/file"
+            max-agents = 10
+            heartbeat = "9s"
+            oidc-provider = ["https://a=/a.json"]
+            oidc-audience = "aud-file"
+            "#,
+        )
+        .unwrap();
+        let given = ServeArgs {
+            max_agents: Some("20".into()),
+            oidc_audience: vec!["aud-flag".into()],
+            ..Default::default()
+        };
+        let m = overlay(&given, file).unwrap();
+        assert_eq!(m.data_dir.as_deref(), Some("/from/file"));
+        assert_eq!(m.max_agents.as_deref(), Some("20"));
+        assert_eq!(m.heartbeat.as_deref(), Some("9s"));
+        assert_eq!(m.oidc_provider, vec!["https://a=/a.json".to_owned()]);
+        assert_eq!(m.oidc_audience, vec!["aud-flag".to_owned()]);
+    }
+
+    /// Every setting takes part in the overlay: one given on the command line survives it,
+    /// whatever its name (the old hand-kept list of fields could miss a new flag).
+    #[test]
+    fn every_setting_takes_part_in_the_overlay() {
+        let serde_json::Value::Object(names) = serde_json::to_value(ServeArgs::default()).unwrap() else {
+            panic!("settings are a table")
+        };
+        for (name, empty) in names {
+            let value = if empty.is_array() { serde_json::json!(["x"]) } else { serde_json::json!("x") };
+            let given: ServeArgs = serde_json::from_value(serde_json::json!({ name.clone(): value.clone() }))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let merged = serde_json::to_value(overlay(&given, ServeArgs::default()).unwrap()).unwrap();
+            assert_eq!(merged[&name], value, "{name}");
+        }
+    }
 
     #[test]
     fn every_bad_field_is_reported() {
