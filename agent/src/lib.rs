@@ -5,11 +5,11 @@ pub mod config;
 pub mod decide;
 pub mod front;
 pub mod jwt;
-pub mod keyring;
+pub(crate) mod keyring;
 pub mod link;
 pub mod metrics;
 pub mod persist;
-pub mod server;
+pub(crate) mod server;
 pub mod state;
 
 use anyhow::Context;
