@@ -71,7 +71,14 @@ pub async fn http_checks(
             let before = cpu_ticks(pid)?;
             let sequential = sequential(http, &request, n).await?;
             let agent_cpu_us = ticks_to_us(cpu_ticks(pid)? - before) / (n + n / 10) as f64;
-            let throughput_32 = throughput(http, &request, 32, dur).await?;
+            fn one_response<'a>(
+                r: &'a mut BufReader<tokio::net::unix::OwnedReadHalf>,
+                buf: &'a mut String,
+            ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+                Box::pin(async move { response(r, buf).await.map(drop) })
+            }
+            let throughput_32 =
+                crate::scenarios::throughput_with(http, request.as_bytes(), 32, dur, one_response).await?;
             out.push(HttpChecks { build: format!("{name}{round}"), sequential, throughput_32, agent_cpu_us });
         }
     }
@@ -119,29 +126,4 @@ async fn sequential(socket: &Path, request: &str, n: usize) -> anyhow::Result<Su
         }
     }
     Ok(summarize(lat))
-}
-
-async fn throughput(socket: &Path, request: &str, conns: usize, dur: Duration) -> anyhow::Result<f64> {
-    let stop = Instant::now() + dur;
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (socket, request) = (socket.to_owned(), request.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let (r, mut w) = UnixStream::connect(&socket).await?.into_split();
-            let mut r = BufReader::new(r);
-            let mut line = String::new();
-            let mut n = 0u64;
-            while Instant::now() < stop {
-                w.write_all(request.as_bytes()).await?;
-                response(&mut r, &mut line).await?;
-                n += 1;
-            }
-            anyhow::Ok(n)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / dur.as_secs_f64())
 }

@@ -2,6 +2,7 @@
 
 use crate::procs::AuthorityProc;
 use crate::util::{summarize, Summary};
+use futures::future::BoxFuture;
 use revmesh_agent::link::{self, LinkSettings};
 use revmesh_agent::state::AgentState;
 use revmesh_protocol::RevocationSet;
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
@@ -266,27 +268,31 @@ pub(crate) async fn sequential_with(
     Ok(summarize(lat))
 }
 
-pub(crate) async fn throughput(
+/// Reads one answer from a connection of [`throughput_with`] (`buf` is scratch space).
+pub(crate) type ReadAnswer =
+    for<'a> fn(&'a mut BufReader<OwnedReadHalf>, &'a mut String) -> BoxFuture<'a, anyhow::Result<()>>;
+
+/// Requests per second over `conns` connections to `socket` for `dur`, each connection sending
+/// `request` and reading its answer with `read`, one at a time.
+pub(crate) async fn throughput_with(
     socket: &Path,
-    line: &str,
+    request: &[u8],
     conns: usize,
     dur: Duration,
+    read: ReadAnswer,
 ) -> anyhow::Result<f64> {
     let stop = Instant::now() + dur;
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let socket = socket.to_owned();
-        let req = format!("{line}\n");
+        let (socket, request) = (socket.to_owned(), request.to_owned());
         tasks.push(tokio::spawn(async move {
-            let s = UnixStream::connect(&socket).await?;
-            let (r, mut w) = s.into_split();
+            let (r, mut w) = UnixStream::connect(&socket).await?.into_split();
             let mut r = BufReader::new(r);
-            let mut answer = String::new();
+            let mut buf = String::new();
             let mut n = 0u64;
             while Instant::now() < stop {
-                w.write_all(req.as_bytes()).await?;
-                answer.clear();
-                r.read_line(&mut answer).await?;
+                w.write_all(&request).await?;
+                read(&mut r, &mut buf).await?;
                 n += 1;
             }
             anyhow::Ok(n)
@@ -297,4 +303,24 @@ pub(crate) async fn throughput(
         total += t.await??;
     }
     Ok(total as f64 / dur.as_secs_f64())
+}
+
+/// [`throughput_with`] for the line protocol: `line` and its one-line answer.
+pub(crate) async fn throughput(
+    socket: &Path,
+    line: &str,
+    conns: usize,
+    dur: Duration,
+) -> anyhow::Result<f64> {
+    fn one_line<'a>(
+        r: &'a mut BufReader<OwnedReadHalf>,
+        buf: &'a mut String,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            buf.clear();
+            r.read_line(buf).await?;
+            Ok(())
+        })
+    }
+    throughput_with(socket, format!("{line}\n").as_bytes(), conns, dur, one_line).await
 }

@@ -11,7 +11,7 @@ mod redis;
 mod storm;
 
 pub(crate) use checks::{checks, echo_server, Checks};
-pub(crate) use common::{post_backlog, sequential, sequential_with, Fleet};
+pub(crate) use common::{post_backlog, sequential, sequential_with, throughput_with, Fleet};
 pub(crate) use ha::ha;
 pub(crate) use ingest::ingest;
 pub(crate) use memory::{memory_probe, set_memory};

@@ -1,6 +1,7 @@
 //! Redis as a yardstick: `GET` over a Unix socket and pub/sub fan-out, on a private server.
 
 use super::checks::Checks;
+use super::common::throughput_with;
 use crate::util::{free_port, resp, summarize, wait_until, Summary};
 use anyhow::Context;
 use serde::Serialize;
@@ -123,29 +124,13 @@ async fn redis_sequential(sock: &Path, req: &[u8], n: usize) -> anyhow::Result<S
 }
 
 async fn redis_throughput(sock: &Path, req: &[u8], conns: usize, dur: Duration) -> anyhow::Result<f64> {
-    let stop = Instant::now() + dur;
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (sock, req) = (sock.to_owned(), req.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let s = UnixStream::connect(&sock).await?;
-            let (r, mut w) = s.into_split();
-            let mut r = BufReader::new(r);
-            let mut buf = String::new();
-            let mut n = 0u64;
-            while Instant::now() < stop {
-                w.write_all(&req).await?;
-                redis_line(&mut r, &mut buf).await?;
-                n += 1;
-            }
-            anyhow::Ok(n)
-        }));
+    fn reply<'a>(
+        r: &'a mut BufReader<tokio::net::unix::OwnedReadHalf>,
+        buf: &'a mut String,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(redis_line(r, buf))
     }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / dur.as_secs_f64())
+    throughput_with(sock, req, conns, dur, reply).await
 }
 
 /// PUBLISH to `subs` TCP subscribers; per message, time until the last subscriber has it.
