@@ -11,7 +11,8 @@ const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 fn io(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Redb(Box::new(e.into()))
+    let e: redb::Error = e.into();
+    StoreError::Backend { backend: "store", message: e.to_string(), source: Box::new(e) }
 }
 
 /// The embedded store: one redb file under the data directory.
@@ -76,7 +77,7 @@ impl RedbStore {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         let db = guard.as_ref().ok_or(StoreError::Unavailable("closed after an I/O error; reopening"))?;
         let r = f(db);
-        if let Err(StoreError::Redb(e)) = &r {
+        if let Err(e @ StoreError::Backend { .. }) = &r {
             if !self.broken.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 tracing::error!(error = %e, "store I/O error; it will be reopened once it works again");
             }

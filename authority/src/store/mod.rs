@@ -60,12 +60,22 @@ pub struct Loaded {
     pub entries: Vec<Entry>,
 }
 
-/// Storage failures.
+/// Storage failures, the same for every backend: callers tell "unreachable", "too slow" and
+/// "damaged" apart, never which database said it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The embedded database failed to open, read or write.
-    #[error("store: {0}")]
-    Redb(#[source] Box<redb::Error>),
+    /// The backend failed an operation: the embedded database's I/O, or an error PostgreSQL
+    /// answered or its connection gave. `backend` names it in what operators read.
+    #[error("{backend}: {message}")]
+    Backend {
+        /// `store` (embedded) or `postgres`.
+        backend: &'static str,
+        /// What happened, as operators read it (for PostgreSQL: the SQLSTATE and its message).
+        message: String,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The data directory could not be created.
     #[error("{}: {source}", path.display())]
     Dir {
@@ -75,9 +85,6 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// PostgreSQL refused or failed an operation.
-    #[error("postgres: {}", describe(.0))]
-    Postgres(#[from] tokio_postgres::Error),
     /// The store did not answer within the store timeout.
     #[error("store did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -261,15 +268,6 @@ pub(crate) fn unrecord(seq: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
         return Err(corrupt(format!("record holds seq {}", entry.seq)));
     }
     Ok(entry)
-}
-
-/// A PostgreSQL error as operators read it: the SQLSTATE and the server's message when the
-/// server answered, the client's description otherwise.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{}: {}", d.code().code(), d.message()),
-        None => e.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -55,7 +55,16 @@ CREATE TABLE IF NOT EXISTS revmesh_agents (
 ";
 
 fn db(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(e)
+    StoreError::Backend { backend: "postgres", message: describe(&e), source: Box::new(e) }
+}
+
+/// A PostgreSQL error as operators read it: the SQLSTATE and the server's message when the
+/// server answered, the client's description otherwise.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
 }
 
 /// A pooled client for one database, shared by every task of this replica.
