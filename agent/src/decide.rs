@@ -23,24 +23,48 @@ pub enum Request<'a> {
 }
 
 /// The token a proxied request presents: `Authorization: Bearer …` (scheme matched without
-/// regard to case, RFC 7235), or else the cookie `cookie_name` from the `Cookie` header.
+/// regard to case, RFC 7235), or else the cookie `cookie_name` from the `Cookie` fields. Every
+/// front end that reads proxied headers (HTTP, gRPC ext_authz) asks this one rule, so a request
+/// has one reading of its token on every door: the token cookie once at most, across all
+/// `Cookie` fields, and a bearer token and a token cookie only when they are the same token.
+/// Otherwise the agent would check one token while the application acts on the other.
 pub fn presented_token<'a>(
     authorization: Option<&'a str>,
-    cookie_header: Option<&'a str>,
+    cookie_fields: impl IntoIterator<Item = &'a str>,
     cookie_name: Option<&str>,
-) -> Option<&'a str> {
+) -> Result<Option<&'a str>, TwoTokens> {
     let bearer = authorization.and_then(|v| {
         let v = v.trim();
         let (scheme, token) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
     });
-    bearer.or_else(|| {
-        let name = cookie_name?;
-        cookie_header?.split(';').find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then(|| v.trim_matches('"')).filter(|v| !v.is_empty())
-        })
-    })
+    let Some(name) = cookie_name else { return Ok(bearer) };
+    let mut cookie = None;
+    for field in cookie_fields {
+        for pair in field.split(';') {
+            let Some((k, v)) = pair.trim().split_once('=') else { continue };
+            if k == name && cookie.replace(v).is_some() {
+                return Err(TwoTokens::DuplicateCookie);
+            }
+        }
+    }
+    let cookie = cookie.map(|v| v.trim_matches('"')).filter(|v| !v.is_empty());
+    match (bearer, cookie) {
+        (Some(b), Some(c)) if b != c => Err(TwoTokens::Conflicting),
+        (Some(b), _) => Ok(Some(b)),
+        (None, c) => Ok(c),
+    }
+}
+
+/// Why a request's token has more than one reading (the request is refused, never checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TwoTokens {
+    /// The token cookie appears more than once (in one `Cookie` field or across several).
+    #[error("the token cookie appears more than once")]
+    DuplicateCookie,
+    /// A bearer token and the token cookie that differ.
+    #[error("the bearer token and the token cookie differ")]
+    Conflicting,
 }
 
 /// The answer to a [`Request`], before a front end renders it.
@@ -217,18 +241,35 @@ impl Checker {
 
 #[cfg(test)]
 mod tests {
-    use super::presented_token;
+    use super::{presented_token, TwoTokens};
 
     #[test]
     fn tokens_come_from_the_bearer_header_or_else_the_named_cookie() {
-        assert_eq!(presented_token(Some("Bearer a.b.c"), None, None), Some("a.b.c"));
-        assert_eq!(presented_token(Some("bearer  a.b.c "), None, None), Some("a.b.c"));
-        assert_eq!(presented_token(Some("Basic dXNlcg=="), None, None), None);
-        let cookies = Some("theme=dark; session=x.y.z; other=1");
-        assert_eq!(presented_token(None, cookies, Some("session")), Some("x.y.z"));
-        assert_eq!(presented_token(Some("Bearer a.b.c"), cookies, Some("session")), Some("a.b.c"));
-        assert_eq!(presented_token(None, cookies, None), None, "cookies only when configured");
-        assert_eq!(presented_token(None, cookies, Some("sess")), None);
-        assert_eq!(presented_token(None, Some("session="), Some("session")), None);
+        let none: [&str; 0] = [];
+        assert_eq!(presented_token(Some("Bearer a.b.c"), none, None), Ok(Some("a.b.c")));
+        assert_eq!(presented_token(Some("bearer  a.b.c "), none, None), Ok(Some("a.b.c")));
+        assert_eq!(presented_token(Some("Basic dXNlcg=="), none, None), Ok(None));
+        let cookies = ["theme=dark; session=x.y.z; other=1"];
+        assert_eq!(presented_token(None, cookies, Some("session")), Ok(Some("x.y.z")));
+        assert_eq!(presented_token(Some("Bearer x.y.z"), cookies, Some("session")), Ok(Some("x.y.z")));
+        assert_eq!(presented_token(None, cookies, None), Ok(None), "cookies only when configured");
+        assert_eq!(presented_token(None, cookies, Some("sess")), Ok(None));
+        assert_eq!(presented_token(None, ["session="], Some("session")), Ok(None));
+    }
+
+    /// One reading or none: the old rule took the bearer over a different cookie and the first
+    /// of two token cookies, so the agent could check one token while the application used the
+    /// other.
+    #[test]
+    fn a_token_with_two_readings_is_refused() {
+        let two = ["session=x.y.z; session=a.b.c"];
+        assert_eq!(presented_token(None, two, Some("session")), Err(TwoTokens::DuplicateCookie));
+        let across = ["session=x.y.z", "session=a.b.c"];
+        assert_eq!(presented_token(None, across, Some("session")), Err(TwoTokens::DuplicateCookie));
+        let other = ["session=x.y.z"];
+        assert_eq!(
+            presented_token(Some("Bearer a.b.c"), other, Some("session")),
+            Err(TwoTokens::Conflicting)
+        );
     }
 }

@@ -92,7 +92,8 @@ pub fn response(v: &Verdict) -> CheckResponse {
 }
 
 /// The token of a checked request (`Ok(None)`: it presents none), or `Err` for a request
-/// Envoy never sends (no HTTP attributes).
+/// Envoy never sends (no HTTP attributes) and for one whose token has two readings (see
+/// [`presented_token`]): an error status, which Envoy answers with a denial.
 pub fn request_token<'a>(
     request: &'a CheckRequest,
     token_cookie: Option<&str>,
@@ -100,11 +101,12 @@ pub fn request_token<'a>(
     let headers = request
         .get_client_headers()
         .ok_or_else(|| Status::invalid_argument("attributes.request.http is missing"))?;
-    Ok(presented_token(
+    presented_token(
         headers.get("authorization").map(String::as_str),
         headers.get("cookie").map(String::as_str),
         token_cookie,
-    ))
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -164,5 +166,39 @@ async fn run<IO>(
         .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "ext_authz gRPC server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::auth::v3::{attribute_context, AttributeContext};
+
+    fn check(headers: &[(&str, &str)]) -> CheckRequest {
+        let http = attribute_context::HttpRequest {
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..Default::default()
+        };
+        let request = attribute_context::Request { http: Some(http), ..Default::default() };
+        CheckRequest { attributes: Some(AttributeContext { request: Some(request), ..Default::default() }) }
+    }
+
+    // The gRPC door took the bearer over a different token cookie, and the first of two token
+    // cookies (Envoy joins several `Cookie` headers with "; "): the same two readings the HTTP
+    // door refuses.
+    #[test]
+    fn a_token_with_two_readings_is_refused_on_the_grpc_door_too() {
+        let cookie = Some("session");
+        let one = check(&[("cookie", "theme=dark; session=a.b.c")]);
+        assert_eq!(request_token(&one, cookie).ok().flatten(), Some("a.b.c"));
+        for headers in [
+            vec![("cookie", "session=x.y.z; session=a.b.c")],
+            vec![("authorization", "Bearer x.y.z"), ("cookie", "session=a.b.c")],
+        ] {
+            let e = request_token(&check(&headers), cookie).expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{headers:?}");
+        }
+        let same = check(&[("authorization", "Bearer a.b.c"), ("cookie", "session=a.b.c")]);
+        assert_eq!(request_token(&same, cookie).ok().flatten(), Some("a.b.c"));
     }
 }

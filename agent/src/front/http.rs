@@ -9,7 +9,7 @@
 //! revocation check must be about the token the application will act on. [`render`] maps a
 //! [`Verdict`] to a status, headers and body; the decision is [`Checker::decide`]'s.
 
-use crate::decide::{presented_token, Checker, Request, Verdict};
+use crate::decide::{presented_token, Checker, Request, TwoTokens, Verdict};
 use crate::state::AgentState;
 use bytes::Bytes;
 use http::header::{
@@ -52,13 +52,9 @@ pub enum Refusal {
     /// small; one framing rule leaves nothing to disagree on.
     #[error("Transfer-Encoding is not accepted; frame the body with Content-Length")]
     TransferEncoding,
-    /// The token cookie appears more than once (in one `Cookie` field or across several).
-    #[error("the token cookie appears more than once")]
-    DuplicateCookie,
-    /// A bearer token and the token cookie that differ: which one the application uses is not
-    /// the agent's to guess.
-    #[error("the bearer token and the token cookie differ")]
-    ConflictingTokens,
+    /// The token itself has two readings (see [`presented_token`]).
+    #[error(transparent)]
+    Token(#[from] TwoTokens),
     /// An `Authorization` or `Cookie` field that is not visible ASCII.
     #[error("Authorization or Cookie holds bytes that are not visible ASCII")]
     NotText,
@@ -78,28 +74,12 @@ pub fn presented<'h>(headers: &'h HeaderMap, cookie_name: Option<&str>) -> Resul
     if headers.contains_key(TRANSFER_ENCODING) {
         return Err(Refusal::TransferEncoding);
     }
-    let bearer = presented_token(authorization, None, None);
-    let Some(name) = cookie_name else { return Ok(bearer) };
-    // Every `name=` pair across every Cookie field (RFC 6265 §5.4 allows one field, but
-    // HTTP/1.1 proxies may pass several): one value, or none.
-    let mut cookie = None;
-    for field in headers.get_all(COOKIE) {
-        let field = field.to_str().map_err(|_| Refusal::NotText)?;
-        for value in field.split(';').filter_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        }) {
-            if cookie.replace(value).is_some() {
-                return Err(Refusal::DuplicateCookie);
-            }
-        }
-    }
-    let cookie = cookie.map(|v| v.trim_matches('"')).filter(|v| !v.is_empty());
-    match (bearer, cookie) {
-        (Some(b), Some(c)) if b != c => Err(Refusal::ConflictingTokens),
-        (Some(b), _) => Ok(Some(b)),
-        (None, c) => Ok(c),
-    }
+    let cookies = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|field| field.to_str().map_err(|_| Refusal::NotText))
+        .collect::<Result<Vec<&str>, Refusal>>()?;
+    Ok(presented_token(authorization, cookies, cookie_name)?)
 }
 
 /// A response as hyper sends it.
