@@ -231,7 +231,7 @@ pub async fn run(
 /// the set current: an agent whose link died must not go on answering as if it were connected,
 /// so the link ending before shutdown — a panic included — stops the whole agent with an error.
 #[derive(Debug)]
-pub struct LinkThread {
+pub(crate) struct LinkThread {
     handle: std::thread::JoinHandle<()>,
     shutdown: CancellationToken,
 }
@@ -242,14 +242,11 @@ impl LinkThread {
         link: impl std::future::Future<Output = ()> + Send + 'static,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
-        let stop = shutdown.clone();
         let handle = std::thread::Builder::new().name("revmesh-link".into()).spawn(move || {
             match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
                 Ok(rt) => rt.block_on(link),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the link's runtime; stopping");
-                    stop.cancel();
-                }
+                // Returning without a shutdown is what `watch` reports as a failure.
+                Err(e) => tracing::error!(error = %e, "cannot start the link's runtime"),
             }
         })?;
         Ok(Self { handle, shutdown })

@@ -43,6 +43,9 @@ pub enum ClientError {
     /// A header given for the request is not a valid field.
     #[error("invalid request header `{0}`")]
     Header(String),
+    /// The thread or runtime a blocking call runs on could not be started or failed.
+    #[error("the request's worker failed: {0}")]
+    Worker(String),
     /// hyper refused to send the request or to read the answer (a malformed answer, a
     /// connection closed before the body was complete).
     #[error("{0}")]
@@ -204,11 +207,11 @@ impl Client {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| ClientError::Connect("a runtime".into(), e))?;
+                    .map_err(|e| ClientError::Worker(e.to_string()))?;
                 rt.block_on(self.send(method, url, headers, body))
             })
             .join()
-            .unwrap_or_else(|_| Err(ClientError::Timeout(self.timeout)))
+            .unwrap_or_else(|_| Err(ClientError::Worker("it panicked".into())))
         })
     }
 }

@@ -9,7 +9,7 @@
 //! - `reader`: the bounded read the line protocol uses (idle timeout, shutdown).
 
 pub mod grpc;
-pub mod http;
+pub(crate) mod http;
 pub mod lines;
 pub(crate) mod reader;
 
