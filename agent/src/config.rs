@@ -191,6 +191,12 @@ pub struct RunArgs {
     #[arg(long, env = "REVMESH_MAX_TOKEN_BYTES")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub max_token_bytes: Option<String>,
+    /// Longest token lifetime accepted (exp − iat, or exp − now without iat); a longer one is
+    /// `INVALID reason=lifetime`. The authority's own, learned on connect, applies when shorter
+    /// [default: 24h].
+    #[arg(long, env = "REVMESH_MAX_TOKEN_TTL")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub max_token_ttl: Option<String>,
     /// Time without hearing from an authority before answers become stale [default: 30s].
     #[arg(long, env = "REVMESH_MAX_STALENESS")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
@@ -283,6 +289,8 @@ pub struct Config {
     pub rules: crate::jwt::Rules,
     /// Staleness bound.
     pub max_staleness: Duration,
+    /// `--max-token-ttl`: the longest token lifetime accepted (the authority's applies when shorter).
+    pub max_token_ttl: Duration,
     /// Stale policy.
     pub on_stale: OnStale,
     /// Peer uid allow list (empty: any).
@@ -349,7 +357,7 @@ impl RunArgs {
         Ok(merge!(self, file;
             opt: id, ca_file, tls_cert, tls_key, token_file, data_dir, socket, http_socket, http_listen, token_cookie,
                  grpc_socket, grpc_listen, jwks_ca_file, jwks_refresh, jwks_min_refresh, socket_group, socket_mode, metrics_listen, hs256_secret_file, jwks_file,
-                 issuer, audience, leeway, max_token_bytes, max_staleness, on_stale, max_clients,
+                 issuer, audience, leeway, max_token_bytes, max_token_ttl, max_staleness, on_stale, max_clients,
                  client_idle_timeout, applied_fsync_delay, log, log_format;
             vec: authority, public_key_file, allow_uid, jwks_url))
     }
@@ -522,6 +530,10 @@ impl Config {
             push("leeway", format!("must be at most {}s", revmesh_protocol::model::EXPIRY_GRACE_SECS));
         }
         let max_staleness = dur("max-staleness", &raw.max_staleness, Duration::from_secs(30), &mut push);
+        let max_token_ttl = dur("max-token-ttl", &raw.max_token_ttl, Duration::from_secs(86_400), &mut push);
+        if max_token_ttl.is_zero() {
+            push("max-token-ttl", "must be at least 1s".into());
+        }
         let client_idle_timeout =
             dur("client-idle-timeout", &raw.client_idle_timeout, Duration::from_secs(300), &mut push);
         let applied_fsync_delay =
@@ -593,6 +605,7 @@ impl Config {
                 max_token_bytes,
             },
             max_staleness,
+            max_token_ttl,
             on_stale,
             allow_uid,
             max_clients,

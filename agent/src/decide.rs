@@ -223,6 +223,9 @@ impl Checker {
                 }
                 Verdict::Invalid(e)
             }
+            // Revocations of subjects and sessions lapse `--max-token-ttl` after they were made:
+            // a token living longer could outlive its revocation.
+            Ok(v) if self.state.outlives_revocations(v.iat, v.exp) => Verdict::Invalid(Invalid::Lifetime),
             Ok(v) => {
                 let t = TokenRef {
                     jti: v.jti.as_deref(),

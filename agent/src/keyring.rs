@@ -65,6 +65,7 @@ impl KeyRing {
             let (files, urls) = self.counts();
             m.keys.with_label_values(&["file"]).set(files as i64);
             m.keys.with_label_values(&["url"]).set(urls as i64);
+            m.set_configured_kids(self.composed.load().kids().map(str::to_owned).collect());
         }
     }
 

@@ -134,7 +134,8 @@ pub async fn run(
             cfg.on_stale == OnStale::Open,
             metrics,
         )
-        .with_clock(clock),
+        .with_clock(clock)
+        .with_max_token_ttl(cfg.max_token_ttl),
     );
     tracing::info!(applied, log_id = ?log_id, ms = state.clock().mono().saturating_duration_since(loading).as_millis() as u64, "state loaded");
     let line_listener = server::bind_socket(&cfg.socket, cfg.socket_access)?;

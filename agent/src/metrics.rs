@@ -42,12 +42,27 @@ pub struct Metrics {
     pub jwks_fetches_total: IntCounter,
     /// `revmesh_agent_jwks_fetch_errors_total`: JWKS URL fetches that failed (last good keys kept).
     pub jwks_fetch_errors_total: IntCounter,
+    /// `revmesh_agent_revoked_keys_configured`: keys the agent verifies with whose `kid` a
+    /// `key` revocation names: remove them from the key sets (refreshed on scrape).
+    pub revoked_keys_configured: IntGauge,
+    /// The `kid`s of the keys in use, as the key ring last composed them.
+    kids: std::sync::Arc<std::sync::RwLock<std::sync::Arc<Vec<String>>>>,
 }
 
 /// Verdict labels, pre-created so dashboards see zeros.
 pub const VERDICTS: [&str; 6] = ["ok", "revoked", "invalid", "stale", "err", "pong"];
 
 impl Metrics {
+    /// Records the `kid`s of the keys in use (the key ring, on every recomposition).
+    pub fn set_configured_kids(&self, kids: Vec<String>) {
+        *self.kids.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(kids);
+    }
+
+    /// The `kid`s of the keys in use.
+    pub fn configured_kids(&self) -> std::sync::Arc<Vec<String>> {
+        self.kids.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
@@ -108,6 +123,11 @@ impl Metrics {
                 "revmesh_agent_jwks_fetch_errors_total",
                 "JWKS URL fetches that failed; the last good keys stay in force",
             )?,
+            revoked_keys_configured: IntGauge::new(
+                "revmesh_agent_revoked_keys_configured",
+                "Verification keys in use whose kid a key revocation names (tokens they sign are refused; remove them)",
+            )?,
+            kids: Default::default(),
             persist_ok: IntGauge::new(
                 "revmesh_agent_persist_ok",
                 "1 when everything applied is persisted; 0 while writes fail (nothing beyond them is acknowledged)",
@@ -130,6 +150,7 @@ impl Metrics {
         r.register(Box::new(m.keys.clone()))?;
         r.register(Box::new(m.jwks_fetches_total.clone()))?;
         r.register(Box::new(m.jwks_fetch_errors_total.clone()))?;
+        r.register(Box::new(m.revoked_keys_configured.clone()))?;
         for source in ["file", "url"] {
             m.keys.with_label_values(&[source]);
         }

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// over-estimate is given back when expiry sweeps find the table mostly empty.
 pub const MAX_CATCH_UP_RESERVE: u64 = 1 << 18;
 
+/// `--max-token-ttl`'s default, seconds (the authority's default too).
+pub const DEFAULT_MAX_TOKEN_TTL: u64 = 86_400;
+
 /// Revocation verdict plus freshness, before it is rendered as a line or an HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -63,6 +66,12 @@ pub struct AgentState {
     max_staleness: Duration,
     fail_open: bool,
     clock: Clock,
+    /// `--max-token-ttl`, seconds.
+    own_max_token_ttl: u64,
+    /// The longest token lifetime accepted: the agent's own limit, or the authority's when
+    /// shorter (learned on connect). Revocations of subjects and sessions lapse that long
+    /// after they were made, so a token living longer could outlive its revocation.
+    max_token_ttl: AtomicU64,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -91,6 +100,8 @@ impl AgentState {
             max_staleness,
             fail_open,
             clock: Clock::system(),
+            own_max_token_ttl: DEFAULT_MAX_TOKEN_TTL,
+            max_token_ttl: AtomicU64::new(DEFAULT_MAX_TOKEN_TTL),
             metrics,
         };
         s.refresh_gauges();
@@ -101,6 +112,34 @@ impl AgentState {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The same state with its own `--max-token-ttl`.
+    pub fn with_max_token_ttl(mut self, ttl: Duration) -> Self {
+        self.own_max_token_ttl = ttl.as_secs().max(1);
+        self.max_token_ttl = AtomicU64::new(self.own_max_token_ttl);
+        self
+    }
+
+    /// The authority's `--max-token-ttl` (a `Limits` frame): the shorter of it and the agent's
+    /// own applies from now on.
+    pub fn learn_max_token_ttl(&self, secs: u64) {
+        let limit = self.own_max_token_ttl.min(secs.max(1));
+        if self.max_token_ttl.swap(limit, Ordering::Relaxed) != limit {
+            tracing::info!(
+                secs = limit,
+                own = self.own_max_token_ttl,
+                authority = secs,
+                "token lifetime limit"
+            );
+        }
+    }
+
+    /// True when a token with these claims lives longer than the limit: from `iat` to `exp`,
+    /// or from now to `exp` without `iat`.
+    pub fn outlives_revocations(&self, iat: Option<u64>, exp: u64) -> bool {
+        let from = iat.unwrap_or_else(|| self.clock.unix_secs());
+        exp.saturating_sub(from) > self.max_token_ttl.load(Ordering::Relaxed)
     }
 
     /// The agent's one clock.
@@ -261,20 +300,29 @@ impl AgentState {
         self.metrics.applied_seq.set(to_seq as i64);
     }
 
-    /// Replaces the whole set (snapshot or resync).
-    pub fn replace(&self, log_id: LogId, entries: &[Entry], snapshot_seq: u64) {
+    /// Adopts a snapshot (a resync, a new log, a log compacted past the agent) without
+    /// dropping anything already enforced (PROTOCOL.md §9.6): the snapshot's entries are
+    /// applied on top of the set, and what the set held stays until it expires or a withdrawal
+    /// lifts it. Returns how many revocations the set holds beyond those the snapshot names:
+    /// what it carried forward.
+    pub fn adopt(
+        &self,
+        log_id: LogId,
+        entries: &mut [Entry],
+        snapshot_seq: u64,
+        withdrawals_applied_upto: u64,
+    ) -> usize {
         let now = self.clock.unix_secs();
-        let mut fresh = RevocationSet::with_jti_capacity(entries.len());
-        for e in entries {
-            fresh.insert(e, now);
-        }
-        {
+        let carried = {
             let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
-            *set = fresh;
+            set.adopt(entries, withdrawals_applied_upto, now);
+            let named = entries.iter().filter(|e| !e.revocation.is_withdrawal()).count();
             *self.log_id.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
             self.applied.store(snapshot_seq, Ordering::Release);
-        }
+            set.len().saturating_sub(named)
+        };
         self.refresh_gauges();
+        carried
     }
 
     /// Drops expired revocations.
@@ -320,6 +368,12 @@ impl AgentState {
     /// Updates gauges that mirror the state.
     pub fn refresh_gauges(&self) {
         self.metrics.applied_seq.set(self.applied() as i64);
+        {
+            let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+            let configured = self.metrics.configured_kids();
+            let revoked = set.revoked_kids().filter(|k| configured.iter().any(|c| &**c == *k)).count();
+            self.metrics.revoked_keys_configured.set(revoked as i64);
+        }
         for k in Kind::ALL {
             self.metrics.revocations.with_label_values(&[k.as_str()]).set(self.count(k) as i64);
         }

@@ -9,6 +9,7 @@ mod e2e;
 mod grpc;
 mod jwks;
 mod metrics;
+mod monotonic;
 mod nginx;
 mod prometheus;
 mod sockets;

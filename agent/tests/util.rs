@@ -123,7 +123,12 @@ pub fn token_with(secret: &[u8], jti: &str, sub: &str, extra: serde_json::Value)
     let mut claims = serde_json::json!({"jti": jti, "sub": sub, "iat": now() - 10, "exp": now() + 3600});
     if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
-            c.insert(k.clone(), v.clone());
+            // `null` leaves the claim out.
+            if v.is_null() {
+                c.remove(k);
+            } else {
+                c.insert(k.clone(), v.clone());
+            }
         }
     }
     let mut header = Header::new(jsonwebtoken::Algorithm::HS256);

@@ -31,6 +31,14 @@ pub enum Command {
     /// Import revocations from JSON lines (a file, or `-` for stdin) in bulk commits; rerun
     /// after an interruption to resume where it stopped.
     Import(ImportArgs),
+    /// Withdraw a revocation: the one way to lift it before it expires. Agents lift its
+    /// identifier, also where they carry it from an earlier log.
+    Withdraw(WithdrawArgs),
+    /// Save a consistent copy of the embedded store, taken while the authority serves.
+    Backup(BackupArgs),
+    /// Install a backup (or, with --store, give a PostgreSQL log restored with pg_restore) a
+    /// new log id, so agents adopt it and keep what they enforce. The authority must be stopped.
+    Restore(RestoreArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -225,6 +233,49 @@ pub struct ImportArgs {
     pub client: ClientArgs,
 }
 
+/// `withdraw` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct WithdrawArgs {
+    /// The seq of the revocation to withdraw.
+    pub seq: u64,
+    /// Why (stored with the withdrawal).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Wait until every connected agent has applied the withdrawal, and print the receipt.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "10s")]
+    pub timeout: String,
+    /// Admin API connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `backup` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Where to write the backup (written whole, then renamed into place).
+    pub file: PathBuf,
+    /// Admin API connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `restore` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// A file written by `backup` (embedded store); not with --store.
+    #[arg(required_unless_present = "store")]
+    pub file: Option<PathBuf>,
+    /// The authority's data directory to restore into (its current log is kept beside, renamed).
+    #[arg(long, env = "REVMESH_DATA_DIR", default_value = "./revmesh-data/authority")]
+    pub data_dir: PathBuf,
+    /// `postgres://…`: the database was restored with pg_restore; give its log a new id.
+    #[arg(long, conflicts_with = "file")]
+    pub store: Option<String>,
+}
+
 /// `agents` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct AgentsArgs {
@@ -278,9 +329,10 @@ pub enum RevokeWhat {
     Jti {
         /// The `jti` claim.
         jti: String,
-        /// The token's `exp` (unix seconds or RFC 3339).
+        /// The token's `exp` (unix seconds or RFC 3339) [default: now + the authority's
+        /// --max-token-ttl, which agents bound every token's lifetime by].
         #[arg(long)]
-        expires_at: String,
+        expires_at: Option<String>,
         /// Only tokens of this issuer.
         #[arg(long)]
         iss: Option<String>,

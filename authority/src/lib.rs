@@ -213,6 +213,7 @@ pub async fn serve(
             max_ack_timeout: cfg.ack_timeout * 16,
             idle_timeout: cfg.heartbeat * 4,
             window: cfg.max_pending_per_agent,
+            max_token_ttl: cfg.max_token_ttl,
         },
         max_agents: cfg.max_agents,
         max_catchups: cfg.max_catchups,
@@ -240,6 +241,7 @@ pub async fn serve(
         ready: ready.clone(),
         shutdown: shutdown.clone(),
         heartbeat: cfg.heartbeat,
+        backup_dir: cfg.data_dir.clone(),
     };
     let view = log.view();
     tracing::info!(

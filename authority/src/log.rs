@@ -45,13 +45,29 @@ pub enum AppendError {
 struct Inner {
     view: LogView,
     entries: BTreeMap<u64, Arc<Entry>>,
+    /// Withdrawn entries: the seq of each withdrawn entry and of the withdrawal naming it.
+    withdrawn: HashMap<u64, u64>,
 }
 
-/// Encoded batch frames by `(from, to, waited)`, with insertion order for eviction.
-type BatchCache = (HashMap<(u64, u64, bool), Bytes>, VecDeque<(u64, u64, bool)>);
+impl Inner {
+    fn insert(&mut self, e: Arc<Entry>) {
+        if let revmesh_protocol::Revocation::Withdrawal { seq, .. } = e.revocation {
+            self.withdrawn.entry(seq).or_insert(e.seq);
+        }
+        self.entries.insert(e.seq, e);
+    }
+}
 
-/// The latest encoded snapshot: `(snapshot_id, upto)` and its chunk frames.
-type SnapshotCache = Option<((u64, u64), Arc<Vec<Bytes>>)>;
+/// What a batch frame is encoded for: `(from, to, waited, withdrawals)`; `withdrawals` is
+/// false for links below version 3, which are sent no withdrawal entries.
+type BatchKey = (u64, u64, bool, bool);
+
+/// Encoded batch frames by [`BatchKey`], with insertion order for eviction.
+type BatchCache = (HashMap<BatchKey, Bytes>, VecDeque<BatchKey>);
+
+/// The latest encoded snapshots: `(snapshot_id, upto, withdrawals)` and their chunk frames,
+/// one for links of version 3 and one for older ones.
+type SnapshotCache = Vec<((u64, u64, bool), Arc<Vec<Bytes>>)>;
 
 /// A queued append (opaque outside this module).
 #[derive(Debug)]
@@ -100,16 +116,19 @@ impl Log {
     ) -> Result<(Arc<Self>, mpsc::Receiver<AppendReq>), StoreError> {
         let loaded = store.clone().load().await?;
         let view = LogView { log_id: loaded.log_id, floor: loaded.floor, head: loaded.head };
-        let entries = loaded.entries.into_iter().map(|e| (e.seq, Arc::new(e))).collect();
+        let mut inner = Inner { view, entries: BTreeMap::new(), withdrawn: HashMap::new() };
+        for e in loaded.entries {
+            inner.insert(Arc::new(e));
+        }
         let (view_tx, _) = watch::channel(view);
         let (append_tx, append_rx) = mpsc::channel(APPEND_QUEUE);
         metrics.log_head_seq.set(view.head as i64);
         let log = Arc::new(Self {
-            inner: RwLock::new(Inner { view, entries }),
+            inner: RwLock::new(inner),
             view_tx,
             append_tx,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
-            snapshots: Mutex::new(None),
+            snapshots: Mutex::new(Vec::new()),
             store,
             store_timeout,
             clock,
@@ -297,6 +316,7 @@ impl Log {
     /// read the store from the head. Entries at or below the head are ignored.
     fn publish(&self, tail: &Tail) -> bool {
         let mut complete = true;
+        let mut withdrew = false;
         let view = {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
             for e in &tail.entries {
@@ -308,7 +328,8 @@ impl Log {
                     break;
                 }
                 inner.view.head = e.seq;
-                inner.entries.insert(e.seq, Arc::new(e.clone()));
+                withdrew |= e.revocation.is_withdrawal();
+                inner.insert(Arc::new(e.clone()));
                 self.metrics.revocations_total.with_label_values(&[e.revocation.kind().as_str()]).inc();
             }
             if complete && tail.head > inner.view.head && tail.head <= tail.floor {
@@ -318,6 +339,13 @@ impl Log {
             inner.view.floor = inner.view.floor.max(tail.floor.min(inner.view.head));
             inner.view
         };
+        if withdrew {
+            // Frames for links below version 3 leave withdrawn entries out: encode them anew.
+            if let Ok(mut c) = self.cache.lock() {
+                c.0.retain(|k, _| k.3);
+                c.1.retain(|k| k.3);
+            }
+        }
         self.metrics.log_head_seq.set(view.head as i64);
         self.view_tx.send_replace(view);
         complete
@@ -366,6 +394,14 @@ impl Log {
         }
     }
 
+    /// Writes a consistent copy of the store to `path` (see [`LogStore::backup`]).
+    pub async fn backup(
+        &self,
+        path: std::path::PathBuf,
+    ) -> Result<Option<crate::store::BackupInfo>, StoreError> {
+        self.store.clone().backup(path).await
+    }
+
     /// The authority's one clock.
     pub fn clock(&self) -> &Clock {
         &self.clock
@@ -374,6 +410,25 @@ impl Log {
     /// One entry, if still stored.
     pub fn get(&self, seq: u64) -> Option<Arc<Entry>> {
         self.inner.read().ok()?.entries.get(&seq).cloned()
+    }
+
+    /// The seq of the withdrawal of entry `seq`, if it was withdrawn.
+    pub fn withdrawn_by(&self, seq: u64) -> Option<u64> {
+        self.inner.read().ok()?.withdrawn.get(&seq).copied()
+    }
+
+    /// Live, unwithdrawn entries other than `seq` that revoke the same identifier as `target`:
+    /// a withdrawal lifts the identifier at every agent, so it lifts these too.
+    pub fn same_target(&self, seq: u64, target: &revmesh_protocol::Revocation) -> Vec<u64> {
+        let Ok(inner) = self.inner.read() else { return Vec::new() };
+        inner
+            .entries
+            .values()
+            .filter(|e| {
+                e.seq != seq && !inner.withdrawn.contains_key(&e.seq) && e.revocation.same_target(target)
+            })
+            .map(|e| e.seq)
+            .collect()
     }
 
     /// Up to `limit` stored entries with seq greater than `after`.
@@ -391,29 +446,42 @@ impl Log {
     }
 
     /// The encoded `Batch` frame for `from..=to` (a `WaitedBatch` when `waited`), shared by
-    /// every agent that needs it.
+    /// every agent that needs it. Without `withdrawals` (a link below version 3) withdrawal
+    /// entries are left out, as compacted seqs are, and so are the entries they withdrew: such
+    /// an agent keeps enforcing what it applied before the withdrawal, wider and never narrower
+    /// (PROTOCOL.md §5). (A frame encoded just before a withdrawal may still hold its target:
+    /// wider again.)
     pub fn batch_frame(
         &self,
         from: u64,
         to: u64,
         waited: bool,
+        withdrawals: bool,
     ) -> Result<Bytes, revmesh_protocol::codec::EncodeError> {
+        let key = (from, to, waited, withdrawals);
         if let Ok(c) = self.cache.lock() {
-            if let Some(b) = c.0.get(&(from, to, waited)) {
+            if let Some(b) = c.0.get(&key) {
                 return Ok(b.clone());
             }
         }
         let (log_id, entries) = {
             let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-            let entries: Vec<Entry> = inner.entries.range(from..=to).map(|(_, e)| (**e).clone()).collect();
+            let entries: Vec<Entry> = inner
+                .entries
+                .range(from..=to)
+                .filter(|(seq, e)| {
+                    withdrawals || !(e.revocation.is_withdrawal() || inner.withdrawn.contains_key(seq))
+                })
+                .map(|(_, e)| (**e).clone())
+                .collect();
             (inner.view.log_id, entries)
         };
         let batch = Batch { log_id, from_seq: from, to_seq: to, entries };
         let bytes =
             Bytes::from(encode(&if waited { Frame::WaitedBatch(batch) } else { Frame::Batch(batch) })?);
         if let Ok(mut c) = self.cache.lock() {
-            if c.0.insert((from, to, waited), bytes.clone()).is_none() {
-                c.1.push_back((from, to, waited));
+            if c.0.insert(key, bytes.clone()).is_none() {
+                c.1.push_back(key);
             }
             while c.1.len() > BATCH_CACHE {
                 if let Some(old) = c.1.pop_front() {
@@ -424,25 +492,28 @@ impl Log {
         Ok(bytes)
     }
 
-    /// Encoded `SnapshotChunk` frames of every unexpired entry up to `upto`, shared with every
-    /// other agent sent the same snapshot. (An entry that expires while the encoding is reused
-    /// is skipped by the agent, as any expired entry is.)
+    /// Encoded `SnapshotChunk` frames of every unexpired, unwithdrawn entry up to `upto`, and
+    /// with `withdrawals` (links of version 3) the withdrawals too, which lift what an agent
+    /// carries from before; shared with every other agent sent the same snapshot. (An entry
+    /// that expires while the encoding is reused is skipped by the agent, as any expired entry
+    /// is.)
     pub fn snapshot_frames(
         &self,
         snapshot_id: u64,
         upto: u64,
         now_secs: u64,
+        withdrawals: bool,
     ) -> Result<Arc<Vec<Bytes>>, revmesh_protocol::codec::EncodeError> {
         // One encoder at a time: agents arriving together wait for the first one's frames
         // instead of each encoding the whole log.
+        let key = (snapshot_id, upto, withdrawals);
         let mut cached = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((key, frames)) = cached.as_ref() {
-            if *key == (snapshot_id, upto) {
-                return Ok(frames.clone());
-            }
+        if let Some((_, frames)) = cached.iter().find(|(k, _)| *k == key) {
+            return Ok(frames.clone());
         }
-        let frames = Arc::new(self.encode_snapshot(snapshot_id, upto, now_secs)?);
-        *cached = Some(((snapshot_id, upto), frames.clone()));
+        let frames = Arc::new(self.encode_snapshot(snapshot_id, upto, now_secs, withdrawals)?);
+        cached.retain(|(k, _)| k.2 != withdrawals);
+        cached.push((key, frames.clone()));
         Ok(frames)
     }
 
@@ -451,13 +522,18 @@ impl Log {
         snapshot_id: u64,
         upto: u64,
         now_secs: u64,
+        withdrawals: bool,
     ) -> Result<Vec<Bytes>, revmesh_protocol::codec::EncodeError> {
         let (log_id, live) = {
             let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
             let live: Vec<Entry> = inner
                 .entries
                 .range(..=upto)
-                .filter(|(_, e)| !e.is_expired(now_secs))
+                .filter(|(seq, e)| {
+                    !e.is_expired(now_secs)
+                        && !inner.withdrawn.contains_key(seq)
+                        && (withdrawals || !e.revocation.is_withdrawal())
+                })
                 .map(|(_, e)| (**e).clone())
                 .collect();
             (inner.view.log_id, live)
@@ -486,7 +562,11 @@ impl Log {
         let view = {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
             for s in &seqs {
-                inner.entries.remove(s);
+                if let Some(e) = inner.entries.remove(s) {
+                    if let revmesh_protocol::Revocation::Withdrawal { seq, .. } = e.revocation {
+                        inner.withdrawn.remove(&seq);
+                    }
+                }
             }
             inner.view.floor = inner.view.floor.max(floor);
             inner.view

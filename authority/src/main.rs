@@ -38,6 +38,9 @@ fn main() -> ExitCode {
         Command::Agents(a) => revmesh_authority::cli::agents(&a),
         Command::Status(a) => revmesh_authority::cli::status(&a),
         Command::Import(a) => revmesh_authority::cli::import::run(&a),
+        Command::Withdraw(a) => revmesh_authority::cli::withdraw(&a),
+        Command::Backup(a) => revmesh_authority::cli::backup(&a),
+        Command::Restore(a) => revmesh_authority::cli::restore(&a),
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub agents_rejected_total: IntCounterVec,
     /// Agents connected and waiting for a catch-up slot.
     pub catchups_waiting: IntGauge,
+    /// `revmesh_authority_agents_ahead_of_log`: agents that presented a position this log never
+    /// held (a seq beyond its head, or entries of another log) since this authority started.
+    pub agents_ahead_of_log: IntGauge,
     /// `revmesh_authority_store_ready`: 1 while the store can commit (what `/readyz` says).
     pub store_ready: IntGauge,
     /// `revmesh_authority_store_errors_total`: failed or timed-out store operations.
@@ -123,6 +126,11 @@ impl Metrics {
                 "revmesh_authority_catchups_waiting",
                 "Agents connected and waiting for a catch-up slot (--max-catchups)",
             )?,
+            agents_ahead_of_log: IntGauge::new(
+                "revmesh_authority_agents_ahead_of_log",
+                "Agents that presented a position this log never held (a lost or restored store); \
+                 they keep enforcing what they carry",
+            )?,
             store_ready: IntGauge::new(
                 "revmesh_authority_store_ready",
                 "1 while the store can commit; 0 while revocations get 503",
@@ -161,6 +169,7 @@ impl Metrics {
         r.register(Box::new(m.store_commits_total.clone()))?;
         r.register(Box::new(m.agents_rejected_total.clone()))?;
         r.register(Box::new(m.catchups_waiting.clone()))?;
+        r.register(Box::new(m.agents_ahead_of_log.clone()))?;
         r.register(Box::new(m.admin_shed_total.clone()))?;
         r.register(Box::new(m.oidc_logouts_total.clone()))?;
         for result in OIDC_RESULTS {

@@ -72,7 +72,7 @@ fn bad_requests_get_the_documented_4xx_and_store_nothing() {
         (
             "jti without expires_at",
             Some(&a.token),
-            r#"{"kind":"jti","jti":"x"}"#.into(),
+            r#"{"kind":"jti","jti":"x","expires_at":"tomorrow"}"#.into(),
             400,
             Some("expires_at"),
         ),
@@ -302,7 +302,7 @@ async fn a_bulk_array_is_one_all_or_nothing_commit_with_one_receipt() {
     // One bad element: 400 naming it, and nothing of the array is stored.
     let bad = serde_json::json!([
         {"kind": "jti", "jti": "fine", "expires_at": exp},
-        {"kind": "jti", "jti": "no-expiry"},
+        {"kind": "jti", "jti": "bad-expiry", "expires_at": -1},
     ]);
     let (status, v) = a.post("/v1/revocations", &bad.to_string());
     assert_eq!((status, v["field"].as_str()), (400, Some("[1].expires_at")), "{v}");
@@ -398,7 +398,11 @@ fn import_submits_json_lines_in_bulk_and_resumes_without_duplicates() {
 
     // A bad record is named by its position in the file; nothing of its batch is stored.
     let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, format!("{}\n{{\"kind\":\"jti\",\"jti\":\"no-expiry\"}}\n", lines[0])).unwrap();
+    std::fs::write(
+        &bad,
+        format!("{}\n{{\"kind\":\"jti\",\"jti\":\"bad-expiry\",\"expires_at\":-1}}\n", lines[0]),
+    )
+    .unwrap();
     let out = import(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("record 2"), "{err}");

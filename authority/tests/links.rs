@@ -78,7 +78,7 @@ async fn a_cursor_behind_the_compacted_log_gets_a_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_from_another_log_is_fully_resynced() {
+async fn an_agent_from_another_log_adopts_it_and_keeps_what_it_enforces() {
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
     let a1 = Authority::start(d1.path(), &[]);
@@ -99,7 +99,10 @@ async fn an_agent_from_another_log_is_fully_resynced() {
     wait_for(|| agent.state.log_id().map(|l| l.to_string()) == Some(log2.clone()), "resync to log 2").await;
     agent.wait_applied(s2).await;
     assert!(agent.revoked("only-in-log-2"));
-    assert!(!agent.revoked("only-in-log-1"), "entries of the old log must be gone after a resync");
+    // Nothing enforced is dropped by a resync: the old log's entry is carried forward, and the
+    // authority counts the agent as holding what its log never had.
+    assert!(agent.revoked("only-in-log-1"), "entries of the old log are carried forward");
+    assert_eq!(a2.metric("revmesh_authority_agents_ahead_of_log"), 1.0);
     agent.stop().await;
 }
 
@@ -508,4 +511,50 @@ async fn an_agent_that_stops_reading_is_cut_off_without_delaying_the_others() {
     good.wait_applied(s).await;
     good.stop().await;
     drop(stuck);
+}
+
+/// Agents not yet upgraded (link version 2) beside upgraded ones while withdrawals come in: the
+/// old agent is sent no withdrawal and no frame it cannot read, keeps refusing what a withdrawal
+/// lifts (wider, never narrower), and acknowledges past it; the upgraded one lifts it. A fresh
+/// old agent's snapshot leaves the withdrawn entry out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_link_version_2_keep_refusing_what_a_withdrawal_lifts() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Authority::start(d.path(), &[]);
+    let old_settings = |id: &str| {
+        let mut s = LinkSettings::new(vec![a.ws_url()], id.to_owned());
+        s.max_version = 2;
+        s.reconnect_min = Duration::from_millis(50);
+        s
+    };
+    let old = Agent::start_with(old_settings("old"));
+    let new = Agent::start(vec![a.ws_url()], "new");
+    let seq = a.revoke_jti("mistake");
+    old.wait_applied(seq).await;
+    new.wait_applied(seq).await;
+    let (status, w) = crate::util::http(
+        &a.admin,
+        "DELETE",
+        &format!("/v1/revocations/{seq}?wait=all&timeout_ms=20000"),
+        Some(&a.token),
+        b"",
+    );
+    assert_eq!(status, 201, "{w}");
+    assert_eq!(w["acked"].as_array().map(Vec::len), Some(2), "both acknowledge the withdrawal's seq: {w}");
+    assert!(!new.revoked("mistake"), "an upgraded agent lifts it");
+    assert!(old.revoked("mistake"), "an old agent keeps refusing: wider, never narrower");
+    let next = a.revoke_jti("next");
+    old.wait_applied(next).await;
+    assert!(old.state.is_connected());
+    assert_eq!(
+        old.state.metrics.reconnects_total.get(),
+        0,
+        "one link, never dropped for a frame it could not read"
+    );
+    let fresh = Agent::start_with(old_settings("old-fresh"));
+    fresh.wait_applied(next).await;
+    assert!(!fresh.revoked("mistake") && fresh.revoked("next"));
+    for agent in [old, new, fresh] {
+        agent.stop().await;
+    }
 }

@@ -44,6 +44,9 @@ pub enum Invalid {
     TooLarge,
     /// A claim has the wrong type or range, or `exp` is missing.
     Claims,
+    /// Lives longer than the agent's token lifetime limit (`--max-token-ttl`): it could outlive
+    /// the revocations of its subject or session.
+    Lifetime,
 }
 
 impl Invalid {
@@ -60,6 +63,7 @@ impl Invalid {
             Invalid::UnknownKey => "unknown_key",
             Invalid::TooLarge => "too_large",
             Invalid::Claims => "claims",
+            Invalid::Lifetime => "lifetime",
         }
     }
 }
@@ -379,6 +383,11 @@ impl Keys {
     /// These keys and `other`'s, as one set.
     pub fn merged(&self, other: &Keys) -> Keys {
         Keys { keys: self.keys.iter().chain(&other.keys).cloned().collect() }
+    }
+
+    /// The `kid`s of the keys that have one.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().filter_map(|k| k.kid.as_deref())
     }
 
     /// True when a key is named `kid`.

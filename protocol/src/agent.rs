@@ -8,7 +8,7 @@
 
 use crate::codec::DecodeError;
 use crate::frame::{
-    Ack, BatchView, ErrorCode, ErrorFrame, Frame, Heartbeat, Hello, Resume, SnapshotChunk, Welcome,
+    Ack, BatchView, ErrorCode, ErrorFrame, Frame, Heartbeat, Hello, Limits, Resume, SnapshotChunk, Welcome,
     MAX_ENTRIES_PER_FRAME, MAX_VERSION, PROTOCOL_VERSION,
 };
 use crate::model::{Entry, EntryView, LogId, RevocationView};
@@ -25,6 +25,9 @@ pub struct AgentConfig {
     pub idle_timeout: Duration,
     /// Most entries accepted in one snapshot transfer.
     pub max_snapshot_entries: usize,
+    /// Highest link version offered in the `Hello` (tests of mixed versions offer an older
+    /// one, and the session then refuses frames of later versions as an older agent would).
+    pub max_version: u8,
 }
 
 impl Default for AgentConfig {
@@ -33,6 +36,7 @@ impl Default for AgentConfig {
             ack_delay: Duration::ZERO,
             idle_timeout: Duration::from_secs(20),
             max_snapshot_entries: 50_000_000,
+            max_version: MAX_VERSION,
         }
     }
 }
@@ -56,15 +60,21 @@ pub enum AgentEvent {
         /// before writing them to disk.
         waited: bool,
     },
-    /// Replace the whole set by these entries; afterwards the agent is at `snapshot_seq` of `log_id`.
-    Replace {
+    /// Adopt a snapshot: apply these entries on top of the set in seq order, keeping what it
+    /// holds (nothing enforced is dropped, PROTOCOL.md §9.6; see
+    /// [`crate::set::RevocationSet::adopt`]); afterwards the agent is at `snapshot_seq` of `log_id`.
+    Adopt {
         /// The log (may differ from the previous one: a resync).
         log_id: LogId,
         /// The seq the snapshot represents.
         snapshot_seq: u64,
         /// Every live entry.
         entries: Vec<Entry>,
+        /// Withdrawals at or below this seq were applied before (same log): skip them.
+        withdrawals_applied_upto: u64,
     },
+    /// The authority's token bounds (link version 3), to enforce with the agent's own.
+    Limits(Limits),
     /// The link should be closed; reconnect after `retry_after` when given.
     Disconnect {
         /// Hint from a go-away.
@@ -107,6 +117,7 @@ enum RevocationSpans {
     Subject { sub: Span, issued_before: u64 },
     Key { kid: Span },
     Session { sid: Span },
+    Withdrawal { seq: u64, kind: crate::model::Kind, id: Span, iss: Option<Span> },
 }
 
 impl ReceivedEntries {
@@ -121,6 +132,7 @@ impl ReceivedEntries {
                     RevocationView::Subject { sub, .. } => sub.len(),
                     RevocationView::Key { kid } => kid.len(),
                     RevocationView::Session { sid } => sid.len(),
+                    RevocationView::Withdrawal { id, iss, .. } => id.len() + iss.map_or(0, str::len),
                 };
                 id + e.reason.map_or(0, str::len)
             })
@@ -145,6 +157,12 @@ impl ReceivedEntries {
                 }
                 RevocationView::Key { kid } => RevocationSpans::Key { kid: span(kid)? },
                 RevocationView::Session { sid } => RevocationSpans::Session { sid: span(sid)? },
+                RevocationView::Withdrawal { seq, kind, id, iss } => RevocationSpans::Withdrawal {
+                    seq,
+                    kind,
+                    id: span(id)?,
+                    iss: iss.map(&mut span).transpose()?,
+                },
             };
             entries.push(EntrySpans {
                 seq: e.seq,
@@ -176,6 +194,9 @@ impl ReceivedEntries {
                 }
                 RevocationSpans::Key { kid } => RevocationView::Key { kid: text(kid)? },
                 RevocationSpans::Session { sid } => RevocationView::Session { sid: text(sid)? },
+                RevocationSpans::Withdrawal { seq, kind, id, iss } => {
+                    RevocationView::Withdrawal { seq, kind, id: text(id)?, iss: iss.map(text).transpose()? }
+                }
             };
             out.push(EntryView {
                 seq: e.seq,
@@ -237,6 +258,8 @@ pub struct AgentSession {
     /// Silence after which this link is given up: the configured limit, or 4 of the
     /// authority's heartbeats when that is longer (PROTOCOL.md §4, "Idle").
     idle_timeout: Duration,
+    /// The version the current link's `Welcome` agreed.
+    link_version: u8,
 }
 
 impl AgentSession {
@@ -264,6 +287,7 @@ impl AgentSession {
             out: VecDeque::new(),
             events: VecDeque::new(),
             idle_timeout: cfg.idle_timeout,
+            link_version: PROTOCOL_VERSION,
             cfg,
         }
     }
@@ -327,12 +351,13 @@ impl AgentSession {
         self.ack_due = None;
         self.last_frame = Some(now.mono);
         self.idle_timeout = self.cfg.idle_timeout;
+        self.link_version = PROTOCOL_VERSION;
         // The hello is an acknowledgement too: the authority resumes from it and counts it in
         // durable receipts. So the cursor presented is what is durable; entries applied in
         // memory but not yet written (a full disk) come again and are ignored as duplicates,
         // and are acknowledged once written (PROTOCOL.md §9.3).
         self.out.push_back(Frame::Hello(Hello {
-            max_version: MAX_VERSION,
+            max_version: self.cfg.max_version.clamp(PROTOCOL_VERSION, MAX_VERSION),
             agent_id: self.agent_id.clone(),
             agent_version: self.agent_version.clone(),
             log_id: self.log_id,
@@ -365,6 +390,11 @@ impl AgentSession {
             return Ok(());
         }
         self.last_frame = Some(now.mono);
+        let version = crate::frame::batch_version(waited, &batch.entries);
+        if version > self.link_version {
+            return self
+                .violation(format!("a version-{version} batch on a version-{} link", self.link_version));
+        }
         match self.phase {
             Phase::AwaitWelcome => self.violation("frame before welcome".into()),
             Phase::Ready(log_id) => {
@@ -406,6 +436,14 @@ impl AgentSession {
             return self.handle_owned_batch(&frame, now);
         }
         self.last_frame = Some(now.mono);
+        if !matches!(frame, Frame::Welcome(_)) && frame.version() > self.link_version {
+            return self.violation(format!(
+                "a version-{} {} frame on a version-{} link",
+                frame.version(),
+                frame.name(),
+                self.link_version
+            ));
+        }
         match (frame, self.phase.clone()) {
             (Frame::Welcome(w), Phase::AwaitWelcome) => self.on_welcome(w, now),
             (Frame::Welcome(_), _) => self.violation("second welcome".into()),
@@ -452,17 +490,22 @@ impl AgentSession {
                 self.last_heard = Some(now.mono);
                 self.on_chunk(c, now)
             }
-            (f @ (Frame::Hello(_) | Frame::Ack(_) | Frame::Applied(_)), _) => {
+            (Frame::Limits(l), _) if self.link_version >= 3 => {
+                self.events.push_back(AgentEvent::Limits(l));
+                Ok(())
+            }
+            (f @ (Frame::Hello(_) | Frame::Ack(_) | Frame::Applied(_) | Frame::Limits(_)), _) => {
                 self.violation(format!("unexpected {} frame from authority", f.name()))
             }
         }
     }
 
     fn on_welcome(&mut self, w: Welcome, now: Now) -> Result<(), AgentViolation> {
-        if !(PROTOCOL_VERSION..=MAX_VERSION).contains(&w.version) {
+        if !(PROTOCOL_VERSION..=self.cfg.max_version.min(MAX_VERSION)).contains(&w.version) {
             return self.violation(format!("welcome with version {}", w.version));
         }
         self.last_heard = Some(now.mono);
+        self.link_version = w.version;
         let beats = Duration::from_millis(w.heartbeat_ms.saturating_mul(4)).min(MAX_HEARTBEAT_IDLE);
         self.idle_timeout = self.cfg.idle_timeout.max(beats);
         self.head_seq = w.head_seq;
@@ -547,6 +590,7 @@ impl AgentSession {
             self.staging = Some(staging);
             return Ok(());
         }
+        let withdrawals_applied_upto = if current { self.received } else { 0 };
         self.log_id = Some(c.log_id);
         self.received = c.snapshot_seq;
         // A resync may move the cursor backwards (another log); `durable` follows the driver.
@@ -556,10 +600,11 @@ impl AgentSession {
         }
         self.head_seq = self.head_seq.max(c.snapshot_seq);
         self.phase = Phase::Ready(c.log_id);
-        self.events.push_back(AgentEvent::Replace {
+        self.events.push_back(AgentEvent::Adopt {
             log_id: c.log_id,
             snapshot_seq: c.snapshot_seq,
             entries: staging.entries,
+            withdrawals_applied_upto,
         });
         Ok(())
     }

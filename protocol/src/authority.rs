@@ -10,8 +10,8 @@
 //! every agent that needs the same range.
 
 use crate::frame::{
-    Ack, ErrorCode, ErrorFrame, Frame, GoAway, Heartbeat, Hello, Resume, Welcome, MAX_ENTRIES_PER_FRAME,
-    MAX_VERSION, PROTOCOL_VERSION,
+    Ack, ErrorCode, ErrorFrame, Frame, GoAway, Heartbeat, Hello, Limits, Resume, Welcome,
+    MAX_ENTRIES_PER_FRAME, MAX_VERSION, PROTOCOL_VERSION,
 };
 use crate::model::LogId;
 use crate::time::{backoff, Jitter, Now};
@@ -31,6 +31,8 @@ pub struct AuthorityConfig {
     pub window: u64,
     /// A link from which nothing arrived for this long is closed.
     pub idle_timeout: Duration,
+    /// The authority's `--max-token-ttl`, sent in a `Limits` frame on version-3 links.
+    pub max_token_ttl: Duration,
 }
 
 impl Default for AuthorityConfig {
@@ -41,6 +43,7 @@ impl Default for AuthorityConfig {
             max_ack_timeout: Duration::from_secs(30),
             window: 16 * MAX_ENTRIES_PER_FRAME as u64,
             idle_timeout: Duration::from_secs(20),
+            max_token_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -152,6 +155,8 @@ pub struct AuthoritySession {
     events: VecDeque<AuthorityEvent>,
     closed: Option<Close>,
     rng: Jitter,
+    /// The hello named a position this log never held (see [`Self::ahead_of_log`]).
+    ahead: bool,
 }
 
 impl AuthoritySession {
@@ -179,6 +184,14 @@ impl AuthoritySession {
             Some(id) => id == log.log_id && hello.applied_seq >= log.floor && hello.applied_seq <= log.head,
             None => hello.applied_seq == 0 && log.floor == 0,
         };
+        // A position this log never held: a seq beyond its head, or entries of another log.
+        // The store was restored from an older copy or replaced; the agent keeps what it
+        // enforces (PROTOCOL.md §9.6) and the driver says so loudly.
+        let ahead = match hello.log_id {
+            Some(id) if id == log.log_id => hello.applied_seq > log.head,
+            Some(_) => hello.applied_seq > 0,
+            None => false,
+        };
         let cursor = if incremental { hello.applied_seq } else { 0 };
         let mut s = Self {
             agent_id: hello.agent_id.clone(),
@@ -201,6 +214,7 @@ impl AuthoritySession {
             events: VecDeque::new(),
             closed: None,
             rng: Jitter::new(seed),
+            ahead,
             cfg,
         };
         s.out.push_back(Transmit::Frame(Frame::Welcome(Welcome {
@@ -210,12 +224,23 @@ impl AuthoritySession {
             heartbeat_ms: s.cfg.heartbeat.as_millis().max(1) as u64,
             resume: if incremental { Resume::Incremental } else { Resume::Snapshot },
         })));
+        if s.version >= 3 {
+            let max_token_ttl_secs = s.cfg.max_token_ttl.as_secs().max(1);
+            s.out.push_back(Transmit::Frame(Frame::Limits(Limits { max_token_ttl_secs })));
+        }
         Ok(s)
     }
 
     /// The agent id from the `Hello`.
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// True when the agent's hello named a position this log never held: a seq beyond the
+    /// head of this log, or applied entries of another log. The agent carries those entries
+    /// forward; the authority's store lost or never had them.
+    pub fn ahead_of_log(&self) -> bool {
+        self.ahead
     }
 
     /// The link version agreed with the agent: 2 and above may carry `WaitedBatch` frames.

@@ -134,12 +134,14 @@ impl<B: serde::Serialize> serde::Serialize for BatchFrame<'_, B> {
 /// The bytes of [`encode`]`(&Frame::Batch(batch))`, without copying the batch's entries into
 /// a frame first (the agent's journal writes one such record per batch it applies).
 pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, EncodeError> {
-    encode_as(&BatchFrame(BATCH_VARIANT, batch), PROTOCOL_VERSION)
+    let version =
+        if batch.entries.iter().any(|e| e.revocation.is_withdrawal()) { 3 } else { PROTOCOL_VERSION };
+    encode_as(&BatchFrame(BATCH_VARIANT, batch), version)
 }
 
 /// [`encode_batch`] for a borrowed batch: the same bytes.
 pub fn encode_batch_view(batch: &BatchView<'_>) -> Result<Vec<u8>, EncodeError> {
-    encode_as(&BatchFrame(BATCH_VARIANT, batch), PROTOCOL_VERSION)
+    encode_as(&BatchFrame(BATCH_VARIANT, batch), crate::frame::batch_version(false, &batch.entries))
 }
 
 /// A frame decoded by [`decode_view`].
@@ -165,7 +167,7 @@ pub fn decode_view(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     };
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     check_envelope(version, bytes.len())?;
-    let want = if waited { 2 } else { PROTOCOL_VERSION };
+
     // The direct reader accepts only canonical bodies; whatever it declines goes through bincode
     // and the re-encoding check, which name the error (and accept what the reader was too
     // cautious to).
@@ -183,7 +185,7 @@ pub fn decode_view(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
             batch
         }
     };
-    if version != want {
+    if version != crate::frame::batch_version(waited, &batch.entries) {
         return Err(DecodeError::NonCanonical);
     }
     check_batch(batch.from_seq, batch.to_seq, batch.entries.len(), batch.entries.iter().copied())?;
@@ -534,7 +536,7 @@ pub fn validate(frame: &Frame) -> Result<(), FrameRuleError> {
         }
         Frame::GoAway(g) => check_text("reason", &g.reason, MAX_TEXT_BYTES, true),
         Frame::Error(e) => check_text("message", &e.message, MAX_TEXT_BYTES, true),
-        Frame::Ack(_) | Frame::Applied(_) | Frame::Heartbeat(_) => Ok(()),
+        Frame::Ack(_) | Frame::Applied(_) | Frame::Heartbeat(_) | Frame::Limits(_) => Ok(()),
     }
 }
 
@@ -624,7 +626,7 @@ mod tests {
             ("empty", vec![], "malformed"),
             ("version-2 frame as version 1", v2_as_v1, "non_canonical"),
             ("version-1 frame as version 2", v1_as_v2, "non_canonical"),
-            ("unknown version", vec![3, 0, 0], "version"),
+            ("unknown version", vec![4, 0, 0], "version"),
             ("version zero", vec![0], "version"),
             ("unknown tag", vec![PROTOCOL_VERSION, 200], "malformed"),
             ("truncated", ack[..ack.len() - 1].to_vec(), "malformed"),

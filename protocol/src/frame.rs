@@ -12,8 +12,9 @@ pub const PROTOCOL_VERSION: u8 = 1;
 
 /// The highest link protocol version this crate speaks. Version 2 adds [`Frame::WaitedBatch`]
 /// and [`Frame::Applied`] (receipts at the applied level), carried with version byte 2 and
-/// sent only on links whose `Welcome` says 2.
-pub const MAX_VERSION: u8 = 2;
+/// sent only on links whose `Welcome` says 2. Version 3 adds [`Frame::Limits`] and withdrawal
+/// entries: a batch or snapshot chunk holding one is a version-3 frame (PROTOCOL.md §5).
+pub const MAX_VERSION: u8 = 3;
 
 /// Most entries the authority puts in one `Batch` or `SnapshotChunk`.
 pub const MAX_ENTRIES_PER_FRAME: usize = 256;
@@ -52,6 +53,9 @@ pub enum Frame {
     /// memory and refuses its tokens, but may not be on disk yet. Only in answer to a
     /// `WaitedBatch`; the durable `Ack` still follows.
     Applied(Ack),
+    /// Authority → agent (version 3), right after the `Welcome`: bounds the agent enforces on
+    /// tokens so that no revocation lapses while a token it covers still verifies.
+    Limits(Limits),
 }
 
 impl Frame {
@@ -68,16 +72,42 @@ impl Frame {
             Frame::Error(_) => "error",
             Frame::WaitedBatch(_) => "waited_batch",
             Frame::Applied(_) => "applied",
+            Frame::Limits(_) => "limits",
         }
     }
 
     /// The link version that defines this frame, which is also its version byte on the wire.
     pub fn version(&self) -> u8 {
+        let withdraws = |entries: &[Entry]| entries.iter().any(|e| e.revocation.is_withdrawal());
         match self {
+            Frame::Limits(_) => 3,
+            Frame::Batch(b) | Frame::WaitedBatch(b) if withdraws(&b.entries) => 3,
+            Frame::SnapshotChunk(c) if withdraws(&c.entries) => 3,
             Frame::WaitedBatch(_) | Frame::Applied(_) => 2,
             _ => PROTOCOL_VERSION,
         }
     }
+}
+
+/// The version byte of a batch frame holding `entries`: 3 when one is a withdrawal (only
+/// version 3 defines them), else 2 for a `WaitedBatch` and 1 for a `Batch`.
+pub fn batch_version(waited: bool, entries: &[EntryView<'_>]) -> u8 {
+    if entries.iter().any(|e| matches!(e.revocation, crate::model::RevocationView::Withdrawal { .. })) {
+        3
+    } else if waited {
+        2
+    } else {
+        PROTOCOL_VERSION
+    }
+}
+
+/// Authority → agent (version 3): the token bounds of this authority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The authority's `--max-token-ttl`, seconds: `subject` and `session` revocations lapse
+    /// that long after they were made, so the agent refuses (`INVALID reason=lifetime`) a token
+    /// meant to live longer, with its own limit if that is shorter.
+    pub max_token_ttl_secs: u64,
 }
 
 /// Agent → authority: who I am and where I am in which log.

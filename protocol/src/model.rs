@@ -94,10 +94,23 @@ pub enum Revocation {
         /// The `sid` claim.
         sid: String,
     },
+    /// Lifts an earlier revocation (link version 3, PROTOCOL.md §8.1): the entry `seq` of this
+    /// log and, by its identifier, every revocation of the same `kind` and identifier an agent
+    /// holds, including one carried forward from an earlier log. Revokes nothing itself.
+    Withdrawal {
+        /// The withdrawn entry's seq.
+        seq: u64,
+        /// The withdrawn entry's kind (never `Withdrawal`).
+        kind: Kind,
+        /// Its identifier: the `jti`, `sub`, `kid` or `sid`.
+        id: String,
+        /// Its `iss`, for a `jti` revocation that names one.
+        iss: Option<String>,
+    },
 }
 
-/// The four kinds, as named on the wire words and in metric labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The kinds, as named on the wire words and in metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     /// `jti`
     Jti,
@@ -107,10 +120,12 @@ pub enum Kind {
     Key,
     /// `session`
     Session,
+    /// `withdrawal`: an entry that lifts another; it revokes nothing.
+    Withdrawal,
 }
 
 impl Kind {
-    /// All kinds, in a stable order (for metric label initialisation).
+    /// The four kinds that revoke, in a stable order (for metric label initialisation).
     pub const ALL: [Kind; 4] = [Kind::Jti, Kind::Subject, Kind::Key, Kind::Session];
 
     /// The stable lower-case name used in the line protocol, the admin API and metrics.
@@ -120,6 +135,7 @@ impl Kind {
             Kind::Subject => "subject",
             Kind::Key => "key",
             Kind::Session => "session",
+            Kind::Withdrawal => "withdrawal",
         }
     }
 }
@@ -138,6 +154,33 @@ impl Revocation {
             Revocation::Subject { .. } => Kind::Subject,
             Revocation::Key { .. } => Kind::Key,
             Revocation::Session { .. } => Kind::Session,
+            Revocation::Withdrawal { .. } => Kind::Withdrawal,
+        }
+    }
+
+    /// True for a withdrawal entry, which only link version 3 carries.
+    pub fn is_withdrawal(&self) -> bool {
+        matches!(self, Revocation::Withdrawal { .. })
+    }
+
+    /// The withdrawal of this revocation, stored at `seq`; `None` for a withdrawal.
+    pub fn withdrawal(&self, seq: u64) -> Option<Revocation> {
+        let (kind, id, iss) = match self {
+            Revocation::Jti { jti, iss } => (Kind::Jti, jti, iss.clone()),
+            Revocation::Subject { sub, .. } => (Kind::Subject, sub, None),
+            Revocation::Key { kid } => (Kind::Key, kid, None),
+            Revocation::Session { sid } => (Kind::Session, sid, None),
+            Revocation::Withdrawal { .. } => return None,
+        };
+        Some(Revocation::Withdrawal { seq, kind, id: id.clone(), iss })
+    }
+
+    /// True when `other` revokes the same identifier (kind, identifier and, for `jti`, `iss`):
+    /// what one withdrawal lifts at an agent.
+    pub fn same_target(&self, other: &Revocation) -> bool {
+        match (self.withdrawal(0), other.withdrawal(0)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
         }
     }
 }
@@ -177,6 +220,9 @@ pub enum ValidationError {
     /// `seq` 0 is reserved for "nothing applied".
     #[error("field `seq` must be at least 1")]
     ZeroSeq,
+    /// A withdrawal names another withdrawal, or a seq not below its own.
+    #[error("a withdrawal must name an earlier revocation")]
+    BadWithdrawal,
 }
 
 impl ValidationError {
@@ -186,6 +232,7 @@ impl ValidationError {
             ValidationError::Empty(f) | ValidationError::BadChars(f) => f,
             ValidationError::TooLong { field, .. } => field,
             ValidationError::ZeroSeq => "seq",
+            ValidationError::BadWithdrawal => "withdraws",
         }
     }
 }
@@ -231,6 +278,9 @@ impl Revocation {
             }
             Revocation::Key { kid } => RevocationView::Key { kid },
             Revocation::Session { sid } => RevocationView::Session { sid },
+            Revocation::Withdrawal { seq, kind, id, iss } => {
+                RevocationView::Withdrawal { seq: *seq, kind: *kind, id, iss: iss.as_deref() }
+            }
         }
     }
 }
@@ -279,6 +329,13 @@ pub enum RevocationView<'a> {
     Session {
         sid: &'a str,
     },
+    Withdrawal {
+        seq: u64,
+        kind: Kind,
+        id: &'a str,
+        #[serde(borrow)]
+        iss: Option<&'a str>,
+    },
 }
 
 impl RevocationView<'_> {
@@ -295,6 +352,24 @@ impl RevocationView<'_> {
             RevocationView::Subject { sub, .. } => validate_id("sub", sub),
             RevocationView::Key { kid } => validate_id("kid", kid),
             RevocationView::Session { sid } => validate_id("sid", sid),
+            RevocationView::Withdrawal { seq, kind, id, iss } => {
+                if seq == 0 {
+                    return Err(ValidationError::ZeroSeq);
+                }
+                let field = match kind {
+                    Kind::Jti => "jti",
+                    Kind::Subject => "sub",
+                    Kind::Key => "kid",
+                    Kind::Session => "sid",
+                    Kind::Withdrawal => return Err(ValidationError::BadWithdrawal),
+                };
+                validate_id(field, id)?;
+                match iss {
+                    Some(iss) if kind == Kind::Jti => validate_id("iss", iss),
+                    Some(_) => Err(ValidationError::BadWithdrawal),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -324,6 +399,11 @@ impl EntryView<'_> {
                 return Err(ValidationError::TooLong { field: "reason", max: MAX_REASON_BYTES });
             }
         }
+        if let RevocationView::Withdrawal { seq, .. } = self.revocation {
+            if seq >= self.seq {
+                return Err(ValidationError::BadWithdrawal);
+            }
+        }
         self.revocation.validate()
     }
 
@@ -341,6 +421,9 @@ impl EntryView<'_> {
             }
             RevocationView::Key { kid } => Revocation::Key { kid: kid.into() },
             RevocationView::Session { sid } => Revocation::Session { sid: sid.into() },
+            RevocationView::Withdrawal { seq, kind, id, iss } => {
+                Revocation::Withdrawal { seq, kind, id: id.into(), iss: iss.map(Into::into) }
+            }
         };
         Entry {
             seq: self.seq,
@@ -356,6 +439,10 @@ impl EntryView<'_> {
 /// leeway after its `exp` (the agent's `--leeway`, at most this long), so forgetting the entry
 /// at `exp` would turn a revoked token back into a valid one for that leeway: fail closed.
 pub const EXPIRY_GRACE_SECS: u64 = 300;
+
+/// The `expires_at` of a revocation kept until it is withdrawn (a `key` revocation's default:
+/// an attacker holding a leaked key mints fresh tokens at will, so no moment makes it safe).
+pub const NEVER: u64 = u64::MAX;
 
 /// Entries whose `expires_at` is at or below this may be forgotten at `now_unix_secs`.
 pub fn expiry_horizon(now_unix_secs: u64) -> u64 {

@@ -407,13 +407,15 @@ impl RevocationSet {
         self.insert_view(entry.view(), now_unix_secs)
     }
 
-    /// [`Self::insert`] for an entry borrowed from a received frame.
+    /// [`Self::insert`] for an entry borrowed from a received frame. A withdrawal lifts the
+    /// revocation it names (see [`Self::withdraw`]); returns whether it lifted one.
     pub fn insert_view(&mut self, entry: EntryView<'_>, now_unix_secs: u64) -> bool {
         if entry.is_expired(now_unix_secs) {
             return false;
         }
         let (seq, exp) = (entry.seq, entry.expires_at);
         match entry.revocation {
+            RevocationView::Withdrawal { kind, id, iss, .. } => return self.withdraw(kind, id, iss),
             RevocationView::Jti { jti, iss } => self.jti.insert(JtiDigest::new(iss, jti), seq, exp),
             RevocationView::Key { kid } => merge_rec(&mut self.keys, kid, seq, exp),
             RevocationView::Session { sid } => merge_rec(&mut self.sessions, sid, seq, exp),
@@ -433,6 +435,53 @@ impl RevocationSet {
             },
         }
         true
+    }
+
+    /// Lifts the revocation of one identifier (`kind`, `id` and, for `jti`, `iss`), whichever
+    /// entries made it and from whichever log: what a withdrawal entry does (PROTOCOL.md §8.1).
+    /// Returns whether something was lifted.
+    pub fn withdraw(&mut self, kind: Kind, id: &str, iss: Option<&str>) -> bool {
+        match kind {
+            Kind::Jti => self.jti.remove(JtiDigest::new(iss, id)),
+            Kind::Subject => self.subjects.remove(id).is_some(),
+            Kind::Key => self.keys.remove(id).is_some(),
+            Kind::Session => self.sessions.remove(id).is_some(),
+            Kind::Withdrawal => false,
+        }
+    }
+
+    /// Adopts a snapshot of another log, or of this one from another point, without dropping
+    /// anything already enforced (PROTOCOL.md §9.6): every entry of the snapshot is applied on
+    /// top of the set in seq order, and what the set held stays until it expires or a
+    /// withdrawal lifts it. Withdrawals with a seq at or below `withdrawals_applied_upto` were
+    /// applied before (the same log, up to the agent's own cursor) and are not applied again:
+    /// replayed from a log restored to an earlier point, one could lift a revocation made after
+    /// it. Returns how many entries were applied.
+    pub fn adopt(
+        &mut self,
+        entries: &mut [Entry],
+        withdrawals_applied_upto: u64,
+        now_unix_secs: u64,
+    ) -> usize {
+        if !entries.is_sorted_by_key(|e| e.seq) {
+            entries.sort_by_key(|e| e.seq);
+        }
+        self.jti.reserve(
+            entries.iter().filter(|e| matches!(e.revocation, crate::model::Revocation::Jti { .. })).count(),
+        );
+        let mut applied = 0;
+        for e in entries.iter() {
+            if e.revocation.is_withdrawal() && e.seq <= withdrawals_applied_upto {
+                continue;
+            }
+            applied += usize::from(self.insert(e, now_unix_secs));
+        }
+        applied
+    }
+
+    /// The `kid`s this set revokes (to compare with the keys an agent verifies with).
+    pub fn revoked_kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(|k| &**k)
     }
 
     /// The entry that revokes this token, if any.
@@ -488,6 +537,7 @@ impl RevocationSet {
             Kind::Subject => self.subjects.len(),
             Kind::Key => self.keys.len(),
             Kind::Session => self.sessions.len(),
+            Kind::Withdrawal => 0,
         }
     }
 
@@ -640,6 +690,85 @@ mod tests {
             let got = set.check(&token).map(|v| (v.kind, v.seq));
             assert_eq!(got, want, "case {i}: {token:?}");
         }
+    }
+
+    fn token_of(r: &Revocation) -> TokenRef<'_> {
+        match r {
+            Revocation::Jti { jti, iss } => {
+                TokenRef { jti: Some(jti), iss: iss.as_deref(), ..Default::default() }
+            }
+            Revocation::Subject { sub, .. } => {
+                TokenRef { sub: Some(sub), iat: Some(0), ..Default::default() }
+            }
+            Revocation::Key { kid } => TokenRef { kid: Some(kid), ..Default::default() },
+            Revocation::Session { sid } => TokenRef { sid: Some(sid), ..Default::default() },
+            Revocation::Withdrawal { .. } => TokenRef::default(),
+        }
+    }
+
+    /// A withdrawal lifts its identifier whatever seq (or log) made the revocation, and only it.
+    #[test]
+    fn a_withdrawal_lifts_its_identifier_and_nothing_else() {
+        let kinds = [
+            jti("j", Some("i")),
+            Revocation::Subject { sub: "u".into(), issued_before: 10 },
+            Revocation::Key { kid: "k".into() },
+            Revocation::Session { sid: "s".into() },
+        ];
+        for (n, r) in kinds.iter().enumerate() {
+            let mut set = RevocationSet::new();
+            set.insert(&entry(7, 100, r.clone()), 0);
+            set.insert(&entry(8, 100, jti("j", None)), 0);
+            // Named by another seq (an earlier log's copy): lifted all the same.
+            let w = r.withdrawal(3).unwrap();
+            assert!(set.insert(&entry(20 + n as u64, 100, w.clone()), 0), "{r:?}");
+            assert_eq!(set.check(&token_of(r)).map(|v| v.seq).filter(|s| *s != 8), None, "{r:?} lifted");
+            assert!(set.check(&token_of(&jti("j", None))).is_some(), "an unscoped jti is another identifier");
+            assert!(!set.insert(&entry(30, 100, w), 0), "a second withdrawal lifts nothing");
+        }
+    }
+
+    /// Adopting a snapshot keeps what the set held, applies the snapshot in seq order, and skips
+    /// withdrawals the agent applied before: replayed from a restored log, one could otherwise
+    /// lift a revocation made after it.
+    #[test]
+    fn adopting_a_snapshot_drops_nothing_enforced() {
+        let mut set = RevocationSet::new();
+        set.insert(&entry(12, 100, jti("carried", None)), 0);
+        set.insert(&entry(13, 100, Revocation::Key { kid: "re-revoked".into() }), 0);
+        let mut snapshot = vec![
+            entry(11, 100, Revocation::Key { kid: "re-revoked".into() }.withdrawal(4).unwrap()),
+            entry(5, 100, Revocation::Session { sid: "new".into() }),
+            entry(9, 100, Revocation::Session { sid: "lifted".into() }.withdrawal(2).unwrap()),
+            entry(2, 100, Revocation::Session { sid: "lifted".into() }),
+        ];
+        set.adopt(&mut snapshot, 11, 0);
+        assert!(set.check(&token_of(&jti("carried", None))).is_some(), "carried forward");
+        assert!(
+            set.check(&TokenRef { kid: Some("re-revoked"), ..Default::default() }).is_some(),
+            "not lifted again"
+        );
+        assert!(set.check(&TokenRef { sid: Some("new"), ..Default::default() }).is_some());
+        assert!(
+            set.check(&TokenRef { sid: Some("lifted"), ..Default::default() }).is_some(),
+            "already applied"
+        );
+        // From another log every withdrawal is new, and applies in seq order.
+        let mut other = vec![
+            entry(9, 100, Revocation::Session { sid: "lifted".into() }.withdrawal(2).unwrap()),
+            entry(2, 100, Revocation::Session { sid: "lifted".into() }),
+        ];
+        set.adopt(&mut other, 0, 0);
+        assert!(set.check(&TokenRef { sid: Some("lifted"), ..Default::default() }).is_none());
+    }
+
+    /// A key revocation with no expiry stays, however far the clock runs.
+    #[test]
+    fn a_revocation_kept_until_withdrawn_never_lapses() {
+        let mut set = RevocationSet::new();
+        set.insert(&entry(1, crate::model::NEVER, Revocation::Key { kid: "leaked".into() }), 0);
+        assert_eq!(set.remove_expired(u64::MAX - 1), 0);
+        assert!(set.check(&TokenRef { kid: Some("leaked"), ..Default::default() }).is_some());
     }
 
     #[test]

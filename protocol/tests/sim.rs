@@ -2,20 +2,27 @@
 //!
 //! Everything runs on a fake clock from a seed: links drop, duplicate, delay and reorder
 //! frames; links are cut; agents and the authority restart; the log is compacted; once in a
-//! while the authority loses its log and starts a new one. After every event the invariants
-//! are checked, and after a quiet period every agent must have converged to the log:
+//! while the authority loses its log and starts a new one (store wiped) or goes back to an
+//! earlier point of it (store restored from a backup); revocations are withdrawn. After every
+//! event the invariants are checked, and after a quiet period every agent must have converged
+//! to the log:
 //!
-//! - an agent applies entries strictly in seq order and never the same seq twice in one log;
+//! - an agent applies entries strictly in seq order and never the same seq twice in one log
+//!   (a log rolled back replays seqs it lost, as new entries);
 //! - every applied entry is exactly the log's entry with that seq;
 //! - authority-side cursors only move forward within a link;
 //! - an `Applied` report never names a seq the agent has not applied;
-//! - at the end every agent is at the head and its set holds exactly the log's live entries.
+//! - never OK for an applied, unexpired, unwithdrawn entry: once an agent applied an entry, its
+//!   set refuses the entry's tokens until the entry expires or a withdrawal made after the
+//!   entry lifts it, whatever happened to the log (checked every few steps and at the end);
+//! - at the end every agent is at the head and its set holds exactly the log's live,
+//!   unwithdrawn entries plus what it carried forward and still must enforce.
 //!
 //! Set `REVMESH_SIM_SEEDS=N` to run more seeds, `REVMESH_SIM_SEED=S` to replay one.
 
 use revmesh_protocol::agent::{AgentConfig, AgentEvent, AgentSession};
 use revmesh_protocol::authority::{AuthorityConfig, AuthorityEvent, AuthoritySession, LogView, Transmit};
-use revmesh_protocol::frame::{snapshot_chunks, Batch, Frame, MAX_ENTRIES_PER_FRAME};
+use revmesh_protocol::frame::{snapshot_chunks, Batch, Frame, MAX_ENTRIES_PER_FRAME, MAX_VERSION};
 use revmesh_protocol::time::{Jitter, Now};
 use revmesh_protocol::{Entry, LogId, Revocation, RevocationSet, TokenRef};
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +49,9 @@ struct Faults {
     authority_restart: f64,
     compact: f64,
     revoke: f64,
+    withdraw: f64,
+    /// The authority comes back with its log rolled back to an earlier point (a restored backup).
+    rollback: f64,
 }
 
 const QUIET: Faults = Faults {
@@ -53,6 +63,8 @@ const QUIET: Faults = Faults {
     authority_restart: 0.0,
     compact: 0.0,
     revoke: 0.0,
+    withdraw: 0.0,
+    rollback: 0.0,
 };
 
 /// One direction of one link: frames with their delivery time; FIFO order is the tiebreak.
@@ -88,6 +100,9 @@ struct Agent {
     /// Highest seq applied per log (exactly-once, in-order check).
     applied: HashMap<LogId, u64>,
     applies: u64,
+    /// Every entry this agent applied that it must still enforce, by target: until it expires
+    /// or the agent applies a withdrawal of its target made at or after it.
+    owed: HashMap<Revocation, Entry>,
 }
 
 struct Sim {
@@ -112,6 +127,8 @@ struct Sim {
     reports: u64,
     snapshots: u64,
     logs_created: u64,
+    rollbacks: u64,
+    withdrawals: u64,
 }
 
 fn auth_cfg() -> AuthorityConfig {
@@ -121,7 +138,14 @@ fn auth_cfg() -> AuthorityConfig {
         max_ack_timeout: Duration::from_secs(2),
         window: 4 * MAX_ENTRIES_PER_FRAME as u64,
         idle_timeout: Duration::from_secs(3),
+        max_token_ttl: Duration::from_secs(3_600),
     }
+}
+
+/// Every fifth agent speaks link version 2, as agents not yet upgraded do: it is sent no
+/// withdrawal (it keeps enforcing what they lift, wider) and no frame of version 3.
+fn agent_cfg_for(i: usize) -> AgentConfig {
+    AgentConfig { max_version: if i.is_multiple_of(5) { 2 } else { MAX_VERSION }, ..agent_cfg() }
 }
 
 fn agent_cfg() -> AgentConfig {
@@ -129,6 +153,7 @@ fn agent_cfg() -> AgentConfig {
         ack_delay: Duration::from_millis(2),
         idle_timeout: Duration::from_secs(3),
         max_snapshot_entries: 1 << 20,
+        max_version: MAX_VERSION,
     }
 }
 
@@ -141,7 +166,7 @@ impl Sim {
         let now = Now { mono: Instant::now(), unix_ms: 1_700_000_000_000 };
         let agents = (0..n_agents)
             .map(|i| Agent {
-                session: AgentSession::new(format!("agent-{i}"), "sim".into(), None, 0, agent_cfg()),
+                session: AgentSession::new(format!("agent-{i}"), "sim".into(), None, 0, agent_cfg_for(i)),
                 set: RevocationSet::new(),
                 persisted: (None, 0, RevocationSet::new()),
                 link: None,
@@ -150,6 +175,7 @@ impl Sim {
                 to_auth: Wire::default(),
                 applied: HashMap::new(),
                 applies: 0,
+                owed: HashMap::new(),
             })
             .collect();
         Self {
@@ -170,6 +196,8 @@ impl Sim {
             reports: 0,
             snapshots: 0,
             logs_created: 1,
+            rollbacks: 0,
+            withdrawals: 0,
         }
     }
 
@@ -220,8 +248,63 @@ impl Sim {
         self.cut(i);
         let a = &mut self.agents[i];
         let (log_id, seq, set) = &a.persisted;
-        a.session = AgentSession::new(format!("agent-{i}"), "sim".into(), *log_id, *seq, agent_cfg());
+        a.session = AgentSession::new(format!("agent-{i}"), "sim".into(), *log_id, *seq, agent_cfg_for(i));
         a.set = set.clone();
+    }
+
+    /// The authority comes back from a backup: its log as it was at an earlier head, restored
+    /// as `revmesh-authority restore` does, under a new log id (PROTOCOL.md §9.6: a restored
+    /// log reuses the seqs it lost, so it must not pass for the log agents followed).
+    fn rollback(&mut self) {
+        self.restart_authority(false);
+        let back = self.rng.below(self.log.head.saturating_sub(self.log.floor) + 1);
+        let head = self.log.head - back;
+        self.log.entries.retain(|seq, _| *seq <= head);
+        self.log.head = head;
+        self.log.log_id = LogId(self.rng.0.next_u64().to_le_bytes().repeat(2).try_into().unwrap());
+        for e in self.log.entries.values() {
+            self.history.insert((self.log.log_id, e.seq), e.clone());
+        }
+        self.rollbacks += 1;
+    }
+
+    /// Withdraws one live entry of the log made before now (an operator undoing a revocation).
+    fn withdraw(&mut self) {
+        let now_ms = self.now.unix_ms;
+        let withdrawn: std::collections::HashSet<u64> = self
+            .log
+            .entries
+            .values()
+            .filter_map(|e| match e.revocation {
+                Revocation::Withdrawal { seq, .. } => Some(seq),
+                _ => None,
+            })
+            .collect();
+        let candidates: Vec<&Entry> = self
+            .log
+            .entries
+            .values()
+            .filter(|e| {
+                !e.revocation.is_withdrawal() && e.created_at_ms < now_ms && !withdrawn.contains(&e.seq)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let target = candidates[self.rng.below(candidates.len() as u64) as usize].clone();
+        self.log.head += 1;
+        let Some(revocation) = target.revocation.withdrawal(target.seq) else { return };
+        let e = Entry {
+            seq: self.log.head,
+            created_at_ms: now_ms,
+            expires_at: target.expires_at,
+            reason: Some("withdrawn".into()),
+            revocation,
+        };
+        self.withdrawals += 1;
+        self.history.insert((self.log.log_id, e.seq), e.clone());
+        self.log.entries.insert(e.seq, e);
+        self.push_log_view();
     }
 
     fn restart_authority(&mut self, new_log: bool) {
@@ -286,8 +369,14 @@ impl Sim {
                 self.revoke();
             }
         }
+        if up && self.rng.chance(f.withdraw) {
+            self.withdraw();
+        }
         if up && self.rng.chance(f.compact) {
             self.compact();
+        }
+        if self.rng.chance(f.rollback) {
+            self.rollback();
         }
         if self.rng.chance(f.cut) {
             let i = self.rng.below(self.agents.len() as u64) as usize;
@@ -303,6 +392,24 @@ impl Sim {
         }
         for i in 0..self.agents.len() {
             self.step_agent(i, f, up);
+        }
+        if self.rng.chance(0.02) {
+            self.check_owed();
+        }
+    }
+
+    /// Never OK for an applied, unexpired, unwithdrawn entry.
+    fn check_owed(&self) {
+        let now = self.now.unix_secs();
+        for (i, a) in self.agents.iter().enumerate() {
+            for e in a.owed.values().filter(|e| !e.is_expired(now)) {
+                if a.set.check(&token_for(&e.revocation)).is_none() {
+                    self.fail(format!(
+                        "agent {i} answers OK for entry {} ({:?}) it applied, unexpired and never withdrawn",
+                        e.seq, e.revocation
+                    ));
+                }
+            }
         }
     }
 
@@ -345,7 +452,9 @@ impl Sim {
             self.send(false, i, frame, f);
         }
         let mut out = Vec::new();
+        let mut version = 1;
         if let Some((_, s, _)) = self.sessions.get_mut(&i) {
+            version = s.version();
             if self.held.get(&i).is_some_and(|&t| now.mono >= t) {
                 self.held.remove(&i);
                 s.hold_data(false);
@@ -359,7 +468,7 @@ impl Sim {
             }
         }
         for t in out {
-            for frame in self.materialise(t) {
+            for frame in self.materialise(t, version) {
                 self.send(true, i, frame, f);
             }
         }
@@ -427,19 +536,42 @@ impl Sim {
         }
     }
 
-    fn materialise(&mut self, t: Transmit) -> Vec<Frame> {
+    fn materialise(&mut self, t: Transmit, version: u8) -> Vec<Frame> {
         let log_id = self.log.log_id;
+        let carried = |e: &Entry| version >= 3 || !e.revocation.is_withdrawal();
         match t {
             Transmit::Frame(f) => vec![f],
             Transmit::Entries { from, to } => {
-                let entries = self.log.entries.range(from..=to).map(|(_, e)| e.clone()).collect();
+                let entries = self
+                    .log
+                    .entries
+                    .range(from..=to)
+                    .filter(|(_, e)| carried(e))
+                    .map(|(_, e)| e.clone())
+                    .collect();
                 let batch = Batch { log_id, from_seq: from, to_seq: to, entries };
                 // Some ranges are awaited at the applied level.
                 vec![if self.rng.chance(0.3) { Frame::WaitedBatch(batch) } else { Frame::Batch(batch) }]
             }
             Transmit::Snapshot { snapshot_id, upto } => {
                 self.snapshots += 1;
-                let live: Vec<Entry> = self.log.entries.range(..=upto).map(|(_, e)| e.clone()).collect();
+                // As the authority does: a withdrawn entry is left out, its withdrawal goes in.
+                let withdrawn: std::collections::HashSet<u64> = self
+                    .log
+                    .entries
+                    .range(..=upto)
+                    .filter_map(|(_, e)| match e.revocation {
+                        Revocation::Withdrawal { seq, .. } => Some(seq),
+                        _ => None,
+                    })
+                    .collect();
+                let live: Vec<Entry> = self
+                    .log
+                    .entries
+                    .range(..=upto)
+                    .filter(|(seq, e)| !withdrawn.contains(seq) && carried(e))
+                    .map(|(_, e)| e.clone())
+                    .collect();
                 snapshot_chunks(log_id, snapshot_id, upto, &live)
             }
         }
@@ -482,7 +614,10 @@ impl Sim {
                                 .history
                                 .get(&(log_id, seq))
                                 .unwrap_or_else(|| self.fail(format!("seq {seq} unknown")));
-                            if !e.is_expired(now.unix_secs()) {
+                            // A version-2 agent is sent no withdrawals.
+                            let v2_withdrawal =
+                                e.revocation.is_withdrawal() && agent_cfg_for(i).max_version < 3;
+                            if !e.is_expired(now.unix_secs()) && !v2_withdrawal {
                                 self.fail(format!("agent {i} skipped live seq {seq}"));
                             }
                         }
@@ -490,6 +625,7 @@ impl Sim {
                     let a = &mut self.agents[i];
                     for e in &entries {
                         a.set.insert(e, now.unix_secs());
+                        owe(&mut a.owed, e, now.unix_secs());
                     }
                     a.applies += entries.len() as u64;
                     a.applied.insert(log_id, to_seq);
@@ -499,21 +635,23 @@ impl Sim {
                     a.persisted = (Some(log_id), to_seq, a.set.clone());
                     a.session.mark_durable(to_seq, now);
                 }
-                AgentEvent::Replace { log_id, snapshot_seq, entries } => {
+                AgentEvent::Adopt { log_id, snapshot_seq, mut entries, withdrawals_applied_upto } => {
                     let a = &mut self.agents[i];
                     let prev = a.applied.get(&log_id).copied().unwrap_or(0);
                     if snapshot_seq < prev {
                         self.fail(format!("agent {i} snapshot {snapshot_seq} moves back from {prev}"));
                     }
-                    let mut set = RevocationSet::new();
+                    a.set.adopt(&mut entries, withdrawals_applied_upto, now.unix_secs());
                     for e in &entries {
-                        set.insert(e, now.unix_secs());
+                        if !(e.revocation.is_withdrawal() && e.seq <= withdrawals_applied_upto) {
+                            owe(&mut a.owed, e, now.unix_secs());
+                        }
                     }
-                    a.set = set;
                     a.applied.insert(log_id, snapshot_seq);
                     a.persisted = (Some(log_id), snapshot_seq, a.set.clone());
                     a.session.mark_durable(snapshot_seq, now);
                 }
+                AgentEvent::Limits(_) => {}
                 AgentEvent::Disconnect { retry_after, .. } => {
                     self.cut(i);
                     if let Some(d) = retry_after {
@@ -533,23 +671,43 @@ impl Sim {
     }
 
     fn check_final(&mut self) {
+        self.check_owed();
         let now = self.now.unix_secs();
-        let live: Vec<&Entry> = self.log.entries.values().filter(|e| !e.is_expired(now)).collect();
+        let withdrawn: std::collections::HashSet<u64> = self
+            .log
+            .entries
+            .values()
+            .filter_map(|e| match e.revocation {
+                Revocation::Withdrawal { seq, .. } => Some(seq),
+                _ => None,
+            })
+            .collect();
+        let live: Vec<&Entry> = self
+            .log
+            .entries
+            .values()
+            .filter(|e| !e.is_expired(now) && !e.revocation.is_withdrawal() && !withdrawn.contains(&e.seq))
+            .collect();
         for (i, a) in self.agents.iter_mut().enumerate() {
             a.set.remove_expired(now);
-            if a.set.len() != live.len() {
-                panic!(
-                    "seed {}: agent {i} holds {} revocations, the log {}",
-                    self.seed,
-                    a.set.len(),
-                    live.len()
-                );
-            }
+            // What the agent must hold: the log's live entries and what it carries forward.
+            let mut targets: std::collections::HashSet<&Revocation> =
+                live.iter().map(|e| &e.revocation).collect();
+            targets.extend(a.owed.values().filter(|e| !e.is_expired(now)).map(|e| &e.revocation));
             for e in &live {
                 let t = token_for(&e.revocation);
-                if a.set.check(&t).is_none_or(|v| v.seq != e.seq) {
+                if a.set.check(&t).is_none() {
                     panic!("seed {}: agent {i} does not revoke live entry {}", self.seed, e.seq);
                 }
+            }
+            if a.set.len() != targets.len() {
+                panic!(
+                    "seed {}: agent {i} holds {} revocations, it owes {} (the log's live ones: {})",
+                    self.seed,
+                    a.set.len(),
+                    targets.len(),
+                    live.len()
+                );
             }
         }
     }
@@ -565,6 +723,28 @@ fn token_for(r: &Revocation) -> TokenRef<'_> {
         }
         Revocation::Key { kid } => TokenRef { kid: Some(kid), ..Default::default() },
         Revocation::Session { sid } => TokenRef { sid: Some(sid), ..Default::default() },
+        Revocation::Withdrawal { .. } => TokenRef::default(),
+    }
+}
+
+/// Records what applying `e` obliges an agent to enforce: a revocation is owed until it
+/// expires; a withdrawal discharges a revocation of its target made at or before it.
+fn owe(owed: &mut HashMap<Revocation, Entry>, e: &Entry, now: u64) {
+    match &e.revocation {
+        Revocation::Withdrawal { kind, id, iss, .. } => {
+            // By identifier, whatever the seq: it lifts copies carried from other logs too.
+            let named = Revocation::Withdrawal { seq: 0, kind: *kind, id: id.clone(), iss: iss.clone() };
+            let target = owed.keys().find(|r| r.withdrawal(0).as_ref() == Some(&named)).cloned();
+            if let Some(t) = target {
+                if owed.get(&t).is_some_and(|o| o.created_at_ms <= e.created_at_ms) {
+                    owed.remove(&t);
+                }
+            }
+        }
+        r if !e.is_expired(now) => {
+            owed.insert(r.clone(), e.clone());
+        }
+        _ => {}
     }
 }
 
@@ -591,6 +771,8 @@ struct Outcome {
     applies: u64,
     logs: u64,
     long_holds: u64,
+    rollbacks: u64,
+    withdrawals: u64,
 }
 
 fn run(seed: u64, n_agents: usize, steps: usize) -> Outcome {
@@ -603,6 +785,8 @@ fn run(seed: u64, n_agents: usize, steps: usize) -> Outcome {
         authority_restart: 0.0015,
         compact: 0.01,
         revoke: 0.5,
+        withdraw: 0.05,
+        rollback: 0.0005,
     };
     let mut sim = Sim::new(seed, n_agents);
     for _ in 0..steps {
@@ -649,6 +833,8 @@ fn run(seed: u64, n_agents: usize, steps: usize) -> Outcome {
         applies: sim.agents.iter().map(|a| a.applies).sum(),
         logs: sim.logs_created,
         long_holds: sim.long_holds,
+        rollbacks: sim.rollbacks,
+        withdrawals: sim.withdrawals,
     }
 }
 
@@ -666,8 +852,8 @@ fn every_agent_applies_every_entry_once_in_order() {
         let o = std::panic::catch_unwind(|| run(seed, 50, 3_000))
             .unwrap_or_else(|e| std::panic::resume_unwind(e));
         eprintln!(
-            "seed {seed}: revocations {} head {} applies {} resends {} snapshots {} logs {}",
-            o.revocations, o.head, o.applies, o.resends, o.snapshots, o.logs
+            "seed {seed}: revocations {} head {} applies {} resends {} snapshots {} logs {} rollbacks {} withdrawals {}",
+            o.revocations, o.head, o.applies, o.resends, o.snapshots, o.logs, o.rollbacks, o.withdrawals
         );
         assert!(
             o.revocations > 1000,
@@ -685,4 +871,7 @@ fn faults_are_actually_exercised() {
     assert!(outcomes.iter().map(|o| o.snapshots).sum::<u64>() > 0, "no snapshot ever happened");
     assert!(outcomes.iter().map(|o| o.reports).sum::<u64>() > 0, "no applied report ever arrived");
     assert!(outcomes.iter().map(|o| o.long_holds).sum::<u64>() > 0, "no link was held past the idle timeout");
+    assert!(outcomes.iter().map(|o| o.logs).sum::<u64>() > 4, "no store was ever wiped");
+    assert!(outcomes.iter().map(|o| o.rollbacks).sum::<u64>() > 0, "no store was ever rolled back");
+    assert!(outcomes.iter().map(|o| o.withdrawals).sum::<u64>() > 0, "nothing was ever withdrawn");
 }

@@ -422,9 +422,10 @@ mod tests {
         assert_eq!(client.read(&mut b).await.expect("read"), 0, "closed");
     }
 
-    /// A token the unit-test checker accepts.
+    /// A token the unit-test checker accepts: issued now, for an hour.
     fn valid_token() -> String {
-        let claims = serde_json::json!({"sub": "alice", "jti": "j1", "exp": 4_000_000_000u64, "iat": 1});
+        let now = revmesh_runtime::Clock::system().unix_secs();
+        let claims = serde_json::json!({"sub": "alice", "jti": "j1", "exp": now + 3_600, "iat": now});
         let key = jsonwebtoken::EncodingKey::from_secret(b"unit-test-secret-0123456789abcdef").expect("key");
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token")
     }

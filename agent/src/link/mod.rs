@@ -50,6 +50,8 @@ pub struct LinkSettings {
     /// the applied level (`WaitedBatch`), so that several share one fsync. Any other batch is
     /// written at once, with whatever waits.
     pub applied_fsync_delay: Duration,
+    /// Highest link version offered in the hello (tests of mixed versions offer an older one).
+    pub max_version: u8,
 }
 
 impl LinkSettings {
@@ -71,6 +73,7 @@ impl LinkSettings {
             tls: None,
             persist_inline: false,
             applied_fsync_delay: Duration::ZERO,
+            max_version: revmesh_protocol::frame::MAX_VERSION,
         }
     }
 }
@@ -156,7 +159,11 @@ pub async fn run_with(
         settings.version.clone(),
         state.log_id(),
         state.applied(),
-        AgentConfig { idle_timeout: settings.idle_timeout, ..AgentConfig::default() },
+        AgentConfig {
+            idle_timeout: settings.idle_timeout,
+            max_version: settings.max_version,
+            ..AgentConfig::default()
+        },
     );
     let journal = persist.map(|p| Journal { p, inline: settings.persist_inline });
     let mut jitter = Jitter::new(rand::random());
@@ -731,12 +738,23 @@ async fn apply_events(
                 durable_awaited |= !waited;
                 group.push(batch);
             }
-            AgentEvent::Replace { log_id, snapshot_seq, entries } => {
+            AgentEvent::Limits(l) => state.learn_max_token_ttl(l.max_token_ttl_secs),
+            AgentEvent::Adopt { log_id, snapshot_seq, mut entries, withdrawals_applied_upto } => {
                 if let Some(j) = w.journal {
                     write_group(session, state, j, w.pending, &mut group).await;
                 }
-                state.replace(log_id, &entries, snapshot_seq);
-                tracing::info!(seq = snapshot_seq, entries = entries.len(), "applied snapshot");
+                let before = state.log_id();
+                let carried = state.adopt(log_id, &mut entries, snapshot_seq, withdrawals_applied_upto);
+                if before.is_some_and(|b| b != log_id) && carried > 0 {
+                    tracing::warn!(
+                        previous_log = %before.map(|b| b.to_string()).unwrap_or_default(),
+                        log = %log_id,
+                        carried,
+                        "the authority serves another log (a lost or restored store?): \
+                         the revocations held from before stay in force until they expire or are withdrawn"
+                    );
+                }
+                tracing::info!(seq = snapshot_seq, entries = entries.len(), carried, "applied snapshot");
                 if w.journal.is_none() {
                     session.mark_durable(snapshot_seq, state.clock().now());
                     continue;

@@ -23,8 +23,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use revmesh_protocol::model::{validate_id, MAX_REASON_BYTES};
-use revmesh_protocol::{Entry, Revocation};
+use revmesh_protocol::model::{validate_id, MAX_REASON_BYTES, NEVER};
+use revmesh_protocol::{Entry, Kind, Revocation};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +63,8 @@ pub struct AdminState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Interval of the change feed's heartbeat comments.
     pub heartbeat: Duration,
+    /// Where a backup is staged before it is sent (the data dir).
+    pub backup_dir: std::path::PathBuf,
 }
 
 /// Why revocations were not stored: nothing of them is; the caller may retry.
@@ -145,8 +147,9 @@ impl IntoResponse for ApiError {
 pub(crate) fn routes(state: AdminState) -> Router {
     let v1 = Router::new()
         .route("/v1/revocations", post(create).get(list))
-        .route("/v1/revocations/{seq}", get(one))
+        .route("/v1/revocations/{seq}", get(one).delete(withdraw))
         .route("/v1/agents", get(agents))
+        .route("/v1/backup", get(backup))
         .route("/v1/agents/{id}", axum::routing::delete(forget))
         .route("/v1/status", get(status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -276,15 +279,19 @@ fn revocation_from(value: Value, max_token_ttl: Duration, now: u64) -> Result<Ne
                 }
                 None => None,
             };
-            (Revocation::Jti { jti, iss }, None)
+            // A token's lifetime is bounded by --max-token-ttl at every agent (a longer one is
+            // refused, `INVALID reason=lifetime`), so the revoked token has expired by then.
+            (Revocation::Jti { jti, iss }, now + ttl)
         }
         "subject" => {
             let sub = required_id(&obj, "sub")?;
             let issued_before = time_field(&obj, "issued_before")?.unwrap_or(now);
-            (Revocation::Subject { sub, issued_before }, Some(issued_before.max(now) + ttl))
+            (Revocation::Subject { sub, issued_before }, issued_before.max(now) + ttl)
         }
-        "key" => (Revocation::Key { kid: required_id(&obj, "kid")? }, Some(now + ttl)),
-        "session" => (Revocation::Session { sid: required_id(&obj, "sid")? }, Some(now + ttl)),
+        // No default expiry: whoever holds a leaked key mints fresh tokens at will. Kept until
+        // withdrawn (DELETE /v1/revocations/{seq}) or until an explicit `expires_at`.
+        "key" => (Revocation::Key { kid: required_id(&obj, "kid")? }, NEVER),
+        "session" => (Revocation::Session { sid: required_id(&obj, "sid")? }, now + ttl),
         other => {
             return Err(ApiError::bad(
                 "kind",
@@ -292,9 +299,7 @@ fn revocation_from(value: Value, max_token_ttl: Duration, now: u64) -> Result<Ne
             ));
         }
     };
-    let expires_at = expires_at.or(default_expiry).ok_or_else(|| {
-        ApiError::bad("expires_at", "`expires_at` (the token's exp) is required for kind jti")
-    })?;
+    let expires_at = expires_at.unwrap_or(default_expiry);
     if expires_at <= now {
         return Err(ApiError::bad(
             "expires_at",
@@ -333,6 +338,20 @@ pub fn entry_json(e: &Entry, log_id: &str) -> Value {
             }
             Revocation::Session { sid } => {
                 m.insert("sid".into(), json!(sid));
+            }
+            Revocation::Withdrawal { seq, kind, id, iss } => {
+                m.insert("withdraws".into(), json!(seq));
+                m.insert("withdrawn_kind".into(), json!(kind.as_str()));
+                let field = match kind {
+                    Kind::Jti => "jti",
+                    Kind::Subject => "sub",
+                    Kind::Key => "kid",
+                    Kind::Session | Kind::Withdrawal => "sid",
+                };
+                m.insert(field.into(), json!(id));
+                if iss.is_some() {
+                    m.insert("iss".into(), json!(iss));
+                }
             }
         }
     }
@@ -393,30 +412,7 @@ async fn create(
     let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
         return Err(ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "nothing was stored"));
     };
-    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
-    let level = wait.unwrap_or(Level::Durable);
-    let timeout = if wait.is_some() { timeout } else { Duration::ZERO };
-    // The entries are durable from here on: whatever happens to the receipt, the answer is
-    // 201 with their seqs. A 503 now would tell a caller that retries on 503 to store them twice.
-    let mut body = match s.registry.receipt(last.seq, timeout, level).await {
-        Ok(receipt) => json!({
-            "log_id": s.log.log_id().to_string(),
-            "level": level.as_str(),
-            "acked": receipt.acked,
-            "pending": receipt.pending,
-            "disconnected": receipt.disconnected,
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, seq = last.seq, "stored, but the receipt could not be computed");
-            json!({
-                "log_id": s.log.log_id().to_string(),
-                "level": level.as_str(),
-                "receipt": "unavailable",
-                "receipt_error": "agent cursors could not be read; the revocation is stored: \
-                                  do not resubmit, follow it with GET /v1/revocations/{seq}",
-            })
-        }
-    };
+    let mut body = receipt_body(&s, last.seq, wait, q.timeout_ms).await;
     if let Value::Object(m) = &mut body {
         if bulk {
             m.insert("first_seq".into(), first.seq.into());
@@ -426,6 +422,156 @@ async fn create(
         }
     }
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The receipt part of an answer for entries stored up to `seq`: who applied them, waited for
+/// up to the timeout when `wait` asks for a level.
+async fn receipt_body(s: &AdminState, seq: u64, wait: Option<Level>, timeout_ms: Option<u64>) -> Value {
+    let timeout = Duration::from_millis(timeout_ms.unwrap_or(10_000)).min(MAX_WAIT);
+    let level = wait.unwrap_or(Level::Durable);
+    let timeout = if wait.is_some() { timeout } else { Duration::ZERO };
+    // The entries are durable from here on: whatever happens to the receipt, the answer is
+    // 201 with their seqs. A 503 now would tell a caller that retries on 503 to store them twice.
+    match s.registry.receipt(seq, timeout, level).await {
+        Ok(receipt) => json!({
+            "log_id": s.log.log_id().to_string(),
+            "level": level.as_str(),
+            "acked": receipt.acked,
+            "pending": receipt.pending,
+            "disconnected": receipt.disconnected,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, seq = seq, "stored, but the receipt could not be computed");
+            json!({
+                "log_id": s.log.log_id().to_string(),
+                "level": level.as_str(),
+                "receipt": "unavailable",
+                "receipt_error": "agent cursors could not be read; the revocation is stored: \
+                                  do not resubmit, follow it with GET /v1/revocations/{seq}",
+            })
+        }
+    }
+}
+
+/// `DELETE /v1/revocations/{seq}`: withdraws a revocation, the one way to lift it before it
+/// expires. Appends a `withdrawal` entry naming the seq and the revoked identifier, delivered
+/// and receipted like any entry: at every agent it lifts that identifier, also where the agent
+/// carries it from an earlier log. 404 for an unknown (or expired) seq; a second withdrawal of
+/// the same seq answers 200 with the first one's seq.
+async fn withdraw(
+    State(s): State<AdminState>,
+    Path(seq): Path<String>,
+    query: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let seq: u64 = seq.parse().map_err(|_| ApiError::bad("seq", "`seq` must be a number"))?;
+    let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let wait = match q.wait.as_deref() {
+        None => None,
+        Some("all") => Some(Level::Durable),
+        Some("applied") => Some(Level::Applied),
+        Some(_) => return Err(ApiError::bad("wait", "`wait` must be `all` or `applied`")),
+    };
+    let body = body_bytes(&s, body, MAX_BODY).await?;
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad("body", format!("invalid JSON: {e}")))?;
+        let Value::Object(obj) = v else { return Err(ApiError::bad("body", "body must be a JSON object")) };
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "reason") {
+            return Err(ApiError::bad("body", format!("unknown field `{k}` (only `reason`)")));
+        }
+        let reason = str_field(&obj, "reason")?.map(str::to_owned);
+        if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_BYTES) {
+            return Err(ApiError::bad("reason", format!("`reason` is longer than {MAX_REASON_BYTES} bytes")));
+        }
+        reason
+    };
+    let target = s.log.get(seq).ok_or_else(|| {
+        ApiError::status(StatusCode::NOT_FOUND, "no such entry (never written, or expired and compacted)")
+    })?;
+    let log_id = s.log.log_id().to_string();
+    if let Some(earlier) = s.log.withdrawn_by(seq) {
+        let mut body = receipt_body(&s, earlier, wait, q.timeout_ms).await;
+        if let Value::Object(m) = &mut body {
+            m.insert("seq".into(), earlier.into());
+            m.insert("withdraws".into(), seq.into());
+            m.insert("already_withdrawn".into(), true.into());
+        }
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    let Some(revocation) = target.revocation.withdrawal(seq) else {
+        return Err(ApiError::bad("seq", "a withdrawal cannot be withdrawn; revoke again instead"));
+    };
+    let lifts = s.log.same_target(seq, &target.revocation);
+    let entry = NewEntry {
+        revocation,
+        expires_at: target.expires_at,
+        reason,
+        created_at_ms: s.log.clock().unix_ms(),
+    };
+    let stored = store_revocations(&s, vec![entry], wait == Some(Level::Applied))
+        .await
+        .map_err(|e| e.response("the withdrawal"))?;
+    let Some(w) = stored.first() else {
+        return Err(ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "nothing was stored"));
+    };
+    tracing::info!(seq = w.seq, withdraws = seq, also = ?lifts, log = %log_id, "revocation withdrawn");
+    let mut body = receipt_body(&s, w.seq, wait, q.timeout_ms).await;
+    if let Value::Object(m) = &mut body {
+        m.insert("seq".into(), w.seq.into());
+        m.insert("withdraws".into(), seq.into());
+        // Earlier entries revoking the same identifier: agents lift the identifier, so these
+        // are lifted with it.
+        m.insert("also_lifts".into(), json!(lifts));
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /v1/backup`: a consistent copy of the embedded store, written while serving, as the
+/// body (`revmesh-authority backup FILE` saves it; `restore` installs it). 501 on PostgreSQL,
+/// which is backed up with `pg_dump`.
+async fn backup(State(s): State<AdminState>) -> Result<Response, ApiError> {
+    let staged = s.backup_dir.join(format!("backup-{:016x}.redb.partial", rand::random::<u64>()));
+    let result = s.log.backup(staged.clone()).await;
+    let read = match &result {
+        Ok(Some(_)) => Some(tokio::fs::read(&staged).await),
+        _ => None,
+    };
+    let _ = tokio::fs::remove_file(&staged).await;
+    let info = match result {
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            return Err(ApiError::status(
+                StatusCode::NOT_IMPLEMENTED,
+                "this store is backed up with PostgreSQL's own tools (pg_dump); see README",
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "backup failed");
+            return Err(ApiError::status(StatusCode::SERVICE_UNAVAILABLE, format!("backup failed: {e}")));
+        }
+    };
+    let bytes = match read {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            return Err(ApiError::status(StatusCode::SERVICE_UNAVAILABLE, format!("backup failed: {e}")))
+        }
+        None => return Err(ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "backup not written")),
+    };
+    tracing::info!(log = %info.log_id, head = info.head, entries = info.entries, bytes = bytes.len(), "backup taken");
+    let mut r = (StatusCode::OK, bytes).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+    for (name, value) in
+        [("x-revmesh-log-id", info.log_id.to_string()), ("x-revmesh-head", info.head.to_string())]
+    {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    Ok(r)
 }
 
 /// The registry could not be read (a shared cursor store that is down): logged, and a 503.
@@ -580,6 +726,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             shutdown: tokio_util::sync::CancellationToken::new(),
             heartbeat: Duration::from_secs(5),
+            backup_dir: dir.path().to_owned(),
         };
         let mut app = routes(state);
         for (uri, body) in [
@@ -613,7 +760,6 @@ mod tests {
             ("[1]", "body"),
             (r#"{"jti":"a","expires_at":5000}"#, "kind"),
             (r#"{"kind":"nope"}"#, "kind"),
-            (r#"{"kind":"jti","jti":"a"}"#, "expires_at"),
             (r#"{"kind":"jti","jti":"a","expires_at":10}"#, "expires_at"),
             (r#"{"kind":"jti","jti":"a","expires_at":"soon"}"#, "expires_at"),
             (r#"{"kind":"jti","jti":"","expires_at":5000}"#, "jti"),
@@ -641,5 +787,14 @@ mod tests {
         let e = parse(r#"{"kind":"jti","jti":"a","iss":"i","expires_at":5000,"reason":"leak"}"#).unwrap();
         assert_eq!(e.expires_at, 5000);
         assert_eq!(e.reason.as_deref(), Some("leak"));
+        // Agents bound token lifetimes by --max-token-ttl, so a leaked token's `exp` need not
+        // be known: it has expired by then.
+        let e = parse(r#"{"kind":"jti","jti":"a"}"#).unwrap();
+        assert_eq!(e.expires_at, 1_000 + 86_400);
+        // A leaked key lets its holder mint fresh tokens: no moment makes it safe to forget.
+        let e = parse(r#"{"kind":"key","kid":"k"}"#).unwrap();
+        assert_eq!(e.expires_at, revmesh_protocol::model::NEVER);
+        let e = parse(r#"{"kind":"key","kid":"k","expires_at":9000}"#).unwrap();
+        assert_eq!(e.expires_at, 9000);
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod import;
 
-use crate::config::{AgentsAction, AgentsArgs, ClientArgs, RevokeArgs, RevokeWhat};
+use crate::config::{
+    AgentsAction, AgentsArgs, BackupArgs, ClientArgs, RestoreArgs, RevokeArgs, RevokeWhat, WithdrawArgs,
+};
 use revmesh_protocol::time::parse_duration;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -94,9 +96,16 @@ pub(crate) fn call(
     };
     let token = token(args)?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let (status, body) =
-        request(tls, &format!("{base}{path}"), method, Some(&token), payload.as_bytes(), timeout)?;
-    Ok(Answer { status, body })
+    let (status, body) = request(
+        tls,
+        &format!("{base}{path}"),
+        method,
+        Some(&token),
+        payload.as_bytes(),
+        timeout,
+        MAX_RESPONSE,
+    )?;
+    Ok(Answer { status, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// A TLS client trusting the CA certificates in `ca` (PEM).
@@ -115,7 +124,8 @@ pub fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    request(None, &format!("http://{hostport}{path}"), method, token, body, timeout)
+    request(None, &format!("http://{hostport}{path}"), method, token, body, timeout, MAX_RESPONSE)
+        .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
 }
 
 /// The same over TLS, verifying the server against `tls`'s roots.
@@ -128,7 +138,8 @@ pub fn https_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    request(Some(tls), &format!("https://{hostport}{path}"), method, token, body, timeout)
+    request(Some(tls), &format!("https://{hostport}{path}"), method, token, body, timeout, MAX_RESPONSE)
+        .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
 }
 
 fn request(
@@ -138,9 +149,10 @@ fn request(
     token: Option<&str>,
     body: &[u8],
     timeout: Duration,
-) -> Result<(u16, String), String> {
+    max_response: usize,
+) -> Result<(u16, bytes::Bytes), String> {
     let method = http::Method::from_bytes(method.as_bytes()).map_err(|_| format!("bad method `{method}`"))?;
-    let client = revmesh_runtime::http_client::Client::new(tls, timeout, timeout, MAX_RESPONSE);
+    let client = revmesh_runtime::http_client::Client::new(tls, timeout, timeout, max_response);
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("content-type", "application/json")];
     if let Some(a) = &auth {
@@ -149,7 +161,7 @@ fn request(
     let answer = client
         .send_blocking(method, url, &headers, bytes::Bytes::copy_from_slice(body))
         .map_err(|e| e.to_string())?;
-    Ok((answer.status, answer.text()))
+    Ok((answer.status, answer.body))
 }
 
 fn finish(args: &ClientArgs, answer: Result<Answer, String>, human: impl FnOnce(&Value)) -> ExitCode {
@@ -224,7 +236,8 @@ pub fn revoke(a: &RevokeArgs) -> ExitCode {
 fn revoke_body(a: &RevokeArgs) -> Result<Value, String> {
     let mut body = match &a.what {
         RevokeWhat::Jti { jti, expires_at, iss } => {
-            json!({"kind": "jti", "jti": jti, "iss": iss, "expires_at": parse_time(expires_at)?})
+            let exp = expires_at.as_deref().map(parse_time).transpose()?;
+            json!({"kind": "jti", "jti": jti, "iss": iss, "expires_at": exp})
         }
         RevokeWhat::Subject { sub, issued_before } => {
             let ib = issued_before.as_deref().map(parse_time).transpose()?;
@@ -237,6 +250,153 @@ fn revoke_body(a: &RevokeArgs) -> Result<Value, String> {
         m.insert("reason".into(), json!(r));
     }
     Ok(body)
+}
+
+/// `revmesh-authority withdraw SEQ`
+pub fn withdraw(a: &WithdrawArgs) -> ExitCode {
+    let wait = match parse_duration(&a.timeout) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --timeout: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let path = if a.wait {
+        format!("/v1/revocations/{}?wait=all&timeout_ms={}", a.seq, wait.as_millis())
+    } else {
+        format!("/v1/revocations/{}", a.seq)
+    };
+    let body = a.reason.as_ref().map(|r| json!({ "reason": r }));
+    let answer = call(&a.client, "DELETE", &path, body.as_ref(), wait + Duration::from_secs(10));
+    finish(&a.client, answer, |v| {
+        if v["already_withdrawn"] == true {
+            println!("seq {} was already withdrawn by seq {}", v["withdraws"], v["seq"]);
+        } else {
+            println!(
+                "withdrawn: seq {} by seq {} in log {}",
+                v["withdraws"],
+                v["seq"],
+                v["log_id"].as_str().unwrap_or("?")
+            );
+        }
+        let lifts: Vec<String> =
+            v["also_lifts"].as_array().into_iter().flatten().map(Value::to_string).collect();
+        if !lifts.is_empty() {
+            println!("also lifted (same identifier): seq {}", lifts.join(", "));
+        }
+        print_receipt(v);
+    })
+}
+
+/// The receipt lines of an answer: who applied the entry, who has not yet.
+fn print_receipt(v: &Value) {
+    let list = |k: &str| -> String {
+        let items: Vec<&str> = v
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if items.is_empty() {
+            "-".into()
+        } else {
+            items.join(", ")
+        }
+    };
+    let level = if v["level"] == "applied" { "in memory" } else { "and on disk" };
+    println!("applied {level} by: {}", list("acked"));
+    println!("pending:    {}", list("pending"));
+    println!("not connected, without it: {}", list("disconnected"));
+}
+
+/// Largest backup `backup` accepts: 64 GiB.
+const MAX_BACKUP: usize = 64 << 30;
+
+/// `revmesh-authority backup FILE`
+pub fn backup(a: &BackupArgs) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let base = a.client.admin.trim_end_matches('/');
+    let tls = match base.split_once("://") {
+        Some(("https", _)) => match revmesh_runtime::http_client::tls_config(a.client.ca_file.as_deref()) {
+            Ok(t) => Some(t),
+            Err(e) => return fail(e),
+        },
+        Some(("http", _)) => None,
+        _ => return fail(format!("--admin `{}` must start with http:// or https://", a.client.admin)),
+    };
+    let token = match token(&a.client) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let url = format!("{base}/v1/backup");
+    let (status, body) =
+        match request(tls, &url, "GET", Some(&token), b"", Duration::from_secs(600), MAX_BACKUP) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+    if status != 200 {
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        return fail(format!("({status}) {}", v.get("error").and_then(Value::as_str).unwrap_or(&text)));
+    }
+    let partial = a.file.with_extension("partial");
+    let written = std::fs::File::create(&partial).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(&body)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&partial, &a.file)) {
+        let _ = std::fs::remove_file(&partial);
+        return fail(format!("{}: {e}", a.file.display()));
+    }
+    println!("backup written to {} ({} bytes)", a.file.display(), body.len());
+    ExitCode::SUCCESS
+}
+
+/// `revmesh-authority restore FILE` or `restore --store postgres://…`
+pub fn restore(a: &RestoreArgs) -> ExitCode {
+    let new_id = revmesh_protocol::LogId(rand::random());
+    let done = |old: revmesh_protocol::LogId, head: u64| {
+        println!("restored log {old} at head {head} as log {new_id}");
+        println!("agents adopt it when the authority starts, and keep what they enforce beyond it;");
+        println!(
+            "revmesh_authority_agents_ahead_of_log counts them: re-revoke what the backup lacks (README)."
+        );
+        ExitCode::SUCCESS
+    };
+    if let Some(url) = &a.store {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let rotated = rt.block_on(async {
+            let store = crate::store::PgStore::new(url, "restore".into(), new_id, Duration::from_secs(10))?;
+            store.rotate_log_id().await
+        });
+        return match rotated {
+            Ok((old, head)) => done(old, head),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(file) = &a.file else {
+        eprintln!("error: name a backup file, or --store postgres://…");
+        return ExitCode::from(64);
+    };
+    match crate::store::restore_embedded(file, &a.data_dir, new_id) {
+        Ok((old, head, _)) => done(old, head),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `revmesh-authority agents [forget ID]`

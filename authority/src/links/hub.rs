@@ -64,6 +64,8 @@ struct State {
     /// when the store is shared: nothing else drains it).
     dirty: std::collections::HashSet<String>,
     shared: bool,
+    /// Agents that presented a position this log never held, since this authority started.
+    ahead: std::collections::BTreeSet<String>,
 }
 
 impl State {
@@ -188,6 +190,17 @@ impl Hub {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent `id` presented a position this log never held (its hello named a seq beyond
+    /// the head, or entries of another log): the store was lost or restored from an older copy.
+    /// Counted in `revmesh_authority_agents_ahead_of_log` until the agent is forgotten or the
+    /// authority restarts; returns every agent counted.
+    pub fn ahead_of_log(&self, id: &str) -> Vec<String> {
+        let mut s = self.lock();
+        s.ahead.insert(id.to_owned());
+        self.metrics.agents_ahead_of_log.set(s.ahead.len() as i64);
+        s.ahead.iter().cloned().collect()
     }
 
     /// A link for `id` is up at cursor `applied_seq`; returns the link's number. A still
@@ -344,6 +357,9 @@ impl Hub {
             Some(false) => {
                 s.agents.remove(id);
                 s.dirty.remove(id);
+                if s.ahead.remove(id) {
+                    self.metrics.agents_ahead_of_log.set(s.ahead.len() as i64);
+                }
                 Forgotten::Removed
             }
             None => Forgotten::Unknown,

@@ -379,6 +379,20 @@ impl Links {
             signal.clone(),
         );
         tracing::info!(agent = %id, %remote, applied = hello.applied_seq, "agent connected");
+        if session.ahead_of_log() {
+            let view = self.log.view();
+            let agents = self.hub.ahead_of_log(&id);
+            tracing::error!(
+                agent = %id,
+                agent_log = %hello.log_id.map(|l| l.to_string()).unwrap_or_default(),
+                agent_seq = hello.applied_seq,
+                log = %view.log_id,
+                head = view.head,
+                ahead = ?agents,
+                "agent holds entries this log never had: the store was lost or restored from an older copy; \
+                 the agents keep enforcing them (see README, losing or restoring the authority's store)"
+            );
+        }
         let reason = self.drive(&mut ws, &mut session, &id, link, signal, &mut catchup).await;
         self.hub.disconnect(&id, link);
         tracing::info!(agent = %id, reason = %reason, "agent disconnected");
@@ -561,11 +575,11 @@ impl Links {
                 // A range that may hold an entry awaited at the applied level asks the agent
                 // to report it applied (agents of link version 2 and later).
                 let waited = version >= 2 && from <= self.log.waited_through();
-                Ok(vec![self.log.batch_frame(from, to, waited)?])
+                Ok(vec![self.log.batch_frame(from, to, waited, version >= 3)?])
             }
             Transmit::Snapshot { snapshot_id, upto } => {
                 self.metrics.snapshots_sent_total.inc();
-                Ok(self.log.snapshot_frames(snapshot_id, upto, t.unix_secs())?.as_ref().clone())
+                Ok(self.log.snapshot_frames(snapshot_id, upto, t.unix_secs(), version >= 3)?.as_ref().clone())
             }
         }
     }

@@ -137,6 +137,49 @@ impl LogStore for RedbStore {
     fn read_after(self: Arc<Self>, after: u64) -> StoreFuture<Tail> {
         blocking(move || RedbStore::read_after(&self, after))
     }
+
+    fn backup(self: Arc<Self>, path: std::path::PathBuf) -> StoreFuture<Option<super::BackupInfo>> {
+        blocking(move || RedbStore::backup(&self, &path).map(Some))
+    }
+}
+
+/// Installs a backup written by [`RedbStore::backup`] as the store of `dir` under a new log id
+/// (`revmesh-authority restore`). A restored log has lost the entries written after the
+/// backup, and would reuse their seqs for new ones; under its old id an agent that applied the
+/// lost entries would take the new ones for entries it already has. Under a new id every agent
+/// adopts it with a snapshot and keeps what it enforces (PROTOCOL.md §9.6). An existing log in
+/// `dir` is kept beside it, renamed. Returns the backup's log id and head and the new id.
+pub fn restore(backup: &Path, dir: &Path, new_log_id: LogId) -> Result<(LogId, u64, LogId), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
+    let dir_err = |source| StoreError::Dir { path: dir.to_owned(), source };
+    let staged = dir.join("log.redb.restoring");
+    std::fs::copy(backup, &staged).map_err(|source| StoreError::Dir { path: backup.to_owned(), source })?;
+    let (old, head) = {
+        let db = Database::open(&staged).map_err(io)?;
+        let txn = db.begin_write().map_err(io)?;
+        let found = {
+            let mut meta = txn.open_table(META).map_err(io)?;
+            let old: Option<Vec<u8>> = meta.get("log_id").map_err(io)?.map(|v| v.value().to_vec());
+            let old = old.and_then(|v| <[u8; 16]>::try_from(v).ok()).map(LogId).ok_or_else(|| {
+                StoreError::Meta(format!("{} is not a revmesh backup (no log id)", backup.display()))
+            })?;
+            let head = meta_u64(&meta, "head")?;
+            meta.insert("log_id", &new_log_id.0[..]).map_err(io)?;
+            (old, head)
+        };
+        // Every entry must read back: a damaged backup is refused before it replaces anything.
+        records(txn.open_table(ENTRIES).map_err(io)?.range(0..).map_err(io)?)?;
+        txn.commit().map_err(io)?;
+        found
+    };
+    let live = dir.join("log.redb");
+    if live.try_exists().map_err(dir_err)? {
+        let aside = dir.join(format!("log.redb.before-restore-{old}"));
+        std::fs::rename(&live, &aside).map_err(dir_err)?;
+    }
+    std::fs::rename(&staged, &live).map_err(dir_err)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(dir_err)?;
+    Ok((old, head, new_log_id))
 }
 
 fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> StoreFuture<T> {
@@ -174,6 +217,41 @@ impl RedbStore {
     /// Compacts (see [`LogStore::compact`]).
     pub fn compact(&self, floor: u64, seqs: &[u64]) -> Result<(), StoreError> {
         self.with_db(|db| Self::compact_in(db, floor, seqs))
+    }
+
+    /// Writes a consistent copy of the log, as one read transaction sees it, to a new store
+    /// file at `path` (fsynced); the log keeps serving meanwhile.
+    pub fn backup(&self, path: &Path) -> Result<super::BackupInfo, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(io)?;
+            let meta = txn.open_table(META).map_err(io)?;
+            let entries = txn.open_table(ENTRIES).map_err(io)?;
+            let log_id = meta
+                .get("log_id")
+                .map_err(io)?
+                .and_then(|v| <[u8; 16]>::try_from(v.value()).ok())
+                .map(LogId)
+                .ok_or_else(|| StoreError::Meta("the log has no id yet".into()))?;
+            let head = meta_u64(&meta, "head")?;
+            let out = Database::create(path).map_err(io)?;
+            let w = out.begin_write().map_err(io)?;
+            let mut copied = 0;
+            {
+                let mut m = w.open_table(META).map_err(io)?;
+                for item in meta.iter().map_err(io)? {
+                    let (k, v) = item.map_err(io)?;
+                    m.insert(k.value(), v.value()).map_err(io)?;
+                }
+                let mut e = w.open_table(ENTRIES).map_err(io)?;
+                for item in entries.iter().map_err(io)? {
+                    let (k, v) = item.map_err(io)?;
+                    e.insert(k.value(), v.value()).map_err(io)?;
+                    copied += 1;
+                }
+            }
+            w.commit().map_err(io)?;
+            Ok(super::BackupInfo { log_id, head, entries: copied })
+        })
     }
 
     /// Reads the tail (see [`LogStore::read_after`]).

@@ -14,7 +14,7 @@
 mod embedded;
 pub(crate) mod pg;
 
-pub use embedded::RedbStore;
+pub use embedded::{restore as restore_embedded, RedbStore};
 pub use pg::PgStore;
 
 use revmesh_protocol::codec::{decode_entry, encode_entry};
@@ -187,6 +187,23 @@ pub trait LogStore: Send + Sync + 'static {
     /// Entries after `after`, with head and floor, in one consistent read (after a commit
     /// whose outcome is unknown, and for tailing a shared log).
     fn read_after(self: Arc<Self>, after: u64) -> StoreFuture<Tail>;
+    /// Writes a consistent copy of the log to `path` while serving (`revmesh-authority
+    /// backup`); `None` for a backend backed up with its own tools (PostgreSQL: `pg_dump`).
+    fn backup(self: Arc<Self>, path: std::path::PathBuf) -> StoreFuture<Option<BackupInfo>> {
+        let _ = path;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// The log's id.
+    pub log_id: LogId,
+    /// Its head.
+    pub head: u64,
+    /// Entries copied.
+    pub entries: u64,
 }
 
 /// A log that other processes append to as well: the authority must tail it.

@@ -136,6 +136,25 @@ impl PgStore {
         })
     }
 
+    /// Gives the log a new id, keeping its entries (`revmesh-authority restore --store …`
+    /// after `pg_restore`): agents adopt it with a snapshot and keep what they enforce
+    /// (PROTOCOL.md §9.6). Returns the old id and the head. Every replica must be stopped.
+    pub async fn rotate_log_id(&self) -> Result<(LogId, u64), StoreError> {
+        let client = self.connect(None).await?;
+        let row = client
+            .query_one(
+                "WITH old AS (SELECT log_id, head FROM revmesh_meta WHERE id = 1 FOR UPDATE) \
+                 UPDATE revmesh_meta m SET log_id = $1 FROM old WHERE m.id = 1 RETURNING old.log_id, old.head",
+                &[&self.new_log_id.0.to_vec()],
+            )
+            .await
+            .map_err(db)?;
+        let old: Vec<u8> = row.get(0);
+        let head: i64 = row.get(1);
+        let old = LogId(old.try_into().map_err(|_| StoreError::Meta("`log_id` is not 16 bytes".into()))?);
+        Ok((old, u64::try_from(head).unwrap_or(0)))
+    }
+
     /// A connection of its own (not pooled), its connection driven until the client drops;
     /// `notified` is raised for every notification it receives.
     async fn connect(&self, notified: Option<Arc<tokio::sync::Notify>>) -> Result<Client, StoreError> {

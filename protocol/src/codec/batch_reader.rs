@@ -13,7 +13,7 @@
 
 use super::MAX_FRAME_BYTES;
 use crate::frame::{BatchView, MAX_ENTRIES_PER_FRAME};
-use crate::model::{EntryView, LogId, RevocationView};
+use crate::model::{EntryView, Kind, LogId, RevocationView};
 
 /// bincode's varint markers: the value follows in 2, 4 or 8 bytes.
 const U16_MARKER: u8 = 251;
@@ -134,6 +134,19 @@ impl<'a> Reader<'a> {
             1 => RevocationView::Subject { sub: self.str()?, issued_before: self.u64()? },
             2 => RevocationView::Key { kid: self.str()? },
             3 => RevocationView::Session { sid: self.str()? },
+            4 => RevocationView::Withdrawal {
+                seq: self.u64()?,
+                kind: match self.variant()? {
+                    0 => Kind::Jti,
+                    1 => Kind::Subject,
+                    2 => Kind::Key,
+                    3 => Kind::Session,
+                    4 => Kind::Withdrawal,
+                    _ => return None,
+                },
+                id: self.str()?,
+                iss: self.opt_str()?,
+            },
             _ => return None,
         };
         Some(EntryView { seq, created_at_ms, expires_at, reason, revocation })
@@ -162,6 +175,8 @@ mod tests {
                 Revocation::Subject { sub: t(3), issued_before: n },
                 Revocation::Key { kid: t(4) },
                 Revocation::Session { sid: t(0) },
+                Revocation::Withdrawal { seq: n, kind: Kind::Jti, id: t(1), iss: Some(t(2)) },
+                Revocation::Withdrawal { seq: n, kind: Kind::Session, id: t(3), iss: None },
             ];
             for revocation in revocations {
                 let reason = (entries.len() % 2 == 0).then(|| t(1));
