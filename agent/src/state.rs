@@ -301,7 +301,7 @@ impl AgentState {
     }
 
     /// Adopts a snapshot (a resync, a new log, a log compacted past the agent) without
-    /// dropping anything already enforced (PROTOCOL.md §9.6): the snapshot's entries are
+    /// dropping anything already enforced (PROTOCOL.md §9.9): the snapshot's entries are
     /// applied on top of the set, and what the set held stays until it expires or a withdrawal
     /// lifts it. Returns how many revocations the set holds beyond those the snapshot names:
     /// what it carried forward.

@@ -360,3 +360,56 @@ async fn concurrent_receipts_on_three_replicas_all_succeed() {
         a.stop().await;
     }
 }
+
+/// A PostgreSQL log restored from an older `pg_dump` (the documented procedure: `pg_restore`
+/// with the replicas stopped, then `revmesh-authority restore --store URL`): the restored log
+/// has a new id, and an agent that applied a revocation the dump lacks keeps refusing it while
+/// the authority counts it as ahead of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_from_an_older_dump_gets_a_new_log_id_and_lifts_nothing() {
+    let _one = PG.lock().await;
+    let (db, restored) = (Db::new(), Db::new());
+    let dir = tempfile::tempdir().unwrap();
+    let mut rep = replicas(dir.path(), &db, 1).remove(0);
+    let agent = Agent::start(vec![rep.ws_url()], "pg-agent");
+    let kept = rep.revoke_jti("in-the-dump");
+    agent.wait_applied(kept).await;
+    let dump = dir.path().join("revmesh.dump");
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program).args(args).output().unwrap_or_else(|e| {
+            panic!("{program} is not installed ({e}): `apt-get install postgresql-client` (scripts/test installs PostgreSQL)")
+        });
+        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run("pg_dump", &["-Fc", "-f", dump.to_str().unwrap(), &db.url()]);
+    let lost = rep.revoke_jti("after-the-dump");
+    agent.wait_applied(lost).await;
+    let (_, before) = rep.get("/v1/status");
+    let agent_addr = rep.agent.clone();
+    rep.kill9();
+
+    run("pg_restore", &["--no-owner", "-d", &restored.url(), dump.to_str().unwrap()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args(["restore", "--store", &restored.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = dir.path().join("admin.token.shared");
+    let rep = Authority::start_on(
+        &dir.path().join("after-restore"),
+        &agent_addr,
+        "127.0.0.1:0",
+        &["--store", &restored.url(), "--admin-token-file", token.to_str().unwrap()],
+    );
+    let (_, after) = rep.get("/v1/status");
+    assert_eq!(after["head"], 1, "the dump holds one entry: {after}");
+    assert_ne!(after["log_id"], before["log_id"], "a restored log has a new id");
+    let log = after["log_id"].as_str().unwrap().to_owned();
+    wait_for(|| agent.state.log_id().map(|l| l.to_string()) == Some(log.clone()), "the restored log adopted")
+        .await;
+    assert!(agent.revoked("in-the-dump") && agent.revoked("after-the-dump"), "nothing lifted");
+    assert_eq!(rep.metric("revmesh_authority_agents_ahead_of_log"), 1.0);
+    let next = rep.revoke_jti("next");
+    agent.wait_applied(next).await;
+    agent.stop().await;
+}

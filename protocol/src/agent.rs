@@ -61,7 +61,7 @@ pub enum AgentEvent {
         waited: bool,
     },
     /// Adopt a snapshot: apply these entries on top of the set in seq order, keeping what it
-    /// holds (nothing enforced is dropped, PROTOCOL.md §9.6; see
+    /// holds (nothing enforced is dropped, PROTOCOL.md §9.9; see
     /// [`crate::set::RevocationSet::adopt`]); afterwards the agent is at `snapshot_seq` of `log_id`.
     Adopt {
         /// The log (may differ from the previous one: a resync).

@@ -186,7 +186,7 @@ impl AuthoritySession {
         };
         // A position this log never held: a seq beyond its head, or entries of another log.
         // The store was restored from an older copy or replaced; the agent keeps what it
-        // enforces (PROTOCOL.md §9.6) and the driver says so loudly.
+        // enforces (PROTOCOL.md §9.9) and the driver says so loudly.
         let ahead = match hello.log_id {
             Some(id) if id == log.log_id => hello.applied_seq > log.head,
             Some(_) => hello.applied_seq > 0,

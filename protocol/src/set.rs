@@ -451,7 +451,7 @@ impl RevocationSet {
     }
 
     /// Adopts a snapshot of another log, or of this one from another point, without dropping
-    /// anything already enforced (PROTOCOL.md §9.6): every entry of the snapshot is applied on
+    /// anything already enforced (PROTOCOL.md §9.9): every entry of the snapshot is applied on
     /// top of the set in seq order, and what the set held stays until it expires or a
     /// withdrawal lifts it. Withdrawals with a seq at or below `withdrawals_applied_upto` were
     /// applied before (the same log, up to the agent's own cursor) and are not applied again:

@@ -253,7 +253,7 @@ impl Sim {
     }
 
     /// The authority comes back from a backup: its log as it was at an earlier head, restored
-    /// as `revmesh-authority restore` does, under a new log id (PROTOCOL.md §9.6: a restored
+    /// as `revmesh-authority restore` does, under a new log id (PROTOCOL.md §9.9: a restored
     /// log reuses the seqs it lost, so it must not pass for the log agents followed).
     fn rollback(&mut self) {
         self.restart_authority(false);

@@ -147,7 +147,7 @@ impl LogStore for RedbStore {
 /// (`revmesh-authority restore`). A restored log has lost the entries written after the
 /// backup, and would reuse their seqs for new ones; under its old id an agent that applied the
 /// lost entries would take the new ones for entries it already has. Under a new id every agent
-/// adopts it with a snapshot and keeps what it enforces (PROTOCOL.md §9.6). An existing log in
+/// adopts it with a snapshot and keeps what it enforces (PROTOCOL.md §9.9). An existing log in
 /// `dir` is kept beside it, renamed. Returns the backup's log id and head and the new id.
 pub fn restore(backup: &Path, dir: &Path, new_log_id: LogId) -> Result<(LogId, u64, LogId), StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;

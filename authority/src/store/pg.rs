@@ -138,7 +138,7 @@ impl PgStore {
 
     /// Gives the log a new id, keeping its entries (`revmesh-authority restore --store …`
     /// after `pg_restore`): agents adopt it with a snapshot and keep what they enforce
-    /// (PROTOCOL.md §9.6). Returns the old id and the head. Every replica must be stopped.
+    /// (PROTOCOL.md §9.9). Returns the old id and the head. Every replica must be stopped.
     pub async fn rotate_log_id(&self) -> Result<(LogId, u64), StoreError> {
         let client = self.connect(None).await?;
         let row = client
