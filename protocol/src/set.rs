@@ -466,9 +466,14 @@ impl RevocationSet {
         if !entries.is_sorted_by_key(|e| e.seq) {
             entries.sort_by_key(|e| e.seq);
         }
-        self.jti.reserve(
-            entries.iter().filter(|e| matches!(e.revocation, crate::model::Revocation::Jti { .. })).count(),
-        );
+        let jti =
+            entries.iter().filter(|e| matches!(e.revocation, crate::model::Revocation::Jti { .. })).count();
+        if self.is_empty() {
+            // Nothing to carry (a fresh agent): a table sized for the snapshot, as before.
+            *self = Self::with_jti_capacity(jti);
+        } else {
+            self.jti.reserve(jti);
+        }
         let mut applied = 0;
         for e in entries.iter() {
             if e.revocation.is_withdrawal() && e.seq <= withdrawals_applied_upto {

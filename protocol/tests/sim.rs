@@ -86,6 +86,15 @@ impl Log {
     fn view(&self) -> LogView {
         LogView { log_id: self.log_id, floor: self.floor, head: self.head }
     }
+
+    /// The seqs withdrawn by entries up to `upto`.
+    fn withdrawn(&self, upto: u64) -> std::collections::HashSet<u64> {
+        let named = |e: &Entry| match e.revocation {
+            Revocation::Withdrawal { seq, .. } => Some(seq),
+            _ => None,
+        };
+        self.entries.range(..=upto).filter_map(|(_, e)| named(e)).collect()
+    }
 }
 
 struct Agent {
@@ -271,15 +280,7 @@ impl Sim {
     /// Withdraws one live entry of the log made before now (an operator undoing a revocation).
     fn withdraw(&mut self) {
         let now_ms = self.now.unix_ms;
-        let withdrawn: std::collections::HashSet<u64> = self
-            .log
-            .entries
-            .values()
-            .filter_map(|e| match e.revocation {
-                Revocation::Withdrawal { seq, .. } => Some(seq),
-                _ => None,
-            })
-            .collect();
+        let withdrawn = self.log.withdrawn(u64::MAX);
         let candidates: Vec<&Entry> = self
             .log
             .entries
@@ -556,15 +557,7 @@ impl Sim {
             Transmit::Snapshot { snapshot_id, upto } => {
                 self.snapshots += 1;
                 // As the authority does: a withdrawn entry is left out, its withdrawal goes in.
-                let withdrawn: std::collections::HashSet<u64> = self
-                    .log
-                    .entries
-                    .range(..=upto)
-                    .filter_map(|(_, e)| match e.revocation {
-                        Revocation::Withdrawal { seq, .. } => Some(seq),
-                        _ => None,
-                    })
-                    .collect();
+                let withdrawn = self.log.withdrawn(upto);
                 let live: Vec<Entry> = self
                     .log
                     .entries
@@ -673,15 +666,7 @@ impl Sim {
     fn check_final(&mut self) {
         self.check_owed();
         let now = self.now.unix_secs();
-        let withdrawn: std::collections::HashSet<u64> = self
-            .log
-            .entries
-            .values()
-            .filter_map(|e| match e.revocation {
-                Revocation::Withdrawal { seq, .. } => Some(seq),
-                _ => None,
-            })
-            .collect();
+        let withdrawn = self.log.withdrawn(u64::MAX);
         let live: Vec<&Entry> = self
             .log
             .entries

@@ -364,6 +364,18 @@ struct CreateQuery {
     timeout_ms: Option<u64>,
 }
 
+impl CreateQuery {
+    /// The receipt level `?wait=` asks for, if any.
+    fn level(&self) -> Result<Option<Level>, ApiError> {
+        match self.wait.as_deref() {
+            None => Ok(None),
+            Some("all") => Ok(Some(Level::Durable)),
+            Some("applied") => Ok(Some(Level::Applied)),
+            Some(_) => Err(ApiError::bad("wait", "`wait` must be `all` or `applied`")),
+        }
+    }
+}
+
 /// Reads a request body within the body limit and the body timeout.
 pub(crate) async fn body_bytes(
     s: &AdminState,
@@ -391,12 +403,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&s, body, MAX_BULK_BODY).await?;
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let wait = match q.wait.as_deref() {
-        None => None,
-        Some("all") => Some(Level::Durable),
-        Some("applied") => Some(Level::Applied),
-        Some(_) => return Err(ApiError::bad("wait", "`wait` must be `all` or `applied`")),
-    };
+    let wait = q.level()?;
     let now_ms = s.log.clock().unix_ms();
     let parsed = parse_revocations(&body, s.max_token_ttl, now_ms / 1000)?;
     let (bulk, mut entries) = match parsed {
@@ -466,12 +473,7 @@ async fn withdraw(
 ) -> Result<Response, ApiError> {
     let seq: u64 = seq.parse().map_err(|_| ApiError::bad("seq", "`seq` must be a number"))?;
     let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let wait = match q.wait.as_deref() {
-        None => None,
-        Some("all") => Some(Level::Durable),
-        Some("applied") => Some(Level::Applied),
-        Some(_) => return Err(ApiError::bad("wait", "`wait` must be `all` or `applied`")),
-    };
+    let wait = q.level()?;
     let body = body_bytes(&s, body, MAX_BODY).await?;
     let reason = if body.iter().all(u8::is_ascii_whitespace) {
         None

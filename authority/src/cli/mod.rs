@@ -198,12 +198,9 @@ pub fn revoke(a: &RevokeArgs) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let wait = match parse_duration(&a.timeout) {
+    let wait = match timeout_flag(&a.timeout) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: --timeout: {e}");
-            return ExitCode::from(64);
-        }
+        Err(code) => return code,
     };
     let path = if a.wait {
         let level = if a.applied { "applied" } else { "all" };
@@ -213,23 +210,8 @@ pub fn revoke(a: &RevokeArgs) -> ExitCode {
     };
     let answer = call(&a.client, "POST", &path, Some(&body), wait + Duration::from_secs(10));
     finish(&a.client, answer, |v| {
-        let list = |k: &str| -> String {
-            let items: Vec<&str> = v
-                .get(k)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            if items.is_empty() {
-                "-".into()
-            } else {
-                items.join(", ")
-            }
-        };
         println!("revoked: seq {} in log {}", v["seq"], v["log_id"].as_str().unwrap_or("?"));
-        let level = if v["level"] == "applied" { "in memory" } else { "and on disk" };
-        println!("applied {level} by: {}", list("acked"));
-        println!("pending:    {}", list("pending"));
-        println!("not connected, without it: {}", list("disconnected"));
+        print_receipt(v);
     })
 }
 
@@ -252,14 +234,19 @@ fn revoke_body(a: &RevokeArgs) -> Result<Value, String> {
     Ok(body)
 }
 
+/// `--timeout`, or the usage error (exit code 64) that names it.
+fn timeout_flag(text: &str) -> Result<Duration, ExitCode> {
+    parse_duration(text).map_err(|e| {
+        eprintln!("error: --timeout: {e}");
+        ExitCode::from(64)
+    })
+}
+
 /// `revmesh-authority withdraw SEQ`
 pub fn withdraw(a: &WithdrawArgs) -> ExitCode {
-    let wait = match parse_duration(&a.timeout) {
+    let wait = match timeout_flag(&a.timeout) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: --timeout: {e}");
-            return ExitCode::from(64);
-        }
+        Err(code) => return code,
     };
     let path = if a.wait {
         format!("/v1/revocations/{}?wait=all&timeout_ms={}", a.seq, wait.as_millis())
