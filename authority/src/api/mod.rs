@@ -535,6 +535,14 @@ async fn withdraw(
 /// body (`revmesh-authority backup FILE` saves it; `restore` installs it). 501 on PostgreSQL,
 /// which is backed up with `pg_dump`.
 async fn backup(State(s): State<AdminState>) -> Result<Response, ApiError> {
+    // One at a time: each holds a copy of the log on disk and in memory.
+    static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let Ok(_one) = RUNNING.try_lock() else {
+        return Err(ApiError::status(
+            StatusCode::CONFLICT,
+            "a backup is already being taken; retry when it is done",
+        ));
+    };
     let staged = s.backup_dir.join(format!("backup-{:016x}.redb.partial", rand::random::<u64>()));
     let result = s.log.backup(staged.clone()).await;
     let read = match &result {
