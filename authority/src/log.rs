@@ -51,10 +51,23 @@ struct Inner {
 
 impl Inner {
     fn insert(&mut self, e: Arc<Entry>) {
-        if let revmesh_protocol::Revocation::Withdrawal { seq, .. } = e.revocation {
-            self.withdrawn.entry(seq).or_insert(e.seq);
+        if let Some((target, by)) = Self::withdrawal(&e) {
+            self.withdrawn.entry(target).or_insert(by);
         }
         self.entries.insert(e.seq, e);
+    }
+
+    /// `(withdrawn seq, withdrawal's seq)` for a withdrawal entry.
+    fn withdrawal(e: &Entry) -> Option<(u64, u64)> {
+        match e.revocation {
+            revmesh_protocol::Revocation::Withdrawal(ref w) => Some((w.seq, e.seq)),
+            _ => None,
+        }
+    }
+
+    /// True when entry `seq` was withdrawn (cheap while nothing is: the common case).
+    fn is_withdrawn(&self, seq: u64) -> bool {
+        !self.withdrawn.is_empty() && self.withdrawn.contains_key(&seq)
     }
 }
 
@@ -116,10 +129,12 @@ impl Log {
     ) -> Result<(Arc<Self>, mpsc::Receiver<AppendReq>), StoreError> {
         let loaded = store.clone().load().await?;
         let view = LogView { log_id: loaded.log_id, floor: loaded.floor, head: loaded.head };
-        let mut inner = Inner { view, entries: BTreeMap::new(), withdrawn: HashMap::new() };
-        for e in loaded.entries {
-            inner.insert(Arc::new(e));
-        }
+        // Built from the sorted entries in one go (a bulk build: denser and faster than one
+        // insertion at a time, which matters at 10^6 entries).
+        let entries: BTreeMap<u64, Arc<Entry>> =
+            loaded.entries.into_iter().map(|e| (e.seq, Arc::new(e))).collect();
+        let withdrawn = entries.values().filter_map(|e| Inner::withdrawal(e)).collect();
+        let inner = Inner { view, entries, withdrawn };
         let (view_tx, _) = watch::channel(view);
         let (append_tx, append_rx) = mpsc::channel(APPEND_QUEUE);
         metrics.log_head_seq.set(view.head as i64);
@@ -470,7 +485,7 @@ impl Log {
                 .entries
                 .range(from..=to)
                 .filter(|(seq, e)| {
-                    withdrawals || !(e.revocation.is_withdrawal() || inner.withdrawn.contains_key(seq))
+                    withdrawals || !(e.revocation.is_withdrawal() || inner.is_withdrawn(**seq))
                 })
                 .map(|(_, e)| (**e).clone())
                 .collect();
@@ -531,7 +546,7 @@ impl Log {
                 .range(..=upto)
                 .filter(|(seq, e)| {
                     !e.is_expired(now_secs)
-                        && !inner.withdrawn.contains_key(seq)
+                        && !inner.is_withdrawn(**seq)
                         && (withdrawals || !e.revocation.is_withdrawal())
                 })
                 .map(|(_, e)| (**e).clone())
@@ -563,8 +578,8 @@ impl Log {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
             for s in &seqs {
                 if let Some(e) = inner.entries.remove(s) {
-                    if let revmesh_protocol::Revocation::Withdrawal { seq, .. } = e.revocation {
-                        inner.withdrawn.remove(&seq);
+                    if let revmesh_protocol::Revocation::Withdrawal(w) = &e.revocation {
+                        inner.withdrawn.remove(&w.seq);
                     }
                 }
             }

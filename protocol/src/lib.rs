@@ -15,6 +15,6 @@ pub mod model;
 pub mod set;
 pub mod time;
 
-pub use model::{Entry, EntryView, Kind, LogId, Revocation, RevocationView, TokenRef, Verdict};
+pub use model::{Entry, EntryView, Kind, LogId, Revocation, RevocationView, TokenRef, Verdict, Withdrawn};
 pub use set::RevocationSet;
 pub use time::Now;

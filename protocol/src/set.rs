@@ -707,7 +707,7 @@ mod tests {
             }
             Revocation::Key { kid } => TokenRef { kid: Some(kid), ..Default::default() },
             Revocation::Session { sid } => TokenRef { sid: Some(sid), ..Default::default() },
-            Revocation::Withdrawal { .. } => TokenRef::default(),
+            Revocation::Withdrawal(_) => TokenRef::default(),
         }
     }
 

@@ -89,8 +89,8 @@ impl Log {
 
     /// The seqs withdrawn by entries up to `upto`.
     fn withdrawn(&self, upto: u64) -> std::collections::HashSet<u64> {
-        let named = |e: &Entry| match e.revocation {
-            Revocation::Withdrawal { seq, .. } => Some(seq),
+        let named = |e: &Entry| match &e.revocation {
+            Revocation::Withdrawal(w) => Some(w.seq),
             _ => None,
         };
         self.entries.range(..=upto).filter_map(|(_, e)| named(e)).collect()
@@ -708,7 +708,7 @@ fn token_for(r: &Revocation) -> TokenRef<'_> {
         }
         Revocation::Key { kid } => TokenRef { kid: Some(kid), ..Default::default() },
         Revocation::Session { sid } => TokenRef { sid: Some(sid), ..Default::default() },
-        Revocation::Withdrawal { .. } => TokenRef::default(),
+        Revocation::Withdrawal(_) => TokenRef::default(),
     }
 }
 
@@ -716,9 +716,12 @@ fn token_for(r: &Revocation) -> TokenRef<'_> {
 /// expires; a withdrawal discharges a revocation of its target made at or before it.
 fn owe(owed: &mut HashMap<Revocation, Entry>, e: &Entry, now: u64) {
     match &e.revocation {
-        Revocation::Withdrawal { kind, id, iss, .. } => {
+        Revocation::Withdrawal(w) => {
             // By identifier, whatever the seq: it lifts copies carried from other logs too.
-            let named = Revocation::Withdrawal { seq: 0, kind: *kind, id: id.clone(), iss: iss.clone() };
+            let named = Revocation::Withdrawal(Box::new(revmesh_protocol::model::Withdrawn {
+                seq: 0,
+                ..(**w).clone()
+            }));
             let target = owed.keys().find(|r| r.withdrawal(0).as_ref() == Some(&named)).cloned();
             if let Some(t) = target {
                 if owed.get(&t).is_some_and(|o| o.created_at_ms <= e.created_at_ms) {

@@ -339,7 +339,8 @@ pub fn entry_json(e: &Entry, log_id: &str) -> Value {
             Revocation::Session { sid } => {
                 m.insert("sid".into(), json!(sid));
             }
-            Revocation::Withdrawal { seq, kind, id, iss } => {
+            Revocation::Withdrawal(w) => {
+                let revmesh_protocol::model::Withdrawn { seq, kind, id, iss } = &**w;
                 m.insert("withdraws".into(), json!(seq));
                 m.insert("withdrawn_kind".into(), json!(kind.as_str()));
                 let field = match kind {

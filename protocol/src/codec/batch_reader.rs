@@ -157,7 +157,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::frame::Batch;
-    use crate::model::{Entry, Revocation};
+    use crate::model::{Entry, Revocation, Withdrawn};
 
     /// Every valid batch must take the fast path (a silent fallback would hide a broken reader
     /// behind bincode), with the same entries: integers at each width's edges, every kind,
@@ -175,8 +175,18 @@ mod tests {
                 Revocation::Subject { sub: t(3), issued_before: n },
                 Revocation::Key { kid: t(4) },
                 Revocation::Session { sid: t(0) },
-                Revocation::Withdrawal { seq: n, kind: Kind::Jti, id: t(1), iss: Some(t(2)) },
-                Revocation::Withdrawal { seq: n, kind: Kind::Session, id: t(3), iss: None },
+                Revocation::Withdrawal(Box::new(Withdrawn {
+                    seq: n,
+                    kind: Kind::Jti,
+                    id: t(1),
+                    iss: Some(t(2)),
+                })),
+                Revocation::Withdrawal(Box::new(Withdrawn {
+                    seq: n,
+                    kind: Kind::Session,
+                    id: t(3),
+                    iss: None,
+                })),
             ];
             for revocation in revocations {
                 let reason = (entries.len() % 2 == 0).then(|| t(1));
