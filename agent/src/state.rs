@@ -313,14 +313,19 @@ impl AgentState {
         withdrawals_applied_upto: u64,
     ) -> usize {
         let now = self.clock.unix_secs();
-        let carried = {
+        // Built on a copy, outside the lock: checks go on reading the current set meanwhile (a
+        // snapshot of 10^6 entries takes a good part of a second). Only the link writes the
+        // set; an expiry sweep in between is undone, which only keeps entries longer.
+        let mut next = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
+        next.adopt(entries, withdrawals_applied_upto, now);
+        let named = entries.iter().filter(|e| !e.revocation.is_withdrawal()).count();
+        let carried = next.len().saturating_sub(named);
+        {
             let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
-            set.adopt(entries, withdrawals_applied_upto, now);
-            let named = entries.iter().filter(|e| !e.revocation.is_withdrawal()).count();
+            *set = next;
             *self.log_id.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
             self.applied.store(snapshot_seq, Ordering::Release);
-            set.len().saturating_sub(named)
-        };
+        }
         self.refresh_gauges();
         carried
     }
