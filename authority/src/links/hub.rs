@@ -195,12 +195,12 @@ impl Hub {
     /// The agent `id` presented a position this log never held (its hello named a seq beyond
     /// the head, or entries of another log): the store was lost or restored from an older copy.
     /// Counted in `revmesh_authority_agents_ahead_of_log` until the agent is forgotten or the
-    /// authority restarts; returns every agent counted.
-    pub fn ahead_of_log(&self, id: &str) -> Vec<String> {
+    /// authority restarts; returns how many are counted.
+    pub fn ahead_of_log(&self, id: &str) -> usize {
         let mut s = self.lock();
         s.ahead.insert(id.to_owned());
         self.metrics.agents_ahead_of_log.set(s.ahead.len() as i64);
-        s.ahead.iter().cloned().collect()
+        s.ahead.len()
     }
 
     /// A link for `id` is up at cursor `applied_seq`; returns the link's number. A still

@@ -381,14 +381,14 @@ impl Links {
         tracing::info!(agent = %id, %remote, applied = hello.applied_seq, "agent connected");
         if session.ahead_of_log() {
             let view = self.log.view();
-            let agents = self.hub.ahead_of_log(&id);
+            let agents_ahead = self.hub.ahead_of_log(&id);
             tracing::error!(
                 agent = %id,
                 agent_log = %hello.log_id.map(|l| l.to_string()).unwrap_or_default(),
                 agent_seq = hello.applied_seq,
                 log = %view.log_id,
                 head = view.head,
-                ahead = ?agents,
+                agents_ahead,
                 "agent holds entries this log never had: the store was lost or restored from an older copy; \
                  the agents keep enforcing them (see README, losing or restoring the authority's store)"
             );
