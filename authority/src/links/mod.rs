@@ -341,6 +341,14 @@ impl Links {
             close_with(&mut ws, ErrorFrame::new(ErrorCode::Unauthorized, msg)).await;
             return;
         }
+        let view = self.log.view();
+        if hello.log_id == Some(view.log_id) && hello.applied_seq > view.head {
+            // An agent past this replica's head may only have come from a replica that tailed a
+            // shared log further: read the store before taking it for a lost or restored one.
+            if let Err(e) = self.log.catch_up().await {
+                tracing::warn!(error = %e, "reading the log beyond the head failed");
+            }
+        }
         let t = self.log.clock().now();
         let seed = rand::random::<u64>();
         let mut session =
