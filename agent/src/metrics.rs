@@ -1,4 +1,4 @@
-//! The agent's Prometheus metrics (names in the README, "Operations").
+//! The agent's Prometheus metrics (names in docs/operations.md, "Metrics").
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,

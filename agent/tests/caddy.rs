@@ -1,9 +1,7 @@
-//! Through a real Caddy (Debian's package): `forward_auth` configured with the README's
+//! Through a real Caddy (Debian's package): `forward_auth` configured with docs/integrations.md's
 //! Caddyfile block, verbatim but for the site address, the socket path and the upstream.
 
-use crate::util::{
-    free_port, header, program, proxy_get, readme_block, token, wait_for, AgentProc, Authority,
-};
+use crate::util::{doc_block, free_port, header, program, proxy_get, token, wait_for, AgentProc, Authority};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -35,7 +33,7 @@ fn start(dir: &Path, sites: &str) -> Caddy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caddy_forward_auth_with_the_readme_block_passes_every_verdict_through() {
+async fn caddy_forward_auth_with_the_doc_block_passes_every_verdict_through() {
     let adir = tempfile::tempdir().unwrap();
     let auth = Authority::start(adir.path(), 0, &[]).await;
     let (fresh_dir, stale_dir, cdir) =
@@ -43,7 +41,7 @@ async fn caddy_forward_auth_with_the_readme_block_passes_every_verdict_through()
     let fresh = AgentProc::start(fresh_dir.path(), &auth.url(), &[]);
     let stale = AgentProc::start(stale_dir.path(), "ws://127.0.0.1:9", &[]);
     let (fresh_port, stale_port, backend) = (free_port(), free_port(), free_port());
-    let snippet = readme_block("caddy-snippet", "caddy");
+    let snippet = doc_block("caddy-snippet", "caddy");
     let site = |port: u16, socket: &Path| {
         snippet
             .replace("shop.example.com", &format!("http://127.0.0.1:{port}"))

@@ -53,7 +53,7 @@ async fn both_binaries_metrics_pass_promtool_and_carry_build_process_and_zeroed_
     auth.stop().await;
 }
 
-/// `revmesh-agent token` mints what the README's walkthrough needs, without Python.
+/// `revmesh-agent token` mints what the docs' walkthroughs need, without Python.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_command_mints_tokens_the_agent_accepts_and_revokes() {
     let adir = tempfile::tempdir().unwrap();

@@ -24,7 +24,7 @@ def write(name, data):
         f.write(data)
 
 
-# A binary secret whose last byte is a newline, written as the README says such a secret is
+# A binary secret whose last byte is a newline, written as docs/operations.md says such a secret is
 # written: followed by one more newline, which the agent strips. A random secret written bare
 # ended in a newline byte 1 time in 256 and then every HMAC case failed.
 secret = os.urandom(63) + b"\n"

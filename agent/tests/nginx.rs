@@ -1,11 +1,9 @@
-//! Through a real nginx: `auth_request` configured with the README's snippet, verbatim but for
+//! Through a real nginx: `auth_request` configured with the snippet in docs/integrations.md, verbatim but for
 //! the socket path and the upstream address. Checks the status and headers a client of nginx
 //! sees for every verdict, with nginx's workers running as another user than the agent (as
 //! Debian runs them) when the test runs as root.
 
-use crate::util::{
-    free_port, header, program, proxy_get, readme_block, token, wait_for, AgentProc, Authority,
-};
+use crate::util::{doc_block, free_port, header, program, proxy_get, token, wait_for, AgentProc, Authority};
 use serde_json::json;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -85,7 +83,7 @@ impl Drop for Nginx {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_auth_request_with_the_readme_snippet_passes_every_verdict_through() {
+async fn nginx_auth_request_with_the_documented_snippet_passes_every_verdict_through() {
     let bin = program("nginx", "nginx-light");
     let adir = tempfile::tempdir().unwrap();
     let auth = Authority::start(adir.path(), 0, &[]).await;
@@ -109,7 +107,7 @@ async fn nginx_auth_request_with_the_readme_snippet_passes_every_verdict_through
     assert_eq!(std::fs::metadata(&fresh.http_socket).unwrap().mode() & 0o777, 0o660);
 
     let (fresh_port, stale_port, backend) = (free_port(), free_port(), free_port());
-    let snippet = readme_block("nginx-snippet", "nginx");
+    let snippet = doc_block("nginx-snippet", "nginx");
     let site = |socket: &Path| {
         snippet
             .replace("/run/revmesh/agent-http.sock", &socket.display().to_string())

@@ -267,10 +267,12 @@ pub fn program(name: &str, package: &str) -> PathBuf {
     })
 }
 
-/// The README's code block in `lang` after `<!-- marker`, as users copy it.
-pub fn readme_block(marker: &str, lang: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let after = readme.split(&format!("<!-- {marker}")).nth(1).expect("README has the marker");
+/// The code block in `lang` after `<!-- marker` in the documentation (docs/integrations.md),
+/// as users copy it.
+pub fn doc_block(marker: &str, lang: &str) -> String {
+    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/integrations.md");
+    let readme = std::fs::read_to_string(doc).unwrap();
+    let after = readme.split(&format!("<!-- {marker}")).nth(1).expect("docs/integrations.md has the marker");
     let block = after.split(&format!("```{lang}\n")).nth(1).expect("a code block after the marker");
     block.split("```").next().unwrap().to_owned()
 }

@@ -1,4 +1,4 @@
-//! The authority's Prometheus metrics (names in the README, "Operations"). Names are contract; labels stay low-cardinality.
+//! The authority's Prometheus metrics (names in docs/operations.md, "Metrics"). Names are contract; labels stay low-cardinality.
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,

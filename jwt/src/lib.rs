@@ -21,7 +21,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// Why a token is not valid; the words of `INVALID reason=…` (PROTOCOL.md §7, README "Asking the agent").
+/// Why a token is not valid; the words of `INVALID reason=…` (PROTOCOL.md §7, docs/integrations.md "Asking the agent").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalid {
     /// Not three base64url segments of JSON objects, duplicate keys, unknown `crit`.
@@ -203,7 +203,7 @@ impl KeyFiles {
                 field: "hs256-secret-file",
                 message: format!("{}: {e}", p.display()),
             })?;
-            // One trailing newline is not part of the secret (README: `--hs256-secret-file`).
+            // One trailing newline is not part of the secret (docs/operations.md: `--hs256-secret-file`).
             let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
             if secret.len() < MIN_HMAC_SECRET {
                 return Err(KeyError {

@@ -5,8 +5,8 @@
 //! The journal is written with `O_DIRECT | O_DSYNC` in whole 4 KiB blocks where the file
 //! system takes it: one system call per group, which returns once the blocks and anything
 //! needed to read them back are on stable storage, without dirtying the page cache and writing
-//! it back. That costs about two thirds of the CPU of `pwrite` + `fdatasync` (README,
-//! Benchmarks). A file system that refuses direct writes gets `pwrite` + `fdatasync`.
+//! it back. That costs about two thirds of the CPU of `pwrite` + `fdatasync` (docs/benchmarks-history.md,
+//! "Checks"). A file system that refuses direct writes gets `pwrite` + `fdatasync`.
 //!
 //! A torn or corrupt journal tail is cut off at the last good record; a corrupt snapshot is
 //! moved aside and the agent starts empty (and so answers STALE until it has resynced).

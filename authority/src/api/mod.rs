@@ -1,4 +1,4 @@
-//! The admin HTTP API (README, "Admin API"): revocations with receipts, agents, metrics and
+//! The admin HTTP API (docs/api.md): revocations with receipts, agents, metrics and
 //! health; and the core every door that arrives over HTTP builds on: [`AdminState`],
 //! [`ApiError`], body limits, the admin-token check and [`store_revocations`], the one way any
 //! door stores revocations.
@@ -217,7 +217,7 @@ fn time_field(obj: &serde_json::Map<String, Value>, field: &'static str) -> Resu
 
 const KNOWN: &[&str] = &["kind", "jti", "iss", "sub", "kid", "sid", "issued_before", "expires_at", "reason"];
 
-/// Turns a request body into an entry to append (the README's body forms).
+/// Turns a request body into an entry to append (the body forms of docs/api.md).
 pub fn parse_revocation(body: &[u8], max_token_ttl: Duration, now: u64) -> Result<NewEntry, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("body", format!("body is not valid JSON: {e}")))?;
@@ -556,7 +556,7 @@ async fn backup(State(s): State<AdminState>) -> Result<Response, ApiError> {
         Ok(None) => {
             return Err(ApiError::status(
                 StatusCode::NOT_IMPLEMENTED,
-                "this store is backed up with PostgreSQL's own tools (pg_dump); see README",
+                "this store is backed up with PostgreSQL's own tools (pg_dump); see docs/operations.md",
             ))
         }
         Err(e) => {

@@ -349,7 +349,7 @@ pub fn restore(a: &RestoreArgs) -> ExitCode {
         println!("restored log {old} at head {head} as log {new_id}");
         println!("agents adopt it when the authority starts, and keep what they enforce beyond it;");
         println!(
-            "revmesh_authority_agents_ahead_of_log counts them: re-revoke what the backup lacks (README)."
+            "revmesh_authority_agents_ahead_of_log counts them: re-revoke what the backup lacks (docs/operations.md)."
         );
         ExitCode::SUCCESS
     };

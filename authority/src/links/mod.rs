@@ -398,7 +398,7 @@ impl Links {
                 head = view.head,
                 agents_ahead,
                 "agent holds entries this log never had: the store was lost or restored from an older copy; \
-                 the agents keep enforcing them (see README, losing or restoring the authority's store)"
+                 the agents keep enforcing them (docs/operations.md: losing or restoring the authority's store)"
             );
         }
         let reason = self.drive(&mut ws, &mut session, &id, link, signal, &mut catchup).await;

@@ -1,0 +1,146 @@
+//! The documentation holds together: every relative link in README.md, ARCHITECTURE.md,
+//! PROTOCOL.md and docs/ resolves to a file of the repository, and a link to `#anchor` to a
+//! heading of that file (GitHub's slugs). The README stays a front door (at most 300 lines)
+//! from which every page can be reached.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn pages() -> Vec<PathBuf> {
+    let root = repo();
+    let mut pages: Vec<PathBuf> =
+        ["README.md", "ARCHITECTURE.md", "PROTOCOL.md"].iter().map(|p| root.join(p)).collect();
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/ exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+}
+
+/// The text outside fenced code blocks.
+fn prose(text: &str) -> String {
+    let mut out = String::new();
+    let mut code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            code = !code;
+            continue;
+        }
+        if !code {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation but `-` and `_` dropped, spaces to `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(text: &str) -> Vec<String> {
+    prose(text).lines().filter(|l| l.starts_with('#')).map(|l| slug(l.trim_start_matches('#'))).collect()
+}
+
+/// `(target, anchor)` of every markdown link `[text](target)` that is not a URL.
+fn links(text: &str) -> Vec<(String, Option<String>)> {
+    let prose = prose(text);
+    let mut out = Vec::new();
+    let mut rest = prose.as_str();
+    while let Some(i) = rest.find("](") {
+        rest = &rest[i + 2..];
+        let Some(end) = rest.find(')') else { break };
+        let target = &rest[..end];
+        rest = &rest[end..];
+        if target.contains("://") || target.starts_with("mailto:") || target.contains(' ') {
+            continue;
+        }
+        let (path, anchor) = match target.split_once('#') {
+            Some((p, a)) => (p.to_owned(), Some(a.to_owned())),
+            None => (target.to_owned(), None),
+        };
+        out.push((path, anchor));
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_resolves_to_a_file_and_a_heading() {
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for (path, anchor) in links(&text) {
+            checked += 1;
+            let target = if path.is_empty() { page.clone() } else { page.parent().unwrap().join(&path) };
+            let name = format!(
+                "{} → {path}{}",
+                page.display(),
+                anchor.as_deref().map(|a| format!("#{a}")).unwrap_or_default()
+            );
+            if !target.exists() {
+                broken.push(format!("{name}: no such file"));
+                continue;
+            }
+            if let Some(a) = anchor {
+                let heads = anchors(&std::fs::read_to_string(&target).unwrap_or_default());
+                if !heads.contains(&a) {
+                    broken.push(format!("{name}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} links found: is the link reader broken?");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_readme_is_a_front_door() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let lines = readme.lines().count();
+    assert!(lines <= 300, "README.md has {lines} lines; move detail to docs/");
+    // Every page of docs/ is reached from the README by following links.
+    let mut reached = vec![repo().join("README.md").canonicalize().unwrap()];
+    let mut next = 0;
+    while next < reached.len() {
+        let page = reached[next].clone();
+        next += 1;
+        for (path, _) in links(&std::fs::read_to_string(&page).unwrap_or_default()) {
+            let Ok(target) = page.parent().unwrap().join(&path).canonicalize() else { continue };
+            if target.extension().is_some_and(|e| e == "md") && !reached.contains(&target) {
+                reached.push(target);
+            }
+        }
+    }
+    for page in pages() {
+        let page = page.canonicalize().unwrap();
+        assert!(reached.contains(&page), "{} cannot be reached from README.md", page.display());
+    }
+}
+
+#[test]
+fn slugs_follow_github() {
+    assert_eq!(slug(" Several authorities on PostgreSQL"), "several-authorities-on-postgresql");
+    assert_eq!(
+        slug("nginx `auth_request` (and other auth proxies)"),
+        "nginx-auth_request-and-other-auth-proxies"
+    );
+    assert_eq!(
+        slug("Envoy and Istio: external authorization over gRPC"),
+        "envoy-and-istio-external-authorization-over-grpc"
+    );
+}
