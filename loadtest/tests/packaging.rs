@@ -71,15 +71,14 @@ fn systemd_units_verify_cleanly_keep_their_sandbox_and_use_real_flags() {
     }
 }
 
-#[test]
-fn the_kubernetes_example_parses_and_its_containers_use_real_flags() {
-    let path = repo().join("deploy/kubernetes/revmesh.yaml");
+/// The manifests' documents, parsed by PyYAML.
+fn manifest(path: &Path) -> Vec<serde_json::Value> {
     let out = Command::new("python3")
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
         ])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     assert!(
@@ -88,14 +87,15 @@ fn the_kubernetes_example_parses_and_its_containers_use_real_flags() {
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    for kind in ["StatefulSet", "Deployment", "Service", "ServiceMonitor", "PodMonitor"] {
-        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
-    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Checks every revmesh container's flags against the binaries; returns how many were checked.
+fn containers_use_real_flags(docs: &[serde_json::Value]) -> usize {
     let mut checked = 0;
-    for d in &docs {
-        let containers = d["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    for d in docs {
+        let pod = &d["spec"]["template"]["spec"];
+        let containers = pod["containers"].as_array().cloned().unwrap_or_default();
         for c in containers {
             let args: Vec<String> = c["args"]
                 .as_array()
@@ -112,11 +112,67 @@ fn the_kubernetes_example_parses_and_its_containers_use_real_flags() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 2, "the authority and the agent sidecar");
+    checked
+}
+
+/// The manifests pass a real validator against the Kubernetes API schemas (PyPI
+/// `kubernetes-validate`, strict: unknown fields are errors). The prometheus-operator kinds have
+/// no schema there and are only parsed.
+#[test]
+fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    for name in ["revmesh.yaml", "revmesh-daemonset.yaml"] {
+        let path = repo().join("deploy/kubernetes").join(name);
+        let out = Command::new("kubernetes-validate").arg("--strict").arg(&path).output().unwrap_or_else(|e| {
+            panic!("kubernetes-validate is not installed ({e}): `pip install kubernetes-validate` (scripts/test installs it)")
+        });
+        let report =
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name} does not validate:\n{report}");
+        let validated = report.lines().filter(|l| l.contains(" passed for resource ")).count();
+        assert!(validated >= 2, "{name}: {validated} resources validated:\n{report}");
+        assert!(!report.contains("ERROR"), "{report}");
+    }
+}
+
+#[test]
+fn the_kubernetes_example_parses_and_its_containers_use_real_flags() {
+    let path = repo().join("deploy/kubernetes/revmesh.yaml");
+    let docs = manifest(&path);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in ["StatefulSet", "Deployment", "Service", "ServiceMonitor", "PodMonitor"] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    assert_eq!(containers_use_real_flags(&docs), 2, "the authority and the agent sidecar");
     // The sidecar shares its sockets with the app through one emptyDir.
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(
         text.contains("--socket=/run/revmesh/agent.sock")
             && text.matches("name: revmesh-sockets").count() >= 3
     );
+}
+
+/// The per-node variant: one agent per node, its sockets in a host directory that the node's
+/// pods mount, with the sockets' group theirs.
+#[test]
+fn the_daemonset_example_serves_the_node_over_a_host_socket_with_real_flags() {
+    let path = repo().join("deploy/kubernetes/revmesh-daemonset.yaml");
+    let docs = manifest(&path);
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+    assert_eq!(containers_use_real_flags(&docs), 1, "the node agent");
+    let agent_args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        agent_args.contains("--socket=/run/revmesh/agent.sock")
+            && agent_args.contains("--socket-group=65532")
+    );
+    let host = |d: &serde_json::Value| {
+        d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["hostPath"]["path"] == "/run/revmesh")
+    };
+    assert!(host(ds), "the agent's sockets live on the host");
+    let app = docs.iter().find(|d| d["kind"] == "Deployment").expect("an app");
+    assert!(host(app), "the app mounts the node's socket directory");
+    assert_eq!(app["spec"]["template"]["spec"]["securityContext"]["supplementalGroups"][0], 65532);
 }
