@@ -1,10 +1,16 @@
 //! The documentation holds together: every relative link in README.md, ARCHITECTURE.md,
 //! PROTOCOL.md and docs/ resolves to a file of the repository, and a link to `#anchor` to a
 //! heading of that file (GitHub's slugs). The README stays a front door (at most 300 lines)
-//! from which every page can be reached.
+//! from which every page can be reached. Every shell block marked `<!-- runnable -->` runs,
+//! as written, against a fresh real mesh (an authority with its data dir and admin token where
+//! the docs say, and an agent).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests time real processes from outside; the one-clock rule (clippy.toml) is the binaries'.
+#![allow(clippy::disallowed_methods)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -143,4 +149,118 @@ fn slugs_follow_github() {
         slug("Envoy and Istio: external authorization over gRPC"),
         "envoy-and-istio-external-authorization-over-grpc"
     );
+}
+
+/// The directory of this build's binaries.
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_revmesh-loadtest")).parent().unwrap().to_owned()
+}
+
+/// Killed (and reaped) on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a binary in `dir` and returns it with its ready line.
+fn start(dir: &Path, bin: &str, args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(bin_dir().join(bin))
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains(" ready "), "{bin} did not start: {line:?}");
+    (Proc(child), line)
+}
+
+/// `(page, block)` of every shell block marked runnable.
+fn runnable_blocks() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for part in text.split("<!-- runnable -->\n").skip(1) {
+            let body = part
+                .strip_prefix("```sh\n")
+                .unwrap_or_else(|| panic!("{}: a runnable mark not before a sh block", page.display()));
+            let block = body.split("\n```").next().unwrap().to_owned();
+            out.push((page.file_name().unwrap().to_string_lossy().into_owned(), block));
+        }
+    }
+    out
+}
+
+/// Each runnable block, on a fresh authority (data dir `revmesh-data/authority`, so its admin
+/// token is where the docs read it) and one connected agent: every command must succeed, and
+/// every `curl` must get a 2xx (`--fail-with-body`). Only the admin port differs from the
+/// defaults the docs show: `REVMESH_ADMIN` for the CLI, the address replaced for `curl`.
+#[test]
+fn the_runnable_blocks_of_the_docs_run_against_a_real_mesh() {
+    let blocks = runnable_blocks();
+    assert!(blocks.len() >= 3, "{} runnable blocks", blocks.len());
+    for (page, block) in blocks {
+        let dir = tempfile::tempdir().unwrap();
+        let (_authority, ready) = start(
+            dir.path(),
+            "revmesh-authority",
+            &[
+                "serve",
+                "--data-dir",
+                "revmesh-data/authority",
+                "--agent-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log",
+                "error",
+            ],
+        );
+        let field = |k: &str| ready.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_owned();
+        let (agent_addr, admin) = (field("agent="), field("admin="));
+        std::fs::write(dir.path().join("secret"), "docs-secret-0123456789abcdef0123456789").unwrap();
+        let (_agent, _) = start(
+            dir.path(),
+            "revmesh-agent",
+            &[
+                "run",
+                "--authority",
+                &format!("ws://{agent_addr}"),
+                "--id",
+                "web-1",
+                "--data-dir",
+                "agent",
+                "--socket",
+                "agent.sock",
+                "--hs256-secret-file",
+                "secret",
+                "--log",
+                "error",
+            ],
+        );
+        let script = format!(
+            "curl() {{ command curl --fail-with-body --show-error --max-time 30 \"$@\"; }}\n{}",
+            block.replace("http://127.0.0.1:7401", &format!("http://{admin}"))
+        );
+        let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir.path())
+            .env("PATH", path)
+            .env("REVMESH_ADMIN", format!("http://{admin}"))
+            .output()
+            .unwrap_or_else(|e| panic!("bash: {e}"));
+        assert!(
+            out.status.success(),
+            "a runnable block of {page} failed ({}):\n{block}\n--- stdout\n{}\n--- stderr\n{}\n(curl missing? `apt-get install curl`, scripts/test installs it)",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
