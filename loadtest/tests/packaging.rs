@@ -176,3 +176,153 @@ fn the_daemonset_example_serves_the_node_over_a_host_socket_with_real_flags() {
     assert!(host(app), "the app mounts the node's socket directory");
     assert_eq!(app["spec"]["template"]["spec"]["securityContext"]["supplementalGroups"][0], 65532);
 }
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// The agent's answer to `PING` on its line socket.
+fn ping(socket: &Path) -> String {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.write_all(b"PING\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
+}
+
+/// Starts `bin` with `args` and returns it with its ready line (killed on drop).
+struct Started(std::process::Child);
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn start_ready(bin: &Path, args: &[&str]) -> (Started, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains(" ready "), "{} did not start: {line:?}", bin.display());
+    (Started(child), line)
+}
+
+/// `scripts/package` builds both Debian packages (from this debug build, to be quick); Debian's
+/// own `lintian` finds no error in them; each holds its binary, man page, completions, systemd
+/// unit (as the `revmesh` user) and its settings as a conffile; unpacked into a throwaway root,
+/// each binary starts from its installed path with its packaged settings and the agent joins
+/// the authority. As root (CI), a real `dpkg -i` also creates the `revmesh` system user, and a
+/// purge removes what was installed.
+#[test]
+fn the_debian_packages_pass_lintian_and_run_from_their_installed_paths() {
+    run(Command::new(repo().join("scripts/package"))
+        .args(["--no-build", "--profile", "dev"])
+        .current_dir(repo()));
+    let deb =
+        |name: &str| repo().join(format!("target/debian/{name}_{}-1_amd64.deb", env!("CARGO_PKG_VERSION")));
+    let debs = [deb("revmesh-authority"), deb("revmesh-agent")];
+    let lint = Command::new("lintian").args(&debs).output().unwrap_or_else(|e| {
+        panic!("lintian is not installed ({e}): `apt-get install lintian` (scripts/test installs it)")
+    });
+    let report = String::from_utf8_lossy(&lint.stdout).into_owned();
+    assert!(!report.lines().any(|l| l.starts_with("E:")), "lintian errors:\n{report}");
+    let root = tempfile::tempdir().unwrap();
+    for (deb, name, conf) in
+        [(&debs[0], "revmesh-authority", "authority"), (&debs[1], "revmesh-agent", "agent")]
+    {
+        let files = run(Command::new("dpkg-deb").arg("-c").arg(deb));
+        for path in [
+            format!("./usr/bin/{name}"),
+            format!("./usr/share/man/man1/{name}.1.gz"),
+            format!("./usr/share/bash-completion/completions/{name}"),
+            format!("./usr/share/zsh/vendor-completions/_{name}"),
+            format!("./usr/share/fish/vendor_completions.d/{name}.fish"),
+            format!("./lib/systemd/system/{name}.service"),
+            format!("./etc/revmesh/{conf}.toml"),
+        ] {
+            assert!(files.contains(&path), "{name}: no {path} in\n{files}");
+        }
+        let conffiles = run(Command::new("dpkg-deb").arg("--info").arg(deb).arg("conffiles"));
+        assert_eq!(conffiles.trim(), format!("/etc/revmesh/{conf}.toml"));
+        let postinst = run(Command::new("dpkg-deb").arg("--info").arg(deb).arg("postinst"));
+        assert!(postinst.contains("adduser --system --group") && postinst.contains("revmesh"), "{postinst}");
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(root.path()));
+        let unit =
+            std::fs::read_to_string(root.path().join(format!("lib/systemd/system/{name}.service"))).unwrap();
+        assert!(
+            unit.contains(&format!("ExecStart=/usr/bin/{name} ")) && unit.contains("User=revmesh"),
+            "{unit}"
+        );
+        assert!(!unit.contains("DynamicUser"), "{unit}");
+    }
+    let r = root.path();
+    let state = tempfile::tempdir().unwrap();
+    let s = |p: &str| state.path().join(p).display().to_string();
+    let authority_conf = r.join("etc/revmesh/authority.toml").display().to_string();
+    let (_authority, ready) = start_ready(
+        &r.join("usr/bin/revmesh-authority"),
+        &[
+            "serve",
+            "--config",
+            &authority_conf,
+            "--data-dir",
+            &s("authority"),
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let agent_addr = ready.split_whitespace().find_map(|w| w.strip_prefix("agent=")).unwrap().to_owned();
+    let agent_conf = r.join("etc/revmesh/agent.toml").display().to_string();
+    let (_agent, _) = start_ready(
+        &r.join("usr/bin/revmesh-agent"),
+        &[
+            "run",
+            "--config",
+            &agent_conf,
+            "--authority",
+            &format!("ws://{agent_addr}"),
+            "--data-dir",
+            &s("agent"),
+            "--socket",
+            &s("agent.sock"),
+            "--id",
+            "packaged",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let pong = ping(Path::new(&s("agent.sock")));
+        if pong.starts_with("PONG ") && !pong.contains("log_id=none") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the packaged agent never joined: {pong}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // As root, the real thing: install, the system user, purge.
+    if run(Command::new("id").arg("-u")).trim() == "0" {
+        let had_user = Command::new("getent").args(["passwd", "revmesh"]).status().unwrap().success();
+        run(Command::new("dpkg").arg("-i").args(&debs));
+        let installed = run(Command::new("/usr/bin/revmesh-authority").arg("--version"));
+        assert!(installed.contains(env!("CARGO_PKG_VERSION")), "{installed}");
+        assert!(
+            Command::new("getent").args(["passwd", "revmesh"]).status().unwrap().success(),
+            "no revmesh user"
+        );
+        run(Command::new("dpkg").args(["--purge", "revmesh-agent", "revmesh-authority"]));
+        assert!(!Path::new("/usr/bin/revmesh-authority").exists(), "purge left the binary");
+        if !had_user {
+            run(Command::new("deluser").args(["--system", "--quiet", "revmesh"]));
+        }
+    }
+}
