@@ -8,9 +8,11 @@
 // Tests time real processes from outside; the one-clock rule (clippy.toml) is the binaries'.
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::start_ready;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -156,30 +158,6 @@ fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_revmesh-loadtest")).parent().unwrap().to_owned()
 }
 
-/// Killed (and reaped) on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a binary in `dir` and returns it with its ready line.
-fn start(dir: &Path, bin: &str, args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(bin_dir().join(bin))
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.contains(" ready "), "{bin} did not start: {line:?}");
-    (Proc(child), line)
-}
-
 /// `(page, block)` of every shell block marked runnable.
 fn runnable_blocks() -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -206,9 +184,8 @@ fn the_runnable_blocks_of_the_docs_run_against_a_real_mesh() {
     assert!(blocks.len() >= 3, "{} runnable blocks", blocks.len());
     for (page, block) in blocks {
         let dir = tempfile::tempdir().unwrap();
-        let (_authority, ready) = start(
-            dir.path(),
-            "revmesh-authority",
+        let (_authority, ready) = start_ready(
+            &bin_dir().join("revmesh-authority"),
             &[
                 "serve",
                 "--data-dir",
@@ -220,13 +197,13 @@ fn the_runnable_blocks_of_the_docs_run_against_a_real_mesh() {
                 "--log",
                 "error",
             ],
+            dir.path(),
         );
         let field = |k: &str| ready.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_owned();
         let (agent_addr, admin) = (field("agent="), field("admin="));
         std::fs::write(dir.path().join("secret"), "docs-secret-0123456789abcdef0123456789").unwrap();
-        let (_agent, _) = start(
-            dir.path(),
-            "revmesh-agent",
+        let (_agent, _) = start_ready(
+            &bin_dir().join("revmesh-agent"),
             &[
                 "run",
                 "--authority",
@@ -242,6 +219,7 @@ fn the_runnable_blocks_of_the_docs_run_against_a_real_mesh() {
                 "--log",
                 "error",
             ],
+            dir.path(),
         );
         let script = format!(
             "curl() {{ command curl --fail-with-body --show-error --max-time 30 \"$@\"; }}\n{}",

@@ -5,6 +5,9 @@
 // Tests time real processes from outside; the one-clock rule (clippy.toml) is the binaries'.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
+use common::start_ready;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -194,28 +197,6 @@ fn ping(socket: &Path) -> String {
     line.trim_end().to_owned()
 }
 
-/// Starts `bin` with `args` and returns it with its ready line (killed on drop).
-struct Started(std::process::Child);
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-fn start_ready(bin: &Path, args: &[&str]) -> (Started, String) {
-    use std::io::BufRead;
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.contains(" ready "), "{} did not start: {line:?}", bin.display());
-    (Started(child), line)
-}
-
 /// `scripts/package` builds both Debian packages (from this debug build, to be quick); Debian's
 /// own `lintian` finds no error in them; each holds its binary, man page, completions, systemd
 /// unit (as the `revmesh` user) and its settings as a conffile; unpacked into a throwaway root,
@@ -281,6 +262,7 @@ fn the_debian_packages_pass_lintian_and_run_from_their_installed_paths() {
             "--admin-listen",
             "127.0.0.1:0",
         ],
+        state.path(),
     );
     let agent_addr = ready.split_whitespace().find_map(|w| w.strip_prefix("agent=")).unwrap().to_owned();
     let agent_conf = r.join("etc/revmesh/agent.toml").display().to_string();
@@ -299,6 +281,7 @@ fn the_debian_packages_pass_lintian_and_run_from_their_installed_paths() {
             "--id",
             "packaged",
         ],
+        state.path(),
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
