@@ -242,3 +242,26 @@ fn the_runnable_blocks_of_the_docs_run_against_a_real_mesh() {
         );
     }
 }
+
+/// The README's short nginx block says nothing the tested snippet (docs/integrations.md, run
+/// through a real nginx by `agent/tests/nginx.rs`) does not: every directive of it is there.
+#[test]
+fn the_readme_proxy_block_is_taken_from_the_tested_snippet() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let tested = std::fs::read_to_string(repo().join("docs/integrations.md")).unwrap();
+    let block = readme.split("```nginx\n").nth(1).expect("README has an nginx block");
+    let block = block.split("```").next().unwrap();
+    let mut directives = 0;
+    for line in block.lines() {
+        let directive = line.split('#').next().unwrap().trim();
+        if directive.is_empty() || directive == "}" {
+            continue;
+        }
+        directives += 1;
+        assert!(
+            tested.lines().any(|l| l.trim() == directive),
+            "README's `{directive}` is not in the tested snippet"
+        );
+    }
+    assert!(directives >= 6, "{directives} directives");
+}
