@@ -96,16 +96,9 @@ pub(crate) fn call(
     };
     let token = token(args)?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let (status, body) = request(
-        tls,
-        &format!("{base}{path}"),
-        method,
-        Some(&token),
-        payload.as_bytes(),
-        timeout,
-        MAX_RESPONSE,
-    )?;
-    Ok(Answer { status, body: String::from_utf8_lossy(&body).into_owned() })
+    let (status, body) =
+        text_request(tls, &format!("{base}{path}"), method, Some(&token), payload.as_bytes(), timeout)?;
+    Ok(Answer { status, body })
 }
 
 /// A TLS client trusting the CA certificates in `ca` (PEM).
@@ -124,8 +117,7 @@ pub fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    request(None, &format!("http://{hostport}{path}"), method, token, body, timeout, MAX_RESPONSE)
-        .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
+    text_request(None, &format!("http://{hostport}{path}"), method, token, body, timeout)
 }
 
 /// The same over TLS, verifying the server against `tls`'s roots.
@@ -138,7 +130,19 @@ pub fn https_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    request(Some(tls), &format!("https://{hostport}{path}"), method, token, body, timeout, MAX_RESPONSE)
+    text_request(Some(tls), &format!("https://{hostport}{path}"), method, token, body, timeout)
+}
+
+/// [`request`] with an answer of at most 16 MiB, read as text.
+fn text_request(
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    url: &str,
+    method: &str,
+    token: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    request(tls, url, method, token, body, timeout, MAX_RESPONSE)
         .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
 }
 
