@@ -242,7 +242,6 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         heartbeat: cfg.heartbeat,
         backup_dir: cfg.data_dir.clone(),
-        throttle: Arc::new(api::throttle::Throttle::new(clock.clone())),
     };
     let view = log.view();
     tracing::info!(

@@ -50,9 +50,6 @@ pub struct Metrics {
     /// `revmesh_authority_admin_connections_shed_total{reason}`: admin API connections closed
     /// by the server (timeouts, or room made at the connection limit).
     pub admin_shed_total: IntCounterVec,
-    /// `revmesh_authority_admin_refused_total{reason}`: admin API requests refused for their
-    /// credentials (`unauthorized`), or unread because their source refused too often (`throttled`).
-    pub admin_refused_total: IntCounterVec,
     /// `revmesh_authority_oidc_logouts_total{result}`: back-channel logouts by outcome.
     pub oidc_logouts_total: IntCounterVec,
 }
@@ -156,13 +153,6 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
-            admin_refused_total: IntCounterVec::new(
-                Opts::new(
-                    "revmesh_authority_admin_refused_total",
-                    "Admin API requests refused: missing or wrong token (unauthorized), or from a source over its allowance of refusals (throttled)",
-                ),
-                &["reason"],
-            )?,
             registry,
         };
         let r = &m.registry;
@@ -181,10 +171,6 @@ impl Metrics {
         r.register(Box::new(m.catchups_waiting.clone()))?;
         r.register(Box::new(m.agents_ahead_of_log.clone()))?;
         r.register(Box::new(m.admin_shed_total.clone()))?;
-        r.register(Box::new(m.admin_refused_total.clone()))?;
-        for reason in ["unauthorized", "throttled"] {
-            m.admin_refused_total.with_label_values(&[reason]);
-        }
         r.register(Box::new(m.oidc_logouts_total.clone()))?;
         for result in OIDC_RESULTS {
             m.oidc_logouts_total.with_label_values(&[result]);

@@ -9,7 +9,6 @@
 
 pub(crate) mod feed;
 pub(crate) mod server;
-pub(crate) mod throttle;
 
 use crate::links::hub::{Hub, Level};
 use crate::links::registry::Registry;
@@ -66,8 +65,6 @@ pub struct AdminState {
     pub heartbeat: Duration,
     /// Where a backup is staged before it is sent (the data dir).
     pub backup_dir: std::path::PathBuf,
-    /// Refused credentials per source.
-    pub(crate) throttle: Arc<throttle::Throttle>,
 }
 
 /// Why revocations were not stored: nothing of them is; the caller may retry.
@@ -166,21 +163,6 @@ pub(crate) fn routes(state: AdminState) -> Router {
 
 /// Requires the admin token (`route_layer` it on any router of admin endpoints).
 pub(crate) async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    // A source that refused too often is not read at all until its window ends: the token
-    // cannot be guessed at line rate.
-    if let Some(wait) = peer.and_then(|ip| s.throttle.blocked(ip)) {
-        s.metrics.admin_refused_total.with_label_values(&["throttled"]).inc();
-        let mut r = ApiError::status(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many refused credentials from this address; retry later",
-        )
-        .into_response();
-        if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
-    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -188,19 +170,7 @@ pub(crate) async fn auth(State(s): State<AdminState>, req: Request, next: Next) 
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(p) if crate::auth::ct_eq(p.as_bytes(), s.token.as_bytes()) => next.run(req).await,
-        _ => {
-            s.metrics.admin_refused_total.with_label_values(&["unauthorized"]).inc();
-            if let Some(ip) = peer {
-                let n = s.throttle.refused(ip);
-                // The first refusal of a window and the one that starts the hold are logged;
-                // a flood is counted, not written line by line.
-                if n == 1 || n == throttle::ALLOWED {
-                    tracing::warn!(remote = %ip, refusals = n, path = %req.uri().path(),
-                        "admin request refused: missing or invalid token");
-                }
-            }
-            ApiError::status(StatusCode::UNAUTHORIZED, "missing or invalid admin token").into_response()
-        }
+        _ => ApiError::status(StatusCode::UNAUTHORIZED, "missing or invalid admin token").into_response(),
     }
 }
 
@@ -768,7 +738,6 @@ mod tests {
             shutdown: tokio_util::sync::CancellationToken::new(),
             heartbeat: Duration::from_secs(5),
             backup_dir: dir.path().to_owned(),
-            throttle: Arc::new(throttle::Throttle::new(revmesh_runtime::Clock::system())),
         };
         let mut app = routes(state);
         for (uri, body) in [
