@@ -50,6 +50,9 @@ pub struct Metrics {
     /// `revmesh_authority_admin_connections_shed_total{reason}`: admin API connections closed
     /// by the server (timeouts, or room made at the connection limit).
     pub admin_shed_total: IntCounterVec,
+    /// `revmesh_authority_admin_refused_total{reason}`: admin API requests refused for their
+    /// credentials (`unauthorized`: a missing or wrong token).
+    pub admin_refused_total: IntCounterVec,
     /// `revmesh_authority_oidc_logouts_total{result}`: back-channel logouts by outcome.
     pub oidc_logouts_total: IntCounterVec,
 }
@@ -153,6 +156,13 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            admin_refused_total: IntCounterVec::new(
+                Opts::new(
+                    "revmesh_authority_admin_refused_total",
+                    "Admin API requests refused for their credentials: a missing or wrong token (unauthorized)",
+                ),
+                &["reason"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -171,6 +181,8 @@ impl Metrics {
         r.register(Box::new(m.catchups_waiting.clone()))?;
         r.register(Box::new(m.agents_ahead_of_log.clone()))?;
         r.register(Box::new(m.admin_shed_total.clone()))?;
+        r.register(Box::new(m.admin_refused_total.clone()))?;
+        m.admin_refused_total.with_label_values(&["unauthorized"]);
         r.register(Box::new(m.oidc_logouts_total.clone()))?;
         for result in OIDC_RESULTS {
             m.oidc_logouts_total.with_label_values(&[result]);

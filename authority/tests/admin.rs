@@ -414,3 +414,19 @@ fn import_submits_json_lines_in_bulk_and_resumes_without_duplicates() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("line 1: longer than"), "{err}");
 }
+
+/// Refused admin credentials are counted (and logged with the remote address), and never hold
+/// anyone out: after a burst of wrong tokens from the operator's own address the right token
+/// still works at once (a per-address hold would let any local process lock the operator out).
+#[test]
+fn refused_credentials_are_counted_and_never_lock_the_operator_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    for i in 0..30 {
+        let token = format!("guess-{i:04}-guess-guess-guess");
+        assert_eq!(http(&a.admin, "GET", "/v1/status", Some(&token), b"").0, 401, "guess {i}");
+    }
+    assert_eq!(http(&a.admin, "GET", "/v1/status", None, b"").0, 401);
+    assert_eq!(a.get("/v1/status").0, 200, "the operator is not held out");
+    assert_eq!(a.metric("revmesh_authority_admin_refused_total"), 31.0);
+}

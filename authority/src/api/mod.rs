@@ -170,8 +170,31 @@ pub(crate) async fn auth(State(s): State<AdminState>, req: Request, next: Next) 
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(p) if crate::auth::ct_eq(p.as_bytes(), s.token.as_bytes()) => next.run(req).await,
-        _ => ApiError::status(StatusCode::UNAUTHORIZED, "missing or invalid admin token").into_response(),
+        _ => {
+            s.metrics.admin_refused_total.with_label_values(&["unauthorized"]).inc();
+            let peer =
+                req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+            log_refusal(s.log.clock().unix_ms(), peer, req.uri().path());
+            ApiError::status(StatusCode::UNAUTHORIZED, "missing or invalid admin token").into_response()
+        }
     }
+}
+
+/// Logs a refused admin request with where it came from, at most once a second: a flood of
+/// refusals is counted (`revmesh_authority_admin_refused_total`), not written line by line.
+fn log_refusal(now_ms: u64, peer: Option<std::net::SocketAddr>, path: &str) {
+    static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now_ms.saturating_sub(last) < 1_000
+        || LAST_MS.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let also = SUPPRESSED.swap(0, Ordering::Relaxed);
+    let remote = peer.map(|p| p.to_string()).unwrap_or_default();
+    tracing::warn!(%remote, path, refused_since_last_line = also, "admin request refused: missing or invalid token");
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {

@@ -168,7 +168,8 @@ pub async fn serve(
     let shed = |reason: &str| metrics.admin_shed_total.with_label_values(&[reason]).inc();
     let mut next_id = 0u64;
     loop {
-        let Some((stream, _)) = revmesh_runtime::net::accept(|| listener.accept(), &shutdown, "admin").await
+        let Some((stream, peer)) =
+            revmesh_runtime::net::accept(|| listener.accept(), &shutdown, "admin").await
         else {
             break;
         };
@@ -205,12 +206,12 @@ pub async fn serve(
         conns.spawn(async move {
             let stream = Watched { inner: stream, activity: activity.clone() };
             match acceptor {
-                None => connection(stream, app, activity, stop, limits, &metrics).await,
+                None => connection(stream, peer, app, activity, stop, limits, &metrics).await,
                 Some(a) => {
                     let handshake = tokio::time::timeout(limits.header_timeout, a.accept(stream));
                     tokio::select! {
                         r = handshake => match r {
-                            Ok(Ok(s)) => connection(s, app, activity, stop, limits, &metrics).await,
+                            Ok(Ok(s)) => connection(s, peer, app, activity, stop, limits, &metrics).await,
                             Ok(Err(_)) => {}
                             Err(_) => metrics.admin_shed_total.with_label_values(&["header_timeout"]).inc(),
                         },
@@ -229,6 +230,7 @@ pub async fn serve(
 /// One connection: HTTP/1.1 (or HTTP/2) to the router, closed when overdue or told to stop.
 async fn connection<S>(
     stream: S,
+    peer: std::net::SocketAddr,
     app: axum::Router,
     activity: Arc<Activity>,
     stop: CancellationToken,
@@ -242,7 +244,10 @@ async fn connection<S>(
         let in_flight = requests.begin();
         let mut app = app.clone();
         async move {
-            let response = tower_service::Service::call(&mut app, req.map(Body::new)).await;
+            // Who is asking, for the admin API's refusals (logged, and throttled per source).
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            let response = tower_service::Service::call(&mut app, req).await;
             drop(in_flight);
             response
         }
