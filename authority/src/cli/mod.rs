@@ -87,6 +87,21 @@ pub(crate) fn call(
     body: Option<&Value>,
     timeout: Duration,
 ) -> Result<Answer, String> {
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, body) = call_bytes(args, method, path, payload.as_bytes(), timeout, MAX_RESPONSE)?;
+    Ok(Answer { status, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// One admin API call with `args`' URL, trust roots and token; the answer is at most
+/// `max_response` bytes.
+fn call_bytes(
+    args: &ClientArgs,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+    max_response: usize,
+) -> Result<(u16, bytes::Bytes), String> {
     let base = args.admin.trim_end_matches('/');
     let tls = match base.split_once("://") {
         // --ca-file, or else the platform's trust store.
@@ -95,10 +110,7 @@ pub(crate) fn call(
         _ => return Err(format!("--admin `{}` must start with http:// or https://", args.admin)),
     };
     let token = token(args)?;
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let (status, body) =
-        text_request(tls, &format!("{base}{path}"), method, Some(&token), payload.as_bytes(), timeout)?;
-    Ok(Answer { status, body })
+    request(tls, &format!("{base}{path}"), method, Some(&token), body, timeout, max_response)
 }
 
 /// A TLS client trusting the CA certificates in `ca` (PEM).
@@ -308,25 +320,11 @@ pub fn backup(a: &BackupArgs) -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     };
-    let base = a.client.admin.trim_end_matches('/');
-    let tls = match base.split_once("://") {
-        Some(("https", _)) => match revmesh_runtime::http_client::tls_config(a.client.ca_file.as_deref()) {
-            Ok(t) => Some(t),
-            Err(e) => return fail(e),
-        },
-        Some(("http", _)) => None,
-        _ => return fail(format!("--admin `{}` must start with http:// or https://", a.client.admin)),
-    };
-    let token = match token(&a.client) {
-        Ok(t) => t,
+    let answer = call_bytes(&a.client, "GET", "/v1/backup", b"", Duration::from_secs(600), MAX_BACKUP);
+    let (status, body) = match answer {
+        Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let url = format!("{base}/v1/backup");
-    let (status, body) =
-        match request(tls, &url, "GET", Some(&token), b"", Duration::from_secs(600), MAX_BACKUP) {
-            Ok(r) => r,
-            Err(e) => return fail(e),
-        };
     if status != 200 {
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let text = String::from_utf8_lossy(&body).into_owned();
