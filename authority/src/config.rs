@@ -39,6 +39,13 @@ pub enum Command {
     /// Install a backup (or, with --store, give a PostgreSQL log restored with pg_restore) a
     /// new log id, so agents adopt it and keep what they enforce. The authority must be stopped.
     Restore(RestoreArgs),
+    /// One revocation: what it revokes, who stored it (`by`) and why, and which agents have it.
+    Show(ShowArgs),
+    /// The audit trail: who changed what, from where, oldest first.
+    Audit(AuditArgs),
+    /// Operators: `operators new NAME --scopes revoke,read` prints a fresh token (once) and the
+    /// stanza to add to the operators file.
+    Operators(OperatorsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -81,7 +88,27 @@ pub struct ServeArgs {
     #[arg(long, env = "REVMESH_ADMIN_TOKEN_FILE")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub admin_token_file: Option<String>,
-    /// File with agent bearer tokens, one per line [default: no agent auth].
+    /// Operators file (TOML): named operators with scopes and a token hash or a client
+    /// certificate name; reloaded on SIGHUP. With it and no --admin-token-file, no admin token
+    /// is generated: the file names everyone.
+    #[arg(long, env = "REVMESH_OPERATORS")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub operators: Option<String>,
+    /// CA bundle for operators' client certificates on the admin port (mutual TLS there;
+    /// needs --tls-cert). Operators without a certificate still use tokens.
+    #[arg(long, env = "REVMESH_ADMIN_CLIENT_CA")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub admin_client_ca: Option<String>,
+    /// How long audit records are kept [default: 90d].
+    #[arg(long, env = "REVMESH_AUDIT_RETENTION")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub audit_retention: Option<String>,
+    /// Lets agents connect without a token or client certificate on a non-loopback
+    /// --agent-listen (refused otherwise: anyone reaching the port could join as any agent).
+    #[arg(long, env = "REVMESH_ALLOW_UNAUTHENTICATED_AGENTS", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub allow_unauthenticated_agents: Option<String>,
+    /// File with agent credentials, one `ID-PATTERN SHA256-HEX` per line [default: no agent auth].
     #[arg(long, env = "REVMESH_AGENT_TOKEN_FILE")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub agent_token_file: Option<String>,
@@ -252,6 +279,52 @@ pub struct WithdrawArgs {
     pub client: ClientArgs,
 }
 
+/// `show` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// The seq of the revocation.
+    pub seq: u64,
+    /// Admin API connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `audit` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Only records after this id.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// At most this many records.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Admin API connection.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `operators` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct OperatorsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: OperatorsAction,
+}
+
+/// `operators` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum OperatorsAction {
+    /// Print a fresh bearer token (once: only its hash is kept) and the `[[operator]]` stanza
+    /// that admits it; add the stanza to the operators file and send SIGHUP.
+    New {
+        /// The operator's name, as `by` and the audit trail will show it.
+        name: String,
+        /// Comma-separated: revoke, read, forget, withdraw, audit.
+        #[arg(long, required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+}
+
 /// `backup` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct BackupArgs {
@@ -385,6 +458,10 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     /// Agent tokens file.
     pub agent_token_file: Option<PathBuf>,
+    /// Operators file.
+    pub operators: Option<PathBuf>,
+    /// How long audit records are kept.
+    pub audit_retention: Duration,
     /// Default expiry horizon for non-jti revocations.
     pub max_token_ttl: Duration,
     /// Ack timeout.
@@ -669,10 +746,14 @@ impl Config {
                 cert: PathBuf::from(cert),
                 key: PathBuf::from(key),
                 client_ca: raw.client_ca.as_ref().map(PathBuf::from),
+                optional_client_ca: raw.admin_client_ca.as_ref().map(PathBuf::from),
             }),
             (None, None) => {
                 if raw.client_ca.is_some() {
                     e.push("client-ca", "needs --tls-cert and --tls-key");
+                }
+                if raw.admin_client_ca.is_some() {
+                    e.push("admin-client-ca", "needs --tls-cert and --tls-key");
                 }
                 None
             }
@@ -697,14 +778,53 @@ impl Config {
         };
         let oidc = oidc_settings(raw, &mut e);
         let token_keys = token_key_settings(raw, &mut e);
+        let operators = file("operators", &raw.operators, &mut e);
+        if let Some(p) = &operators {
+            // Checked now so a bad file stops the start (exit 64); loaded for real by `serve`.
+            let admin = (raw.admin_token_file.is_some()).then_some("x".repeat(32));
+            match crate::operators::Operators::load(Some(p), admin.as_deref(), &mut Vec::new()) {
+                Ok(ops) if ops.uses_certificates() && raw.admin_client_ca.is_none() => {
+                    e.push("operators", "an operator has `cert_subject`, which needs --admin-client-ca")
+                }
+                Ok(_) => {}
+                Err(err) => e.push("operators", err.to_string()),
+            }
+        }
+        let agent_listen = e.addr("agent-listen", &raw.agent_listen, "127.0.0.1:7400");
+        let allow_unauthenticated = match raw.allow_unauthenticated_agents.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                e.push("allow-unauthenticated-agents", format!("`{other}` is neither true nor false"));
+                false
+            }
+        };
+        if !agent_listen.ip().is_loopback()
+            && raw.agent_token_file.is_none()
+            && raw.client_ca.is_none()
+            && !allow_unauthenticated
+        {
+            e.push(
+                "agent-listen",
+                format!(
+                    "{agent_listen} is reachable beyond this host and agents need no credential: anyone reaching it could join as any agent id and ack what it never applied; give --agent-token-file or --client-ca (or --allow-unauthenticated-agents)"
+                ),
+            );
+        }
         let cfg = Config {
+            operators,
+            audit_retention: e.duration(
+                "audit-retention",
+                &raw.audit_retention,
+                Duration::from_secs(90 * 86_400),
+            ),
             token_keys,
             oidc,
             tls,
             store,
             store_timeout: e.duration("store-timeout", &raw.store_timeout, Duration::from_secs(5)),
             data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./revmesh-data/authority")),
-            agent_listen: e.addr("agent-listen", &raw.agent_listen, "127.0.0.1:7400"),
+            agent_listen,
             admin_listen: e.addr("admin-listen", &raw.admin_listen, "127.0.0.1:7401"),
             admin_token_file: file("admin-token-file", &raw.admin_token_file, &mut e).inspect(|p| {
                 let len = std::fs::read_to_string(p).map(|t| t.trim().len()).unwrap_or(0);

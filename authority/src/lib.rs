@@ -10,6 +10,7 @@ pub(crate) mod doors;
 pub(crate) mod links;
 pub(crate) mod log;
 pub(crate) mod metrics;
+pub mod operators;
 mod router;
 pub mod store;
 pub(crate) mod tls;
@@ -66,8 +67,10 @@ async fn share_cursors(
     }
 }
 
-/// SIGHUP re-reads certificates and agent tokens; established links are not touched.
+/// SIGHUP re-reads certificates, agent tokens and operators; established links and admin
+/// connections are not touched.
 async fn reload_on_sighup(
+    operators: Arc<operators::Operators>,
     agent_tls: Option<tls::ServerTls>,
     admin_tls: Option<tls::ServerTls>,
     tokens: Arc<links::AgentTokens>,
@@ -86,6 +89,10 @@ async fn reload_on_sighup(
                 Ok(()) => tracing::info!("TLS certificates reloaded"),
                 Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates"),
             }
+        }
+        match operators.reload() {
+            Ok(n) => tracing::info!(operators = n, "operators reloaded"),
+            Err(e) => tracing::error!(error = %e, "operators reload failed; keeping the previous operators"),
         }
         if let Some(p) = &token_file {
             match tokens.reload(p) {
@@ -178,9 +185,33 @@ pub async fn serve(
         log::Log::open_loaded(store, timeout, metrics, clock).await.context("loading the log")?
     };
     let writer = log::Log::start(&log, writer);
-    let (token, token_path) = auth::admin_token(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
+    // The admin token is the operator `admin`; with an operators file and no admin token file
+    // there is none (nothing all-powerful is generated behind the file's back).
+    let admin_token = if cfg.operators.is_none() || cfg.admin_token_file.is_some() {
+        Some(auth::admin_token(cfg.admin_token_file.as_deref(), &cfg.data_dir)?)
+    } else {
+        None
+    };
+    let mut warnings = Vec::new();
+    let operators = Arc::new(
+        operators::Operators::load(
+            cfg.operators.as_deref(),
+            admin_token.as_ref().map(|t| t.0.as_str()),
+            &mut warnings,
+        )
+        .map_err(|e| {
+            config::ConfigErrors(vec![config::ConfigError { field: "operators", message: e.to_string() }])
+        })?,
+    );
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let token_path =
+        admin_token.map_or_else(|| "none (operators file)".to_owned(), |t| t.1.display().to_string());
     let tokens = Arc::new(match &cfg.agent_token_file {
-        Some(p) => links::AgentTokens::load(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => links::AgentTokens::load(p).map_err(|message| {
+            config::ConfigErrors(vec![config::ConfigError { field: "agent-token-file", message }])
+        })?,
         None => links::AgentTokens::default(),
     });
     // The agent endpoint may require client certificates; the admin API never does (operators
@@ -235,7 +266,7 @@ pub async fn serve(
         hub: hub.clone(),
         registry,
         metrics: metrics.clone(),
-        token: Arc::new(token),
+        operators: operators.clone(),
         max_token_ttl: cfg.max_token_ttl,
         body_timeout: cfg.admin_body_timeout,
         ready: ready.clone(),
@@ -246,7 +277,7 @@ pub async fn serve(
     let view = log.view();
     tracing::info!(
         agent = %bound.agent, admin = %bound.admin, log_id = %view.log_id, head = view.head,
-        admin_token = %token_path.display(), "authority ready"
+        admin_token = %token_path, operators = operators.count(), "authority ready"
     );
     on_ready(bound, view.log_id);
 
@@ -272,6 +303,7 @@ pub async fn serve(
         ))
     };
     tracker.spawn(reload_on_sighup(
+        operators,
         agent_tls,
         admin_tls,
         tokens,
@@ -281,7 +313,7 @@ pub async fn serve(
     ));
     let compactor_log = log.clone();
     let compact_shutdown = shutdown.clone();
-    let (interval, retain) = (cfg.compact_interval, cfg.retain_entries);
+    let (interval, retain, audit_retention) = (cfg.compact_interval, cfg.retain_entries, cfg.audit_retention);
     tracker.spawn(async move {
         loop {
             tokio::select! {
@@ -293,6 +325,13 @@ pub async fn serve(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "compacted expired entries"),
                 Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
+            }
+            // Audit records past --audit-retention go the same way.
+            let before = compactor_log.clock().unix_ms().saturating_sub(audit_retention.as_millis() as u64);
+            match compactor_log.expire_audit(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "expired audit records"),
+                Err(e) => tracing::warn!(error = %e, "expiring audit records failed; will retry"),
             }
         }
     });

@@ -5,7 +5,7 @@
 //! after the store committed it, and a revocation request is answered only after that.
 
 use crate::metrics::Metrics;
-use crate::store::{LogStore, NewEntry, SharedLog, StoreError, Tail};
+use crate::store::{AuditDraft, LogStore, Logged, NewEntry, SharedLog, StoreError, Tail};
 use bytes::Bytes;
 use revmesh_protocol::authority::LogView;
 use revmesh_protocol::codec::encode;
@@ -44,13 +44,13 @@ pub enum AppendError {
 
 struct Inner {
     view: LogView,
-    entries: BTreeMap<u64, Arc<Entry>>,
+    entries: BTreeMap<u64, Arc<Logged>>,
     /// Withdrawn entries: the seq of each withdrawn entry and of the withdrawal naming it.
     withdrawn: HashMap<u64, u64>,
 }
 
 impl Inner {
-    fn insert(&mut self, e: Arc<Entry>) {
+    fn insert(&mut self, e: Arc<Logged>) {
         if let Some((target, by)) = Self::withdrawal(&e) {
             self.withdrawn.entry(target).or_insert(by);
         }
@@ -86,6 +86,8 @@ type SnapshotCache = Vec<((u64, u64, bool), Arc<Vec<Bytes>>)>;
 #[derive(Debug)]
 pub struct AppendReq {
     entries: Vec<NewEntry>,
+    /// The record of the request, committed with its entries.
+    audit: Option<AuditDraft>,
     /// The request waits for a receipt at the applied level.
     waited: bool,
     reply: oneshot::Sender<Result<Vec<Entry>, Arc<AppendError>>>,
@@ -131,7 +133,7 @@ impl Log {
         let view = LogView { log_id: loaded.log_id, floor: loaded.floor, head: loaded.head };
         // Built from the sorted entries in one go (a bulk build: denser and faster than one
         // insertion at a time, which matters at 10^6 entries).
-        let entries: BTreeMap<u64, Arc<Entry>> =
+        let entries: BTreeMap<u64, Arc<Logged>> =
             loaded.entries.into_iter().map(|e| (e.seq, Arc::new(e))).collect();
         let withdrawn = entries.values().filter_map(|e| Inner::withdrawal(e)).collect();
         let inner = Inner { view, entries, withdrawn };
@@ -182,11 +184,12 @@ impl Log {
         &self,
         entries: Vec<NewEntry>,
         waited: bool,
+        audit: Option<AuditDraft>,
     ) -> Result<Vec<Entry>, Arc<AppendError>> {
         let (reply, rx) = oneshot::channel();
         let queued_and_committed = async {
             self.append_tx
-                .send(AppendReq { entries, waited, reply })
+                .send(AppendReq { entries, audit, waited, reply })
                 .await
                 .map_err(|_| Arc::new(AppendError::Closed))?;
             rx.await.map_err(|_| Arc::new(AppendError::Closed))?
@@ -282,8 +285,17 @@ impl Log {
         let head = self.view().head;
         let store = self.store.clone();
         let batch: Vec<NewEntry> = group.iter().flat_map(|r| r.entries.iter().cloned()).collect();
+        // Each request's record names its own entries: their place in the batch.
+        let mut audit = Vec::new();
+        let mut at = 0;
+        for r in &group {
+            if let Some(d) = &r.audit {
+                audit.push(AuditDraft { entries: Some(at..at + r.entries.len()), ..d.clone() });
+            }
+            at += r.entries.len();
+        }
         self.append_started_ms.store(self.clock.unix_ms().max(1), Ordering::Release);
-        let result = store.append(head, batch).await;
+        let result = store.append(head, batch, audit).await;
         self.append_started_ms.store(0, Ordering::Release);
         self.set_store_ok(result.is_ok());
         match result {
@@ -310,7 +322,7 @@ impl Log {
                 }
                 let mut stored = entries.into_iter();
                 for req in group {
-                    let mine: Vec<Entry> = stored.by_ref().take(req.entries.len()).collect();
+                    let mine: Vec<Entry> = stored.by_ref().take(req.entries.len()).map(|l| l.entry).collect();
                     let _ = req.reply.send(Ok(mine));
                 }
             }
@@ -409,6 +421,31 @@ impl Log {
         }
     }
 
+    /// Records `audit` durably on its own (an effect outside the log, recorded before it).
+    pub async fn record_audit(&self, audit: AuditDraft) -> Result<(), StoreError> {
+        self.timed(self.store.clone().record_audit(vec![audit])).await
+    }
+
+    /// Up to `limit` audit records after `after`.
+    pub async fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::AuditRecord>, StoreError> {
+        self.timed(self.store.clone().audit_after(after, limit)).await
+    }
+
+    /// Removes audit records older than `before_ms`.
+    pub async fn expire_audit(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.timed(self.store.clone().expire_audit(before_ms)).await
+    }
+
+    async fn timed<T>(&self, op: crate::store::StoreFuture<T>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.store_timeout, op)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.store_timeout)))
+    }
+
     /// Writes a consistent copy of the store to `path` (see [`LogStore::backup`]).
     pub async fn backup(
         &self,
@@ -423,7 +460,7 @@ impl Log {
     }
 
     /// One entry, if still stored.
-    pub fn get(&self, seq: u64) -> Option<Arc<Entry>> {
+    pub fn get(&self, seq: u64) -> Option<Arc<Logged>> {
         self.inner.read().ok()?.entries.get(&seq).cloned()
     }
 
@@ -447,7 +484,7 @@ impl Log {
     }
 
     /// Up to `limit` stored entries with seq greater than `after`.
-    pub fn list(&self, after: u64, limit: usize) -> Vec<Arc<Entry>> {
+    pub fn list(&self, after: u64, limit: usize) -> Vec<Arc<Logged>> {
         match self.inner.read() {
             Ok(i) => i.entries.range(after.saturating_add(1)..).take(limit).map(|(_, e)| e.clone()).collect(),
             Err(_) => Vec::new(),
@@ -487,7 +524,7 @@ impl Log {
                 .filter(|(seq, e)| {
                     withdrawals || !(e.revocation.is_withdrawal() || inner.is_withdrawn(**seq))
                 })
-                .map(|(_, e)| (**e).clone())
+                .map(|(_, e)| e.entry.clone())
                 .collect();
             (inner.view.log_id, entries)
         };
@@ -549,7 +586,7 @@ impl Log {
                         && !inner.is_withdrawn(**seq)
                         && (withdrawals || !e.revocation.is_withdrawal())
                 })
-                .map(|(_, e)| (**e).clone())
+                .map(|(_, e)| e.entry.clone())
                 .collect();
             (inner.view.log_id, live)
         };

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
         Command::Withdraw(a) => revmesh_authority::cli::withdraw(&a),
         Command::Backup(a) => revmesh_authority::cli::backup(&a),
         Command::Restore(a) => revmesh_authority::cli::restore(&a),
+        Command::Show(a) => revmesh_authority::cli::show(&a),
+        Command::Audit(a) => revmesh_authority::cli::audit(&a),
+        Command::Operators(a) => revmesh_authority::cli::operators(&a),
     }
 }
 

@@ -51,7 +51,8 @@ pub struct Metrics {
     /// by the server (timeouts, or room made at the connection limit).
     pub admin_shed_total: IntCounterVec,
     /// `revmesh_authority_admin_refused_total{reason}`: admin API requests refused for their
-    /// credentials (`unauthorized`: a missing or wrong token).
+    /// credentials (`unauthorized`: missing or wrong; `forbidden`: an operator without the
+    /// scope; `held`: a source slowed after repeated wrong credentials).
     pub admin_refused_total: IntCounterVec,
     /// `revmesh_authority_oidc_logouts_total{result}`: back-channel logouts by outcome.
     pub oidc_logouts_total: IntCounterVec,
@@ -159,7 +160,7 @@ impl Metrics {
             admin_refused_total: IntCounterVec::new(
                 Opts::new(
                     "revmesh_authority_admin_refused_total",
-                    "Admin API requests refused for their credentials: a missing or wrong token (unauthorized)",
+                    "Admin API requests refused for their credentials: missing or wrong (unauthorized), an operator without the scope (forbidden), a source slowed after repeated wrong credentials (held)",
                 ),
                 &["reason"],
             )?,
@@ -183,6 +184,7 @@ impl Metrics {
         r.register(Box::new(m.admin_shed_total.clone()))?;
         r.register(Box::new(m.admin_refused_total.clone()))?;
         m.admin_refused_total.with_label_values(&["unauthorized"]);
+        m.admin_refused_total.with_label_values(&["forbidden"]);
         r.register(Box::new(m.oidc_logouts_total.clone()))?;
         for result in OIDC_RESULTS {
             m.oidc_logouts_total.with_label_values(&[result]);

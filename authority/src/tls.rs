@@ -17,6 +17,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// CA bundle for client certificates: mutual TLS when set.
     pub client_ca: Option<PathBuf>,
+    /// CA bundle for client certificates that may be presented but are not required (the
+    /// admin port with `--admin-client-ca`: operators with tokens need none).
+    pub optional_client_ca: Option<PathBuf>,
 }
 
 /// The current acceptor, swappable at run time.
@@ -53,14 +56,21 @@ fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     let chain = pem::certs(&files.cert)?;
     let key = pem::private_key(&files.key)?;
     let builder = rustls::ServerConfig::builder();
-    let builder = match &files.client_ca {
-        Some(ca) => {
+    let builder = match (&files.client_ca, &files.optional_client_ca) {
+        (Some(ca), _) => {
             let verifier = WebPkiClientVerifier::builder(Arc::new(pem::roots(ca)?))
                 .build()
                 .map_err(|source| TlsError::ClientCa { path: ca.clone(), source })?;
             builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth(),
+        (None, Some(ca)) => {
+            let verifier = WebPkiClientVerifier::builder(Arc::new(pem::roots(ca)?))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|source| TlsError::ClientCa { path: ca.clone(), source })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        (None, None) => builder.with_no_client_auth(),
     };
     let cfg = builder.with_single_cert(chain, key).map_err(|e| PemError::refused(&files.cert, e))?;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
@@ -92,8 +102,9 @@ impl ServerTls {
 }
 
 /// TLS for both listeners, loaded once by configuration validation: the agent endpoint
-/// (client certificates required when a client CA is set) and the admin API (operators
-/// authenticate with the admin token, never with certificates).
+/// (client certificates required when a client CA is set) and the admin API (client
+/// certificates accepted, not required, when `--admin-client-ca` is set: operators named by
+/// certificate use them, the others their tokens).
 #[derive(Debug, Clone)]
 pub struct ListenerTls {
     /// The agent endpoint.
@@ -106,7 +117,8 @@ impl ListenerTls {
     /// Loads the files for both listeners.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let admin = ServerTls::load(TlsFiles { client_ca: None, ..files.clone() })?;
-        Ok(Self { agent: ServerTls::load(files)?, admin })
+        let agent = ServerTls::load(TlsFiles { optional_client_ca: None, ..files })?;
+        Ok(Self { agent, admin })
     }
 }
 

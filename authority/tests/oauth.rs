@@ -69,6 +69,11 @@ async fn rfc7009_revokes_a_valid_token_until_its_exp_and_answers_200_for_anythin
         "{list}"
     );
     assert_eq!(e["expires_at"].as_u64(), Some(now + 1800));
+    // Attributed to the door and the operator whose credential the client used.
+    assert_eq!(e["by"], "rfc7009:admin", "{list}");
+    let (_, trail) = a.get("/v1/audit");
+    assert_eq!(trail["records"][0]["action"], "rfc7009_revoke", "{trail}");
+    assert_eq!(trail["records"][0]["status"], 200, "{trail}");
     agent.wait_applied(1).await;
     assert!(matches!(
         agent.state.decide(&revmesh_protocol::TokenRef {

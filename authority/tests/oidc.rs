@@ -89,6 +89,13 @@ async fn logout_tokens_as_providers_send_them_revoke_and_hostile_ones_store_noth
     let (_, list) = a.get("/v1/revocations?after=0");
     let entries = list["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 5, "{list}");
+    // Attributed to the provider, and recorded in the audit trail with it.
+    let by = format!("oidc:{ISSUER}");
+    assert!(entries.iter().all(|e| e["by"] == by.as_str()), "{list}");
+    let (_, trail) = a.get("/v1/audit");
+    let records = trail["records"].as_array().unwrap();
+    assert_eq!(records.len(), 5, "{trail}");
+    assert!(records.iter().all(|r| r["operator"] == by.as_str() && r["action"] == "oidc_logout"), "{trail}");
     assert_eq!(
         (entries[0]["kind"].as_str(), entries[0]["sid"].as_str()),
         (Some("session"), Some("kc-session-1"))

@@ -413,3 +413,19 @@ async fn a_database_restored_from_an_older_dump_gets_a_new_log_id_and_lifts_noth
     agent.wait_applied(next).await;
     agent.stop().await;
 }
+
+/// Audit records commit with their entries on PostgreSQL too: kill -9 while writers revoke
+/// leaves every seq covered by exactly one record (see `operators.rs`).
+#[test]
+fn audit_records_and_entries_commit_together_under_kill9_postgres() {
+    let _one = PG.blocking_lock();
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token.shared");
+    std::fs::write(&token, SHARED_TOKEN).unwrap();
+    let url = db.url();
+    crate::operators::audit_and_entries_survive_kill9_together(
+        &dir.path().join("replica"),
+        &["--store", &url, "--admin-token-file", token.to_str().unwrap()],
+    );
+}

@@ -9,6 +9,7 @@ mod feed;
 mod links;
 mod oauth;
 mod oidc;
+mod operators;
 mod postgres;
 mod relay;
 mod slow;

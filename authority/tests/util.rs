@@ -49,7 +49,8 @@ impl Authority {
             .iter()
             .position(|a| *a == "--admin-token-file")
             .map_or_else(|| dir.join("admin.token"), |i| std::path::PathBuf::from(extra[i + 1]));
-        let token = std::fs::read_to_string(token_file).unwrap().trim().to_owned();
+        // None with an operators file and no --admin-token-file.
+        let token = std::fs::read_to_string(token_file).map(|t| t.trim().to_owned()).unwrap_or_default();
         Authority { admin_tls: None, child, agent: field("agent="), admin: field("admin="), token }
     }
 

@@ -124,6 +124,7 @@ pub async fn restart(dir: &Path, n: u64, storm: usize) -> anyhow::Result<Restart
             expires_at: exp,
             reason: None,
             created_at_ms: 0,
+            by: None,
         };
         let mut head = store.load()?.head;
         let first: Vec<NewEntry> = vec![new(0)];

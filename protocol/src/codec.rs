@@ -300,6 +300,15 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, DecodeError> {
     Ok(entry)
 }
 
+/// Decodes one stored entry at the start of `bytes` and says how many bytes it used: a store
+/// may keep fields of its own after it (the authority keeps who stored the entry).
+pub fn decode_entry_prefix(bytes: &[u8]) -> Result<(Entry, usize), DecodeError> {
+    let (entry, used): (Entry, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    entry.validate().map_err(|e| DecodeError::Invalid(FrameRuleError::Entry(e)))?;
+    Ok((entry, used))
+}
+
 /// Every value [`DecodeError::reason`] gives, for metrics exported at 0 from the start.
 pub const DECODE_REASONS: &[&str] = &["malformed", "version", "too_large", "non_canonical", "invalid"];
 

@@ -14,6 +14,7 @@ use crate::links::hub::{Hub, Level};
 use crate::links::registry::Registry;
 use crate::log::{AppendError, Log};
 use crate::metrics::Metrics;
+use crate::operators::{Identity, Scope};
 use crate::store::NewEntry;
 use crate::store::StoreError;
 use axum::body::Bytes;
@@ -51,8 +52,8 @@ pub struct AdminState {
     pub registry: Registry,
     /// Metrics.
     pub metrics: Metrics,
-    /// Bearer token for /v1/*.
-    pub token: Arc<String>,
+    /// Who may do what on /v1/* (the admin token's operator among them).
+    pub operators: Arc<crate::operators::Operators>,
     /// Default horizon for non-jti expiry.
     pub max_token_ttl: Duration,
     /// Limit on reading a request body.
@@ -85,16 +86,84 @@ impl Unstored {
     }
 }
 
-/// Stores `entries` durably in one commit, all or none: the one path by which every door (the
-/// admin API, OIDC logout, RFC 7009) stores revocations. Resolves with their seqs once the
-/// commit is on stable storage; a failure is logged here, once, and nothing is stored.
+/// Who is asking, from where: what attribution (`by`) and the audit trail record. Extracted
+/// from the request (the operator [`auth`] found, the peer address); never fails.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The operator's name (`-` when unauthenticated, as on the OIDC logout door).
+    pub name: Arc<str>,
+    /// The peer address.
+    pub remote: String,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let name = parts.extensions.get::<Identity>().map_or_else(|| Arc::from("-"), |i| i.name.clone());
+        let remote = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(String::new, |c| c.0.to_string());
+        Ok(Caller { name, remote })
+    }
+}
+
+/// What a request that stores revocations is, for the audit trail: the action, what else it
+/// names beyond its entries' seqs, the status answered once stored, and who the entries are by.
+#[derive(Debug, Clone)]
+pub(crate) struct Act {
+    /// `by` of each entry: the operator, `oidc:<issuer>`, `rfc7009:<operator>`.
+    pub by: Arc<str>,
+    /// The caller's address.
+    pub remote: String,
+    /// `revoke`, `revoke_bulk`, `withdraw`, `rfc7009_revoke`, `oidc_logout`.
+    pub action: &'static str,
+    /// Beyond the entries' seqs (e.g. the withdrawn seq).
+    pub target: String,
+    /// The status answered once stored.
+    pub status: u16,
+}
+
+impl Act {
+    /// An act of `caller` under its own name.
+    pub(crate) fn by(caller: &Caller, action: &'static str, status: StatusCode) -> Self {
+        Act {
+            by: caller.name.clone(),
+            remote: caller.remote.clone(),
+            action,
+            target: String::new(),
+            status: status.as_u16(),
+        }
+    }
+}
+
+/// Stores `entries` durably in one commit, all or none, with the audit record of `act` in the
+/// same commit: the one path by which every door (the admin API, OIDC logout, RFC 7009)
+/// stores revocations. Resolves with their seqs once the commit is on stable storage; a
+/// failure is logged here, once, and nothing is stored (neither entries nor record).
 /// `waited`: the caller will wait for an applied-level receipt.
 pub(crate) async fn store_revocations(
     s: &AdminState,
-    entries: Vec<NewEntry>,
+    mut entries: Vec<NewEntry>,
     waited: bool,
+    act: Act,
 ) -> Result<Vec<Entry>, Unstored> {
-    s.log.append_all(entries, waited).await.map_err(|e| {
+    for e in &mut entries {
+        e.by = Some(act.by.clone());
+    }
+    let audit = crate::store::AuditDraft {
+        at_ms: s.log.clock().unix_ms(),
+        operator: act.by.to_string(),
+        remote: act.remote,
+        action: act.action.to_owned(),
+        target: act.target,
+        status: act.status,
+        entries: None,
+    };
+    s.log.append_all(entries, waited, Some(audit)).await.map_err(|e| {
         match &*e {
             AppendError::Closed => {}
             AppendError::Timeout(t) => tracing::error!(timeout = ?t, "revocations not stored in time"),
@@ -152,6 +221,7 @@ pub(crate) fn routes(state: AdminState) -> Router {
         .route("/v1/backup", get(backup))
         .route("/v1/agents/{id}", axum::routing::delete(forget))
         .route("/v1/status", get(status))
+        .route("/v1/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
@@ -161,28 +231,87 @@ pub(crate) fn routes(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Requires the admin token (`route_layer` it on any router of admin endpoints).
-pub(crate) async fn auth(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+/// The scope `method` on the route `path` (as the router matched it) needs: the one table of
+/// who may do what (docs/api.md, "Scopes"). `None`: no such admin endpoint.
+pub(crate) fn scope_for(method: &axum::http::Method, path: &str) -> Option<Scope> {
+    use axum::http::Method;
+    Some(match (method, path) {
+        (&Method::POST, "/v1/revocations" | "/v1/oauth2/revoke") => Scope::Revoke,
+        (
+            &Method::GET,
+            "/v1/revocations"
+            | "/v1/revocations/{seq}"
+            | "/v1/revocations/stream"
+            | "/v1/agents"
+            | "/v1/status",
+        ) => Scope::Read,
+        (&Method::DELETE, "/v1/revocations/{seq}") => Scope::Withdraw,
+        (&Method::DELETE, "/v1/agents/{id}") => Scope::Forget,
+        // A backup holds the audit trail.
+        (&Method::GET, "/v1/audit" | "/v1/backup") => Scope::Audit,
+        _ => return None,
+    })
+}
+
+/// The client certificate an admin connection presented (mutual TLS with
+/// `--admin-client-ca`), put in each request's extensions by the server.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerCert(pub Arc<rustls::pki_types::CertificateDer<'static>>);
+
+/// Authenticates the operator (bearer token, else client certificate) and checks that it has
+/// the scope the route needs: 401 without a valid credential, 403 naming the scope without
+/// it. The operator's [`Identity`] goes into the request's extensions for the handler
+/// (attribution, audit). `route_layer` it on any router of admin endpoints.
+pub(crate) async fn auth(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if crate::auth::ct_eq(p.as_bytes(), s.token.as_bytes()) => next.run(req).await,
+    let identity = match presented {
+        Some(p) => s.operators.by_token(p),
+        None => req.extensions().get::<PeerCert>().and_then(|c| s.operators.by_cert(&c.0)),
+    };
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    let path = req.uri().path().to_owned();
+    let Some(identity) = identity else {
+        s.metrics.admin_refused_total.with_label_values(&["unauthorized"]).inc();
+        log_refusal(s.log.clock().unix_ms(), peer, None, &path, "missing or invalid credentials");
+        return ApiError::status(StatusCode::UNAUTHORIZED, "missing or invalid admin token").into_response();
+    };
+    let matched = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned());
+    let needed = matched.as_deref().and_then(|m| scope_for(req.method(), m));
+    match needed {
+        Some(scope) if identity.scopes.has(scope) => {
+            req.extensions_mut().insert(identity);
+            next.run(req).await
+        }
         _ => {
-            s.metrics.admin_refused_total.with_label_values(&["unauthorized"]).inc();
-            let peer =
-                req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
-            log_refusal(s.log.clock().unix_ms(), peer, req.uri().path());
-            ApiError::status(StatusCode::UNAUTHORIZED, "missing or invalid admin token").into_response()
+            let scope = needed.map_or("unknown", Scope::as_str);
+            s.metrics.admin_refused_total.with_label_values(&["forbidden"]).inc();
+            log_refusal(
+                s.log.clock().unix_ms(),
+                peer,
+                Some(&identity.name),
+                &path,
+                "operator lacks the scope",
+            );
+            let body = json!({"error": "forbidden", "scope": scope,
+                "message": format!("operator `{}` does not have the `{scope}` scope", identity.name)});
+            (StatusCode::FORBIDDEN, Json(body)).into_response()
         }
     }
 }
 
 /// Logs a refused admin request with where it came from, at most once a second: a flood of
 /// refusals is counted (`revmesh_authority_admin_refused_total`), not written line by line.
-fn log_refusal(now_ms: u64, peer: Option<std::net::SocketAddr>, path: &str) {
+fn log_refusal(
+    now_ms: u64,
+    peer: Option<std::net::SocketAddr>,
+    operator: Option<&str>,
+    path: &str,
+    why: &str,
+) {
     static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     static SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let last = LAST_MS.load(Ordering::Relaxed);
@@ -194,7 +323,8 @@ fn log_refusal(now_ms: u64, peer: Option<std::net::SocketAddr>, path: &str) {
     }
     let also = SUPPRESSED.swap(0, Ordering::Relaxed);
     let remote = peer.map(|p| p.to_string()).unwrap_or_default();
-    tracing::warn!(%remote, path, refused_since_last_line = also, "admin request refused: missing or invalid token");
+    let operator = operator.unwrap_or("-");
+    tracing::warn!(%remote, operator, path, refused_since_last_line = also, "admin request refused: {why}");
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
@@ -333,11 +463,11 @@ fn revocation_from(value: Value, max_token_ttl: Duration, now: u64) -> Result<Ne
     if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_BYTES) {
         return Err(ApiError::bad("reason", format!("`reason` is longer than {MAX_REASON_BYTES} bytes")));
     }
-    Ok(NewEntry { revocation, expires_at, reason, created_at_ms: 0 })
+    Ok(NewEntry { revocation, expires_at, reason, created_at_ms: 0, by: None })
 }
 
 /// JSON form of an entry.
-pub fn entry_json(e: &Entry, log_id: &str) -> Value {
+pub fn entry_json(e: &crate::store::Logged, log_id: &str) -> Value {
     let mut v = json!({
         "seq": e.seq,
         "log_id": log_id,
@@ -345,6 +475,7 @@ pub fn entry_json(e: &Entry, log_id: &str) -> Value {
         "created_at_ms": e.created_at_ms,
         "expires_at": e.expires_at,
         "reason": e.reason,
+        "by": e.by.as_deref(),
     });
     if let Value::Object(m) = &mut v {
         match &e.revocation {
@@ -422,6 +553,7 @@ pub(crate) async fn body_bytes(
 
 async fn create(
     State(s): State<AdminState>,
+    caller: Caller,
     query: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
@@ -437,7 +569,9 @@ async fn create(
     for e in &mut entries {
         e.created_at_ms = now_ms;
     }
-    let stored = store_revocations(&s, entries, wait == Some(Level::Applied))
+    let action = if bulk { "revoke_bulk" } else { "revoke" };
+    let act = Act::by(&caller, action, StatusCode::CREATED);
+    let stored = store_revocations(&s, entries, wait == Some(Level::Applied), act)
         .await
         .map_err(|e| e.response("the revocation"))?;
     let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
@@ -491,6 +625,7 @@ async fn receipt_body(s: &AdminState, seq: u64, wait: Option<Level>, timeout_ms:
 /// the same seq answers 200 with the first one's seq.
 async fn withdraw(
     State(s): State<AdminState>,
+    caller: Caller,
     Path(seq): Path<String>,
     query: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Body,
@@ -536,8 +671,11 @@ async fn withdraw(
         expires_at: target.expires_at,
         reason,
         created_at_ms: s.log.clock().unix_ms(),
+        by: None,
     };
-    let stored = store_revocations(&s, vec![entry], wait == Some(Level::Applied))
+    let act =
+        Act { target: format!("withdraws seq {seq}"), ..Act::by(&caller, "withdraw", StatusCode::CREATED) };
+    let stored = store_revocations(&s, vec![entry], wait == Some(Level::Applied), act)
         .await
         .map_err(|e| e.response("the withdrawal"))?;
     let Some(w) = stored.first() else {
@@ -673,10 +811,24 @@ async fn agents(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(Value::Array(rows)))
 }
 
-/// `DELETE /v1/agents/{id}`: forgets a departed agent (409 while it is connected).
-async fn forget(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `DELETE /v1/agents/{id}`: forgets a departed agent (409 while it is connected). The record
+/// in the audit trail is committed before (or, on a shared store, with) the forgetting.
+async fn forget(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     use crate::store::Forgotten;
-    let outcome = s.registry.forget(&id).await.map_err(cursors)?;
+    let audit = crate::store::AuditDraft {
+        at_ms: s.log.clock().unix_ms(),
+        operator: caller.name.to_string(),
+        remote: caller.remote.clone(),
+        action: "forget".into(),
+        target: format!("agent {id}"),
+        status: StatusCode::NO_CONTENT.as_u16(),
+        entries: None,
+    };
+    let outcome = s.registry.forget(&id, &s.log, audit).await.map_err(cursors)?;
     match outcome {
         Forgotten::Removed => {
             tracing::info!(agent = %id, "agent forgotten");
@@ -688,6 +840,22 @@ async fn forget(State(s): State<AdminState>, Path(id): Path<String>) -> Result<R
         )),
         Forgotten::Unknown => Err(ApiError::status(StatusCode::NOT_FOUND, format!("no agent `{id}`"))),
     }
+}
+
+/// `GET /v1/audit?after=ID&limit=N`: the audit trail, oldest first; `next` continues it.
+async fn audit(
+    State(s): State<AdminState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let after = q.after.unwrap_or(0);
+    let records = s.log.audit_after(after, limit).await.map_err(|e| {
+        tracing::warn!(error = %e, "reading the audit trail failed");
+        ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "the audit trail cannot be read now; retry")
+    })?;
+    let next = records.last().map_or(after, |r| r.id);
+    Ok(Json(json!({"records": records, "next": next})))
 }
 
 async fn status(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
@@ -728,7 +896,11 @@ mod tests {
         fn agents(self: Arc<Self>) -> crate::store::StoreFuture<Vec<crate::store::AgentRow>> {
             Box::pin(async { Err(StoreError::Unavailable("cursors down")) })
         }
-        fn forget_agent(self: Arc<Self>, _: String) -> crate::store::StoreFuture<crate::store::Forgotten> {
+        fn forget_agent(
+            self: Arc<Self>,
+            _: String,
+            _: crate::store::AuditDraft,
+        ) -> crate::store::StoreFuture<crate::store::Forgotten> {
             Box::pin(async { Err(StoreError::Unavailable("cursors down")) })
         }
     }
@@ -754,7 +926,10 @@ mod tests {
             hub: hub.clone(),
             registry: Registry::shared(hub, Arc::new(CursorsDown)),
             metrics,
-            token: Arc::new("t".repeat(32)),
+            operators: Arc::new(
+                crate::operators::Operators::load(None, Some(&"t".repeat(32)), &mut Vec::new())
+                    .expect("operators"),
+            ),
             max_token_ttl: Duration::from_secs(3600),
             body_timeout: Duration::from_secs(5),
             ready: Arc::new(AtomicBool::new(true)),

@@ -206,12 +206,16 @@ pub async fn serve(
         conns.spawn(async move {
             let stream = Watched { inner: stream, activity: activity.clone() };
             match acceptor {
-                None => connection(stream, peer, app, activity, stop, limits, &metrics).await,
+                None => connection(stream, peer, None, app, activity, stop, limits, &metrics).await,
                 Some(a) => {
                     let handshake = tokio::time::timeout(limits.header_timeout, a.accept(stream));
                     tokio::select! {
                         r = handshake => match r {
-                            Ok(Ok(s)) => connection(s, peer, app, activity, stop, limits, &metrics).await,
+                            Ok(Ok(s)) => {
+                                let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first())
+                                    .map(|c| crate::api::PeerCert(Arc::new(c.clone().into_owned())));
+                                connection(s, peer, cert, app, activity, stop, limits, &metrics).await
+                            }
                             Ok(Err(_)) => {}
                             Err(_) => metrics.admin_shed_total.with_label_values(&["header_timeout"]).inc(),
                         },
@@ -228,9 +232,11 @@ pub async fn serve(
 }
 
 /// One connection: HTTP/1.1 (or HTTP/2) to the router, closed when overdue or told to stop.
+#[allow(clippy::too_many_arguments)]
 async fn connection<S>(
     stream: S,
     peer: std::net::SocketAddr,
+    cert: Option<crate::api::PeerCert>,
     app: axum::Router,
     activity: Arc<Activity>,
     stop: CancellationToken,
@@ -243,10 +249,14 @@ async fn connection<S>(
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let in_flight = requests.begin();
         let mut app = app.clone();
+        let cert = cert.clone();
         async move {
             // Who is asking, for the admin API's refusals (logged, and throttled per source).
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            if let Some(c) = &cert {
+                req.extensions_mut().insert(c.clone());
+            }
             let response = tower_service::Service::call(&mut app, req).await;
             drop(in_flight);
             response

@@ -190,7 +190,8 @@ fn finish(args: &ClientArgs, answer: Result<Answer, String>, human: impl FnOnce(
     };
     let v: Value = serde_json::from_str(&a.body).unwrap_or(Value::String(a.body.clone()));
     if !(200..300).contains(&a.status) {
-        let msg = v.get("error").and_then(Value::as_str).unwrap_or(&a.body);
+        // A 403 says which scope is missing, in words.
+        let msg = v.get("message").or(v.get("error")).and_then(Value::as_str).unwrap_or(&a.body);
         match v.get("field").and_then(Value::as_str) {
             Some(f) => eprintln!("error ({}): {msg} [field: {f}]", a.status),
             None => eprintln!("error ({}): {msg}", a.status),
@@ -454,6 +455,73 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `revmesh-authority show SEQ`
+pub fn show(a: &crate::config::ShowArgs) -> ExitCode {
+    let answer = call(&a.client, "GET", &format!("/v1/revocations/{}", a.seq), None, Duration::from_secs(10));
+    finish(&a.client, answer, |v| {
+        let text = |x: &Value| match x {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        let what = ["jti", "sub", "kid", "sid"]
+            .iter()
+            .filter(|k| !v[**k].is_null())
+            .map(|k| format!("{k}={}", text(&v[*k])))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!("seq {}  {} {}", v["seq"], text(&v["kind"]), what);
+        println!("by {}  reason {}", text(&v["by"]), text(&v["reason"]));
+        println!("created_at_ms {}  expires_at {}", v["created_at_ms"], text(&v["expires_at"]));
+        for ag in v["agents"].as_array().into_iter().flatten() {
+            println!("  {}  {}", text(&ag["id"]), text(&ag["state"]));
+        }
+    })
+}
+
+/// `revmesh-authority audit`
+pub fn audit(a: &crate::config::AuditArgs) -> ExitCode {
+    let path = format!("/v1/audit?after={}&limit={}", a.after, a.limit.clamp(1, 1000));
+    let answer = call(&a.client, "GET", &path, None, Duration::from_secs(10));
+    finish(&a.client, answer, |v| {
+        let text = |x: &Value| match x {
+            Value::String(s) if !s.is_empty() => s.clone(),
+            Value::String(_) | Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        for r in v["records"].as_array().into_iter().flatten() {
+            println!(
+                "{}  {}  {}  {}  {}  {}  {}",
+                r["id"],
+                r["at_ms"],
+                text(&r["operator"]),
+                text(&r["remote"]),
+                text(&r["action"]),
+                text(&r["target"]),
+                r["status"]
+            );
+        }
+    })
+}
+
+/// `revmesh-authority operators new NAME --scopes …`
+pub fn operators(a: &crate::config::OperatorsArgs) -> ExitCode {
+    let crate::config::OperatorsAction::New { name, scopes } = &a.action;
+    match crate::operators::new_operator(name, scopes) {
+        Ok((token, stanza)) => {
+            eprintln!("# The token, shown once; give it to {name} (only its hash is kept):");
+            println!("{token}");
+            eprintln!("# Add to the operators file (--operators), then send SIGHUP to the authority:");
+            println!("{stanza}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(64)
+        }
+    }
 }
 
 /// `revmesh-authority status`

@@ -101,7 +101,11 @@ pub(crate) fn routes(api: AdminState, keys: Option<Arc<TokenKeys>>) -> axum::Rou
 }
 
 /// `POST /v1/oauth2/revoke`.
-async fn revoke(State(door): State<OAuthDoor>, body: axum::body::Body) -> Result<Response, ApiError> {
+async fn revoke(
+    State(door): State<OAuthDoor>,
+    caller: crate::api::Caller,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
     let OAuthDoor { api: s, keys } = door;
     let Some(keys) = keys else {
         return Err(ApiError::status(
@@ -130,8 +134,14 @@ async fn revoke(State(door): State<OAuthDoor>, body: axum::body::Body) -> Result
         expires_at: exp,
         reason: Some("RFC 7009 revocation".into()),
         created_at_ms: now_ms,
+        by: None,
     };
-    let stored = store_revocations(&s, vec![entry], false).await.map_err(|e| e.response("the revocation"))?;
+    let act = crate::api::Act {
+        by: format!("rfc7009:{}", caller.name).into(),
+        ..crate::api::Act::by(&caller, "rfc7009_revoke", StatusCode::OK)
+    };
+    let stored =
+        store_revocations(&s, vec![entry], false, act).await.map_err(|e| e.response("the revocation"))?;
     tracing::info!(seq = stored.first().map_or(0, |e| e.seq), "token revoked (RFC 7009)");
     Ok(no_store(StatusCode::OK, String::new()))
 }

@@ -280,6 +280,7 @@ pub(crate) fn routes(api: AdminState, oidc: Option<Arc<Oidc>>) -> axum::Router {
 /// `POST /v1/oidc/backchannel-logout`.
 async fn backchannel_logout(
     State(door): State<OidcDoor>,
+    caller: crate::api::Caller,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let OidcDoor { api: s, oidc } = door;
@@ -316,8 +317,13 @@ async fn backchannel_logout(
         expires_at: now_ms / 1000 + s.max_token_ttl.as_secs(),
         reason: Some("OIDC back-channel logout".into()),
         created_at_ms: now_ms,
+        by: None,
     };
-    match store_revocations(&s, vec![entry], false).await {
+    let act = crate::api::Act {
+        by: format!("oidc:{}", key.0).into(),
+        ..crate::api::Act::by(&caller, "oidc_logout", StatusCode::OK)
+    };
+    match store_revocations(&s, vec![entry], false, act).await {
         Ok(stored) => {
             count("ok");
             let seq = stored.first().map_or(0, |e| e.seq);

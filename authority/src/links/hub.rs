@@ -349,6 +349,16 @@ impl Hub {
     }
 
     /// Forgets a disconnected agent.
+    /// What [`Self::forget`] would find now, changing nothing.
+    pub fn peek_forget(&self, id: &str) -> crate::store::Forgotten {
+        use crate::store::Forgotten;
+        match self.lock().agents.get(id).map(|a| a.connected) {
+            Some(true) => Forgotten::Connected,
+            Some(false) => Forgotten::Removed,
+            None => Forgotten::Unknown,
+        }
+    }
+
     pub fn forget(&self, id: &str) -> crate::store::Forgotten {
         use crate::store::Forgotten;
         let mut s = self.lock();

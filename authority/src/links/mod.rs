@@ -81,41 +81,110 @@ pub struct LinkConfig {
     pub write_timeout: Duration,
 }
 
-/// Accepted agent tokens (several at once, for rotation).
+/// Agent credentials: each the SHA-256 of a token and the agent ids (a pattern) it may be used
+/// with (several at once, for rotation). `None`: agent authentication is off.
 #[derive(Debug, Default)]
-pub struct AgentTokens(pub RwLock<Option<Vec<String>>>);
+pub struct AgentTokens(pub RwLock<Option<Vec<AgentCredential>>>);
+
+/// One line of the agent token file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCredential {
+    /// `web-1`, `web-*` (a prefix) or `*` (any id).
+    pub pattern: String,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+}
+
+impl AgentCredential {
+    /// True when an agent presenting this credential may use `id`.
+    pub fn admits(&self, id: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => id.starts_with(prefix),
+            None => self.pattern == id,
+        }
+    }
+}
 
 impl AgentTokens {
-    /// Reads one token per line; blank lines and `#` comments are skipped.
-    pub fn load(path: &std::path::Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
-        let tokens: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect();
-        Ok(Self(RwLock::new(Some(tokens))))
+    /// Reads `ID-PATTERN SHA256-HEX` lines; blank lines and `#` comments are skipped. A line
+    /// with one field is a plaintext token from before ids were bound, admitted for any id
+    /// (`*`), with a warning. Errors name the line, never its content.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut out = Vec::new();
+        let mut plain = 0;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields[..] {
+                [token] => {
+                    plain += 1;
+                    out.push(AgentCredential {
+                        pattern: "*".into(),
+                        sha256: crate::operators::token_sha256(token),
+                    });
+                }
+                [pattern, hash] => {
+                    let mut sha256 = [0u8; 32];
+                    hex::decode_to_slice(hash, &mut sha256).map_err(|_| {
+                        format!(
+                            "{} line {}: the second field must be a SHA-256 in 64 hex characters",
+                            path.display(),
+                            i + 1
+                        )
+                    })?;
+                    let star = pattern.find('*');
+                    if star.is_some_and(|at| at + 1 != pattern.len())
+                        || revmesh_protocol::model::validate_id("agent id", pattern.trim_end_matches('*'))
+                            .is_err()
+                            && pattern != "*"
+                    {
+                        return Err(format!(
+                            "{} line {}: the first field must be an agent id, a prefix ending in `*`, or `*`",
+                            path.display(),
+                            i + 1
+                        ));
+                    }
+                    out.push(AgentCredential { pattern: pattern.to_owned(), sha256 });
+                }
+                _ => {
+                    return Err(format!(
+                        "{} line {}: expected `ID-PATTERN SHA256-HEX`",
+                        path.display(),
+                        i + 1
+                    ))
+                }
+            }
+        }
+        if plain > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                lines = plain,
+                "agent token lines without an id pattern admit any agent id: whoever holds one can pose as any agent; write `ID-PATTERN SHA256-HEX` lines"
+            );
+        }
+        Ok(Self(RwLock::new(Some(out))))
     }
 
-    /// Replaces the accepted tokens with the file's current content.
-    pub fn reload(&self, path: &std::path::Path) -> std::io::Result<()> {
+    /// Replaces the credentials with the file's current content.
+    pub fn reload(&self, path: &std::path::Path) -> Result<(), String> {
         let fresh = Self::load(path)?;
         let tokens = fresh.0.into_inner().unwrap_or_else(|p| p.into_inner());
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = tokens;
         Ok(())
     }
 
-    fn allows(&self, presented: Option<&str>) -> bool {
+    /// What the presented token admits: `Some(patterns)` (empty: nothing, a wrong or missing
+    /// token) when authentication is on, `None` when it is off. Every hash is compared.
+    fn admits(&self, presented: Option<&str>) -> Option<Vec<AgentCredential>> {
         let guard = self.0.read().unwrap_or_else(|p| p.into_inner());
-        match (&*guard, presented) {
-            (None, _) => true,
-            (Some(tokens), Some(p)) => {
-                // Compare against every token without stopping early.
-                tokens.iter().fold(false, |ok, t| ok | crate::auth::ct_eq(t.as_bytes(), p.as_bytes()))
-            }
-            (Some(_), None) => false,
-        }
+        let creds = guard.as_ref()?;
+        let Some(p) = presented else { return Some(Vec::new()) };
+        let digest = crate::operators::token_sha256(p);
+        Some(creds.iter().filter(|c| crate::auth::ct_eq(&c.sha256, &digest)).cloned().collect())
     }
 }
 
@@ -259,6 +328,9 @@ impl Links {
         client_cert: Option<rustls::pki_types::CertificateDer<'static>>,
     ) {
         let tokens = self.tokens.clone();
+        // What the token admits, for the id check once the hello names the agent.
+        let admitted: Arc<std::sync::Mutex<Option<Vec<AgentCredential>>>> = Arc::default();
+        let admitted_in_upgrade = admitted.clone();
         let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
             let deny = |status: u16, msg: &str| {
                 let mut r = ErrorResponse::new(Some(msg.to_owned()));
@@ -274,9 +346,11 @@ impl Links {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            if !tokens.allows(presented) {
+            let creds = tokens.admits(presented);
+            if creds.as_ref().is_some_and(Vec::is_empty) {
                 return deny(401, "missing or invalid agent token");
             }
+            *admitted_in_upgrade.lock().unwrap_or_else(|p| p.into_inner()) = creds;
             Ok(resp)
         };
         let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()));
@@ -338,6 +412,16 @@ impl Links {
             // Under mutual TLS an agent is who its certificate says: no claiming another id.
             self.metrics.agents_rejected_total.with_label_values(&["identity"]).inc();
             let msg = format!("client certificate is not for agent id {}", hello.agent_id);
+            close_with(&mut ws, ErrorFrame::new(ErrorCode::Unauthorized, msg)).await;
+            return;
+        }
+        let creds = admitted.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if creds.is_some_and(|c| !c.iter().any(|c| c.admits(&hello.agent_id))) {
+            // A valid token used with an id it was not issued for: refused before the link is
+            // registered, so the agent that owns the id keeps its link and its receipts.
+            self.metrics.agents_rejected_total.with_label_values(&["identity"]).inc();
+            tracing::warn!(%remote, agent = %hello.agent_id, "agent token not valid for this agent id; refused");
+            let msg = format!("this token is not valid for agent id {}", hello.agent_id);
             close_with(&mut ws, ErrorFrame::new(ErrorCode::Unauthorized, msg)).await;
             return;
         }

@@ -115,16 +115,29 @@ impl Registry {
         }
     }
 
-    /// Forgets a departed agent (a connected one cannot be forgotten).
-    pub async fn forget(&self, id: &str) -> Result<Forgotten, StoreError> {
+    /// Forgets a departed agent (a connected one cannot be forgotten), with `audit` recorded
+    /// durably first (in memory only, an embedded authority's cursors have nothing to commit it
+    /// with) or in the same transaction (a shared store).
+    pub async fn forget(
+        &self,
+        id: &str,
+        log: &crate::log::Log,
+        audit: crate::store::AuditDraft,
+    ) -> Result<Forgotten, StoreError> {
         match self {
-            Registry::Embedded(hub) => Ok(hub.forget(id)),
+            Registry::Embedded(hub) => {
+                if hub.peek_forget(id) != Forgotten::Removed {
+                    return Ok(hub.peek_forget(id));
+                }
+                log.record_audit(audit).await?;
+                Ok(hub.forget(id))
+            }
             Registry::Shared { hub, cursors, last } => {
                 let local = hub.forget(id);
                 if local == Forgotten::Connected {
                     return Ok(local);
                 }
-                let shared = cursors.clone().forget_agent(id.to_owned()).await?;
+                let shared = cursors.clone().forget_agent(id.to_owned(), audit).await?;
                 last.invalidate().await;
                 Ok(if shared != Forgotten::Unknown || local == Forgotten::Unknown { shared } else { local })
             }

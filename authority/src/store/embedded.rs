@@ -1,14 +1,43 @@
 //! The embedded store: the log in one redb file under the data directory, checksummed
 //! records, every commit an fsync.
 
-use super::{record, unrecord, Loaded, LogStore, NewEntry, StoreError, StoreFuture, Tail};
+use super::{
+    record, unrecord, AuditDraft, AuditRecord, Loaded, LogStore, Logged, Names, NewEntry, StoreError,
+    StoreFuture, Tail,
+};
 use redb::{Database, ReadableTable, TableDefinition};
-use revmesh_protocol::{Entry, LogId};
+use revmesh_protocol::LogId;
 use std::path::Path;
 use std::sync::Arc;
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The audit trail: id → the record as JSON (README, "Operators and the audit trail").
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Writes `drafts` into the audit table of `txn` with the next ids; `first_seq` is the seq of
+/// the first entry the same transaction appends.
+fn write_audit(
+    txn: &redb::WriteTransaction,
+    drafts: &[AuditDraft],
+    first_seq: u64,
+) -> Result<(), StoreError> {
+    if drafts.is_empty() {
+        return Ok(());
+    }
+    let mut meta = txn.open_table(META).map_err(io)?;
+    let mut next = meta_u64(&meta, "audit_next")?.max(1);
+    let mut table = txn.open_table(AUDIT).map_err(io)?;
+    for d in drafts {
+        let r = d.finish(next, first_seq);
+        let bytes =
+            serde_json::to_vec(&r).map_err(|e| StoreError::Meta(format!("encoding an audit record: {e}")))?;
+        table.insert(next, bytes.as_slice()).map_err(io)?;
+        next += 1;
+    }
+    meta.insert("audit_next", &next.to_le_bytes()[..]).map_err(io)?;
+    Ok(())
+}
 
 fn io(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
@@ -48,11 +77,12 @@ fn records<'a>(
     range: impl Iterator<
         Item = Result<(redb::AccessGuard<'a, u64>, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>,
     >,
-) -> Result<Vec<Entry>, StoreError> {
+) -> Result<Vec<Logged>, StoreError> {
+    let mut names = Names::default();
     range
         .map(|item| {
             let (k, v) = item.map_err(io)?;
-            unrecord(k.value(), v.value())
+            unrecord(k.value(), v.value(), &mut names)
         })
         .collect()
 }
@@ -122,8 +152,56 @@ impl LogStore for RedbStore {
         blocking(move || RedbStore::load(&self))
     }
 
-    fn append(self: Arc<Self>, head: u64, batch: Vec<NewEntry>) -> StoreFuture<Vec<Entry>> {
-        blocking(move || RedbStore::append(&self, head, &batch))
+    fn append(
+        self: Arc<Self>,
+        head: u64,
+        batch: Vec<NewEntry>,
+        audit: Vec<AuditDraft>,
+    ) -> StoreFuture<Vec<Logged>> {
+        blocking(move || self.with_db(|db| Self::append_to(db, head, &batch, &audit)))
+    }
+
+    fn record_audit(self: Arc<Self>, audit: Vec<AuditDraft>) -> StoreFuture<()> {
+        blocking(move || {
+            self.with_db(|db| {
+                let txn = db.begin_write().map_err(io)?;
+                write_audit(&txn, &audit, 0)?;
+                txn.commit().map_err(io)
+            })
+        })
+    }
+
+    fn audit_after(self: Arc<Self>, after: u64, limit: usize) -> StoreFuture<Vec<AuditRecord>> {
+        blocking(move || RedbStore::audit_after(&self, after, limit))
+    }
+
+    fn expire_audit(self: Arc<Self>, before_ms: u64) -> StoreFuture<u64> {
+        blocking(move || {
+            self.with_db(|db| {
+                let txn = db.begin_write().map_err(io)?;
+                let mut removed = 0;
+                {
+                    let mut table = txn.open_table(AUDIT).map_err(io)?;
+                    // Ids ascend with time (one writer): stop at the first record to keep.
+                    loop {
+                        let first = match table.first().map_err(io)? {
+                            Some((k, v)) => {
+                                let r: Option<AuditRecord> = serde_json::from_slice(v.value()).ok();
+                                (k.value(), r.map_or(0, |r| r.at_ms))
+                            }
+                            None => break,
+                        };
+                        if first.1 >= before_ms || removed >= 100_000 {
+                            break;
+                        }
+                        table.remove(first.0).map_err(io)?;
+                        removed += 1;
+                    }
+                }
+                txn.commit().map_err(io)?;
+                Ok(removed)
+            })
+        })
     }
 
     fn compact(self: Arc<Self>, floor: u64, seqs: Vec<u64>) -> StoreFuture<()> {
@@ -209,9 +287,30 @@ impl RedbStore {
         self.with_db(|db| self.load_from(db))
     }
 
-    /// Appends in one commit (see [`LogStore::append`]).
-    pub fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
-        self.with_db(|db| Self::append_to(db, head, batch))
+    /// Appends in one commit, without audit records (see [`LogStore::append`]).
+    pub fn append(&self, head: u64, batch: &[NewEntry]) -> Result<Vec<Logged>, StoreError> {
+        self.with_db(|db| Self::append_to(db, head, batch, &[]))
+    }
+
+    /// Up to `limit` audit records after `after` (see [`LogStore::audit_after`]).
+    pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(io)?;
+            let table = match txn.open_table(AUDIT) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(io(e)),
+            };
+            let mut out = Vec::new();
+            for item in table.range(after.saturating_add(1)..).map_err(io)?.take(limit) {
+                let (k, v) = item.map_err(io)?;
+                let r = serde_json::from_slice(v.value()).map_err(|e| {
+                    StoreError::Meta(format!("audit record {} does not read: {e}", k.value()))
+                })?;
+                out.push(r);
+            }
+            Ok(out)
+        })
     }
 
     /// Compacts (see [`LogStore::compact`]).
@@ -247,6 +346,14 @@ impl RedbStore {
                     let (k, v) = item.map_err(io)?;
                     e.insert(k.value(), v.value()).map_err(io)?;
                     copied += 1;
+                }
+                // The audit trail goes with the log it explains.
+                let mut a = w.open_table(AUDIT).map_err(io)?;
+                if let Ok(audit) = txn.open_table(AUDIT) {
+                    for item in audit.iter().map_err(io)? {
+                        let (k, v) = item.map_err(io)?;
+                        a.insert(k.value(), v.value()).map_err(io)?;
+                    }
                 }
             }
             w.commit().map_err(io)?;
@@ -298,7 +405,12 @@ impl RedbStore {
         Ok(Loaded { log_id, head, floor, entries })
     }
 
-    fn append_to(db: &Database, head: u64, batch: &[NewEntry]) -> Result<Vec<Entry>, StoreError> {
+    fn append_to(
+        db: &Database,
+        head: u64,
+        batch: &[NewEntry],
+        audit: &[AuditDraft],
+    ) -> Result<Vec<Logged>, StoreError> {
         let txn = db.begin_write().map_err(io)?;
         let mut out = Vec::with_capacity(batch.len());
         {
@@ -312,12 +424,14 @@ impl RedbStore {
             let mut table = txn.open_table(ENTRIES).map_err(io)?;
             for (i, n) in batch.iter().enumerate() {
                 let entry = n.sequenced(head + 1 + i as u64);
-                table.insert(entry.seq, record(&entry)?.as_slice()).map_err(io)?;
-                out.push(entry);
+                table.insert(entry.seq, record(&entry, n.by.as_deref())?.as_slice()).map_err(io)?;
+                out.push(Logged { entry, by: n.by.clone() });
             }
             let new_head = head + batch.len() as u64;
             meta.insert("head", &new_head.to_le_bytes()[..]).map_err(io)?;
         }
+        // In the same transaction: no entry without the record of the request that stored it.
+        write_audit(&txn, audit, head + 1)?;
         // redb's default durability is `Immediate`: commit returns after fsync.
         txn.commit().map_err(io)?;
         Ok(out)
@@ -348,6 +462,7 @@ mod tests {
             expires_at: 100,
             reason: None,
             created_at_ms: 1,
+            by: None,
         }
     }
 

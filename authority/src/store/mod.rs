@@ -17,7 +17,7 @@ pub(crate) mod pg;
 pub use embedded::{restore as restore_embedded, RedbStore};
 pub use pg::PgStore;
 
-use revmesh_protocol::codec::{decode_entry, encode_entry};
+use revmesh_protocol::codec::{decode_entry_prefix, encode_entry};
 use revmesh_protocol::{Entry, LogId, Revocation};
 use std::sync::Arc;
 
@@ -32,6 +32,93 @@ pub struct NewEntry {
     pub reason: Option<String>,
     /// Acceptance time, unix milliseconds.
     pub created_at_ms: u64,
+    /// Who stored it: an operator's name, `oidc:<issuer>`, `rfc7009:<operator>`.
+    pub by: Option<Arc<str>>,
+}
+
+/// An entry as the authority keeps it: the entry agents get, and who stored it (kept in the
+/// store beside the entry, never sent to agents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The entry.
+    pub entry: Entry,
+    /// Who stored it; `None` for entries stored before attribution existed.
+    pub by: Option<Arc<str>>,
+}
+
+impl std::ops::Deref for Logged {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+impl From<Entry> for Logged {
+    fn from(entry: Entry) -> Self {
+        Self { entry, by: None }
+    }
+}
+
+/// A state-changing admin request to record in the audit trail, committed in the same
+/// transaction as its effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDraft {
+    /// When, unix milliseconds.
+    pub at_ms: u64,
+    /// Who: an operator's name, `oidc:<issuer>`, `rfc7009:<operator>`.
+    pub operator: String,
+    /// From where (the peer address).
+    pub remote: String,
+    /// What: `revoke`, `revoke_bulk`, `withdraw`, `forget`, `rfc7009_revoke`, `oidc_logout`.
+    pub action: String,
+    /// On what, beyond the entries it stored (an agent id; the withdrawn seq).
+    pub target: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Which entries of the append it belongs to (indexes into the batch); the store writes
+    /// their seqs into `target`.
+    pub entries: Option<std::ops::Range<usize>>,
+}
+
+impl AuditDraft {
+    /// The record with its id, and the seqs of its entries when `first_seq` is the seq the
+    /// batch's first entry got.
+    pub fn finish(&self, id: u64, first_seq: u64) -> AuditRecord {
+        let mut target = self.target.clone();
+        if let Some(r) = self.entries.clone().filter(|r| !r.is_empty()) {
+            let (a, b) = (first_seq + r.start as u64, first_seq + r.end as u64 - 1);
+            let seqs = if a == b { format!("seq {a}") } else { format!("seq {a}-{b}") };
+            target = if target.is_empty() { seqs } else { format!("{target}; {seqs}") };
+        }
+        AuditRecord {
+            id,
+            at_ms: self.at_ms,
+            operator: self.operator.clone(),
+            remote: self.remote.clone(),
+            action: self.action.clone(),
+            target,
+            status: self.status,
+        }
+    }
+}
+
+/// One record of the audit trail (`GET /v1/audit`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    /// Ascending id.
+    pub id: u64,
+    /// When, unix milliseconds.
+    pub at_ms: u64,
+    /// Who.
+    pub operator: String,
+    /// From where.
+    pub remote: String,
+    /// What.
+    pub action: String,
+    /// On what: seqs (`seq 7`, `seq 7-12`), an agent id.
+    pub target: String,
+    /// The HTTP status answered.
+    pub status: u16,
 }
 
 impl NewEntry {
@@ -57,7 +144,7 @@ pub struct Loaded {
     /// Compaction floor.
     pub floor: u64,
     /// Every stored entry, ascending.
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Logged>,
 }
 
 /// Storage failures, the same for every backend: callers tell "unreachable", "too slow" and
@@ -132,7 +219,7 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct Tail {
     /// Entries with a greater seq, ascending. Seqs missing at or below `floor` were compacted.
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Logged>,
     /// The log's head.
     pub head: u64,
     /// The log's compaction floor.
@@ -177,9 +264,21 @@ pub type StoreFuture<T> = futures::future::BoxFuture<'static, Result<T, StoreErr
 pub trait LogStore: Send + Sync + 'static {
     /// Reads the whole log (creating an empty one with a fresh id if there is none).
     fn load(self: Arc<Self>) -> StoreFuture<Loaded>;
-    /// Durably appends `batch` in one commit; returns the sequenced entries. A single-writer
-    /// store checks that its head is still `head`; a shared store appends after its own head.
-    fn append(self: Arc<Self>, head: u64, batch: Vec<NewEntry>) -> StoreFuture<Vec<Entry>>;
+    /// Durably appends `batch` and the `audit` records of the requests that stored it in one
+    /// commit; returns the sequenced entries. A single-writer store checks that its head is
+    /// still `head`; a shared store appends after its own head.
+    fn append(
+        self: Arc<Self>,
+        head: u64,
+        batch: Vec<NewEntry>,
+        audit: Vec<AuditDraft>,
+    ) -> StoreFuture<Vec<Logged>>;
+    /// Durably records `audit` on its own (an effect outside the log, recorded before it).
+    fn record_audit(self: Arc<Self>, audit: Vec<AuditDraft>) -> StoreFuture<()>;
+    /// Up to `limit` audit records with an id above `after`, ascending.
+    fn audit_after(self: Arc<Self>, after: u64, limit: usize) -> StoreFuture<Vec<AuditRecord>>;
+    /// Removes audit records older than `before_ms`; returns how many.
+    fn expire_audit(self: Arc<Self>, before_ms: u64) -> StoreFuture<u64>;
     /// Removes `seqs` (expired entries at or below `floor`) and records the new floor.
     fn compact(self: Arc<Self>, floor: u64, seqs: Vec<u64>) -> StoreFuture<()>;
     /// Checks that the store can currently commit (cheap; called every second).
@@ -218,8 +317,9 @@ pub trait CursorStore: Send + Sync + 'static {
     fn publish_agents(self: Arc<Self>, rows: Vec<AgentRow>) -> StoreFuture<()>;
     /// Every agent of every replica, with `connected` meaning "reported by a live replica".
     fn agents(self: Arc<Self>) -> StoreFuture<Vec<AgentRow>>;
-    /// Removes a disconnected agent's shared cursor.
-    fn forget_agent(self: Arc<Self>, id: String) -> StoreFuture<Forgotten>;
+    /// Removes a disconnected agent's shared cursor, recording `audit` (with the outcome's
+    /// status) in the same transaction when it is removed.
+    fn forget_agent(self: Arc<Self>, id: String, audit: AuditDraft) -> StoreFuture<Forgotten>;
 }
 
 /// The backend a configuration chose: the log, and for a shared backend its tail and cursors.
@@ -264,14 +364,42 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-pub(crate) fn record(entry: &Entry) -> Result<Vec<u8>, StoreError> {
-    let body = encode_entry(entry)?;
+/// Tag of the attribution field after an entry in a record.
+const BY_TAG: u8 = 1;
+
+/// A stored record: checksum (xxh3, little endian), the entry as agents get it, then — when
+/// known — [`BY_TAG`] and who stored it (UTF-8, to the end). Records written before
+/// attribution existed end after the entry and still read.
+pub(crate) fn record(entry: &Entry, by: Option<&str>) -> Result<Vec<u8>, StoreError> {
+    let mut body = encode_entry(entry)?;
+    if let Some(by) = by {
+        body.push(BY_TAG);
+        body.extend_from_slice(by.as_bytes());
+    }
     let mut out = xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes().to_vec();
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-pub(crate) fn unrecord(seq: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+/// Who stored entries, shared: a million entries from a handful of operators hold a handful of
+/// strings.
+#[derive(Debug, Default)]
+pub(crate) struct Names(std::collections::HashMap<String, Arc<str>>);
+
+impl Names {
+    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        if self.0.len() < 10_000 {
+            self.0.insert(name.to_owned(), n.clone());
+        }
+        n
+    }
+}
+
+pub(crate) fn unrecord(seq: u64, bytes: &[u8], names: &mut Names) -> Result<Logged, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt { seq, why };
     if bytes.len() < 8 {
         return Err(corrupt("record shorter than its checksum".into()));
@@ -280,11 +408,18 @@ pub(crate) fn unrecord(seq: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
     if sum != xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let entry = decode_entry(body).map_err(|e| corrupt(e.to_string()))?;
+    let (entry, used) = decode_entry_prefix(body).map_err(|e| corrupt(e.to_string()))?;
     if entry.seq != seq {
         return Err(corrupt(format!("record holds seq {}", entry.seq)));
     }
-    Ok(entry)
+    let by = match body.get(used..).unwrap_or_default() {
+        [] => None,
+        [BY_TAG, rest @ ..] => Some(
+            names.get(std::str::from_utf8(rest).map_err(|_| corrupt("attribution is not UTF-8".into()))?),
+        ),
+        _ => return Err(corrupt("unknown bytes after the entry".into())),
+    };
+    Ok(Logged { entry, by })
 }
 
 #[cfg(test)]
@@ -300,12 +435,20 @@ mod tests {
             reason: None,
             revocation: Revocation::Key { kid: "k".into() },
         };
-        let mut r = record(&entry).unwrap();
-        assert_eq!(unrecord(3, &r).unwrap(), entry);
-        assert!(matches!(unrecord(4, &r), Err(StoreError::Corrupt { .. })));
+        let n = &mut Names::default();
+        let mut r = record(&entry, None).unwrap();
+        assert_eq!(unrecord(3, &r, n).unwrap(), Logged::from(entry.clone()));
+        assert!(matches!(unrecord(4, &r, n), Err(StoreError::Corrupt { .. })));
         let last = r.len() - 1;
         r[last] ^= 1;
-        assert!(matches!(unrecord(3, &r), Err(StoreError::Corrupt { .. })));
-        assert!(matches!(unrecord(3, &r[..4]), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(unrecord(3, &r, n), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(unrecord(3, &r[..4], n), Err(StoreError::Corrupt { .. })));
+        let r = record(&entry, Some("alice")).unwrap();
+        assert_eq!(unrecord(3, &r, n).unwrap().by.as_deref(), Some("alice"));
+        // A record from before attribution is the checksummed entry alone: still read.
+        let body = encode_entry(&entry).unwrap();
+        let mut old = xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes().to_vec();
+        old.extend_from_slice(&body);
+        assert_eq!(unrecord(3, &old, n).unwrap().by, None);
     }
 }

@@ -15,12 +15,12 @@
 //! database look down.
 
 use super::{
-    record, unrecord, AgentRow, CursorStore, Forgotten, Loaded, LogStore, NewEntry, SharedLog, StoreError,
-    StoreFuture, Tail,
+    record, unrecord, AgentRow, AuditDraft, AuditRecord, CursorStore, Forgotten, Loaded, LogStore, Logged,
+    Names, NewEntry, SharedLog, StoreError, StoreFuture, Tail,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
-use revmesh_protocol::{Entry, LogId};
+use revmesh_protocol::LogId;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -52,7 +52,38 @@ CREATE TABLE IF NOT EXISTS revmesh_agents (
     last_ack_at bigint,
     seen_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS revmesh_audit (
+    id bigserial PRIMARY KEY,
+    at_ms bigint NOT NULL,
+    operator text NOT NULL,
+    remote text NOT NULL,
+    action text NOT NULL,
+    target text NOT NULL,
+    status int NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revmesh_audit_at ON revmesh_audit (at_ms);
 ";
+
+/// Inserts audit records (one statement for any number) in the caller's transaction.
+const INSERT_AUDIT: &str = "INSERT INTO revmesh_audit (at_ms, operator, remote, action, target, status)
+    SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[])";
+
+/// The columns of [`INSERT_AUDIT`] for `drafts`, whose entries start at `first_seq`.
+type AuditColumns = (Vec<i64>, Vec<String>, Vec<String>, Vec<String>, Vec<String>, Vec<i32>);
+
+fn audit_columns(drafts: &[AuditDraft], first_seq: u64) -> AuditColumns {
+    let mut cols = AuditColumns::default();
+    for d in drafts {
+        let r = d.finish(0, first_seq);
+        cols.0.push(r.at_ms as i64);
+        cols.1.push(r.operator);
+        cols.2.push(r.remote);
+        cols.3.push(r.action);
+        cols.4.push(r.target);
+        cols.5.push(i32::from(r.status));
+    }
+    cols
+}
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend { backend: "postgres", message: describe(&e), source: Box::new(e) }
@@ -221,12 +252,13 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-fn rows_to_entries(rows: &[tokio_postgres::Row]) -> Result<Vec<Entry>, StoreError> {
+fn rows_to_entries(rows: &[tokio_postgres::Row]) -> Result<Vec<Logged>, StoreError> {
+    let mut names = Names::default();
     rows.iter()
         .map(|r| {
             let seq: i64 = r.get(0);
             let bytes: Vec<u8> = r.get(1);
-            unrecord(seq as u64, &bytes)
+            unrecord(seq as u64, &bytes, &mut names)
         })
         .collect()
 }
@@ -297,7 +329,12 @@ impl LogStore for PgStore {
         })
     }
 
-    fn append(self: Arc<Self>, _head: u64, batch: Vec<NewEntry>) -> StoreFuture<Vec<Entry>> {
+    fn append(
+        self: Arc<Self>,
+        _head: u64,
+        batch: Vec<NewEntry>,
+        audit: Vec<AuditDraft>,
+    ) -> StoreFuture<Vec<Logged>> {
         Box::pin(async move {
             let timeout = self.timeout;
             self.run(timeout, move |c| {
@@ -311,6 +348,7 @@ impl LogStore for PgStore {
                         .await?;
                     let set_head = c.prepare_cached("UPDATE revmesh_meta SET head = $1 WHERE id = 1").await?;
                     let notify = c.prepare_cached("SELECT pg_notify('revmesh_log', $1)").await?;
+                    let insert_audit = c.prepare_cached(INSERT_AUDIT).await?;
                     let appended = async {
                         // One round trip: open the transaction and take the head's row lock,
                         // which serialises appenders across replicas (seqs commit in order).
@@ -321,13 +359,16 @@ impl LogStore for PgStore {
                         let mut records = Vec::with_capacity(batch.len());
                         for (i, n) in batch.iter().enumerate() {
                             let entry = n.sequenced(head + 1 + i as u64);
-                            match record(&entry) {
+                            match record(&entry, n.by.as_deref()) {
                                 Ok(r) => records.push(r),
                                 Err(e) => return Ok(Err(e)),
                             }
                             seqs.push(entry.seq as i64);
-                            out.push(entry);
+                            out.push(Logged { entry, by: n.by.clone() });
                         }
+                        // In the same transaction: no entry without the record of its request.
+                        let a = audit_columns(&audit, head + 1);
+                        let p4: [&(dyn ToSql + Sync); 6] = [&a.0, &a.1, &a.2, &a.3, &a.4, &a.5];
                         let new_head = (head + batch.len() as u64) as i64;
                         let new_head_text = new_head.to_string();
                         // One round trip: store, move the head, notify, commit. PostgreSQL runs
@@ -340,6 +381,7 @@ impl LogStore for PgStore {
                             c.execute(&insert, &p1),
                             c.execute(&set_head, &p2),
                             c.execute(&notify, &p3),
+                            c.execute(&insert_audit, &p4),
                             c.batch_execute("COMMIT"),
                         )?;
                         Ok(Ok(out))
@@ -370,6 +412,65 @@ impl LogStore for PgStore {
                     )
                     .await?;
                     tx.commit().await
+                })
+            })
+            .await
+        })
+    }
+
+    fn record_audit(self: Arc<Self>, audit: Vec<AuditDraft>) -> StoreFuture<()> {
+        Box::pin(async move {
+            let timeout = self.timeout;
+            self.run(timeout, move |c| {
+                Box::pin(async move {
+                    let a = audit_columns(&audit, 0);
+                    c.execute(INSERT_AUDIT, &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5]).await.map(|_| ())
+                })
+            })
+            .await
+        })
+    }
+
+    fn audit_after(self: Arc<Self>, after: u64, limit: usize) -> StoreFuture<Vec<AuditRecord>> {
+        Box::pin(async move {
+            let timeout = self.timeout;
+            let rows = self
+                .run(timeout, move |c| {
+                    Box::pin(async move {
+                        c.query(
+                            "SELECT id, at_ms, operator, remote, action, target, status FROM revmesh_audit
+                             WHERE id > $1 ORDER BY id LIMIT $2",
+                            &[&(after.min(i64::MAX as u64) as i64), &(limit as i64)],
+                        )
+                        .await
+                    })
+                })
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| AuditRecord {
+                    id: r.get::<_, i64>(0) as u64,
+                    at_ms: r.get::<_, i64>(1) as u64,
+                    operator: r.get(2),
+                    remote: r.get(3),
+                    action: r.get(4),
+                    target: r.get(5),
+                    status: u16::try_from(r.get::<_, i32>(6)).unwrap_or(0),
+                })
+                .collect())
+        })
+    }
+
+    fn expire_audit(self: Arc<Self>, before_ms: u64) -> StoreFuture<u64> {
+        Box::pin(async move {
+            let timeout = self.timeout;
+            self.run(timeout, move |c| {
+                Box::pin(async move {
+                    c.execute(
+                        "DELETE FROM revmesh_audit WHERE at_ms < $1",
+                        &[&(before_ms.min(i64::MAX as u64) as i64)],
+                    )
+                    .await
                 })
             })
             .await
@@ -526,13 +627,14 @@ impl CursorStore for PgStore {
         })
     }
 
-    fn forget_agent(self: Arc<Self>, id: String) -> StoreFuture<Forgotten> {
+    fn forget_agent(self: Arc<Self>, id: String, audit: AuditDraft) -> StoreFuture<Forgotten> {
         Box::pin(async move {
             let timeout = self.timeout;
             self.run(timeout, move |c| {
                 Box::pin(async move {
                     let ttl = AGENT_ROW_TTL_SECS as f64;
-                    let removed = c
+                    let tx = c.transaction().await?;
+                    let removed = tx
                         .execute(
                             "DELETE FROM revmesh_agents WHERE id = $1
                    AND NOT (connected AND seen_at > now() - make_interval(secs => $2))",
@@ -540,8 +642,13 @@ impl CursorStore for PgStore {
                         )
                         .await?;
                     if removed > 0 {
+                        // The forget and its record commit together.
+                        let a = audit_columns(std::slice::from_ref(&audit), 0);
+                        tx.execute(INSERT_AUDIT, &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5]).await?;
+                        tx.commit().await?;
                         return Ok(Forgotten::Removed);
                     }
+                    tx.rollback().await?;
                     let exists =
                         c.query_opt("SELECT 1 FROM revmesh_agents WHERE id = $1", &[&id]).await?.is_some();
                     Ok(if exists { Forgotten::Connected } else { Forgotten::Unknown })
