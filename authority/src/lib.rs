@@ -267,6 +267,7 @@ pub async fn serve(
         registry,
         metrics: metrics.clone(),
         operators: operators.clone(),
+        holds: Arc::default(),
         max_token_ttl: cfg.max_token_ttl,
         body_timeout: cfg.admin_body_timeout,
         ready: ready.clone(),

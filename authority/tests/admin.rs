@@ -415,18 +415,50 @@ fn import_submits_json_lines_in_bulk_and_resumes_without_duplicates() {
     assert!(!out.status.success() && err.contains("line 1: longer than"), "{err}");
 }
 
-/// Refused admin credentials are counted (and logged with the remote address), and never hold
-/// anyone out: after a burst of wrong tokens from the operator's own address the right token
-/// still works at once (a per-address hold would let any local process lock the operator out).
+/// Requests without credentials (health checkers, slow clients) are refused and counted but
+/// hold nobody out: after 31 of them from the operator's own address the right token works.
 #[test]
-fn refused_credentials_are_counted_and_never_lock_the_operator_out() {
+fn requests_without_credentials_are_counted_and_never_hold_the_operator_out() {
     let dir = tempfile::tempdir().unwrap();
     let a = Authority::start(dir.path(), &[]);
-    for i in 0..30 {
+    for _ in 0..31 {
+        assert_eq!(http(&a.admin, "GET", "/v1/status", None, b"").0, 401);
+    }
+    assert_eq!(a.get("/v1/status").0, 200, "the operator is not held out");
+    assert_eq!(a.metric("revmesh_authority_admin_refused_total"), 31.0);
+}
+
+/// An address that presents wrong tokens is slowed: after 10, its tokens are answered 429 with
+/// Retry-After without being looked at, so guessing runs at one a second, not thousands. Other
+/// addresses are unaffected, and the address gets another try as its allowance refills.
+#[test]
+fn wrong_tokens_from_one_address_are_slowed_and_other_addresses_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authority::start(dir.path(), &[]);
+    for i in 0..10 {
         let token = format!("guess-{i:04}-guess-guess-guess");
         assert_eq!(http(&a.admin, "GET", "/v1/status", Some(&token), b"").0, 401, "guess {i}");
     }
-    assert_eq!(http(&a.admin, "GET", "/v1/status", None, b"").0, 401);
-    assert_eq!(a.get("/v1/status").0, 200, "the operator is not held out");
-    assert_eq!(a.metric("revmesh_authority_admin_refused_total"), 31.0);
+    // Held: even the right token is not looked at from this address now.
+    let (status, v) = http(&a.admin, "GET", "/v1/status", Some("guess-0010-guess-guess-guess"), b"");
+    assert_eq!(status, 429, "{v}");
+    assert!(a.metrics().contains("revmesh_authority_admin_refused_total{reason=\"held\"} 1"));
+    // Another address (127.0.0.2 reaches the same loopback listener): unaffected.
+    let curl = |from: &str, token: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--interface", from])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("http://{}/v1/status", a.admin))
+            .output()
+            .expect("curl must be installed (scripts/test installs it: apt-get install curl)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("127.0.0.2", &a.token), "200");
+    assert_eq!(curl("127.0.0.1", &a.token), "429");
+    // The allowance refills (one a second): the operator gets through again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while curl("127.0.0.1", &a.token) != "200" {
+        assert!(std::time::Instant::now() < deadline, "the address was never let go");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -72,7 +72,7 @@ fn every_endpoint_answers_each_scope_exactly() {
         ("GET", "/v1/audit".into(), "", "audit"),
         ("GET", "/v1/backup".into(), "", "audit"),
     ];
-    for (method, path, body, needed) in &endpoints {
+    for (i, (method, path, body, needed)) in endpoints.iter().enumerate() {
         let ask = |token: Option<&str>| -> (u16, Value) {
             if path.ends_with("/stream") {
                 (status_only(&a.admin, path, token), Value::Null)
@@ -81,7 +81,15 @@ fn every_endpoint_answers_each_scope_exactly() {
             }
         };
         assert_eq!(ask(None).0, 401, "{method} {path} without a credential");
-        assert_eq!(ask(Some("rvm_not-a-real-token")).0, 401, "{method} {path} with a wrong token");
+        // A wrong token, each from an address of its own: ten from one address hold it (429).
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "--interface"])
+            .arg(format!("127.0.0.{}", 10 + i))
+            .args(["-H", "Authorization: Bearer rvm_not-a-real-token", "--data-binary", body])
+            .arg(format!("http://{}{path}", a.admin))
+            .output()
+            .expect("curl must be installed (scripts/test installs it: apt-get install curl)");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{method} {path} with a wrong token");
         for (scope, (token, _)) in &ops {
             let (status, v) = ask(Some(token));
             if scope == needed {

@@ -8,6 +8,7 @@
 //! knows no door: `router.rs` puts the doors' routes beside these.
 
 pub(crate) mod feed;
+pub(crate) mod holds;
 pub(crate) mod server;
 
 use crate::links::hub::{Hub, Level};
@@ -54,6 +55,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// Who may do what on /v1/* (the admin token's operator among them).
     pub operators: Arc<crate::operators::Operators>,
+    /// Addresses that presented too many wrong tokens.
+    pub holds: Arc<holds::Holds>,
     /// Default horizon for non-jti expiry.
     pub max_token_ttl: Duration,
     /// Limit on reading a request body.
@@ -268,12 +271,40 @@ pub(crate) async fn auth(State(s): State<AdminState>, mut req: Request, next: Ne
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let identity = match presented {
-        Some(p) => s.operators.by_token(p),
-        None => req.extensions().get::<PeerCert>().and_then(|c| s.operators.by_cert(&c.0)),
-    };
     let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let path = req.uri().path().to_owned();
+    let now = s.log.clock().mono();
+    if let (Some(_), Some(p)) = (presented, peer) {
+        if let Some(wait) = s.holds.held(p.ip(), now) {
+            // Too many wrong tokens from this address: this one is not even looked at.
+            s.metrics.admin_refused_total.with_label_values(&["held"]).inc();
+            log_refusal(
+                s.log.clock().unix_ms(),
+                peer,
+                None,
+                &path,
+                "too many wrong tokens from this address",
+            );
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut r = ApiError::status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many wrong tokens from this address; retry after the time in Retry-After",
+            )
+            .into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+            return r;
+        }
+    }
+    let identity = match presented {
+        Some(p) => {
+            let found = s.operators.by_token(p);
+            if let (None, Some(peer)) = (&found, peer) {
+                s.holds.wrong(peer.ip(), now);
+            }
+            found
+        }
+        None => req.extensions().get::<PeerCert>().and_then(|c| s.operators.by_cert(&c.0)),
+    };
     let Some(identity) = identity else {
         s.metrics.admin_refused_total.with_label_values(&["unauthorized"]).inc();
         log_refusal(s.log.clock().unix_ms(), peer, None, &path, "missing or invalid credentials");
@@ -930,6 +961,7 @@ mod tests {
                 crate::operators::Operators::load(None, Some(&"t".repeat(32)), &mut Vec::new())
                     .expect("operators"),
             ),
+            holds: Arc::default(),
             max_token_ttl: Duration::from_secs(3600),
             body_timeout: Duration::from_secs(5),
             ready: Arc::new(AtomicBool::new(true)),
