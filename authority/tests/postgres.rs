@@ -130,6 +130,12 @@ async fn replicas_share_one_log_and_agents_fail_over_without_resync() {
     for a in &agents {
         a.wait_applied(head).await;
     }
+    // Who stored each entry travels with it: replica 1 names the operator of replica 0's entry,
+    // and every replica reads the one audit trail.
+    let (_, e) = reps[1].get(&format!("/v1/revocations/{}", accepted[0].0));
+    assert_eq!(e["by"], "admin", "{e}");
+    let (_, trail) = reps[1].get("/v1/audit?limit=1000");
+    assert_eq!(trail["records"].as_array().unwrap().len() as u64, head, "{trail}");
     let log_id = log_ids.into_iter().next().unwrap();
     for (i, a) in agents.iter().enumerate() {
         assert_eq!(

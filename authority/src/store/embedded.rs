@@ -519,6 +519,45 @@ mod tests {
         assert_eq!(s.append(1, &[new("b")]).unwrap()[0].seq, 2);
     }
 
+    /// Audit records commit with the entries they name (their seqs filled in by the store),
+    /// read back in id order, and expire by age.
+    #[test]
+    fn audit_records_name_their_seqs_and_expire_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path(), LogId([1; 16])).unwrap();
+        s.load().unwrap();
+        let draft = |at_ms: u64, entries: Option<std::ops::Range<usize>>| AuditDraft {
+            at_ms,
+            operator: "ann".into(),
+            remote: "127.0.0.1:1".into(),
+            action: "revoke".into(),
+            target: String::new(),
+            status: 201,
+            entries,
+        };
+        s.with_db(|db| {
+            RedbStore::append_to(
+                db,
+                0,
+                &[new("a"), new("b"), new("c")],
+                &[draft(1_000, Some(0..1)), draft(2_000, Some(1..3))],
+            )
+        })
+        .unwrap();
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { panic!("runtime") };
+        let store = Arc::new(s);
+        rt.block_on(store.clone().record_audit(vec![draft(3_000, None)])).unwrap();
+        let all = RedbStore::audit_after(&store, 0, 10).unwrap();
+        let targets: Vec<(u64, &str)> = all.iter().map(|r| (r.id, r.target.as_str())).collect();
+        assert_eq!(targets, [(1, "seq 1"), (2, "seq 2-3"), (3, "")]);
+        assert_eq!(RedbStore::audit_after(&store, 2, 10).unwrap().len(), 1);
+        assert_eq!(rt.block_on(store.clone().expire_audit(2_500)).unwrap(), 2);
+        assert_eq!(
+            RedbStore::audit_after(&store, 0, 10).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(),
+            [3]
+        );
+    }
+
     #[test]
     fn read_after_reads_only_the_tail() {
         let dir = tempfile::tempdir().unwrap();
