@@ -16,8 +16,8 @@ use crate::links::registry::Registry;
 use crate::log::{AppendError, Log};
 use crate::metrics::Metrics;
 use crate::operators::{Identity, Scope};
-use crate::store::NewEntry;
 use crate::store::StoreError;
+use crate::store::{AuditRecord, NewEntry};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -157,15 +157,16 @@ pub(crate) async fn store_revocations(
     for e in &mut entries {
         e.by = Some(act.by.clone());
     }
-    let audit = crate::store::AuditDraft {
+    let record = AuditRecord {
+        id: 0,
         at_ms: s.log.clock().unix_ms(),
         operator: act.by.to_string(),
         remote: act.remote,
         action: act.action.to_owned(),
         target: act.target,
         status: act.status,
-        entries: None,
     };
+    let audit = crate::store::AuditDraft { record, entries: None };
     s.log.append_all(entries, waited, Some(audit)).await.map_err(|e| {
         match &*e {
             AppendError::Closed => {}
@@ -850,15 +851,16 @@ async fn forget(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     use crate::store::Forgotten;
-    let audit = crate::store::AuditDraft {
+    let record = AuditRecord {
+        id: 0,
         at_ms: s.log.clock().unix_ms(),
         operator: caller.name.to_string(),
         remote: caller.remote.clone(),
         action: "forget".into(),
         target: format!("agent {id}"),
         status: StatusCode::NO_CONTENT.as_u16(),
-        entries: None,
     };
+    let audit = crate::store::AuditDraft { record, entries: None };
     let outcome = s.registry.forget(&id, &s.log, audit).await.map_err(cursors)?;
     match outcome {
         Forgotten::Removed => {

@@ -527,12 +527,15 @@ mod tests {
         let s = RedbStore::open(dir.path(), LogId([1; 16])).unwrap();
         s.load().unwrap();
         let draft = |at_ms: u64, entries: Option<std::ops::Range<usize>>| AuditDraft {
-            at_ms,
-            operator: "ann".into(),
-            remote: "127.0.0.1:1".into(),
-            action: "revoke".into(),
-            target: String::new(),
-            status: 201,
+            record: AuditRecord {
+                id: 0,
+                at_ms,
+                operator: "ann".into(),
+                remote: "127.0.0.1:1".into(),
+                action: "revoke".into(),
+                target: String::new(),
+                status: 201,
+            },
             entries,
         };
         s.with_db(|db| {

@@ -60,21 +60,11 @@ impl From<Entry> for Logged {
 }
 
 /// A state-changing admin request to record in the audit trail, committed in the same
-/// transaction as its effect.
+/// transaction as its effect: the record, less the id and the seqs the store assigns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditDraft {
-    /// When, unix milliseconds.
-    pub at_ms: u64,
-    /// Who: an operator's name, `oidc:<issuer>`, `rfc7009:<operator>`.
-    pub operator: String,
-    /// From where (the peer address).
-    pub remote: String,
-    /// What: `revoke`, `revoke_bulk`, `withdraw`, `forget`, `rfc7009_revoke`, `oidc_logout`.
-    pub action: String,
-    /// On what, beyond the entries it stored (an agent id; the withdrawn seq).
-    pub target: String,
-    /// The HTTP status answered.
-    pub status: u16,
+    /// The record (`id` 0; `target` names what it acts on beyond its entries, if anything).
+    pub record: AuditRecord,
     /// Which entries of the append it belongs to (indexes into the batch); the store writes
     /// their seqs into `target`.
     pub entries: Option<std::ops::Range<usize>>,
@@ -84,21 +74,13 @@ impl AuditDraft {
     /// The record with its id, and the seqs of its entries when `first_seq` is the seq the
     /// batch's first entry got.
     pub fn finish(&self, id: u64, first_seq: u64) -> AuditRecord {
-        let mut target = self.target.clone();
-        if let Some(r) = self.entries.clone().filter(|r| !r.is_empty()) {
-            let (a, b) = (first_seq + r.start as u64, first_seq + r.end as u64 - 1);
+        let mut r = AuditRecord { id, ..self.record.clone() };
+        if let Some(e) = self.entries.clone().filter(|e| !e.is_empty()) {
+            let (a, b) = (first_seq + e.start as u64, first_seq + e.end as u64 - 1);
             let seqs = if a == b { format!("seq {a}") } else { format!("seq {a}-{b}") };
-            target = if target.is_empty() { seqs } else { format!("{target}; {seqs}") };
+            r.target = if r.target.is_empty() { seqs } else { format!("{}; {seqs}", r.target) };
         }
-        AuditRecord {
-            id,
-            at_ms: self.at_ms,
-            operator: self.operator.clone(),
-            remote: self.remote.clone(),
-            action: self.action.clone(),
-            target,
-            status: self.status,
-        }
+        r
     }
 }
 
@@ -109,11 +91,11 @@ pub struct AuditRecord {
     pub id: u64,
     /// When, unix milliseconds.
     pub at_ms: u64,
-    /// Who.
+    /// Who: an operator's name, `oidc:<issuer>`, `rfc7009:<operator>`.
     pub operator: String,
     /// From where.
     pub remote: String,
-    /// What.
+    /// What: `revoke`, `revoke_bulk`, `withdraw`, `forget`, `rfc7009_revoke`, `oidc_logout`.
     pub action: String,
     /// On what: seqs (`seq 7`, `seq 7-12`), an agent id.
     pub target: String,
