@@ -414,9 +414,12 @@ pub enum RevokeWhat {
     Subject {
         /// The `sub` claim.
         sub: String,
-        /// Unix seconds or RFC 3339 [default: now].
+        /// Unix seconds or RFC 3339 [default: now, plus 5 s for providers' clocks that run ahead].
         #[arg(long)]
         issued_before: Option<String>,
+        /// Only tokens of this issuer (another provider's user with the same `sub` is not).
+        #[arg(long)]
+        iss: Option<String>,
     },
     /// Every token signed by a key.
     Key {
@@ -427,6 +430,9 @@ pub enum RevokeWhat {
     Session {
         /// The `sid` claim.
         sid: String,
+        /// Only tokens of this issuer (another provider's session with the same `sid` is not).
+        #[arg(long)]
+        iss: Option<String>,
     },
 }
 

@@ -69,18 +69,40 @@ impl Inner {
     fn is_withdrawn(&self, seq: u64) -> bool {
         !self.withdrawn.is_empty() && self.withdrawn.contains_key(&seq)
     }
+
+    /// True when entry `seq` was withdrawn by a withdrawal a link of `version` is not sent:
+    /// then the entry is left out too (the link never learns it was lifted).
+    fn withdrawn_beyond(&self, seq: u64, version: u8) -> bool {
+        if version >= 4 || !self.is_withdrawn(seq) {
+            return false;
+        }
+        let lifted_by = self.withdrawn.get(&seq).and_then(|w| self.entries.get(w));
+        lifted_by.is_none_or(|w| w.revocation.for_link(version).is_none())
+    }
 }
 
-/// What a batch frame is encoded for: `(from, to, waited, withdrawals)`; `withdrawals` is
-/// false for links below version 3, which are sent no withdrawal entries.
-type BatchKey = (u64, u64, bool, bool);
+/// `e` as a link of `version` is sent it (see [`revmesh_protocol::Revocation::for_link`]).
+fn for_link(e: &Entry, version: u8) -> Option<Entry> {
+    let revocation = e.revocation.for_link(version)?.into_owned();
+    Some(Entry { revocation, ..e.clone() })
+}
+
+/// What a batch frame is encoded for: `(from, to, waited, class)`, `class` the link version as
+/// far as it changes what is sent ([`link_class`]).
+type BatchKey = (u64, u64, bool, u8);
+
+/// Link versions that are sent the same entries: below 3 (no withdrawals), 3 (no issuer scope)
+/// and 4 and above (everything).
+fn link_class(version: u8) -> u8 {
+    version.clamp(2, 4)
+}
 
 /// Encoded batch frames by [`BatchKey`], with insertion order for eviction.
 type BatchCache = (HashMap<BatchKey, Bytes>, VecDeque<BatchKey>);
 
-/// The latest encoded snapshots: `(snapshot_id, upto, withdrawals)` and their chunk frames,
-/// one for links of version 3 and one for older ones.
-type SnapshotCache = Vec<((u64, u64, bool), Arc<Vec<Bytes>>)>;
+/// The latest encoded snapshots: `(snapshot_id, upto, class)` and their chunk frames, one per
+/// [`link_class`].
+type SnapshotCache = Vec<((u64, u64, u8), Arc<Vec<Bytes>>)>;
 
 /// A queued append (opaque outside this module).
 #[derive(Debug)]
@@ -367,10 +389,10 @@ impl Log {
             inner.view
         };
         if withdrew {
-            // Frames for links below version 3 leave withdrawn entries out: encode them anew.
+            // Frames for links below version 4 leave some withdrawn entries out: encode them anew.
             if let Ok(mut c) = self.cache.lock() {
-                c.0.retain(|k, _| k.3);
-                c.1.retain(|k| k.3);
+                c.0.retain(|k, _| k.3 >= 4);
+                c.1.retain(|k| k.3 >= 4);
             }
         }
         self.metrics.log_head_seq.set(view.head as i64);
@@ -497,10 +519,11 @@ impl Log {
         self.waited_through.load(Ordering::Acquire)
     }
 
-    /// The encoded `Batch` frame for `from..=to` (a `WaitedBatch` when `waited`), shared by
-    /// every agent that needs it. Without `withdrawals` (a link below version 3) withdrawal
-    /// entries are left out, as compacted seqs are, and so are the entries they withdrew: such
-    /// an agent keeps enforcing what it applied before the withdrawal, wider and never narrower
+    /// The encoded `Batch` frame for `from..=to` (a `WaitedBatch` when `waited`) for a link
+    /// of `version`, shared by every agent that needs it. What the link cannot carry is left
+    /// out, as compacted seqs are (a withdrawal below version 3, the withdrawal of an
+    /// issuer-scoped entry below 4), and so are the entries they withdrew; an issuer-scoped
+    /// entry goes unscoped below version 4. Such an agent is wider, never narrower
     /// (PROTOCOL.md §5). (A frame encoded just before a withdrawal may still hold its target:
     /// wider again.)
     pub fn batch_frame(
@@ -508,9 +531,9 @@ impl Log {
         from: u64,
         to: u64,
         waited: bool,
-        withdrawals: bool,
+        version: u8,
     ) -> Result<Bytes, revmesh_protocol::codec::EncodeError> {
-        let key = (from, to, waited, withdrawals);
+        let key = (from, to, waited, link_class(version));
         if let Ok(c) = self.cache.lock() {
             if let Some(b) = c.0.get(&key) {
                 return Ok(b.clone());
@@ -521,10 +544,8 @@ impl Log {
             let entries: Vec<Entry> = inner
                 .entries
                 .range(from..=to)
-                .filter(|(seq, e)| {
-                    withdrawals || !(e.revocation.is_withdrawal() || inner.is_withdrawn(**seq))
-                })
-                .map(|(_, e)| e.entry.clone())
+                .filter(|(seq, _)| !inner.withdrawn_beyond(**seq, version))
+                .filter_map(|(_, e)| for_link(&e.entry, version))
                 .collect();
             (inner.view.log_id, entries)
         };
@@ -544,27 +565,28 @@ impl Log {
         Ok(bytes)
     }
 
-    /// Encoded `SnapshotChunk` frames of every unexpired, unwithdrawn entry up to `upto`, and
-    /// with `withdrawals` (links of version 3) the withdrawals too, which lift what an agent
-    /// carries from before; shared with every other agent sent the same snapshot. (An entry
-    /// that expires while the encoding is reused is skipped by the agent, as any expired entry
-    /// is.)
+    /// Encoded `SnapshotChunk` frames of every unexpired, unwithdrawn entry up to `upto` for
+    /// a link of `version`, with the withdrawals it can carry (they lift what an agent carries
+    /// from before) and issuer-scoped entries unscoped below version 4; shared with every other
+    /// agent sent the same snapshot. (An entry that expires while the encoding is reused is
+    /// skipped by the agent, as any expired entry is.)
     pub fn snapshot_frames(
         &self,
         snapshot_id: u64,
         upto: u64,
         now_secs: u64,
-        withdrawals: bool,
+        version: u8,
     ) -> Result<Arc<Vec<Bytes>>, revmesh_protocol::codec::EncodeError> {
         // One encoder at a time: agents arriving together wait for the first one's frames
         // instead of each encoding the whole log.
-        let key = (snapshot_id, upto, withdrawals);
+        let class = link_class(version);
+        let key = (snapshot_id, upto, class);
         let mut cached = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, frames)) = cached.iter().find(|(k, _)| *k == key) {
             return Ok(frames.clone());
         }
-        let frames = Arc::new(self.encode_snapshot(snapshot_id, upto, now_secs, withdrawals)?);
-        cached.retain(|(k, _)| k.2 != withdrawals);
+        let frames = Arc::new(self.encode_snapshot(snapshot_id, upto, now_secs, version)?);
+        cached.retain(|(k, _)| k.2 != class);
         cached.push((key, frames.clone()));
         Ok(frames)
     }
@@ -574,19 +596,15 @@ impl Log {
         snapshot_id: u64,
         upto: u64,
         now_secs: u64,
-        withdrawals: bool,
+        version: u8,
     ) -> Result<Vec<Bytes>, revmesh_protocol::codec::EncodeError> {
         let (log_id, live) = {
             let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
             let live: Vec<Entry> = inner
                 .entries
                 .range(..=upto)
-                .filter(|(seq, e)| {
-                    !e.is_expired(now_secs)
-                        && !inner.is_withdrawn(**seq)
-                        && (withdrawals || !e.revocation.is_withdrawal())
-                })
-                .map(|(_, e)| e.entry.clone())
+                .filter(|(seq, e)| !e.is_expired(now_secs) && !inner.is_withdrawn(**seq))
+                .filter_map(|(_, e)| for_link(&e.entry, version))
                 .collect();
             (inner.view.log_id, live)
         };

@@ -558,3 +558,74 @@ async fn agents_of_link_version_2_keep_refusing_what_a_withdrawal_lifts() {
         agent.stop().await;
     }
 }
+
+/// Issuer scope across versions: a session logged out at provider A refuses A's `sess-A` and
+/// not B's at an upgraded agent; an agent of link version 3 refuses both (the entry unscoped:
+/// wider, never dropped), is sent no withdrawal of it and keeps refusing after one, and never
+/// drops its link for a frame it cannot read. A subject revoked without `issued_before`
+/// covers a token a provider whose clock runs 3 s ahead minted just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_scoped_revocations_are_exact_when_upgraded_and_wider_on_older_agents() {
+    use revmesh_protocol::TokenRef;
+    let d = tempfile::tempdir().unwrap();
+    let a = Authority::start(d.path(), &[]);
+    let mut v3 = LinkSettings::new(vec![a.ws_url()], "v3".to_owned());
+    v3.max_version = 3;
+    v3.reconnect_min = Duration::from_millis(50);
+    let old = Agent::start_with(v3);
+    let new = Agent::start(vec![a.ws_url()], "v4");
+    let (status, v) = a.post(
+        "/v1/revocations",
+        r#"{"kind":"session","sid":"sess-A","iss":"https://idp-a.example","reason":"logout at A"}"#,
+    );
+    assert_eq!(status, 201, "{v}");
+    let seq = v["seq"].as_u64().unwrap();
+    old.wait_applied(seq).await;
+    new.wait_applied(seq).await;
+    let revoked = |agent: &Agent, iss: &'static str| {
+        matches!(
+            agent.state.decide(&TokenRef { sid: Some("sess-A"), iss: Some(iss), ..Default::default() }),
+            revmesh_agent::state::Decision::Revoked { .. }
+        )
+    };
+    assert!(revoked(&new, "https://idp-a.example"), "A's session is refused");
+    assert!(!revoked(&new, "https://idp-b.example"), "B's session with the same sid is not");
+    assert!(revoked(&old, "https://idp-a.example") && revoked(&old, "https://idp-b.example"), "v3: wider");
+    let (_, e) = a.get(&format!("/v1/revocations/{seq}"));
+    assert_eq!(
+        (e["kind"].as_str(), e["iss"].as_str()),
+        (Some("session"), Some("https://idp-a.example")),
+        "{e}"
+    );
+
+    let (status, w) = crate::util::http(
+        &a.admin,
+        "DELETE",
+        &format!("/v1/revocations/{seq}?wait=all&timeout_ms=20000"),
+        Some(&a.token),
+        b"",
+    );
+    assert_eq!(status, 201, "{w}");
+    assert_eq!(w["acked"].as_array().map(Vec::len), Some(2), "both acknowledge the withdrawal's seq: {w}");
+    assert!(!revoked(&new, "https://idp-a.example"), "the upgraded agent lifts it");
+    assert!(revoked(&old, "https://idp-a.example"), "the v3 agent keeps refusing: never narrower");
+    assert_eq!(old.state.metrics.reconnects_total.get(), 0, "one link, never dropped");
+
+    // The clock-skew default of an admin-API subject revocation: the provider's clock runs 3 s
+    // ahead, so the token it minted just before the revocation carries iat = our now + 3.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (status, v) = a.post("/v1/revocations", r#"{"kind":"subject","sub":"alice"}"#);
+    assert_eq!(status, 201, "{v}");
+    new.wait_applied(v["seq"].as_u64().unwrap()).await;
+    let alice = |iat: u64| {
+        matches!(
+            new.state.decide(&TokenRef { sub: Some("alice"), iat: Some(iat), ..Default::default() }),
+            revmesh_agent::state::Decision::Revoked { .. }
+        )
+    };
+    assert!(alice(now + 3), "a token minted by a clock 3 s ahead just before the revocation");
+    assert!(!alice(now + 60), "a token minted a minute later is not refused");
+    for agent in [old, new] {
+        agent.stop().await;
+    }
+}

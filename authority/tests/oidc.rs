@@ -89,6 +89,25 @@ async fn logout_tokens_as_providers_send_them_revoke_and_hostile_ones_store_noth
     let (_, list) = a.get("/v1/revocations?after=0");
     let entries = list["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 5, "{list}");
+    // Scoped to the provider: its logout never refuses another provider's session or user.
+    assert!(entries.iter().all(|e| e["iss"] == ISSUER), "{list}");
+    agent.wait_applied(5).await;
+    let decide = |sid: Option<&'static str>, sub: Option<&'static str>, iss: &'static str| {
+        matches!(
+            agent.state.decide(&revmesh_protocol::TokenRef {
+                sid,
+                sub,
+                iss: Some(iss),
+                iat: Some(1),
+                ..Default::default()
+            }),
+            revmesh_agent::state::Decision::Revoked { .. }
+        )
+    };
+    assert!(decide(Some("kc-session-1"), None, ISSUER));
+    assert!(!decide(Some("kc-session-1"), None, "https://another-idp.example"), "another provider's session");
+    assert!(decide(None, Some("user-3"), ISSUER));
+    assert!(!decide(None, Some("user-3"), "https://another-idp.example"), "another provider's user");
     // Attributed to the provider, and recorded in the audit trail with it.
     let by = format!("oidc:{ISSUER}");
     assert!(entries.iter().all(|e| e["by"] == by.as_str()), "{list}");

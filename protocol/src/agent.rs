@@ -118,6 +118,8 @@ enum RevocationSpans {
     Key { kid: Span },
     Session { sid: Span },
     Withdrawal { seq: u64, kind: crate::model::Kind, id: Span, iss: Option<Span> },
+    ScopedSubject { id: Span, iss: Span, issued_before: u64 },
+    ScopedSession { id: Span, iss: Span, issued_before: u64 },
 }
 
 impl ReceivedEntries {
@@ -133,6 +135,8 @@ impl ReceivedEntries {
                     RevocationView::Key { kid } => kid.len(),
                     RevocationView::Session { sid } => sid.len(),
                     RevocationView::Withdrawal { id, iss, .. } => id.len() + iss.map_or(0, str::len),
+                    RevocationView::ScopedSubject { id, iss, .. }
+                    | RevocationView::ScopedSession { id, iss, .. } => id.len() + iss.len(),
                 };
                 id + e.reason.map_or(0, str::len)
             })
@@ -163,6 +167,12 @@ impl ReceivedEntries {
                     id: span(id)?,
                     iss: iss.map(&mut span).transpose()?,
                 },
+                RevocationView::ScopedSubject { id, iss, issued_before } => {
+                    RevocationSpans::ScopedSubject { id: span(id)?, iss: span(iss)?, issued_before }
+                }
+                RevocationView::ScopedSession { id, iss, issued_before } => {
+                    RevocationSpans::ScopedSession { id: span(id)?, iss: span(iss)?, issued_before }
+                }
             };
             entries.push(EntrySpans {
                 seq: e.seq,
@@ -196,6 +206,12 @@ impl ReceivedEntries {
                 RevocationSpans::Session { sid } => RevocationView::Session { sid: text(sid)? },
                 RevocationSpans::Withdrawal { seq, kind, id, iss } => {
                     RevocationView::Withdrawal { seq, kind, id: text(id)?, iss: iss.map(text).transpose()? }
+                }
+                RevocationSpans::ScopedSubject { id, iss, issued_before } => {
+                    RevocationView::ScopedSubject { id: text(id)?, iss: text(iss)?, issued_before }
+                }
+                RevocationSpans::ScopedSession { id, iss, issued_before } => {
+                    RevocationView::ScopedSession { id: text(id)?, iss: text(iss)?, issued_before }
                 }
             };
             out.push(EntryView {

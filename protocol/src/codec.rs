@@ -134,8 +134,13 @@ impl<B: serde::Serialize> serde::Serialize for BatchFrame<'_, B> {
 /// The bytes of [`encode`]`(&Frame::Batch(batch))`, without copying the batch's entries into
 /// a frame first (the agent's journal writes one such record per batch it applies).
 pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, EncodeError> {
-    let version =
-        if batch.entries.iter().any(|e| e.revocation.is_withdrawal()) { 3 } else { PROTOCOL_VERSION };
+    let version = if batch.entries.iter().any(|e| e.revocation.needs_scopes()) {
+        4
+    } else if batch.entries.iter().any(|e| e.revocation.is_withdrawal()) {
+        3
+    } else {
+        PROTOCOL_VERSION
+    };
     encode_as(&BatchFrame(BATCH_VARIANT, batch), version)
 }
 
@@ -635,7 +640,7 @@ mod tests {
             ("empty", vec![], "malformed"),
             ("version-2 frame as version 1", v2_as_v1, "non_canonical"),
             ("version-1 frame as version 2", v1_as_v2, "non_canonical"),
-            ("unknown version", vec![4, 0, 0], "version"),
+            ("unknown version", vec![MAX_VERSION + 1, 0, 0], "version"),
             ("version zero", vec![0], "version"),
             ("unknown tag", vec![PROTOCOL_VERSION, 200], "malformed"),
             ("truncated", ack[..ack.len() - 1].to_vec(), "malformed"),

@@ -14,7 +14,9 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// and [`Frame::Applied`] (receipts at the applied level), carried with version byte 2 and
 /// sent only on links whose `Welcome` says 2. Version 3 adds [`Frame::Limits`] and withdrawal
 /// entries: a batch or snapshot chunk holding one is a version-3 frame (PROTOCOL.md §5).
-pub const MAX_VERSION: u8 = 3;
+/// Version 4 adds issuer-scoped `subject` and `session` entries (and their withdrawals): a
+/// frame holding one is a version-4 frame.
+pub const MAX_VERSION: u8 = 4;
 
 /// Most entries the authority puts in one `Batch` or `SnapshotChunk`.
 pub const MAX_ENTRIES_PER_FRAME: usize = 256;
@@ -79,7 +81,10 @@ impl Frame {
     /// The link version that defines this frame, which is also its version byte on the wire.
     pub fn version(&self) -> u8 {
         let withdraws = |entries: &[Entry]| entries.iter().any(|e| e.revocation.is_withdrawal());
+        let scoped = |entries: &[Entry]| entries.iter().any(|e| e.revocation.needs_scopes());
         match self {
+            Frame::Batch(b) | Frame::WaitedBatch(b) if scoped(&b.entries) => 4,
+            Frame::SnapshotChunk(c) if scoped(&c.entries) => 4,
             Frame::Limits(_) => 3,
             Frame::Batch(b) | Frame::WaitedBatch(b) if withdraws(&b.entries) => 3,
             Frame::SnapshotChunk(c) if withdraws(&c.entries) => 3,
@@ -89,10 +94,19 @@ impl Frame {
     }
 }
 
-/// The version byte of a batch frame holding `entries`: 3 when one is a withdrawal (only
-/// version 3 defines them), else 2 for a `WaitedBatch` and 1 for a `Batch`.
+/// The version byte of a batch frame holding `entries`: 4 when one is issuer-scoped (a scoped
+/// `subject` or `session`, or the withdrawal of one), 3 when one is a withdrawal (only version
+/// 3 defines them), else 2 for a `WaitedBatch` and 1 for a `Batch`.
 pub fn batch_version(waited: bool, entries: &[EntryView<'_>]) -> u8 {
-    if entries.iter().any(|e| matches!(e.revocation, crate::model::RevocationView::Withdrawal { .. })) {
+    use crate::model::{Kind, RevocationView as R};
+    let scoped = |r: &R<'_>| match r {
+        R::ScopedSubject { .. } | R::ScopedSession { .. } => true,
+        R::Withdrawal { kind, iss, .. } => iss.is_some() && *kind != Kind::Jti,
+        _ => false,
+    };
+    if entries.iter().any(|e| scoped(&e.revocation)) {
+        4
+    } else if entries.iter().any(|e| matches!(e.revocation, R::Withdrawal { .. })) {
         3
     } else if waited {
         2

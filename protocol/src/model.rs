@@ -100,6 +100,23 @@ pub enum Revocation {
     /// (Boxed: withdrawals are rare, and inline their fields would make every entry larger;
     /// the encoding is that of the fields in order, as for the other kinds.)
     Withdrawal(Box<Withdrawn>),
+    /// A `subject` revocation scoped to one issuer (link version 4, PROTOCOL.md §8.2): only
+    /// tokens whose `iss` equals it. Older links get it as `Subject`: wider, never dropped.
+    ScopedSubject(Box<Scoped>),
+    /// A `session` revocation scoped to one issuer (link version 4); `issued_before` is unused.
+    ScopedSession(Box<Scoped>),
+}
+
+/// An issuer-scoped `subject` or `session` revocation. (Boxed for the same reason as
+/// [`Withdrawn`].)
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Scoped {
+    /// The `sub` or `sid`.
+    pub id: String,
+    /// The issuer whose tokens it matches.
+    pub iss: String,
+    /// For a subject: tokens with `iat` at or before it (or without `iat`) are revoked.
+    pub issued_before: u64,
 }
 
 /// What a withdrawal names.
@@ -111,7 +128,8 @@ pub struct Withdrawn {
     pub kind: Kind,
     /// Its identifier: the `jti`, `sub`, `kid` or `sid`.
     pub id: String,
-    /// Its `iss`, for a `jti` revocation that names one.
+    /// Its `iss`, for a revocation that names one (`jti`; `subject` and `session` from link
+    /// version 4).
     pub iss: Option<String>,
 }
 
@@ -161,6 +179,63 @@ impl Revocation {
             Revocation::Key { .. } => Kind::Key,
             Revocation::Session { .. } => Kind::Session,
             Revocation::Withdrawal(_) => Kind::Withdrawal,
+            Revocation::ScopedSubject(_) => Kind::Subject,
+            Revocation::ScopedSession(_) => Kind::Session,
+        }
+    }
+
+    /// A `subject` revocation, scoped to `iss` when given.
+    pub fn subject(sub: String, issued_before: u64, iss: Option<String>) -> Revocation {
+        match iss {
+            None => Revocation::Subject { sub, issued_before },
+            Some(iss) => Revocation::ScopedSubject(Box::new(Scoped { id: sub, iss, issued_before })),
+        }
+    }
+
+    /// A `session` revocation, scoped to `iss` when given.
+    pub fn session(sid: String, iss: Option<String>) -> Revocation {
+        match iss {
+            None => Revocation::Session { sid },
+            Some(iss) => Revocation::ScopedSession(Box::new(Scoped { id: sid, iss, issued_before: 0 })),
+        }
+    }
+
+    /// The issuer this revocation is scoped to, if any.
+    pub fn issuer(&self) -> Option<&str> {
+        match self {
+            Revocation::Jti { iss, .. } => iss.as_deref(),
+            Revocation::ScopedSubject(s) | Revocation::ScopedSession(s) => Some(&s.iss),
+            Revocation::Withdrawal(w) => w.iss.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// True when only link version 4 carries this entry as it is: an issuer-scoped `subject`
+    /// or `session`, or the withdrawal of one.
+    pub fn needs_scopes(&self) -> bool {
+        match self {
+            Revocation::ScopedSubject(_) | Revocation::ScopedSession(_) => true,
+            Revocation::Withdrawal(w) => w.iss.is_some() && w.kind != Kind::Jti,
+            _ => false,
+        }
+    }
+
+    /// This revocation for a link of `version` (PROTOCOL.md §5): as it is, or — below version
+    /// 4 — an issuer-scoped one unscoped (wider, never dropped); `None` for what the link
+    /// cannot carry at all (a withdrawal below version 3, a scoped withdrawal below 4: such an
+    /// agent keeps enforcing, wider, what it lifts).
+    pub fn for_link(&self, version: u8) -> Option<std::borrow::Cow<'_, Revocation>> {
+        use std::borrow::Cow;
+        match self {
+            Revocation::Withdrawal(_) if version < 3 => None,
+            Revocation::Withdrawal(_) if version < 4 && self.needs_scopes() => None,
+            Revocation::ScopedSubject(s) if version < 4 => {
+                Some(Cow::Owned(Revocation::Subject { sub: s.id.clone(), issued_before: s.issued_before }))
+            }
+            Revocation::ScopedSession(s) if version < 4 => {
+                Some(Cow::Owned(Revocation::Session { sid: s.id.clone() }))
+            }
+            _ => Some(Cow::Borrowed(self)),
         }
     }
 
@@ -176,12 +251,14 @@ impl Revocation {
             Revocation::Subject { sub, .. } => (Kind::Subject, sub, None),
             Revocation::Key { kid } => (Kind::Key, kid, None),
             Revocation::Session { sid } => (Kind::Session, sid, None),
+            Revocation::ScopedSubject(s) => (Kind::Subject, &s.id, Some(s.iss.clone())),
+            Revocation::ScopedSession(s) => (Kind::Session, &s.id, Some(s.iss.clone())),
             Revocation::Withdrawal(_) => return None,
         };
         Some(Revocation::Withdrawal(Box::new(Withdrawn { seq, kind, id: id.clone(), iss })))
     }
 
-    /// True when `other` revokes the same identifier (kind, identifier and, for `jti`, `iss`):
+    /// True when `other` revokes the same identifier (kind, identifier and issuer scope):
     /// what one withdrawal lifts at an agent.
     pub fn same_target(&self, other: &Revocation) -> bool {
         match (self.withdrawal(0), other.withdrawal(0)) {
@@ -287,6 +364,12 @@ impl Revocation {
             Revocation::Withdrawal(w) => {
                 RevocationView::Withdrawal { seq: w.seq, kind: w.kind, id: &w.id, iss: w.iss.as_deref() }
             }
+            Revocation::ScopedSubject(s) => {
+                RevocationView::ScopedSubject { id: &s.id, iss: &s.iss, issued_before: s.issued_before }
+            }
+            Revocation::ScopedSession(s) => {
+                RevocationView::ScopedSession { id: &s.id, iss: &s.iss, issued_before: s.issued_before }
+            }
         }
     }
 }
@@ -342,6 +425,16 @@ pub enum RevocationView<'a> {
         #[serde(borrow)]
         iss: Option<&'a str>,
     },
+    ScopedSubject {
+        id: &'a str,
+        iss: &'a str,
+        issued_before: u64,
+    },
+    ScopedSession {
+        id: &'a str,
+        iss: &'a str,
+        issued_before: u64,
+    },
 }
 
 impl RevocationView<'_> {
@@ -371,10 +464,18 @@ impl RevocationView<'_> {
                 };
                 validate_id(field, id)?;
                 match iss {
-                    Some(iss) if kind == Kind::Jti => validate_id("iss", iss),
+                    Some(iss) if kind != Kind::Key => validate_id("iss", iss),
                     Some(_) => Err(ValidationError::BadWithdrawal),
                     None => Ok(()),
                 }
+            }
+            RevocationView::ScopedSubject { id, iss, .. } => {
+                validate_id("sub", id)?;
+                validate_id("iss", iss)
+            }
+            RevocationView::ScopedSession { id, iss, .. } => {
+                validate_id("sid", id)?;
+                validate_id("iss", iss)
             }
         }
     }
@@ -434,6 +535,12 @@ impl EntryView<'_> {
                     id: id.into(),
                     iss: iss.map(Into::into),
                 }))
+            }
+            RevocationView::ScopedSubject { id, iss, issued_before } => {
+                Revocation::ScopedSubject(Box::new(Scoped { id: id.into(), iss: iss.into(), issued_before }))
+            }
+            RevocationView::ScopedSession { id, iss, issued_before } => {
+                Revocation::ScopedSession(Box::new(Scoped { id: id.into(), iss: iss.into(), issued_before }))
             }
         };
         Entry {

@@ -365,6 +365,34 @@ pub struct RevocationSet {
     subjects: HashMap<Box<str>, SubjectRec>,
     keys: HashMap<Box<str>, Rec>,
     sessions: HashMap<Box<str>, Rec>,
+    /// Issuer-scoped subjects and sessions (PROTOCOL.md §8.2), by issuer then identifier, so a
+    /// check looks them up without building a key.
+    scoped_subjects: HashMap<Box<str>, HashMap<Box<str>, SubjectRec>>,
+    scoped_sessions: HashMap<Box<str>, HashMap<Box<str>, Rec>>,
+}
+
+/// A scoped entry's key in a [`SetSnapshot`]: `iss`, a space, the identifier. Identifiers
+/// hold no whitespace (PROTOCOL.md §8), so an unscoped key never contains a space and the
+/// split is unambiguous.
+fn scoped_key(iss: &str, id: &str) -> String {
+    format!("{iss} {id}")
+}
+
+fn merge_subject(map: &mut HashMap<Box<str>, SubjectRec>, sub: &str, issued_before: u64, seq: u64, exp: u64) {
+    match map.get_mut(sub) {
+        // Several revocations of one subject collapse to the widest: the latest
+        // `issued_before` (with its seq) and the latest expiry.
+        Some(r) => {
+            if issued_before > r.issued_before {
+                r.issued_before = issued_before;
+                r.seq = seq;
+            }
+            r.expires_at = r.expires_at.max(exp);
+        }
+        None => {
+            map.insert(sub.into(), SubjectRec { issued_before, seq, expires_at: exp });
+        }
+    }
 }
 
 /// The serialisable form of a [`RevocationSet`] (digests, not `jti` strings).
@@ -419,20 +447,19 @@ impl RevocationSet {
             RevocationView::Jti { jti, iss } => self.jti.insert(JtiDigest::new(iss, jti), seq, exp),
             RevocationView::Key { kid } => merge_rec(&mut self.keys, kid, seq, exp),
             RevocationView::Session { sid } => merge_rec(&mut self.sessions, sid, seq, exp),
-            RevocationView::Subject { sub, issued_before } => match self.subjects.get_mut(sub) {
-                // Several revocations of one subject collapse to the widest: the latest
-                // `issued_before` (with its seq) and the latest expiry.
-                Some(r) => {
-                    if issued_before > r.issued_before {
-                        r.issued_before = issued_before;
-                        r.seq = seq;
-                    }
-                    r.expires_at = r.expires_at.max(exp);
-                }
-                None => {
-                    self.subjects.insert(sub.into(), SubjectRec { issued_before, seq, expires_at: exp });
-                }
-            },
+            RevocationView::Subject { sub, issued_before } => {
+                merge_subject(&mut self.subjects, sub, issued_before, seq, exp)
+            }
+            RevocationView::ScopedSubject { id, iss, issued_before } => merge_subject(
+                self.scoped_subjects.entry(iss.into()).or_default(),
+                id,
+                issued_before,
+                seq,
+                exp,
+            ),
+            RevocationView::ScopedSession { id, iss, .. } => {
+                merge_rec(self.scoped_sessions.entry(iss.into()).or_default(), id, seq, exp)
+            }
         }
         true
     }
@@ -441,12 +468,22 @@ impl RevocationSet {
     /// entries made it and from whichever log: what a withdrawal entry does (PROTOCOL.md §8.1).
     /// Returns whether something was lifted.
     pub fn withdraw(&mut self, kind: Kind, id: &str, iss: Option<&str>) -> bool {
-        match kind {
-            Kind::Jti => self.jti.remove(JtiDigest::new(iss, id)),
-            Kind::Subject => self.subjects.remove(id).is_some(),
-            Kind::Key => self.keys.remove(id).is_some(),
-            Kind::Session => self.sessions.remove(id).is_some(),
-            Kind::Withdrawal => false,
+        fn scoped<R>(maps: &mut HashMap<Box<str>, HashMap<Box<str>, R>>, iss: &str, id: &str) -> bool {
+            let Some(m) = maps.get_mut(iss) else { return false };
+            let lifted = m.remove(id).is_some();
+            if m.is_empty() {
+                maps.remove(iss);
+            }
+            lifted
+        }
+        match (kind, iss) {
+            (Kind::Jti, _) => self.jti.remove(JtiDigest::new(iss, id)),
+            (Kind::Subject, None) => self.subjects.remove(id).is_some(),
+            (Kind::Subject, Some(iss)) => scoped(&mut self.scoped_subjects, iss, id),
+            (Kind::Key, _) => self.keys.remove(id).is_some(),
+            (Kind::Session, None) => self.sessions.remove(id).is_some(),
+            (Kind::Session, Some(iss)) => scoped(&mut self.scoped_sessions, iss, id),
+            (Kind::Withdrawal, _) => false,
         }
     }
 
@@ -505,13 +542,21 @@ impl RevocationSet {
         if let Some(r) = t.kid.and_then(|k| self.keys.get(k)) {
             return Some(Verdict { kind: Kind::Key, seq: r.seq });
         }
-        if let Some(r) = t.sid.and_then(|s| self.sessions.get(s)) {
-            return Some(Verdict { kind: Kind::Session, seq: r.seq });
+        if let Some(sid) = t.sid {
+            let scoped = || t.iss.and_then(|iss| self.scoped_sessions.get(iss)).and_then(|m| m.get(sid));
+            if let Some(r) = self.sessions.get(sid).or_else(scoped) {
+                return Some(Verdict { kind: Kind::Session, seq: r.seq });
+            }
         }
-        if let Some(r) = t.sub.and_then(|s| self.subjects.get(s)) {
+        if let Some(sub) = t.sub {
             // A token without `iat` counts as issued before. `iat` has one-second resolution,
             // so a token minted in the revocation's second is revoked too: fail closed.
-            if t.iat.is_none_or(|iat| iat <= r.issued_before) {
+            let hit = |r: &SubjectRec| t.iat.is_none_or(|iat| iat <= r.issued_before);
+            if let Some(r) = self.subjects.get(sub).filter(|r| hit(r)) {
+                return Some(Verdict { kind: Kind::Subject, seq: r.seq });
+            }
+            let scoped = t.iss.and_then(|iss| self.scoped_subjects.get(iss)).and_then(|m| m.get(sub));
+            if let Some(r) = scoped.filter(|r| hit(r)) {
                 return Some(Verdict { kind: Kind::Subject, seq: r.seq });
             }
         }
@@ -530,18 +575,34 @@ impl RevocationSet {
         };
         removed += sweep(&mut self.keys);
         removed += sweep(&mut self.sessions);
-        let before = self.subjects.len();
-        self.subjects.retain(|_, r| r.expires_at > now_unix_secs);
-        removed + before - self.subjects.len()
+        for m in self.scoped_sessions.values_mut() {
+            removed += sweep(m);
+        }
+        self.scoped_sessions.retain(|_, m| !m.is_empty());
+        let mut sweep_subjects = |map: &mut HashMap<Box<str>, SubjectRec>| {
+            let before = map.len();
+            map.retain(|_, r| r.expires_at > now_unix_secs);
+            removed += before - map.len();
+        };
+        sweep_subjects(&mut self.subjects);
+        for m in self.scoped_subjects.values_mut() {
+            sweep_subjects(m);
+        }
+        self.scoped_subjects.retain(|_, m| !m.is_empty());
+        removed
     }
 
     /// Number of live revocations of a kind.
     pub fn count(&self, kind: Kind) -> usize {
         match kind {
             Kind::Jti => self.jti.len(),
-            Kind::Subject => self.subjects.len(),
+            Kind::Subject => {
+                self.subjects.len() + self.scoped_subjects.values().map(HashMap::len).sum::<usize>()
+            }
             Kind::Key => self.keys.len(),
-            Kind::Session => self.sessions.len(),
+            Kind::Session => {
+                self.sessions.len() + self.scoped_sessions.values().map(HashMap::len).sum::<usize>()
+            }
             Kind::Withdrawal => 0,
         }
     }
@@ -563,33 +624,33 @@ impl RevocationSet {
 
     /// A serialisable copy of the set.
     pub fn snapshot(&self) -> SetSnapshot {
-        fn strings<R: Copy>(m: &HashMap<Box<str>, R>) -> Vec<(String, R)> {
-            m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-        }
         // Ascending digests: a restore into a table sized for them is one sequential pass.
         let mut jti: Vec<JtiSlot> = self.jti.iter().copied().collect();
         jti.sort_unstable_by_key(|s| s.hi);
-        SetSnapshot {
-            jti,
-            subjects: strings(&self.subjects),
-            keys: strings(&self.keys),
-            sessions: strings(&self.sessions),
+        SetSnapshot { jti, ..self.rest() }
+    }
+
+    /// Everything but the `jti` digests, scoped entries under their [`scoped_key`].
+    fn rest(&self) -> SetSnapshot {
+        fn strings<R: Copy>(m: &HashMap<Box<str>, R>) -> Vec<(String, R)> {
+            m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
         }
+        fn scoped<R: Copy>(
+            m: &HashMap<Box<str>, HashMap<Box<str>, R>>,
+        ) -> impl Iterator<Item = (String, R)> + '_ {
+            m.iter().flat_map(|(iss, ids)| ids.iter().map(move |(id, r)| (scoped_key(iss, id), *r)))
+        }
+        let mut subjects = strings(&self.subjects);
+        subjects.extend(scoped(&self.scoped_subjects));
+        let mut sessions = strings(&self.sessions);
+        sessions.extend(scoped(&self.scoped_sessions));
+        SetSnapshot { jti: Vec::new(), subjects, keys: strings(&self.keys), sessions }
     }
 
     /// The set as a snapshot without its `jti` digests, plus the `jti` table as laid out: what
     /// an agent writes to its state file, so a restart adopts the table instead of rebuilding it.
     pub fn image(&self) -> (SetSnapshot, TableImage) {
-        fn strings<R: Copy>(m: &HashMap<Box<str>, R>) -> Vec<(String, R)> {
-            m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-        }
-        let rest = SetSnapshot {
-            jti: Vec::new(),
-            subjects: strings(&self.subjects),
-            keys: strings(&self.keys),
-            sessions: strings(&self.sessions),
-        };
-        (rest, self.jti.image())
+        (self.rest(), self.jti.image())
     }
 
     /// The inverse of [`Self::image`]; a damaged table image is refused.
@@ -607,9 +668,25 @@ impl RevocationSet {
         for s in snapshot.jti.into_iter().filter(|s| s.seq != 0) {
             set.jti.insert(JtiDigest { hi: s.hi, lo: s.lo }, s.seq, u64::from(s.expires_at));
         }
-        set.subjects = snapshot.subjects.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        fn split<R>(
+            items: Vec<(String, R)>,
+            plain: &mut HashMap<Box<str>, R>,
+            scoped: &mut HashMap<Box<str>, HashMap<Box<str>, R>>,
+        ) {
+            for (k, v) in items {
+                match k.split_once(' ') {
+                    None => {
+                        plain.insert(k.into(), v);
+                    }
+                    Some((iss, id)) => {
+                        scoped.entry(iss.into()).or_default().insert(id.into(), v);
+                    }
+                }
+            }
+        }
+        split(snapshot.subjects, &mut set.subjects, &mut set.scoped_subjects);
         set.keys = snapshot.keys.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        set.sessions = snapshot.sessions.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        split(snapshot.sessions, &mut set.sessions, &mut set.scoped_sessions);
         set
     }
 }
@@ -707,8 +784,64 @@ mod tests {
             }
             Revocation::Key { kid } => TokenRef { kid: Some(kid), ..Default::default() },
             Revocation::Session { sid } => TokenRef { sid: Some(sid), ..Default::default() },
+            Revocation::ScopedSubject(x) => {
+                TokenRef { sub: Some(&x.id), iss: Some(&x.iss), iat: Some(0), ..Default::default() }
+            }
+            Revocation::ScopedSession(x) => {
+                TokenRef { sid: Some(&x.id), iss: Some(&x.iss), ..Default::default() }
+            }
             Revocation::Withdrawal(_) => TokenRef::default(),
         }
+    }
+
+    /// An issuer-scoped subject or session refuses only that issuer's tokens; the unscoped
+    /// form refuses every issuer's; a withdrawal lifts the scoped one only; and the scope
+    /// survives a snapshot and an image.
+    #[test]
+    fn scoped_subjects_and_sessions_match_their_issuer_only() {
+        let tok = |sub: Option<&'static str>, sid: Option<&'static str>, iss: Option<&'static str>| {
+            TokenRef { sub, sid, iss, iat: Some(50), ..Default::default() }
+        };
+        let mut set = RevocationSet::new();
+        set.insert(&entry(1, 1000, Revocation::session("sess-A".into(), Some("https://a".into()))), 10);
+        set.insert(&entry(2, 1000, Revocation::subject("u".into(), 100, Some("https://a".into()))), 10);
+        for s in [&set, &RevocationSet::restore(set.snapshot()), &{
+            let (rest, table) = set.image();
+            RevocationSet::from_image(rest, table).unwrap()
+        }] {
+            assert_eq!(s.check(&tok(None, Some("sess-A"), Some("https://a"))).map(|v| v.seq), Some(1));
+            assert_eq!(
+                s.check(&tok(None, Some("sess-A"), Some("https://b"))),
+                None,
+                "another provider's session"
+            );
+            assert_eq!(s.check(&tok(None, Some("sess-A"), None)), None, "a token without iss");
+            assert_eq!(s.check(&tok(Some("u"), None, Some("https://a"))).map(|v| v.seq), Some(2));
+            assert_eq!(s.check(&tok(Some("u"), None, Some("https://b"))), None, "another provider's user");
+            assert_eq!(s.count(Kind::Session) + s.count(Kind::Subject), 2);
+        }
+        // The unscoped form is every issuer's.
+        set.insert(&entry(3, 1000, Revocation::Session { sid: "sess-A".into() }), 10);
+        assert_eq!(set.check(&tok(None, Some("sess-A"), Some("https://b"))).map(|v| v.seq), Some(3));
+        // Withdrawing the scoped one leaves the unscoped one.
+        let w = Revocation::session("sess-A".into(), Some("https://a".into())).withdrawal(1).unwrap();
+        assert!(set.insert(&entry(4, 1000, w), 10));
+        assert_eq!(set.check(&tok(None, Some("sess-A"), Some("https://a"))).map(|v| v.seq), Some(3));
+        assert_eq!(set.remove_expired(100_000), 2);
+        assert!(set.is_empty());
+    }
+
+    /// Below link version 4 a scoped entry goes unscoped (wider) and the withdrawal of one is
+    /// not sent (the agent keeps enforcing it): never narrower.
+    #[test]
+    fn older_links_get_scoped_entries_wider_never_narrower() {
+        let scoped = Revocation::session("s".into(), Some("https://a".into()));
+        assert_eq!(scoped.for_link(3).unwrap().into_owned(), Revocation::Session { sid: "s".into() });
+        assert_eq!(scoped.for_link(4).unwrap().into_owned(), scoped);
+        let w = scoped.withdrawal(9).unwrap();
+        assert!(w.for_link(3).is_none() && w.for_link(4).is_some());
+        let plain_w = Revocation::Session { sid: "s".into() }.withdrawal(9).unwrap();
+        assert!(plain_w.for_link(3).is_some() && plain_w.for_link(2).is_none());
     }
 
     /// A withdrawal lifts its identifier whatever seq (or log) made the revocation, and only it.

@@ -15,6 +15,8 @@ fn revocation() -> impl Strategy<Value = Revocation> {
         (id(), any::<u64>()).prop_map(|(sub, issued_before)| Revocation::Subject { sub, issued_before }),
         id().prop_map(|kid| Revocation::Key { kid }),
         id().prop_map(|sid| Revocation::Session { sid }),
+        (id(), id(), any::<u64>()).prop_map(|(sub, iss, ib)| Revocation::subject(sub, ib, Some(iss))),
+        (id(), id()).prop_map(|(sid, iss)| Revocation::session(sid, Some(iss))),
     ]
 }
 

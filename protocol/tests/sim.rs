@@ -154,7 +154,14 @@ fn auth_cfg() -> AuthorityConfig {
 /// Every fifth agent speaks link version 2, as agents not yet upgraded do: it is sent no
 /// withdrawal (it keeps enforcing what they lift, wider) and no frame of version 3.
 fn agent_cfg_for(i: usize) -> AgentConfig {
-    AgentConfig { max_version: if i.is_multiple_of(5) { 2 } else { MAX_VERSION }, ..agent_cfg() }
+    // Agents not yet upgraded: every fifth on version 2 (no withdrawals), the next on version 3
+    // (no issuer scope); the rest on the current version.
+    let max_version = match i % 5 {
+        0 => 2,
+        1 => 3,
+        _ => MAX_VERSION,
+    };
+    AgentConfig { max_version, ..agent_cfg() }
 }
 
 fn agent_cfg() -> AgentConfig {
@@ -328,9 +335,12 @@ impl Sim {
         let id = format!("x{}", self.next_id);
         let revocation = match self.rng.below(4) {
             0 | 1 => Revocation::Jti { jti: id, iss: self.rng.chance(0.5).then(|| "iss".to_string()) },
-            2 => Revocation::Subject { sub: id, issued_before: self.now.unix_secs() },
+            2 => {
+                let iss = self.rng.chance(0.5).then(|| "iss".to_string());
+                Revocation::subject(id, self.now.unix_secs(), iss)
+            }
             _ if self.rng.chance(0.5) => Revocation::Key { kid: id },
-            _ => Revocation::Session { sid: id },
+            _ => Revocation::session(id, self.rng.chance(0.5).then(|| "iss".to_string())),
         };
         let lifetime = if self.rng.chance(0.3) { 1 + self.rng.below(20) } else { 1_000_000 };
         self.log.head += 1;
@@ -539,17 +549,16 @@ impl Sim {
 
     fn materialise(&mut self, t: Transmit, version: u8) -> Vec<Frame> {
         let log_id = self.log.log_id;
-        let carried = |e: &Entry| version >= 3 || !e.revocation.is_withdrawal();
+        // As the authority sends them: what the link cannot carry left out, scopes dropped
+        // below version 4.
+        let carried = |e: &Entry| -> Option<Entry> {
+            let revocation = e.revocation.for_link(version)?.into_owned();
+            Some(Entry { revocation, ..e.clone() })
+        };
         match t {
             Transmit::Frame(f) => vec![f],
             Transmit::Entries { from, to } => {
-                let entries = self
-                    .log
-                    .entries
-                    .range(from..=to)
-                    .filter(|(_, e)| carried(e))
-                    .map(|(_, e)| e.clone())
-                    .collect();
+                let entries = self.log.entries.range(from..=to).filter_map(|(_, e)| carried(e)).collect();
                 let batch = Batch { log_id, from_seq: from, to_seq: to, entries };
                 // Some ranges are awaited at the applied level.
                 vec![if self.rng.chance(0.3) { Frame::WaitedBatch(batch) } else { Frame::Batch(batch) }]
@@ -562,8 +571,8 @@ impl Sim {
                     .log
                     .entries
                     .range(..=upto)
-                    .filter(|(seq, e)| !withdrawn.contains(seq) && carried(e))
-                    .map(|(_, e)| e.clone())
+                    .filter(|(seq, _)| !withdrawn.contains(seq))
+                    .filter_map(|(_, e)| carried(e))
                     .collect();
                 snapshot_chunks(log_id, snapshot_id, upto, &live)
             }
@@ -592,7 +601,13 @@ impl Sim {
                                 e.seq
                             ));
                         }
-                        if self.history.get(&(log_id, e.seq)) != Some(e) {
+                        let version = agent_cfg_for(i).max_version;
+                        let sent = self.history.get(&(log_id, e.seq)).and_then(|h| {
+                            h.revocation
+                                .for_link(version)
+                                .map(|r| Entry { revocation: r.into_owned(), ..h.clone() })
+                        });
+                        if sent.as_ref() != Some(e) {
                             self.fail(format!(
                                 "agent {i} applies an entry that is not the log's seq {}",
                                 e.seq
@@ -607,10 +622,9 @@ impl Sim {
                                 .history
                                 .get(&(log_id, seq))
                                 .unwrap_or_else(|| self.fail(format!("seq {seq} unknown")));
-                            // A version-2 agent is sent no withdrawals.
-                            let v2_withdrawal =
-                                e.revocation.is_withdrawal() && agent_cfg_for(i).max_version < 3;
-                            if !e.is_expired(now.unix_secs()) && !v2_withdrawal {
+                            // An older agent is not sent what its link cannot carry.
+                            let not_carried = e.revocation.for_link(agent_cfg_for(i).max_version).is_none();
+                            if !e.is_expired(now.unix_secs()) && !not_carried {
                                 self.fail(format!("agent {i} skipped live seq {seq}"));
                             }
                         }
@@ -676,9 +690,11 @@ impl Sim {
         for (i, a) in self.agents.iter_mut().enumerate() {
             a.set.remove_expired(now);
             // What the agent must hold: the log's live entries and what it carries forward.
-            let mut targets: std::collections::HashSet<&Revocation> =
-                live.iter().map(|e| &e.revocation).collect();
-            targets.extend(a.owed.values().filter(|e| !e.is_expired(now)).map(|e| &e.revocation));
+            // (In the agent's own terms: an older agent holds scoped entries unscoped.)
+            let version = agent_cfg_for(i).max_version;
+            let mut targets: std::collections::HashSet<Revocation> =
+                live.iter().filter_map(|e| e.revocation.for_link(version)).map(|r| r.into_owned()).collect();
+            targets.extend(a.owed.values().filter(|e| !e.is_expired(now)).map(|e| e.revocation.clone()));
             for e in &live {
                 let t = token_for(&e.revocation);
                 if a.set.check(&t).is_none() {
@@ -708,6 +724,15 @@ fn token_for(r: &Revocation) -> TokenRef<'_> {
         }
         Revocation::Key { kid } => TokenRef { kid: Some(kid), ..Default::default() },
         Revocation::Session { sid } => TokenRef { sid: Some(sid), ..Default::default() },
+        Revocation::ScopedSubject(x) => TokenRef {
+            sub: Some(&x.id),
+            iss: Some(&x.iss),
+            iat: Some(x.issued_before.saturating_sub(1)),
+            ..Default::default()
+        },
+        Revocation::ScopedSession(x) => {
+            TokenRef { sid: Some(&x.id), iss: Some(&x.iss), ..Default::default() }
+        }
         Revocation::Withdrawal(_) => TokenRef::default(),
     }
 }

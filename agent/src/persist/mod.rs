@@ -679,6 +679,41 @@ mod tests {
         assert!(has(&rec, 1));
     }
 
+    /// Issuer-scoped subjects and sessions survive a restart with their scope (an `RVMSTAT3`
+    /// file), and a file of the previous layout (`RVMSTAT2`) is still read.
+    #[test]
+    fn issuer_scoped_entries_survive_a_restart_and_version_2_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = RevocationSet::new();
+        set.insert(&entry(1), 0);
+        let scoped = Entry {
+            seq: 2,
+            revocation: Revocation::session("s".into(), Some("https://a".into())),
+            ..entry(2)
+        };
+        set.insert(&scoped, 0);
+        let (rest, table) = set.image();
+        let state = PersistedState { log_id: Some(LogId([4; 16])), applied_seq: 2, set: rest };
+        {
+            let (mut p, _) = Persist::open(dir.path(), &Clock::system()).unwrap();
+            p.snapshot(&state, &table).unwrap();
+        }
+        let bytes = std::fs::read(dir.path().join("state.bin")).unwrap();
+        assert_eq!(&bytes[..8], b"RVMSTAT3");
+        let session = |iss: &'static str| TokenRef { sid: Some("s"), iss: Some(iss), ..Default::default() };
+        let (_, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
+        assert!(has(&rec, 1) && rec.set.check(&session("https://a")).is_some());
+        assert!(rec.set.check(&session("https://b")).is_none(), "the scope survives the restart");
+        drop(rec);
+        // The same layout under the previous magic (written before scopes existed) reads.
+        let mut old = bytes.clone();
+        old[..8].copy_from_slice(b"RVMSTAT2");
+        std::fs::write(dir.path().join("state.bin"), old).unwrap();
+        let (_, rec) = Persist::open(dir.path(), &Clock::system()).unwrap();
+        assert_eq!(rec.applied_seq, 2);
+        assert!(has(&rec, 1));
+    }
+
     /// A table image whose slots cannot be found from their homes is refused even when its
     /// checksum matches (a bug, not a disk, wrote it): the agent starts empty and stale rather
     /// than answer OK for a revoked token it cannot find.

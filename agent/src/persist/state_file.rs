@@ -9,8 +9,13 @@ use std::path::Path;
 
 /// State file with the set as a bincode snapshot (read only; written by earlier versions).
 pub(super) const MAGIC_V1: &[u8; 8] = b"RVMSTAT1";
-/// State file with the `jti` table as laid out in memory (PROTOCOL.md §6).
-pub(super) const MAGIC: &[u8; 8] = b"RVMSTAT2";
+/// State file with the `jti` table as laid out in memory, without issuer-scoped subjects and
+/// sessions (read only; written by earlier versions).
+pub(super) const MAGIC_V2: &[u8; 8] = b"RVMSTAT2";
+/// The same layout, whose subjects and sessions may be issuer-scoped (`iss`, a space, the
+/// identifier; PROTOCOL.md §6). A new magic so that an earlier version, which would take such
+/// a key for an identifier no token has, sets the file aside instead of misreading it.
+pub(super) const MAGIC: &[u8; 8] = b"RVMSTAT3";
 
 /// A state file that fails its checksum, does not decode, or holds a table that breaks its
 /// invariant.
@@ -42,7 +47,7 @@ pub(super) fn read_state(
         let Ok(mut state) = decode_state(&body) else { return Ok(Err(Damaged)) };
         return Ok(Ok(Some((RevocationSet::restore(std::mem::take(&mut state.set)), state))));
     }
-    if magic != MAGIC {
+    if magic != MAGIC && magic != MAGIC_V2 {
         return Ok(Err(Damaged));
     }
     let mut decoder = StateImageDecoder::new(len - 16);

@@ -33,6 +33,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How far ahead of the authority's clock a provider's clock may run for a `subject`
+/// revocation without `issued_before` to still cover the tokens minted just before it.
+pub const SUBJECT_SKEW_SECS: u64 = 5;
+
 /// Largest accepted request body holding one object.
 pub const MAX_BODY: usize = 64 << 10;
 /// Largest accepted body holding an array of revocations.
@@ -454,29 +458,35 @@ fn revocation_from(value: Value, max_token_ttl: Duration, now: u64) -> Result<Ne
     let kind = str_field(&obj, "kind")?.ok_or_else(|| ApiError::bad("kind", "`kind` is required"))?;
     let ttl = max_token_ttl.as_secs();
     let expires_at = time_field(&obj, "expires_at")?;
+    let iss = match str_field(&obj, "iss")? {
+        Some(i) => {
+            validate_id("iss", i).map_err(|e| ApiError::bad("iss", e.to_string()))?;
+            Some(i.to_owned())
+        }
+        None => None,
+    };
+    if iss.is_some() && kind == "key" {
+        return Err(ApiError::bad("iss", "a `key` revocation takes no `iss` (a `kid` names one key)"));
+    }
     let (revocation, default_expiry) = match kind {
         "jti" => {
             let jti = required_id(&obj, "jti")?;
-            let iss = match str_field(&obj, "iss")? {
-                Some(i) => {
-                    validate_id("iss", i).map_err(|e| ApiError::bad("iss", e.to_string()))?;
-                    Some(i.to_owned())
-                }
-                None => None,
-            };
             // A token's lifetime is bounded by --max-token-ttl at every agent (a longer one is
             // refused, `INVALID reason=lifetime`), so the revoked token has expired by then.
             (Revocation::Jti { jti, iss }, now + ttl)
         }
         "subject" => {
             let sub = required_id(&obj, "sub")?;
-            let issued_before = time_field(&obj, "issued_before")?.unwrap_or(now);
-            (Revocation::Subject { sub, issued_before }, issued_before.max(now) + ttl)
+            // `iat` comes from the provider's clock: by default tokens minted up to
+            // SUBJECT_SKEW_SECS after this moment (by ours) are covered too, so a provider whose
+            // clock runs a few seconds ahead cannot mint one that slips past (docs/api.md).
+            let issued_before = time_field(&obj, "issued_before")?.unwrap_or(now + SUBJECT_SKEW_SECS);
+            (Revocation::subject(sub, issued_before, iss), issued_before.max(now) + ttl)
         }
         // No default expiry: whoever holds a leaked key mints fresh tokens at will. Kept until
         // withdrawn (DELETE /v1/revocations/{seq}) or until an explicit `expires_at`.
         "key" => (Revocation::Key { kid: required_id(&obj, "kid")? }, NEVER),
-        "session" => (Revocation::Session { sid: required_id(&obj, "sid")? }, now + ttl),
+        "session" => (Revocation::session(required_id(&obj, "sid")?, iss), now + ttl),
         other => {
             return Err(ApiError::bad(
                 "kind",
@@ -524,6 +534,15 @@ pub fn entry_json(e: &crate::store::Logged, log_id: &str) -> Value {
             }
             Revocation::Session { sid } => {
                 m.insert("sid".into(), json!(sid));
+            }
+            Revocation::ScopedSubject(x) => {
+                m.insert("sub".into(), json!(x.id));
+                m.insert("issued_before".into(), json!(x.issued_before));
+                m.insert("iss".into(), json!(x.iss));
+            }
+            Revocation::ScopedSession(x) => {
+                m.insert("sid".into(), json!(x.id));
+                m.insert("iss".into(), json!(x.iss));
             }
             Revocation::Withdrawal(w) => {
                 let revmesh_protocol::model::Withdrawn { seq, kind, id, iss } = &**w;
@@ -1013,6 +1032,8 @@ mod tests {
             (r#"{"kind":"subject","sub":"u","issued_before":-1}"#, "issued_before"),
             (r#"{"kind":"key"}"#, "kid"),
             (r#"{"kind":"session","sid":"s","extra":1}"#, "body"),
+            (r#"{"kind":"session","sid":"s","iss":"has space"}"#, "iss"),
+            (r#"{"kind":"key","kid":"k","iss":"https://a"}"#, "iss"),
         ];
         for (body, field) in cases {
             match parse(body) {
@@ -1024,9 +1045,18 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_spec() {
+        // By default tokens minted up to SUBJECT_SKEW_SECS later by our clock are covered: a
+        // provider whose clock runs ahead stamps its last tokens with a later `iat`.
         let e = parse(r#"{"kind":"subject","sub":"u"}"#).unwrap();
-        assert_eq!(e.revocation, Revocation::Subject { sub: "u".into(), issued_before: 1_000 });
-        assert_eq!(e.expires_at, 1_000 + 86_400);
+        assert_eq!(
+            e.revocation,
+            Revocation::Subject { sub: "u".into(), issued_before: 1_000 + SUBJECT_SKEW_SECS }
+        );
+        assert_eq!(e.expires_at, 1_000 + SUBJECT_SKEW_SECS + 86_400);
+        let e = parse(r#"{"kind":"subject","sub":"u","issued_before":900,"iss":"https://a"}"#).unwrap();
+        assert_eq!(e.revocation, Revocation::subject("u".into(), 900, Some("https://a".into())));
+        let e = parse(r#"{"kind":"session","sid":"s","iss":"https://a"}"#).unwrap();
+        assert_eq!(e.revocation, Revocation::session("s".into(), Some("https://a".into())));
         let e = parse(r#"{"kind":"jti","jti":"a","iss":"i","expires_at":5000,"reason":"leak"}"#).unwrap();
         assert_eq!(e.expires_at, 5000);
         assert_eq!(e.reason.as_deref(), Some("leak"));

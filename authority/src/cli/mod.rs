@@ -238,12 +238,12 @@ fn revoke_body(a: &RevokeArgs) -> Result<Value, String> {
             let exp = expires_at.as_deref().map(parse_time).transpose()?;
             json!({"kind": "jti", "jti": jti, "iss": iss, "expires_at": exp})
         }
-        RevokeWhat::Subject { sub, issued_before } => {
+        RevokeWhat::Subject { sub, issued_before, iss } => {
             let ib = issued_before.as_deref().map(parse_time).transpose()?;
-            json!({"kind": "subject", "sub": sub, "issued_before": ib})
+            json!({"kind": "subject", "sub": sub, "issued_before": ib, "iss": iss})
         }
         RevokeWhat::Key { kid } => json!({"kind": "key", "kid": kid}),
-        RevokeWhat::Session { sid } => json!({"kind": "session", "sid": sid}),
+        RevokeWhat::Session { sid, iss } => json!({"kind": "session", "sid": sid, "iss": iss}),
     };
     if let (Some(r), Value::Object(m)) = (&a.reason, &mut body) {
         m.insert("reason".into(), json!(r));

@@ -183,6 +183,16 @@ impl Oidc {
             _ => ("jti", &jti),
         };
         validate_id(id.0, id.1).map_err(|e| LogoutError::Claim(e.to_string()))?;
+        validate_id("iss", &issuer).map_err(|e| LogoutError::Claim(e.to_string()))?;
+        // Scoped to the provider: its logout never refuses another provider's user or session
+        // that happens to share the `sub` or `sid`.
+        let revocation = match revocation {
+            Revocation::Session { sid } => Revocation::session(sid, Some(issuer.clone())),
+            Revocation::Subject { sub, issued_before } => {
+                Revocation::subject(sub, issued_before, Some(issuer.clone()))
+            }
+            other => other,
+        };
         let key = (issuer, jti);
         self.reserve(&key, now)?;
         Ok((revocation, key))

@@ -667,11 +667,11 @@ impl Links {
                 // A range that may hold an entry awaited at the applied level asks the agent
                 // to report it applied (agents of link version 2 and later).
                 let waited = version >= 2 && from <= self.log.waited_through();
-                Ok(vec![self.log.batch_frame(from, to, waited, version >= 3)?])
+                Ok(vec![self.log.batch_frame(from, to, waited, version)?])
             }
             Transmit::Snapshot { snapshot_id, upto } => {
                 self.metrics.snapshots_sent_total.inc();
-                Ok(self.log.snapshot_frames(snapshot_id, upto, t.unix_secs(), version >= 3)?.as_ref().clone())
+                Ok(self.log.snapshot_frames(snapshot_id, upto, t.unix_secs(), version)?.as_ref().clone())
             }
         }
     }
