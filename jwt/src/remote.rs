@@ -121,7 +121,18 @@ pub struct RemoteKeys {
     errors: AtomicU64,
     /// Told the outcome of every fetch (for metrics).
     observer: Option<Box<dyn Fn(bool) + Send + Sync>>,
+    /// Unknown `kid`s and when a token first named each (bounded): a `kid` a fetch has looked
+    /// for since is not waited for again.
+    unknown: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Callers waiting for the next allowed fetch because of an unknown `kid`.
+    waiters: tokio::sync::Semaphore,
 }
+
+/// Most callers waiting at once for the next allowed fetch (per key set); more are refused at
+/// once, so tokens naming made-up `kid`s cannot hold many requests open.
+pub const MAX_UNKNOWN_KID_WAITERS: usize = 16;
+/// Most unknown `kid`s remembered.
+const MAX_UNKNOWN_KIDS: usize = 1024;
 
 impl std::fmt::Debug for RemoteKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +160,8 @@ impl RemoteKeys {
             fetches: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             observer: None,
+            unknown: Mutex::new(std::collections::HashMap::new()),
+            waiters: tokio::sync::Semaphore::new(MAX_UNKNOWN_KID_WAITERS),
         }
     }
 
@@ -222,11 +235,45 @@ impl RemoteKeys {
         self.refresh().await
     }
 
-    /// A refresh because a token named `kid`, which no key in force has (rate-limited).
-    pub async fn refresh_for_unknown(&self, kid: &str) -> bool {
+    /// A refresh because a token named `kid`, which no key in force has; true when the key
+    /// set has it afterwards. A provider signs with a key moments after publishing it, maybe
+    /// within the minimum interval of the last fetch: then this waits (at most `max_wait`) for
+    /// the next allowed fetch instead of failing, for a `kid` no fetch has looked for yet. The
+    /// flood bound stays: one fetch per minimum interval, at most
+    /// [`MAX_UNKNOWN_KID_WAITERS`] callers waiting, and a `kid` that a fetch has looked for
+    /// since it was first named fails at once.
+    pub async fn refresh_for_unknown(&self, kid: &str, max_wait: Duration) -> bool {
         if self.keys().has_kid(kid) {
             return true;
         }
+        let now = self.clock.mono();
+        let first_named = {
+            let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+            if unknown.len() >= MAX_UNKNOWN_KIDS && !unknown.contains_key(kid) {
+                unknown.clear();
+            }
+            *unknown.entry(kid.to_owned()).or_insert(now)
+        };
+        match self.refresh().await {
+            Err(FetchError::TooSoon) => {}
+            _ => return self.keys().has_kid(kid),
+        }
+        let last = *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t > first_named) {
+            // A fetch after the first token naming it did not find it.
+            return false;
+        }
+        let Ok(_waiting) = self.waiters.try_acquire() else { return false };
+        let due = last.map_or(Duration::ZERO, |t| (t + self.min_refresh).saturating_duration_since(now));
+        if due > max_wait {
+            return false;
+        }
+        tokio::time::sleep(due).await;
+        if self.keys().has_kid(kid) {
+            return true;
+        }
+        // Another waiter may have fetched in the meantime (then this one is too soon: the set
+        // it fetched is the one to look in).
         let _ = self.refresh().await;
         self.keys().has_kid(kid)
     }

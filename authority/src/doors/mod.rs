@@ -7,4 +7,8 @@
 //! - `oauth`: OAuth 2.0 Token Revocation (RFC 7009).
 
 pub(crate) mod oauth;
+
+/// Longest a request naming an unknown `kid` waits for the next allowed JWKS fetch: a
+/// provider signs with a key moments after publishing it, and does not retry a 400.
+pub(crate) const UNKNOWN_KID_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) mod oidc;

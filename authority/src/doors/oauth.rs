@@ -57,7 +57,8 @@ impl TokenKeys {
         let signed = match self.keys().verify_signed(token, MAX_TOKEN_BYTES) {
             Err(Invalid::UnknownKey) => {
                 let jwks = self.jwks.as_ref()?;
-                jwks.refresh_for_unknown(&revmesh_jwt::unverified_kid(token).unwrap_or_default()).await;
+                let kid = revmesh_jwt::unverified_kid(token).unwrap_or_default();
+                jwks.refresh_for_unknown(&kid, crate::doors::UNKNOWN_KID_WAIT).await;
                 self.keys().verify_signed(token, MAX_TOKEN_BYTES)
             }
             r => r,

@@ -156,10 +156,11 @@ impl Oidc {
         let issuer = revmesh_jwt::unverified_issuer(token).ok_or(LogoutError::Issuer)?;
         let keys = self.providers.get(&issuer).ok_or(LogoutError::Issuer)?;
         let signed = match keys.keys().verify_signed(token, MAX_TOKEN_BYTES) {
-            // A key the provider may have just published: fetch (rate-limited) and try again.
+            // A key the provider may have just published: fetch (rate-limited, waiting for the
+            // next allowed fetch when the last was moments ago) and try again.
             Err(Invalid::UnknownKey) => {
                 let kid = revmesh_jwt::unverified_kid(token).unwrap_or_default();
-                keys.refresh_for_unknown(&kid).await;
+                keys.refresh_for_unknown(&kid, crate::doors::UNKNOWN_KID_WAIT).await;
                 keys.keys().verify_signed(token, MAX_TOKEN_BYTES)
             }
             r => r,
