@@ -227,6 +227,7 @@ impl Checker {
             // a token living longer could outlive its revocation.
             Ok(v) if self.state.outlives_revocations(v.iat, v.exp) => Verdict::Invalid(Invalid::Lifetime),
             Ok(v) => {
+                self.state.metrics.count_verified(v.sid.is_some());
                 let t = TokenRef {
                     jti: v.jti.as_deref(),
                     iss: v.iss.as_deref(),

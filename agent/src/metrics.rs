@@ -14,6 +14,11 @@ pub struct Metrics {
     pub checks_total: IntCounterVec,
     /// The counters of [`VERDICTS`], resolved once: a check must not hash label values.
     verdicts: Vec<IntCounter>,
+    /// `revmesh_agent_verified_tokens_total{sid}`: tokens that verified, by whether they carry
+    /// `sid` (`yes`, `no`): a session revocation can refuse only those that do.
+    pub verified_tokens_total: IntCounterVec,
+    /// Its two counters, resolved once: `[without sid, with sid]`.
+    verified_sid: [IntCounter; 2],
     /// `revmesh_agent_check_duration_seconds`
     pub check_duration: Histogram,
     /// `revmesh_agent_applied_seq`
@@ -71,9 +76,22 @@ impl Metrics {
             &["verdict"],
         )?;
         let verdicts = VERDICTS.iter().map(|v| checks_total.with_label_values(&[*v])).collect();
+        let verified_tokens_total = IntCounterVec::new(
+            Opts::new(
+                "revmesh_agent_verified_tokens_total",
+                "Tokens that verified, by whether they carry a sid claim (session revocations match only those)",
+            ),
+            &["sid"],
+        )?;
+        let verified_sid = [
+            verified_tokens_total.with_label_values(&["no"]),
+            verified_tokens_total.with_label_values(&["yes"]),
+        ];
         let m = Self {
             checks_total,
             verdicts,
+            verified_tokens_total,
+            verified_sid,
             check_duration: Histogram::with_opts(
                 HistogramOpts::new("revmesh_agent_check_duration_seconds", "Time to answer one request")
                     .buckets(vec![
@@ -136,6 +154,7 @@ impl Metrics {
         };
         let r = &m.registry;
         r.register(Box::new(m.checks_total.clone()))?;
+        r.register(Box::new(m.verified_tokens_total.clone()))?;
         r.register(Box::new(m.check_duration.clone()))?;
         r.register(Box::new(m.applied_seq.clone()))?;
         r.register(Box::new(m.revocations.clone()))?;
@@ -168,6 +187,11 @@ impl Metrics {
         }
         revmesh_runtime::metrics::register_process(r, env!("CARGO_PKG_VERSION"), env!("REVMESH_COMMIT"))?;
         Ok(m)
+    }
+
+    /// Counts a token that verified, with or without `sid`.
+    pub fn count_verified(&self, has_sid: bool) {
+        self.verified_sid[usize::from(has_sid)].inc();
     }
 
     /// Counts one answer with `verdict` (one of [`VERDICTS`]; anything else counts as `err`).

@@ -171,6 +171,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REVMESH_OIDC_PROVIDER")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
     pub oidc_provider: Vec<String>,
+    /// `ISSUER=sid` (default) or `ISSUER=subject` (repeatable): how a provider's logout with a
+    /// `sid` revokes. `subject` revokes the user's tokens issued up to the logout, for providers
+    /// whose access tokens carry no `sid` (a session revocation would match none of them).
+    #[arg(long, env = "REVMESH_OIDC_LOGOUT_BY")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub oidc_logout_by: Vec<String>,
     /// Client id a logout token's `aud` must contain one of (repeatable).
     #[arg(long, env = "REVMESH_OIDC_AUDIENCE", value_delimiter = ',')]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
@@ -611,6 +617,9 @@ fn oidc_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::doors::oidc::
         if !raw.oidc_audience.is_empty() {
             e.push("oidc-audience", "needs --oidc-provider");
         }
+        if !raw.oidc_logout_by.is_empty() {
+            e.push("oidc-logout-by", "needs --oidc-provider");
+        }
         return None;
     }
     let mut providers = Vec::new();
@@ -627,6 +636,20 @@ fn oidc_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::doors::oidc::
     if raw.oidc_audience.is_empty() {
         e.push("oidc-audience", "at least one client id is required with --oidc-provider");
     }
+    let mut logout_by_subject = Vec::new();
+    for p in &raw.oidc_logout_by {
+        match p.rsplit_once('=') {
+            Some((issuer, policy)) if providers.iter().any(|(i, _)| i == issuer) => match policy {
+                "sid" => {}
+                "subject" => logout_by_subject.push(issuer.to_owned()),
+                other => e.push("oidc-logout-by", format!("`{other}` is neither `sid` nor `subject`")),
+            },
+            Some((issuer, _)) => {
+                e.push("oidc-logout-by", format!("`{issuer}` is not an --oidc-provider issuer"))
+            }
+            None => e.push("oidc-logout-by", format!("`{p}` is not ISSUER=sid|subject")),
+        }
+    }
     let ca = raw.jwks_ca_file.as_ref().map(PathBuf::from);
     if let Some(c) = &ca {
         if !c.is_file() {
@@ -641,6 +664,7 @@ fn oidc_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::doors::oidc::
         jwks_ca_file: ca,
         max_age,
         leeway,
+        logout_by_subject,
     })
 }
 

@@ -233,3 +233,54 @@ async fn provider_keys_over_https_rotate_the_way_an_idp_rotates_them_without_flo
     assert_eq!(logout(&a, &format!("logout_token={}", new_tokens["auth0"])).0, 200);
     assert_eq!(a.get("/v1/revocations?after=0").1["head"], 3);
 }
+
+/// A provider whose access tokens carry no `sid` (`--oidc-logout-by ISSUER=subject`): its
+/// logout with `sid` and `sub` revokes the user's tokens issued up to the logout, scoped to the
+/// provider, instead of a session revocation that would refuse none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_without_sid_in_its_tokens_logs_out_by_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let tokens = mint(&jwks, now);
+    let provider = format!("{ISSUER}={}", jwks.display());
+    let policy = format!("{ISSUER}=subject");
+    let a = Authority::start(
+        &dir.path().join("a"),
+        &["--oidc-provider", &provider, "--oidc-audience", AUDIENCE, "--oidc-logout-by", &policy],
+    );
+    let agent = Agent::start(vec![a.ws_url()], "by-subject");
+    assert_eq!(logout(&a, &format!("logout_token={}", tokens["keycloak"])).0, 200);
+    let (_, list) = a.get("/v1/revocations?after=0");
+    let e = &list["entries"][0];
+    assert_eq!(
+        (e["kind"].as_str(), e["sub"].as_str(), e["iss"].as_str(), e["issued_before"].as_u64()),
+        (Some("subject"), Some("user-1"), Some(ISSUER), Some(now)),
+        "{list}"
+    );
+    agent.wait_applied(1).await;
+    // An access token of that user without `sid`, issued before the logout: refused.
+    let refused = |iss: &'static str, iat: u64| {
+        matches!(
+            agent.state.decide(&revmesh_protocol::TokenRef {
+                sub: Some("user-1"),
+                iss: Some(iss),
+                iat: Some(iat),
+                ..Default::default()
+            }),
+            revmesh_agent::state::Decision::Revoked { .. }
+        )
+    };
+    assert!(refused(ISSUER, now - 60));
+    assert!(!refused(ISSUER, now + 60), "a token issued after the logout");
+    assert!(!refused("https://another-idp.example", now - 60), "another provider's user-1");
+    // A policy for an issuer that is not a provider is a configuration error.
+    let out = Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args(["serve", "--data-dir", dir.path().join("b").to_str().unwrap()])
+        .args(["--oidc-provider", &provider, "--oidc-audience", AUDIENCE])
+        .args(["--oidc-logout-by", "https://nobody.example=subject"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    agent.stop().await;
+}

@@ -44,12 +44,17 @@ pub struct OidcSettings {
     pub max_age: Duration,
     /// Clock skew allowed on `iat` and `exp`.
     pub leeway: Duration,
+    /// Providers whose logouts revoke by subject (`--oidc-logout-by ISSUER=subject`): their
+    /// access tokens carry no `sid`, so a session revocation would match nothing.
+    pub logout_by_subject: Vec<String>,
 }
 
 /// The receiver: providers' keys and the replay cache.
 #[derive(Debug)]
 pub struct Oidc {
     providers: HashMap<String, Arc<RemoteKeys>>,
+    /// Issuers whose logouts revoke the subject's tokens issued up to the logout.
+    by_subject: std::collections::HashSet<String>,
     audiences: Vec<String>,
     max_age: u64,
     leeway: u64,
@@ -138,6 +143,7 @@ impl Oidc {
         }
         Ok(Arc::new(Oidc {
             providers,
+            by_subject: s.logout_by_subject.iter().cloned().collect(),
             audiences: s.audiences.clone(),
             max_age: s.max_age.as_secs(),
             leeway: s.leeway.as_secs(),
@@ -167,7 +173,13 @@ impl Oidc {
         }
         .map_err(LogoutError::Token)?;
         let jti = self.check_claims(&signed, &issuer, now)?;
+        let by_subject = self.by_subject.contains(&issuer);
         let revocation = match (signed.str_claim("sid"), signed.str_claim("sub")) {
+            // A provider whose access tokens carry no `sid`: the session's user, up to now.
+            (Ok(Some(_)), Ok(Some(sub))) if by_subject => {
+                let iat = signed.time_claim("iat").ok().flatten().unwrap_or(now);
+                Revocation::Subject { sub, issued_before: iat }
+            }
             (Ok(Some(sid)), _) => Revocation::Session { sid },
             (Ok(None), Ok(Some(sub))) => {
                 let iat = signed.time_claim("iat").ok().flatten().unwrap_or(now);
