@@ -513,6 +513,20 @@ async fn an_agent_that_stops_reading_is_cut_off_without_delaying_the_others() {
     drop(stuck);
 }
 
+/// Withdraws `seq` and waits until both connected agents acknowledged the withdrawal's seq
+/// (an older agent that is not sent the withdrawal acknowledges past it all the same).
+fn withdraw_acked_by_two(a: &Authority, seq: u64) {
+    let (status, w) = crate::util::http(
+        &a.admin,
+        "DELETE",
+        &format!("/v1/revocations/{seq}?wait=all&timeout_ms=20000"),
+        Some(&a.token),
+        b"",
+    );
+    assert_eq!(status, 201, "{w}");
+    assert_eq!(w["acked"].as_array().map(Vec::len), Some(2), "both acknowledge the withdrawal's seq: {w}");
+}
+
 /// Agents not yet upgraded (link version 2) beside upgraded ones while withdrawals come in: the
 /// old agent is sent no withdrawal and no frame it cannot read, keeps refusing what a withdrawal
 /// lifts (wider, never narrower), and acknowledges past it; the upgraded one lifts it. A fresh
@@ -532,15 +546,7 @@ async fn agents_of_link_version_2_keep_refusing_what_a_withdrawal_lifts() {
     let seq = a.revoke_jti("mistake");
     old.wait_applied(seq).await;
     new.wait_applied(seq).await;
-    let (status, w) = crate::util::http(
-        &a.admin,
-        "DELETE",
-        &format!("/v1/revocations/{seq}?wait=all&timeout_ms=20000"),
-        Some(&a.token),
-        b"",
-    );
-    assert_eq!(status, 201, "{w}");
-    assert_eq!(w["acked"].as_array().map(Vec::len), Some(2), "both acknowledge the withdrawal's seq: {w}");
+    withdraw_acked_by_two(&a, seq);
     assert!(!new.revoked("mistake"), "an upgraded agent lifts it");
     assert!(old.revoked("mistake"), "an old agent keeps refusing: wider, never narrower");
     let next = a.revoke_jti("next");
@@ -598,15 +604,7 @@ async fn issuer_scoped_revocations_are_exact_when_upgraded_and_wider_on_older_ag
         "{e}"
     );
 
-    let (status, w) = crate::util::http(
-        &a.admin,
-        "DELETE",
-        &format!("/v1/revocations/{seq}?wait=all&timeout_ms=20000"),
-        Some(&a.token),
-        b"",
-    );
-    assert_eq!(status, 201, "{w}");
-    assert_eq!(w["acked"].as_array().map(Vec::len), Some(2), "both acknowledge the withdrawal's seq: {w}");
+    withdraw_acked_by_two(&a, seq);
     assert!(!revoked(&new, "https://idp-a.example"), "the upgraded agent lifts it");
     assert!(revoked(&old, "https://idp-a.example"), "the v3 agent keeps refusing: never narrower");
     assert_eq!(old.state.metrics.reconnects_total.get(), 0, "one link, never dropped");
