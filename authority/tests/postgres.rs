@@ -188,6 +188,15 @@ async fn status_and_forget_cover_every_replica() {
     assert_eq!(reps[1].get("/v1/agents").1, serde_json::json!([]));
     assert_eq!(reps[1].get("/v1/status").1["agents_known"], 0);
     assert_eq!(delete(&reps[1]).0, 404);
+    // One record for the one forget (refused ones changed nothing), read from the other replica.
+    let (_, trail) = reps[0].get("/v1/audit");
+    let forgets: Vec<_> =
+        trail["records"].as_array().unwrap().iter().filter(|r| r["action"] == "forget").collect();
+    assert_eq!(forgets.len(), 1, "{trail}");
+    assert_eq!(
+        (forgets[0]["target"].as_str(), forgets[0]["status"].as_u64()),
+        (Some("agent homed-on-0"), Some(204))
+    );
 }
 
 /// A partition between one replica and PostgreSQL (connections open, nothing answers): every

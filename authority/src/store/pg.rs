@@ -423,8 +423,12 @@ impl LogStore for PgStore {
             let timeout = self.timeout;
             self.run(timeout, move |c| {
                 Box::pin(async move {
+                    // Under the head's row lock, as appends: ids become visible in order.
+                    let tx = c.transaction().await?;
+                    tx.execute("SELECT 1 FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[]).await?;
                     let a = audit_columns(&audit, 0);
-                    c.execute(INSERT_AUDIT, &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5]).await.map(|_| ())
+                    tx.execute(INSERT_AUDIT, &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5]).await?;
+                    tx.commit().await
                 })
             })
             .await
@@ -642,7 +646,10 @@ impl CursorStore for PgStore {
                         )
                         .await?;
                     if removed > 0 {
-                        // The forget and its record commit together.
+                        // The forget and its record commit together; the record's id is taken
+                        // under the head's row lock, as appends take theirs, so ids become
+                        // visible in order and `?after=` paging never skips one.
+                        tx.execute("SELECT 1 FROM revmesh_meta WHERE id = 1 FOR UPDATE", &[]).await?;
                         let a = audit_columns(std::slice::from_ref(&audit), 0);
                         tx.execute(INSERT_AUDIT, &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5]).await?;
                         tx.commit().await?;
