@@ -248,6 +248,13 @@ pub struct ClientArgs {
     /// CA bundle (PEM) to verify an https:// admin URL.
     #[arg(long, env = "REVMESH_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) of an operator named by certificate (mutual TLS on an https://
+    /// admin URL); without --token-file no token is sent.
+    #[arg(long, env = "REVMESH_CERT_FILE", global = true, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "REVMESH_KEY_FILE", global = true, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     pub json: bool,

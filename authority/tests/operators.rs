@@ -224,6 +224,17 @@ fn client_certificates_name_operators_on_the_admin_port() {
     // No certificate, a token: still fine.
     assert_eq!(https(None, Some(&dave), "GET", "/v1/status", "").unwrap().0, 200);
     assert_eq!(https(None, None, "GET", "/v1/status", "").unwrap().0, 401);
+    // The operator commands present the certificate (and no token).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+        .args(["revoke", "session", "by-cli", "--admin", &format!("https://{}", a.admin)])
+        .args(["--ca-file", ca_file.to_str().unwrap()])
+        .args(["--cert-file", carol_cert.0.to_str().unwrap(), "--key-file", carol_cert.1.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, list) = https(None, Some(&dave), "GET", "/v1/revocations", "").unwrap();
+    let last = list["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["sid"].as_str(), last["by"].as_str()), (Some("by-cli"), Some("carol")), "{list}");
 }
 
 /// `by` and the audit trail for each state-changing admin request: who, from where, what, on

@@ -221,8 +221,30 @@ impl Client {
 /// files `SSL_CERT_FILE` / `SSL_CERT_DIR` name when set), so operators manage trust where the
 /// rest of the host does.
 pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = match ca_file {
-        Some(f) => crate::pem::roots(f).map_err(|e| e.to_string())?,
+    Ok(Arc::new(
+        rustls::ClientConfig::builder().with_root_certificates(roots(ca_file)?).with_no_client_auth(),
+    ))
+}
+
+/// [`tls_config`] presenting a client certificate (`cert` chain and `key`, PEM): mutual TLS.
+pub fn tls_config_with_identity(
+    ca_file: Option<&std::path::Path>,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let chain = crate::pem::certs(cert).map_err(|e| e.to_string())?;
+    let key_der = crate::pem::private_key(key).map_err(|e| e.to_string())?;
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots(ca_file)?)
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|e| crate::pem::PemError::refused(cert, e).to_string())?;
+    Ok(Arc::new(cfg))
+}
+
+/// The CA certificates in `ca_file`, or else the platform's trust store.
+fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    match ca_file {
+        Some(f) => crate::pem::roots(f).map_err(|e| e.to_string()),
         None => {
             let found = rustls_native_certs::load_native_certs();
             let mut roots = rustls::RootCertStore::empty();
@@ -233,10 +255,9 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::Clien
                     "no usable certificates in the platform's trust store ({why}); give a CA file"
                 ));
             }
-            roots
+            Ok(roots)
         }
-    };
-    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+    }
 }
 
 #[cfg(test)]

@@ -105,12 +105,21 @@ fn call_bytes(
     let base = args.admin.trim_end_matches('/');
     let tls = match base.split_once("://") {
         // --ca-file, or else the platform's trust store.
-        Some(("https", _)) => Some(revmesh_runtime::http_client::tls_config(args.ca_file.as_deref())?),
+        Some(("https", _)) => Some(match (&args.cert_file, &args.key_file) {
+            (Some(cert), Some(key)) => {
+                revmesh_runtime::http_client::tls_config_with_identity(args.ca_file.as_deref(), cert, key)?
+            }
+            _ => revmesh_runtime::http_client::tls_config(args.ca_file.as_deref())?,
+        }),
+        Some(("http", _)) if args.cert_file.is_some() => {
+            return Err("--cert-file needs an https:// --admin URL".into())
+        }
         Some(("http", _)) => None,
         _ => return Err(format!("--admin `{}` must start with http:// or https://", args.admin)),
     };
-    let token = token(args)?;
-    request(tls, &format!("{base}{path}"), method, Some(&token), body, timeout, max_response)
+    // An operator named by its certificate sends no token, unless one is given explicitly.
+    let token = if args.cert_file.is_some() && args.token_file.is_none() { None } else { Some(token(args)?) };
+    request(tls, &format!("{base}{path}"), method, token.as_deref(), body, timeout, max_response)
 }
 
 /// A TLS client trusting the CA certificates in `ca` (PEM).
