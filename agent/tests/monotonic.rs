@@ -41,6 +41,8 @@ fn client(auth: &Authority, dir: &std::path::Path) -> revmesh_authority::config:
         admin: format!("http://{}", auth.admin),
         token_file: Some(dir.join("admin.token")),
         ca_file: None,
+        cert_file: None,
+        key_file: None,
         json: false,
     }
 }
