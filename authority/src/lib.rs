@@ -70,6 +70,7 @@ async fn share_cursors(
 /// SIGHUP re-reads certificates, agent tokens and operators; established links and admin
 /// connections are not touched.
 async fn reload_on_sighup(
+    metrics: metrics::Metrics,
     operators: Arc<operators::Operators>,
     agent_tls: Option<tls::ServerTls>,
     admin_tls: Option<tls::ServerTls>,
@@ -91,8 +92,14 @@ async fn reload_on_sighup(
             }
         }
         match operators.reload() {
-            Ok(n) => tracing::info!(operators = n, "operators reloaded"),
-            Err(e) => tracing::error!(error = %e, "operators reload failed; keeping the previous operators"),
+            Ok(n) => {
+                metrics.reloads_total.with_label_values(&["operators", "ok"]).inc();
+                tracing::info!(operators = n, "operators reloaded")
+            }
+            Err(e) => {
+                metrics.reloads_total.with_label_values(&["operators", "error"]).inc();
+                tracing::error!(error = %e, "operators reload failed; keeping the previous operators")
+            }
         }
         if let Some(p) = &token_file {
             match tokens.reload(p) {
@@ -304,6 +311,7 @@ pub async fn serve(
         ))
     };
     tracker.spawn(reload_on_sighup(
+        metrics.clone(),
         operators,
         agent_tls,
         admin_tls,

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub admin_refused_total: IntCounterVec,
     /// `revmesh_authority_oidc_logouts_total{result}`: back-channel logouts by outcome.
     pub oidc_logouts_total: IntCounterVec,
+    /// `revmesh_authority_reloads_total{what,result}`: SIGHUP reloads of the operators file
+    /// (`what="operators"`), `ok` or `error` (the previous operators stay in force).
+    pub reloads_total: IntCounterVec,
 }
 
 /// Reasons of `agents_rejected_total`, exported at 0 from the start.
@@ -164,6 +167,13 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            reloads_total: IntCounterVec::new(
+                Opts::new(
+                    "revmesh_authority_reloads_total",
+                    "SIGHUP reloads by what was reloaded and whether it worked (on error the previous configuration stays)",
+                ),
+                &["what", "result"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -183,6 +193,10 @@ impl Metrics {
         r.register(Box::new(m.agents_ahead_of_log.clone()))?;
         r.register(Box::new(m.admin_shed_total.clone()))?;
         r.register(Box::new(m.admin_refused_total.clone()))?;
+        r.register(Box::new(m.reloads_total.clone()))?;
+        for result in ["ok", "error"] {
+            m.reloads_total.with_label_values(&["operators", result]);
+        }
         m.admin_refused_total.with_label_values(&["unauthorized"]);
         m.admin_refused_total.with_label_values(&["forbidden"]);
         r.register(Box::new(m.oidc_logouts_total.clone()))?;
