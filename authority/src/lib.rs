@@ -70,8 +70,7 @@ async fn share_cursors(
 /// SIGHUP re-reads certificates, agent tokens and operators; established links and admin
 /// connections are not touched.
 async fn reload_on_sighup(
-    metrics: metrics::Metrics,
-    operators: Arc<operators::Operators>,
+    (operators, metrics): (Arc<operators::Operators>, metrics::Metrics),
     agent_tls: Option<tls::ServerTls>,
     admin_tls: Option<tls::ServerTls>,
     tokens: Arc<links::AgentTokens>,
@@ -311,8 +310,7 @@ pub async fn serve(
         ))
     };
     tracker.spawn(reload_on_sighup(
-        metrics.clone(),
-        operators,
+        (operators, metrics.clone()),
         agent_tls,
         admin_tls,
         tokens,
