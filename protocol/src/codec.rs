@@ -134,13 +134,7 @@ impl<B: serde::Serialize> serde::Serialize for BatchFrame<'_, B> {
 /// The bytes of [`encode`]`(&Frame::Batch(batch))`, without copying the batch's entries into
 /// a frame first (the agent's journal writes one such record per batch it applies).
 pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, EncodeError> {
-    let version = if batch.entries.iter().any(|e| e.revocation.needs_scopes()) {
-        4
-    } else if batch.entries.iter().any(|e| e.revocation.is_withdrawal()) {
-        3
-    } else {
-        PROTOCOL_VERSION
-    };
+    let version = crate::frame::entries_version(batch.entries.iter().map(|e| e.revocation.view()));
     encode_as(&BatchFrame(BATCH_VARIANT, batch), version)
 }
 

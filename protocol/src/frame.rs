@@ -80,15 +80,13 @@ impl Frame {
 
     /// The link version that defines this frame, which is also its version byte on the wire.
     pub fn version(&self) -> u8 {
-        let withdraws = |entries: &[Entry]| entries.iter().any(|e| e.revocation.is_withdrawal());
-        let scoped = |entries: &[Entry]| entries.iter().any(|e| e.revocation.needs_scopes());
+        let needed = |entries: &[Entry]| entries_version(entries.iter().map(|e| e.revocation.view()));
         match self {
-            Frame::Batch(b) | Frame::WaitedBatch(b) if scoped(&b.entries) => 4,
-            Frame::SnapshotChunk(c) if scoped(&c.entries) => 4,
+            Frame::Batch(b) => needed(&b.entries),
+            Frame::WaitedBatch(b) => needed(&b.entries).max(2),
+            Frame::SnapshotChunk(c) => needed(&c.entries),
             Frame::Limits(_) => 3,
-            Frame::Batch(b) | Frame::WaitedBatch(b) if withdraws(&b.entries) => 3,
-            Frame::SnapshotChunk(c) if withdraws(&c.entries) => 3,
-            Frame::WaitedBatch(_) | Frame::Applied(_) => 2,
+            Frame::Applied(_) => 2,
             _ => PROTOCOL_VERSION,
         }
     }
@@ -98,21 +96,18 @@ impl Frame {
 /// `subject` or `session`, or the withdrawal of one), 3 when one is a withdrawal (only version
 /// 3 defines them), else 2 for a `WaitedBatch` and 1 for a `Batch`.
 pub fn batch_version(waited: bool, entries: &[EntryView<'_>]) -> u8 {
-    use crate::model::{Kind, RevocationView as R};
-    let scoped = |r: &R<'_>| match r {
-        R::ScopedSubject { .. } | R::ScopedSession { .. } => true,
-        R::Withdrawal { kind, iss, .. } => iss.is_some() && *kind != Kind::Jti,
-        _ => false,
-    };
-    if entries.iter().any(|e| scoped(&e.revocation)) {
-        4
-    } else if entries.iter().any(|e| matches!(e.revocation, R::Withdrawal { .. })) {
-        3
-    } else if waited {
-        2
+    let needed = entries_version(entries.iter().map(|e| e.revocation));
+    if waited {
+        needed.max(2)
     } else {
-        PROTOCOL_VERSION
+        needed
     }
+}
+
+/// The highest [`crate::model::RevocationView::link_version`] of `revocations`, at least
+/// [`PROTOCOL_VERSION`]: the version byte of a frame holding them.
+pub fn entries_version<'a>(revocations: impl Iterator<Item = crate::model::RevocationView<'a>>) -> u8 {
+    revocations.map(|r| r.link_version()).fold(PROTOCOL_VERSION, u8::max)
 }
 
 /// Authority → agent (version 3): the token bounds of this authority.

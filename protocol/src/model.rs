@@ -213,11 +213,7 @@ impl Revocation {
     /// True when only link version 4 carries this entry as it is: an issuer-scoped `subject`
     /// or `session`, or the withdrawal of one.
     pub fn needs_scopes(&self) -> bool {
-        match self {
-            Revocation::ScopedSubject(_) | Revocation::ScopedSession(_) => true,
-            Revocation::Withdrawal(w) => w.iss.is_some() && w.kind != Kind::Jti,
-            _ => false,
-        }
+        self.view().link_version() >= 4
     }
 
     /// This revocation for a link of `version` (PROTOCOL.md §5): as it is, or — below version
@@ -438,6 +434,18 @@ pub enum RevocationView<'a> {
 }
 
 impl RevocationView<'_> {
+    /// The lowest link version that carries this revocation as it is (PROTOCOL.md §5): 4 for
+    /// an issuer-scoped subject or session or the withdrawal of one, 3 for another withdrawal,
+    /// 1 for the rest. A frame's version byte is the highest of its entries' (and its own).
+    pub fn link_version(&self) -> u8 {
+        match self {
+            RevocationView::ScopedSubject { .. } | RevocationView::ScopedSession { .. } => 4,
+            RevocationView::Withdrawal { kind, iss, .. } if iss.is_some() && *kind != Kind::Jti => 4,
+            RevocationView::Withdrawal { .. } => 3,
+            _ => 1,
+        }
+    }
+
     /// Validates every identifier of this revocation.
     pub fn validate(&self) -> Result<(), ValidationError> {
         match *self {
