@@ -36,9 +36,14 @@ impl Allowance {
     }
 }
 
-/// Per-address allowances of wrong tokens.
+/// Per-address allowances of wrong tokens, and when the table was last swept of addresses
+/// whose allowance is whole again (at most once per [`REFILL`], so a flood of new addresses at a
+/// full table costs one scan a second, not one per request).
 #[derive(Debug, Default)]
-pub struct Holds(Mutex<HashMap<[u8; 16], Allowance>>);
+pub struct Holds(Mutex<(Allowances, Option<Instant>)>);
+
+/// Allowances by address key.
+type Allowances = HashMap<[u8; 16], Allowance>;
 
 /// The key of an address: IPv4 whole, IPv6 by its /64 (one host holds a whole /64).
 fn key(ip: IpAddr) -> [u8; 16] {
@@ -57,18 +62,22 @@ fn key(ip: IpAddr) -> [u8; 16] {
 impl Holds {
     /// `Some(retry_after)` when `ip` has used up its allowance: its token is not to be checked.
     pub fn held(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let a = map.get(&key(ip))?;
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let a = guard.0.get(&key(ip))?;
         let left = a.refilled(now);
         (left < 1.0).then(|| REFILL.mul_f64(1.0 - left))
     }
 
     /// `ip` presented a wrong token.
     pub fn wrong(&self, ip: IpAddr, now: Instant) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, swept) = &mut *guard;
         let k = key(ip);
         if !map.contains_key(&k) && map.len() >= MAX_TRACKED {
-            map.retain(|_, a| a.refilled(now) < BURST);
+            if swept.is_none_or(|t| now.saturating_duration_since(t) >= REFILL) {
+                *swept = Some(now);
+                map.retain(|_, a| a.refilled(now) < BURST);
+            }
             if map.len() >= MAX_TRACKED {
                 return;
             }
@@ -97,6 +106,22 @@ mod tests {
         assert!(h.held(ip, t0 + REFILL).is_none(), "one more after the refill");
         h.wrong(ip, t0 + REFILL);
         assert!(h.held(ip, t0 + REFILL).is_some());
+    }
+
+    /// A full table drops addresses whose allowance is whole again, and otherwise stops
+    /// tracking new ones (memory stays bounded; nobody is held by mistake).
+    #[test]
+    fn the_table_stays_bounded() {
+        let h = Holds::default();
+        let t0 = revmesh_runtime::Clock::system().mono();
+        for i in 0..MAX_TRACKED as u32 + 10 {
+            h.wrong(IpAddr::V4(std::net::Ipv4Addr::from(i)), t0);
+        }
+        assert_eq!(h.0.lock().expect("lock").0.len(), MAX_TRACKED);
+        // Once the first ones have their allowance back they make room for a new address.
+        let later = t0 + REFILL * 20;
+        h.wrong("198.51.100.1".parse().unwrap(), later);
+        assert_eq!(h.0.lock().expect("lock").0.len(), 1);
     }
 
     #[test]
