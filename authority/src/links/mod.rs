@@ -136,12 +136,12 @@ impl AgentTokens {
                             i + 1
                         )
                     })?;
-                    let star = pattern.find('*');
-                    if star.is_some_and(|at| at + 1 != pattern.len())
-                        || revmesh_protocol::model::validate_id("agent id", pattern.trim_end_matches('*'))
-                            .is_err()
-                            && pattern != "*"
-                    {
+                    // `*`, or an id or id prefix with at most one `*`, at the end.
+                    let prefix = pattern.strip_suffix('*').unwrap_or(pattern);
+                    let valid = pattern == "*"
+                        || (!prefix.contains('*')
+                            && revmesh_protocol::model::validate_id("agent id", prefix).is_ok());
+                    if !valid {
                         return Err(format!(
                             "{} line {}: the first field must be an agent id, a prefix ending in `*`, or `*`",
                             path.display(),
@@ -702,4 +702,40 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<
     send_frame(ws, &Frame::Error(ef)).await;
     let close = CloseFrame { code: CloseCode::Policy, reason: reason.into() };
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(close))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Table of agent token lines: what is read, what is refused by line number (never content).
+    #[test]
+    fn agent_token_lines_bind_ids_by_pattern() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.tokens");
+        let h = hex::encode(crate::operators::token_sha256("t"));
+        for (text, ok) in [
+            (format!("web-1 {h}"), true),
+            (format!("web-* {h}"), true),
+            (format!("* {h}"), true),
+            ("legacy-plaintext-token".to_owned(), true),
+            (format!("w*b {h}"), false),
+            (format!("web** {h}"), false),
+            ("web-1 SECRET-not-a-hash".to_owned(), false),
+            (format!("a b {h}"), false),
+        ] {
+            std::fs::write(&path, format!("# comment\n\n{text}\n")).expect("write");
+            match AgentTokens::load(&path) {
+                Ok(_) => assert!(ok, "{text}: accepted"),
+                Err(e) => {
+                    assert!(!ok, "{text}: {e}");
+                    assert!(e.contains("line 3") && !e.contains("SECRET"), "{e}");
+                }
+            }
+        }
+        let c = AgentCredential { pattern: "web-*".into(), sha256: [0; 32] };
+        assert!(c.admits("web-7") && !c.admits("db-1"));
+        let exact = AgentCredential { pattern: "web-1".into(), sha256: [0; 32] };
+        assert!(exact.admits("web-1") && !exact.admits("web-10"));
+    }
 }
