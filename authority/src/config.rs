@@ -189,6 +189,44 @@ pub struct ServeArgs {
     #[arg(long, env = "REVMESH_OIDC_MAX_AGE")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
     pub oidc_max_age: Option<String>,
+    /// A trusted Shared Signals transmitter, `ISSUER=JWKS` where JWKS is a file or an https://
+    /// URL (repeatable). Its SETs are pushed to `POST /v1/ssf/events`.
+    #[arg(long, env = "REVMESH_SSF_TRANSMITTER")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub ssf_transmitter: Vec<String>,
+    /// An audience a SET's `aud` must contain one of (repeatable).
+    #[arg(long, env = "REVMESH_SSF_AUDIENCE", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub ssf_audience: Vec<String>,
+    /// File of bearer tokens (one per line) a push to `/v1/ssf/events` must present.
+    #[arg(long, env = "REVMESH_SSF_PUSH_TOKEN_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub ssf_push_token_file: Option<String>,
+    /// Oldest SET `iat` accepted, and how long a SET `jti` is remembered [default: 1h].
+    #[arg(long, env = "REVMESH_SSF_MAX_AGE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub ssf_max_age: Option<String>,
+    /// Event type URIs that revoke (repeatable) [default: CAEP session-revoked and
+    /// credential-change, RISC account-disabled, account-purged, credential-compromise and
+    /// sessions-revoked].
+    #[arg(long, env = "REVMESH_SSF_REVOKE_ON", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub ssf_revoke_on: Vec<String>,
+    /// `ISSUER=ALIAS` (repeatable): another issuer whose tokens a transmitter speaks for (its
+    /// `iss_sub` subjects may name it; its `opaque` users are revoked under each).
+    #[arg(long, env = "REVMESH_SSF_ALIAS")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub ssf_alias: Vec<String>,
+    /// `ISSUER=user` (default) or `ISSUER=session` (repeatable): what a simple `opaque` subject
+    /// of a transmitter's session-revoked event names.
+    #[arg(long, env = "REVMESH_SSF_OPAQUE_SUBJECT")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
+    pub ssf_opaque_subject: Vec<String>,
+    /// Transmitters from the config file: `[[ssf]] issuer, jwks, audiences, aliases,
+    /// opaque_subject` (TOML only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub ssf: Vec<SsfTable>,
     /// Clock skew allowed on logout tokens' `iat` and `exp` [default: 30s].
     #[arg(long, env = "REVMESH_LEEWAY")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
@@ -513,6 +551,8 @@ pub struct Config {
     pub log_json: bool,
     /// The OIDC back-channel logout receiver (none without `--oidc-provider`).
     pub oidc: Option<crate::doors::oidc::OidcSettings>,
+    /// The Shared Signals receiver (none without a transmitter).
+    pub ssf: Option<crate::doors::ssf::SsfSettings>,
     /// Keys for RFC 7009 revocation requests (none without `--token-*`).
     pub token_keys: Option<TokenKeySettings>,
 }
@@ -612,6 +652,138 @@ fn overlay(given: &ServeArgs, file: ServeArgs) -> Result<ServeArgs, String> {
     // Unset is absent in the file's form (TOML has no null).
     merged.retain(|_, v| !v.is_null());
     serde_json::from_value(Value::Object(merged)).map_err(|e| e.to_string())
+}
+
+/// One `[[ssf]]` table of the config file.
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsfTable {
+    /// The transmitter's issuer.
+    pub issuer: String,
+    /// Its JWKS: a file or an https:// URL.
+    pub jwks: String,
+    /// Audiences accepted from it (beyond `ssf-audience`).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Other issuers whose tokens it speaks for.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `user` (default) or `session`.
+    #[serde(default)]
+    pub opaque_subject: Option<String>,
+}
+
+/// `--ssf-transmitter ISSUER=JWKS …`, `[[ssf]]` and the flags that go with them.
+fn ssf_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::doors::ssf::SsfSettings> {
+    use crate::doors::ssf::{set, TransmitterSettings};
+    let max_age = e.duration("ssf-max-age", &raw.ssf_max_age, Duration::from_secs(3600));
+    let mut tables = raw.ssf.clone();
+    for t in &raw.ssf_transmitter {
+        match t.split_once('=').filter(|(i, j)| !i.is_empty() && !j.is_empty()) {
+            Some((issuer, jwks)) => {
+                tables.push(SsfTable { issuer: issuer.into(), jwks: jwks.into(), ..SsfTable::default() })
+            }
+            None => e.push("ssf-transmitter", format!("`{t}` is not ISSUER=JWKS")),
+        }
+    }
+    let by_issuer = |list: &[String], field: &'static str, e: &mut Errors| -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for p in list {
+            match p.split_once('=') {
+                Some((i, v))
+                    if !v.is_empty()
+                        && raw
+                            .ssf_transmitter
+                            .iter()
+                            .chain(raw.ssf.iter().map(|t| &t.issuer))
+                            .any(|t| t == i || t.starts_with(&format!("{i}="))) =>
+                {
+                    out.push((i.to_owned(), v.to_owned()))
+                }
+                Some((i, _)) => e.push(field, format!("`{i}` is not an --ssf-transmitter issuer")),
+                None => e.push(field, format!("`{p}` is not ISSUER=VALUE")),
+            }
+        }
+        out
+    };
+    let aliases = by_issuer(&raw.ssf_alias, "ssf-alias", e);
+    let opaque = by_issuer(&raw.ssf_opaque_subject, "ssf-opaque-subject", e);
+    if tables.is_empty() {
+        for (set, field) in [
+            (!raw.ssf_audience.is_empty(), "ssf-audience"),
+            (raw.ssf_push_token_file.is_some(), "ssf-push-token-file"),
+            (!raw.ssf_revoke_on.is_empty(), "ssf-revoke-on"),
+        ] {
+            if set {
+                e.push(field, "needs --ssf-transmitter");
+            }
+        }
+        return None;
+    }
+    let mut transmitters = Vec::new();
+    for mut t in tables {
+        t.aliases.extend(aliases.iter().filter(|(i, _)| *i == t.issuer).map(|(_, a)| a.clone()));
+        let mode =
+            opaque.iter().rev().find(|(i, _)| *i == t.issuer).map(|(_, m)| m.clone()).or(t.opaque_subject);
+        let opaque_is_session = match mode.as_deref() {
+            None | Some("user") => false,
+            Some("session") => true,
+            Some(other) => {
+                e.push("ssf-opaque-subject", format!("`{other}` is neither `user` nor `session`"));
+                false
+            }
+        };
+        if transmitters.iter().any(|x: &TransmitterSettings| x.issuer == t.issuer) {
+            e.push("ssf-transmitter", format!("`{}` is configured twice", t.issuer));
+            continue;
+        }
+        if t.audiences.is_empty() && raw.ssf_audience.is_empty() {
+            e.push("ssf-audience", format!("`{}` accepts no audience: give --ssf-audience", t.issuer));
+        }
+        match revmesh_jwt::remote::Location::parse(&t.jwks) {
+            Ok(jwks) => transmitters.push(TransmitterSettings {
+                issuer: t.issuer,
+                jwks,
+                audiences: t.audiences,
+                aliases: t.aliases,
+                opaque_is_session,
+            }),
+            Err(m) => e.push("ssf-transmitter", m),
+        }
+    }
+    let revoke_on = if raw.ssf_revoke_on.is_empty() {
+        set::KNOWN
+            .iter()
+            .map(|(_, u)| (*u).to_owned())
+            .filter(|u| set::Event::revokes_by_default(u))
+            .collect()
+    } else {
+        for u in &raw.ssf_revoke_on {
+            if matches!(set::Event::of(u), set::Event::Verification | set::Event::StreamUpdated)
+                || !(u.starts_with("https://") || u.starts_with("http://") || u.starts_with("urn:"))
+            {
+                e.push("ssf-revoke-on", format!("`{u}` is not an event type URI that can revoke"));
+            }
+        }
+        raw.ssf_revoke_on.clone()
+    };
+    let push_token_file = raw.ssf_push_token_file.as_ref().map(PathBuf::from);
+    if let Some(p) = &push_token_file {
+        if let Err(m) = crate::doors::ssf::read_push_tokens(p) {
+            e.push("ssf-push-token-file", m);
+        }
+    }
+    Some(crate::doors::ssf::SsfSettings {
+        transmitters,
+        audiences: raw.ssf_audience.clone(),
+        push_token_file,
+        max_age,
+        leeway: e.duration("leeway", &raw.leeway, Duration::from_secs(30)),
+        revoke_on,
+        jwks_refresh: e.duration("oidc-jwks-refresh", &raw.oidc_jwks_refresh, Duration::from_secs(3600)),
+        jwks_min_refresh: e.duration("jwks-min-refresh", &raw.jwks_min_refresh, Duration::from_secs(10)),
+        jwks_ca_file: raw.jwks_ca_file.as_ref().map(PathBuf::from),
+    })
 }
 
 /// `--oidc-provider ISSUER=JWKS …` and the flags that go with it.
@@ -814,6 +986,7 @@ impl Config {
             })
         };
         let oidc = oidc_settings(raw, &mut e);
+        let ssf = ssf_settings(raw, &mut e);
         let token_keys = token_key_settings(raw, &mut e);
         let operators = file("operators", &raw.operators, &mut e);
         if let Some(p) = &operators {
@@ -857,6 +1030,7 @@ impl Config {
             ),
             token_keys,
             oidc,
+            ssf,
             tls,
             store,
             store_timeout: e.duration("store-timeout", &raw.store_timeout, Duration::from_secs(5)),

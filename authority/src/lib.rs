@@ -20,6 +20,7 @@ pub(crate) mod tls;
 pub mod fuzzing {
     pub use crate::api::feed::start_cursor;
     pub use crate::api::{parse_revocation, parse_revocations, Bulk};
+    pub use crate::doors::ssf::set::{judge as judge_set, Rules as SetRules};
 }
 
 use anyhow::Context;
@@ -75,7 +76,7 @@ async fn reload_on_sighup(
     admin_tls: Option<tls::ServerTls>,
     tokens: Arc<links::AgentTokens>,
     token_file: Option<PathBuf>,
-    verification: (Option<Arc<doors::oauth::TokenKeys>>, Option<Arc<doors::oidc::Oidc>>),
+    verification: Verification,
     shutdown: CancellationToken,
 ) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
@@ -120,8 +121,21 @@ async fn reload_on_sighup(
                 Err(e) => tracing::error!(error = %e, "OIDC key reload failed; keeping the previous keys"),
             }
         }
+        if let Some(o) = &verification.2 {
+            match o.reload_files().await {
+                Ok(()) => tracing::info!("SSF push tokens and transmitter key files reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SSF reload failed; keeping the previous tokens and keys")
+                }
+            }
+        }
     }
 }
+
+/// What SIGHUP re-reads besides certificates and tokens: the keys of RFC 7009, the OIDC
+/// providers', the Shared Signals transmitters' and push tokens.
+type Verification =
+    (Option<Arc<doors::oauth::TokenKeys>>, Option<Arc<doors::oidc::Oidc>>, Option<Arc<doors::ssf::Ssf>>);
 
 /// Addresses an authority actually bound (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
@@ -237,7 +251,13 @@ pub async fn serve(
         })?)),
         None => None,
     };
-    let (token_keys_for_reload, oidc_for_reload) = (token_keys.clone(), oidc.clone());
+    let ssf = match &cfg.ssf {
+        Some(o) => Some(doors::ssf::Ssf::start(o, &clock, shutdown.clone()).await.map_err(|e| {
+            config::ConfigErrors(vec![config::ConfigError { field: "ssf-transmitter", message: e }])
+        })?),
+        None => None,
+    };
+    let reloadable = (token_keys.clone(), oidc.clone(), ssf.clone());
     let hub = Arc::new(links::hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
     let registry = match &backend.shared {
         None => links::registry::Registry::Embedded(hub.clone()),
@@ -298,7 +318,7 @@ pub async fn serve(
     };
     let admin_server = {
         let tls = admin_tls.clone();
-        let app = router::app(state, oidc, token_keys);
+        let app = router::app(state, oidc, token_keys, ssf);
         tracker.spawn(api::server::serve(
             admin_listener,
             app,
@@ -315,7 +335,7 @@ pub async fn serve(
         admin_tls,
         tokens,
         cfg.agent_token_file.clone(),
-        (token_keys_for_reload, oidc_for_reload),
+        reloadable,
         shutdown.clone(),
     ));
     let compactor_log = log.clone();

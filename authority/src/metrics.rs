@@ -56,6 +56,9 @@ pub struct Metrics {
     pub admin_refused_total: IntCounterVec,
     /// `revmesh_authority_oidc_logouts_total{result}`: back-channel logouts by outcome.
     pub oidc_logouts_total: IntCounterVec,
+    /// `revmesh_authority_ssf_events_total{event,result}`: Shared Signals SETs by event (a short
+    /// name, `other` for the rest) and result (`accepted`, `ignored`, `refused`).
+    pub ssf_events_total: IntCounterVec,
     /// `revmesh_authority_reloads_total{what,result}`: SIGHUP reloads of the operators file
     /// (`what="operators"`), `ok` or `error` (the previous operators stay in force).
     pub reloads_total: IntCounterVec,
@@ -153,6 +156,13 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            ssf_events_total: IntCounterVec::new(
+                Opts::new(
+                    "revmesh_authority_ssf_events_total",
+                    "Shared Signals events (SETs) received, by event and result (accepted, ignored, refused)",
+                ),
+                &["event", "result"],
+            )?,
             admin_shed_total: IntCounterVec::new(
                 Opts::new(
                     "revmesh_authority_admin_connections_shed_total",
@@ -202,6 +212,12 @@ impl Metrics {
         r.register(Box::new(m.oidc_logouts_total.clone()))?;
         for result in OIDC_RESULTS {
             m.oidc_logouts_total.with_label_values(&[result]);
+        }
+        r.register(Box::new(m.ssf_events_total.clone()))?;
+        for event in crate::doors::ssf::set::LABELS {
+            for result in ["accepted", "ignored", "refused"] {
+                m.ssf_events_total.with_label_values(&[event, result]);
+            }
         }
         r.register(Box::new(m.store_ready.clone()))?;
         r.register(Box::new(m.store_errors_total.clone()))?;

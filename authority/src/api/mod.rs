@@ -251,7 +251,8 @@ pub(crate) fn scope_for(method: &axum::http::Method, path: &str) -> Option<Scope
             | "/v1/revocations/{seq}"
             | "/v1/revocations/stream"
             | "/v1/agents"
-            | "/v1/status",
+            | "/v1/status"
+            | "/v1/ssf/status",
         ) => Scope::Read,
         (&Method::DELETE, "/v1/revocations/{seq}") => Scope::Withdraw,
         (&Method::DELETE, "/v1/agents/{id}") => Scope::Forget,

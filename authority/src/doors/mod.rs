@@ -5,6 +5,7 @@
 //!
 //! - `oidc`: OpenID Connect Back-Channel Logout 1.0 receiver.
 //! - `oauth`: OAuth 2.0 Token Revocation (RFC 7009).
+//! - `ssf`: OpenID Shared Signals receiver (SETs pushed per RFC 8935; CAEP and RISC events).
 
 pub(crate) mod oauth;
 
@@ -12,3 +13,4 @@ pub(crate) mod oauth;
 /// provider signs with a key moments after publishing it, and does not retry a 400.
 pub(crate) const UNKNOWN_KID_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) mod oidc;
+pub mod ssf;
