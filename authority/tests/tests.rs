@@ -13,5 +13,6 @@ mod operators;
 mod postgres;
 mod relay;
 mod slow;
+mod ssf;
 mod tls;
 mod util;

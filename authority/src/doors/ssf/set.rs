@@ -264,6 +264,8 @@ pub fn judge(claims: &BTreeMap<String, Value>, rules: &Rules, now: u64) -> Resul
                     return Err(Refused::request("`change_type` must be create, revoke, update or delete"));
                 }
             }
+            // Agents refuse tokens with `iat` at or before it (one-second resolution: a token
+            // minted in the event's own second is refused too, PROTOCOL.md §8).
             let issued_before = match payload.get("event_timestamp") {
                 None => iat,
                 Some(t) => {
@@ -274,9 +276,6 @@ pub fn judge(claims: &BTreeMap<String, Value>, rules: &Rules, now: u64) -> Resul
                     t
                 }
             };
-            // Tokens issued at or before the event's second: a token minted in the second the
-            // account was disabled is refused (fail closed), not kept.
-            let issued_before = issued_before.saturating_add(1);
             let subject = subject_of(claims, payload)?;
             let principal = principal(subject, rules, event == Event::SessionRevoked)?;
             Effect::Revoke(revocations(principal, rules, event, issued_before)?)
@@ -482,7 +481,7 @@ mod tests {
             assert_eq!(j.event, e);
             assert_eq!(
                 j.effect,
-                Effect::Revoke(vec![Revocation::subject("u1".into(), NOW - 99, Some(ISS.into()))]),
+                Effect::Revoke(vec![Revocation::subject("u1".into(), NOW - 100, Some(ISS.into()))]),
                 "{e:?}"
             );
         }
@@ -527,7 +526,7 @@ mod tests {
             {"format": "email", "email": "a@b.c"}, {"format": "iss_sub", "iss": ISS, "sub": "u3"}]});
         assert_eq!(
             j(aliases),
-            Ok(Effect::Revoke(vec![Revocation::subject("u3".into(), NOW - 4, Some(ISS.into()))]))
+            Ok(Effect::Revoke(vec![Revocation::subject("u3".into(), NOW - 5, Some(ISS.into()))]))
         );
         // Unmatchable and foreign.
         for bad in [
