@@ -686,22 +686,17 @@ fn ssf_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::doors::ssf::Ss
             None => e.push("ssf-transmitter", format!("`{t}` is not ISSUER=JWKS")),
         }
     }
+    let issuers: Vec<String> = tables.iter().map(|t| t.issuer.clone()).collect();
     let by_issuer = |list: &[String], field: &'static str, e: &mut Errors| -> Vec<(String, String)> {
         let mut out = Vec::new();
         for p in list {
-            match p.split_once('=') {
-                Some((i, v))
-                    if !v.is_empty()
-                        && raw
-                            .ssf_transmitter
-                            .iter()
-                            .chain(raw.ssf.iter().map(|t| &t.issuer))
-                            .any(|t| t == i || t.starts_with(&format!("{i}="))) =>
-                {
-                    out.push((i.to_owned(), v.to_owned()))
-                }
-                Some((i, _)) => e.push(field, format!("`{i}` is not an --ssf-transmitter issuer")),
-                None => e.push(field, format!("`{p}` is not ISSUER=VALUE")),
+            // The issuer is whichever configured one the value starts with (URLs may hold `=`).
+            let known =
+                issuers.iter().find_map(|i| p.strip_prefix(i.as_str())?.strip_prefix('=').map(|v| (i, v)));
+            match (known, p.split_once('=')) {
+                (Some((i, v)), _) if !v.is_empty() => out.push((i.clone(), v.to_owned())),
+                (_, Some((i, _))) => e.push(field, format!("`{i}` is not an --ssf-transmitter issuer")),
+                _ => e.push(field, format!("`{p}` is not ISSUER=VALUE")),
             }
         }
         out
@@ -1134,7 +1129,13 @@ mod tests {
             panic!("settings are a table")
         };
         for (name, empty) in names {
-            let value = if empty.is_array() { serde_json::json!(["x"]) } else { serde_json::json!("x") };
+            let value = match (name.as_str(), empty.is_array()) {
+                ("ssf", _) => {
+                    serde_json::json!([{"issuer": "i", "jwks": "j", "audiences": [], "aliases": [], "opaque_subject": null}])
+                }
+                (_, true) => serde_json::json!(["x"]),
+                (_, false) => serde_json::json!("x"),
+            };
             let given: ServeArgs = serde_json::from_value(serde_json::json!({ name.clone(): value.clone() }))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let merged = serde_json::to_value(overlay(&given, ServeArgs::default()).unwrap()).unwrap();
@@ -1197,5 +1198,58 @@ mod tests {
         let c = Config::build(&raw.with_file().unwrap()).unwrap();
         assert_eq!(c.heartbeat, Duration::from_secs(2));
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9");
+    }
+
+    #[test]
+    fn shared_signals_transmitters_from_flags_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+        let path = dir.path().join("a.toml");
+        let toml = format!(
+            "ssf-audience = [\"aud-a\"]\n[[ssf]]\nissuer = \"https://okta.example\"\njwks = \"{j}\"\naudiences = [\"aud-okta\"]\naliases = [\"https://okta.example/oauth2/default\"]\nopaque_subject = \"session\"\n",
+            j = jwks.display()
+        );
+        std::fs::write(&path, toml).unwrap();
+        let flag = format!("https://entra.example={}", jwks.display());
+        let raw = ServeArgs {
+            config: Some(path),
+            ssf_transmitter: vec![flag],
+            ssf_alias: vec!["https://entra.example=https://sts.entra.example/".into()],
+            ..Default::default()
+        };
+        let c = Config::build(&raw.with_file().unwrap()).unwrap();
+        let s = c.ssf.unwrap();
+        assert_eq!(s.max_age, Duration::from_secs(3600));
+        assert_eq!(s.revoke_on.len(), 6, "the CAEP and RISC events of the table");
+        let okta = &s.transmitters[0];
+        assert_eq!((okta.issuer.as_str(), okta.opaque_is_session), ("https://okta.example", true));
+        assert_eq!(okta.audiences, ["aud-okta"]);
+        let entra = &s.transmitters[1];
+        assert_eq!(entra.aliases, ["https://sts.entra.example/"]);
+        assert_eq!(s.audiences, ["aud-a"]);
+
+        let bad = ServeArgs {
+            ssf_transmitter: vec!["no-equals".into(), format!("https://a={}", jwks.display())],
+            ssf_alias: vec!["https://b=https://c".into()],
+            ssf_opaque_subject: vec!["https://a=device".into()],
+            ssf_revoke_on: vec!["https://schemas.openid.net/secevent/ssf/event-type/verification".into()],
+            ssf_push_token_file: Some(dir.path().join("absent").display().to_string()),
+            ..Default::default()
+        };
+        let errs = Config::build(&bad).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field).collect();
+        for f in [
+            "ssf-transmitter",
+            "ssf-alias",
+            "ssf-opaque-subject",
+            "ssf-audience",
+            "ssf-revoke-on",
+            "ssf-push-token-file",
+        ] {
+            assert!(fields.contains(&f), "{f}: {errs:?}");
+        }
+        let lonely = ServeArgs { ssf_audience: vec!["x".into()], ..Default::default() };
+        assert_eq!(Config::build(&lonely).unwrap_err()[0].field, "ssf-audience");
     }
 }
