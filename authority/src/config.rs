@@ -46,6 +46,9 @@ pub enum Command {
     /// Operators: `operators new NAME --scopes revoke,read` prints a fresh token (once) and the
     /// stanza to add to the operators file.
     Operators(OperatorsArgs),
+    /// Shared Signals: `ssf register` creates a stream at a transmitter for the events revmesh
+    /// acts on and asks it for a verification event.
+    Ssf(SsfArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -222,6 +225,15 @@ pub struct ServeArgs {
     #[arg(long, env = "REVMESH_SSF_OPAQUE_SUBJECT")]
     #[serde(default, deserialize_with = "revmesh_protocol::conf::list")]
     pub ssf_opaque_subject: Vec<String>,
+    /// A transmitter's RFC 8936 poll endpoint: the authority long-polls it and acknowledges
+    /// each SET once durable (with PostgreSQL replicas, one polls at a time).
+    #[arg(long, env = "REVMESH_SSF_POLL")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub ssf_poll: Option<String>,
+    /// File whose first line is the bearer token a poll presents.
+    #[arg(long, env = "REVMESH_SSF_POLL_TOKEN_FILE")]
+    #[serde(default, deserialize_with = "revmesh_protocol::conf::opt_scalar")]
+    pub ssf_poll_token_file: Option<String>,
     /// Transmitters from the config file: `[[ssf]] issuer, jwks, audiences, aliases,
     /// opaque_subject` (TOML only).
     #[arg(skip)]
@@ -373,6 +385,46 @@ pub enum OperatorsAction {
         /// Comma-separated: revoke, read, forget, withdraw, audit.
         #[arg(long, required = true, value_delimiter = ',')]
         scopes: Vec<String>,
+    },
+}
+
+/// `ssf` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct SsfArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SsfAction,
+}
+
+/// `ssf` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SsfAction {
+    /// Reads the transmitter's metadata, creates a stream for the events revmesh acts on
+    /// (push to `--push-url`, or `--poll`), requests a verification event, and prints the
+    /// stream's id and status.
+    Register {
+        /// The transmitter's metadata, e.g. https://idp.example/.well-known/ssf-configuration.
+        #[arg(long)]
+        config_url: String,
+        /// File whose first line is the bearer token of the transmitter's stream management API.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Push delivery (RFC 8935) to this URL: the authority's `/v1/ssf/events`.
+        #[arg(long, conflicts_with = "poll", required_unless_present = "poll")]
+        push_url: Option<String>,
+        /// The push token the transmitter is to present (first line of the authority's
+        /// `--ssf-push-token-file`).
+        #[arg(long, requires = "push_url")]
+        push_token_file: Option<PathBuf>,
+        /// Poll delivery (RFC 8936): prints the endpoint to give `--ssf-poll`.
+        #[arg(long)]
+        poll: bool,
+        /// Event type URIs to request [default: those that revoke, and stream-updated].
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// CA bundle for an https transmitter [default: the system's].
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -708,6 +760,7 @@ fn ssf_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::doors::ssf::Ss
             (!raw.ssf_audience.is_empty(), "ssf-audience"),
             (raw.ssf_push_token_file.is_some(), "ssf-push-token-file"),
             (!raw.ssf_revoke_on.is_empty(), "ssf-revoke-on"),
+            (raw.ssf_poll.is_some(), "ssf-poll"),
         ] {
             if set {
                 e.push(field, "needs --ssf-transmitter");
@@ -768,7 +821,40 @@ fn ssf_settings(raw: &ServeArgs, e: &mut Errors) -> Option<crate::doors::ssf::Ss
             e.push("ssf-push-token-file", m);
         }
     }
+    let poll = raw.ssf_poll.as_ref().and_then(|url| {
+        // The rule of key set URLs: https://, or plain http:// to this host only.
+        match revmesh_jwt::remote::Location::parse(url) {
+            Ok(revmesh_jwt::remote::Location::Url { .. }) => {}
+            Ok(_) => {
+                e.push("ssf-poll", format!("`{url}` is not an https:// URL"));
+                return None;
+            }
+            Err(m) => {
+                e.push("ssf-poll", m);
+                return None;
+            }
+        }
+        let token_file = raw.ssf_poll_token_file.as_ref().map(PathBuf::from);
+        if let Some(Err(m)) = token_file.as_deref().map(crate::doors::ssf::poll::read_token) {
+            e.push("ssf-poll-token-file", m);
+        }
+        Some(crate::doors::ssf::poll::PollSettings {
+            url: url.clone(),
+            token_file,
+            ca_file: raw.jwks_ca_file.as_ref().map(PathBuf::from),
+        })
+    });
+    if raw.ssf_poll.is_none() && raw.ssf_poll_token_file.is_some() {
+        e.push("ssf-poll-token-file", "needs --ssf-poll");
+    }
+    if raw.ssf_poll.is_none() && raw.ssf_push_token_file.is_none() {
+        e.push(
+            "ssf-transmitter",
+            "SETs arrive by push (--ssf-push-token-file) or poll (--ssf-poll): give one",
+        );
+    }
     Some(crate::doors::ssf::SsfSettings {
+        poll,
         transmitters,
         audiences: raw.ssf_audience.clone(),
         push_token_file,

@@ -258,6 +258,7 @@ pub async fn serve(
         None => None,
     };
     let reloadable = (token_keys.clone(), oidc.clone(), ssf.clone());
+    let ssf_poll = cfg.ssf.as_ref().and_then(|c| c.poll.clone()).zip(ssf.clone());
     let hub = Arc::new(links::hub::Hub::new(metrics.clone(), backend.shared.is_some(), clock.clone()));
     let registry = match &backend.shared {
         None => links::registry::Registry::Embedded(hub.clone()),
@@ -301,6 +302,26 @@ pub async fn serve(
         heartbeat: cfg.heartbeat,
         backup_dir: cfg.data_dir.clone(),
     };
+    if let Some(ssf) = &ssf {
+        // SETs stored before a restart are not stored again when their transmitter, which
+        // missed our answer, delivers them again.
+        match ssf.remember_stored(&state).await {
+            Ok(n) => tracing::info!(remembered = n, "SSF receiver ready"),
+            Err(e) => {
+                tracing::warn!(error = %e, "SSF: the audit trail could not be read; replays from before this start may be stored again")
+            }
+        }
+    }
+    if let Some((settings, ssf)) = ssf_poll {
+        let poller = doors::ssf::poll::Poller {
+            settings,
+            state: ssf.poll.clone().unwrap_or_default(),
+            ssf,
+            api: state.clone(),
+            lease: backend.shared.as_ref().map(|s| s.cursors.clone()),
+        };
+        tokio::spawn(poller.run(shutdown.clone()));
+    }
     let view = log.view();
     tracing::info!(
         agent = %bound.agent, admin = %bound.admin, log_id = %view.log_id, head = view.head,

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         Command::Show(a) => revmesh_authority::cli::show(&a),
         Command::Audit(a) => revmesh_authority::cli::audit(&a),
         Command::Operators(a) => revmesh_authority::cli::operators(&a),
+        Command::Ssf(a) => revmesh_authority::cli::ssf::run(&a),
     }
 }
 

@@ -444,3 +444,53 @@ fn audit_records_and_entries_commit_together_under_kill9_postgres() {
         &["--store", &url, "--admin-token-file", token.to_str().unwrap()],
     );
 }
+
+/// Shared Signals poll delivery on two replicas: one polls at a time (a lease in the
+/// database); kill -9 that one and the other takes over, and every SET is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_polls_for_shared_signals_and_another_takes_over_when_it_dies() {
+    let _one = PG.lock().await;
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let t = crate::ssf::Transmitter::start(dir.path());
+    let out = t.register(&["--poll"]);
+    let url =
+        out.split("poll endpoint ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().to_owned();
+    let token = dir.path().join("admin.token.shared");
+    std::fs::write(&token, SHARED_TOKEN).unwrap();
+    let mut reps: Vec<Authority> = (0..2)
+        .map(|i| {
+            let mut args = t.flags();
+            let more =
+                ["--store", &db.url(), "--admin-token-file", token.to_str().unwrap(), "--ssf-poll", &url];
+            args.extend(more.iter().map(|s| s.to_string()));
+            args.extend(["--ssf-poll-token-file".to_string(), t.mgmt_token.display().to_string()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Authority::start(&dir.path().join(format!("replica-{i}")), &args)
+        })
+        .collect();
+    let polling = |r: &Authority| r.get("/v1/ssf/status").1["poll"]["polling"] == true;
+    wait_for(|| reps.iter().filter(|r| polling(r)).count() == 1, "one replica polling").await;
+    let holder = reps.iter().position(polling).unwrap();
+    let disabled = "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
+    let acked = |t: &crate::ssf::Transmitter, jti: &str| {
+        t.log()["acked"].as_array().unwrap().iter().any(|j| j == jti)
+    };
+    let first =
+        t.emit(disabled, serde_json::json!({}), serde_json::json!({"format": "opaque", "id": "lease-1"}));
+    wait_for(|| acked(&t, &first[0]), "the first SET acknowledged").await;
+    assert_eq!(reps.iter().filter(|r| polling(r)).count(), 1, "still one poller");
+
+    reps[holder].kill9();
+    let other = 1 - holder;
+    let died = std::time::Instant::now();
+    wait_for(|| polling(&reps[other]), "the other replica to take over the poll").await;
+    eprintln!("took over {:?} after the holder died", died.elapsed());
+    let second =
+        t.emit(disabled, serde_json::json!({}), serde_json::json!({"format": "opaque", "id": "lease-2"}));
+    wait_for(|| acked(&t, &second[0]), "the second SET acknowledged by the new poller").await;
+    let (_, list) = reps[other].get("/v1/revocations?after=0");
+    let subs: Vec<&str> =
+        list["entries"].as_array().unwrap().iter().filter_map(|e| e["sub"].as_str()).collect();
+    assert_eq!(subs, ["lease-1", "lease-2"], "each stored once: {list}");
+}

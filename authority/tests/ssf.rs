@@ -281,3 +281,221 @@ async fn a_store_that_cannot_commit_answers_503_and_the_retry_is_stored_once() {
     let from_ssf: Vec<&Value> = entries.iter().filter(|e| e["sub"] == "user-6").collect();
     assert_eq!(from_ssf.len(), 1, "stored once: {list}");
 }
+
+/// The transmitter of `ssf_transmitter.py`, written from the SSF specs; killed on drop.
+pub struct Transmitter {
+    child: std::process::Child,
+    pub issuer: String,
+    pub jwks: std::path::PathBuf,
+    pub mgmt_token: std::path::PathBuf,
+}
+
+impl Drop for Transmitter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Transmitter {
+    pub fn start(dir: &std::path::Path) -> Transmitter {
+        use std::io::BufRead;
+        let jwks = dir.join("transmitter-jwks.json");
+        let mgmt_token = dir.join("transmitter.token");
+        std::fs::write(&mgmt_token, "mgmt-token-0123456789abcdef\n").unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ssf_transmitter.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(&jwks)
+            .args(["mgmt-token-0123456789abcdef", AUDIENCE])
+            .current_dir("/")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!("the transmitter did not start (`pip install 'pyjwt[crypto]'`, scripts/test installs it): {line:?}")
+        });
+        Transmitter { child, issuer: v["issuer"].as_str().unwrap().to_owned(), jwks, mgmt_token }
+    }
+
+    fn addr(&self) -> &str {
+        self.issuer.trim_start_matches("http://")
+    }
+
+    /// Signs and queues an event on every stream; returns the SETs' `jti`s.
+    pub fn emit(&self, event: &str, payload: Value, sub_id: Value) -> Vec<String> {
+        let body = serde_json::json!({"event": event, "payload": payload, "sub_id": sub_id});
+        let (status, v) =
+            crate::util::http(self.addr(), "POST", "/control/emit", None, body.to_string().as_bytes());
+        assert_eq!(status, 200, "{v}");
+        serde_json::from_value(v["jtis"].clone()).unwrap()
+    }
+
+    pub fn log(&self) -> Value {
+        crate::util::http(self.addr(), "GET", "/control/log", None, b"").1
+    }
+
+    pub fn config_url(&self) -> String {
+        format!("{}/.well-known/ssf-configuration", self.issuer)
+    }
+
+    /// The authority's flags to trust it.
+    pub fn flags(&self) -> Vec<String> {
+        vec![
+            "--ssf-transmitter".into(),
+            format!("{}={}", self.issuer, self.jwks.display()),
+            "--ssf-audience".into(),
+            AUDIENCE.into(),
+        ]
+    }
+
+    /// `revmesh-authority ssf register …`: its stdout, asserting success.
+    pub fn register(&self, delivery: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_revmesh-authority"))
+            .args(["ssf", "register", "--config-url", &self.config_url(), "--token-file"])
+            .arg(&self.mgmt_token)
+            .args(delivery)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "ssf register: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    }
+}
+
+const CAEP_SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const RISC_ACCOUNT_DISABLED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
+
+fn start_with(dir: &std::path::Path, t: &Transmitter, extra: &[&str]) -> Authority {
+    let mut args = t.flags();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Authority::start(dir, &args)
+}
+
+/// The transmitter's whole push conversation: `ssf register` creates the stream with our push
+/// URL and token, the verification event arrives and shows in the status, and a session
+/// revoked at the transmitter is refused by the agents; a SET we cannot act on is answered
+/// with an RFC 8935 error the transmitter records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_push_stream_verifies_and_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Transmitter::start(dir.path());
+    let push_tokens = dir.path().join("push.tokens");
+    std::fs::write(&push_tokens, format!("{PUSH_TOKEN}\n")).unwrap();
+    let a = start_with(&dir.path().join("a"), &t, &["--ssf-push-token-file", push_tokens.to_str().unwrap()]);
+    let agent = Agent::start(vec![a.ws_url()], "push-agent");
+    let push_url = format!("http://{}/v1/ssf/events", a.admin);
+    let out = t.register(&["--push-url", &push_url, "--push-token-file", push_tokens.to_str().unwrap()]);
+    assert!(out.contains("status enabled"), "{out}");
+    assert!(out.contains(CAEP_SESSION_REVOKED), "the session-revoked event is delivered: {out}");
+    let state = out.split("state ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().to_owned();
+    wait_for(
+        || a.get("/v1/ssf/status").1["transmitters"][0]["verification"]["state"] == state.as_str(),
+        "the verification event with our state",
+    )
+    .await;
+
+    let sub_id = serde_json::json!({"format": "complex", "session": {"format": "opaque", "id": "s-77"},
+        "user": {"format": "iss_sub", "iss": t.issuer, "sub": "u-77"}});
+    let jti = t.emit(CAEP_SESSION_REVOKED, serde_json::json!({}), sub_id).remove(0);
+    let issuer: &'static str = Box::leak(t.issuer.clone().into_boxed_str());
+    let session = TokenRef { sid: Some("s-77"), iss: Some(issuer), ..Default::default() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    wait_for(|| revoked(&agent, session), "the agent to refuse the revoked session").await;
+    assert!(std::time::Instant::now() < deadline, "within 2 s");
+    assert!(t.log()["acked"].as_array().unwrap().iter().any(|j| j == jti.as_str()));
+
+    let bad = t.emit(
+        RISC_ACCOUNT_DISABLED,
+        serde_json::json!({}),
+        serde_json::json!({"format": "email", "email": "u@x"}),
+    );
+    wait_for(|| t.log()["set_errs"].get(&bad[0]).is_some(), "the transmitter to record our refusal").await;
+    assert_eq!(t.log()["set_errs"][&bad[0]]["err"], "invalid_request");
+    agent.stop().await;
+}
+
+/// Poll delivery: 250 SETs (more than one poll's worth, so `moreAvailable` is followed), each
+/// acknowledged once stored and stored once; a SET we cannot act on comes back in `setErrs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_sets_are_acknowledged_once_stored_and_refusals_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Transmitter::start(dir.path());
+    let out = t.register(&["--poll"]);
+    let url =
+        out.split("poll endpoint ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().to_owned();
+    for i in 0..250 {
+        t.emit(
+            RISC_ACCOUNT_DISABLED,
+            serde_json::json!({}),
+            serde_json::json!({"format": "opaque", "id": format!("p-{i}")}),
+        );
+    }
+    let bad = t.emit(
+        RISC_ACCOUNT_DISABLED,
+        serde_json::json!({}),
+        serde_json::json!({"format": "phone_number", "phone_number": "+1"}),
+    );
+    let token = t.mgmt_token.to_str().unwrap().to_owned();
+    let a = start_with(&dir.path().join("a"), &t, &["--ssf-poll", &url, "--ssf-poll-token-file", &token]);
+    wait_for(|| t.log()["acked"].as_array().unwrap().len() >= 251, "every SET acknowledged").await;
+    let log = t.log();
+    assert_eq!(log["set_errs"][&bad[0]]["err"], "invalid_request", "{log}");
+    let (_, list) = a.get("/v1/revocations?after=0&limit=1000");
+    let subs: std::collections::HashSet<&str> =
+        list["entries"].as_array().unwrap().iter().filter_map(|e| e["sub"].as_str()).collect();
+    assert_eq!(list["entries"].as_array().unwrap().len(), 250, "stored once each");
+    assert_eq!(subs.len(), 250);
+    assert!(log["polls"].as_u64().unwrap() >= 3, "more than one poll: {log}");
+    let st = a.get("/v1/ssf/status").1;
+    assert_eq!(st["poll"]["polling"], true, "{st}");
+    assert!(st["poll"]["received"].as_u64().unwrap() >= 251, "{st}");
+}
+
+/// Kill -9 between a poll and its commit (the store cannot commit: its disk is full): the SET
+/// was received and not acknowledged, so the transmitter delivers it again to the restarted
+/// authority, which stores it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_set_received_but_not_committed_before_kill9_is_delivered_again_and_stored_once() {
+    let fs = crate::disk::Tmpfs::mount("24m");
+    let dir = tempfile::tempdir().unwrap();
+    let t = Transmitter::start(dir.path());
+    let out = t.register(&["--poll"]);
+    let url =
+        out.split("poll endpoint ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap().to_owned();
+    let token = t.mgmt_token.to_str().unwrap().to_owned();
+    let flags =
+        ["--ssf-poll", url.as_str(), "--ssf-poll-token-file", token.as_str(), "--store-timeout", "2s"];
+    let mut a = start_with(fs.path(), &t, &flags);
+    let filler = fs.fill();
+    for i in 0.. {
+        let body = format!(r#"{{"kind":"jti","jti":"fill-{i}","expires_at":4000000000}}"#);
+        if a.post("/v1/revocations", &body).0 == 503 {
+            break;
+        }
+    }
+    let jti = t
+        .emit(
+            RISC_ACCOUNT_DISABLED,
+            serde_json::json!({}),
+            serde_json::json!({"format": "opaque", "id": "k9"}),
+        )
+        .remove(0);
+    wait_for(|| t.log()["delivered"][&jti].as_u64().is_some(), "the SET to be polled").await;
+    assert!(!t.log()["acked"].as_array().unwrap().iter().any(|j| j == jti.as_str()), "not acknowledged");
+    a.kill9();
+    std::fs::remove_file(filler).unwrap();
+    let a = start_with(fs.path(), &t, &flags);
+    wait_for(
+        || t.log()["acked"].as_array().unwrap().iter().any(|j| j == jti.as_str()),
+        "acknowledged after the restart",
+    )
+    .await;
+    assert!(t.log()["delivered"][&jti].as_u64().unwrap() >= 2, "delivered again");
+    let (_, list) = a.get("/v1/revocations?after=0&limit=1000");
+    let n = list["entries"].as_array().unwrap().iter().filter(|e| e["sub"] == "k9").count();
+    assert_eq!(n, 1, "stored once");
+}

@@ -956,6 +956,9 @@ mod tests {
         ) -> crate::store::StoreFuture<crate::store::Forgotten> {
             Box::pin(async { Err(StoreError::Unavailable("cursors down")) })
         }
+        fn lease(self: Arc<Self>, _: String, _: std::time::Duration) -> crate::store::StoreFuture<bool> {
+            Box::pin(async { Err(StoreError::Unavailable("cursors down")) })
+        }
     }
 
     /// Once a revocation is durable the answer is 201 with its seq, even when the receipt

@@ -2,6 +2,7 @@
 //! with human-readable output, or the raw JSON with `--json`.
 
 pub mod import;
+pub mod ssf;
 
 use crate::config::{
     AgentsAction, AgentsArgs, BackupArgs, ClientArgs, RestoreArgs, RevokeArgs, RevokeWhat, WithdrawArgs,

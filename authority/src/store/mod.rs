@@ -302,6 +302,9 @@ pub trait CursorStore: Send + Sync + 'static {
     /// Removes a disconnected agent's shared cursor, recording `audit` (with the outcome's
     /// status) in the same transaction when it is removed.
     fn forget_agent(self: Arc<Self>, id: String, audit: AuditDraft) -> StoreFuture<Forgotten>;
+    /// Takes the lease `name` for this replica, or keeps it, for `ttl`: `true` while this
+    /// replica holds it (one replica at a time does what it guards, e.g. the SSF poll).
+    fn lease(self: Arc<Self>, name: String, ttl: std::time::Duration) -> StoreFuture<bool>;
 }
 
 /// The backend a configuration chose: the log, and for a shared backend its tail and cursors.

@@ -62,6 +62,11 @@ CREATE TABLE IF NOT EXISTS revmesh_audit (
     status int NOT NULL
 );
 CREATE INDEX IF NOT EXISTS revmesh_audit_at ON revmesh_audit (at_ms);
+CREATE TABLE IF NOT EXISTS revmesh_leases (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    until timestamptz NOT NULL
+);
 ";
 
 /// Inserts audit records (one statement for any number) in the caller's transaction.
@@ -551,6 +556,31 @@ impl SharedLog for PgStore {
 }
 
 impl CursorStore for PgStore {
+    fn lease(self: Arc<Self>, name: String, ttl: Duration) -> StoreFuture<bool> {
+        Box::pin(async move {
+            let replica = self.replica.clone();
+            let timeout = self.timeout;
+            let row = self
+                .run(timeout, move |c| {
+                    Box::pin(async move {
+                        // Taken when free or expired, renewed by its holder; the database's clock
+                        // decides, so replicas' clocks need not agree.
+                        c.query_opt(
+                            "INSERT INTO revmesh_leases (name, holder, until)
+                             VALUES ($1, $2, now() + make_interval(secs => $3))
+                             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+                             WHERE revmesh_leases.holder = EXCLUDED.holder OR revmesh_leases.until < now()
+                             RETURNING holder",
+                            &[&name, &replica, &ttl.as_secs_f64()],
+                        )
+                        .await
+                    })
+                })
+                .await?;
+            Ok(row.is_some())
+        })
+    }
+
     fn publish_agents(self: Arc<Self>, rows: Vec<AgentRow>) -> StoreFuture<()> {
         Box::pin(async move {
             if rows.is_empty() {

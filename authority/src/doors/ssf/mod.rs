@@ -6,9 +6,11 @@
 //! ([`set::judge`]), answered 202 once durable. A replay (a `jti` already accepted within
 //! `--ssf-max-age`) is answered 202 and stores nothing.
 
+pub mod poll;
 pub mod set;
 
 use crate::api::{store_revocations, AdminState, ApiError, Caller};
+
 use crate::store::NewEntry;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -26,6 +28,8 @@ use std::time::Duration;
 pub const MAX_SET_BYTES: usize = 64 << 10;
 /// Most SET `jti`s remembered for replay detection within `--ssf-max-age`.
 pub const MAX_SEEN: usize = 100_000;
+/// The audit trail's action for a stored SET; its target is `set EVENT JTI`.
+pub const AUDIT_ACTION: &str = "ssf_event";
 /// Most push tokens in `--ssf-push-token-file`.
 pub const MAX_PUSH_TOKENS: usize = 1024;
 
@@ -63,8 +67,10 @@ pub struct SsfSettings {
     pub jwks_refresh: Duration,
     /// Least time between two fetches of one JWKS.
     pub jwks_min_refresh: Duration,
-    /// CA bundle for https JWKS URLs.
+    /// CA bundle for https JWKS URLs (and an https poll endpoint).
     pub jwks_ca_file: Option<PathBuf>,
+    /// Poll delivery (`--ssf-poll`).
+    pub poll: Option<poll::PollSettings>,
 }
 
 /// What the receiver has seen of one transmitter (this replica's view), for `/v1/ssf/status`.
@@ -94,6 +100,8 @@ pub struct Ssf {
     max_age: u64,
     /// `iss` + `jti` → when it may be forgotten (unix seconds).
     replays: Mutex<HashMap<(String, String), u64>>,
+    /// The poller's state, when `--ssf-poll` is set.
+    pub(crate) poll: Option<Arc<Mutex<poll::PollState>>>,
 }
 
 /// Reads `--ssf-push-token-file`: one token per line (blank lines and `#` comments skipped),
@@ -167,6 +175,7 @@ impl Ssf {
             push_token_file: s.push_token_file.clone(),
             max_age: s.max_age.as_secs() + s.leeway.as_secs(),
             replays: Mutex::new(HashMap::new()),
+            poll: s.poll.as_ref().map(|_| Arc::default()),
         }))
     }
 
@@ -262,6 +271,50 @@ impl Ssf {
         Ok(true)
     }
 
+    /// Remembers the SETs stored within `--ssf-max-age`, from the audit trail (which commits
+    /// with their entries), so a SET delivered again after a restart, or to the replica that
+    /// took over polling, is acknowledged and not stored twice. Returns how many.
+    pub(crate) async fn remember_stored(&self, s: &AdminState) -> Result<usize, crate::store::StoreError> {
+        let now_ms = s.log.clock().unix_ms();
+        // A minute of slack: records' times and ids are taken a moment apart.
+        let since = now_ms.saturating_sub(self.max_age * 1000 + 60_000);
+        // The first record at or after `since`: ids ascend with time, so bisect on them.
+        let first_at =
+            |after: u64| async move { s.log.audit_after(after, 1).await.map(|r| r.first().map(|r| r.at_ms)) };
+        let (mut lo, mut hi) = (0u64, 1u64);
+        while first_at(hi).await?.is_some_and(|at| at < since) {
+            lo = hi;
+            hi = hi.saturating_mul(2);
+        }
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if first_at(mid).await?.is_none_or(|at| at >= since) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let (mut after, mut n) = (lo, 0);
+        loop {
+            let page = s.log.audit_after(after, 1000).await?;
+            let Some(last) = page.last() else { return Ok(n) };
+            after = last.id;
+            let mut seen = self.replays.lock().unwrap_or_else(|p| p.into_inner());
+            for r in page.iter().filter(|r| r.action == AUDIT_ACTION) {
+                let Some(issuer) = r.operator.strip_prefix("ssf:") else { continue };
+                // `set EVENT JTI; seq A-B`
+                let Some((_, rest)) = r.target.strip_prefix("set ").and_then(|t| t.split_once(' ')) else {
+                    continue;
+                };
+                let jti = rest.rsplit_once("; seq ").map_or(rest, |(j, _)| j);
+                if seen.len() < MAX_SEEN {
+                    seen.insert((issuer.to_owned(), jti.to_owned()), r.at_ms / 1000 + self.max_age);
+                    n += 1;
+                }
+            }
+        }
+    }
+
     /// Releases a reserved `jti` (its entries were not stored; the transmitter retries).
     fn release(&self, key: &(String, String)) {
         self.replays.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
@@ -291,7 +344,16 @@ impl Ssf {
             })
             .collect();
         list.sort_by(|a, b| a["issuer"].as_str().cmp(&b["issuer"].as_str()));
-        json!({ "transmitters": list })
+        let poll = self.poll.as_ref().map(|p| {
+            let p = p.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            json!({
+                "polling": p.polling,
+                "received": p.received,
+                "last_ok_ms": p.last_ok_ms,
+                "last_error": p.last_error.map(|(at, e)| json!({"at_ms": at, "error": e})),
+            })
+        });
+        json!({ "transmitters": list, "poll": poll })
     }
 }
 
@@ -385,86 +447,127 @@ async fn push(
         count(Event::Other, "refused");
         return refusal(StatusCode::BAD_REQUEST, "invalid_request", Some("the body is not UTF-8"));
     };
-    let now_ms = s.log.clock().unix_ms();
-    let now = now_ms / 1000;
-    let (issuer, verdict) = ssf.validate(token.trim(), now).await;
-    let judged = match verdict {
-        Ok(j) => j,
-        Err(e) => {
-            count(Event::Other, "refused");
-            ssf.note(issuer, |seen| seen.refused += 1);
-            tracing::warn!(issuer = issuer.unwrap_or("-"), error = %e, remote = %caller.remote, "SET refused");
-            return refusal(StatusCode::BAD_REQUEST, e.code.as_str(), Some(&e.description));
-        }
-    };
-    let issuer = issuer.unwrap_or_default().to_owned();
-    let key = (issuer.clone(), judged.jti.clone());
-    match ssf.reserve(&key, now) {
-        Ok(true) => {}
-        Ok(false) => {
-            // A replay (the transmitter did not see our 202): answered the same, stored once.
-            count(judged.event, "ignored");
-            ssf.note(Some(&issuer), |seen| seen.ignored += 1);
-            tracing::info!(%issuer, jti = %judged.jti, "SET replayed; already accepted");
-            return StatusCode::ACCEPTED.into_response();
-        }
-        Err(e) => return refusal(StatusCode::SERVICE_UNAVAILABLE, e.code.as_str(), Some(&e.description)),
+    match ssf.ingest(&s, token.trim(), &caller.remote, None).await {
+        Ingested::Accepted => StatusCode::ACCEPTED.into_response(),
+        Ingested::Refused(e) => refusal(StatusCode::BAD_REQUEST, e.code.as_str(), Some(&e.description)),
+        Ingested::Unavailable(e) => e.into_response(),
     }
-    let event = judged.event;
-    let revocations = match judged.effect {
-        Effect::Revoke(r) => r,
-        other => {
-            ssf.note(Some(&issuer), |seen| {
-                match other {
-                    Effect::Verification(state) => seen.verification = Some((now_ms, state)),
-                    Effect::StreamUpdated(status, reason) => seen.stream = Some((now_ms, status, reason)),
-                    _ => {}
-                }
-                seen.last_event = Some((now_ms, event, judged.jti.clone()));
-                if matches!(event, Event::Verification | Event::StreamUpdated) {
+}
+
+/// What became of one SET.
+#[derive(Debug)]
+pub(crate) enum Ingested {
+    /// Stored durably, recorded (verification, stream status), ignored by the table, or a
+    /// replay of one accepted before: acknowledge it.
+    Accepted,
+    /// Refused: nothing stored; tell the transmitter why.
+    Refused(Refused),
+    /// Valid, but the store could not commit it: do not acknowledge (the transmitter retries).
+    Unavailable(ApiError),
+}
+
+impl Ssf {
+    /// Validates one SET, stores what it asks for and records what it reports: the one path
+    /// of pushed and polled SETs alike. `expected_jti`: the `jti` a poll answer filed it under.
+    pub(crate) async fn ingest(
+        &self,
+        s: &AdminState,
+        token: &str,
+        remote: &str,
+        expected_jti: Option<&str>,
+    ) -> Ingested {
+        let count =
+            |e: Event, result: &str| s.metrics.ssf_events_total.with_label_values(&[e.label(), result]).inc();
+        let now_ms = s.log.clock().unix_ms();
+        let now = now_ms / 1000;
+        let (issuer, verdict) = self.validate(token, now).await;
+        let verdict = verdict.and_then(|j| match expected_jti {
+            Some(jti) if jti != j.jti => {
+                Err(Refused::new(ErrCode::Request, "the SET's `jti` is not the one it was delivered under"))
+            }
+            _ => Ok(j),
+        });
+        let judged = match verdict {
+            Ok(j) => j,
+            Err(e) => {
+                count(Event::Other, "refused");
+                self.note(issuer, |seen| seen.refused += 1);
+                tracing::warn!(issuer = issuer.unwrap_or("-"), error = %e, %remote, "SET refused");
+                return Ingested::Refused(e);
+            }
+        };
+        let issuer = issuer.unwrap_or_default().to_owned();
+        let key = (issuer.clone(), judged.jti.clone());
+        match self.reserve(&key, now) {
+            Ok(true) => {}
+            Ok(false) => {
+                // A replay (the transmitter did not see our acknowledgement): stored once.
+                count(judged.event, "ignored");
+                self.note(Some(&issuer), |seen| seen.ignored += 1);
+                tracing::info!(%issuer, jti = %judged.jti, "SET replayed; already accepted");
+                return Ingested::Accepted;
+            }
+            Err(e) => {
+                return Ingested::Unavailable(ApiError::status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.description,
+                ))
+            }
+        }
+        let event = judged.event;
+        let revocations = match judged.effect {
+            Effect::Revoke(r) => r,
+            other => {
+                let reports = matches!(event, Event::Verification | Event::StreamUpdated);
+                self.note(Some(&issuer), |seen| {
+                    match other {
+                        Effect::Verification(state) => seen.verification = Some((now_ms, state)),
+                        Effect::StreamUpdated(status, reason) => seen.stream = Some((now_ms, status, reason)),
+                        _ => {}
+                    }
+                    seen.last_event = Some((now_ms, event, judged.jti.clone()));
+                    if reports {
+                        seen.accepted += 1;
+                    } else {
+                        seen.ignored += 1;
+                    }
+                });
+                count(event, if reports { "accepted" } else { "ignored" });
+                return Ingested::Accepted;
+            }
+        };
+        let entries = revocations
+            .into_iter()
+            .map(|revocation| NewEntry {
+                revocation,
+                expires_at: now + s.max_token_ttl.as_secs(),
+                reason: Some(format!("Shared Signals {}", event.label())),
+                created_at_ms: now_ms,
+                by: None,
+            })
+            .collect();
+        let act = crate::api::Act {
+            by: format!("ssf:{issuer}").into(),
+            remote: remote.to_owned(),
+            action: AUDIT_ACTION,
+            target: format!("set {} {}", event.label(), judged.jti),
+            status: StatusCode::ACCEPTED.as_u16(),
+        };
+        match store_revocations(s, entries, false, act).await {
+            Ok(stored) => {
+                count(event, "accepted");
+                self.note(Some(&issuer), |seen| {
                     seen.accepted += 1;
-                } else {
-                    seen.ignored += 1;
-                }
-            });
-            let result = if matches!(event, Event::Verification | Event::StreamUpdated) {
-                "accepted"
-            } else {
-                "ignored"
-            };
-            count(event, result);
-            return StatusCode::ACCEPTED.into_response();
-        }
-    };
-    let entries = revocations
-        .into_iter()
-        .map(|revocation| NewEntry {
-            revocation,
-            expires_at: now + s.max_token_ttl.as_secs(),
-            reason: Some(format!("Shared Signals {}", event.label())),
-            created_at_ms: now_ms,
-            by: None,
-        })
-        .collect();
-    let act = crate::api::Act {
-        by: format!("ssf:{issuer}").into(),
-        target: format!("set {} {}", event.label(), judged.jti),
-        ..crate::api::Act::by(&caller, "ssf_event", StatusCode::ACCEPTED)
-    };
-    match store_revocations(&s, entries, false, act).await {
-        Ok(stored) => {
-            count(event, "accepted");
-            ssf.note(Some(&issuer), |seen| {
-                seen.accepted += 1;
-                seen.last_event = Some((now_ms, event, judged.jti.clone()));
-            });
-            let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
-            tracing::info!(?seqs, %issuer, event = event.label(), "SET stored");
-            StatusCode::ACCEPTED.into_response()
-        }
-        Err(e) => {
-            ssf.release(&key);
-            e.response("the event").into_response()
+                    seen.last_event = Some((now_ms, event, judged.jti.clone()));
+                });
+                let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+                tracing::info!(?seqs, %issuer, event = event.label(), "SET stored");
+                Ingested::Accepted
+            }
+            Err(e) => {
+                self.release(&key);
+                Ingested::Unavailable(e.response("the event"))
+            }
         }
     }
 }
