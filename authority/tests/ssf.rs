@@ -247,19 +247,17 @@ async fn a_store_that_cannot_commit_answers_503_and_the_retry_is_stored_once() {
     let tokens = dir.path().join("push.tokens");
     std::fs::write(&tokens, format!("{PUSH_TOKEN}\n")).unwrap();
     let transmitter = format!("{ISSUER}={}", jwks.display());
-    let a = Authority::start(
-        fs.path(),
-        &[
-            "--ssf-transmitter",
-            &transmitter,
-            "--ssf-audience",
-            AUDIENCE,
-            "--ssf-push-token-file",
-            tokens.to_str().unwrap(),
-            "--store-timeout",
-            "2s",
-        ],
-    );
+    let flags = [
+        "--ssf-transmitter",
+        &transmitter,
+        "--ssf-audience",
+        AUDIENCE,
+        "--ssf-push-token-file",
+        tokens.to_str().unwrap(),
+        "--store-timeout",
+        "2s",
+    ];
+    let a = Authority::start(fs.path(), &flags);
     let set = sets["account_purged"].as_str().unwrap().as_bytes();
     let filler = fs.fill();
     // The store's own slack first: revoke until the store refuses.
@@ -280,6 +278,16 @@ async fn a_store_that_cannot_commit_answers_503_and_the_retry_is_stored_once() {
     let entries = list["entries"].as_array().unwrap();
     let from_ssf: Vec<&Value> = entries.iter().filter(|e| e["sub"] == "user-6").collect();
     assert_eq!(from_ssf.len(), 1, "stored once: {list}");
+
+    // After a restart the authority still knows it (from the audit trail): a transmitter that
+    // missed our 202 and delivers it again gets 202, and nothing is stored twice.
+    let mut a = a;
+    a.kill9();
+    let a = Authority::start(fs.path(), &flags);
+    assert_eq!(push(&a.admin, Some(PUSH_TOKEN), SET_MEDIA, set).0, 202);
+    let (_, list) = a.get("/v1/revocations?after=0&limit=1000");
+    let n = list["entries"].as_array().unwrap().iter().filter(|e| e["sub"] == "user-6").count();
+    assert_eq!(n, 1, "stored once across the restart: {list}");
 }
 
 /// The transmitter of `ssf_transmitter.py`, written from the SSF specs; killed on drop.
