@@ -58,7 +58,7 @@ fn every_endpoint_answers_each_scope_exactly() {
     );
     // Something to read and withdraw.
     let seq = a.revoke_jti("matrix");
-    let endpoints: [(&str, String, &str, &str); 12] = [
+    let endpoints: [(&str, String, &str, &str); 13] = [
         ("POST", "/v1/revocations".into(), r#"{"kind":"session","sid":"m"}"#, "revoke"),
         ("POST", "/v1/revocations".into(), r#"[{"kind":"session","sid":"m2"}]"#, "revoke"),
         ("POST", "/v1/oauth2/revoke".into(), "token=x", "revoke"),
@@ -67,6 +67,7 @@ fn every_endpoint_answers_each_scope_exactly() {
         ("GET", "/v1/revocations/stream".into(), "", "read"),
         ("GET", "/v1/agents".into(), "", "read"),
         ("GET", "/v1/status".into(), "", "read"),
+        ("GET", "/v1/ssf/status".into(), "", "read"),
         ("DELETE", format!("/v1/revocations/{seq}"), "", "withdraw"),
         ("DELETE", "/v1/agents/nobody".into(), "", "forget"),
         ("GET", "/v1/audit".into(), "", "audit"),
