@@ -588,6 +588,26 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         println!("failover: replica killed -> its 30 agents applied a new revocation via another replica in {failover:.2} s\n");
         report.insert("ha".into(), json!({"throughput": rows, "failover_secs": failover}));
     }
+    if want("ssf") {
+        let n = a.agents.first().copied().unwrap_or(50);
+        let count = a.revocations.max(200);
+        let r = scenarios::ssf(tmp, n, count, a.rate).await?;
+        println!(
+            "ssf: {} agents; a pushed SET (ES256, RFC 8935) vs the same subject revocation by the admin API, {} each, interleaved",
+            r.agents, count
+        );
+        println!("{:>28} {:>12} {:>12} {:>12}", "→ every agent REVOKED", "p50", "p99", "max");
+        for (name, s) in [("pushed SET", &r.set_to_all_revoked), ("admin API", &r.admin_to_all_revoked)] {
+            println!("{:>28} {:>12} {:>12} {:>12}", name, us(s.p50_us), us(s.p99_us), us(s.max_us));
+        }
+        println!(
+            "  ratio SET/admin: p50 {:.2}x, p99 {:.2}x (signing a SET here: {:.0}µs, not counted)\n",
+            r.set_to_all_revoked.p50_us / r.admin_to_all_revoked.p50_us.max(1.0),
+            r.set_to_all_revoked.p99_us / r.admin_to_all_revoked.p99_us.max(1.0),
+            r.sign_us
+        );
+        report.insert("ssf".into(), json!(r));
+    }
     if want("flood") {
         let f = hostile::flood(tmp, 100, a.revocations.min(100)).await?;
         println!(

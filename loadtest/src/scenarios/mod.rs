@@ -8,6 +8,7 @@ mod ingest;
 mod memory;
 mod propagation;
 mod redis;
+mod ssf;
 mod storm;
 
 pub(crate) use checks::{checks, echo_server, Checks};
@@ -17,4 +18,5 @@ pub(crate) use ingest::ingest;
 pub(crate) use memory::{memory_probe, set_memory};
 pub(crate) use propagation::{commit_alone, propagation, propagation_procs};
 pub(crate) use redis::redis;
+pub(crate) use ssf::ssf;
 pub(crate) use storm::reconnect_storm;
