@@ -11,6 +11,7 @@ mod jwks;
 mod metrics;
 mod monotonic;
 mod nginx;
+mod oidc_provider;
 mod prometheus;
 mod sockets;
 mod tokens;
