@@ -11,20 +11,7 @@ const ISSUER: &str = "https://idp.example/realms/shop";
 const AUDIENCE: &str = "shop-backend";
 
 fn mint(jwks: &std::path::Path, now: u64) -> HashMap<String, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mint_logout.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(jwks)
-        .args([ISSUER, AUDIENCE])
-        .arg(now.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "minting with PyJWT failed (`pip install 'pyjwt[crypto]'`, scripts/test installs it):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_value(crate::util::pyjwt_script("mint_logout.py", jwks, ISSUER, AUDIENCE, now)).unwrap()
 }
 
 fn logout(a: &Authority, body: &str) -> (u16, Value) {

@@ -17,20 +17,7 @@ const PUSH_TOKEN: &str = "push-token-0123456789abcdef";
 const SET_MEDIA: &str = "application/secevent+jwt";
 
 fn mint(jwks: &std::path::Path, now: u64) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mint_set.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(jwks)
-        .args([ISSUER, AUDIENCE])
-        .arg(now.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "minting with PyJWT failed (`pip install 'pyjwt[crypto]'`, scripts/test installs it):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    crate::util::pyjwt_script("mint_set.py", jwks, ISSUER, AUDIENCE, now)
 }
 
 /// One RFC 8935 push, as a transmitter's HTTP client sends it.

@@ -210,3 +210,22 @@ pub async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Runs one of this crate's PyJWT scripts (`tests/NAME`: `mint_logout.py`, `mint_set.py`) with
+/// the JWKS path to write, the issuer, the audience and now; its stdout as JSON.
+pub fn pyjwt_script(name: &str, jwks: &Path, issuer: &str, audience: &str, now: u64) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(name);
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(jwks)
+        .args([issuer, audience])
+        .arg(now.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "minting with PyJWT failed (`pip install 'pyjwt[crypto]'`, scripts/test installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -124,23 +124,15 @@ impl Oidc {
         clock: &revmesh_runtime::Clock,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Oidc>, String> {
-        let needs_tls = s.providers.iter().any(|(_, l)| matches!(l, Location::Url { tls: true, .. }));
-        let tls =
-            if needs_tls { Some(revmesh_jwt::remote::client_tls(s.jwks_ca_file.as_deref())?) } else { None };
-        let mut providers = HashMap::new();
-        for (issuer, location) in &s.providers {
-            let keys =
-                Arc::new(RemoteKeys::new(location.clone(), tls.clone(), s.jwks_min_refresh, clock.clone()));
-            match keys.refresh().await {
-                Ok(n) => tracing::info!(%issuer, keys = n, "OIDC provider keys loaded"),
-                Err(e) if matches!(location, Location::File(_)) => return Err(format!("{issuer}: {e}")),
-                Err(e) => tracing::error!(%issuer, error = %e, "OIDC provider keys not loaded yet; retrying"),
-            }
-            let (run, stop) = (keys.clone(), stop.clone());
-            let every = s.jwks_refresh;
-            tokio::spawn(async move { run.run(every, stop.cancelled_owned(), || {}).await });
-            providers.insert(issuer.clone(), keys);
-        }
+        let providers = crate::doors::issuer_keys(
+            s.providers.iter().map(|(i, l)| (i, l)),
+            "OIDC provider",
+            (s.jwks_refresh, s.jwks_min_refresh),
+            s.jwks_ca_file.as_deref(),
+            clock,
+            stop,
+        )
+        .await?;
         Ok(Arc::new(Oidc {
             providers,
             by_subject: s.logout_by_subject.iter().cloned().collect(),

@@ -141,23 +141,18 @@ impl Ssf {
             Some(p) => read_push_tokens(p)?,
             None => Vec::new(),
         };
-        let needs_tls = s.transmitters.iter().any(|t| matches!(t.jwks, Location::Url { tls: true, .. }));
-        let tls =
-            if needs_tls { Some(revmesh_jwt::remote::client_tls(s.jwks_ca_file.as_deref())?) } else { None };
+        let mut keys = crate::doors::issuer_keys(
+            s.transmitters.iter().map(|t| (&t.issuer, &t.jwks)),
+            "SSF transmitter",
+            (s.jwks_refresh, s.jwks_min_refresh),
+            s.jwks_ca_file.as_deref(),
+            clock,
+            stop,
+        )
+        .await?;
         let mut transmitters = HashMap::new();
         for t in &s.transmitters {
-            let keys =
-                Arc::new(RemoteKeys::new(t.jwks.clone(), tls.clone(), s.jwks_min_refresh, clock.clone()));
-            match keys.refresh().await {
-                Ok(n) => tracing::info!(issuer = %t.issuer, keys = n, "SSF transmitter keys loaded"),
-                Err(e) if matches!(t.jwks, Location::File(_)) => return Err(format!("{}: {e}", t.issuer)),
-                Err(e) => {
-                    tracing::error!(issuer = %t.issuer, error = %e, "SSF transmitter keys not loaded yet; retrying")
-                }
-            }
-            let (run, stop) = (keys.clone(), stop.clone());
-            let every = s.jwks_refresh;
-            tokio::spawn(async move { run.run(every, stop.cancelled_owned(), || {}).await });
+            let Some(keys) = keys.remove(&t.issuer) else { continue };
             let rules = Rules {
                 issuer: t.issuer.clone(),
                 aliases: t.aliases.clone(),
