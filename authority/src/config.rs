@@ -1291,10 +1291,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jwks = dir.path().join("jwks.json");
         std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+        let tokens = dir.path().join("push.tokens");
+        std::fs::write(&tokens, "push-token-0123456789\n").unwrap();
         let path = dir.path().join("a.toml");
         let toml = format!(
-            "ssf-audience = [\"aud-a\"]\n[[ssf]]\nissuer = \"https://okta.example\"\njwks = \"{j}\"\naudiences = [\"aud-okta\"]\naliases = [\"https://okta.example/oauth2/default\"]\nopaque_subject = \"session\"\n",
-            j = jwks.display()
+            "ssf-audience = [\"aud-a\"]\nssf-push-token-file = \"{t}\"\n[[ssf]]\nissuer = \"https://okta.example\"\njwks = \"{j}\"\naudiences = [\"aud-okta\"]\naliases = [\"https://okta.example/oauth2/default\"]\nopaque_subject = \"session\"\n",
+            j = jwks.display(),
+            t = tokens.display()
         );
         std::fs::write(&path, toml).unwrap();
         let flag = format!("https://entra.example={}", jwks.display());
@@ -1337,5 +1340,12 @@ mod tests {
         }
         let lonely = ServeArgs { ssf_audience: vec!["x".into()], ..Default::default() };
         assert_eq!(Config::build(&lonely).unwrap_err()[0].field, "ssf-audience");
+        let undelivered = ServeArgs {
+            ssf_transmitter: vec![format!("https://a={}", jwks.display())],
+            ssf_audience: vec!["x".into()],
+            ..Default::default()
+        };
+        let errs = Config::build(&undelivered).unwrap_err();
+        assert!(errs[0].message.contains("push") && errs[0].message.contains("poll"), "{errs:?}");
     }
 }
