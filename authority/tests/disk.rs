@@ -433,80 +433,18 @@ async fn an_agent_on_a_read_only_remount_enforces_in_memory_and_acks_once_remoun
     assert!(again.set.len() >= 2, "the revocations are on disk");
 }
 
-/// A throwaway PostgreSQL cluster (`initdb` + `pg_ctl`, as the `postgres` user) whose data
-/// directory is on its own small tmpfs, on a free port; stopped and unmounted on drop. The
-/// machine's own PostgreSQL is never touched.
+/// A throwaway PostgreSQL cluster whose data directory is on its own small tmpfs; the machine's
+/// own PostgreSQL is never touched.
 struct PgCluster {
+    pg: revmesh_testkit::pg::Cluster,
     fs: Tmpfs,
-    bin: PathBuf,
-    port: u16,
 }
 
 impl PgCluster {
     fn start(size: &str) -> PgCluster {
-        let bin = std::env::var_os("REVMESH_TEST_PG_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-                .map(|d| {
-                    d.flatten().map(|e| e.path().join("bin")).filter(|b| b.join("initdb").exists()).collect()
-                })
-                .unwrap_or_default();
-            found.sort();
-            found.pop().expect(
-                "initdb not found under /usr/lib/postgresql/*/bin: apt-get install postgresql \
-                 (or set REVMESH_TEST_PG_BIN)",
-            )
-        });
         let fs = Tmpfs::mount(size);
-        run("chown", &["postgres:postgres", fs.path().to_str().unwrap()], "a `postgres` user must exist");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let pg = PgCluster { fs, bin, port };
-        let data = pg.data();
-        let out = pg.as_postgres(
-            "initdb",
-            &["-D", &data, "-A", "trust", "-U", "postgres", "--wal-segsize=1", "--no-sync"],
-        );
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        pg.pg_ctl_start();
-        pg
-    }
-
-    fn data(&self) -> String {
-        self.fs.path().join("data").to_str().unwrap().to_owned()
-    }
-
-    /// Runs one of PostgreSQL's programs as the `postgres` user (it refuses to run as root).
-    fn as_postgres(&self, program: &str, args: &[&str]) -> std::process::Output {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join(program))
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("runuser {program}: {e}"))
-    }
-
-    fn pg_ctl_start(&self) {
-        let (data, sock) = (self.data(), self.fs.path().to_str().unwrap().to_owned());
-        let log = format!("{sock}/postgres.log");
-        let opts = format!("-p {} -k {sock} -c listen_addresses=127.0.0.1 -c max_wal_size=32MB", self.port);
-        let out =
-            self.as_postgres("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts, "start"]);
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stdout));
-    }
-
-    /// Whether the postmaster is still running (PostgreSQL stops itself when it cannot write
-    /// its WAL).
-    fn running(&self) -> bool {
-        self.as_postgres("pg_ctl", &["-D", &self.data(), "status"]).status.success()
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let _ = self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        let pg = revmesh_testkit::pg::Cluster::start(fs.path()).unwrap_or_else(|e| panic!("{e}"));
+        PgCluster { pg, fs }
     }
 }
 
@@ -518,19 +456,19 @@ impl Drop for PgCluster {
 async fn a_full_postgres_volume_refuses_then_recovers() {
     let pg = tokio::task::spawn_blocking(|| PgCluster::start("160m")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let a = Authority::start(&dir.path().join("r"), &["--store", &pg.url(), "--store-timeout", "2s"]);
+    let a = Authority::start(&dir.path().join("r"), &["--store", &pg.pg.url(), "--store-timeout", "2s"]);
     let ready = |a: &Authority| http(&a.admin, "GET", "/readyz", None, b"").0;
     let mut accepted = vec![a.revoke_jti("before")];
     let filler = pg.fs.fill();
     accepted.extend(revoke_until_refused(&a, &"x".repeat(400), "a full PostgreSQL volume"));
     wait_for(|| ready(&a) == 503, "/readyz to report the full volume").await;
-    eprintln!("refused after {} accepted; PostgreSQL running: {}", accepted.len(), pg.running());
+    eprintln!("refused after {} accepted; PostgreSQL running: {}", accepted.len(), pg.pg.running());
 
     std::fs::remove_file(&filler).unwrap();
     let freed = std::time::Instant::now();
-    if !pg.running() {
+    if !pg.pg.running() {
         // What its service manager does: start it again (crash recovery replays the WAL).
-        tokio::task::block_in_place(|| pg.pg_ctl_start());
+        tokio::task::block_in_place(|| pg.pg.pg_ctl_start()).unwrap();
     }
     wait_for(|| ready(&a) == 200, "/readyz to recover once space is back").await;
     eprintln!("authority ready again {:?} after space was freed", freed.elapsed());

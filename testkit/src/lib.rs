@@ -1,7 +1,11 @@
 //! Test-only helpers shared by the integration tests of the authority and the agent: a small
 //! PKI (rcgen) and a JWKS server over HTTPS that the test controls (the document it serves,
-//! and misbehaviour: down, never answering, oversized, garbage), counting every fetch.
+//! and misbehaviour: down, never answering, oversized, garbage), counting every fetch; and a
+//! throwaway PostgreSQL cluster ([`pg::Cluster`]).
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod pg;
 
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
