@@ -15,6 +15,7 @@ mod jwks;
 mod procs;
 mod restart;
 mod scenarios;
+mod soak;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -111,9 +112,19 @@ struct RunArgs {
     /// Agents in the chaos run.
     #[arg(long, default_value_t = 20)]
     chaos_agents: usize,
-    /// Seed of the chaos run.
+    /// Seed of the chaos run and of the soak's fault schedule.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds of faults in the soak.
+    #[arg(long, default_value_t = 60)]
+    soak_secs: u64,
+    /// Agent processes in the soak.
+    #[arg(long, default_value_t = 20)]
+    soak_agents: usize,
+    /// Where the soak writes its report (soak-SEED.json) and picture (soak-SEED.svg)
+    /// [default: the current directory].
+    #[arg(long, default_value = ".")]
+    soak_out: std::path::PathBuf,
     /// PostgreSQL server for the `ha` scenario (a fresh database is created and dropped).
     #[arg(long, env = "REVMESH_TEST_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432")]
     postgres: String,
@@ -711,6 +722,37 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         );
         ok &= c.passed();
         report.insert("chaos".into(), json!(c));
+    }
+    if want("soak") {
+        let (dir, out, secs, agents, seed) =
+            (tmp.to_owned(), a.soak_out.clone(), a.soak_secs, a.soak_agents, a.seed);
+        let r = tokio::task::spawn_blocking(move || soak::run(&dir, &out, secs, agents, seed)).await??;
+        println!(
+            "soak (seed {}, {} s, {} agents, {} replicas): accepted {} refused {} probes {} faults {}; converged {:.1} s after the heal",
+            r.seed, r.seconds, r.agents, r.replicas, r.accepted, r.refused, r.probes, r.faults.len(), r.converge_secs
+        );
+        println!(
+            "  receipt p50 {} p99 {} max {}",
+            us(r.receipt.p50_us),
+            us(r.receipt.p99_us),
+            us(r.receipt.max_us)
+        );
+        println!(
+            "  {:<10} {:>10} {:>16} {:>8} {:>14}",
+            "process", "RSS max", "RSS slope", "fds max", "fds slope"
+        );
+        for p in &r.resources {
+            println!(
+                "  {:<10} {:>6.1} MiB {:>9.0} KiB/min {:>8} {:>10.1}/min",
+                p.name, p.rss_max_mib, p.rss_slope_kib_per_min, p.fds_max, p.fds_slope_per_min
+            );
+        }
+        for v in &r.violations {
+            println!("  VIOLATION at {:.1} s: {} (faults then: {})", v.at_s, v.what, v.faults.join(", "));
+        }
+        println!("  picture: {}  => {}\n", r.svg, if r.passed() { "PASS" } else { "FAIL" });
+        ok &= r.passed();
+        report.insert("soak".into(), json!(r));
     }
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&serde_json::Value::Object(report))?)?;

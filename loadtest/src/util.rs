@@ -33,7 +33,7 @@ pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> anyh
 }
 
 /// Latency summary in microseconds.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Summary {
     /// Samples.
     pub n: usize,

@@ -48,7 +48,10 @@ impl Cluster {
             .port();
         let pg = Cluster { dir: dir.to_owned(), bin, port };
         let data = pg.data();
-        let out = pg.as_postgres("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--wal-segsize=1", "--no-sync"])?;
+        let out = pg.as_postgres(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--wal-segsize=1", "--no-sync"],
+        )?;
         if !out.status.success() {
             return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
         }
@@ -80,7 +83,8 @@ impl Cluster {
         let (data, sock) = (self.data(), self.dir.display().to_string());
         let log = format!("{sock}/postgres.log");
         let opts = format!("-p {} -k {sock} -c listen_addresses=127.0.0.1 -c max_wal_size=32MB", self.port);
-        let out = self.as_postgres("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts, "start"])?;
+        let out =
+            self.as_postgres("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts, "start"])?;
         if !out.status.success() {
             return Err(format!("pg_ctl start: {}", String::from_utf8_lossy(&out.stdout)));
         }
@@ -96,7 +100,8 @@ impl Cluster {
     /// `postmaster.pid` and `/proc`: what a freeze (SIGSTOP) must stop together.
     pub fn pids(&self) -> Vec<u32> {
         let pidfile = self.dir.join("data").join("postmaster.pid");
-        let Some(master) = std::fs::read_to_string(pidfile).ok().and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+        let Some(master) =
+            std::fs::read_to_string(pidfile).ok().and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
         else {
             return Vec::new();
         };
@@ -106,7 +111,9 @@ impl Cluster {
                 let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
                 let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
                 // pid (comm) state ppid …: comm may hold spaces, so read after the last ')'.
-                let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
                 if ppid == Some(master) {
                     pids.push(pid);
                 }

@@ -1,0 +1,794 @@
+//! The soak: real processes — a throwaway PostgreSQL cluster, two authority replicas on it,
+//! agent processes with data dirs — a writer revoking continuously, checkers probing every
+//! agent, and faults from a schedule drawn from a printed seed (the same seed, the same
+//! schedule): freezes (SIGSTOP/SIGCONT) of an agent, a replica or the whole PostgreSQL
+//! cluster, and kill -9 with restart of an agent or a replica, several at once.
+//!
+//! Invariants, checked as it runs; any violation is printed with its time and the faults active
+//! then, and fails the run:
+//! - never a false OK: once a receipt names an agent as having the revocation durably, that
+//!   agent never answers OK for the token again, across its own restarts;
+//! - nothing lost: after the final heal every agent reaches the head within [`CONVERGE`], every
+//!   201 is in the log once at its seq, and every agent refuses every accepted token;
+//! - resources: RSS and open fds of every process sampled each second; the report gives the
+//!   slope of a least-squares fit over the second half, and the maxima.
+//!
+//! Output: a JSON report and an SVG timeline (faults as bands; head and each agent's position;
+//! receipt latency; RSS), drawn with plotters.
+
+mod plot;
+
+use crate::procs::{AgentProc, AuthorityProc, BENCH_SECRET};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// After the final heal, the bound within which every agent reaches the head: a heartbeat to
+/// notice a dead link, a reconnect with backoff, and a catch-up.
+pub const CONVERGE: Duration = Duration::from_secs(30);
+/// Authority replicas.
+const REPLICAS: usize = 2;
+/// Longest a replica that is itself running may take to answer a revocation while PostgreSQL
+/// is frozen: `--store-timeout` (2 s) for the commit, the receipt wait (2 s), the receipt's own
+/// read (2 s), and a second of slack.
+const ANSWER_BOUND: Duration = Duration::from_secs(7);
+/// Agents' `--max-staleness`.
+const MAX_STALENESS: &str = "5s";
+
+/// What may go wrong, and to what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// SIGSTOP an agent process, SIGCONT at the heal.
+    FreezeAgent(usize),
+    /// SIGSTOP an authority replica.
+    FreezeReplica(usize),
+    /// SIGSTOP every process of the PostgreSQL cluster.
+    FreezePostgres,
+    /// kill -9 an agent; restarted (same data dir) at the heal.
+    KillAgent(usize),
+    /// kill -9 a replica; restarted (same data dir, same agent port) at the heal.
+    KillReplica(usize),
+}
+
+impl Fault {
+    fn describe(&self) -> String {
+        match self {
+            Fault::FreezeAgent(i) => format!("freeze agent soak-{i}"),
+            Fault::FreezeReplica(r) => format!("freeze replica {r}"),
+            Fault::FreezePostgres => "freeze postgres".into(),
+            Fault::KillAgent(i) => format!("kill -9 agent soak-{i}"),
+            Fault::KillReplica(r) => format!("kill -9 replica {r}"),
+        }
+    }
+    /// What it makes unreachable, so two faults never fight over one process.
+    fn target(&self) -> String {
+        match self {
+            Fault::FreezeAgent(i) | Fault::KillAgent(i) => format!("agent-{i}"),
+            Fault::FreezeReplica(r) | Fault::KillReplica(r) => format!("replica-{r}"),
+            Fault::FreezePostgres => "postgres".into(),
+        }
+    }
+    fn agent(&self) -> Option<usize> {
+        match self {
+            Fault::FreezeAgent(i) | Fault::KillAgent(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+/// One fault, as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultSpan {
+    /// What.
+    pub fault: Fault,
+    /// Its description.
+    pub what: String,
+    /// Seconds since the start.
+    pub from_s: f64,
+    /// Healed at (seconds since the start).
+    pub to_s: f64,
+}
+
+/// An invariant that did not hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct Violation {
+    /// Seconds since the start.
+    pub at_s: f64,
+    /// What.
+    pub what: String,
+    /// The faults active then.
+    pub faults: Vec<String>,
+}
+
+/// One process's resources over the soak.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resources {
+    /// The process.
+    pub name: String,
+    /// Largest RSS, MiB.
+    pub rss_max_mib: f64,
+    /// Slope of RSS over the second half, KiB per minute.
+    pub rss_slope_kib_per_min: f64,
+    /// Most open fds.
+    pub fds_max: u64,
+    /// Slope of open fds over the second half, per minute.
+    pub fds_slope_per_min: f64,
+}
+
+/// The report.
+#[derive(Debug, Default, Serialize)]
+pub struct SoakReport {
+    /// The seed of the fault schedule.
+    pub seed: u64,
+    /// Seconds of faults.
+    pub seconds: u64,
+    /// Agent processes.
+    pub agents: usize,
+    /// Authority replicas.
+    pub replicas: usize,
+    /// Revocations answered 201.
+    pub accepted: u64,
+    /// Revocations refused (503, timeouts, a replica down): never acknowledged, so not lost.
+    pub refused: u64,
+    /// CHECKs of tokens whose revocation a receipt named the agent for.
+    pub probes: u64,
+    /// Every fault.
+    pub faults: Vec<FaultSpan>,
+    /// Every violation.
+    pub violations: Vec<Violation>,
+    /// From the final heal until every agent was at the head, seconds.
+    pub converge_secs: f64,
+    /// Receipt latency of accepted revocations (`?wait=all`).
+    pub receipt: crate::util::Summary,
+    /// Per process.
+    pub resources: Vec<Resources>,
+    /// The picture.
+    pub svg: String,
+}
+
+impl SoakReport {
+    /// Every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// A sample of positions: time, the log head (None: no replica answered), each agent's
+/// applied seq (None: no answer).
+pub type Position = (f64, Option<u64>, Vec<Option<u64>>);
+/// An accepted revocation: seq, jti, the agents its receipt named as durable, when.
+type Accepted = (u64, String, Vec<String>, f64);
+/// A resource sample: time, process name, pid, RSS bytes, open fds.
+pub type Usage = (f64, String, u32, u64, u64);
+
+/// Everything the threads share.
+struct Shared {
+    started: Instant,
+    stop: AtomicBool,
+    /// Replica admin addresses (they change when a replica restarts) and the shared token.
+    admins: Mutex<Vec<String>>,
+    token: String,
+    /// Accepted revocations: seq, jti, the agents a receipt named as durable, when.
+    accepted: Mutex<Vec<Accepted>>,
+    refused: Mutex<u64>,
+    /// Receipt latencies with their times.
+    receipts: Mutex<Vec<(f64, Duration)>>,
+    /// Active faults.
+    active: Mutex<Vec<Fault>>,
+    violations: Mutex<Vec<Violation>>,
+    probes: Mutex<u64>,
+    /// Process name → pid, for the sampler.
+    pids: Mutex<Vec<(String, u32)>>,
+    /// Samples: time, head (None: no replica answered), each agent's applied seq (None: no answer).
+    positions: Mutex<Vec<Position>>,
+    /// Samples: time, process name, pid, RSS bytes, fds.
+    usage: Mutex<Vec<Usage>>,
+}
+
+impl Shared {
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+    fn violate(&self, what: String) {
+        let faults = lock(&self.active).iter().map(Fault::describe).collect();
+        let v = Violation { at_s: self.now(), what, faults };
+        eprintln!("VIOLATION at {:.1}s: {} (faults: {:?})", v.at_s, v.what, v.faults);
+        lock(&self.violations).push(v);
+    }
+    fn affected(&self, agent: usize) -> bool {
+        lock(&self.active).iter().any(|f| f.agent() == Some(agent))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// Sends `lines` on one connection and reads one answer per line (`None`: no answer in time).
+fn ask(socket: &Path, lines: &[String], timeout: Duration) -> Option<Vec<String>> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    let mut req = String::new();
+    for l in lines {
+        req.push_str(l);
+        req.push('\n');
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut r = BufReader::new(s);
+    let mut out = Vec::with_capacity(lines.len());
+    for _ in lines {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        out.push(line.trim_end().to_owned());
+    }
+    Some(out)
+}
+
+fn check_token(jti: &str) -> String {
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
+    crate::util::mint(BENCH_SECRET, jti, "soak", exp).unwrap_or_default()
+}
+
+/// The mesh: the processes the faults act on.
+struct Mesh {
+    dir: PathBuf,
+    pg: revmesh_testkit::pg::Cluster,
+    replicas: Vec<Option<AuthorityProc>>,
+    agent_ports: Vec<String>,
+    agents: Vec<Option<AgentProc>>,
+    secret: PathBuf,
+    token_file: PathBuf,
+}
+
+impl Mesh {
+    fn replica_args(&self) -> Vec<String> {
+        let url = self.pg.url();
+        [
+            "--store",
+            url.as_str(),
+            "--admin-token-file",
+            &self.token_file.display().to_string(),
+            "--heartbeat",
+            "500ms",
+            "--ack-timeout",
+            "500ms",
+            "--store-timeout",
+            "2s",
+            "--max-agents",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn start_replica(&mut self, r: usize) -> anyhow::Result<()> {
+        let args = self.replica_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let data = self.dir.join(format!("replica-{r}"));
+        // The same agent port as before (agents know it); it may take a moment to be free.
+        let mut last = None;
+        for _ in 0..50 {
+            match AuthorityProc::start(&data, &self.agent_ports[r], &args) {
+                Ok(p) => {
+                    self.replicas[r] = Some(p);
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("replica {r} did not start")))
+    }
+
+    fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let urls: Vec<String> = self.agent_ports.iter().map(|p| format!("ws://{p}")).collect();
+        let extra = ["--authority", &urls[1], "--max-staleness", MAX_STALENESS];
+        let dir = self.dir.join(format!("agent-{i}"));
+        self.agents[i] = Some(AgentProc::start(&dir, &format!("soak-{i}"), &urls[0], &self.secret, &extra)?);
+        Ok(())
+    }
+
+    fn pids(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for (r, p) in self.replicas.iter().enumerate() {
+            if let Some(p) = p {
+                out.push((format!("replica-{r}"), p.proc.child.id()));
+            }
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            if let Some(a) = a {
+                out.push((format!("agent-{i}"), a.proc.child.id()));
+            }
+        }
+        if let Some(master) = self.pg.pids().first() {
+            out.push(("postgres".into(), *master));
+        }
+        out
+    }
+
+    fn admins(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.as_ref().map_or_else(String::new, |p| p.admin.clone())).collect()
+    }
+
+    fn apply(&mut self, f: Fault) -> anyhow::Result<()> {
+        match f {
+            Fault::FreezeAgent(i) => {
+                if let Some(a) = &self.agents[i] {
+                    signal(a.proc.child.id(), "-STOP");
+                }
+            }
+            Fault::FreezeReplica(r) => {
+                if let Some(p) = &self.replicas[r] {
+                    signal(p.proc.child.id(), "-STOP");
+                }
+            }
+            Fault::FreezePostgres => {
+                for pid in self.pg.pids() {
+                    signal(pid, "-STOP");
+                }
+            }
+            Fault::KillAgent(i) => {
+                if let Some(mut a) = self.agents[i].take() {
+                    a.proc.kill9();
+                }
+            }
+            Fault::KillReplica(r) => {
+                if let Some(mut p) = self.replicas[r].take() {
+                    p.proc.kill9();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self, f: Fault) -> anyhow::Result<()> {
+        match f {
+            Fault::FreezeAgent(i) => {
+                if let Some(a) = &self.agents[i] {
+                    signal(a.proc.child.id(), "-CONT");
+                }
+            }
+            Fault::FreezeReplica(r) => {
+                if let Some(p) = &self.replicas[r] {
+                    signal(p.proc.child.id(), "-CONT");
+                }
+            }
+            Fault::FreezePostgres => {
+                for pid in self.pg.pids() {
+                    signal(pid, "-CONT");
+                }
+            }
+            Fault::KillAgent(i) => self.start_agent(i)?,
+            Fault::KillReplica(r) => self.start_replica(r)?,
+        }
+        Ok(())
+    }
+}
+
+/// The writer: single revocations with `?wait=all` (and every tenth a bulk array of ten),
+/// alternating between the replicas, about twenty a second.
+fn writer(s: Arc<Shared>) {
+    let mut i = 0u64;
+    let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
+    while !s.stop.load(Ordering::Acquire) {
+        i += 1;
+        let admins = lock(&s.admins).clone();
+        let admin = admins[(i as usize) % admins.len()].clone();
+        if admin.is_empty() {
+            *lock(&s.refused) += 1;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let bulk = i.is_multiple_of(10);
+        let jtis: Vec<String> =
+            if bulk { (0..10).map(|k| format!("soak-{i}-{k}")).collect() } else { vec![format!("soak-{i}")] };
+        let bodies: Vec<String> =
+            jtis.iter().map(|j| format!(r#"{{"kind":"jti","jti":"{j}","expires_at":{exp}}}"#)).collect();
+        let body = if bulk { format!("[{}]", bodies.join(",")) } else { bodies[0].clone() };
+        let started = Instant::now();
+        let answer = revmesh_authority::cli::http_request(
+            &admin,
+            "POST",
+            "/v1/revocations?wait=all&timeout_ms=2000",
+            Some(&s.token),
+            body.as_bytes(),
+            Duration::from_secs(15),
+        );
+        // A frozen PostgreSQL under a replica that is itself fine: answered (503, or 201 with
+        // what the receipt could say) within the store timeout, the receipt wait and the
+        // receipt's own store read, never left hanging.
+        let took = started.elapsed();
+        let faults = lock(&s.active).clone();
+        let only_pg = !faults.is_empty() && faults.iter().all(|f| *f == Fault::FreezePostgres);
+        if only_pg && took > ANSWER_BOUND {
+            s.violate(format!("a revocation took {took:?} to be answered while PostgreSQL was frozen"));
+        }
+        match answer {
+            Ok((201, text)) => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let first = v["seq"].as_u64().or_else(|| v["first_seq"].as_u64()).unwrap_or(0);
+                let acked: Vec<String> = v["acked"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                let at = s.now();
+                let mut accepted = lock(&s.accepted);
+                for (k, jti) in jtis.into_iter().enumerate() {
+                    accepted.push((first + k as u64, jti, acked.clone(), at));
+                }
+                drop(accepted);
+                lock(&s.receipts).push((at, started.elapsed()));
+            }
+            _ => *lock(&s.refused) += 1,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The checker: every agent is asked about tokens whose revocation a receipt named it for (the
+/// newest and a sample of older ones); OK is a violation. Agents under a fault of their own are
+/// skipped (a frozen one cannot answer; a killed one is restarting).
+fn checker(s: Arc<Shared>, agents: usize, sockets: Vec<PathBuf>, seed: u64) {
+    let mut rng = revmesh_protocol::time::Jitter::new(seed ^ 0x5eed);
+    while !s.stop.load(Ordering::Acquire) {
+        let accepted = lock(&s.accepted).clone();
+        for (i, socket) in sockets.iter().enumerate().take(agents) {
+            if s.affected(i) {
+                continue;
+            }
+            let id = format!("soak-{i}");
+            let mine: Vec<&Accepted> =
+                accepted.iter().filter(|(_, _, acked, _)| acked.contains(&id)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut pick: Vec<&String> = mine.iter().rev().take(10).map(|e| &e.1).collect();
+            for _ in 0..10 {
+                pick.push(&mine[(rng.next_u64() % mine.len() as u64) as usize].1);
+            }
+            let lines: Vec<String> = pick.iter().map(|j| format!("CHECK {}", check_token(j))).collect();
+            let Some(answers) = ask(socket, &lines, Duration::from_millis(500)) else { continue };
+            *lock(&s.probes) += answers.len() as u64;
+            for (jti, answer) in pick.iter().zip(&answers) {
+                // Only an answer given while no fault of its own was active counts.
+                if answer.starts_with("OK") && !s.affected(i) {
+                    s.violate(format!("agent {id} answered OK for {jti}, whose receipt named it"));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The sampler: each second, every process's RSS and open fds, the log head and every agent's
+/// position.
+fn sampler(s: Arc<Shared>, sockets: Vec<PathBuf>) {
+    while !s.stop.load(Ordering::Acquire) {
+        let t = s.now();
+        for (name, pid) in lock(&s.pids).clone() {
+            let rss = crate::procs::rss_of(pid).unwrap_or(0);
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+            lock(&s.usage).push((t, name, pid, rss, fds));
+        }
+        let head = lock(&s.admins)
+            .clone()
+            .iter()
+            .filter(|a| !a.is_empty())
+            .filter_map(|a| {
+                let (status, text) = revmesh_authority::cli::http_request(
+                    a,
+                    "GET",
+                    "/v1/status",
+                    Some(&s.token),
+                    b"",
+                    Duration::from_millis(500),
+                )
+                .ok()?;
+                (status == 200)
+                    .then(|| serde_json::from_str::<serde_json::Value>(&text).ok()?["head"].as_u64())?
+            })
+            .max();
+        let positions = sockets
+            .iter()
+            .map(|sock| {
+                let a = ask(sock, &["PING".to_owned()], Duration::from_millis(200))?;
+                a.first()?.split_whitespace().find_map(|w| w.strip_prefix("seq="))?.parse().ok()
+            })
+            .collect();
+        lock(&s.positions).push((t, head, positions));
+        let spent = s.now() - t;
+        std::thread::sleep(Duration::from_secs_f64((1.0 - spent).max(0.05)));
+    }
+}
+
+/// Least-squares slope of `(x, y)`.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let (mut num, mut den) = (0.0, 0.0);
+    for (x, y) in points {
+        num += (x - mx) * (y - my);
+        den += (x - mx) * (x - mx);
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+/// Runs the soak for `secs` seconds of faults with `agents` agent processes; writes the report
+/// and the picture into `out`.
+pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyhow::Result<SoakReport> {
+    std::fs::create_dir_all(out)?;
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir)?;
+    let pg = revmesh_testkit::pg::Cluster::start(&pg_dir).map_err(anyhow::Error::msg)?;
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, "soak-admin-token-0123456789abcdef")?;
+    let secret = dir.join("hs.secret");
+    std::fs::write(&secret, BENCH_SECRET)?;
+    let mut mesh = Mesh {
+        dir: dir.to_owned(),
+        pg,
+        replicas: (0..REPLICAS).map(|_| None).collect(),
+        agent_ports: Vec::new(),
+        agents: (0..agents).map(|_| None).collect(),
+        secret,
+        token_file,
+    };
+    // Replicas first on ports from 0; their ports are kept for restarts.
+    mesh.agent_ports = vec!["127.0.0.1:0".into(); REPLICAS];
+    for r in 0..REPLICAS {
+        mesh.start_replica(r)?;
+        let ws = mesh.replicas[r].as_ref().map(|p| p.ws.clone()).unwrap_or_default();
+        mesh.agent_ports[r] = ws.trim_start_matches("ws://").to_owned();
+    }
+    for i in 0..agents {
+        mesh.start_agent(i)?;
+    }
+    let sockets: Vec<PathBuf> =
+        (0..agents).map(|i| dir.join(format!("agent-{i}")).join("agent.sock")).collect();
+    let admin_token = std::fs::read_to_string(&mesh.token_file)?.trim().to_owned();
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        stop: AtomicBool::new(false),
+        admins: Mutex::new(mesh.admins()),
+        token: admin_token,
+        accepted: Mutex::default(),
+        refused: Mutex::default(),
+        receipts: Mutex::default(),
+        active: Mutex::default(),
+        violations: Mutex::default(),
+        probes: Mutex::default(),
+        pids: Mutex::new(mesh.pids()),
+        positions: Mutex::default(),
+        usage: Mutex::default(),
+    });
+    // Every agent linked before the faults begin.
+    let linked = Instant::now();
+    while sockets.iter().any(|s| {
+        ask(s, &["PING".to_owned()], Duration::from_secs(1)).is_none_or(|a| a[0].ends_with("log_id=none"))
+    }) {
+        anyhow::ensure!(linked.elapsed() < Duration::from_secs(60), "agents did not link within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("soak: seed {seed}, {secs} s of faults, {agents} agents, {REPLICAS} replicas on a throwaway PostgreSQL");
+
+    let threads = vec![
+        std::thread::spawn({
+            let s = shared.clone();
+            move || writer(s)
+        }),
+        std::thread::spawn({
+            let (s, sockets) = (shared.clone(), sockets.clone());
+            move || checker(s, agents, sockets, seed)
+        }),
+        std::thread::spawn({
+            let (s, sockets) = (shared.clone(), sockets.clone());
+            move || sampler(s, sockets)
+        }),
+    ];
+
+    // The schedule: a new fault every 1–4 s, lasting 2–8 s, at most three at once, never two
+    // on one process.
+    let mut rng = revmesh_protocol::time::Jitter::new(seed);
+    let mut spans: Vec<FaultSpan> = Vec::new();
+    let mut active: Vec<(Fault, Instant, usize)> = Vec::new();
+    let end = shared.started + Duration::from_secs(secs);
+    let mut next = shared.started + Duration::from_millis(1000 + rng.next_u64() % 3000);
+    while Instant::now() < end {
+        let now = Instant::now();
+        let due: Vec<usize> = (0..active.len()).filter(|&k| active[k].1 <= now).collect();
+        for k in due.into_iter().rev() {
+            let (f, _, span) = active.remove(k);
+            mesh.heal(f)?;
+            spans[span].to_s = shared.now();
+            lock(&shared.active).retain(|a| *a != f);
+        }
+        if now >= next && active.len() < 3 {
+            let f = match rng.next_u64() % 10 {
+                0..=2 => Fault::FreezeAgent((rng.next_u64() % agents as u64) as usize),
+                3..=4 => Fault::KillAgent((rng.next_u64() % agents as u64) as usize),
+                5..=6 => Fault::FreezeReplica((rng.next_u64() % REPLICAS as u64) as usize),
+                7..=8 => Fault::KillReplica((rng.next_u64() % REPLICAS as u64) as usize),
+                _ => Fault::FreezePostgres,
+            };
+            let busy: HashSet<String> = active.iter().map(|(a, _, _)| a.target()).collect();
+            if !busy.contains(&f.target()) {
+                let lasts = Duration::from_millis(2000 + rng.next_u64() % 6000);
+                lock(&shared.active).push(f);
+                mesh.apply(f)?;
+                println!("  {:6.1}s {} for {:.1}s", shared.now(), f.describe(), lasts.as_secs_f64());
+                spans.push(FaultSpan { fault: f, what: f.describe(), from_s: shared.now(), to_s: f64::NAN });
+                active.push((f, now + lasts, spans.len() - 1));
+            }
+            next = now + Duration::from_millis(1000 + rng.next_u64() % 3000);
+        }
+        *lock(&shared.admins) = mesh.admins();
+        *lock(&shared.pids) = mesh.pids();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The final heal.
+    for (f, _, span) in active.drain(..) {
+        mesh.heal(f)?;
+        spans[span].to_s = shared.now();
+        lock(&shared.active).retain(|a| *a != f);
+    }
+    *lock(&shared.admins) = mesh.admins();
+    *lock(&shared.pids) = mesh.pids();
+    let healed = Instant::now();
+    shared.stop.store(true, Ordering::Release);
+    for t in threads {
+        let _ = t.join();
+    }
+    let mut report = SoakReport { seed, seconds: secs, agents, replicas: REPLICAS, ..Default::default() };
+
+    // Nothing lost: every agent at the head within the bound.
+    let admins = mesh.admins();
+    let status = |a: &str| -> Option<u64> {
+        let (code, text) = revmesh_authority::cli::http_request(
+            a,
+            "GET",
+            "/v1/status",
+            Some(&shared.token),
+            b"",
+            Duration::from_secs(5),
+        )
+        .ok()?;
+        (code == 200).then(|| serde_json::from_str::<serde_json::Value>(&text).ok()?["head"].as_u64())?
+    };
+    let head = admins.iter().filter_map(|a| status(a)).max().unwrap_or(0);
+    let behind = |sock: &PathBuf| {
+        let seq = ask(sock, &["PING".to_owned()], Duration::from_secs(1)).and_then(|a| {
+            a.first()?.split_whitespace().find_map(|w| w.strip_prefix("seq="))?.parse::<u64>().ok()
+        });
+        seq.is_none_or(|s| s < head)
+    };
+    while sockets.iter().any(behind) && healed.elapsed() < CONVERGE {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    report.converge_secs = healed.elapsed().as_secs_f64();
+    for (i, sock) in sockets.iter().enumerate() {
+        if behind(sock) {
+            shared.violate(format!("agent soak-{i} not at the head {head} within {CONVERGE:?} of the heal"));
+        }
+    }
+    // Every 201 in the log once, at its seq.
+    let accepted = lock(&shared.accepted).clone();
+    let mut log: HashMap<u64, String> = HashMap::new();
+    let mut after = 0u64;
+    loop {
+        let path = format!("/v1/revocations?after={after}&limit=1000");
+        let (code, text) = revmesh_authority::cli::http_request(
+            &admins[0],
+            "GET",
+            &path,
+            Some(&shared.token),
+            b"",
+            Duration::from_secs(10),
+        )
+        .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(code == 200, "listing the log: {code} {text}");
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let entries = v["entries"].as_array().cloned().unwrap_or_default();
+        let Some(last) = entries.last().and_then(|e| e["seq"].as_u64()) else { break };
+        for e in &entries {
+            if let (Some(seq), Some(jti)) = (e["seq"].as_u64(), e["jti"].as_str()) {
+                log.insert(seq, jti.to_owned());
+            }
+        }
+        after = last;
+    }
+    let mut jtis_seen: HashMap<&str, u64> = HashMap::new();
+    for jti in log.values() {
+        *jtis_seen.entry(jti).or_default() += 1;
+    }
+    for (seq, jti, _, _) in &accepted {
+        if log.get(seq) != Some(jti) {
+            shared.violate(format!("201 for {jti} at seq {seq}, which the log holds as {:?}", log.get(seq)));
+        }
+        if jtis_seen.get(jti.as_str()).copied().unwrap_or(0) != 1 {
+            shared.violate(format!(
+                "{jti} is in the log {} times",
+                jtis_seen.get(jti.as_str()).copied().unwrap_or(0)
+            ));
+        }
+    }
+    // Every agent refuses every accepted token.
+    for (i, sock) in sockets.iter().enumerate() {
+        for chunk in accepted.chunks(200) {
+            let lines: Vec<String> =
+                chunk.iter().map(|(_, j, _, _)| format!("CHECK {}", check_token(j))).collect();
+            match ask(sock, &lines, Duration::from_secs(10)) {
+                Some(answers) => {
+                    for ((_, jti, _, _), a) in chunk.iter().zip(answers) {
+                        if !a.starts_with("REVOKED") {
+                            shared.violate(format!("agent soak-{i} answers {a:?} for {jti} after the heal"));
+                        }
+                    }
+                }
+                None => shared.violate(format!("agent soak-{i} does not answer after the heal")),
+            }
+        }
+    }
+
+    report.accepted = accepted.len() as u64;
+    report.refused = *lock(&shared.refused);
+    report.probes = *lock(&shared.probes);
+    report.faults = spans;
+    report.receipt = crate::util::summarize(lock(&shared.receipts).iter().map(|r| r.1).collect());
+    // Resources: maxima, and slopes over the second half.
+    let usage = lock(&shared.usage).clone();
+    let half = secs as f64 / 2.0;
+    let mut names: Vec<String> = usage.iter().map(|u| u.1.clone()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let mine: Vec<&Usage> = usage.iter().filter(|u| u.1 == name && u.3 > 0).collect();
+        // Slopes per incarnation (a restarted process starts small again), over the second
+        // half; the steepest of those with at least ten samples.
+        let mut pids: Vec<u32> = mine.iter().map(|u| u.2).collect();
+        pids.dedup();
+        let (mut rss_slope, mut fds_slope) = (0f64, 0f64);
+        for pid in pids {
+            let late: Vec<&&Usage> = mine.iter().filter(|u| u.2 == pid && u.0 >= half).collect();
+            if late.len() < 10 {
+                continue;
+            }
+            let rss: Vec<(f64, f64)> = late.iter().map(|u| (u.0 / 60.0, u.3 as f64 / 1024.0)).collect();
+            let fds: Vec<(f64, f64)> = late.iter().map(|u| (u.0 / 60.0, u.4 as f64)).collect();
+            rss_slope = rss_slope.max(slope(&rss));
+            fds_slope = fds_slope.max(slope(&fds));
+        }
+        report.resources.push(Resources {
+            name,
+            rss_max_mib: mine.iter().map(|u| u.3).max().unwrap_or(0) as f64 / (1 << 20) as f64,
+            rss_slope_kib_per_min: rss_slope,
+            fds_max: mine.iter().map(|u| u.4).max().unwrap_or(0),
+            fds_slope_per_min: fds_slope,
+        });
+    }
+    report.violations = lock(&shared.violations).clone();
+    let svg = out.join(format!("soak-{seed}.svg"));
+    plot::draw(&svg, &report, &lock(&shared.positions), &lock(&shared.receipts), &usage)?;
+    report.svg = svg.display().to_string();
+    std::fs::write(out.join(format!("soak-{seed}.json")), serde_json::to_string_pretty(&report)?)?;
+    Ok(report)
+}
