@@ -18,6 +18,21 @@ fn band_color(f: &Fault) -> RGBColor {
 
 type Err = Box<dyn std::error::Error + Send + Sync>;
 
+/// Most points drawn per line (an hour's samples would make a picture of megabytes).
+const MAX_POINTS: usize = 720;
+
+/// Every `k`-th point, so that at most [`MAX_POINTS`] remain (the last always kept).
+fn thin<T: Clone>(points: &[T]) -> Vec<T> {
+    let k = points.len().div_ceil(MAX_POINTS).max(1);
+    let mut out: Vec<T> = points.iter().step_by(k).cloned().collect();
+    if let Some(last) = points.last() {
+        if !(points.len() - 1).is_multiple_of(k) {
+            out.push(last.clone());
+        }
+    }
+    out
+}
+
 /// Draws the picture into `path`.
 pub fn draw(
     path: &Path,
@@ -78,6 +93,7 @@ fn draw_inner(
         .build_cartesian_2d(0f64..end, 0f64..top)?;
     chart.configure_mesh().x_desc("seconds").y_desc("seq").draw()?;
     bands(&mut chart, top)?;
+    let positions = &thin(positions);
     let agents = positions.first().map_or(0, |p| p.2.len());
     for i in 0..agents {
         let color = Palette99::pick(i).mix(0.6);
@@ -104,7 +120,10 @@ fn draw_inner(
     // 2. Receipt latency.
     let top = receipts.iter().map(|r| r.1.as_secs_f64() * 1e3).fold(1.0, f64::max) * 1.05;
     let mut chart = ChartBuilder::on(&panels[1])
-        .caption("receipt latency of each accepted revocation (?wait=all), ms", ("sans-serif", 14))
+        .caption(
+            "receipt latency of accepted revocations (?wait=all; the slowest of each slice of time), ms",
+            ("sans-serif", 14),
+        )
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(60)
