@@ -792,3 +792,25 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
     std::fs::write(out.join(format!("soak-{seed}.json")), serde_json::to_string_pretty(&report)?)?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slopes_are_least_squares() {
+        assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), 2.0);
+        assert_eq!(slope(&[(0.0, 4.0), (1.0, 4.0)]), 0.0);
+        assert_eq!(slope(&[(1.0, 4.0)]), 0.0, "one point has no trend");
+        assert_eq!(slope(&[(1.0, 4.0), (1.0, 9.0)]), 0.0, "no spread in time");
+    }
+
+    #[test]
+    fn two_faults_never_share_a_process() {
+        assert_eq!(Fault::FreezeAgent(3).target(), Fault::KillAgent(3).target());
+        assert_ne!(Fault::FreezeAgent(3).target(), Fault::FreezeAgent(4).target());
+        assert_eq!(Fault::FreezeReplica(1).target(), Fault::KillReplica(1).target());
+        assert_eq!(Fault::KillAgent(2).agent(), Some(2));
+        assert_eq!(Fault::FreezePostgres.agent(), None);
+    }
+}

@@ -162,3 +162,18 @@ fn draw_inner(
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinning_keeps_the_ends_and_the_bound() {
+        let v: Vec<u32> = (0..10_000).collect();
+        let t = thin(&v);
+        assert!(t.len() <= MAX_POINTS + 1, "{}", t.len());
+        assert_eq!((t.first(), t.last()), (Some(&0), Some(&9_999)));
+        let short: Vec<u32> = (0..5).collect();
+        assert_eq!(thin(&short), short);
+    }
+}
