@@ -10,6 +10,11 @@
 //!   agent never answers OK for the token again, across its own restarts;
 //! - nothing lost: after the final heal every agent reaches the head within [`CONVERGE`], every
 //!   201 is in the log once at its seq, and every agent refuses every accepted token;
+//! - staleness honoured: with every replica frozen or down for `--max-staleness` + 1 s, no
+//!   agent answers OK (it says STALE); [`FRESH_AGAIN`] after the last replica fault healed,
+//!   every agent answers OK again for a token nobody revoked;
+//! - a frozen PostgreSQL under a running replica: a revocation is answered within
+//!   [`ANSWER_BOUND`], never left hanging;
 //! - resources: RSS and open fds of every process sampled each second; the report gives the
 //!   slope of a least-squares fit over the second half, and the maxima.
 //!
@@ -38,6 +43,11 @@ const REPLICAS: usize = 2;
 const ANSWER_BOUND: Duration = Duration::from_secs(7);
 /// Agents' `--max-staleness`.
 const MAX_STALENESS: &str = "5s";
+/// The same, as a duration, plus the second the invariant allows.
+const STALE_BY: Duration = Duration::from_secs(6);
+/// After the last replica fault healed, agents are fresh again within this: a heartbeat, a
+/// failover or reconnect with backoff, and a catch-up.
+pub const FRESH_AGAIN: Duration = Duration::from_secs(15);
 
 /// What may go wrong, and to what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -49,6 +59,8 @@ pub enum Fault {
     FreezeReplica(usize),
     /// SIGSTOP every process of the PostgreSQL cluster.
     FreezePostgres,
+    /// SIGSTOP every replica at once (agents then have no authority to hear from).
+    FreezeAllReplicas,
     /// kill -9 an agent; restarted (same data dir) at the heal.
     KillAgent(usize),
     /// kill -9 a replica; restarted (same data dir, same agent port) at the heal.
@@ -61,16 +73,26 @@ impl Fault {
             Fault::FreezeAgent(i) => format!("freeze agent soak-{i}"),
             Fault::FreezeReplica(r) => format!("freeze replica {r}"),
             Fault::FreezePostgres => "freeze postgres".into(),
+            Fault::FreezeAllReplicas => "freeze every replica".into(),
             Fault::KillAgent(i) => format!("kill -9 agent soak-{i}"),
             Fault::KillReplica(r) => format!("kill -9 replica {r}"),
         }
     }
     /// What it makes unreachable, so two faults never fight over one process.
-    fn target(&self) -> String {
+    fn targets(&self) -> Vec<String> {
         match self {
-            Fault::FreezeAgent(i) | Fault::KillAgent(i) => format!("agent-{i}"),
-            Fault::FreezeReplica(r) | Fault::KillReplica(r) => format!("replica-{r}"),
-            Fault::FreezePostgres => "postgres".into(),
+            Fault::FreezeAgent(i) | Fault::KillAgent(i) => vec![format!("agent-{i}")],
+            Fault::FreezeReplica(r) | Fault::KillReplica(r) => vec![format!("replica-{r}")],
+            Fault::FreezeAllReplicas => (0..REPLICAS).map(|r| format!("replica-{r}")).collect(),
+            Fault::FreezePostgres => vec!["postgres".into()],
+        }
+    }
+    /// The replicas it takes away.
+    fn replicas(&self) -> Vec<usize> {
+        match self {
+            Fault::FreezeReplica(r) | Fault::KillReplica(r) => vec![*r],
+            Fault::FreezeAllReplicas => (0..REPLICAS).collect(),
+            _ => Vec::new(),
         }
     }
     fn agent(&self) -> Option<usize> {
@@ -137,6 +159,9 @@ pub struct SoakReport {
     pub refused: u64,
     /// CHECKs of tokens whose revocation a receipt named the agent for.
     pub probes: u64,
+    /// CHECKs of a never-revoked token while every replica had been away for longer than
+    /// `--max-staleness` + 1 s (each must not be OK).
+    pub stale_probes: u64,
     /// Every fault.
     pub faults: Vec<FaultSpan>,
     /// Every violation.
@@ -180,8 +205,13 @@ struct Shared {
     receipts: Mutex<Vec<(f64, Duration)>>,
     /// Active faults.
     active: Mutex<Vec<Fault>>,
+    /// Since when every replica has been frozen or down (None: one is up).
+    all_replicas_down: Mutex<Option<Instant>>,
+    /// Since when no replica has been frozen or down (None: one is).
+    replicas_clear: Mutex<Option<Instant>>,
     violations: Mutex<Vec<Violation>>,
     probes: Mutex<u64>,
+    stale_probes: Mutex<u64>,
     /// Process name → pid, for the sampler.
     pids: Mutex<Vec<(String, u32)>>,
     /// Samples: time, head (None: no replica answered), each agent's applied seq (None: no answer).
@@ -340,6 +370,11 @@ impl Mesh {
                     signal(pid, "-STOP");
                 }
             }
+            Fault::FreezeAllReplicas => {
+                for p in self.replicas.iter().flatten() {
+                    signal(p.proc.child.id(), "-STOP");
+                }
+            }
             Fault::KillAgent(i) => {
                 if let Some(mut a) = self.agents[i].take() {
                     a.proc.kill9();
@@ -369,6 +404,11 @@ impl Mesh {
             Fault::FreezePostgres => {
                 for pid in self.pg.pids() {
                     signal(pid, "-CONT");
+                }
+            }
+            Fault::FreezeAllReplicas => {
+                for p in self.replicas.iter().flatten() {
+                    signal(p.proc.child.id(), "-CONT");
                 }
             }
             Fault::KillAgent(i) => self.start_agent(i)?,
@@ -450,6 +490,33 @@ fn checker(s: Arc<Shared>, agents: usize, sockets: Vec<PathBuf>, seed: u64) {
                 continue;
             }
             let id = format!("soak-{i}");
+            // The canary: a token nobody revokes.
+            let down = *lock(&s.all_replicas_down);
+            let clear = *lock(&s.replicas_clear);
+            if let Some(answer) = ask(
+                socket,
+                &[format!("CHECK {}", check_token(&format!("canary-{i}")))],
+                Duration::from_millis(500),
+            )
+            .and_then(|a| a.into_iter().next())
+            {
+                if s.affected(i) {
+                    // Its own fault began meanwhile: nothing to judge.
+                } else if down.is_some_and(|t| t.elapsed() > STALE_BY) {
+                    *lock(&s.stale_probes) += 1;
+                    if answer.starts_with("OK") {
+                        s.violate(format!(
+                            "agent {id} answered OK with no replica reachable for {:?}",
+                            down.map(|t| t.elapsed())
+                        ));
+                    }
+                } else if clear.is_some_and(|t| t.elapsed() > FRESH_AGAIN) && answer.starts_with("STALE") {
+                    s.violate(format!(
+                        "agent {id} still STALE {:?} after the last replica fault healed",
+                        clear.map(|t| t.elapsed())
+                    ));
+                }
+            }
             let mine: Vec<&Accepted> =
                 accepted.iter().filter(|(_, _, acked, _)| acked.contains(&id)).collect();
             if mine.is_empty() {
@@ -514,6 +581,67 @@ fn sampler(s: Arc<Shared>, sockets: Vec<PathBuf>) {
     }
 }
 
+/// One fault of the schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    /// When, from the start.
+    pub at: Duration,
+    /// What.
+    pub fault: Fault,
+    /// For how long.
+    pub lasts: Duration,
+}
+
+/// The fault schedule of `seed`, the same for every run: a new fault every 1–4 s, lasting
+/// 2–8 s (every replica frozen at once: 8–14 s, past `--max-staleness`), at most three at
+/// once, never two on one process (a drawn fault whose process is busy is skipped); whatever is
+/// active at `secs` heals then.
+pub fn schedule(seed: u64, secs: u64, agents: usize) -> Vec<Planned> {
+    let mut rng = revmesh_protocol::time::Jitter::new(seed);
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut t = Duration::from_millis(1000 + rng.next_u64() % 3000);
+    while t < Duration::from_secs(secs) {
+        let active: Vec<&Planned> = plan.iter().filter(|p| p.at + p.lasts > t).collect();
+        if active.len() < 3 {
+            let fault = match rng.next_u64() % 11 {
+                0..=2 => Fault::FreezeAgent((rng.next_u64() % agents.max(1) as u64) as usize),
+                3..=4 => Fault::KillAgent((rng.next_u64() % agents.max(1) as u64) as usize),
+                5..=6 => Fault::FreezeReplica((rng.next_u64() % REPLICAS as u64) as usize),
+                7..=8 => Fault::KillReplica((rng.next_u64() % REPLICAS as u64) as usize),
+                9 => Fault::FreezePostgres,
+                _ => Fault::FreezeAllReplicas,
+            };
+            let mut lasts = Duration::from_millis(2000 + rng.next_u64() % 6000);
+            if fault == Fault::FreezeAllReplicas {
+                lasts += Duration::from_secs(6);
+            }
+            let busy = |p: &&Planned| p.fault.targets().iter().any(|t| fault.targets().contains(t));
+            if !active.iter().any(busy) {
+                plan.push(Planned { at: t, fault, lasts });
+            }
+        }
+        t += Duration::from_millis(1000 + rng.next_u64() % 3000);
+    }
+    plan
+}
+
+/// Records whether every replica is frozen or down, and since when none is.
+fn track_replicas(s: &Shared, active: &[(Fault, Instant, usize)]) {
+    let hit: HashSet<usize> = active.iter().flat_map(|(f, _, _)| f.replicas()).collect();
+    let mut down = lock(&s.all_replicas_down);
+    if hit.len() == REPLICAS {
+        down.get_or_insert_with(Instant::now);
+    } else {
+        *down = None;
+    }
+    let mut clear = lock(&s.replicas_clear);
+    if hit.is_empty() {
+        clear.get_or_insert_with(Instant::now);
+    } else {
+        *clear = None;
+    }
+}
+
 /// Least-squares slope of `(x, y)`.
 fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
@@ -575,8 +703,11 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         refused: Mutex::default(),
         receipts: Mutex::default(),
         active: Mutex::default(),
+        all_replicas_down: Mutex::default(),
+        replicas_clear: Mutex::new(Some(Instant::now())),
         violations: Mutex::default(),
         probes: Mutex::default(),
+        stale_probes: Mutex::default(),
         pids: Mutex::new(mesh.pids()),
         positions: Mutex::default(),
         usage: Mutex::default(),
@@ -606,13 +737,11 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         }),
     ];
 
-    // The schedule: a new fault every 1–4 s, lasting 2–8 s, at most three at once, never two
-    // on one process.
-    let mut rng = revmesh_protocol::time::Jitter::new(seed);
+    let plan = schedule(seed, secs, agents);
     let mut spans: Vec<FaultSpan> = Vec::new();
     let mut active: Vec<(Fault, Instant, usize)> = Vec::new();
     let end = shared.started + Duration::from_secs(secs);
-    let mut next = shared.started + Duration::from_millis(1000 + rng.next_u64() % 3000);
+    let mut upcoming = plan.iter().peekable();
     while Instant::now() < end {
         let now = Instant::now();
         let due: Vec<usize> = (0..active.len()).filter(|&k| active[k].1 <= now).collect();
@@ -622,27 +751,21 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             spans[span].to_s = shared.now();
             lock(&shared.active).retain(|a| *a != f);
         }
-        if now >= next && active.len() < 3 {
-            let f = match rng.next_u64() % 10 {
-                0..=2 => Fault::FreezeAgent((rng.next_u64() % agents as u64) as usize),
-                3..=4 => Fault::KillAgent((rng.next_u64() % agents as u64) as usize),
-                5..=6 => Fault::FreezeReplica((rng.next_u64() % REPLICAS as u64) as usize),
-                7..=8 => Fault::KillReplica((rng.next_u64() % REPLICAS as u64) as usize),
-                _ => Fault::FreezePostgres,
-            };
-            let busy: HashSet<String> = active.iter().map(|(a, _, _)| a.target()).collect();
-            if !busy.contains(&f.target()) {
-                let lasts = Duration::from_millis(2000 + rng.next_u64() % 6000);
-                lock(&shared.active).push(f);
-                mesh.apply(f)?;
-                println!("  {:6.1}s {} for {:.1}s", shared.now(), f.describe(), lasts.as_secs_f64());
-                spans.push(FaultSpan { fault: f, what: f.describe(), from_s: shared.now(), to_s: f64::NAN });
-                active.push((f, now + lasts, spans.len() - 1));
-            }
-            next = now + Duration::from_millis(1000 + rng.next_u64() % 3000);
+        while let Some(p) = upcoming.next_if(|p| shared.started + p.at <= now) {
+            lock(&shared.active).push(p.fault);
+            mesh.apply(p.fault)?;
+            println!("  {:6.1}s {} for {:.1}s", shared.now(), p.fault.describe(), p.lasts.as_secs_f64());
+            spans.push(FaultSpan {
+                fault: p.fault,
+                what: p.fault.describe(),
+                from_s: shared.now(),
+                to_s: f64::NAN,
+            });
+            active.push((p.fault, shared.started + p.at + p.lasts, spans.len() - 1));
         }
         *lock(&shared.admins) = mesh.admins();
         *lock(&shared.pids) = mesh.pids();
+        track_replicas(&shared, &active);
         std::thread::sleep(Duration::from_millis(50));
     }
     // The final heal.
@@ -752,6 +875,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
     report.accepted = accepted.len() as u64;
     report.refused = *lock(&shared.refused);
     report.probes = *lock(&shared.probes);
+    report.stale_probes = *lock(&shared.stale_probes);
     report.faults = spans;
     report.receipt = crate::util::summarize(lock(&shared.receipts).iter().map(|r| r.1).collect());
     // Resources: maxima, and slopes over the second half.
@@ -805,11 +929,49 @@ mod tests {
         assert_eq!(slope(&[(1.0, 4.0), (1.0, 9.0)]), 0.0, "no spread in time");
     }
 
+    /// Longest time within `secs` during which every replica is frozen or down.
+    fn all_down(plan: &[Planned], secs: u64) -> Duration {
+        let mut longest = Duration::ZERO;
+        let mut t = Duration::ZERO;
+        let mut since: Option<Duration> = None;
+        while t < Duration::from_secs(secs) {
+            let hit: HashSet<usize> = plan
+                .iter()
+                .filter(|p| p.at <= t && t < p.at + p.lasts)
+                .flat_map(|p| p.fault.replicas())
+                .collect();
+            match (hit.len() == REPLICAS, since) {
+                (true, None) => since = Some(t),
+                (true, Some(s)) => longest = longest.max(t - s),
+                (false, _) => since = None,
+            }
+            t += Duration::from_millis(50);
+        }
+        longest
+    }
+
+    #[test]
+    fn a_seed_replays_its_schedule_and_the_ci_seed_takes_every_replica_away() {
+        assert_eq!(schedule(41, 60, 20), schedule(41, 60, 20));
+        assert_ne!(schedule(41, 60, 20), schedule(42, 60, 20));
+        for p in schedule(7, 600, 20) {
+            assert!(p.lasts >= Duration::from_secs(2) && p.lasts < Duration::from_secs(14));
+        }
+        // The 60 s CI soak (seed 41) must try the staleness invariant: every replica away for
+        // longer than --max-staleness + 1 s.
+        let plan = schedule(41, 60, 20);
+        assert!(
+            all_down(&plan, 60) > STALE_BY,
+            "seed 41 never takes every replica away long enough: {plan:?}"
+        );
+    }
+
     #[test]
     fn two_faults_never_share_a_process() {
-        assert_eq!(Fault::FreezeAgent(3).target(), Fault::KillAgent(3).target());
-        assert_ne!(Fault::FreezeAgent(3).target(), Fault::FreezeAgent(4).target());
-        assert_eq!(Fault::FreezeReplica(1).target(), Fault::KillReplica(1).target());
+        assert_eq!(Fault::FreezeAgent(3).targets(), Fault::KillAgent(3).targets());
+        assert_ne!(Fault::FreezeAgent(3).targets(), Fault::FreezeAgent(4).targets());
+        assert_eq!(Fault::FreezeReplica(1).targets(), Fault::KillReplica(1).targets());
+        assert!(Fault::FreezeAllReplicas.targets().contains(&Fault::KillReplica(1).targets()[0]));
         assert_eq!(Fault::KillAgent(2).agent(), Some(2));
         assert_eq!(Fault::FreezePostgres.agent(), None);
     }

@@ -13,6 +13,7 @@ fn band_color(f: &Fault) -> RGBColor {
         Fault::FreezeReplica(_) => RGBColor(255, 165, 0),
         Fault::KillReplica(_) => RGBColor(139, 0, 139),
         Fault::FreezePostgres => RGBColor(46, 139, 87),
+        Fault::FreezeAllReplicas => RGBColor(105, 105, 105),
     }
 }
 
@@ -86,7 +87,7 @@ fn draw_inner(
     // 1. Head and each agent's position.
     let top = positions.iter().filter_map(|p| p.1).max().unwrap_or(1).max(1) as f64 * 1.05;
     let mut chart = ChartBuilder::on(&panels[0])
-        .caption("log head (black) and each agent's applied seq; bands: faults (blue freeze agent, red kill agent, orange freeze replica, purple kill replica, green freeze postgres)", ("sans-serif", 14))
+        .caption("log head (black) and each agent's applied seq; bands: faults (blue freeze agent, red kill agent, orange freeze replica, purple kill replica, green freeze postgres, grey freeze every replica)", ("sans-serif", 14))
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(60)
