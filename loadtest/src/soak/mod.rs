@@ -278,6 +278,8 @@ struct Mesh {
     replicas: Vec<Option<AuthorityProc>>,
     agent_ports: Vec<String>,
     agents: Vec<Option<AgentProc>>,
+    /// Replicas to (re)start, and when to try next.
+    pending: Vec<Option<Instant>>,
     secret: PathBuf,
     token_file: PathBuf,
 }
@@ -304,23 +306,32 @@ impl Mesh {
         .collect()
     }
 
+    /// One attempt to start replica `r` (its first start, or a restart on the same agent port).
     fn start_replica(&mut self, r: usize) -> anyhow::Result<()> {
         let args = self.replica_args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let data = self.dir.join(format!("replica-{r}"));
-        // The same agent port as before (agents know it); it may take a moment to be free.
-        let mut last = None;
-        for _ in 0..50 {
-            match AuthorityProc::start(&data, &self.agent_ports[r], &args) {
-                Ok(p) => {
-                    self.replicas[r] = Some(p);
-                    return Ok(());
+        self.replicas[r] = Some(AuthorityProc::start(&data, &self.agent_ports[r], &args)?);
+        Ok(())
+    }
+
+    /// What a service manager does for a replica that is down: start it again, and when it
+    /// exits at once (its store unreachable at start, say, or its port not free yet), try again
+    /// a moment later. One attempt per call, at most one a second per replica.
+    fn restart_pending(&mut self) {
+        let now = Instant::now();
+        for r in 0..REPLICAS {
+            let due = self.pending[r].is_some_and(|next| next <= now);
+            if due {
+                match self.start_replica(r) {
+                    Ok(()) => self.pending[r] = None,
+                    Err(e) => {
+                        eprintln!("soak: replica {r} did not start ({e}); again in a second");
+                        self.pending[r] = Some(Instant::now() + Duration::from_secs(1));
+                    }
                 }
-                Err(e) => last = Some(e),
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("replica {r} did not start")))
     }
 
     fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
@@ -412,7 +423,10 @@ impl Mesh {
                 }
             }
             Fault::KillAgent(i) => self.start_agent(i)?,
-            Fault::KillReplica(r) => self.start_replica(r)?,
+            Fault::KillReplica(r) => {
+                self.pending[r] = Some(Instant::now());
+                self.restart_pending();
+            }
         }
         Ok(())
     }
@@ -678,6 +692,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         replicas: (0..REPLICAS).map(|_| None).collect(),
         agent_ports: Vec::new(),
         agents: (0..agents).map(|_| None).collect(),
+        pending: vec![None; REPLICAS],
         secret,
         token_file,
     };
@@ -763,6 +778,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             });
             active.push((p.fault, shared.started + p.at + p.lasts, spans.len() - 1));
         }
+        mesh.restart_pending();
         *lock(&shared.admins) = mesh.admins();
         *lock(&shared.pids) = mesh.pids();
         track_replicas(&shared, &active);
@@ -774,9 +790,16 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         spans[span].to_s = shared.now();
         lock(&shared.active).retain(|a| *a != f);
     }
+    let healed = Instant::now();
+    while mesh.pending.iter().any(Option::is_some) && healed.elapsed() < CONVERGE {
+        mesh.restart_pending();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if mesh.pending.iter().any(Option::is_some) {
+        shared.violate(format!("a replica did not start again within {CONVERGE:?} of the heal"));
+    }
     *lock(&shared.admins) = mesh.admins();
     *lock(&shared.pids) = mesh.pids();
-    let healed = Instant::now();
     shared.stop.store(true, Ordering::Release);
     for t in threads {
         let _ = t.join();
