@@ -130,6 +130,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A frozen cluster (SIGSTOP) cannot act on pg_ctl's signal: thaw it first.
+        for pid in self.pids() {
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        }
         let _ = self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
     }
 }
