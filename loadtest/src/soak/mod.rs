@@ -13,6 +13,9 @@
 //! - staleness honoured: with every replica frozen or down for `--max-staleness` + 1 s, no
 //!   agent answers OK (it says STALE); [`FRESH_AGAIN`] after the last replica fault healed,
 //!   every agent answers OK again for a token nobody revoked;
+//! - one frozen or killed agent never holds up the others: with the replicas and PostgreSQL left
+//!   alone, a receipt (`?wait=all`, answered within its 2 s) names as pending only agents under
+//!   a fault of their own;
 //! - a frozen PostgreSQL under a running replica: a revocation is answered within
 //!   [`ANSWER_BOUND`], never left hanging;
 //! - resources: RSS and open fds of every process sampled each second; the report gives the
@@ -41,6 +44,9 @@ const REPLICAS: usize = 2;
 /// is frozen: `--store-timeout` (2 s) for the commit, the receipt wait (2 s), the receipt's own
 /// read (2 s), and a second of slack.
 const ANSWER_BOUND: Duration = Duration::from_secs(7);
+/// How long the replicas and PostgreSQL must have been left alone before a receipt's pending
+/// agents are judged: agents that failed over or reconnected have settled by then.
+const QUIET: Duration = Duration::from_secs(10);
 /// Agents' `--max-staleness`.
 const MAX_STALENESS: &str = "5s";
 /// The same, as a duration, plus the second the invariant allows.
@@ -205,6 +211,8 @@ struct Shared {
     receipts: Mutex<Vec<(f64, Duration)>>,
     /// Active faults.
     active: Mutex<Vec<Fault>>,
+    /// When each process (`agent-3`, `replica-1`, `postgres`) was last under a fault.
+    touched: Mutex<HashMap<String, Instant>>,
     /// Since when every replica has been frozen or down (None: one is up).
     all_replicas_down: Mutex<Option<Instant>>,
     /// Since when no replica has been frozen or down (None: one is).
@@ -232,6 +240,18 @@ impl Shared {
     }
     fn affected(&self, agent: usize) -> bool {
         lock(&self.active).iter().any(|f| f.agent() == Some(agent))
+    }
+    /// Marks the processes `f` acts on as under a fault now.
+    fn touch(&self, f: Fault) {
+        let mut t = lock(&self.touched);
+        for target in f.targets() {
+            t.insert(target, Instant::now());
+        }
+    }
+    /// Whether `target` was under a fault at any time since `since`.
+    fn touched_since(&self, target: &str, since: Instant) -> bool {
+        lock(&self.touched).get(target).is_some_and(|t| *t >= since)
+            || lock(&self.active).iter().any(|f| f.targets().iter().any(|x| x == target))
     }
 }
 
@@ -478,6 +498,24 @@ fn writer(s: Arc<Shared>) {
                     .as_array()
                     .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
                     .unwrap_or_default();
+                // One frozen or killed agent never holds up the others: with the replicas and
+                // PostgreSQL left alone for QUIET before the request and during it, every agent
+                // the receipt names as pending must have been under a fault of its own.
+                let since = started.checked_sub(QUIET).unwrap_or(s.started);
+                let calm = since > s.started
+                    && !(0..REPLICAS).any(|r| s.touched_since(&format!("replica-{r}"), since))
+                    && !s.touched_since("postgres", since);
+                if calm {
+                    for id in v["pending"].as_array().into_iter().flatten().filter_map(|x| x.as_str()) {
+                        let process = id.replace("soak-", "agent-");
+                        if !s.touched_since(&process, since) {
+                            s.violate(format!(
+                                "{id} pending after {:?} in a receipt while only other agents were faulted",
+                                started.elapsed()
+                            ));
+                        }
+                    }
+                }
                 let at = s.now();
                 let mut accepted = lock(&s.accepted);
                 for (k, jti) in jtis.into_iter().enumerate() {
@@ -718,6 +756,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         refused: Mutex::default(),
         receipts: Mutex::default(),
         active: Mutex::default(),
+        touched: Mutex::default(),
         all_replicas_down: Mutex::default(),
         replicas_clear: Mutex::new(Some(Instant::now())),
         violations: Mutex::default(),
@@ -764,9 +803,11 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             let (f, _, span) = active.remove(k);
             mesh.heal(f)?;
             spans[span].to_s = shared.now();
+            shared.touch(f);
             lock(&shared.active).retain(|a| *a != f);
         }
         while let Some(p) = upcoming.next_if(|p| shared.started + p.at <= now) {
+            shared.touch(p.fault);
             lock(&shared.active).push(p.fault);
             mesh.apply(p.fault)?;
             println!("  {:6.1}s {} for {:.1}s", shared.now(), p.fault.describe(), p.lasts.as_secs_f64());
@@ -779,6 +820,11 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             active.push((p.fault, shared.started + p.at + p.lasts, spans.len() - 1));
         }
         mesh.restart_pending();
+        for (r, p) in mesh.pending.iter().enumerate() {
+            if p.is_some() {
+                shared.touch(Fault::KillReplica(r));
+            }
+        }
         *lock(&shared.admins) = mesh.admins();
         *lock(&shared.pids) = mesh.pids();
         track_replicas(&shared, &active);
