@@ -261,7 +261,13 @@ pub struct AgentSession {
     durable: u64,
     ack_due: Option<Instant>,
     staging: Option<Staging>,
+    /// When the authority was last known alive: a welcome (the answer to our hello) or a
+    /// heartbeat, credited at the time it was sent as far as this agent can tell (see
+    /// [`Self::credit_heartbeat`]), never at the time a frame that waited in a buffer was read.
     last_heard: Option<Instant>,
+    /// This link's recent heartbeat offsets (our wall clock at receipt minus the authority's at
+    /// sending, ms): their minimum is the clock offset plus the network's least delay.
+    offsets: VecDeque<i64>,
     last_frame: Option<Instant>,
     head_seq: u64,
     /// The head this agent knows it must reach before it may present itself as fresh: the head
@@ -277,6 +283,9 @@ pub struct AgentSession {
     /// The version the current link's `Welcome` agreed.
     link_version: u8,
 }
+
+/// Heartbeats whose offsets the agent keeps to judge how late the next one is.
+pub const HEARTBEAT_WINDOW: usize = 32;
 
 impl AgentSession {
     /// A session resuming from persisted state `(log_id, applied_seq)`.
@@ -297,6 +306,7 @@ impl AgentSession {
             ack_due: None,
             staging: None,
             last_heard: None,
+            offsets: VecDeque::with_capacity(HEARTBEAT_WINDOW),
             last_frame: None,
             head_seq: 0,
             catch_up_to: 0,
@@ -349,7 +359,8 @@ impl AgentSession {
         matches!(self.phase, Phase::AwaitSnapshot(_) | Phase::Ready(_))
     }
 
-    /// When an authority was last heard from (any frame after the welcome), on any link.
+    /// When an authority was last known alive (the welcome, or a heartbeat credited when it was
+    /// sent), on any link.
     pub fn last_heard(&self) -> Option<Instant> {
         self.last_heard
     }
@@ -413,10 +424,10 @@ impl AgentSession {
         }
         match self.phase {
             Phase::AwaitWelcome => self.violation("frame before welcome".into()),
-            Phase::Ready(log_id) => {
-                self.last_heard = Some(now.mono);
-                self.on_batch(batch, log_id, now, waited)
-            }
+            // No freshness credit: a batch does not say when it was sent, and one that waited in
+            // a buffer while this process was stopped proves nothing about now. Heartbeats,
+            // which go out whatever the data, do.
+            Phase::Ready(log_id) => self.on_batch(batch, log_id, now, waited),
             // A batch sent before the snapshot that replaces our state: useless now.
             Phase::AwaitSnapshot(_) | Phase::Disconnected => Ok(()),
         }
@@ -487,7 +498,7 @@ impl AgentSession {
             }
             (_, Phase::AwaitWelcome) => self.violation("frame before welcome".into()),
             (Frame::Heartbeat(h), _) => {
-                self.last_heard = Some(now.mono);
+                self.credit_heartbeat(h.unix_ms, now);
                 self.head_seq = self.head_seq.max(h.head_seq);
                 // Entries announced beyond one batch past what arrived are not merely in
                 // flight: the agent is behind until it has them.
@@ -502,10 +513,7 @@ impl AgentSession {
             }
             // Handled above.
             (Frame::Batch(_) | Frame::WaitedBatch(_), _) => Ok(()),
-            (Frame::SnapshotChunk(c), _) => {
-                self.last_heard = Some(now.mono);
-                self.on_chunk(c, now)
-            }
+            (Frame::SnapshotChunk(c), _) => self.on_chunk(c, now),
             (Frame::Limits(l), _) if self.link_version >= 3 => {
                 self.events.push_back(AgentEvent::Limits(l));
                 Ok(())
@@ -516,11 +524,33 @@ impl AgentSession {
         }
     }
 
+    /// Credits a heartbeat sent at the authority's `sent_ms`: at the time it arrived if it took
+    /// no longer than the quickest recent one, else that much earlier. A heartbeat read late —
+    /// it waited in a socket buffer while this process was stopped (SIGSTOP, a paused VM, a
+    /// long swap storm) — is thus credited near when it was sent, and an agent whose authority
+    /// went silent meanwhile goes stale on time (`--max-staleness` from the authority's
+    /// silence, not from the agent's thaw). Clock steps make heartbeats look late (staler,
+    /// fail closed) until the window of [`HEARTBEAT_WINDOW`] has moved past them.
+    fn credit_heartbeat(&mut self, sent_ms: u64, now: Now) {
+        let offset = now.unix_ms as i64 - sent_ms as i64;
+        if self.offsets.len() == HEARTBEAT_WINDOW {
+            self.offsets.pop_front();
+        }
+        self.offsets.push_back(offset);
+        let least = self.offsets.iter().copied().min().unwrap_or(offset);
+        let late = Duration::from_millis(offset.saturating_sub(least).max(0) as u64);
+        if let Some(at) = now.mono.checked_sub(late) {
+            self.last_heard = Some(self.last_heard.map_or(at, |h| h.max(at)));
+        }
+    }
+
     fn on_welcome(&mut self, w: Welcome, now: Now) -> Result<(), AgentViolation> {
         if !(PROTOCOL_VERSION..=self.cfg.max_version.min(MAX_VERSION)).contains(&w.version) {
             return self.violation(format!("welcome with version {}", w.version));
         }
+        // The welcome answers our hello: the authority was alive after the hello was sent.
         self.last_heard = Some(now.mono);
+        self.offsets.clear();
         self.link_version = w.version;
         let beats = Duration::from_millis(w.heartbeat_ms.saturating_mul(4)).min(MAX_HEARTBEAT_IDLE);
         self.idle_timeout = self.cfg.idle_timeout.max(beats);
@@ -755,6 +785,40 @@ mod tests {
         drop(bytes);
         let lent: Vec<Entry> = received.view().unwrap().iter().map(EntryView::to_entry).collect();
         assert_eq!(lent, entries[1..]);
+    }
+
+    /// A heartbeat read late — it waited in the socket buffer while the agent process was
+    /// stopped — is credited near when the authority sent it, so an agent whose authority went
+    /// silent meanwhile is stale on time; one read on time is credited at once. (Found by the
+    /// soak, seed 1207: an agent thawed after its authorities froze answered OK for
+    /// `--max-staleness` past its thaw, from heartbeats sent before the freeze.)
+    #[test]
+    fn a_heartbeat_read_late_is_credited_when_it_was_sent() {
+        let t0 = now().mono;
+        let at = |ms: u64, unix_ms: u64| Now { mono: t0 + Duration::from_millis(ms), unix_ms };
+        let beat = |sent_ms: u64| Frame::Heartbeat(Heartbeat { head_seq: 0, unix_ms: sent_ms });
+        // The authority's clock runs 40 s behind ours; the network takes 5 ms.
+        let skew = 40_000;
+        let mut s = AgentSession::new("a".into(), "v".into(), None, 0, AgentConfig::default());
+        s.connect(at(0, 1_000_000));
+        s.handle_frame(welcome(0), at(0, 1_000_000)).unwrap();
+        for k in 1..=3u64 {
+            let sent = 1_000_000 - skew + k * 1000;
+            s.handle_frame(beat(sent), at(k * 1000 + 5, sent + skew + 5)).unwrap();
+            assert_eq!(s.last_heard(), Some(t0 + Duration::from_millis(k * 1000 + 5)), "on time");
+        }
+        // Stopped from 3.1 s to 9 s; the heartbeat sent at 3.5 s is read at 9 s.
+        let sent = 1_000_000 - skew + 3_500;
+        s.handle_frame(beat(sent), at(9_000, 1_009_000)).unwrap();
+        let heard = s.last_heard().unwrap();
+        assert_eq!(heard, t0 + Duration::from_millis(3_505), "credited when it was sent, not when read");
+        // A batch that waited as long proves nothing about now either.
+        s.handle_frame(batch(1, 1), at(9_001, 1_009_001)).unwrap();
+        assert_eq!(s.last_heard(), Some(heard));
+        // The next heartbeat on time: fresh again.
+        let sent = 1_000_000 - skew + 9_100;
+        s.handle_frame(beat(sent), at(9_105, sent + skew + 5)).unwrap();
+        assert_eq!(s.last_heard(), Some(t0 + Duration::from_millis(9_105)));
     }
 
     /// From the welcome until the announced head is applied, the agent knows it is behind.

@@ -202,7 +202,9 @@ pub struct Ack {
 pub struct Heartbeat {
     /// Current head of the log.
     pub head_seq: u64,
-    /// Authority wall clock, unix milliseconds (diagnostics only; agents never trust it for expiry).
+    /// Authority wall clock, unix milliseconds. Agents never trust its absolute value (not for
+    /// expiry, not for freshness); they compare heartbeats' offsets with each other to tell one
+    /// that arrived late (PROTOCOL.md §9, item 6).
     pub unix_ms: u64,
 }
 
