@@ -12,7 +12,8 @@
 //!   201 is in the log once at its seq, and every agent refuses every accepted token;
 //! - staleness honoured: with every replica frozen or down for `--max-staleness` + 1 s, no
 //!   agent answers OK (it says STALE); [`FRESH_AGAIN`] after the last replica fault healed,
-//!   every agent answers OK again for a token nobody revoked;
+//!   every agent answers OK again for a token nobody revoked (an agent that was itself stopped
+//!   or killed within that time is stale until it has reconnected, rightly, and is not judged);
 //! - one frozen or killed agent never holds up the others: with the replicas and PostgreSQL left
 //!   alone, a receipt (`?wait=all`, answered within its 2 s) names as pending only agents under
 //!   a fault of their own;
@@ -562,7 +563,13 @@ fn checker(s: Arc<Shared>, agents: usize, sockets: Vec<PathBuf>, seed: u64) {
                             down.map(|t| t.elapsed())
                         ));
                     }
-                } else if clear.is_some_and(|t| t.elapsed() > FRESH_AGAIN) && answer.starts_with("STALE") {
+                } else if clear.is_some_and(|t| t.elapsed() > FRESH_AGAIN)
+                    && !s.touched_since(
+                        &format!("agent-{i}"),
+                        Instant::now().checked_sub(FRESH_AGAIN).unwrap_or(s.started),
+                    )
+                    && answer.starts_with("STALE")
+                {
                     s.violate(format!(
                         "agent {id} still STALE {:?} after the last replica fault healed",
                         clear.map(|t| t.elapsed())
