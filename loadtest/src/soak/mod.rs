@@ -485,9 +485,11 @@ fn writer(s: Arc<Shared>) {
         // A frozen PostgreSQL under a replica that is itself fine: answered (503, or 201 with
         // what the receipt could say) within the store timeout, the receipt wait and the
         // receipt's own store read, never left hanging.
+        // Judged only when PostgreSQL was the one process under a fault while the request ran
+        // (a replica frozen meanwhile holds its requests for as long as it is stopped).
         let took = started.elapsed();
-        let faults = lock(&s.active).clone();
-        let only_pg = !faults.is_empty() && faults.iter().all(|f| *f == Fault::FreezePostgres);
+        let only_pg = s.touched_since("postgres", started)
+            && !(0..REPLICAS).any(|r| s.touched_since(&format!("replica-{r}"), started));
         if only_pg && took > ANSWER_BOUND {
             s.violate(format!("a revocation took {took:?} to be answered while PostgreSQL was frozen"));
         }
