@@ -301,6 +301,9 @@ struct Mesh {
     agents: Vec<Option<AgentProc>>,
     /// Replicas to (re)start, and when to try next.
     pending: Vec<Option<Instant>>,
+    /// Replicas a freeze covers: one killed before its freeze is not started until the freeze
+    /// heals (a stopped replica would be), so "every replica frozen" holds.
+    frozen: Vec<bool>,
     secret: PathBuf,
     token_file: PathBuf,
 }
@@ -342,7 +345,7 @@ impl Mesh {
     fn restart_pending(&mut self) {
         let now = Instant::now();
         for r in 0..REPLICAS {
-            let due = self.pending[r].is_some_and(|next| next <= now);
+            let due = !self.frozen[r] && self.pending[r].is_some_and(|next| next <= now);
             if due {
                 match self.start_replica(r) {
                     Ok(()) => self.pending[r] = None,
@@ -393,6 +396,7 @@ impl Mesh {
                 }
             }
             Fault::FreezeReplica(r) => {
+                self.frozen[r] = true;
                 if let Some(p) = &self.replicas[r] {
                     signal(p.proc.child.id(), "-STOP");
                 }
@@ -403,6 +407,7 @@ impl Mesh {
                 }
             }
             Fault::FreezeAllReplicas => {
+                self.frozen.fill(true);
                 for p in self.replicas.iter().flatten() {
                     signal(p.proc.child.id(), "-STOP");
                 }
@@ -429,6 +434,7 @@ impl Mesh {
                 }
             }
             Fault::FreezeReplica(r) => {
+                self.frozen[r] = false;
                 if let Some(p) = &self.replicas[r] {
                     signal(p.proc.child.id(), "-CONT");
                 }
@@ -439,6 +445,7 @@ impl Mesh {
                 }
             }
             Fault::FreezeAllReplicas => {
+                self.frozen.fill(false);
                 for p in self.replicas.iter().flatten() {
                     signal(p.proc.child.id(), "-CONT");
                 }
@@ -557,7 +564,9 @@ fn checker(s: Arc<Shared>, agents: usize, sockets: Vec<PathBuf>, seed: u64) {
             {
                 if s.affected(i) {
                     // Its own fault began meanwhile: nothing to judge.
-                } else if down.is_some_and(|t| t.elapsed() > STALE_BY) {
+                } else if down.is_some_and(|t| t.elapsed() > STALE_BY) && *lock(&s.all_replicas_down) == down
+                {
+                    // (Judged only if every replica is still away now that the answer is in.)
                     *lock(&s.stale_probes) += 1;
                     if answer.starts_with("OK") {
                         s.violate(format!(
@@ -740,6 +749,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         agent_ports: Vec::new(),
         agents: (0..agents).map(|_| None).collect(),
         pending: vec![None; REPLICAS],
+        frozen: vec![false; REPLICAS],
         secret,
         token_file,
     };
@@ -828,6 +838,8 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             });
             active.push((p.fault, shared.started + p.at + p.lasts, spans.len() - 1));
         }
+        // Recorded before a restart is tried: one may take a store timeout to fail.
+        track_replicas(&shared, &active);
         mesh.restart_pending();
         for (r, p) in mesh.pending.iter().enumerate() {
             if p.is_some() {
