@@ -825,6 +825,10 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             shared.touch(f);
             lock(&shared.active).retain(|a| *a != f);
         }
+        // Recorded between the heals and the new faults: a freeze of every replica healed and
+        // another applied in the same tick leave the replicas running for that moment, and
+        // "every replica away" starts again from the new freeze.
+        track_replicas(&shared, &active);
         while let Some(p) = upcoming.next_if(|p| shared.started + p.at <= now) {
             shared.touch(p.fault);
             lock(&shared.active).push(p.fault);
