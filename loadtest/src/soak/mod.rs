@@ -388,30 +388,33 @@ impl Mesh {
         self.replicas.iter().map(|r| r.as_ref().map_or_else(String::new, |p| p.admin.clone())).collect()
     }
 
-    fn apply(&mut self, f: Fault) -> anyhow::Result<()> {
-        match f {
-            Fault::FreezeAgent(i) => {
-                if let Some(a) = &self.agents[i] {
-                    signal(a.proc.child.id(), "-STOP");
-                }
-            }
+    /// Stops (`stop`) or continues the processes a freeze names; `false` for other faults.
+    fn freeze(&mut self, f: Fault, stop: bool) -> bool {
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        let pids: Vec<u32> = match f {
+            Fault::FreezeAgent(i) => self.agents[i].iter().map(|a| a.proc.child.id()).collect(),
             Fault::FreezeReplica(r) => {
-                self.frozen[r] = true;
-                if let Some(p) = &self.replicas[r] {
-                    signal(p.proc.child.id(), "-STOP");
-                }
-            }
-            Fault::FreezePostgres => {
-                for pid in self.pg.pids() {
-                    signal(pid, "-STOP");
-                }
+                self.frozen[r] = stop;
+                self.replicas[r].iter().map(|p| p.proc.child.id()).collect()
             }
             Fault::FreezeAllReplicas => {
-                self.frozen.fill(true);
-                for p in self.replicas.iter().flatten() {
-                    signal(p.proc.child.id(), "-STOP");
-                }
+                self.frozen.fill(stop);
+                self.replicas.iter().flatten().map(|p| p.proc.child.id()).collect()
             }
+            Fault::FreezePostgres => self.pg.pids(),
+            Fault::KillAgent(_) | Fault::KillReplica(_) => return false,
+        };
+        for pid in pids {
+            signal(pid, sig);
+        }
+        true
+    }
+
+    fn apply(&mut self, f: Fault) -> anyhow::Result<()> {
+        if self.freeze(f, true) {
+            return Ok(());
+        }
+        match f {
             Fault::KillAgent(i) => {
                 if let Some(mut a) = self.agents[i].take() {
                     a.proc.kill9();
@@ -422,39 +425,22 @@ impl Mesh {
                     p.proc.kill9();
                 }
             }
+            _ => {}
         }
         Ok(())
     }
 
     fn heal(&mut self, f: Fault) -> anyhow::Result<()> {
+        if self.freeze(f, false) {
+            return Ok(());
+        }
         match f {
-            Fault::FreezeAgent(i) => {
-                if let Some(a) = &self.agents[i] {
-                    signal(a.proc.child.id(), "-CONT");
-                }
-            }
-            Fault::FreezeReplica(r) => {
-                self.frozen[r] = false;
-                if let Some(p) = &self.replicas[r] {
-                    signal(p.proc.child.id(), "-CONT");
-                }
-            }
-            Fault::FreezePostgres => {
-                for pid in self.pg.pids() {
-                    signal(pid, "-CONT");
-                }
-            }
-            Fault::FreezeAllReplicas => {
-                self.frozen.fill(false);
-                for p in self.replicas.iter().flatten() {
-                    signal(p.proc.child.id(), "-CONT");
-                }
-            }
             Fault::KillAgent(i) => self.start_agent(i)?,
             Fault::KillReplica(r) => {
                 self.pending[r] = Some(Instant::now());
                 self.restart_pending();
             }
+            _ => {}
         }
         Ok(())
     }
