@@ -134,6 +134,10 @@ pub struct Log {
     /// Highest seq appended by a request that awaits the applied level: batches reaching it
     /// go out as `WaitedBatch`, so agents report them applied ahead of their durable acks.
     waited_through: AtomicU64,
+    /// On a store shared by several replicas: unix ms as of which this view is known to hold the
+    /// whole log (the start of the last successful read of the store). `u64::MAX` for a sole
+    /// writer, whose view is the log.
+    vouched_ms: AtomicU64,
     metrics: Metrics,
 }
 
@@ -174,6 +178,7 @@ impl Log {
             store_ok: AtomicBool::new(true),
             append_started_ms: AtomicU64::new(0),
             waited_through: AtomicU64::new(0),
+            vouched_ms: AtomicU64::new(u64::MAX),
             metrics,
         });
         Ok((log, append_rx))
@@ -419,12 +424,31 @@ impl Log {
         }
     }
 
-    /// For a shared store: follows other replicas' appends to `shared` until `shutdown`.
+    /// The time (unix ms, never after `now_ms`) as of which this replica knows its view holds
+    /// the whole log: `now_ms` for a sole writer; on a shared store, the start of its last
+    /// successful read of the store. Heartbeats carry it (PROTOCOL.md §9 item 6).
+    pub fn vouched_ms(&self, now_ms: u64) -> u64 {
+        self.vouched_ms.load(Ordering::Relaxed).min(now_ms)
+    }
+
+    /// Whether this replica may serve agents: its view was read from the store within
+    /// `--store-timeout` + 1 s (always, for a sole writer). One that cannot read its shared
+    /// store sends its agents to another replica (ARCHITECTURE.md, "a replica cut from its
+    /// store").
+    pub fn vouches(&self, now_ms: u64) -> bool {
+        let limit = self.store_timeout.as_millis() as u64 + 1_000;
+        now_ms.saturating_sub(self.vouched_ms(now_ms)) <= limit
+    }
+
+    /// For a shared store: follows other replicas' appends to `shared` until `shutdown`, and
+    /// records when each read of the store that succeeded began ([`Self::vouched_ms`]).
     pub async fn tail(
         self: Arc<Self>,
         shared: Arc<dyn SharedLog>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
+        // Loaded from the store just before this starts.
+        self.vouched_ms.store(self.clock.unix_ms(), Ordering::Relaxed);
         while !shutdown.is_cancelled() {
             let store = shared.clone();
             let woke = store.wait_for_change(Duration::from_millis(500));
@@ -437,8 +461,15 @@ impl Log {
                 }
                 _ = shutdown.cancelled() => return,
             }
-            if let Err(e) = self.catch_up().await {
-                tracing::warn!(error = %e, "tailing the shared log failed; retrying");
+            let began = self.clock.unix_ms();
+            match tokio::time::timeout(self.store_timeout, self.catch_up()).await {
+                Ok(Ok(())) => {
+                    self.vouched_ms.fetch_max(began, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "tailing the shared log failed; retrying"),
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.store_timeout, "tailing the shared log timed out; retrying")
+                }
             }
         }
     }

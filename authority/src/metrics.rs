@@ -73,6 +73,7 @@ pub const AGENT_REJECT_REASONS: &[&str] = &[
     "unauthorized",
     "identity",
     "duplicate_id",
+    "store_unreachable",
 ];
 
 /// Reasons of `frames_rejected_total` besides the decoder's, exported at 0 from the start.

@@ -241,6 +241,68 @@ async fn a_partition_from_postgres_refuses_revocations_in_time_and_recovers() {
     agent.stop().await;
 }
 
+/// A replica cut from PostgreSQL (its connections open, nothing answers) while another replica
+/// keeps committing: the agents homed on the cut one never claim to know more than it does.
+/// Its heartbeats vouch for the log only as of its last successful read of the store, so an
+/// agent's staleness stays honest (it never reads as fresh past a revocation it lacks), and once
+/// the store has been unreachable for `--store-timeout` + 1 s the replica sends its agents away
+/// (and refuses new links), so they fail over to a replica that can read the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_a_replica_cut_from_postgres_stay_honestly_stale_and_fail_over() {
+    let _guard = PG.lock().await;
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream: postgres::Config = server().parse().unwrap();
+    let port = upstream.get_ports().first().copied().unwrap_or(5432);
+    let relay = crate::relay::Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let token = dir.path().join("admin.token.shared");
+    std::fs::write(&token, SHARED_TOKEN).unwrap();
+    let token = token.to_str().unwrap();
+    let common = ["--admin-token-file", token, "--heartbeat", "200ms", "--store-timeout", "1s"];
+    let healthy = Authority::start(&dir.path().join("a"), &[&["--store", &db.url()][..], &common].concat());
+    let cut_url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
+    let cut = Authority::start(&dir.path().join("b"), &[&["--store", &cut_url][..], &common].concat());
+    // Homed on the replica about to be cut, the healthy one as failover.
+    let agent = Agent::start(vec![cut.ws_url(), healthy.ws_url()], "homed-on-cut");
+    let first = healthy.revoke_jti("before-cut");
+    agent.wait_applied(first).await;
+
+    relay.black_hole();
+    let revoked_at = std::time::Instant::now();
+    let seq = healthy.revoke_jti("while-cut");
+    assert!(seq > first);
+    // Until the agent has the revocation, what it says it knows must end before the revocation:
+    // unless it knows it is behind, now - staleness (the time as of which it claims the log) never passes `revoked_at` by more
+    // than the tail's polling interval (500 ms) and a heartbeat.
+    let slack = std::time::Duration::from_millis(900);
+    let deadline = revoked_at + std::time::Duration::from_secs(30);
+    while !agent.revoked("while-cut") {
+        assert!(std::time::Instant::now() < deadline, "the agent never failed over to the healthy replica");
+        // (An agent that knows it is behind, after a welcome from the healthy replica, answers
+        // as stale whatever it last heard.)
+        if let Some(stale) = agent.state.staleness().filter(|_| !agent.state.is_behind()) {
+            let as_of = std::time::Instant::now() - stale;
+            assert!(
+                as_of <= revoked_at + slack,
+                "the agent claims the log as of {:?} after a revocation it does not have",
+                as_of - revoked_at
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // It failed over to the healthy replica and is fresh there.
+    wait_for(
+        || agent.state.staleness().is_some_and(|s| s < std::time::Duration::from_secs(1)),
+        "fresh again",
+    )
+    .await;
+    // The cut replica refuses links while it cannot read the store, and takes them after the heal.
+    relay.heal();
+    let back = healthy.revoke_jti("after-heal");
+    agent.wait_applied(back).await;
+    agent.stop().await;
+}
+
 /// Concurrent receipts on three replicas with PostgreSQL 5 ms away (through a relay): 64
 /// clients revoke with `?wait=all` for 10 s (`REVMESH_PG_LOAD_SECS` to change it). Every answer
 /// is 201 with all six agents acked, `/readyz` never answers 503 on the healthy database, and

@@ -157,6 +157,8 @@ pub struct AuthoritySession {
     rng: Jitter,
     /// The hello named a position this log never held (see [`Self::ahead_of_log`]).
     ahead: bool,
+    /// Unix ms as of which the driver knows its view holds the whole log (see [`Self::vouch`]).
+    vouched_ms: u64,
 }
 
 impl AuthoritySession {
@@ -213,6 +215,7 @@ impl AuthoritySession {
             out: VecDeque::new(),
             events: VecDeque::new(),
             closed: None,
+            vouched_ms: u64::MAX,
             rng: Jitter::new(seed),
             ahead,
             cfg,
@@ -268,6 +271,16 @@ impl AuthoritySession {
     /// sent. A driver holds a link while it waits for a catch-up slot (PROTOCOL.md §9.5).
     pub fn hold_data(&mut self, held: bool) {
         self.held = held;
+    }
+
+    /// The time (unix ms) as of which the driver knows its view of the log is complete: on a
+    /// store shared by several replicas, the start of its last successful read of the store.
+    /// Heartbeats carry it instead of the current time once it is older (PROTOCOL.md §9 item
+    /// 6), so an agent credits freshness only as of what the authority itself knew: a replica
+    /// cut from its store never makes its agents look fresh past revocations committed
+    /// elsewhere. Never called: the current time (a sole writer's view is the log).
+    pub fn vouch(&mut self, unix_ms: u64) {
+        self.vouched_ms = unix_ms;
     }
 
     /// Why the session closed, once it has.
@@ -410,7 +423,7 @@ impl AuthoritySession {
             self.next_heartbeat = now.mono + self.cfg.heartbeat;
             return Some(Transmit::Frame(Frame::Heartbeat(Heartbeat {
                 head_seq: self.log.head,
-                unix_ms: now.unix_ms,
+                unix_ms: now.unix_ms.min(self.vouched_ms),
             })));
         }
         None
@@ -555,6 +568,38 @@ mod tests {
         let _ = s.poll_transmit(later); // heartbeat may be due first
         s.handle_frame(Frame::Ack(Ack { log_id: LOG, applied_seq: 3 }), later).unwrap();
         assert!(matches!(s.poll_event(), Some(AuthorityEvent::Acked { applied_seq: 3, .. })));
+    }
+
+    /// A heartbeat vouches for the head only as of what the driver knows: once its view is older
+    /// than now (a replica cut from its shared store), the heartbeat carries the view's time.
+    #[test]
+    fn heartbeats_carry_the_time_the_view_was_vouched_for() {
+        let now = now0();
+        let mut s = AuthoritySession::accept(
+            &hello(Some(LOG), 0),
+            LogView { log_id: LOG, floor: 0, head: 0 },
+            AuthorityConfig::default(),
+            now,
+            1,
+        )
+        .unwrap();
+        welcome_resume(&mut s, now);
+        let beat = |s: &mut AuthoritySession, at: Now| loop {
+            match s.poll_transmit(at) {
+                Some(Transmit::Frame(Frame::Heartbeat(h))) => return h.unix_ms,
+                Some(_) => continue,
+                None => panic!("no heartbeat due"),
+            }
+        };
+        let later = now.advance(Duration::from_secs(60));
+        assert_eq!(beat(&mut s, later), later.unix_ms, "a sole writer vouches for now");
+        let vouched = later.unix_ms - 7_000;
+        s.vouch(vouched);
+        let after = later.advance(Duration::from_secs(60));
+        assert_eq!(beat(&mut s, after), vouched, "a view read 7 s ago vouches for 7 s ago");
+        s.vouch(u64::MAX);
+        let last = after.advance(Duration::from_secs(60));
+        assert_eq!(beat(&mut s, last), last.unix_ms, "never later than now");
     }
 
     /// A heartbeat announcing a head comes after the batches that reach it, so an agent never

@@ -36,6 +36,17 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Why the authority asks an agent to leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leave {
+    /// The authority is shutting down.
+    Shutdown,
+    /// A newer link with the same agent id replaced this one.
+    Replaced,
+    /// This replica has not read its shared store for `--store-timeout` + 1 s.
+    StoreUnreachable,
+}
+
 /// A link's claim on a catch-up slot.
 enum Catchup {
     /// Needs none (or is done).
@@ -511,6 +522,12 @@ impl Links {
         // Read once per wake-up: each reading is two clock calls (wall and monotonic).
         let mut t = self.log.clock().now();
         loop {
+            // A replica that cannot read its shared store sends its agents to one that can, and
+            // until then its heartbeats vouch only for what it last read (ARCHITECTURE.md).
+            if !self.log.vouches(t.unix_ms) {
+                return self.go_away(ws, session, id, Leave::StoreUnreachable).await;
+            }
+            session.vouch(self.log.vouched_ms(t.unix_ms));
             // Send whatever the session wants sent, as the shared encoded bytes (ws_write.rs).
             while let Some(tx) = session.poll_transmit(t) {
                 let frames = match self.materialise(tx, t, session.version()) {
@@ -579,8 +596,11 @@ impl Links {
                 }
                 raised = signal.raised() => {
                     t = self.log.clock().now();
-                    if raised & (SHUTDOWN | REPLACED) != 0 {
-                        return self.go_away(ws, session, id, raised & SHUTDOWN != 0).await;
+                    if raised & SHUTDOWN != 0 {
+                        return self.go_away(ws, session, id, Leave::Shutdown).await;
+                    }
+                    if raised & REPLACED != 0 {
+                        return self.go_away(ws, session, id, Leave::Replaced).await;
                     }
                     session.update_log(self.log.view());
                 }
@@ -588,18 +608,28 @@ impl Links {
         }
     }
 
-    /// Asks the agent to leave: the authority is shutting down, or a newer link with the same
-    /// agent id replaced this one.
+    /// Asks the agent to leave: the authority is shutting down, cannot read its shared store,
+    /// or a newer link with the same agent id replaced this one.
     async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         ws: &mut WebSocketStream<S>,
         session: &mut AuthoritySession,
         id: &str,
-        shutdown: bool,
+        why: Leave,
     ) -> String {
-        let (retry, reason, outcome) = if shutdown {
+        let (retry, reason, outcome) = if why == Leave::Shutdown {
             let retry = Duration::from_millis(rand::random::<u64>() % 2_000);
             (retry, "authority shutting down".to_owned(), "shutdown")
+        } else if why == Leave::StoreUnreachable {
+            // The agent tries its next authority first; this one again after a while.
+            self.metrics.agents_rejected_total.with_label_values(&["store_unreachable"]).inc();
+            tracing::warn!(agent = %id, "the shared store has not been readable for --store-timeout + 1 s: sending the agent to another replica");
+            let retry = Duration::from_millis(500 + rand::random::<u64>() % 1_000);
+            (
+                retry,
+                "store unreachable: this replica cannot vouch for the log".to_owned(),
+                "store_unreachable",
+            )
         } else {
             // Two live agents with one id: newest wins, and the replaced one waits 5-10 s so the
             // pair alternates slowly instead of replacing each other in a loop.
