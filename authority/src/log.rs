@@ -138,8 +138,14 @@ pub struct Log {
     /// whole log (the start of the last successful read of the store). `u64::MAX` for a sole
     /// writer, whose view is the log.
     vouched_ms: AtomicU64,
+    /// Woken at each successful read of a shared store (links waiting to welcome an agent).
+    vouched: tokio::sync::Notify,
     metrics: Metrics,
 }
+
+/// How old a replica's view of a shared store may be when it welcomes an agent (see
+/// [`Log::fresh_view`]).
+pub const WELCOME_VIEW_AGE: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,6 +185,7 @@ impl Log {
             append_started_ms: AtomicU64::new(0),
             waited_through: AtomicU64::new(0),
             vouched_ms: AtomicU64::new(u64::MAX),
+            vouched: tokio::sync::Notify::new(),
             metrics,
         });
         Ok((log, append_rx))
@@ -440,6 +447,27 @@ impl Log {
         now_ms.saturating_sub(self.vouched_ms(now_ms)) <= limit
     }
 
+    /// Waits (at most `--store-timeout`) until this replica's view was read from the store no
+    /// more than [`WELCOME_VIEW_AGE`] before `since_ms`; false if it was not. A link is welcomed
+    /// only then: an agent counts the welcome as heard from now, with no send time to correct
+    /// by, so the view behind it must be current (at once for a sole writer; on a shared store,
+    /// about half the links wait for the next read of the tail, at most its 500 ms cycle).
+    pub async fn fresh_view(&self, since_ms: u64) -> bool {
+        let wanted = since_ms.saturating_sub(WELCOME_VIEW_AGE.as_millis() as u64);
+        let deadline = tokio::time::Instant::now() + self.store_timeout;
+        loop {
+            let woken = self.vouched.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.vouched_ms.load(Ordering::Relaxed) >= wanted {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// For a shared store: follows other replicas' appends to `shared` until `shutdown`, and
     /// records when each read of the store that succeeded began ([`Self::vouched_ms`]).
     pub async fn tail(
@@ -465,6 +493,7 @@ impl Log {
             match tokio::time::timeout(self.store_timeout, self.catch_up()).await {
                 Ok(Ok(())) => {
                     self.vouched_ms.fetch_max(began, Ordering::Relaxed);
+                    self.vouched.notify_waiters();
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "tailing the shared log failed; retrying"),
                 Err(_) => {

@@ -303,6 +303,35 @@ async fn agents_of_a_replica_cut_from_postgres_stay_honestly_stale_and_fail_over
     agent.stop().await;
 }
 
+/// An agent counts a welcome as heard from now, so a replica welcomes an agent only on a view
+/// it has just read from the store: one cut from PostgreSQL welcomes nobody (not even in the
+/// seconds before it gives up on the agents it has), and welcomes again once the store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_from_postgres_welcomes_no_agent() {
+    let _guard = PG.lock().await;
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream: postgres::Config = server().parse().unwrap();
+    let port = upstream.get_ports().first().copied().unwrap_or(5432);
+    let relay = crate::relay::Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
+    let cut = Authority::start(&dir.path().join("b"), &["--store", &url, "--store-timeout", "2s"]);
+    relay.black_hole();
+    // Time passes, so that its last read is older than a welcome may be (500 ms) but it still
+    // keeps links for another two seconds (--store-timeout + 1 s): the agent arrives then.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let agent = Agent::start(vec![cut.ws_url()], "joins-cut");
+    // Through --store-timeout + 1 s and beyond, it is never welcomed, so never fresh.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert!(agent.state.staleness().is_none(), "welcomed by a replica that cannot read its store");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    relay.heal();
+    wait_for(|| agent.state.staleness().is_some(), "a welcome once the store answers").await;
+    agent.stop().await;
+}
+
 /// Concurrent receipts on three replicas with PostgreSQL 5 ms away (through a relay): 64
 /// clients revoke with `?wait=all` for 10 s (`REVMESH_PG_LOAD_SECS` to change it). Every answer
 /// is 201 with all six agents acked, `/readyz` never answers 503 on the healthy database, and

@@ -511,6 +511,11 @@ impl Links {
         signal: &Signal,
         catchup: &mut Catchup,
     ) -> String {
+        // The welcome counts as heard from now: it goes out only on a current view of the log
+        // (a replica that cannot read its shared store sends the agent elsewhere instead).
+        if !self.log.fresh_view(self.log.clock().unix_ms()).await {
+            return self.go_away(ws, session, id, Leave::StoreUnreachable).await;
+        }
         session.update_log(self.log.view());
         // Long-lived futures, polled by reference: re-creating a timer on every loop turn cost
         // more than the frame handling itself at 1,000+ links.
