@@ -747,6 +747,12 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
                 p.name, p.rss_max_mib, p.rss_slope_kib_per_min, p.fds_max, p.fds_slope_per_min
             );
         }
+        if let Some(l) = &r.long_freeze {
+            println!(
+                "  long freeze ({}, {:.0}-{:.0} s, {} revocations meanwhile): replica RSS max before {:?} MiB, during {:?} MiB",
+                l.agent, l.from_s, l.to_s, l.accepted_meanwhile, l.replica_rss_before_mib, l.replica_rss_during_mib
+            );
+        }
         for v in &r.violations {
             println!("  VIOLATION at {:.1} s: {} (faults then: {})", v.at_s, v.what, v.faults.join(", "));
         }

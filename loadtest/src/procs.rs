@@ -196,10 +196,27 @@ impl AgentProc {
         secret: &Path,
         extra: &[&str],
     ) -> anyhow::Result<AgentProc> {
+        Self::start_in(None, bin, dir, id, authority, secret, extra)
+    }
+
+    /// [`AgentProc::start_bin`] in the network namespace `netns` (`ip netns exec`, which
+    /// replaces itself with the agent: the pid is the agent's).
+    pub fn start_in(
+        netns: Option<&str>,
+        bin: &Path,
+        dir: &Path,
+        id: &str,
+        authority: &str,
+        secret: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<AgentProc> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("agent.sock");
-        let mut args: Vec<String> =
-            vec!["run".into(), "--authority".into(), authority.into(), "--id".into(), id.into()];
+        let mut args: Vec<String> = match netns {
+            Some(ns) => vec!["netns".into(), "exec".into(), ns.into(), bin.display().to_string()],
+            None => Vec::new(),
+        };
+        args.extend(["run".into(), "--authority".into(), authority.into(), "--id".into(), id.into()]);
         args.push("--data-dir".into());
         args.push(dir.join("data").display().to_string());
         args.push("--socket".into());
@@ -210,7 +227,8 @@ impl AgentProc {
             args.push(a.into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn(bin, &args, false)?;
+        let program = if netns.is_some() { Path::new("ip") } else { bin };
+        let proc = Proc::spawn(program, &args, false)?;
         let metrics = proc.field("metrics").context("no metrics address")?;
         Ok(AgentProc { proc, socket, metrics })
     }

@@ -11,8 +11,10 @@ use std::process::{Command, Output};
 pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
-    /// Its TCP port on 127.0.0.1.
+    /// Its TCP port (on 127.0.0.1, or on every address of its network namespace).
     pub port: u16,
+    /// The network namespace it runs in (`ip netns`), if not the caller's.
+    netns: Option<String>,
 }
 
 /// PostgreSQL's programs: `REVMESH_TEST_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
@@ -33,6 +35,13 @@ fn bin_dir() -> Result<PathBuf, String> {
 impl Cluster {
     /// Creates a cluster in `dir` (which it chowns to `postgres`) and starts it.
     pub fn start(dir: &Path) -> Result<Cluster, String> {
+        Self::start_in(dir, None)
+    }
+
+    /// [`Cluster::start`] in the network namespace `netns` (made by the caller with `ip netns
+    /// add`), listening on port 5432 of every address there and trusting every client that can
+    /// reach it: only the caller's own links lead into that namespace.
+    pub fn start_in(dir: &Path, netns: Option<&str>) -> Result<Cluster, String> {
         let bin = bin_dir()?;
         let chown = Command::new("chown")
             .arg("postgres:postgres")
@@ -42,11 +51,14 @@ impl Cluster {
         if !chown.success() {
             return Err("chown postgres: a `postgres` user must exist, and this must run as root".into());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let pg = Cluster { dir: dir.to_owned(), bin, port };
+        let port = match netns {
+            Some(_) => 5432,
+            None => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("no free port: {e}"))?
+                .port(),
+        };
+        let pg = Cluster { dir: dir.to_owned(), bin, port, netns: netns.map(str::to_owned) };
         let data = pg.data();
         let out = pg.as_postgres(
             "initdb",
@@ -54,6 +66,12 @@ impl Cluster {
         )?;
         if !out.status.success() {
             return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        if pg.netns.is_some() {
+            let hba = dir.join("data").join("pg_hba.conf");
+            let mut text = std::fs::read_to_string(&hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
+            text.push_str("\nhost all all 0.0.0.0/0 trust\n");
+            std::fs::write(&hba, text).map_err(|e| format!("pg_hba.conf: {e}"))?;
         }
         pg.pg_ctl_start()?;
         Ok(pg)
@@ -68,10 +86,17 @@ impl Cluster {
         self.dir.join("data").display().to_string()
     }
 
-    /// Runs one of PostgreSQL's programs as the `postgres` user.
+    /// Runs one of PostgreSQL's programs as the `postgres` user (in the cluster's namespace).
     fn as_postgres(&self, program: &str, args: &[&str]) -> Result<Output, String> {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "runuser"]);
+                c
+            }
+            None => Command::new("runuser"),
+        };
+        cmd.args(["-u", "postgres", "--"])
             .arg(self.bin.join(program))
             .args(args)
             .output()
@@ -82,7 +107,8 @@ impl Cluster {
     pub fn pg_ctl_start(&self) -> Result<(), String> {
         let (data, sock) = (self.data(), self.dir.display().to_string());
         let log = format!("{sock}/postgres.log");
-        let opts = format!("-p {} -k {sock} -c listen_addresses=127.0.0.1 -c max_wal_size=32MB", self.port);
+        let listen = if self.netns.is_some() { "'*'" } else { "127.0.0.1" };
+        let opts = format!("-p {} -k {sock} -c listen_addresses={listen} -c max_wal_size=32MB", self.port);
         let out =
             self.as_postgres("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts, "start"])?;
         if !out.status.success() {

@@ -2,7 +2,9 @@
 //! agent processes with data dirs — a writer revoking continuously, checkers probing every
 //! agent, and faults from a schedule drawn from a printed seed (the same seed, the same
 //! schedule): freezes (SIGSTOP/SIGCONT) of an agent, a replica or the whole PostgreSQL
-//! cluster, and kill -9 with restart of an agent or a replica, several at once.
+//! cluster, kill -9 with restart of an agent or a replica, and black holes (`net.rs`: every
+//! agent and PostgreSQL in network namespaces of their own, a link taken down) between an
+//! agent and every replica or between a replica and PostgreSQL, several at once.
 //!
 //! Invariants, checked as it runs; any violation is printed with its time and the faults active
 //! then, and fails the run:
@@ -10,8 +12,12 @@
 //!   agent never answers OK for the token again, across its own restarts;
 //! - nothing lost: after the final heal every agent reaches the head within [`CONVERGE`], every
 //!   201 is in the log once at its seq, and every agent refuses every accepted token;
-//! - staleness honoured: with every replica frozen or down for `--max-staleness` + 1 s, no
-//!   agent answers OK (it says STALE); [`FRESH_AGAIN`] after the last replica fault healed,
+//! - fresh means complete: an agent that answers OK for a token (rather than STALE) has every
+//!   revocation accepted more than `--max-staleness` + 1 s before, wherever it was committed;
+//! - staleness honoured: with every replica frozen, down or cut from PostgreSQL, or PostgreSQL
+//!   frozen, for `--max-staleness` + 1 s, no agent answers OK for a token nobody revoked (it
+//!   says STALE), nor does an agent black-holed from every replica for that long;
+//!   [`FRESH_AGAIN`] after the last replica fault healed,
 //!   every agent answers OK again for a token nobody revoked (an agent that was itself stopped
 //!   or killed within that time is stale until it has reconnected, rightly, and is not judged);
 //! - one frozen or killed agent never holds up the others: with the replicas and PostgreSQL left
@@ -25,7 +31,9 @@
 //! Output: a JSON report and an SVG timeline (faults as bands; head and each agent's position;
 //! receipt latency; RSS), drawn with plotters.
 
+mod net;
 mod plot;
+mod relay;
 
 use crate::procs::{AgentProc, AuthorityProc, BENCH_SECRET};
 use serde::Serialize;
@@ -48,6 +56,17 @@ const ANSWER_BOUND: Duration = Duration::from_secs(7);
 /// How long the replicas and PostgreSQL must have been left alone before a receipt's pending
 /// agents are judged: agents that failed over or reconnected have settled by then.
 const QUIET: Duration = Duration::from_secs(10);
+/// Agents that reach the replicas through relays the soak can slow down.
+const SLOW_AGENTS: usize = 2;
+/// The agent whose data dir is a small volume of its own, which the soak can fill.
+const DISK_AGENT: usize = 2;
+/// Its size.
+const DISK_MIB: u64 = 32;
+/// In a soak of at least [`LONG_FREEZE_FROM`], the agent frozen for its middle third (while
+/// the authority keeps revoking: what it holds for that link must stay bounded).
+const LONG_FROZEN_AGENT: usize = 3;
+/// The shortest soak with the long freeze.
+const LONG_FREEZE_FROM: u64 = 600;
 /// Agents' `--max-staleness`.
 const MAX_STALENESS: &str = "5s";
 /// The same, as a duration, plus the second the invariant allows.
@@ -72,6 +91,17 @@ pub enum Fault {
     KillAgent(usize),
     /// kill -9 a replica; restarted (same data dir, same agent port) at the heal.
     KillReplica(usize),
+    /// A black hole between an agent and every replica: its network link taken down (packets
+    /// vanish, no RST), brought up at the heal. The agent keeps running and answering.
+    CutAgent(usize),
+    /// A black hole between a replica and PostgreSQL: the replica keeps running.
+    CutReplicaFromStore(usize),
+    /// A slow path between an agent (one of the first [`SLOW_AGENTS`], which reach the
+    /// replicas through relays) and every replica: 250 ms each way, 64 KiB/s.
+    SlowAgent(usize),
+    /// The volume under an agent's data dir ([`DISK_AGENT`]'s, a small tmpfs) filled up; freed
+    /// at the heal.
+    FillAgentDisk(usize),
 }
 
 impl Fault {
@@ -83,26 +113,37 @@ impl Fault {
             Fault::FreezeAllReplicas => "freeze every replica".into(),
             Fault::KillAgent(i) => format!("kill -9 agent soak-{i}"),
             Fault::KillReplica(r) => format!("kill -9 replica {r}"),
+            Fault::CutAgent(i) => format!("black-hole agent soak-{i}"),
+            Fault::CutReplicaFromStore(r) => format!("black-hole replica {r} from postgres"),
+            Fault::SlowAgent(i) => format!("slow link to agent soak-{i}"),
+            Fault::FillAgentDisk(i) => format!("full disk under agent soak-{i}"),
         }
     }
     /// What it makes unreachable, so two faults never fight over one process.
     fn targets(&self) -> Vec<String> {
         match self {
-            Fault::FreezeAgent(i) | Fault::KillAgent(i) => vec![format!("agent-{i}")],
+            Fault::FreezeAgent(i)
+            | Fault::KillAgent(i)
+            | Fault::CutAgent(i)
+            | Fault::SlowAgent(i)
+            | Fault::FillAgentDisk(i) => vec![format!("agent-{i}")],
             Fault::FreezeReplica(r) | Fault::KillReplica(r) => vec![format!("replica-{r}")],
+            Fault::CutReplicaFromStore(r) => vec![format!("store-link-{r}")],
             Fault::FreezeAllReplicas => (0..REPLICAS).map(|r| format!("replica-{r}")).collect(),
             Fault::FreezePostgres => vec!["postgres".into()],
         }
     }
-    /// The replicas it takes away.
+    /// The replicas it leaves unable to vouch for the log to agents: stopped, or unable to
+    /// read the store (a replica that cannot read it sends its agents away).
     fn replicas(&self) -> Vec<usize> {
         match self {
-            Fault::FreezeReplica(r) | Fault::KillReplica(r) => vec![*r],
-            Fault::FreezeAllReplicas => (0..REPLICAS).collect(),
+            Fault::FreezeReplica(r) | Fault::KillReplica(r) | Fault::CutReplicaFromStore(r) => vec![*r],
+            Fault::FreezeAllReplicas | Fault::FreezePostgres => (0..REPLICAS).collect(),
             _ => Vec::new(),
         }
     }
-    fn agent(&self) -> Option<usize> {
+    /// The agent it leaves unable to answer (stopped or killed; a black-holed one answers).
+    fn silences(&self) -> Option<usize> {
         match self {
             Fault::FreezeAgent(i) | Fault::KillAgent(i) => Some(*i),
             _ => None,
@@ -149,6 +190,23 @@ pub struct Resources {
     pub fds_slope_per_min: f64,
 }
 
+/// Memory around the long freeze of one agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct LongFreeze {
+    /// The agent.
+    pub agent: String,
+    /// Seconds since the start.
+    pub from_s: f64,
+    /// Healed at.
+    pub to_s: f64,
+    /// Each replica's largest RSS in the minute before the freeze, MiB.
+    pub replica_rss_before_mib: Vec<f64>,
+    /// Each replica's largest RSS during the freeze, MiB.
+    pub replica_rss_during_mib: Vec<f64>,
+    /// Revocations accepted while it was frozen.
+    pub accepted_meanwhile: u64,
+}
+
 /// The report.
 #[derive(Debug, Default, Serialize)]
 pub struct SoakReport {
@@ -179,6 +237,9 @@ pub struct SoakReport {
     pub receipt: crate::util::Summary,
     /// Per process.
     pub resources: Vec<Resources>,
+    /// The long freeze of one agent (soaks of 10 minutes and more): each replica's largest RSS
+    /// in the minute before it and during it, MiB, and the frozen agent's lag at its end.
+    pub long_freeze: Option<LongFreeze>,
     /// The picture.
     pub svg: String,
 }
@@ -218,6 +279,8 @@ struct Shared {
     all_replicas_down: Mutex<Option<Instant>>,
     /// Since when no replica has been frozen or down (None: one is).
     replicas_clear: Mutex<Option<Instant>>,
+    /// Agents black-holed now, and since when.
+    cut_at: Mutex<HashMap<usize, Instant>>,
     violations: Mutex<Vec<Violation>>,
     probes: Mutex<u64>,
     stale_probes: Mutex<u64>,
@@ -239,8 +302,9 @@ impl Shared {
         eprintln!("VIOLATION at {:.1}s: {} (faults: {:?})", v.at_s, v.what, v.faults);
         lock(&self.violations).push(v);
     }
+    /// Whether `agent` is stopped or killed now (it cannot answer).
     fn affected(&self, agent: usize) -> bool {
-        lock(&self.active).iter().any(|f| f.agent() == Some(agent))
+        lock(&self.active).iter().any(|f| f.silences() == Some(agent))
     }
     /// Marks the processes `f` acts on as under a fault now.
     fn touch(&self, f: Fault) {
@@ -306,16 +370,69 @@ struct Mesh {
     frozen: Vec<bool>,
     secret: PathBuf,
     token_file: PathBuf,
+    /// Each agent's network namespace.
+    agent_ns: Vec<String>,
+    /// The address at which each replica reaches PostgreSQL (through its own link).
+    store_addrs: Vec<String>,
+    /// The relays of the first [`SLOW_AGENTS`] agents: `[agent][replica]`.
+    relays: Vec<Vec<relay::Relay>>,
+    /// The volume under [`DISK_AGENT`]'s data dir (unmounted after the agents are gone).
+    disk: Option<Volume>,
+    /// Dropped last: the namespaces go once every process in them has.
+    net: net::Net,
+}
+
+/// A tmpfs mounted for the soak, unmounted on drop.
+#[derive(Debug)]
+struct Volume {
+    path: PathBuf,
+}
+
+impl Volume {
+    fn mount(path: &Path, mib: u64) -> anyhow::Result<Volume> {
+        std::fs::create_dir_all(path)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "soak-disk"])
+            .arg(path)
+            .status()?;
+        anyhow::ensure!(status.success(), "mount -t tmpfs at {} (the soak needs root)", path.display());
+        Ok(Volume { path: path.to_owned() })
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.path.join("filler")
+    }
+
+    /// Fills the volume (until the write fails), or frees what the filling took.
+    fn fill(&self, full: bool) -> anyhow::Result<()> {
+        if !full {
+            return Ok(std::fs::remove_file(self.filler())?);
+        }
+        let mut f = std::fs::File::create(self.filler())?;
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        Ok(())
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }
 
 impl Mesh {
-    fn replica_args(&self) -> Vec<String> {
-        let url = self.pg.url();
+    fn replica_args(&self, r: usize) -> Vec<String> {
+        let url = format!("postgres://postgres@{}:{}/postgres", self.store_addrs[r], self.pg.port);
         [
             "--store",
             url.as_str(),
             "--admin-token-file",
             &self.token_file.display().to_string(),
+            // The agents reach the replicas over the soak's own network, not loopback: they
+            // present a token (their ids `soak-*`).
+            "--agent-token-file",
+            &self.dir.join("agent.tokens").display().to_string(),
             "--heartbeat",
             "500ms",
             "--ack-timeout",
@@ -332,7 +449,7 @@ impl Mesh {
 
     /// One attempt to start replica `r` (its first start, or a restart on the same agent port).
     fn start_replica(&mut self, r: usize) -> anyhow::Result<()> {
-        let args = self.replica_args();
+        let args = self.replica_args(r);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let data = self.dir.join(format!("replica-{r}"));
         self.replicas[r] = Some(AuthorityProc::start(&data, &self.agent_ports[r], &args)?);
@@ -359,10 +476,17 @@ impl Mesh {
     }
 
     fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
-        let urls: Vec<String> = self.agent_ports.iter().map(|p| format!("ws://{p}")).collect();
-        let extra = ["--authority", &urls[1], "--max-staleness", MAX_STALENESS];
+        let urls: Vec<String> = match self.relays.get(i) {
+            Some(relays) => relays.iter().map(|r| format!("ws://{}", r.addr)).collect(),
+            None => self.agent_ports.iter().map(|p| format!("ws://{p}")).collect(),
+        };
+        let tokens = self.dir.join("agent.token").display().to_string();
+        let extra = ["--authority", &urls[1], "--max-staleness", MAX_STALENESS, "--token-file", &tokens];
         let dir = self.dir.join(format!("agent-{i}"));
-        self.agents[i] = Some(AgentProc::start(&dir, &format!("soak-{i}"), &urls[0], &self.secret, &extra)?);
+        let bin = crate::procs::sibling("revmesh-agent")?;
+        let ns = Some(self.agent_ns[i].as_str());
+        self.agents[i] =
+            Some(AgentProc::start_in(ns, &bin, &dir, &format!("soak-{i}"), &urls[0], &self.secret, &extra)?);
         Ok(())
     }
 
@@ -402,7 +526,12 @@ impl Mesh {
                 self.replicas.iter().flatten().map(|p| p.proc.child.id()).collect()
             }
             Fault::FreezePostgres => self.pg.pids(),
-            Fault::KillAgent(_) | Fault::KillReplica(_) => return false,
+            Fault::KillAgent(_)
+            | Fault::KillReplica(_)
+            | Fault::CutAgent(_)
+            | Fault::CutReplicaFromStore(_)
+            | Fault::SlowAgent(_)
+            | Fault::FillAgentDisk(_) => return false,
         };
         for pid in pids {
             signal(pid, sig);
@@ -415,6 +544,10 @@ impl Mesh {
             return Ok(());
         }
         match f {
+            Fault::CutAgent(i) => self.net.cut_agent(i, true)?,
+            Fault::CutReplicaFromStore(r) => self.net.cut_store(r, true)?,
+            Fault::SlowAgent(i) => self.relays[i].iter().for_each(|r| r.set_slow(true)),
+            Fault::FillAgentDisk(_) => self.disk.as_ref().map_or(Ok(()), |d| d.fill(true))?,
             Fault::KillAgent(i) => {
                 if let Some(mut a) = self.agents[i].take() {
                     a.proc.kill9();
@@ -435,6 +568,10 @@ impl Mesh {
             return Ok(());
         }
         match f {
+            Fault::CutAgent(i) => self.net.cut_agent(i, false)?,
+            Fault::CutReplicaFromStore(r) => self.net.cut_store(r, false)?,
+            Fault::SlowAgent(i) => self.relays[i].iter().for_each(|r| r.set_slow(false)),
+            Fault::FillAgentDisk(_) => self.disk.as_ref().map_or(Ok(()), |d| d.fill(false))?,
             Fault::KillAgent(i) => self.start_agent(i)?,
             Fault::KillReplica(r) => {
                 self.pending[r] = Some(Instant::now());
@@ -475,16 +612,15 @@ fn writer(s: Arc<Shared>) {
             body.as_bytes(),
             Duration::from_secs(15),
         );
-        // A frozen PostgreSQL under a replica that is itself fine: answered (503, or 201 with
-        // what the receipt could say) within the store timeout, the receipt wait and the
-        // receipt's own store read, never left hanging.
-        // Judged only when PostgreSQL was the one process under a fault while the request ran
-        // (a replica frozen meanwhile holds its requests for as long as it is stopped).
+        // A running replica answers (503, or 201 with what the receipt could say) within the
+        // store timeout, the receipt wait and the receipt's own store read, never left hanging,
+        // whatever else is wrong: PostgreSQL frozen, the replica cut from it, agents stopped.
+        // Judged only when no replica was stopped or killed while the request ran (a frozen
+        // replica holds its requests for as long as it is stopped).
         let took = started.elapsed();
-        let only_pg = s.touched_since("postgres", started)
-            && !(0..REPLICAS).any(|r| s.touched_since(&format!("replica-{r}"), started));
-        if only_pg && took > ANSWER_BOUND {
-            s.violate(format!("a revocation took {took:?} to be answered while PostgreSQL was frozen"));
+        let running = !(0..REPLICAS).any(|r| s.touched_since(&format!("replica-{r}"), started));
+        if running && took > ANSWER_BOUND {
+            s.violate(format!("a revocation took {took:?} to be answered by a running replica"));
         }
         match answer {
             Ok((201, text)) => {
@@ -499,7 +635,10 @@ fn writer(s: Arc<Shared>) {
                 // the receipt names as pending must have been under a fault of its own.
                 let since = started.checked_sub(QUIET).unwrap_or(s.started);
                 let calm = since > s.started
-                    && !(0..REPLICAS).any(|r| s.touched_since(&format!("replica-{r}"), since))
+                    && !(0..REPLICAS).any(|r| {
+                        s.touched_since(&format!("replica-{r}"), since)
+                            || s.touched_since(&format!("store-link-{r}"), since)
+                    })
                     && !s.touched_since("postgres", since);
                 if calm {
                     for id in v["pending"].as_array().into_iter().flatten().filter_map(|x| x.as_str()) {
@@ -541,6 +680,7 @@ fn checker(s: Arc<Shared>, agents: usize, sockets: Vec<PathBuf>, seed: u64) {
             // The canary: a token nobody revokes.
             let down = *lock(&s.all_replicas_down);
             let clear = *lock(&s.replicas_clear);
+            let cut = lock(&s.cut_at).get(&i).copied();
             if let Some(answer) = ask(
                 socket,
                 &[format!("CHECK {}", check_token(&format!("canary-{i}")))],
@@ -550,6 +690,17 @@ fn checker(s: Arc<Shared>, agents: usize, sockets: Vec<PathBuf>, seed: u64) {
             {
                 if s.affected(i) {
                     // Its own fault began meanwhile: nothing to judge.
+                } else if cut.is_some_and(|t| t.elapsed() > STALE_BY)
+                    && lock(&s.cut_at).get(&i) == cut.as_ref()
+                {
+                    // Black-holed from every replica (and still, now that the answer is in).
+                    *lock(&s.stale_probes) += 1;
+                    if answer.starts_with("OK") {
+                        s.violate(format!(
+                            "agent {id} answered OK black-holed from every replica for {:?}",
+                            cut.map(|t| t.elapsed())
+                        ));
+                    }
                 } else if down.is_some_and(|t| t.elapsed() > STALE_BY) && *lock(&s.all_replicas_down) == down
                 {
                     // (Judged only if every replica is still away now that the answer is in.)
@@ -571,6 +722,32 @@ fn checker(s: Arc<Shared>, agents: usize, sockets: Vec<PathBuf>, seed: u64) {
                         "agent {id} still STALE {:?} after the last replica fault healed",
                         clear.map(|t| t.elapsed())
                     ));
+                }
+            }
+            // Freshness is a promise about the whole log: an agent that answers OK (not STALE)
+            // has everything committed more than --max-staleness (+1 s) ago, whoever
+            // committed it and whatever the receipts said. The newest such revocations and a
+            // sample of older ones.
+            let now = s.now();
+            let old: Vec<&Accepted> =
+                accepted.iter().filter(|(_, _, _, at)| *at < now - STALE_BY.as_secs_f64()).collect();
+            if !old.is_empty() {
+                let mut pick: Vec<&Accepted> = old.iter().rev().take(5).copied().collect();
+                for _ in 0..5 {
+                    pick.push(old[(rng.next_u64() % old.len() as u64) as usize]);
+                }
+                let lines: Vec<String> =
+                    pick.iter().map(|e| format!("CHECK {}", check_token(&e.1))).collect();
+                if let Some(answers) = ask(socket, &lines, Duration::from_millis(500)) {
+                    *lock(&s.probes) += answers.len() as u64;
+                    for ((_, jti, _, at), answer) in pick.iter().zip(&answers) {
+                        if answer.starts_with("OK") && !s.affected(i) {
+                            s.violate(format!(
+                                "agent {id} answered OK (fresh) for {jti}, accepted {:.1} s before",
+                                s.now() - at
+                            ));
+                        }
+                    }
                 }
             }
             let mine: Vec<&Accepted> =
@@ -649,35 +826,51 @@ pub struct Planned {
 }
 
 /// The fault schedule of `seed`, the same for every run: a new fault every 1–4 s, lasting
-/// 2–8 s (every replica frozen at once: 8–14 s, past `--max-staleness`), at most three at
-/// once, never two on one process (a drawn fault whose process is busy is skipped); whatever is
+/// 2–8 s (every replica frozen at once, or an agent black-holed: 8–14 s, past
+/// `--max-staleness`), at most three at
+/// once, never two on one process or link (a drawn fault whose process is busy is skipped); whatever is
 /// active at `secs` heals then.
 pub fn schedule(seed: u64, secs: u64, agents: usize) -> Vec<Planned> {
     let mut rng = revmesh_protocol::time::Jitter::new(seed);
     let mut plan: Vec<Planned> = Vec::new();
+    if secs >= LONG_FREEZE_FROM && LONG_FROZEN_AGENT < agents {
+        let third = Duration::from_secs(secs / 3);
+        plan.push(Planned { at: third, fault: Fault::FreezeAgent(LONG_FROZEN_AGENT), lasts: third });
+    }
     let mut t = Duration::from_millis(1000 + rng.next_u64() % 3000);
     while t < Duration::from_secs(secs) {
-        let active: Vec<&Planned> = plan.iter().filter(|p| p.at + p.lasts > t).collect();
+        // Active then, or due to start before the new fault would end (the long freeze).
+        let active: Vec<&Planned> =
+            plan.iter().filter(|p| p.at + p.lasts > t && p.at < t + Duration::from_secs(14)).collect();
         if active.len() < 3 {
-            let fault = match rng.next_u64() % 11 {
+            let fault = match rng.next_u64() % 16 {
                 0..=2 => Fault::FreezeAgent((rng.next_u64() % agents.max(1) as u64) as usize),
                 3..=4 => Fault::KillAgent((rng.next_u64() % agents.max(1) as u64) as usize),
                 5..=6 => Fault::FreezeReplica((rng.next_u64() % REPLICAS as u64) as usize),
                 7..=8 => Fault::KillReplica((rng.next_u64() % REPLICAS as u64) as usize),
                 9 => Fault::FreezePostgres,
-                _ => Fault::FreezeAllReplicas,
+                10 => Fault::FreezeAllReplicas,
+                11..=12 => Fault::CutAgent((rng.next_u64() % agents.max(1) as u64) as usize),
+                13 => Fault::CutReplicaFromStore((rng.next_u64() % REPLICAS as u64) as usize),
+                14 => Fault::SlowAgent((rng.next_u64() % SLOW_AGENTS as u64) as usize),
+                _ => Fault::FillAgentDisk(DISK_AGENT),
             };
             let mut lasts = Duration::from_millis(2000 + rng.next_u64() % 6000);
-            if fault == Fault::FreezeAllReplicas {
+            if matches!(fault, Fault::FreezeAllReplicas | Fault::CutAgent(_)) {
                 lasts += Duration::from_secs(6);
             }
             let busy = |p: &&Planned| p.fault.targets().iter().any(|t| fault.targets().contains(t));
-            if !active.iter().any(busy) {
+            let present = match fault {
+                Fault::SlowAgent(i) | Fault::FillAgentDisk(i) => i < agents,
+                _ => true,
+            };
+            if present && !active.iter().any(busy) {
                 plan.push(Planned { at: t, fault, lasts });
             }
         }
         t += Duration::from_millis(1000 + rng.next_u64() % 3000);
     }
+    plan.sort_by_key(|p| p.at);
     plan
 }
 
@@ -721,13 +914,22 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 /// and the picture into `out`.
 pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyhow::Result<SoakReport> {
     std::fs::create_dir_all(out)?;
+    let mut net = net::Net::new()?;
+    let hub = net.hub()?;
+    let (pg_ns, store_addrs) = net.store(REPLICAS)?;
+    let agent_ns = (0..agents).map(|i| net.agent(i)).collect::<anyhow::Result<Vec<_>>>()?;
     let pg_dir = dir.join("pg");
     std::fs::create_dir_all(&pg_dir)?;
-    let pg = revmesh_testkit::pg::Cluster::start(&pg_dir).map_err(anyhow::Error::msg)?;
+    let pg = revmesh_testkit::pg::Cluster::start_in(&pg_dir, Some(&pg_ns)).map_err(anyhow::Error::msg)?;
     let token_file = dir.join("admin.token");
     std::fs::write(&token_file, "soak-admin-token-0123456789abcdef")?;
     let secret = dir.join("hs.secret");
     std::fs::write(&secret, BENCH_SECRET)?;
+    let agent_token = "soak-agent-token-0123456789abcdef";
+    std::fs::write(dir.join("agent.token"), agent_token)?;
+    let digest: String =
+        revmesh_authority::operators::token_sha256(agent_token).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(dir.join("agent.tokens"), format!("soak-* {digest}\n"))?;
     let mut mesh = Mesh {
         dir: dir.to_owned(),
         pg,
@@ -738,13 +940,27 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         frozen: vec![false; REPLICAS],
         secret,
         token_file,
+        agent_ns,
+        store_addrs,
+        relays: Vec::new(),
+        disk: None,
+        net,
     };
-    // Replicas first on ports from 0; their ports are kept for restarts.
-    mesh.agent_ports = vec!["127.0.0.1:0".into(); REPLICAS];
+    // Replicas first, on the hub, on ports from 0; their ports are kept for restarts.
+    mesh.agent_ports = vec![format!("{hub}:0"); REPLICAS];
     for r in 0..REPLICAS {
         mesh.start_replica(r)?;
         let ws = mesh.replicas[r].as_ref().map(|p| p.ws.clone()).unwrap_or_default();
         mesh.agent_ports[r] = ws.trim_start_matches("ws://").to_owned();
+    }
+    for _ in 0..agents.min(SLOW_AGENTS) {
+        let relays = (0..REPLICAS)
+            .map(|r| relay::Relay::start(&format!("{hub}:0"), mesh.agent_ports[r].clone()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        mesh.relays.push(relays);
+    }
+    if DISK_AGENT < agents {
+        mesh.disk = Some(Volume::mount(&dir.join(format!("agent-{DISK_AGENT}")).join("data"), DISK_MIB)?);
     }
     for i in 0..agents {
         mesh.start_agent(i)?;
@@ -764,6 +980,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         touched: Mutex::default(),
         all_replicas_down: Mutex::default(),
         replicas_clear: Mutex::new(Some(Instant::now())),
+        cut_at: Mutex::default(),
         violations: Mutex::default(),
         probes: Mutex::default(),
         stale_probes: Mutex::default(),
@@ -807,6 +1024,9 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         for k in due.into_iter().rev() {
             let (f, _, span) = active.remove(k);
             mesh.heal(f)?;
+            if let Fault::CutAgent(i) = f {
+                lock(&shared.cut_at).remove(&i);
+            }
             spans[span].to_s = shared.now();
             shared.touch(f);
             lock(&shared.active).retain(|a| *a != f);
@@ -819,6 +1039,9 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             shared.touch(p.fault);
             lock(&shared.active).push(p.fault);
             mesh.apply(p.fault)?;
+            if let Fault::CutAgent(i) = p.fault {
+                lock(&shared.cut_at).insert(i, Instant::now());
+            }
             println!("  {:6.1}s {} for {:.1}s", shared.now(), p.fault.describe(), p.lasts.as_secs_f64());
             spans.push(FaultSpan {
                 fault: p.fault,
@@ -844,6 +1067,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
     // The final heal.
     for (f, _, span) in active.drain(..) {
         mesh.heal(f)?;
+        lock(&shared.cut_at).clear();
         spans[span].to_s = shared.now();
         lock(&shared.active).retain(|a| *a != f);
     }
@@ -973,7 +1197,9 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         let (mut rss_slope, mut fds_slope) = (0f64, 0f64);
         for pid in pids {
             let late: Vec<&&Usage> = mine.iter().filter(|u| u.2 == pid && u.0 >= half).collect();
-            if late.len() < 10 {
+            // Incarnations of at least a quarter of the run (five minutes at most) have a
+            // trend to speak of; a replica restarted shortly before the end has none.
+            if late.len() < ((secs / 4).min(300) as usize).max(10) {
                 continue;
             }
             let rss: Vec<(f64, f64)> = late.iter().map(|u| (u.0 / 60.0, u.3 as f64 / 1024.0)).collect();
@@ -989,6 +1215,23 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             fds_slope_per_min: fds_slope,
         });
     }
+    // The long freeze: what the replicas held meanwhile.
+    report.long_freeze = report.faults.iter().find(|f| f.to_s - f.from_s > 60.0).map(|f| {
+        let rss = |r: usize, from: f64, to: f64| {
+            let name = format!("replica-{r}");
+            usage.iter().filter(|u| u.1 == name && u.0 >= from && u.0 <= to).map(|u| u.3).max().unwrap_or(0)
+                as f64
+                / (1 << 20) as f64
+        };
+        LongFreeze {
+            agent: f.what.clone(),
+            from_s: f.from_s,
+            to_s: f.to_s,
+            replica_rss_before_mib: (0..REPLICAS).map(|r| rss(r, f.from_s - 60.0, f.from_s)).collect(),
+            replica_rss_during_mib: (0..REPLICAS).map(|r| rss(r, f.from_s, f.to_s)).collect(),
+            accepted_meanwhile: accepted.iter().filter(|a| a.3 >= f.from_s && a.3 <= f.to_s).count() as u64,
+        }
+    });
     report.violations = lock(&shared.violations).clone();
     let svg = out.join(format!("soak-{seed}.svg"));
     plot::draw(&svg, &report, &lock(&shared.positions), &lock(&shared.receipts), &usage)?;
@@ -1034,7 +1277,7 @@ mod tests {
     fn a_seed_replays_its_schedule_and_the_ci_seed_takes_every_replica_away() {
         assert_eq!(schedule(41, 60, 20), schedule(41, 60, 20));
         assert_ne!(schedule(41, 60, 20), schedule(42, 60, 20));
-        for p in schedule(7, 600, 20) {
+        for p in schedule(7, 600, 20).iter().filter(|p| p.lasts < Duration::from_secs(60)) {
             assert!(p.lasts >= Duration::from_secs(2) && p.lasts < Duration::from_secs(14));
         }
         // The 60 s CI soak (seed 41) must try the staleness invariant: every replica away for
@@ -1044,6 +1287,36 @@ mod tests {
             all_down(&plan, 60) > STALE_BY,
             "seed 41 never takes every replica away long enough: {plan:?}"
         );
+        // ... and black-holes an agent past --max-staleness, and a replica from PostgreSQL.
+        assert!(
+            plan.iter().any(|p| matches!(p.fault, Fault::CutAgent(_)) && p.lasts > STALE_BY),
+            "seed 41 never black-holes an agent long enough: {plan:?}"
+        );
+        assert!(
+            plan.iter().any(|p| matches!(p.fault, Fault::CutReplicaFromStore(_))),
+            "seed 41 never cuts a replica from PostgreSQL: {plan:?}"
+        );
+    }
+
+    #[test]
+    fn an_hour_long_soak_freezes_one_agent_for_its_middle_third_and_nothing_else_touches_it() {
+        let plan = schedule(1207, 3600, 20);
+        let long: Vec<&Planned> = plan.iter().filter(|p| p.lasts > Duration::from_secs(60)).collect();
+        assert_eq!(long.len(), 1);
+        assert_eq!(long[0].fault, Fault::FreezeAgent(LONG_FROZEN_AGENT));
+        assert_eq!((long[0].at, long[0].lasts), (Duration::from_secs(1200), Duration::from_secs(1200)));
+        let other = |p: &&Planned| {
+            p.fault.targets() == long[0].fault.targets()
+                && p.at + p.lasts > long[0].at
+                && p.at < long[0].at + long[0].lasts
+                && p.lasts < Duration::from_secs(60)
+        };
+        assert!(!plan.iter().any(|p| other(&p)), "another fault on the long-frozen agent");
+        assert!(plan.windows(2).all(|w| w[0].at <= w[1].at), "in time order");
+        assert!(
+            schedule(41, 60, 20).iter().all(|p| p.lasts < Duration::from_secs(14)),
+            "none in a short soak"
+        );
     }
 
     #[test]
@@ -1052,7 +1325,10 @@ mod tests {
         assert_ne!(Fault::FreezeAgent(3).targets(), Fault::FreezeAgent(4).targets());
         assert_eq!(Fault::FreezeReplica(1).targets(), Fault::KillReplica(1).targets());
         assert!(Fault::FreezeAllReplicas.targets().contains(&Fault::KillReplica(1).targets()[0]));
-        assert_eq!(Fault::KillAgent(2).agent(), Some(2));
-        assert_eq!(Fault::FreezePostgres.agent(), None);
+        assert_eq!(Fault::CutAgent(3).targets(), Fault::FreezeAgent(3).targets());
+        assert_ne!(Fault::CutReplicaFromStore(1).targets(), Fault::FreezeReplica(1).targets());
+        assert_eq!(Fault::KillAgent(2).silences(), Some(2));
+        assert_eq!(Fault::CutAgent(2).silences(), None, "a black-holed agent still answers");
+        assert_eq!(Fault::FreezePostgres.silences(), None);
     }
 }

@@ -14,6 +14,10 @@ fn band_color(f: &Fault) -> RGBColor {
         Fault::KillReplica(_) => RGBColor(139, 0, 139),
         Fault::FreezePostgres => RGBColor(46, 139, 87),
         Fault::FreezeAllReplicas => RGBColor(105, 105, 105),
+        Fault::CutAgent(_) => RGBColor(0, 191, 191),
+        Fault::CutReplicaFromStore(_) => RGBColor(160, 82, 45),
+        Fault::SlowAgent(_) => RGBColor(218, 165, 32),
+        Fault::FillAgentDisk(_) => RGBColor(255, 105, 180),
     }
 }
 
@@ -57,6 +61,26 @@ fn draw_inner(
     let root = SVGBackend::new(path, (1400, 1100)).into_drawing_area();
     root.fill(&WHITE)?;
     let (title, rest) = root.split_vertically(40);
+    let (legend, rest) = rest.split_vertically(28);
+    // The bands' key: one swatch and name per kind of fault.
+    let kinds = [
+        (Fault::FreezeAgent(0), "freeze agent"),
+        (Fault::KillAgent(0), "kill -9 agent"),
+        (Fault::CutAgent(0), "black-hole agent"),
+        (Fault::SlowAgent(0), "slow agent link"),
+        (Fault::FillAgentDisk(0), "full agent disk"),
+        (Fault::FreezeReplica(0), "freeze replica"),
+        (Fault::KillReplica(0), "kill -9 replica"),
+        (Fault::FreezeAllReplicas, "freeze every replica"),
+        (Fault::CutReplicaFromStore(0), "black-hole replica from postgres"),
+        (Fault::FreezePostgres, "freeze postgres"),
+    ];
+    let mut x = 10i32;
+    for (f, name) in kinds {
+        legend.draw(&Rectangle::new([(x, 6), (x + 16, 22)], band_color(&f).mix(0.5).filled()))?;
+        legend.draw(&Text::new(name, (x + 20, 7), ("sans-serif", 13)))?;
+        x += 30 + 7 * name.len() as i32;
+    }
     let verdict = if report.passed() { "every invariant held" } else { "VIOLATIONS" };
     title.titled(
         &format!(
@@ -87,7 +111,10 @@ fn draw_inner(
     // 1. Head and each agent's position.
     let top = positions.iter().filter_map(|p| p.1).max().unwrap_or(1).max(1) as f64 * 1.05;
     let mut chart = ChartBuilder::on(&panels[0])
-        .caption("log head (black) and each agent's applied seq; bands: faults (blue freeze agent, red kill agent, orange freeze replica, purple kill replica, green freeze postgres, grey freeze every replica)", ("sans-serif", 14))
+        .caption(
+            "log head (black) and each agent's applied seq; bands: faults (key above)",
+            ("sans-serif", 14),
+        )
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(60)
