@@ -268,6 +268,14 @@ pub struct AgentSession {
     /// This link's recent heartbeat offsets (our wall clock at receipt minus the authority's at
     /// sending, ms): their minimum is the clock offset plus the network's least delay.
     offsets: VecDeque<i64>,
+    /// When this link's hello was sent.
+    hello_at: Option<Instant>,
+    /// This link's anchor: when its hello was sent, and the `unix_ms` of its first heartbeat
+    /// (which the authority sends right after the welcome, so after the hello arrived); moved
+    /// to the last credit when the authority's clock steps back.
+    anchor: Option<(Instant, u64)>,
+    /// The link's last heartbeat: its `unix_ms`, and when it was credited.
+    last_beat: Option<(u64, Instant)>,
     last_frame: Option<Instant>,
     head_seq: u64,
     /// The head this agent knows it must reach before it may present itself as fresh: the head
@@ -307,6 +315,9 @@ impl AgentSession {
             staging: None,
             last_heard: None,
             offsets: VecDeque::with_capacity(HEARTBEAT_WINDOW),
+            hello_at: None,
+            anchor: None,
+            last_beat: None,
             last_frame: None,
             head_seq: 0,
             catch_up_to: 0,
@@ -383,6 +394,9 @@ impl AgentSession {
         // durable receipts. So the cursor presented is what is durable; entries applied in
         // memory but not yet written (a full disk) come again and are ignored as duplicates,
         // and are acknowledged once written (PROTOCOL.md §9.3).
+        self.hello_at = Some(now.mono);
+        self.anchor = None;
+        self.last_beat = None;
         self.out.push_back(Frame::Hello(Hello {
             max_version: self.cfg.max_version.clamp(PROTOCOL_VERSION, MAX_VERSION),
             agent_id: self.agent_id.clone(),
@@ -539,18 +553,39 @@ impl AgentSession {
         self.offsets.push_back(offset);
         let least = self.offsets.iter().copied().min().unwrap_or(offset);
         let late = Duration::from_millis(offset.saturating_sub(least).max(0) as u64);
-        if let Some(at) = now.mono.checked_sub(late) {
-            self.last_heard = Some(self.last_heard.map_or(at, |h| h.max(at)));
+        // The anchor bounds it too: the first heartbeat was sent after our hello arrived, so
+        // this one was sent no later than the hello plus the authority's time between the two.
+        // (It also catches heartbeats that all waited: a link whose every heartbeat was read
+        // late has no on-time offset to compare with.)
+        // A heartbeat older than the last by the authority's clock means that clock stepped
+        // back: this one was still sent after the last one, so the anchor moves to that one's
+        // credit (never a credit later than the truth, and no stale link for the step's size).
+        let hello = self.hello_at.unwrap_or(now.mono);
+        if let Some((last_ms, credited)) = self.last_beat {
+            if sent_ms < last_ms {
+                self.anchor = Some((credited, sent_ms));
+            }
         }
+        let (h, first) = *self.anchor.get_or_insert((hello, sent_ms));
+        let anchored = h + Duration::from_millis(sent_ms.saturating_sub(first));
+        // (Later than the start of this process's clock: nothing to credit.)
+        let Some(at) = now.mono.checked_sub(late) else { return };
+        let at = at.min(anchored);
+        self.last_beat = Some((sent_ms, at));
+        self.last_heard = Some(self.last_heard.map_or(at, |h| h.max(at)));
     }
 
     fn on_welcome(&mut self, w: Welcome, now: Now) -> Result<(), AgentViolation> {
         if !(PROTOCOL_VERSION..=self.cfg.max_version.min(MAX_VERSION)).contains(&w.version) {
             return self.violation(format!("welcome with version {}", w.version));
         }
-        // The welcome answers our hello: the authority was alive after the hello was sent.
-        self.last_heard = Some(now.mono);
+        // The welcome answers our hello: the authority was alive after the hello was sent, and
+        // that is all it proves (it may have waited in a buffer while this process was stopped).
+        let hello = self.hello_at.unwrap_or(now.mono).min(now.mono);
+        self.last_heard = Some(self.last_heard.map_or(hello, |h| h.max(hello)));
         self.offsets.clear();
+        self.anchor = None;
+        self.last_beat = None;
         self.link_version = w.version;
         let beats = Duration::from_millis(w.heartbeat_ms.saturating_mul(4)).min(MAX_HEARTBEAT_IDLE);
         self.idle_timeout = self.cfg.idle_timeout.max(beats);
@@ -797,28 +832,71 @@ mod tests {
         let t0 = now().mono;
         let at = |ms: u64, unix_ms: u64| Now { mono: t0 + Duration::from_millis(ms), unix_ms };
         let beat = |sent_ms: u64| Frame::Heartbeat(Heartbeat { head_seq: 0, unix_ms: sent_ms });
-        // The authority's clock runs 40 s behind ours; the network takes 5 ms.
+        // The authority's clock runs 40 s behind ours; the network takes 5 ms each way.
         let skew = 40_000;
         let mut s = AgentSession::new("a".into(), "v".into(), None, 0, AgentConfig::default());
         s.connect(at(0, 1_000_000));
-        s.handle_frame(welcome(0), at(0, 1_000_000)).unwrap();
-        for k in 1..=3u64 {
-            let sent = 1_000_000 - skew + k * 1000;
-            s.handle_frame(beat(sent), at(k * 1000 + 5, sent + skew + 5)).unwrap();
-            assert_eq!(s.last_heard(), Some(t0 + Duration::from_millis(k * 1000 + 5)), "on time");
+        s.handle_frame(welcome(0), at(10, 1_000_010)).unwrap();
+        assert_eq!(s.last_heard(), Some(t0), "a welcome proves the authority alive since the hello");
+        // The first heartbeat comes right behind the welcome, then one a second.
+        for k in 0..=3u64 {
+            let sent = 1_000_005 - skew + k * 1000;
+            s.handle_frame(beat(sent), at(k * 1000 + 10, sent + skew + 5)).unwrap();
+            // Credited no later than the hello plus the authority's time since the first: 10 ms
+            // on the safe side (the first heartbeat was sent 5 ms after the hello).
+            assert_eq!(s.last_heard(), Some(t0 + Duration::from_millis(k * 1000)), "on time");
         }
         // Stopped from 3.1 s to 9 s; the heartbeat sent at 3.5 s is read at 9 s.
-        let sent = 1_000_000 - skew + 3_500;
+        let sent = 1_000_005 - skew + 3_500;
         s.handle_frame(beat(sent), at(9_000, 1_009_000)).unwrap();
         let heard = s.last_heard().unwrap();
-        assert_eq!(heard, t0 + Duration::from_millis(3_505), "credited when it was sent, not when read");
+        assert_eq!(heard, t0 + Duration::from_millis(3_500), "credited when it was sent, not when read");
         // A batch that waited as long proves nothing about now either.
         s.handle_frame(batch(1, 1), at(9_001, 1_009_001)).unwrap();
         assert_eq!(s.last_heard(), Some(heard));
         // The next heartbeat on time: fresh again.
-        let sent = 1_000_000 - skew + 9_100;
-        s.handle_frame(beat(sent), at(9_105, sent + skew + 5)).unwrap();
-        assert_eq!(s.last_heard(), Some(t0 + Duration::from_millis(9_105)));
+        let sent = 1_000_005 - skew + 9_100;
+        s.handle_frame(beat(sent), at(9_110, sent + skew + 5)).unwrap();
+        assert_eq!(s.last_heard(), Some(t0 + Duration::from_millis(9_100)));
+    }
+
+    /// A link whose every heartbeat waited (the agent stopped right after its welcome, before
+    /// reading any heartbeat on time) has no on-time offset to compare with; the anchor (the
+    /// hello, and the first heartbeat's time) still credits each when it was sent. (Found by
+    /// the soak, seed 1207, after the fix above: an agent stopped 0.4 s after a new link
+    /// answered OK, fresh, for revocations accepted 6 s before, the moment it was thawed.)
+    #[test]
+    fn heartbeats_that_all_waited_are_credited_when_they_were_sent() {
+        let t0 = now().mono;
+        let at = |ms: u64, unix_ms: u64| Now { mono: t0 + Duration::from_millis(ms), unix_ms };
+        let beat = |sent_ms: u64| Frame::Heartbeat(Heartbeat { head_seq: 0, unix_ms: sent_ms });
+        let mut s = AgentSession::new("a".into(), "v".into(), None, 0, AgentConfig::default());
+        s.connect(at(0, 1_000_000));
+        s.handle_frame(welcome(0), at(10, 1_000_010)).unwrap();
+        // Stopped from 0.1 s to 9 s: the first heartbeat (sent with the welcome) and those of
+        // the next 2 s are all read at 9 s.
+        for k in 0..=4u64 {
+            s.handle_frame(beat(1_000_005 + k * 500), at(9_000 + k, 1_009_000 + k)).unwrap();
+        }
+        assert_eq!(
+            s.last_heard(),
+            Some(t0 + Duration::from_millis(2_000)),
+            "credited as of the last one's sending, not at 9 s"
+        );
+        // Then on time, every 500 ms from 9 s, and at 12 s the authority's clock steps back a
+        // minute: its heartbeats look late until newer ones fill the window, and then the link
+        // is fresh again (the anchor moved with the step, by at most one interval).
+        for k in 0..=46u64 {
+            let real = 9_000 + k * 500;
+            let sent = 1_000_005 + real - if real >= 12_000 { 60_000 } else { 0 };
+            s.handle_frame(beat(sent), at(real + 10, 1_000_010 + real)).unwrap();
+        }
+        let last = t0 + Duration::from_millis(9_000 + 46 * 500 + 10);
+        assert!(
+            s.last_heard().is_some_and(|h| last.saturating_duration_since(h) < Duration::from_secs(1)),
+            "fresh again after a clock step back: {:?} behind",
+            s.last_heard().map(|h| last.saturating_duration_since(h))
+        );
     }
 
     /// From the welcome until the announced head is applied, the agent knows it is behind.

@@ -159,6 +159,9 @@ pub struct AuthoritySession {
     ahead: bool,
     /// Unix ms as of which the driver knows its view holds the whole log (see [`Self::vouch`]).
     vouched_ms: u64,
+    /// The link's first heartbeat is still to go, right behind the welcome and ahead of any
+    /// data: it anchors the agent's reading of later heartbeats' times (PROTOCOL.md §9 item 6).
+    first_beat: bool,
 }
 
 impl AuthoritySession {
@@ -216,6 +219,7 @@ impl AuthoritySession {
             events: VecDeque::new(),
             closed: None,
             vouched_ms: u64::MAX,
+            first_beat: true,
             rng: Jitter::new(seed),
             ahead,
             cfg,
@@ -412,6 +416,13 @@ impl AuthoritySession {
         if let Some(t) = self.out.pop_front() {
             return Some(t);
         }
+        if std::mem::take(&mut self.first_beat) {
+            self.next_heartbeat = now.mono + self.cfg.heartbeat;
+            return Some(Transmit::Frame(Frame::Heartbeat(Heartbeat {
+                head_seq: self.log.head,
+                unix_ms: now.unix_ms.min(self.vouched_ms),
+            })));
+        }
         // Data first: a heartbeat announcing the head goes out after the batches that reach it,
         // so an agent never mistakes entries already on their way for entries it lacks
         // (PROTOCOL.md §9.7). While the window is full the heartbeat still goes out, and then
@@ -513,11 +524,17 @@ mod tests {
 
     const LOG: LogId = LogId([1; 16]);
 
+    /// Takes the welcome and the heartbeat right behind it (ahead of any data).
     fn welcome_resume(s: &mut AuthoritySession, now: Now) -> Resume {
-        match s.poll_transmit(now) {
+        let resume = match s.poll_transmit(now) {
             Some(Transmit::Frame(Frame::Welcome(w))) => w.resume,
             other => panic!("expected welcome, got {other:?}"),
+        };
+        match s.poll_transmit(now) {
+            Some(Transmit::Frame(Frame::Heartbeat(h))) => assert_eq!(h.unix_ms, now.unix_ms),
+            other => panic!("expected the first heartbeat right behind the welcome, got {other:?}"),
         }
+        resume
     }
 
     /// Table: (hello log id, applied, floor, head) → catch-up mode.
@@ -718,6 +735,10 @@ mod tests {
             s.hold_data(true);
             assert!(
                 matches!(s.poll_transmit(now), Some(Transmit::Frame(Frame::Welcome(w))) if w.head_seq == 3_000)
+            );
+            assert!(
+                matches!(s.poll_transmit(now), Some(Transmit::Frame(Frame::Heartbeat(h))) if h.head_seq == 3_000),
+                "the first heartbeat goes right behind the welcome, held or not"
             );
             assert_eq!(s.poll_transmit(now), None);
             let mut t = now;
