@@ -23,8 +23,10 @@
 //! - one frozen or killed agent never holds up the others: with the replicas and PostgreSQL left
 //!   alone, a receipt (`?wait=all`, answered within its 2 s) names as pending only agents under
 //!   a fault of their own;
-//! - a frozen PostgreSQL under a running replica: a revocation is answered within
-//!   [`ANSWER_BOUND`], never left hanging;
+//! - a running replica answers a revocation within [`ANSWER_BOUND`] whatever else is wrong
+//!   (PostgreSQL frozen, the replica cut from it), never leaving it hanging, and its `/readyz`
+//!   says 503 once its store has been out of reach for [`READY_BY`], 200 again
+//!   [`READY_AGAIN`] after it is back;
 //! - resources: RSS and open fds of every process sampled each second; the report gives the
 //!   slope of a least-squares fit over the second half, and the maxima.
 //!
@@ -67,6 +69,11 @@ const DISK_MIB: u64 = 32;
 const LONG_FROZEN_AGENT: usize = 3;
 /// The shortest soak with the long freeze.
 const LONG_FREEZE_FROM: u64 = 600;
+/// A running replica whose store has been out of reach this long says so: `/readyz` 503
+/// (`--store-timeout`, the readiness probe's second, and a second of slack).
+const READY_BY: Duration = Duration::from_secs(5);
+/// ... and says it is ready again this long after the store is back.
+const READY_AGAIN: Duration = Duration::from_secs(10);
 /// Agents' `--max-staleness`.
 const MAX_STALENESS: &str = "5s";
 /// The same, as a duration, plus the second the invariant allows.
@@ -281,6 +288,9 @@ struct Shared {
     replicas_clear: Mutex<Option<Instant>>,
     /// Agents black-holed now, and since when.
     cut_at: Mutex<HashMap<usize, Instant>>,
+    /// For each replica, since when its store has been out of its reach (PostgreSQL frozen, or
+    /// the replica cut from it); None while it is not.
+    store_away: Mutex<Vec<Option<Instant>>>,
     violations: Mutex<Vec<Violation>>,
     probes: Mutex<u64>,
     stale_probes: Mutex<u64>,
@@ -801,6 +811,7 @@ fn sampler(s: Arc<Shared>, sockets: Vec<PathBuf>) {
                     .then(|| serde_json::from_str::<serde_json::Value>(&text).ok()?["head"].as_u64())?
             })
             .max();
+        readiness(&s);
         let positions = sockets
             .iter()
             .map(|sock| {
@@ -811,6 +822,54 @@ fn sampler(s: Arc<Shared>, sockets: Vec<PathBuf>) {
         lock(&s.positions).push((t, head, positions));
         let spent = s.now() - t;
         std::thread::sleep(Duration::from_secs_f64((1.0 - spent).max(0.05)));
+    }
+}
+
+/// `/readyz` of every running replica: 503 once its store has been out of reach for
+/// [`READY_BY`], 200 again [`READY_AGAIN`] after it is back (replicas stopped or killed
+/// meanwhile are not judged).
+fn readiness(s: &Shared) {
+    let admins = lock(&s.admins).clone();
+    for (r, admin) in admins.iter().enumerate().filter(|(_, a)| !a.is_empty()) {
+        let replica = format!("replica-{r}");
+        let away = lock(&s.store_away)[r];
+        let asked = Instant::now();
+        let Ok((code, _)) = revmesh_authority::cli::http_request(
+            admin,
+            "GET",
+            "/readyz",
+            Some(&s.token),
+            b"",
+            Duration::from_millis(1000),
+        ) else {
+            continue;
+        };
+        match away {
+            Some(t0) => {
+                let judged = asked.duration_since(t0) > READY_BY
+                    && !s.touched_since(&replica, t0)
+                    && lock(&s.store_away)[r] == Some(t0);
+                if judged && code == 200 {
+                    s.violate(format!(
+                        "replica {r} /readyz 200 with its store out of reach for {:?}",
+                        asked.duration_since(t0)
+                    ));
+                }
+            }
+            None => {
+                let since = asked.checked_sub(READY_AGAIN).unwrap_or(s.started);
+                let settled = since > s.started
+                    && !s.touched_since(&replica, since)
+                    && !s.touched_since("postgres", since)
+                    && !s.touched_since(&format!("store-link-{r}"), since)
+                    && lock(&s.store_away)[r].is_none();
+                if settled && code != 200 {
+                    s.violate(format!(
+                        "replica {r} /readyz {code} {READY_AGAIN:?} after its store came back"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -877,6 +936,15 @@ pub fn schedule(seed: u64, secs: u64, agents: usize) -> Vec<Planned> {
 /// Records whether every replica is frozen or down, and since when none is.
 fn track_replicas(s: &Shared, active: &[(Fault, Instant, usize)]) {
     let hit: HashSet<usize> = active.iter().flat_map(|(f, _, _)| f.replicas()).collect();
+    for (r, away) in lock(&s.store_away).iter_mut().enumerate() {
+        let cut =
+            active.iter().any(|(f, _, _)| *f == Fault::FreezePostgres || *f == Fault::CutReplicaFromStore(r));
+        if cut {
+            away.get_or_insert_with(Instant::now);
+        } else {
+            *away = None;
+        }
+    }
     let mut down = lock(&s.all_replicas_down);
     if hit.len() == REPLICAS {
         down.get_or_insert_with(Instant::now);
@@ -981,6 +1049,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         all_replicas_down: Mutex::default(),
         replicas_clear: Mutex::new(Some(Instant::now())),
         cut_at: Mutex::default(),
+        store_away: Mutex::new(vec![None; REPLICAS]),
         violations: Mutex::default(),
         probes: Mutex::default(),
         stale_probes: Mutex::default(),
