@@ -728,8 +728,8 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             (tmp.to_owned(), a.soak_out.clone(), a.soak_secs, a.soak_agents, a.seed);
         let r = tokio::task::spawn_blocking(move || soak::run(&dir, &out, secs, agents, seed)).await??;
         println!(
-            "soak (seed {}, {} s, {} agents, {} replicas): accepted {} refused {} probes {} faults {}; converged {:.1} s after the heal",
-            r.seed, r.seconds, r.agents, r.replicas, r.accepted, r.refused, r.probes, r.faults.len(), r.converge_secs
+            "soak (seed {}, {} s, {} agents, {} replicas): accepted {} (and {} logouts) refused {} probes {} faults {}; converged {:.1} s after the heal",
+            r.seed, r.seconds, r.agents, r.replicas, r.accepted, r.logouts, r.refused, r.probes, r.faults.len(), r.converge_secs
         );
         println!(
             "  receipt p50 {} p99 {} max {}",

@@ -11,7 +11,8 @@
 //! - never a false OK: once a receipt names an agent as having the revocation durably, that
 //!   agent never answers OK for the token again, across its own restarts;
 //! - nothing lost: after the final heal every agent reaches the head within [`CONVERGE`], every
-//!   201 is in the log once at its seq, and every agent refuses every accepted token;
+//!   201 is in the log once at its seq, and every agent refuses every accepted token and every
+//!   session an OIDC back-channel logout (the writer sends one now and then) ended;
 //! - fresh means complete: an agent that answers OK for a token (rather than STALE) has every
 //!   revocation accepted more than `--max-staleness` + 1 s before, wherever it was committed;
 //! - staleness honoured: with every replica frozen, down or cut from PostgreSQL, or PostgreSQL
@@ -74,6 +75,10 @@ const LONG_FREEZE_FROM: u64 = 600;
 const READY_BY: Duration = Duration::from_secs(5);
 /// ... and says it is ready again this long after the store is back.
 const READY_AGAIN: Duration = Duration::from_secs(10);
+/// The identity provider whose back-channel logouts the writer sends now and then.
+const IDP: &str = "https://idp.soak.example";
+/// Its client id (the logout tokens' audience).
+const IDP_CLIENT: &str = "soak-client";
 /// Agents' `--max-staleness`.
 const MAX_STALENESS: &str = "5s";
 /// The same, as a duration, plus the second the invariant allows.
@@ -229,6 +234,8 @@ pub struct SoakReport {
     pub accepted: u64,
     /// Revocations refused (503, timeouts, a replica down): never acknowledged, so not lost.
     pub refused: u64,
+    /// OIDC back-channel logouts answered 200 (each revokes a session).
+    pub logouts: u64,
     /// CHECKs of tokens whose revocation a receipt named the agent for.
     pub probes: u64,
     /// CHECKs of a never-revoked token while every replica had been away for longer than
@@ -275,6 +282,9 @@ struct Shared {
     token: String,
     /// Accepted revocations: seq, jti, the agents a receipt named as durable, when.
     accepted: Mutex<Vec<Accepted>>,
+    /// The identity provider's signing key, and the sessions its logouts ended (sid, when).
+    idp_key: jsonwebtoken::EncodingKey,
+    logouts: Mutex<Vec<(String, f64)>>,
     refused: Mutex<u64>,
     /// Receipt latencies with their times.
     receipts: Mutex<Vec<(f64, Duration)>>,
@@ -361,6 +371,49 @@ fn ask(socket: &Path, lines: &[String], timeout: Duration) -> Option<Vec<String>
     Some(out)
 }
 
+/// The identity provider's key: an ES256 key pair made for this run, and its JWKS.
+fn idp_key() -> anyhow::Result<(jsonwebtoken::EncodingKey, String)> {
+    use base64::Engine as _;
+    let pair = rcgen::KeyPair::generate()?;
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?;
+    // An uncompressed P-256 point: 0x04, x, y.
+    let raw = pair.public_key_raw();
+    anyhow::ensure!(raw.len() == 65, "unexpected public key of {} bytes", raw.len());
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "soak",
+        "x": b64(&raw[1..33]), "y": b64(&raw[33..]),
+    }]});
+    Ok((key, jwks.to_string()))
+}
+
+/// A back-channel logout token for session `sid`.
+fn logout_token(key: &jsonwebtoken::EncodingKey, sid: &str) -> String {
+    let now = revmesh_runtime::Clock::system().unix_secs();
+    let claims = serde_json::json!({
+        "iss": IDP, "aud": IDP_CLIENT, "iat": now, "jti": format!("logout-{sid}"), "sid": sid,
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("soak".into());
+    header.typ = Some("logout+jwt".into());
+    jsonwebtoken::encode(&header, &claims, key).unwrap_or_default()
+}
+
+/// An access token of session `sid` at the identity provider (signed with the agents' key).
+fn session_token(sid: &str) -> String {
+    let now = revmesh_runtime::Clock::system().unix_secs();
+    let claims = serde_json::json!({
+        "jti": format!("access-{sid}"), "sub": "soak", "iss": IDP, "sid": sid, "iat": now - 5, "exp": now + 3600,
+    });
+    jsonwebtoken::EncodingKey::from_secret(BENCH_SECRET.as_bytes())
+        .ok()
+        .and_then(|k| {
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &k).ok()
+        })
+        .unwrap_or_default()
+}
+
 fn check_token(jti: &str) -> String {
     let exp = revmesh_runtime::Clock::system().unix_secs() + 3600;
     crate::util::mint(BENCH_SECRET, jti, "soak", exp).unwrap_or_default()
@@ -380,6 +433,8 @@ struct Mesh {
     frozen: Vec<bool>,
     secret: PathBuf,
     token_file: PathBuf,
+    /// The identity provider's JWKS file.
+    idp_jwks: PathBuf,
     /// Each agent's network namespace.
     agent_ns: Vec<String>,
     /// The address at which each replica reaches PostgreSQL (through its own link).
@@ -451,6 +506,10 @@ impl Mesh {
             "2s",
             "--max-agents",
             "1000",
+            "--oidc-provider",
+            &format!("{IDP}={}", self.idp_jwks.display()),
+            "--oidc-audience",
+            IDP_CLIENT,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -607,6 +666,26 @@ fn writer(s: Arc<Shared>) {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
+        if i % 25 == 5 {
+            // Now and then a session ends at the identity provider, which tells the replicas.
+            let sid = format!("soak-sid-{i}");
+            let body = format!("logout_token={}", logout_token(&s.idp_key, &sid));
+            let answer = revmesh_authority::cli::http_request(
+                &admin,
+                "POST",
+                "/v1/oidc/backchannel-logout",
+                None,
+                body.as_bytes(),
+                Duration::from_secs(15),
+            );
+            match answer {
+                Ok((200, _)) => lock(&s.logouts).push((sid, s.now())),
+                Ok((400, text)) => s.violate(format!("a logout refused as invalid: {text}")),
+                _ => *lock(&s.refused) += 1,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         let bulk = i.is_multiple_of(10);
         let jtis: Vec<String> =
             if bulk { (0..10).map(|k| format!("soak-{i}-{k}")).collect() } else { vec![format!("soak-{i}")] };
@@ -754,6 +833,29 @@ fn checker(s: Arc<Shared>, agents: usize, sockets: Vec<PathBuf>, seed: u64) {
                         if answer.starts_with("OK") && !s.affected(i) {
                             s.violate(format!(
                                 "agent {id} answered OK (fresh) for {jti}, accepted {:.1} s before",
+                                s.now() - at
+                            ));
+                        }
+                    }
+                }
+            }
+            // The same for sessions ended by a logout.
+            let ended: Vec<(String, f64)> = lock(&s.logouts)
+                .iter()
+                .filter(|(_, at)| *at < now - STALE_BY.as_secs_f64())
+                .rev()
+                .take(2)
+                .cloned()
+                .collect();
+            if !ended.is_empty() {
+                let lines: Vec<String> =
+                    ended.iter().map(|(sid, _)| format!("CHECK {}", session_token(sid))).collect();
+                if let Some(answers) = ask(socket, &lines, Duration::from_millis(500)) {
+                    *lock(&s.probes) += answers.len() as u64;
+                    for ((sid, at), answer) in ended.iter().zip(&answers) {
+                        if answer.starts_with("OK") && !s.affected(i) {
+                            s.violate(format!(
+                                "agent {id} answered OK (fresh) for session {sid}, logged out {:.1} s before",
                                 s.now() - at
                             ));
                         }
@@ -993,6 +1095,9 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
     std::fs::write(&token_file, "soak-admin-token-0123456789abcdef")?;
     let secret = dir.join("hs.secret");
     std::fs::write(&secret, BENCH_SECRET)?;
+    let (idp_key, jwks) = idp_key()?;
+    let idp_jwks = dir.join("idp.jwks.json");
+    std::fs::write(&idp_jwks, jwks)?;
     let agent_token = "soak-agent-token-0123456789abcdef";
     std::fs::write(dir.join("agent.token"), agent_token)?;
     let digest: String =
@@ -1008,6 +1113,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         frozen: vec![false; REPLICAS],
         secret,
         token_file,
+        idp_jwks,
         agent_ns,
         store_addrs,
         relays: Vec::new(),
@@ -1042,6 +1148,8 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         admins: Mutex::new(mesh.admins()),
         token: admin_token,
         accepted: Mutex::default(),
+        idp_key,
+        logouts: Mutex::default(),
         refused: Mutex::default(),
         receipts: Mutex::default(),
         active: Mutex::default(),
@@ -1245,6 +1353,27 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         }
     }
 
+    // Every agent refuses every session a logout ended.
+    let logouts = lock(&shared.logouts).clone();
+    for (i, sock) in sockets.iter().enumerate() {
+        for chunk in logouts.chunks(200) {
+            let lines: Vec<String> =
+                chunk.iter().map(|(sid, _)| format!("CHECK {}", session_token(sid))).collect();
+            match ask(sock, &lines, Duration::from_secs(10)) {
+                Some(answers) => {
+                    for ((sid, _), a) in chunk.iter().zip(answers) {
+                        if !a.starts_with("REVOKED") {
+                            shared.violate(format!(
+                                "agent soak-{i} answers {a:?} for session {sid} after the heal"
+                            ));
+                        }
+                    }
+                }
+                None => shared.violate(format!("agent soak-{i} does not answer after the heal")),
+            }
+        }
+    }
+    report.logouts = logouts.len() as u64;
     report.accepted = accepted.len() as u64;
     report.refused = *lock(&shared.refused);
     report.probes = *lock(&shared.probes);
