@@ -47,6 +47,20 @@ impl Drop for Db {
     }
 }
 
+/// The machine's PostgreSQL server's address, for a relay in front of it.
+fn server_addr() -> std::net::SocketAddr {
+    let upstream: postgres::Config = server().parse().unwrap();
+    let port = upstream.get_ports().first().copied().unwrap_or(5432);
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A relay this test controls in front of the server, and the URL of `db` through it.
+async fn relayed(db: &Db) -> (crate::relay::Relay, String) {
+    let relay = crate::relay::Relay::start(server_addr()).await;
+    let url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
+    (relay, url)
+}
+
 fn rand_u64() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     t ^ (u64::from(std::process::id()) << 32)
@@ -208,10 +222,7 @@ async fn a_partition_from_postgres_refuses_revocations_in_time_and_recovers() {
     let _guard = PG.lock().await;
     let db = Db::new();
     let dir = tempfile::tempdir().unwrap();
-    let upstream: postgres::Config = server().parse().unwrap();
-    let port = upstream.get_ports().first().copied().unwrap_or(5432);
-    let relay = crate::relay::Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
-    let url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
+    let (relay, url) = relayed(&db).await;
     let rep = Authority::start(&dir.path().join("r"), &["--store", &url, "--store-timeout", "1s"]);
     let agent = Agent::start(vec![rep.ws_url()], "partition");
     let first = rep.revoke_jti("before-partition");
@@ -252,15 +263,12 @@ async fn agents_of_a_replica_cut_from_postgres_stay_honestly_stale_and_fail_over
     let _guard = PG.lock().await;
     let db = Db::new();
     let dir = tempfile::tempdir().unwrap();
-    let upstream: postgres::Config = server().parse().unwrap();
-    let port = upstream.get_ports().first().copied().unwrap_or(5432);
-    let relay = crate::relay::Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let (relay, cut_url) = relayed(&db).await;
     let token = dir.path().join("admin.token.shared");
     std::fs::write(&token, SHARED_TOKEN).unwrap();
     let token = token.to_str().unwrap();
     let common = ["--admin-token-file", token, "--heartbeat", "200ms", "--store-timeout", "1s"];
     let healthy = Authority::start(&dir.path().join("a"), &[&["--store", &db.url()][..], &common].concat());
-    let cut_url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
     let cut = Authority::start(&dir.path().join("b"), &[&["--store", &cut_url][..], &common].concat());
     // Homed on the replica about to be cut, the healthy one as failover.
     let agent = Agent::start(vec![cut.ws_url(), healthy.ws_url()], "homed-on-cut");
@@ -311,10 +319,7 @@ async fn a_replica_cut_from_postgres_welcomes_no_agent() {
     let _guard = PG.lock().await;
     let db = Db::new();
     let dir = tempfile::tempdir().unwrap();
-    let upstream: postgres::Config = server().parse().unwrap();
-    let port = upstream.get_ports().first().copied().unwrap_or(5432);
-    let relay = crate::relay::Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
-    let url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
+    let (relay, url) = relayed(&db).await;
     let cut = Authority::start(&dir.path().join("b"), &["--store", &url, "--store-timeout", "2s"]);
     relay.black_hole();
     // Time passes, so that its last read is older than a welcome may be (500 ms) but it still
@@ -345,11 +350,8 @@ async fn concurrent_receipts_on_three_replicas_all_succeed() {
     let _guard = PG.lock().await;
     let db = Db::new();
     let dir = tempfile::tempdir().unwrap();
-    let upstream: postgres::Config = server().parse().unwrap();
-    let port = upstream.get_ports().first().copied().unwrap_or(5432);
     let delay = std::time::Duration::from_millis(5);
-    let relay =
-        crate::relay::Relay::start_delayed(std::net::SocketAddr::from(([127, 0, 0, 1], port)), delay).await;
+    let relay = crate::relay::Relay::start_delayed(server_addr(), delay).await;
     let url = format!("postgres://postgres@{}/{}", relay.addr, db.name);
     let reps = replicas_at(dir.path(), &url, 3);
     let agents = six_agents(&reps, "load").await;

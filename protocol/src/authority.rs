@@ -524,6 +524,21 @@ mod tests {
 
     const LOG: LogId = LogId([1; 16]);
 
+    /// An empty agent welcomed on an empty log, the welcome and first heartbeat taken.
+    fn welcomed_on_an_empty_log() -> (Now, AuthoritySession) {
+        let now = now0();
+        let mut s = AuthoritySession::accept(
+            &hello(Some(LOG), 0),
+            LogView { log_id: LOG, floor: 0, head: 0 },
+            AuthorityConfig::default(),
+            now,
+            1,
+        )
+        .unwrap();
+        welcome_resume(&mut s, now);
+        (now, s)
+    }
+
     /// Takes the welcome and the heartbeat right behind it (ahead of any data).
     fn welcome_resume(s: &mut AuthoritySession, now: Now) -> Resume {
         let resume = match s.poll_transmit(now) {
@@ -591,16 +606,7 @@ mod tests {
     /// than now (a replica cut from its shared store), the heartbeat carries the view's time.
     #[test]
     fn heartbeats_carry_the_time_the_view_was_vouched_for() {
-        let now = now0();
-        let mut s = AuthoritySession::accept(
-            &hello(Some(LOG), 0),
-            LogView { log_id: LOG, floor: 0, head: 0 },
-            AuthorityConfig::default(),
-            now,
-            1,
-        )
-        .unwrap();
-        welcome_resume(&mut s, now);
+        let (now, mut s) = welcomed_on_an_empty_log();
         let beat = |s: &mut AuthoritySession, at: Now| loop {
             match s.poll_transmit(at) {
                 Some(Transmit::Frame(Frame::Heartbeat(h))) => return h.unix_ms,
@@ -623,16 +629,7 @@ mod tests {
     /// takes entries already on their way for entries it lacks.
     #[test]
     fn heartbeats_follow_the_batches_they_announce() {
-        let now = now0();
-        let mut s = AuthoritySession::accept(
-            &hello(Some(LOG), 0),
-            LogView { log_id: LOG, floor: 0, head: 0 },
-            AuthorityConfig::default(),
-            now,
-            1,
-        )
-        .unwrap();
-        welcome_resume(&mut s, now);
+        let (now, mut s) = welcomed_on_an_empty_log();
         let later = now.advance(Duration::from_secs(60));
         s.update_log(LogView { log_id: LOG, floor: 0, head: 600 });
         let mut sent = Vec::new();
