@@ -594,6 +594,13 @@ impl Mesh {
                 self.frozen.fill(stop);
                 self.replicas.iter().flatten().map(|p| p.proc.child.id()).collect()
             }
+            Fault::FreezePostgres if stop => {
+                // The postmaster first, so no backend is forked after the children are listed.
+                for pid in self.pg.pids().into_iter().take(1) {
+                    signal(pid, sig);
+                }
+                self.pg.pids()
+            }
             Fault::FreezePostgres => self.pg.pids(),
             Fault::KillAgent(_)
             | Fault::KillReplica(_)
@@ -1198,20 +1205,28 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
     while Instant::now() < end {
         let now = Instant::now();
         let due: Vec<usize> = (0..active.len()).filter(|&k| active[k].1 <= now).collect();
+        let mut healing = Vec::new();
         for k in due.into_iter().rev() {
-            let (f, _, span) = active.remove(k);
-            mesh.heal(f)?;
+            healing.push(active.remove(k));
+        }
+        // What the checkers judge by changes before the heal takes effect: an answer given
+        // just after a thaw is never judged as one given while the fault lasted. And between
+        // the heals and the new faults: a freeze of every replica healed and another applied in
+        // the same tick leave the replicas running for that moment, and "every replica away"
+        // starts again from the new freeze.
+        for (f, _, _) in &healing {
             if let Fault::CutAgent(i) = f {
-                lock(&shared.cut_at).remove(&i);
+                lock(&shared.cut_at).remove(i);
             }
+            lock(&shared.active).retain(|a| a != f);
+        }
+        track_replicas(&shared, &active);
+        for (f, _, span) in healing {
+            shared.touch(f);
+            mesh.heal(f)?;
             spans[span].to_s = shared.now();
             shared.touch(f);
-            lock(&shared.active).retain(|a| *a != f);
         }
-        // Recorded between the heals and the new faults: a freeze of every replica healed and
-        // another applied in the same tick leave the replicas running for that moment, and
-        // "every replica away" starts again from the new freeze.
-        track_replicas(&shared, &active);
         while let Some(p) = upcoming.next_if(|p| shared.started + p.at <= now) {
             shared.touch(p.fault);
             lock(&shared.active).push(p.fault);
@@ -1242,11 +1257,14 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         std::thread::sleep(Duration::from_millis(50));
     }
     // The final heal.
+    lock(&shared.cut_at).clear();
+    lock(&shared.active).clear();
+    track_replicas(&shared, &[]);
     for (f, _, span) in active.drain(..) {
+        shared.touch(f);
         mesh.heal(f)?;
-        lock(&shared.cut_at).clear();
         spans[span].to_s = shared.now();
-        lock(&shared.active).retain(|a| *a != f);
+        shared.touch(f);
     }
     let healed = Instant::now();
     while mesh.pending.iter().any(Option::is_some) && healed.elapsed() < CONVERGE {
