@@ -398,7 +398,9 @@ impl Sim {
             self.restart_agent(i);
         }
         if self.rng.chance(f.authority_restart) {
-            let new_log = self.rng.chance(0.1);
+            // A quarter of the restarts lose the store (a new log): often enough that a few
+            // seeds always try it, whatever else the random stream is spent on.
+            let new_log = self.rng.chance(0.25);
             self.restart_authority(new_log);
         }
         for i in 0..self.agents.len() {
@@ -884,7 +886,8 @@ fn faults_are_actually_exercised() {
     assert!(outcomes.iter().map(|o| o.snapshots).sum::<u64>() > 0, "no snapshot ever happened");
     assert!(outcomes.iter().map(|o| o.reports).sum::<u64>() > 0, "no applied report ever arrived");
     assert!(outcomes.iter().map(|o| o.long_holds).sum::<u64>() > 0, "no link was held past the idle timeout");
-    assert!(outcomes.iter().map(|o| o.logs).sum::<u64>() > 4, "no store was ever wiped");
+    // Every run starts with one log; each wipe adds one.
+    assert!(outcomes.iter().map(|o| o.logs - 1).sum::<u64>() > 0, "no store was ever wiped");
     assert!(outcomes.iter().map(|o| o.rollbacks).sum::<u64>() > 0, "no store was ever rolled back");
     assert!(outcomes.iter().map(|o| o.withdrawals).sum::<u64>() > 0, "nothing was ever withdrawn");
 }
