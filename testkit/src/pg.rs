@@ -108,7 +108,13 @@ impl Cluster {
         let (data, sock) = (self.data(), self.dir.display().to_string());
         let log = format!("{sock}/postgres.log");
         let listen = if self.netns.is_some() { "'*'" } else { "127.0.0.1" };
-        let opts = format!("-p {} -k {sock} -c listen_addresses={listen} -c max_wal_size=32MB", self.port);
+        // Keepalives reap the backends of a client that vanished behind a partition (its FIN
+        // never arrived); without them each holds a connection slot for the OS's two hours.
+        let keepalive = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3";
+        let opts = format!(
+            "-p {} -k {sock} -c listen_addresses={listen} -c max_wal_size=32MB {keepalive}",
+            self.port
+        );
         let out =
             self.as_postgres("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts, "start"])?;
         if !out.status.success() {

@@ -71,15 +71,15 @@ fn draw_inner(
         (Fault::FillAgentDisk(0), "full agent disk"),
         (Fault::FreezeReplica(0), "freeze replica"),
         (Fault::KillReplica(0), "kill -9 replica"),
-        (Fault::FreezeAllReplicas, "freeze every replica"),
-        (Fault::CutReplicaFromStore(0), "black-hole replica from postgres"),
+        (Fault::FreezeAllReplicas, "freeze all replicas"),
+        (Fault::CutReplicaFromStore(0), "replica cut from postgres"),
         (Fault::FreezePostgres, "freeze postgres"),
     ];
     let mut x = 10i32;
     for (f, name) in kinds {
         legend.draw(&Rectangle::new([(x, 6), (x + 16, 22)], band_color(&f).mix(0.5).filled()))?;
         legend.draw(&Text::new(name, (x + 20, 7), ("sans-serif", 13)))?;
-        x += 30 + 7 * name.len() as i32;
+        x += 28 + 6 * name.len() as i32;
     }
     let verdict = if report.passed() { "every invariant held" } else { "VIOLATIONS" };
     title.titled(
