@@ -125,6 +125,46 @@ async fn a_killed_agent_restarted_without_authority_still_refuses_and_staleness_
     auth.stop().await;
 }
 
+/// Heartbeats read late (the agent was stopped while its authority spoke, and the authority
+/// then went silent) prove only when they were sent, on disk as in memory: the last contact the
+/// agent persists for a warm restart is when they were sent, not when it read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_read_late_are_persisted_as_of_when_they_were_sent() {
+    let adir = tempfile::tempdir().unwrap();
+    let auth = Authority::start(adir.path(), 0, &[]).await;
+    let relay = crate::relay::Relay::start(auth.agent).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(dir.path(), &format!("ws://{}", relay.addr), &[]);
+    let good = token("fine", "alice", json!({}));
+    wait_for(|| agent.ask(&format!("CHECK {good}")).starts_with("OK "), "agent fresh").await;
+    let heard_file = dir.path().join("data").join("heard");
+    let heard = || -> u64 {
+        std::fs::read_to_string(&heard_file).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    };
+    let signal = |sig: &str| {
+        let pid = agent.child.id().to_string();
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    };
+    // Stopped while its authority sends heartbeats (every 200 ms) into its socket; then the
+    // network goes silent with the link open (nothing more arrives, not even a close).
+    signal("-STOP");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    relay.black_hole();
+    let silent_at = crate::util::now_ms();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let before = heard();
+    signal("-CONT");
+    wait_for(|| heard() != before, "the agent to read the waiting heartbeats and record its last contact")
+        .await;
+    let recorded = heard();
+    assert!(
+        recorded <= silent_at + 100,
+        "recorded its last contact {} ms after the network went silent (when it read it)",
+        recorded.saturating_sub(silent_at)
+    );
+    auth.stop().await;
+}
+
 /// A receipt at the applied level comes from memory, and the agent holds that fsync to share
 /// it (here up to 1 s). Held writes are grouped, never dropped: a durable receipt that follows
 /// covers what was held, across a kill -9 and a restart with no authority.

@@ -13,6 +13,10 @@ mod monotonic;
 mod nginx;
 mod oidc_provider;
 mod prometheus;
+// The authority tests' relay: a partition that holds what is in flight.
+#[path = "../../authority/tests/relay.rs"]
+#[allow(dead_code)]
+mod relay;
 mod sockets;
 mod tokens;
 mod util;

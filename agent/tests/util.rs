@@ -113,6 +113,10 @@ pub fn now() -> u64 {
     revmesh_runtime::Clock::system().unix_secs()
 }
 
+pub fn now_ms() -> u64 {
+    revmesh_runtime::Clock::system().unix_ms()
+}
+
 /// An HS256 token for the test secret.
 pub fn token(jti: &str, sub: &str, extra: serde_json::Value) -> String {
     token_with(SECRET, jti, sub, extra)

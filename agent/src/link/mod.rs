@@ -388,8 +388,12 @@ async fn drive(
                     let due = last_heard_write.is_none_or(|t| mono.saturating_duration_since(t) > Duration::from_secs(1));
                     if let (Some(j), true) = (w.journal, due) {
                         last_heard_write = Some(mono);
+                        // As of when it was credited (a heartbeat read late counts from its
+                        // sending), in the wall clock a restart reads it with.
+                        let now = clock.now();
+                        let ago = now.mono.saturating_duration_since(h).as_millis() as u64;
                         if let Ok(p) = j.p.lock() {
-                            p.heard(clock.now().unix_ms);
+                            p.heard(now.unix_ms.saturating_sub(ago));
                         }
                     }
                 }
