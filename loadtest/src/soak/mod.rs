@@ -1068,6 +1068,25 @@ fn track_replicas(s: &Shared, active: &[(Fault, Instant, usize)]) {
     }
 }
 
+/// A free port on `addr` below the kernel's ephemeral range (`ip_local_port_range`), so that no
+/// outgoing connection is ever given it.
+fn reserved_port(addr: &str) -> anyhow::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let start = 10_000u16.min(low.saturating_sub(1));
+    let span = low.saturating_sub(start).max(1);
+    let offset = (std::process::id() as u16).wrapping_mul(7919) % span;
+    for k in 0..span {
+        let port = start + (offset + k) % span;
+        if std::net::TcpListener::bind((addr, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port on {addr} below {low}")
+}
+
 /// Least-squares slope of `(x, y)`.
 fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
@@ -1128,8 +1147,13 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         net,
     };
     // Replicas first, on the hub, on ports from 0; their ports are kept for restarts.
-    mesh.agent_ports = vec![format!("{hub}:0"); REPLICAS];
+    // Ports outside the ephemeral range, kept across restarts: an outgoing connection from the
+    // hub address (a relay's, to the other replica) can never take one while its replica is
+    // down (the hour-long run lost both replicas to that at its end).
+    // (Each chosen once the replica before it listens, so no two get the same.)
+    mesh.agent_ports = vec![String::new(); REPLICAS];
     for r in 0..REPLICAS {
+        mesh.agent_ports[r] = format!("{hub}:{}", reserved_port(&hub)?);
         mesh.start_replica(r)?;
         let ws = mesh.replicas[r].as_ref().map(|p| p.ws.clone()).unwrap_or_default();
         mesh.agent_ports[r] = ws.trim_start_matches("ws://").to_owned();
@@ -1459,6 +1483,17 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_ports_are_outside_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let port = reserved_port("127.0.0.1").unwrap();
+        assert!(port < low, "{port} is in the ephemeral range from {low}");
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "and free");
+    }
 
     #[test]
     fn slopes_are_least_squares() {
