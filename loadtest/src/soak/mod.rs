@@ -1043,8 +1043,10 @@ pub fn schedule(seed: u64, secs: u64, agents: usize) -> Vec<Planned> {
 }
 
 /// Records whether every replica is frozen or down, and since when none is.
-fn track_replicas(s: &Shared, active: &[(Fault, Instant, usize)]) {
-    let hit: HashSet<usize> = active.iter().flat_map(|(f, _, _)| f.replicas()).collect();
+fn track_replicas(s: &Shared, active: &[(Fault, Instant, usize)], pending: &[Option<Instant>]) {
+    // A replica waiting to be started again (its kill healed, its start failing) is away too.
+    let waiting = pending.iter().enumerate().filter(|(_, p)| p.is_some()).map(|(r, _)| r);
+    let hit: HashSet<usize> = active.iter().flat_map(|(f, _, _)| f.replicas()).chain(waiting).collect();
     for (r, away) in lock(&s.store_away).iter_mut().enumerate() {
         let cut =
             active.iter().any(|(f, _, _)| *f == Fault::FreezePostgres || *f == Fault::CutReplicaFromStore(r));
@@ -1244,7 +1246,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             }
             lock(&shared.active).retain(|a| a != f);
         }
-        track_replicas(&shared, &active);
+        track_replicas(&shared, &active, &mesh.pending);
         for (f, _, span) in healing {
             shared.touch(f);
             mesh.heal(f)?;
@@ -1268,7 +1270,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
             active.push((p.fault, shared.started + p.at + p.lasts, spans.len() - 1));
         }
         // Recorded before a restart is tried: one may take a store timeout to fail.
-        track_replicas(&shared, &active);
+        track_replicas(&shared, &active, &mesh.pending);
         mesh.restart_pending();
         for (r, p) in mesh.pending.iter().enumerate() {
             if p.is_some() {
@@ -1277,13 +1279,13 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         }
         *lock(&shared.admins) = mesh.admins();
         *lock(&shared.pids) = mesh.pids();
-        track_replicas(&shared, &active);
+        track_replicas(&shared, &active, &mesh.pending);
         std::thread::sleep(Duration::from_millis(50));
     }
     // The final heal.
     lock(&shared.cut_at).clear();
     lock(&shared.active).clear();
-    track_replicas(&shared, &[]);
+    track_replicas(&shared, &[], &mesh.pending);
     for (f, _, span) in active.drain(..) {
         shared.touch(f);
         mesh.heal(f)?;
