@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Why the authority asks an agent to leave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 enum Leave {
     /// The authority is shutting down.
     Shutdown,
@@ -622,32 +622,38 @@ impl Links {
         id: &str,
         why: Leave,
     ) -> String {
-        let (retry, reason, outcome) = if why == Leave::Shutdown {
-            let retry = Duration::from_millis(rand::random::<u64>() % 2_000);
-            (retry, "authority shutting down".to_owned(), "shutdown")
-        } else if why == Leave::StoreUnreachable {
-            // The agent tries its next authority first; this one again after a while.
-            self.metrics.agents_rejected_total.with_label_values(&["store_unreachable"]).inc();
-            tracing::warn!(agent = %id, "the shared store has not been readable for --store-timeout + 1 s: sending the agent to another replica");
-            let retry = Duration::from_millis(500 + rand::random::<u64>() % 1_000);
-            (
-                retry,
-                "store unreachable: this replica cannot vouch for the log".to_owned(),
-                "store_unreachable",
-            )
-        } else {
-            // Two live agents with one id: newest wins, and the replaced one waits 5-10 s so the
-            // pair alternates slowly instead of replacing each other in a loop.
-            self.metrics.agents_rejected_total.with_label_values(&["duplicate_id"]).inc();
-            tracing::error!(agent = %id, "a newer link with the same agent id replaced this one; two agents share the id");
-            let retry = Duration::from_millis(
-                revmesh_protocol::frame::DUPLICATE_ID_MIN_RETRY_MS + rand::random::<u64>() % 5_000,
-            );
-            let reason = format!(
-                "{}: replaced by a newer link with the same agent id",
-                revmesh_protocol::frame::GOAWAY_DUPLICATE_ID
-            );
-            (retry, reason, "replaced")
+        let (retry, reason, outcome) = match why {
+            Leave::Shutdown => {
+                let retry = Duration::from_millis(rand::random::<u64>() % 2_000);
+                (retry, "authority shutting down".to_owned(), "shutdown")
+            }
+            Leave::StoreUnreachable => {
+                // The agent tries its next authority first; this one again after a while. Counted,
+                // not logged per link: a whole fleet retries every second or so, and the tail
+                // already logs the store's failures.
+                self.metrics.agents_rejected_total.with_label_values(&["store_unreachable"]).inc();
+                tracing::debug!(agent = %id, "shared store unread for --store-timeout + 1 s: agent sent to another replica");
+                let retry = Duration::from_millis(500 + rand::random::<u64>() % 1_000);
+                (
+                    retry,
+                    "store unreachable: this replica cannot vouch for the log".to_owned(),
+                    "store_unreachable",
+                )
+            }
+            Leave::Replaced => {
+                // Two live agents with one id: newest wins, and the replaced one waits 5-10 s so
+                // the pair alternates slowly instead of replacing each other in a loop.
+                self.metrics.agents_rejected_total.with_label_values(&["duplicate_id"]).inc();
+                tracing::error!(agent = %id, "a newer link with the same agent id replaced this one; two agents share the id");
+                let retry = Duration::from_millis(
+                    revmesh_protocol::frame::DUPLICATE_ID_MIN_RETRY_MS + rand::random::<u64>() % 5_000,
+                );
+                let reason = format!(
+                    "{}: replaced by a newer link with the same agent id",
+                    revmesh_protocol::frame::GOAWAY_DUPLICATE_ID
+                );
+                (retry, reason, "replaced")
+            }
         };
         let f = session.go_away(retry, &reason);
         send_frame(ws, &f).await;
