@@ -8,6 +8,7 @@
 mod anchors;
 mod chaos;
 mod demo;
+mod goals;
 mod grpc;
 mod hostile;
 mod http_checks;
@@ -138,6 +139,11 @@ struct RunArgs {
     /// same moment: a comparison that host drift between runs cannot blur.
     #[arg(long, value_parser = executable_file)]
     agent_b: Option<std::path::PathBuf>,
+    /// For `receipt`: after each fleet size's row, the same fleet served by this
+    /// `revmesh-authority` binary (another build) and by this build's in turn (B, A, B), and the
+    /// authority's CPU per link of each: two builds compared in one run.
+    #[arg(long, value_parser = executable_file)]
+    authority_b: Option<std::path::PathBuf>,
     /// For `receipt`: revocations in the log before the agent processes start, so each one
     /// first catches up on them, as an agent joining a live mesh does [default: none].
     #[arg(long, default_value_t = 0)]
@@ -145,6 +151,69 @@ struct RunArgs {
     /// Also write the report here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+/// The authority's CPU per link per durable revocation, this build's (A) and `b`'s, in one run.
+#[derive(Debug, serde::Serialize)]
+struct AuthorityAb {
+    /// The other binary.
+    b_bin: String,
+    /// A's runs, in order (the row's own first), microseconds.
+    a_per_link_us: Vec<f64>,
+    /// B's runs, in order.
+    b_per_link_us: Vec<f64>,
+    /// Durable receipt p99 of each run, A's then B's, microseconds.
+    a_p99_us: Vec<f64>,
+    b_p99_us: Vec<f64>,
+}
+
+/// After a receipt row (A, this build): the same fleet under `b`, under A and under `b` again.
+async fn authority_ab(
+    tmp: &std::path::Path,
+    n: usize,
+    a: &RunArgs,
+    b: &std::path::Path,
+    first: &[scenarios::ProcPropagation],
+) -> anyhow::Result<AuthorityAb> {
+    let durable = |levels: &[scenarios::ProcPropagation]| {
+        levels
+            .iter()
+            .find(|r| r.wait != "applied")
+            .map_or((f64::NAN, f64::NAN), |r| (r.authority_cpu_per_link_us, r.receipt.p99_us))
+    };
+    let (cpu, p99) = durable(first);
+    let mut ab = AuthorityAb {
+        b_bin: b.display().to_string(),
+        a_per_link_us: vec![cpu],
+        b_per_link_us: Vec::new(),
+        a_p99_us: vec![p99],
+        b_p99_us: Vec::new(),
+    };
+    for bin in [Some(b), None, Some(b)] {
+        let levels =
+            scenarios::propagation_procs(tmp, n, a.revocations, a.rate, a.agent_b.as_deref(), a.backlog, bin)
+                .await?;
+        let (cpu, p99) = durable(&levels);
+        let (c, p) = if bin.is_some() {
+            (&mut ab.b_per_link_us, &mut ab.b_p99_us)
+        } else {
+            (&mut ab.a_per_link_us, &mut ab.a_p99_us)
+        };
+        c.push(cpu);
+        p.push(p99);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "       authority per link, durable, runs A B A B: A {} µs, B ({}) {} µs: B/A {:.2}x (p99 A {}, B {})",
+        list(&ab.a_per_link_us),
+        ab.b_bin,
+        list(&ab.b_per_link_us),
+        mean(&ab.b_per_link_us) / mean(&ab.a_per_link_us).max(0.001),
+        ab.a_p99_us.iter().map(|v| us(*v)).collect::<Vec<_>>().join(", "),
+        ab.b_p99_us.iter().map(|v| us(*v)).collect::<Vec<_>>().join(", ")
+    );
+    Ok(ab)
 }
 
 /// One line: propagation quiet versus under an attack, and the authority's RSS.
@@ -250,6 +319,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
 async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
     let want = |s: &str| a.scenario.iter().any(|x| x == s);
     let mut report = serde_json::Map::new();
+    let mut goals = goals::Goals::default();
     let mut ok = true;
     println!("revmesh-loadtest on {} cores\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
     let mut redis = None;
@@ -268,7 +338,7 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             a.revocations, a.rate
         );
         println!(
-            "{:>8} {:>12} {:>12} {:>12} {:>11} {:>16} {:>16} {:>12} {:>12}",
+            "{:>8} {:>12} {:>12} {:>12} {:>11} {:>16} {:>16} {:>12} {:>14} {:>12}",
             "agents",
             "p50",
             "p99",
@@ -277,26 +347,31 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             "authority/agent",
             "redis pub p99",
             "CPU/link",
+            "redis CPU/sub",
             "fleet/agent"
         );
         let mut rows = Vec::new();
         for &n in &a.agents {
             let p = scenarios::propagation(tmp, n, a.revocations, a.rate).await?;
-            let redis_p99 = redis
-                .as_ref()
-                .and_then(|r| r.pubsub_fanout.iter().find(|(s, _)| *s == n))
-                .map_or("-".to_owned(), |(_, s)| us(s.p99_us));
+            let fanout = redis.as_ref().and_then(|r| r.pubsub_fanout.iter().find(|f| f.subscribers == n));
             println!(
-                "{:>8} {:>12} {:>12} {:>12} {:>11} {:>13} KiB {:>16} {:>10.1}µs {:>10.1}µs",
+                "{:>8} {:>12} {:>12} {:>12} {:>11} {:>13} KiB {:>16} {:>10.1}µs {:>14} {:>10.1}µs",
                 n,
                 us(p.revoke_to_all_acked.p50_us),
                 us(p.revoke_to_all_acked.p99_us),
                 us(p.revoke_to_all_acked.max_us),
                 p.incomplete,
                 p.authority_rss_per_agent_bytes / 1024,
-                redis_p99,
+                fanout.map_or("-".to_owned(), |f| us(f.receipt.p99_us)),
                 p.authority_cpu_per_link_us,
+                fanout.map_or("-".to_owned(), |f| format!("{:.1}µs", f.server_cpu_per_subscriber_us)),
                 p.fleet_cpu_per_agent_us
+            );
+            goals.propagation(
+                n,
+                p.revoke_to_all_acked.p99_us,
+                p.authority_cpu_per_link_us,
+                fanout.map(|f| (&f.receipt, f.server_cpu_per_subscriber_us)),
             );
             rows.push(p);
         }
@@ -340,9 +415,16 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         );
         let mut rows = Vec::new();
         for &n in &a.agent_procs {
-            let levels =
-                scenarios::propagation_procs(tmp, n, a.revocations, a.rate, a.agent_b.as_deref(), a.backlog)
-                    .await?;
+            let levels = scenarios::propagation_procs(
+                tmp,
+                n,
+                a.revocations,
+                a.rate,
+                a.agent_b.as_deref(),
+                a.backlog,
+                None,
+            )
+            .await?;
             let js = anchors::jetstream(tmp, a.nats.as_deref(), n, a.revocations, a.rate).await?;
             let rd = anchors::redis_pubsub(None, n, a.revocations, a.rate).await?;
             let journals = tmp.join(format!("redis-journals-{n}"));
@@ -390,6 +472,15 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
             row("redis pub/sub", &rd.receipt, rd.server_cpu_us, None, rd.subscriber_cpu_us);
             row("redis + journal", &rj.receipt, rj.server_cpu_us, None, rj.subscriber_cpu_us);
             if let Some(d) = levels.iter().find(|r| r.wait != "applied") {
+                goals.receipt(&goals::ReceiptRow {
+                    procs: n,
+                    durable: (&d.receipt, d.authority_cpu_per_link_us, d.agent_cpu_us),
+                    applied: levels.iter().find(|r| r.wait == "applied").map(|r| &r.receipt),
+                    commit: &commit,
+                    jetstream: &js.receipt,
+                    redis: &rd.receipt,
+                    journal: (&rj.receipt, rj.server_cpu_us, rj.subscriber_cpu_us),
+                });
                 // The durable floor: the subscribers' durable write (redis + journal) after the
                 // authority's commit.
                 let (floor_p50, floor_p99) =
@@ -417,9 +508,13 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
                     d.authority_cpu_per_link_us / redis_per_sub.max(0.001)
                 );
             }
-            rows.push(json!({"revmesh": levels, "jetstream": js, "redis": rd, "redis_journal": rj}));
+            let ab = match &a.authority_b {
+                Some(b) => Some(authority_ab(tmp, n, a, b, &levels).await?),
+                None => None,
+            };
+            rows.push(json!({"revmesh": levels, "jetstream": js, "redis": rd, "redis_journal": rj, "authority_ab": ab}));
         }
-        println!("  p99 ratio: revmesh durable's / applied's p99 divided by the row's (goal: ≤ 0.5x JetStream, ≤ 2.5x Redis)\n");
+        println!("  p99 ratio: revmesh durable's / applied's p99 divided by the row's (goals at the end)\n");
         report.insert("receipt".into(), json!(rows));
     }
     if want("ingest") {
@@ -512,6 +607,9 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
                 );
             }
         }
+        if let (Some(status), Some(echo)) = (cpu("STATUS"), cpu("echo (floor)")) {
+            goals.checks(status, echo);
+        }
         println!();
         report.insert("checks".into(), json!(rows));
     }
@@ -583,6 +681,7 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
                 r.authority_cpu_secs,
                 r.fleet_cpu_secs
             );
+            goals.storm(r.agents, r.authority_cpu_secs, r.peak_rss_bytes);
             rows.push(r);
         }
         println!();
@@ -759,6 +858,10 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
         println!("  picture: {}  => {}\n", r.svg, if r.passed() { "PASS" } else { "FAIL" });
         ok &= r.passed();
         report.insert("soak".into(), json!(r));
+    }
+    let judged = goals.print();
+    if !judged.is_empty() {
+        report.insert("goals".into(), json!(judged));
     }
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&serde_json::Value::Object(report))?)?;

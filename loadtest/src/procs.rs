@@ -130,13 +130,23 @@ pub struct AuthorityProc {
 impl AuthorityProc {
     /// Starts `revmesh-authority serve` on a data dir with ports from 0 (or the given agent address).
     pub fn start(data: &Path, agent_listen: &str, extra: &[&str]) -> anyhow::Result<AuthorityProc> {
+        Self::start_bin(&sibling("revmesh-authority")?, data, agent_listen, extra)
+    }
+
+    /// [`AuthorityProc::start`] with the authority binary at `bin` (another build, say).
+    pub fn start_bin(
+        bin: &Path,
+        data: &Path,
+        agent_listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<AuthorityProc> {
         let mut args: Vec<String> = ["serve", "--data-dir"].iter().map(|s| s.to_string()).collect();
         args.push(data.display().to_string());
         for a in ["--agent-listen", agent_listen, "--admin-listen", "127.0.0.1:0", "--log", "error"] {
             args.push(a.to_owned());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn(&sibling("revmesh-authority")?, &args, false)?;
+        let proc = Proc::spawn(bin, &args, false)?;
         let ws = format!("ws://{}", proc.field("agent").context("no agent address")?);
         let admin = proc.field("admin").context("no admin address")?;
         let token_file = extra

@@ -16,7 +16,7 @@ pub(crate) use common::{post_backlog, sequential, sequential_with, throughput_wi
 pub(crate) use ha::ha;
 pub(crate) use ingest::ingest;
 pub(crate) use memory::{memory_probe, set_memory};
-pub(crate) use propagation::{commit_alone, propagation, propagation_procs};
+pub(crate) use propagation::{commit_alone, propagation, propagation_procs, ProcPropagation};
 pub(crate) use redis::redis;
 pub(crate) use ssf::ssf;
 pub(crate) use storm::reconnect_storm;

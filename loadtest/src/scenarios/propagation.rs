@@ -103,7 +103,9 @@ pub struct FleetSplit {
 /// heartbeats during the run are.
 ///
 /// With `agent_b`, every odd-numbered agent runs that binary instead, and each half's CPU is
-/// reported too: two builds compared under the same load at the same moment.
+/// reported too: two builds compared under the same load at the same moment. With `authority`,
+/// that authority binary serves the fleet instead of this build's.
+#[allow(clippy::too_many_arguments)]
 pub async fn propagation_procs(
     dir: &Path,
     n: usize,
@@ -111,11 +113,18 @@ pub async fn propagation_procs(
     rate: f64,
     agent_b: Option<&Path>,
     backlog: usize,
+    authority: Option<&Path>,
 ) -> anyhow::Result<Vec<ProcPropagation>> {
     use crate::procs::{cpu_ticks, sibling, ticks_to_us, total_cpu_ticks, AgentProc, BENCH_SECRET};
     let base = dir.join(format!("procs-{n}"));
+    let _ = std::fs::remove_dir_all(&base);
     let max = (n + 64).to_string();
-    let auth = AuthorityProc::start(&base.join("authority"), "127.0.0.1:0", &["--max-agents", &max])?;
+    let auth_bin = match authority {
+        Some(b) => b.to_owned(),
+        None => sibling("revmesh-authority")?,
+    };
+    let auth =
+        AuthorityProc::start_bin(&auth_bin, &base.join("authority"), "127.0.0.1:0", &["--max-agents", &max])?;
     post_backlog(&auth, backlog).await?;
     let secret = base.join("hs.secret");
     std::fs::write(&secret, BENCH_SECRET)?;

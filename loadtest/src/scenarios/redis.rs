@@ -16,7 +16,18 @@ pub struct RedisCompare {
     /// `GET` over a Unix socket.
     pub get: Checks,
     /// `PUBLISH` → last of N subscribers received it.
-    pub pubsub_fanout: Vec<(usize, Summary)>,
+    pub pubsub_fanout: Vec<Fanout>,
+}
+
+/// Redis pub/sub to N subscribers: one way, no acknowledgement, nothing kept.
+#[derive(Debug, Serialize)]
+pub struct Fanout {
+    /// Subscribers (TCP connections in this process).
+    pub subscribers: usize,
+    /// `PUBLISH` → the last subscriber has it.
+    pub receipt: Summary,
+    /// redis-server's CPU per message divided by the subscribers, microseconds (from /proc).
+    pub server_cpu_per_subscriber_us: f64,
 }
 
 /// Starts a private redis-server on a Unix socket and a TCP port; `None` if not installed.
@@ -64,7 +75,7 @@ pub async fn redis(
     let tp = redis_throughput(&sock, &get_req, 32, dur).await?;
     let mut fan = Vec::new();
     for &subs in fanouts {
-        fan.push((subs, pubsub(port, subs, 100).await?));
+        fan.push(pubsub(port, redis_pid, subs, 100).await?);
     }
     drop(guard);
     Ok(Some(RedisCompare {
@@ -133,8 +144,9 @@ async fn redis_throughput(sock: &Path, req: &[u8], conns: usize, dur: Duration) 
     throughput_with(sock, req, conns, dur, reply).await
 }
 
-/// PUBLISH to `subs` TCP subscribers; per message, time until the last subscriber has it.
-async fn pubsub(port: u16, subs: usize, messages: usize) -> anyhow::Result<Summary> {
+/// PUBLISH to `subs` TCP subscribers; per message, time until the last subscriber has it, and
+/// the server's CPU (process `pid`) for the messages, subscriptions excluded.
+async fn pubsub(port: u16, pid: u32, subs: usize, messages: usize) -> anyhow::Result<Fanout> {
     use tokio::net::TcpStream;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let mut tasks = Vec::new();
@@ -171,6 +183,7 @@ async fn pubsub(port: u16, subs: usize, messages: usize) -> anyhow::Result<Summa
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut lat = Vec::with_capacity(messages);
+    let cpu0 = crate::procs::cpu_ticks(pid)?;
     for m in 0..messages {
         let t0 = Instant::now();
         ctl.get_mut().write_all(&resp(&[b"PUBLISH", b"rev", format!("m{m}").as_bytes()])).await?;
@@ -188,10 +201,15 @@ async fn pubsub(port: u16, subs: usize, messages: usize) -> anyhow::Result<Summa
         read_int_reply(&mut ctl).await?;
         lat.push(last - t0);
     }
+    let cpu = crate::procs::ticks_to_us(crate::procs::cpu_ticks(pid)? - cpu0);
     for t in tasks {
         t.abort();
     }
-    Ok(summarize(lat))
+    Ok(Fanout {
+        subscribers: subs,
+        receipt: summarize(lat),
+        server_cpu_per_subscriber_us: cpu / (messages.max(1) * subs.max(1)) as f64,
+    })
 }
 
 /// Reads RESP lines until an integer reply (`:n`), returning it.
