@@ -427,7 +427,7 @@ struct Mesh {
     agent_ports: Vec<String>,
     agents: Vec<Option<AgentProc>>,
     /// Replicas to (re)start, and when to try next.
-    pending: Vec<Option<Instant>>,
+    pending: Restarts,
     /// Replicas a freeze covers: one killed before its freeze is not started until the freeze
     /// heals (a stopped replica would be), so "every replica frozen" holds.
     frozen: Vec<bool>,
@@ -525,23 +525,14 @@ impl Mesh {
         Ok(())
     }
 
-    /// What a service manager does for a replica that is down: start it again, and when it
-    /// exits at once (its store unreachable at start, say, or its port not free yet), try again
-    /// a moment later. One attempt per call, at most one a second per replica.
+    /// What a service manager does for a replica that is down (see [`Restarts`]).
     fn restart_pending(&mut self) {
-        let now = Instant::now();
-        for r in 0..REPLICAS {
-            let due = !self.frozen[r] && self.pending[r].is_some_and(|next| next <= now);
-            if due {
-                match self.start_replica(r) {
-                    Ok(()) => self.pending[r] = None,
-                    Err(e) => {
-                        eprintln!("soak: replica {r} did not start ({e}); again in a second");
-                        self.pending[r] = Some(Instant::now() + Duration::from_secs(1));
-                    }
-                }
-            }
-        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let frozen = self.frozen.clone();
+        // A replica that runs already is not started twice (the second could only fail on its
+        // port, and leave the first judged as away).
+        pending.run(&frozen, |r| if self.replicas[r].is_some() { Ok(()) } else { self.start_replica(r) });
+        self.pending = pending;
     }
 
     fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
@@ -633,6 +624,7 @@ impl Mesh {
                 if let Some(mut p) = self.replicas[r].take() {
                     p.proc.kill9();
                 }
+                self.pending.killed(r);
             }
             _ => {}
         }
@@ -650,7 +642,7 @@ impl Mesh {
             Fault::FillAgentDisk(_) => self.disk.as_ref().map_or(Ok(()), |d| d.fill(false))?,
             Fault::KillAgent(i) => self.start_agent(i)?,
             Fault::KillReplica(r) => {
-                self.pending[r] = Some(Instant::now());
+                self.pending.healed(r, self.replicas[r].is_some());
                 self.restart_pending();
             }
             _ => {}
@@ -1042,10 +1034,55 @@ pub fn schedule(seed: u64, secs: u64, agents: usize) -> Vec<Planned> {
     plan
 }
 
+/// Replicas waiting to be started again, and when each is tried next: what a service manager
+/// does for a replica that is down. A kill's heal queues its replica; a start that fails (its
+/// store unreachable at start, say) is tried again a second later, one attempt per call. A new
+/// kill takes its replica out of the queue: a replica whose earlier start was still failing
+/// stays down for the whole of the new kill, instead of being started under it and then, at the
+/// heal, a second time on its own port (the hour-long run of seed 1207 did that, and judged the
+/// replica that was serving as away for the rest of the run).
+#[derive(Debug, Default)]
+struct Restarts {
+    next: [Option<Instant>; REPLICAS],
+}
+
+impl Restarts {
+    /// A kill took replica `r` down: it is started at this kill's heal.
+    fn killed(&mut self, r: usize) {
+        self.next[r] = None;
+    }
+
+    /// A kill of `r` healed: start it again, unless it `running` already.
+    fn healed(&mut self, r: usize, running: bool) {
+        self.next[r] = if running { None } else { Some(Instant::now()) };
+    }
+
+    /// Replicas waiting for a start.
+    fn waiting(&self) -> impl Iterator<Item = usize> + '_ {
+        self.next.iter().enumerate().filter(|(_, n)| n.is_some()).map(|(r, _)| r)
+    }
+
+    /// One `start` of every replica that is due and not `frozen`.
+    fn run(&mut self, frozen: &[bool], mut start: impl FnMut(usize) -> anyhow::Result<()>) {
+        let now = Instant::now();
+        for (r, (next, frozen)) in self.next.iter_mut().zip(frozen).enumerate() {
+            if !frozen && next.is_some_and(|at| at <= now) {
+                match start(r) {
+                    Ok(()) => *next = None,
+                    Err(e) => {
+                        eprintln!("soak: replica {r} did not start ({e}); again in a second");
+                        *next = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Records whether every replica is frozen or down, and since when none is.
-fn track_replicas(s: &Shared, active: &[(Fault, Instant, usize)], pending: &[Option<Instant>]) {
+fn track_replicas(s: &Shared, active: &[(Fault, Instant, usize)], pending: &Restarts) {
     // A replica waiting to be started again (its kill healed, its start failing) is away too.
-    let waiting = pending.iter().enumerate().filter(|(_, p)| p.is_some()).map(|(r, _)| r);
+    let waiting = pending.waiting();
     let hit: HashSet<usize> = active.iter().flat_map(|(f, _, _)| f.replicas()).chain(waiting).collect();
     for (r, away) in lock(&s.store_away).iter_mut().enumerate() {
         let cut =
@@ -1137,7 +1174,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         replicas: (0..REPLICAS).map(|_| None).collect(),
         agent_ports: Vec::new(),
         agents: (0..agents).map(|_| None).collect(),
-        pending: vec![None; REPLICAS],
+        pending: Restarts::default(),
         frozen: vec![false; REPLICAS],
         secret,
         token_file,
@@ -1272,10 +1309,8 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         // Recorded before a restart is tried: one may take a store timeout to fail.
         track_replicas(&shared, &active, &mesh.pending);
         mesh.restart_pending();
-        for (r, p) in mesh.pending.iter().enumerate() {
-            if p.is_some() {
-                shared.touch(Fault::KillReplica(r));
-            }
+        for r in mesh.pending.waiting() {
+            shared.touch(Fault::KillReplica(r));
         }
         *lock(&shared.admins) = mesh.admins();
         *lock(&shared.pids) = mesh.pids();
@@ -1293,11 +1328,11 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         shared.touch(f);
     }
     let healed = Instant::now();
-    while mesh.pending.iter().any(Option::is_some) && healed.elapsed() < CONVERGE {
+    while mesh.pending.waiting().next().is_some() && healed.elapsed() < CONVERGE {
         mesh.restart_pending();
         std::thread::sleep(Duration::from_millis(100));
     }
-    if mesh.pending.iter().any(Option::is_some) {
+    if mesh.pending.waiting().next().is_some() {
         shared.violate(format!("a replica did not start again within {CONVERGE:?} of the heal"));
     }
     *lock(&shared.admins) = mesh.admins();
@@ -1583,5 +1618,65 @@ mod tests {
         assert_eq!(Fault::KillAgent(2).silences(), Some(2));
         assert_eq!(Fault::CutAgent(2).silences(), None, "a black-holed agent still answers");
         assert_eq!(Fault::FreezePostgres.silences(), None);
+    }
+
+    /// A replica's port, as the restarts meet it: a start fails while the store is out of reach
+    /// or while a replica already holds the port.
+    #[derive(Default)]
+    struct Ports {
+        running: [bool; REPLICAS],
+        store_away: bool,
+        started: usize,
+    }
+
+    impl Ports {
+        fn start(&mut self, r: usize) -> anyhow::Result<()> {
+            anyhow::ensure!(!self.store_away, "loading the log: store unreachable");
+            anyhow::ensure!(!self.running[r], "cannot bind: address already in use");
+            self.running[r] = true;
+            self.started += 1;
+            Ok(())
+        }
+    }
+
+    fn due_now(restarts: &mut Restarts) {
+        for next in restarts.next.iter_mut().flatten() {
+            *next = Instant::now();
+        }
+    }
+
+    /// Seed 1207's hour: replica 0 killed, its start failing during a PostgreSQL freeze, killed
+    /// again; the old loop started it under the second kill, and again at that kill's heal,
+    /// which could only fail (its port taken), so it waited "to be started" for the rest of the
+    /// run while it served.
+    #[test]
+    fn a_replica_killed_while_its_restart_fails_is_started_once_at_the_last_heal() {
+        let (mut ports, mut restarts, frozen) =
+            (Ports { store_away: true, ..Ports::default() }, Restarts::default(), [false; REPLICAS]);
+        restarts.killed(0);
+        restarts.healed(0, ports.running[0]);
+        restarts.run(&frozen, |r| ports.start(r));
+        assert_eq!(restarts.waiting().collect::<Vec<_>>(), [0], "its start failed: tried again");
+        restarts.killed(0);
+        ports.store_away = false;
+        due_now(&mut restarts);
+        restarts.run(&frozen, |r| ports.start(r));
+        assert!(!ports.running[0], "not started while the second kill lasts");
+        restarts.healed(0, ports.running[0]);
+        restarts.run(&frozen, |r| ports.start(r));
+        assert!(ports.running[0] && ports.started == 1);
+        assert_eq!(restarts.waiting().count(), 0, "nothing left waiting once it runs");
+        restarts.healed(0, ports.running[0]);
+        assert_eq!(restarts.waiting().count(), 0, "a heal finding it running starts nothing");
+    }
+
+    #[test]
+    fn a_frozen_replica_is_not_started_until_its_freeze_heals() {
+        let (mut ports, mut restarts) = (Ports::default(), Restarts::default());
+        restarts.healed(1, false);
+        restarts.run(&[false, true], |r| ports.start(r));
+        assert!(!ports.running[1]);
+        restarts.run(&[false, false], |r| ports.start(r));
+        assert!(ports.running[1]);
     }
 }
