@@ -1079,6 +1079,15 @@ impl Restarts {
     }
 }
 
+/// Faults healed at once, replica restarts last: a replica's start waits for its store, and
+/// must find it as the schedule left it (the hour-long run of seed 1207 healed a kill of
+/// replica 1 ahead of a PostgreSQL freeze due in the same tick: the start waited two seconds
+/// on the frozen database while the checkers took the freeze for ended, and judged replica 0's
+/// rightful `/readyz` 503 a violation).
+fn heal_order(healing: &mut [(Fault, Instant, usize)]) {
+    healing.sort_by_key(|(f, _, _)| matches!(f, Fault::KillReplica(_)));
+}
+
 /// Records whether every replica is frozen or down, and since when none is.
 fn track_replicas(s: &Shared, active: &[(Fault, Instant, usize)], pending: &Restarts) {
     // A replica waiting to be started again (its kill healed, its start failing) is away too.
@@ -1277,15 +1286,19 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
         // the heals and the new faults: a freeze of every replica healed and another applied in
         // the same tick leave the replicas running for that moment, and "every replica away"
         // starts again from the new freeze.
+        // Every healing fault is marked touched before any heal: a heal can take a while (a
+        // replica's start waits up to a store timeout), and a checker must not take the faults
+        // healed after it for settled long ago.
+        heal_order(&mut healing);
         for (f, _, _) in &healing {
             if let Fault::CutAgent(i) = f {
                 lock(&shared.cut_at).remove(i);
             }
             lock(&shared.active).retain(|a| a != f);
+            shared.touch(*f);
         }
         track_replicas(&shared, &active, &mesh.pending);
         for (f, _, span) in healing {
-            shared.touch(f);
             mesh.heal(f)?;
             spans[span].to_s = shared.now();
             shared.touch(f);
@@ -1321,6 +1334,7 @@ pub fn run(dir: &Path, out: &Path, secs: u64, agents: usize, seed: u64) -> anyho
     lock(&shared.cut_at).clear();
     lock(&shared.active).clear();
     track_replicas(&shared, &[], &mesh.pending);
+    heal_order(&mut active);
     for (f, _, span) in active.drain(..) {
         shared.touch(f);
         mesh.heal(f)?;
@@ -1618,6 +1632,19 @@ mod tests {
         assert_eq!(Fault::KillAgent(2).silences(), Some(2));
         assert_eq!(Fault::CutAgent(2).silences(), None, "a black-holed agent still answers");
         assert_eq!(Fault::FreezePostgres.silences(), None);
+    }
+
+    #[test]
+    fn replica_restarts_are_healed_after_everything_else_due_with_them() {
+        let t = Instant::now();
+        let mut healing = vec![
+            (Fault::KillReplica(1), t, 0),
+            (Fault::FreezePostgres, t, 1),
+            (Fault::CutReplicaFromStore(0), t, 2),
+        ];
+        heal_order(&mut healing);
+        let order: Vec<Fault> = healing.iter().map(|(f, _, _)| *f).collect();
+        assert_eq!(order, [Fault::FreezePostgres, Fault::CutReplicaFromStore(0), Fault::KillReplica(1)]);
     }
 
     /// A replica's port, as the restarts meet it: a start fails while the store is out of reach
