@@ -367,12 +367,7 @@ async fn scenarios(a: &RunArgs, tmp: &std::path::Path) -> anyhow::Result<bool> {
                 fanout.map_or("-".to_owned(), |f| format!("{:.1}µs", f.server_cpu_per_subscriber_us)),
                 p.fleet_cpu_per_agent_us
             );
-            goals.propagation(
-                n,
-                p.revoke_to_all_acked.p99_us,
-                p.authority_cpu_per_link_us,
-                fanout.map(|f| (&f.receipt, f.server_cpu_per_subscriber_us)),
-            );
+            goals.propagation(n, p.revoke_to_all_acked.p99_us, fanout.map(|f| &f.receipt));
             rows.push(p);
         }
         println!();
